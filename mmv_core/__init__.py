@@ -1,0 +1,1 @@
+"""MMV video networks: models, checkpoints, video processing and evaluation."""

@@ -1,0 +1,1 @@
+"""dm-haiku implementations of the MMV networks."""

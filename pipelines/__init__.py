@@ -1,0 +1,1 @@
+"""Apache Beam jobs: embedding extraction and linear evaluation."""
