@@ -1,0 +1,288 @@
+"""The whole MMV model (`text_audio_video`) and its pure-function API.
+
+One haiku module holds the visual backbone (`visual_module`), the audio
+ResNet-V2-50 (`audio_module`), the text module (`text_module`) and the
+projection heads (`~_get_pair_embedding_heads/...`) of the 'fac_relu' graph,
+with exactly the module paths, names and shapes of the released checkpoints.
+
+Callers use plain functions of `(params, state)` nested dicts: `init`,
+`param_shapes`, `video_embeddings` (the UCF101 feature `vid_repr` and the joint
+embeddings), `audio_embeddings`, `text_embeddings` and `vid_repr_flops`.
+Everything here runs in evaluation mode except `is_training=True` in `forward`.
+"""
+
+import functools
+from typing import Any, Mapping
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+
+from mmv_core.models import audio
+from mmv_core.models import normalization
+from mmv_core.models import s3d
+from mmv_core.models import text
+from mmv_core.models import tsm_resnet
+
+BACKBONES = ("s3d", "tsm_resnet_x1", "tsm_resnet_x2")
+REPR_DIMS = {
+    "s3d": s3d.OUTPUT_DIM,
+    "tsm_resnet_x1": tsm_resnet.output_dim(1),
+    "tsm_resnet_x2": tsm_resnet.output_dim(2),
+}
+MODEL_NAME = "text_audio_video"
+# Joint embedding spaces.
+VIDEO_AUDIO_DIM = 512
+VIDEO_TEXT_DIM = 256
+AUDIO_TEXT_DIM = 512
+_HEAD_HIDDEN_DIM = 512  # Inner width of the video->audio 'mlp@512' head.
+
+# Output keys.
+VID_REPR = "vid_repr"
+VIDEO_AUDIO = "video_audio"
+VIDEO_TEXT = "video_text"
+AUDIO_REPR = "audio_repr"
+AUDIO_VIDEO = "audio_video"
+AUDIO_TEXT = "audio_text"
+TEXT_REPR = "text_repr"
+TEXT_VIDEO = "text_video"
+TEXT_AUDIO = "text_audio"
+
+Params = Mapping[str, Mapping[str, jax.Array]]
+State = Mapping[str, Mapping[str, jax.Array]]
+
+# Inputs for a cheap `init`: shapes do not depend on them.
+_INIT_CLIP_SHAPE = (1, 2, 32, 32, 3)
+_INIT_SPECTROGRAM_SHAPE = (1, 8, 8, 1)
+_INIT_WORDS = 2
+
+
+def _check_backbone(backbone: str) -> None:
+  if backbone not in BACKBONES:
+    raise ValueError(f"Unknown backbone {backbone!r}; expected one of {BACKBONES}")
+
+
+class _EmbeddingHead(hk.Module):
+  """Projection into a joint space: Linear, or Linear-BN-ReLU-Linear; opt. BN after."""
+
+  def __init__(self, dim: int, normalize_fn: normalization.NormalizeFn, name: str, *,
+               hidden_dim: int | None = None, bn_after: bool = False):
+    super().__init__(name=name)
+    self._dim = dim
+    self._hidden_dim = hidden_dim
+    self._bn_after = bn_after
+    self._normalize_fn = normalize_fn
+
+  def __call__(self, x: jax.Array, is_training: bool) -> jax.Array:
+    """float32 [B, D_in] -> float32 [B, dim]."""
+    if self._hidden_dim is None:
+      x = hk.Linear(self._dim, name="final_projection")(x)
+    else:
+      x = hk.Linear(self._hidden_dim, name="final_projection_inner")(x)
+      x = jax.nn.relu(self._normalize_fn(x, is_training))
+      # A bias before a BatchNorm would be cancelled by its mean.
+      x = hk.Linear(self._dim, with_bias=not self._bn_after, name="final_projection")(x)
+    if self._bn_after:
+      x = self._normalize_fn(x, is_training)
+    return x
+
+
+class _VisualModule(hk.Module):
+  """Holds the chosen visual backbone (created in the constructor, as stored)."""
+
+  def __init__(self, backbone: str, normalize_fn: normalization.NormalizeFn):
+    super().__init__(name="visual_module")
+    if backbone == "s3d":
+      self._cnn = s3d.S3D(normalize_fn)
+    else:
+      width = 2 if backbone == "tsm_resnet_x2" else 1
+      self._cnn = tsm_resnet.TSMResNetV2(normalize_fn, width_mult=width)
+
+  def __call__(self, clips: jax.Array, is_training: bool) -> jax.Array:
+    return self._cnn(clips, is_training)
+
+
+class _AudioModule(hk.Module):
+  """Holds the audio ResNet-V2-50."""
+
+  def __init__(self, normalize_fn: normalization.NormalizeFn):
+    super().__init__(name="audio_module")
+    self._cnn = audio.AudioResNetV2(normalize_fn)
+
+  def __call__(self, spectrograms: jax.Array, is_training: bool) -> jax.Array:
+    return self._cnn(spectrograms, is_training)
+
+
+class MMVModel(hk.Module):
+  """Video, audio and text towers with the 'fac_relu' projection heads.
+
+  Video reaches the text space through the audio space: video_text =
+  vis_embd(relu(video_audio)). In evaluation audio uses the same route
+  (audio_text = vis_embd(relu(audio_video))); `audio2txt_embd` is only used in
+  training, as in the original model.
+  """
+
+  def __init__(self, backbone: str, bn_axis_name: str | None = None):
+    """Creates the model.
+
+    Args:
+      backbone: one of BACKBONES.
+      bn_axis_name: device axis for cross-replica BatchNorm statistics in
+        training; unused in evaluation.
+    """
+    super().__init__(name=MODEL_NAME)
+    _check_backbone(backbone)
+    self._backbone = backbone
+    self._normalize_fn = normalization.make_normalize_fn(bn_axis_name)
+
+  def _get_pair_embedding_heads(self) -> dict[str, _EmbeddingHead]:
+    # Created inside this method so the heads live under
+    # `~_get_pair_embedding_heads/`, where the checkpoints store them.
+    norm = self._normalize_fn
+    return {
+        "vid2audio": _EmbeddingHead(VIDEO_AUDIO_DIM, norm, "vid2audio_embd",
+                                    hidden_dim=_HEAD_HIDDEN_DIM, bn_after=True),
+        "vid2txt": _EmbeddingHead(VIDEO_TEXT_DIM, norm, "vis_embd", bn_after=True),
+        "audio2vid": _EmbeddingHead(VIDEO_AUDIO_DIM, norm, "audio_embd"),
+        "audio2txt": _EmbeddingHead(AUDIO_TEXT_DIM, norm, "audio2txt_embd"),
+        "txt2vid": _EmbeddingHead(VIDEO_TEXT_DIM, norm, "txt_embd"),
+        "txt2audio": _EmbeddingHead(AUDIO_TEXT_DIM, norm, "txt2audio_embd"),
+    }
+
+  def __call__(self, clips: jax.Array | None = None, spectrograms: jax.Array | None = None,
+               word_ids: jax.Array | None = None, *, is_training: bool) -> dict[str, jax.Array]:
+    """Embeds whichever modalities are given.
+
+    Args:
+      clips: float32 [B, T, H, W, 3] in [0, 1] (T, H, W even for S3D).
+      spectrograms: float32 [B, 96, 40, 1] log-mel spectrograms.
+      word_ids: int32 [B, N] word indices.
+      is_training: batch statistics and moving-average updates in BatchNorm.
+
+    Returns:
+      float32 arrays: for video VID_REPR [B, REPR_DIMS[backbone]], VIDEO_AUDIO
+      [B, 512], VIDEO_TEXT [B, 256]; for audio AUDIO_REPR [B, 2048], AUDIO_VIDEO
+      [B, 512], AUDIO_TEXT [B, 256] in evaluation ([B, 512] in training); for
+      text TEXT_REPR [B, 2048], TEXT_VIDEO [B, 256], TEXT_AUDIO [B, 512].
+    """
+    heads = self._get_pair_embedding_heads()
+    outputs = {}
+    if clips is not None:
+      vid_repr = _VisualModule(self._backbone, self._normalize_fn)(clips, is_training)
+      video_audio = heads["vid2audio"](vid_repr, is_training)
+      outputs[VID_REPR] = vid_repr
+      outputs[VIDEO_AUDIO] = video_audio
+      outputs[VIDEO_TEXT] = heads["vid2txt"](jax.nn.relu(video_audio), is_training)
+    if spectrograms is not None:
+      audio_repr = _AudioModule(self._normalize_fn)(spectrograms, is_training)
+      audio_video = heads["audio2vid"](audio_repr, is_training)
+      outputs[AUDIO_REPR] = audio_repr
+      outputs[AUDIO_VIDEO] = audio_video
+      if is_training:
+        # Training keeps the video->text head's BN statistics video-only.
+        outputs[AUDIO_TEXT] = heads["audio2txt"](audio_repr, is_training)
+      else:
+        if hk.running_init():
+          # Unused in evaluation, but part of the checkpoints' parameter tree.
+          heads["audio2txt"](audio_repr, is_training)
+        outputs[AUDIO_TEXT] = heads["vid2txt"](jax.nn.relu(audio_video), is_training)
+    if word_ids is not None:
+      text_repr = text.TextModule()(word_ids)
+      outputs[TEXT_REPR] = text_repr
+      outputs[TEXT_VIDEO] = heads["txt2vid"](text_repr, is_training)
+      outputs[TEXT_AUDIO] = heads["txt2audio"](text_repr, is_training)
+    return outputs
+
+
+def _forward(clips, spectrograms, word_ids, *, backbone: str, is_training: bool,
+             bn_axis_name: str | None = None):
+  return MMVModel(backbone, bn_axis_name)(clips, spectrograms, word_ids,
+                                          is_training=is_training)
+
+
+@functools.lru_cache(maxsize=None)
+def transformed(backbone: str, is_training: bool = False,
+                bn_axis_name: str | None = None) -> hk.TransformedWithState:
+  """The haiku transform of `MMVModel(backbone)(clips, spectrograms, word_ids)`.
+
+  For fine-tuning (`is_training=True`); evaluation users want the functions
+  below. `apply(params, state, None, clips, spectrograms, word_ids)`.
+  """
+  _check_backbone(backbone)
+  return hk.transform_with_state(functools.partial(
+      _forward, backbone=backbone, is_training=is_training, bn_axis_name=bn_axis_name))
+
+
+def _init_inputs() -> tuple[jax.Array, jax.Array, jax.Array]:
+  return (jnp.zeros(_INIT_CLIP_SHAPE, jnp.float32),
+          jnp.zeros(_INIT_SPECTROGRAM_SHAPE, jnp.float32),
+          jnp.zeros((1, _INIT_WORDS), jnp.int32))
+
+
+def init(backbone: str, rng: jax.Array) -> tuple[Params, State]:
+  """Randomly initialised (params, state) of the full model, as nested dicts.
+
+  The tree (visual, audio, text, all heads) equals a released checkpoint's.
+  BatchNorm moving averages start at mean 0, variance 1.
+  """
+  return transformed(backbone).init(rng, *_init_inputs())
+
+
+def param_shapes(backbone: str) -> tuple[Params, State]:
+  """(params, state) of the full model as jax.ShapeDtypeStruct trees (no compute)."""
+  return jax.eval_shape(functools.partial(init, backbone), jax.random.PRNGKey(0))
+
+
+def _apply(backbone: str, params: Params, state: State, **inputs) -> dict[str, jax.Array]:
+  outputs, _ = transformed(backbone).apply(params, state, None, **inputs)
+  return outputs
+
+
+def video_embeddings(params: Params, state: State, clips: jax.Array, *,
+                     backbone: str) -> dict[str, jax.Array]:
+  """Evaluation-mode video features; pure, jit-able (backbone static).
+
+  Args:
+    params: full model params (as `init` or a checkpoint gives them).
+    state: full model state.
+    clips: float32 [B, T, H, W, 3] in [0, 1]; T, H, W even for S3D.
+    backbone: one of BACKBONES.
+
+  Returns:
+    {VID_REPR: [B, REPR_DIMS[backbone]], VIDEO_AUDIO: [B, 512],
+     VIDEO_TEXT: [B, 256]}, float32.
+  """
+  return _apply(backbone, params, state, clips=clips)
+
+
+def audio_embeddings(params: Params, state: State, spectrograms: jax.Array, *,
+                     backbone: str) -> dict[str, jax.Array]:
+  """Evaluation-mode audio features of float32 [B, 96, 40, 1] log-mel spectrograms.
+
+  Returns {AUDIO_REPR: [B, 2048], AUDIO_VIDEO: [B, 512], AUDIO_TEXT: [B, 256]}.
+  """
+  return _apply(backbone, params, state, spectrograms=spectrograms)
+
+
+def text_embeddings(params: Params, state: State, word_ids: jax.Array, *,
+                    backbone: str) -> dict[str, jax.Array]:
+  """Evaluation-mode text features of int32 [B, N] word ids.
+
+  Returns {TEXT_REPR: [B, 2048], TEXT_VIDEO: [B, 256], TEXT_AUDIO: [B, 512]}.
+  """
+  return _apply(backbone, params, state, word_ids=word_ids)
+
+
+def vid_repr_flops(backbone: str, num_frames: int = 32, size: int = 224,
+                   batch_size: int = 1) -> float:
+  """XLA's cost-analysis FLOPs of `vid_repr` for a clip batch, compiled not run."""
+  params, state = param_shapes(backbone)
+  clips = jax.ShapeDtypeStruct((batch_size, num_frames, size, size, 3), jnp.float32)
+
+  def vid_repr(params: Params, state: State, clips: jax.Array) -> jax.Array:
+    return video_embeddings(params, state, clips, backbone=backbone)[VID_REPR]
+
+  cost: Any = jax.jit(vid_repr).lower(params, state, clips).compile().cost_analysis()
+  if isinstance(cost, (list, tuple)):  # Older jax returns one dict per device.
+    cost = cost[0]
+  return float(cost["flops"])
