@@ -1,0 +1,395 @@
+"""Video preprocessing of the MMV evaluation protocol: JPEG frames to clips.
+
+This stage turns a video stored as JPEG frames into the float clips the
+networks embed, following the published protocol
+(shared/reference/PROTOCOL.md):
+
+  sampling (test: W evenly spaced windows; train: one random clip, then a
+  left-right flip with probability 1/2) -> resize so the smaller side is
+  `min_resize` (bilinear, half-pixel centres, truncated back to uint8) ->
+  crop (test: central; train: random) -> float32 / 255.
+
+Decoding and resizing call TensorFlow's own kernels, as the original pipeline
+did, so pixel values match it exactly. All functions are
+pure: numpy arrays in, numpy arrays out; randomness comes from an explicit
+`numpy.random.Generator`.
+"""
+
+import hashlib
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+DEFAULT_NUM_FRAMES = 32
+DEFAULT_STRIDE = 2
+DEFAULT_NUM_TEST_WINDOWS = 10
+DEFAULT_MIN_RESIZE = 224
+DEFAULT_CROP_SIZE = 224
+
+_RGB_CHANNELS = 3
+_MAX_PIXEL_VALUE = np.float32(255.0)
+
+
+def _check_positive(**values: int) -> None:
+  for name, value in values.items():
+    if value <= 0:
+      raise ValueError(f'{name} must be positive, got {value}.')
+
+
+def _check_frames(frames: np.ndarray) -> None:
+  if frames.ndim != 4 or frames.shape[-1] != _RGB_CHANNELS:
+    raise ValueError(f'Expected frames of shape [N, H, W, 3], got {frames.shape}.')
+  if frames.dtype != np.uint8:
+    raise ValueError(f'Expected uint8 frames, got {frames.dtype}.')
+
+
+# Sampling.
+
+
+def test_window_indices(num_video_frames: int,
+                        num_frames: int = DEFAULT_NUM_FRAMES,
+                        stride: int = DEFAULT_STRIDE,
+                        num_windows: int = DEFAULT_NUM_TEST_WINDOWS) -> np.ndarray:
+  """Frame indices of the evenly spaced test windows of a video.
+
+  Window offsets are `int32(linspace(0, float32(max(0, L - T*s)), W))`,
+  computed in float32 and truncated exactly as `tf.linspace` followed by
+  `tf.cast(..., tf.int32)`; window w takes frames `(offset_w + k*s) mod L`.
+
+  Args:
+    num_video_frames: L, the number of frames of the video.
+    num_frames: T, frames per window.
+    stride: s, step between sampled frames.
+    num_windows: W, number of windows.
+
+  Returns:
+    int64 [W, T] frame indices in [0, L).
+  """
+  _check_positive(num_video_frames=num_video_frames, num_frames=num_frames,
+                  stride=stride, num_windows=num_windows)
+  max_offset = np.float32(max(0, num_video_frames - num_frames * stride))
+  # tf.linspace: start, then start + delta * i in float32, then stop itself.
+  delta = max_offset / np.float32(max(num_windows - 1, 1))
+  offsets = delta * np.arange(num_windows, dtype=np.float32)
+  if num_windows > 1:
+    offsets[-1] = max_offset
+  offsets = offsets.astype(np.int64)  # Truncation, as tf.cast does.
+  steps = np.arange(num_frames, dtype=np.int64) * stride
+  return (offsets[:, None] + steps[None, :]) % num_video_frames
+
+
+def train_clip_indices(num_video_frames: int, num_frames: int, stride: int,
+                       rng: np.random.Generator) -> np.ndarray:
+  """Frame indices of one random training clip.
+
+  The offset is uniform in [0, M), M = L - (T-1)*s when L > (T-1)*s, else
+  M = L; frame k is `(offset + k*s) mod L`, so short videos loop.
+
+  Args:
+    num_video_frames: L, the number of frames of the video.
+    num_frames: T, frames per clip.
+    stride: s, step between sampled frames.
+    rng: source of the random offset.
+
+  Returns:
+    int64 [T] frame indices in [0, L).
+  """
+  _check_positive(num_video_frames=num_video_frames, num_frames=num_frames,
+                  stride=stride)
+  span = (num_frames - 1) * stride
+  num_offsets = num_video_frames - span if num_video_frames > span else num_video_frames
+  offset = rng.integers(0, num_offsets)
+  return (offset + np.arange(num_frames, dtype=np.int64) * stride) % num_video_frames
+
+
+def video_seed(video_id: str, base_seed: int) -> int:
+  """A per-video seed, stable across processes and Python runs.
+
+  Args:
+    video_id: identifier of the video, e.g. its relative path.
+    base_seed: global seed of the run (e.g. differs per epoch or experiment).
+
+  Returns:
+    A non-negative int below 2**63, suitable for `numpy.random.default_rng`.
+  """
+  digest = hashlib.sha256(f'{base_seed}:{video_id}'.encode('utf-8')).digest()
+  return int.from_bytes(digest[:8], 'big') >> 1
+
+
+# Decoding.
+
+
+def decode_jpeg_frames(jpegs: Sequence[bytes],
+                       indices: Optional[Sequence[int]] = None) -> np.ndarray:
+  """Decodes JPEG frames with TensorFlow's decoder (as the original did).
+
+  Args:
+    jpegs: the encoded frames of one video, in order.
+    indices: which frames to decode, in the order wanted; all when None.
+
+  Returns:
+    uint8 [N, H, W, 3] RGB frames, N = len(indices) (or len(jpegs)).
+
+  Raises:
+    ValueError: if there is nothing to decode, a JPEG is corrupt (the error
+      names the frame index), an index is out of range, or the frames differ
+      in size.
+  """
+  if indices is None:
+    indices = range(len(jpegs))
+  if len(indices) == 0:
+    raise ValueError('No frames to decode.')
+  frames = []
+  for index in indices:
+    if not 0 <= index < len(jpegs):
+      raise ValueError(f'Frame index {index} is out of range for a video of '
+                       f'{len(jpegs)} frames.')
+    try:
+      frame = tf.io.decode_jpeg(jpegs[index], channels=_RGB_CHANNELS).numpy()
+    except (tf.errors.OpError, ValueError) as error:
+      raise ValueError(f'Frame {index} is not a valid JPEG: {error}') from error
+    if frames and frame.shape != frames[0].shape:
+      raise ValueError(f'Frame {index} has shape {frame.shape}, unlike frame '
+                       f'{indices[0]} with shape {frames[0].shape}.')
+    frames.append(frame)
+  return np.stack(frames)
+
+
+# Spatial processing.
+
+
+def resized_size(height: int, width: int, min_resize: int) -> tuple[int, int]:
+  """Output (height, width) that makes the smaller side `min_resize`.
+
+  Integer formula of the protocol: `out_h = max(min_resize, h*min_resize // w)`
+  and `out_w = max(min_resize, w*min_resize // h)`.
+  """
+  _check_positive(height=height, width=width, min_resize=min_resize)
+  return (max(min_resize, (height * min_resize) // width),
+          max(min_resize, (width * min_resize) // height))
+
+
+def resize_frames(frames: np.ndarray, min_resize: int) -> np.ndarray:
+  """Resizes frames so the smaller side is `min_resize`.
+
+  Frames already of the target size are returned as they are. Otherwise the
+  resize is `tf.image.resize`'s default bilinear one (half-pixel centres, no
+  antialiasing) and the float result is truncated back to uint8 by `tf.cast`.
+
+  Args:
+    frames: uint8 [N, H, W, 3].
+    min_resize: target size of the smaller side.
+
+  Returns:
+    uint8 [N, out_h, out_w, 3], sizes from `resized_size`.
+  """
+  _check_frames(frames)
+  height, width = frames.shape[1:3]
+  size = resized_size(height, width, min_resize)
+  if size == (height, width):
+    return frames
+  resized = tf.image.resize(frames, size)
+  return tf.cast(resized, tf.uint8).numpy()
+
+
+def central_crop(frames: np.ndarray, crop_size: int) -> np.ndarray:
+  """Central `crop_size` square, as `tf.image.resize_with_crop_or_pad`.
+
+  A side longer than the crop is cropped from offset `(size - crop) // 2`; a
+  shorter side is zero-padded, placed at offset `(crop - size) // 2`.
+
+  Args:
+    frames: [N, H, W, C] of any dtype.
+    crop_size: side of the output square.
+
+  Returns:
+    [N, crop_size, crop_size, C], the dtype of `frames`.
+  """
+  _check_positive(crop_size=crop_size)
+  if frames.ndim != 4:
+    raise ValueError(f'Expected frames of shape [N, H, W, C], got {frames.shape}.')
+  num, height, width, channels = frames.shape
+  out = np.zeros((num, crop_size, crop_size, channels), frames.dtype)
+  crop_y, crop_x = max(0, (height - crop_size) // 2), max(0, (width - crop_size) // 2)
+  pad_y, pad_x = max(0, (crop_size - height) // 2), max(0, (crop_size - width) // 2)
+  kept_h, kept_w = min(height, crop_size), min(width, crop_size)
+  out[:, pad_y:pad_y + kept_h, pad_x:pad_x + kept_w] = (
+      frames[:, crop_y:crop_y + kept_h, crop_x:crop_x + kept_w])
+  return out
+
+
+def random_crop(frames: np.ndarray, crop_size: int,
+                rng: np.random.Generator) -> np.ndarray:
+  """Random `crop_size` square, at the same place in every frame.
+
+  Args:
+    frames: [N, H, W, C] of any dtype, H and W at least `crop_size`.
+    crop_size: side of the output square.
+    rng: source of the offsets, each uniform over the valid positions.
+
+  Returns:
+    [N, crop_size, crop_size, C], the dtype of `frames`.
+  """
+  _check_positive(crop_size=crop_size)
+  height, width = frames.shape[1:3]
+  if height < crop_size or width < crop_size:
+    raise ValueError(f'Cannot crop {crop_size}x{crop_size} from frames of size '
+                     f'{height}x{width}.')
+  top = rng.integers(0, height - crop_size + 1)
+  left = rng.integers(0, width - crop_size + 1)
+  return frames[:, top:top + crop_size, left:left + crop_size]
+
+
+def random_flip_left_right(frames: np.ndarray,
+                           rng: np.random.Generator) -> np.ndarray:
+  """All frames flipped left-right together, with probability 1/2.
+
+  Args:
+    frames: [N, H, W, C] of any dtype.
+    rng: source of the coin flip.
+
+  Returns:
+    `frames` or its mirror image, same shape and dtype.
+  """
+  if rng.random() < 0.5:
+    return frames[:, :, ::-1]
+  return frames
+
+
+def to_float(frames: np.ndarray) -> np.ndarray:
+  """uint8 pixels to float32 in [0, 1] (division by 255 in float32)."""
+  return frames.astype(np.float32) / _MAX_PIXEL_VALUE
+
+
+# Clips.
+
+# Maps sorted, unique frame indices to uint8 [N, H, W, 3] frames; lets the same
+# clip logic read decoded arrays or decode JPEGs on demand.
+_FrameGatherer = Callable[[np.ndarray], np.ndarray]
+
+
+def _gather_unique(gather: _FrameGatherer,
+                   indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Fetches each needed frame once; returns (frames, positions like indices)."""
+  needed, positions = np.unique(indices, return_inverse=True)
+  return gather(needed), positions.reshape(indices.shape)
+
+
+def _test_clips(gather: _FrameGatherer, num_video_frames: int, num_windows: int,
+                num_frames: int, stride: int, min_resize: int,
+                crop_size: int) -> np.ndarray:
+  """float32 [W, T, crop, crop, 3] test clips of frames fetched by `gather`."""
+  indices = test_window_indices(num_video_frames, num_frames, stride, num_windows)
+  frames, positions = _gather_unique(gather, indices)
+  # Resize and crop act frame by frame, so each needed frame is processed once
+  # and the windows are assembled afterwards.
+  processed = to_float(central_crop(resize_frames(frames, min_resize), crop_size))
+  return processed[positions]
+
+
+def _train_clips(gather: _FrameGatherer, num_video_frames: int, num_clips: int,
+                 num_frames: int, stride: int, min_resize: int, crop_size: int,
+                 seed: int) -> np.ndarray:
+  """float32 [N, T, crop, crop, 3] training clips of frames fetched by `gather`.
+
+  All clip offsets are drawn first so the frames they need are fetched once.
+  """
+  _check_positive(num_clips=num_clips)
+  rng = np.random.default_rng(seed)
+  indices = np.stack([train_clip_indices(num_video_frames, num_frames, stride, rng)
+                      for _ in range(num_clips)])
+  frames, positions = _gather_unique(gather, indices)
+  clips = []
+  for clip_positions in positions:
+    # The flip precedes the resize, as in the protocol; bilinear resizing is
+    # not bit-exactly symmetric, so each clip is resized on its own.
+    clip = random_flip_left_right(frames[clip_positions], rng)
+    clip = random_crop(resize_frames(clip, min_resize), crop_size, rng)
+    clips.append(to_float(clip))
+  return np.stack(clips)
+
+
+def test_clips(frames: np.ndarray, *,
+               num_windows: int = DEFAULT_NUM_TEST_WINDOWS,
+               num_frames: int = DEFAULT_NUM_FRAMES,
+               stride: int = DEFAULT_STRIDE,
+               min_resize: int = DEFAULT_MIN_RESIZE,
+               crop_size: int = DEFAULT_CROP_SIZE) -> np.ndarray:
+  """The evaluation clips of a video: W windows, resized, centrally cropped.
+
+  Args:
+    frames: uint8 [L, H, W, 3], all frames of the video.
+    num_windows: W.
+    num_frames: T, frames per window.
+    stride: s, step between sampled frames.
+    min_resize: target size of the smaller side.
+    crop_size: side of the central crop.
+
+  Returns:
+    float32 [W, T, crop_size, crop_size, 3] in [0, 1].
+  """
+  _check_frames(frames)
+  return _test_clips(lambda needed: frames[needed], len(frames), num_windows,
+                     num_frames, stride, min_resize, crop_size)
+
+
+def test_clips_from_jpegs(jpegs: Sequence[bytes], *,
+                          num_windows: int = DEFAULT_NUM_TEST_WINDOWS,
+                          num_frames: int = DEFAULT_NUM_FRAMES,
+                          stride: int = DEFAULT_STRIDE,
+                          min_resize: int = DEFAULT_MIN_RESIZE,
+                          crop_size: int = DEFAULT_CROP_SIZE) -> np.ndarray:
+  """`test_clips` of JPEG frames, decoding only the frames the windows use.
+
+  Args:
+    jpegs: the L encoded frames of the video, in order.
+    (others): as in `test_clips`.
+
+  Returns:
+    float32 [W, T, crop_size, crop_size, 3] in [0, 1].
+  """
+  return _test_clips(lambda needed: decode_jpeg_frames(jpegs, needed), len(jpegs),
+                     num_windows, num_frames, stride, min_resize, crop_size)
+
+
+def train_clips(frames: np.ndarray, *, num_clips: int, num_frames: int,
+                stride: int, min_resize: int, crop_size: int,
+                seed: int) -> np.ndarray:
+  """Random training clips of a video, reproducible from `seed`.
+
+  Each clip: random offset, flip with probability 1/2, resize, random crop.
+
+  Args:
+    frames: uint8 [L, H, W, 3], all frames of the video.
+    num_clips: N, independent clips to draw (one per training epoch).
+    num_frames: T, frames per clip.
+    stride: s, step between sampled frames.
+    min_resize: target size of the smaller side.
+    crop_size: side of the random crop.
+    seed: seed of `numpy.random.default_rng`, e.g. from `video_seed`.
+
+  Returns:
+    float32 [N, T, crop_size, crop_size, 3] in [0, 1].
+  """
+  _check_frames(frames)
+  return _train_clips(lambda needed: frames[needed], len(frames), num_clips,
+                      num_frames, stride, min_resize, crop_size, seed)
+
+
+def train_clips_from_jpegs(jpegs: Sequence[bytes], *, num_clips: int,
+                           num_frames: int, stride: int, min_resize: int,
+                           crop_size: int, seed: int) -> np.ndarray:
+  """`train_clips` of JPEG frames, decoding only the frames the clips use.
+
+  Gives the same clips as `train_clips` of the decoded frames for a seed.
+
+  Args:
+    jpegs: the L encoded frames of the video, in order.
+    (others): as in `train_clips`.
+
+  Returns:
+    float32 [N, T, crop_size, crop_size, 3] in [0, 1].
+  """
+  return _train_clips(lambda needed: decode_jpeg_frames(jpegs, needed), len(jpegs),
+                      num_clips, num_frames, stride, min_resize, crop_size, seed)
