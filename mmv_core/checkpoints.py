@@ -1,0 +1,626 @@
+"""Stage: MMV checkpoints, loaded safely, validated, converted and faked.
+
+The released MMV checkpoints (`mmv_s3d.pkl`, `mmv_tsm_resnet_x1.pkl`,
+`mmv_tsm_resnet_x2.pkl`) are dill pickles of `{'params': ..., 'state': ...}`,
+each a two-level mapping `module path -> {name -> array}` written by dm-haiku
+in 2020, possibly holding haiku's old immutable containers (`FlatMapping`,
+`frozendict`) instead of dicts.
+
+Unpickling runs code named by the file, so this module never hands a file to
+`pickle.load`: `_SafeUnpickler` resolves only an explicit allow-list of
+globals (numpy array reconstruction, dill's array helper, plain containers)
+and maps haiku's container names onto a plain-dict stand-in, without
+importing haiku. The converted format is `.npz` (no pickle at all), keyed
+`<collection>/<module path>:<name>`.
+
+Trees here are plain `dict[str, dict[str, np.ndarray]]`; "expected" trees
+hold anything with `.shape` and `.dtype` (`ArraySpec`, `jax.ShapeDtypeStruct`).
+
+Command line (`python -m mmv_core.checkpoints ...`):
+  convert IN OUT.npz            pickle (or npz) -> npz
+  random --backbone B OUT.pkl   random checkpoint in the released format
+  inspect PATH                  backbone, sizes and sha256 of a checkpoint
+"""
+
+import argparse
+import codecs
+import collections.abc
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import pickle
+import sys
+from typing import Any, Mapping, Sequence
+
+from apache_beam.io.filesystems import FileSystems
+import dill
+import numpy as np
+
+from mmv_core import sources
+
+PARAMS = 'params'
+STATE = 'state'
+COLLECTIONS = (PARAMS, STATE)
+
+# Checked in this order: the first tag found in the file name wins, so that
+# `tsm_resnet_x2` is never mistaken for a shorter tag.
+BACKBONES = ('tsm_resnet_x2', 'tsm_resnet_x1', 's3d')
+
+# Module path of haiku's containers in pickles written by haiku 0.0.1-0.0.3.
+HAIKU_DATA_STRUCTURES = 'haiku._src.data_structures'
+
+# Separates the module path from the parameter name in flat keys; haiku
+# module paths use '/' and '~' but never ':'.
+NAME_SEPARATOR = ':'
+
+# At most this many entries of each kind are listed in a validation error.
+MAX_LISTED_PROBLEMS = 20
+
+# Moving-average counter stored in random checkpoints; any positive count
+# makes the debiased `average` equal to `hidden`.
+RANDOM_EMA_COUNTER = 1000
+
+_ZIP_MAGIC = b'PK\x03\x04'
+
+Tree = dict[str, dict[str, np.ndarray]]
+SpecTree = Mapping[str, Mapping[str, Any]]
+
+
+class CheckpointError(ValueError):
+  """A checkpoint cannot be read, is unsafe, or does not fit the model."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySpec:
+  """Expected shape and dtype of one checkpoint array."""
+  shape: tuple[int, ...]
+  dtype: np.dtype
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+  """A loaded checkpoint.
+
+  Attributes:
+    params: module path -> {name -> array}, e.g. float32 [7, 7, 3, 64].
+    state: module path -> {name -> array} (BatchNorm moving averages: float32
+      `average`/`hidden`, int32 [] `counter`).
+    path: where it was read from.
+    sha256: hex digest of the file's bytes.
+  """
+  params: Tree
+  state: Tree
+  path: str
+  sha256: str
+
+
+# ---------------------------------------------------------------------------
+# Safe unpickling.
+
+
+class _LegacyHaikuMapping(dict):
+  """Plain-dict stand-in for haiku's old `FlatMapping` and `frozendict`.
+
+  Old pickles rebuild these either by calling the class on a mapping
+  (`FlatMapping.__reduce__`, `frozendict.__reduce__`, `to_immutable_dict`),
+  which `dict.__init__` handles, or by `NEWOBJ` followed by `BUILD` with the
+  instance's slots, which `__setstate__` handles.
+  """
+
+  def __setstate__(self, state: Any) -> None:
+    dict_state, slot_state = state if isinstance(state, tuple) else (state, None)
+    fields = {**(dict_state or {}), **(slot_state or {})}
+    for storage_field in ('_storage', '_mapping'):
+      if isinstance(fields.get(storage_field), collections.abc.Mapping):
+        self.update(fields[storage_field])
+        return
+    raise pickle.UnpicklingError(
+        f'unrecognised state of a haiku mapping (fields {sorted(fields)})')
+
+
+def _reconstruct_array_function():
+  """numpy's `_reconstruct`, whatever private module holds it."""
+  return np.empty(0).__reduce__()[0]
+
+
+_RECONSTRUCT_ARRAY = _reconstruct_array_function()
+
+
+def _dill_create_array(reconstruct, args, state, npdict=None) -> np.ndarray:
+  """Stand-in for `dill._dill._create_array`, limited to plain ndarrays."""
+  if reconstruct is not _RECONSTRUCT_ARRAY:
+    raise pickle.UnpicklingError(
+        f'dill array helper called with {reconstruct!r}, not numpy _reconstruct')
+  if npdict:
+    raise pickle.UnpicklingError('arrays with instance attributes are refused')
+  array = reconstruct(*args)
+  array.__setstate__(state)
+  return array
+
+
+def _latin1_encode(text: str, encoding: str) -> bytes:
+  """Stand-in for `_codecs.encode`, which protocol-2 pickles use for bytes."""
+  if encoding != 'latin1':
+    raise pickle.UnpicklingError(f'refused codec {encoding!r}')
+  return codecs.encode(text, 'latin1')
+
+
+def _allowed_globals() -> dict[tuple[str, str], Any]:
+  """(module, name) -> object, for every global a checkpoint may name."""
+  scalar = np.float32(0).__reduce__()[0]
+  frombuffer = np.empty(1).__reduce_ex__(5)[0]
+  allowed = {
+      ('numpy', 'ndarray'): np.ndarray,
+      ('numpy', 'dtype'): np.dtype,
+      ('dill._dill', '_create_array'): _dill_create_array,
+      ('_codecs', 'encode'): _latin1_encode,
+      ('builtins', 'dict'): dict,
+      ('builtins', 'list'): list,
+      ('builtins', 'tuple'): tuple,
+      ('builtins', 'bytearray'): bytearray,
+      ('collections', 'OrderedDict'): collections.OrderedDict,
+  }
+  # numpy 1.x wrote `numpy.core...`, numpy 2.x writes `numpy._core...`.
+  for core in ('numpy.core', 'numpy._core'):
+    allowed[(f'{core}.multiarray', '_reconstruct')] = _RECONSTRUCT_ARRAY
+    allowed[(f'{core}.multiarray', 'scalar')] = scalar
+    allowed[(f'{core}.numeric', '_frombuffer')] = frombuffer
+  for container in ('FlatMapping', 'FlatMap', 'frozendict', 'to_immutable_dict'):
+    allowed[(HAIKU_DATA_STRUCTURES, container)] = _LegacyHaikuMapping
+  return allowed
+
+
+_ALLOWED_GLOBALS = _allowed_globals()
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+  """The pickle names a global outside the allow-list."""
+
+  def __init__(self, module: str, name: str):
+    super().__init__(f'{module}.{name}')
+    self.qualified_name = f'{module}.{name}'
+
+
+class _SafeUnpickler(pickle.Unpickler):
+  """Unpickler resolving only `_ALLOWED_GLOBALS`; refuses before any call."""
+
+  def find_class(self, module: str, name: str) -> Any:
+    try:
+      return _ALLOWED_GLOBALS[(module, name)]
+    except KeyError:
+      raise _RefusedGlobal(module, name) from None
+
+
+def _safe_unpickle(data: bytes, path: str) -> Any:
+  """Unpickles `data` with `_SafeUnpickler`; every failure names `path`."""
+  try:
+    return _SafeUnpickler(io.BytesIO(data)).load()
+  except _RefusedGlobal as e:
+    raise CheckpointError(
+        f'{path}: refused to unpickle global {e.qualified_name!r}: only numpy '
+        'arrays, plain containers and haiku mappings are allowed in a '
+        'checkpoint') from None
+  except EOFError:
+    raise CheckpointError(
+        f'{path}: truncated pickle ({len(data)} bytes end before its STOP '
+        'opcode)') from None
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(
+        f'{path}: not a readable checkpoint pickle ({type(e).__name__}: {e}); '
+        f'file starts with {data[:16]!r}') from None
+
+
+# ---------------------------------------------------------------------------
+# Tree structure.
+
+
+def _flat_name(module: str, name: str) -> str:
+  return f'{module}{NAME_SEPARATOR}{name}'
+
+
+def _as_tree(value: Any, path: str, collection: str) -> Tree:
+  """Checks `value` is module -> {name -> numeric array}; returns plain dicts."""
+  if not isinstance(value, collections.abc.Mapping):
+    raise CheckpointError(
+        f'{path}: {collection!r} is a {type(value).__name__}, expected a '
+        'mapping module path -> {name -> array}')
+  tree = {}
+  for module, leaves in value.items():
+    is_module = (isinstance(module, str) and
+                 isinstance(leaves, collections.abc.Mapping) and
+                 all(isinstance(name, str) for name in leaves))
+    if not is_module:
+      raise CheckpointError(
+          f'{path}: {collection}[{module!r}] is a {type(leaves).__name__}, '
+          'expected a mapping name (str) -> array')
+    tree[module] = {}
+    for name, leaf in leaves.items():
+      if not isinstance(leaf, (np.ndarray, np.generic)):
+        raise CheckpointError(
+            f'{path}: {collection} {_flat_name(module, name)} is a '
+            f'{type(leaf).__name__}, expected a numpy array')
+      array = np.asarray(leaf)
+      if array.dtype.kind not in 'biuf':
+        raise CheckpointError(
+            f'{path}: {collection} {_flat_name(module, name)} has dtype '
+            f'{array.dtype}, expected a numeric dtype')
+      tree[module][str(name)] = array
+  return tree
+
+
+def _split_collections(raw: Any, path: str) -> tuple[Tree, Tree]:
+  """(params, state) of an unpickled `{'params', 'state'}` mapping."""
+  if not isinstance(raw, collections.abc.Mapping):
+    raise CheckpointError(
+        f'{path}: top level is a {type(raw).__name__}, expected a mapping '
+        "with 'params' and 'state'")
+  missing = [c for c in COLLECTIONS if c not in raw]
+  if missing:
+    raise CheckpointError(
+        f'{path}: top level lacks {missing}; it has keys {sorted(map(str, raw))}')
+  return _as_tree(raw[PARAMS], path, PARAMS), _as_tree(raw[STATE], path, STATE)
+
+
+# ---------------------------------------------------------------------------
+# npz format.
+
+
+def _npz_key(collection: str, module: str, name: str) -> str:
+  return f'{collection}/{_flat_name(module, name)}'
+
+
+def _flatten(params: Tree, state: Tree) -> dict[str, np.ndarray]:
+  """{'<collection>/<module path>:<name>': array} for both collections."""
+  flat = {}
+  for collection, tree in zip(COLLECTIONS, (params, state)):
+    for module, leaves in tree.items():
+      for name, array in leaves.items():
+        if NAME_SEPARATOR in name:
+          raise CheckpointError(
+              f'cannot flatten {collection} {module!r}: name {name!r} contains '
+              f'{NAME_SEPARATOR!r}')
+        flat[_npz_key(collection, module, name)] = array
+  return flat
+
+
+def _unflatten(flat: Mapping[str, np.ndarray], path: str) -> tuple[Tree, Tree]:
+  """Inverse of `_flatten`."""
+  trees = {collection: {} for collection in COLLECTIONS}
+  for key, array in flat.items():
+    collection, _, flat_name = key.partition('/')
+    module, separator, name = flat_name.rpartition(NAME_SEPARATOR)
+    if collection not in trees or not separator or not module:
+      raise CheckpointError(
+          f'{path}: npz key {key!r} is not <params|state>/<module path>:<name>')
+    trees[collection].setdefault(module, {})[name] = array
+  return trees[PARAMS], trees[STATE]
+
+
+def _load_npz(data: bytes, path: str) -> tuple[Tree, Tree]:
+  try:
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+      flat = {key: npz[key] for key in npz.files}
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(
+        f'{path}: not a readable npz checkpoint ({type(e).__name__}: {e})'
+    ) from None
+  params, state = _unflatten(flat, path)
+  return _as_tree(params, path, PARAMS), _as_tree(state, path, STATE)
+
+
+def save_npz(checkpoint: Checkpoint, path: str | os.PathLike[str]) -> None:
+  """Writes `checkpoint` as an uncompressed npz (local path or `gs://`)."""
+  flat = _flatten(checkpoint.params, checkpoint.state)
+  with FileSystems.create(os.fspath(path)) as f:
+    np.savez(f, **flat)
+
+
+# ---------------------------------------------------------------------------
+# Loading.
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+  """Loads a released-format pickle or a converted npz, without running code.
+
+  Args:
+    path: local path, `gs://...` or `http(s)://...`.
+
+  Returns:
+    The checkpoint, its trees as plain dicts of numpy arrays.
+
+  Raises:
+    CheckpointError: unreadable, truncated, not a checkpoint, naming a global
+      outside the allow-list, or not `{'params', 'state'}` of arrays.
+  """
+  path = os.fspath(path)
+  try:
+    data = sources.read_bytes(path)
+  except sources.SourceError as e:
+    raise CheckpointError(f'{path}: cannot read checkpoint ({e})') from None
+  digest = hashlib.sha256(data).hexdigest()
+  if data.startswith(_ZIP_MAGIC):
+    params, state = _load_npz(data, path)
+  else:
+    params, state = _split_collections(_safe_unpickle(data, path), path)
+  return Checkpoint(params=params, state=state, path=path, sha256=digest)
+
+
+def infer_backbone(path: str | os.PathLike[str]) -> str:
+  """One of `BACKBONES`, read from the checkpoint's file name."""
+  file_name = os.path.basename(os.fspath(path)).lower()
+  for backbone in BACKBONES:
+    if backbone in file_name:
+      return backbone
+  raise CheckpointError(
+      f'{path}: cannot infer the visual backbone: the file name contains none '
+      f'of {", ".join(BACKBONES)}')
+
+
+# ---------------------------------------------------------------------------
+# Validation.
+
+
+def _describe(shape: Sequence[int], dtype: Any) -> str:
+  return f'{np.dtype(dtype).name}[{",".join(str(d) for d in shape)}]'
+
+
+def _listed(title: str, lines: list[str]) -> list[str]:
+  if not lines:
+    return []
+  shown = [f'  {line}' for line in lines[:MAX_LISTED_PROBLEMS]]
+  if len(lines) > MAX_LISTED_PROBLEMS:
+    shown.append(f'  ... and {len(lines) - MAX_LISTED_PROBLEMS} more')
+  return [f'{title} ({len(lines)}):'] + shown
+
+
+def validate_tree(params: Tree, state: Tree, expected_params: SpecTree,
+                  expected_state: SpecTree, *, source: str) -> None:
+  """Checks both trees hold exactly the expected paths, shapes and dtypes.
+
+  Args:
+    params: module path -> {name -> array}, as loaded.
+    state: likewise.
+    expected_params: module path -> {name -> object with `.shape`, `.dtype`}.
+    expected_state: likewise.
+    source: names the checkpoint in the error.
+
+  Raises:
+    CheckpointError: one error listing every missing, unexpected and
+      mismatched `<collection> module/path:name` (the first
+      `MAX_LISTED_PROBLEMS` of each kind).
+  """
+  missing, unexpected, mismatched = [], [], []
+  for collection, actual, expected in ((PARAMS, params, expected_params),
+                                       (STATE, state, expected_state)):
+    actual_flat = {_flat_name(m, n): a for m, leaves in actual.items()
+                   for n, a in leaves.items()}
+    expected_flat = {_flat_name(m, n): s for m, leaves in expected.items()
+                     for n, s in leaves.items()}
+    for key in sorted(expected_flat.keys() - actual_flat.keys()):
+      spec = expected_flat[key]
+      missing.append(f'{collection} {key} {_describe(spec.shape, spec.dtype)}')
+    for key in sorted(actual_flat.keys() - expected_flat.keys()):
+      array = actual_flat[key]
+      unexpected.append(
+          f'{collection} {key} {_describe(array.shape, array.dtype)}')
+    for key in sorted(actual_flat.keys() & expected_flat.keys()):
+      array, spec = actual_flat[key], expected_flat[key]
+      if (tuple(array.shape) != tuple(spec.shape) or
+          array.dtype != np.dtype(spec.dtype)):
+        mismatched.append(
+            f'{collection} {key}: checkpoint has '
+            f'{_describe(array.shape, array.dtype)}, model expects '
+            f'{_describe(spec.shape, spec.dtype)}')
+  if missing or unexpected or mismatched:
+    lines = [f'{source}: checkpoint does not match the model '
+             f'({len(missing)} missing, {len(unexpected)} unexpected, '
+             f'{len(mismatched)} mismatched):']
+    lines += _listed('missing from the checkpoint', missing)
+    lines += _listed('unexpected in the checkpoint', unexpected)
+    lines += _listed('wrong shape or dtype', mismatched)
+    raise CheckpointError('\n'.join(lines))
+
+
+def manifest_shapes(manifest_path: str | os.PathLike[str]
+                    ) -> tuple[dict[str, dict[str, ArraySpec]],
+                               dict[str, dict[str, ArraySpec]]]:
+  """(params, state) specs from a `param_manifest_<config>.json` file."""
+  with open(manifest_path) as f:
+    manifest = json.load(f)
+  trees = []
+  for collection in COLLECTIONS:
+    if collection not in manifest:
+      raise CheckpointError(f'{manifest_path}: manifest has no {collection!r}')
+    trees.append({
+        module: {name: ArraySpec(tuple(leaf['shape']), np.dtype(leaf['dtype']))
+                 for name, leaf in leaves.items()}
+        for module, leaves in manifest[collection].items()})
+  return trees[0], trees[1]
+
+
+def count_values(tree: Tree) -> int:
+  """Number of scalars in all arrays of `tree`."""
+  return sum(array.size for leaves in tree.values() for array in leaves.values())
+
+
+# ---------------------------------------------------------------------------
+# Random checkpoints in the released format.
+
+
+def _random_array(rng: np.random.Generator, module: str, name: str,
+                  spec: Any) -> np.ndarray:
+  """A value for one leaf that keeps activations bounded through a deep net.
+
+  Weights (rank >= 2) ~ N(0, 1/fan_in), fan_in = product of all dims but the
+  last; BatchNorm scale ~ 1 and offset ~ 0; moving-average variances in
+  [0.5, 1.5] and means ~ 0; biases small; integer leaves (counters) a count.
+  """
+  shape, dtype = tuple(spec.shape), np.dtype(spec.dtype)
+  if dtype.kind in 'iu':
+    return np.full(shape, RANDOM_EMA_COUNTER, dtype)
+
+  def normal(std):
+    return (std * rng.standard_normal(shape, np.float32)).astype(dtype)
+
+  if name in ('average', 'hidden'):
+    if module.rsplit('/', 1)[-1].startswith('var_ema'):
+      return rng.uniform(0.5, 1.5, shape).astype(dtype)
+    return normal(0.1)
+  if name == 'scale':
+    return (1 + normal(0.1)).astype(dtype)
+  if name == 'offset':
+    return normal(0.1)
+  if len(shape) >= 2:
+    return normal(1 / np.sqrt(np.prod(shape[:-1])))
+  return normal(0.01)
+
+
+def random_trees(expected_params: SpecTree, expected_state: SpecTree,
+                 seed: int = 0) -> tuple[Tree, Tree]:
+  """(params, state) of random arrays with the expected shapes and dtypes."""
+  rng = np.random.default_rng(seed)
+  trees = []
+  for expected in (expected_params, expected_state):
+    trees.append({
+        module: {name: _random_array(rng, module, name, expected[module][name])
+                 for name in sorted(expected[module])}
+        for module in sorted(expected)})
+  return trees[0], trees[1]
+
+
+class _HaikuGlobal:
+  """A reference to a haiku global, written into a pickle by name only."""
+
+  def __init__(self, name: str):
+    self.name = name
+
+  def __call__(self, *args, **kwargs):
+    raise TypeError(f'{HAIKU_DATA_STRUCTURES}.{self.name} is a pickle reference')
+
+
+_FLAT_MAPPING = _HaikuGlobal('FlatMapping')
+
+
+class _FlatMappingToPickle(dict):
+  """A dict pickled the way haiku 0.0.2-0.0.3 pickled a `FlatMapping`."""
+
+  def __reduce__(self):
+    return _FLAT_MAPPING, (dict(self),)
+
+
+def _as_flat_mappings(tree: Tree) -> _FlatMappingToPickle:
+  return _FlatMappingToPickle(
+      {module: _FlatMappingToPickle(leaves) for module, leaves in tree.items()})
+
+
+class _CheckpointPickler(dill.Pickler):
+  """dill Pickler that writes `_HaikuGlobal`s as globals, importing nothing."""
+
+  def save(self, obj, save_persistent_id=True):
+    if isinstance(obj, _HaikuGlobal):
+      self.write(pickle.GLOBAL +
+                 f'{HAIKU_DATA_STRUCTURES}\n{obj.name}\n'.encode('ascii'))
+      return
+    super().save(obj, save_persistent_id)
+
+
+def write_random_checkpoint(path: str | os.PathLike[str],
+                            expected_params: SpecTree,
+                            expected_state: SpecTree,
+                            seed: int = 0,
+                            *,
+                            legacy_containers: bool = False) -> None:
+  """Writes a random checkpoint as a dill pickle of `{'params', 'state'}`.
+
+  Args:
+    path: local path or `gs://...`.
+    expected_params: module path -> {name -> object with `.shape`, `.dtype`}.
+    expected_state: likewise.
+    seed: seeds the values.
+    legacy_containers: wrap both levels of each tree in haiku's old
+      `FlatMapping`, as checkpoints written in 2020 may do.
+  """
+  params, state = random_trees(expected_params, expected_state, seed)
+  if legacy_containers:
+    params, state = _as_flat_mappings(params), _as_flat_mappings(state)
+  with FileSystems.create(os.fspath(path)) as f:
+    _CheckpointPickler(f).dump({PARAMS: params, STATE: state})
+
+
+# ---------------------------------------------------------------------------
+# Command line.
+
+
+def _expected_trees(backbone: str, manifest: str | None):
+  if manifest:
+    return manifest_shapes(manifest)
+  # The model (and with it jax and haiku) is only needed without a manifest.
+  from mmv_core.models import mmv  # pylint: disable=g-import-not-at-top
+  return mmv.param_shapes(backbone)
+
+
+def _describe_checkpoint(checkpoint: Checkpoint) -> list[str]:
+  try:
+    backbone = infer_backbone(checkpoint.path)
+  except CheckpointError:
+    backbone = 'unknown (file name names none of ' + ', '.join(BACKBONES) + ')'
+  lines = [f'path: {checkpoint.path}', f'sha256: {checkpoint.sha256}',
+           f'backbone: {backbone}']
+  for collection, tree in zip(COLLECTIONS, (checkpoint.params,
+                                            checkpoint.state)):
+    arrays = sum(len(leaves) for leaves in tree.values())
+    lines.append(f'{collection}: {len(tree)} modules, {arrays} arrays, '
+                 f'{count_values(tree):,} values')
+  return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(
+      prog='python -m mmv_core.checkpoints', description=__doc__.split('\n')[0])
+  commands = parser.add_subparsers(dest='command', required=True)
+  convert = commands.add_parser('convert', help='pickle -> npz')
+  convert.add_argument('source')
+  convert.add_argument('destination')
+  random_ = commands.add_parser('random', help='write a random checkpoint')
+  random_.add_argument('--backbone', choices=BACKBONES, required=True)
+  random_.add_argument('--manifest', help='param_manifest_<config>.json to use '
+                       'instead of building the model')
+  random_.add_argument('--seed', type=int, default=0)
+  random_.add_argument('--legacy-containers', action='store_true',
+                       help="use haiku's old FlatMapping containers")
+  random_.add_argument('destination')
+  inspect_ = commands.add_parser('inspect', help='describe a checkpoint')
+  inspect_.add_argument('source')
+  inspect_.add_argument('--manifest', help='also validate against this manifest')
+  args = parser.parse_args(argv)
+
+  try:
+    if args.command == 'convert':
+      checkpoint = load_checkpoint(args.source)
+      save_npz(checkpoint, args.destination)
+      print('\n'.join(_describe_checkpoint(checkpoint)))
+      print(f'written: {args.destination}')
+    elif args.command == 'random':
+      expected_params, expected_state = _expected_trees(args.backbone,
+                                                        args.manifest)
+      write_random_checkpoint(args.destination, expected_params, expected_state,
+                              args.seed,
+                              legacy_containers=args.legacy_containers)
+      print(f'written: {args.destination}')
+    else:
+      checkpoint = load_checkpoint(args.source)
+      print('\n'.join(_describe_checkpoint(checkpoint)))
+      if args.manifest:
+        validate_tree(checkpoint.params, checkpoint.state,
+                      *manifest_shapes(args.manifest), source=args.source)
+        print(f'matches {args.manifest}')
+  except CheckpointError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
