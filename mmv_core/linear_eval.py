@@ -1,0 +1,514 @@
+"""UCF101 linear evaluation: the protocol's logic, free of Beam.
+
+Stages, each a plain function or small class:
+  1. `SplitLayout` says which clips one split needs; `collect_split_features`
+     streams parsed examples into preallocated arrays, keeping only those
+     clips and recording what is missing, duplicated or unexpected
+     (`InputCheck`).
+  2. `fit_classifier`: `StandardScaler` then `LinearSVC` on every training
+     clip, kept as plain arrays (`LinearClassifier`, saved as `.npz`).
+  3. Scoring: decision values averaged over a video's windows
+     (`average_by_video`), top-k accuracy, per-class accuracy, confusion.
+  4. C selection: a held-out part of the training videos, split by UCF101
+     group so one group's clips never sit on both sides
+     (`validation_partition`, `validation_top1`, `choose_c`).
+
+Memory of one fit, for N training clips of D features: the float32 features
+(4 N D bytes), the standardised float64 copy LinearSVC requires (8 N D) and
+liblinear's own sparse copy (16 N D: an int index and a double per value),
+about 28 N D bytes in all: 5.4 GB for 95,000 x 2,048, 10.9 GB for x 4,096.
+"""
+
+import dataclasses
+import io
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from apache_beam.io.filesystems import FileSystems
+import numpy as np
+from sklearn import model_selection
+from sklearn import preprocessing
+from sklearn import svm
+
+from mmv_core import embedding_schema as schema
+from mmv_core import ucf101
+
+DEFAULT_SVM_C = 0.001
+VALIDATION_FRACTION = 0.2
+VALIDATION_SEED = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SvmSettings:
+  """The LinearSVC solver settings other than C (see bench/README.md)."""
+  dual: bool | str = True
+  tol: float = 1e-4
+  max_iter: int = 1000
+
+
+# `LinearSVC(C=0.001)` as the original evaluation ran it (scikit-learn of
+# 2020, when the default solver was the dual one; 1.9's default is "auto").
+ORIGINAL_SVM_SETTINGS = SvmSettings(dual=True, tol=1e-4, max_iter=1000)
+DEFAULT_SVM_SETTINGS = ORIGINAL_SVM_SETTINGS
+
+
+class IncompleteSplitError(ValueError):
+  """A split's embeddings are incomplete and --allow_missing was not given."""
+
+
+class InconsistentInputError(ValueError):
+  """Embeddings disagree with the split lists (labels, embedding sizes)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitLayout:
+  """The clips one split needs: every listed video with all of its clips.
+
+  Training clip `i` of training video `v` is row `v * num_train_clips + i`
+  of the training arrays; test windows are laid out the same way.
+  """
+  split: int
+  class_names: tuple[str, ...]
+  train_videos: tuple[ucf101.VideoRecord, ...]
+  test_videos: tuple[ucf101.VideoRecord, ...]
+  num_train_clips: int
+  num_test_windows: int
+
+  @classmethod
+  def from_lists(cls, lists: ucf101.SplitLists, split: int, *,
+                 num_train_clips: int, num_test_windows: int) -> "SplitLayout":
+    return cls(split=split, class_names=lists.class_names,
+               train_videos=tuple(lists.videos_in(split, ucf101.TRAIN)),
+               test_videos=tuple(lists.videos_in(split, ucf101.TEST)),
+               num_train_clips=num_train_clips,
+               num_test_windows=num_test_windows)
+
+  def videos(self, clip_type: str) -> tuple[ucf101.VideoRecord, ...]:
+    return self.train_videos if clip_type == schema.CLIP_TYPE_TRAIN else self.test_videos
+
+  def clips_per_video(self, clip_type: str) -> int:
+    return (self.num_train_clips if clip_type == schema.CLIP_TYPE_TRAIN
+            else self.num_test_windows)
+
+
+@dataclasses.dataclass(frozen=True)
+class InputCheck:
+  """What one split's embeddings lack or hold twice; clip ids `video/type/index`."""
+  split: int
+  missing_videos: tuple[str, ...]
+  missing_clips: tuple[str, ...]
+  duplicate_clips: tuple[str, ...]
+  unexpected_clips: tuple[str, ...]
+  num_ignored_clips: int
+
+  @property
+  def complete(self) -> bool:
+    return not (self.missing_clips or self.duplicate_clips or self.unexpected_clips)
+
+  def summary(self, max_ids: int = 10) -> str:
+    """One line per kind of problem, naming the first `max_ids` ids."""
+    def line(what, ids):
+      shown = ", ".join(ids[:max_ids]) + (", ..." if len(ids) > max_ids else "")
+      return f"split {self.split}: {len(ids)} {what}: {shown}"
+    kinds = (("videos without any clip", self.missing_videos),
+             ("missing clips", self.missing_clips),
+             ("duplicated clips (first copy kept)", self.duplicate_clips),
+             ("clips with an index beyond the expected count", self.unexpected_clips))
+    return "\n".join(line(what, ids) for what, ids in kinds if ids) or (
+        f"split {self.split}: complete")
+
+  def to_json(self) -> dict[str, Any]:
+    return dataclasses.asdict(self) | {"complete": self.complete}
+
+
+@dataclasses.dataclass
+class SplitFeatures:
+  """The clips of one split that were found.
+
+  Attributes:
+    train_features: float32 [N, D], one row per training clip.
+    train_labels: int64 [N].
+    train_video: int64 [N], index of the clip's video in `layout.train_videos`.
+    test_features: float32 [M, D], one row per test window.
+    test_video: int64 [M], index of the window's video in `layout.test_videos`.
+  """
+  layout: SplitLayout
+  train_features: np.ndarray
+  train_labels: np.ndarray
+  train_video: np.ndarray
+  test_features: np.ndarray
+  test_video: np.ndarray
+
+  @property
+  def train_groups(self) -> np.ndarray:
+    """int64 [N], UCF101 group (gGG) of each training clip."""
+    groups = np.array([v.group for v in self.layout.train_videos], dtype=np.int64)
+    return groups[self.train_video]
+
+  @property
+  def test_labels(self) -> np.ndarray:
+    """int64 [V], label of every test video."""
+    return np.array([v.label for v in self.layout.test_videos], dtype=np.int64)
+
+
+class _ClipTable:
+  """Preallocated rows of one clip type, filled as examples stream past."""
+
+  def __init__(self, layout: SplitLayout, clip_type: str):
+    self.clip_type = clip_type
+    self.videos = layout.videos(clip_type)
+    self.per_video = layout.clips_per_video(clip_type)
+    self.row_of_video = {v.video_id: i * self.per_video for i, v in enumerate(self.videos)}
+    self.filled = np.zeros(len(self.videos) * self.per_video, dtype=bool)
+    self.features: np.ndarray | None = None
+    self.duplicates: list[str] = []
+
+  def put(self, row: int, embedding: np.ndarray, source: str) -> None:
+    if self.features is None:
+      self.features = np.zeros((len(self.filled), embedding.shape[0]), np.float32)
+    if embedding.shape[0] != self.features.shape[1]:
+      raise InconsistentInputError(
+          f"{source}: embedding has {embedding.shape[0]} values, earlier clips "
+          f"have {self.features.shape[1]}")
+    self.features[row] = embedding
+    self.filled[row] = True
+
+  def missing(self) -> tuple[list[str], list[str]]:
+    """Ids of videos without any clip, and of every missing clip."""
+    by_video = ~self.filled.reshape(len(self.videos), self.per_video)
+    videos = [v.video_id for v, row in zip(self.videos, by_video) if row.all()]
+    clips = [f"{self.videos[r // self.per_video].video_id}/{self.clip_type}/"
+             f"{r % self.per_video}" for r in np.flatnonzero(~self.filled)]
+    return videos, clips
+
+  def found(self, embedding_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 [n, D] features, int64 [n] video index) of the filled rows."""
+    rows = np.flatnonzero(self.filled)
+    if self.features is None:
+      return np.zeros((0, embedding_size), np.float32), rows
+    features = self.features if len(rows) == len(self.filled) else self.features[rows]
+    return features, rows // self.per_video
+
+
+def collect_split_features(records: Iterable[tuple[str, bytes]],
+                           layout: SplitLayout) -> tuple[SplitFeatures, InputCheck]:
+  """Keeps the clips of one split from a stream of serialized examples.
+
+  Only clips of the split's videos are decoded; the arrays are allocated once
+  at their final size, so memory is that of the split's features.
+
+  Args:
+    records: (source, serialized `tf.train.Example`) pairs; `source` names the
+      record in errors.
+    layout: the split's videos and clip counts.
+
+  Returns:
+    The clips found, and what is missing, duplicated or unexpected.
+
+  Raises:
+    InconsistentInputError: a clip's label disagrees with the split lists, or
+      embedding sizes differ.
+  """
+  tables = {t: _ClipTable(layout, t) for t in schema.CLIP_TYPES}
+  expected_label = {v.video_id: v.label for v in layout.train_videos + layout.test_videos}
+  unexpected, ignored = [], 0
+  for source, serialized in records:
+    header = schema.parse_example(serialized, include_floats=False, source=source)
+    video_id, clip_type = header[schema.VIDEO_ID], header[schema.CLIP_TYPE]
+    table = tables[clip_type]
+    if video_id not in table.row_of_video:
+      ignored += 1
+      continue
+    if header[schema.LABEL] != expected_label[video_id]:
+      raise InconsistentInputError(
+          f"{source}: {video_id} has label {header[schema.LABEL]}, the split "
+          f"lists give {expected_label[video_id]} ({layout.class_names[expected_label[video_id]]})")
+    clip_id = f"{video_id}/{clip_type}/{header[schema.CLIP_INDEX]}"
+    if not 0 <= header[schema.CLIP_INDEX] < table.per_video:
+      unexpected.append(clip_id)
+      continue
+    row = table.row_of_video[video_id] + header[schema.CLIP_INDEX]
+    if table.filled[row]:
+      table.duplicates.append(clip_id)
+      continue
+    parsed = schema.parse_example(serialized, source=source)
+    table.put(row, parsed[schema.EMBEDDING], source)
+
+  sizes = {t.features.shape[1] for t in tables.values() if t.features is not None}
+  if len(sizes) > 1:
+    raise InconsistentInputError(
+        f"split {layout.split}: train and test embeddings differ in size {sorted(sizes)}")
+  if not sizes:
+    raise IncompleteSplitError(f"split {layout.split}: no clip of the split was found")
+  embedding_size = sizes.pop()
+
+  train, test = tables[schema.CLIP_TYPE_TRAIN], tables[schema.CLIP_TYPE_TEST]
+  train_features, train_video = train.found(embedding_size)
+  test_features, test_video = test.found(embedding_size)
+  train_labels = np.array([v.label for v in layout.train_videos], np.int64)[train_video]
+  missing_videos, missing_clips = [], []
+  for table in (train, test):
+    videos, clips = table.missing()
+    missing_videos += videos
+    missing_clips += clips
+  check = InputCheck(
+      split=layout.split, missing_videos=tuple(missing_videos),
+      missing_clips=tuple(missing_clips),
+      duplicate_clips=tuple(train.duplicates + test.duplicates),
+      unexpected_clips=tuple(unexpected), num_ignored_clips=ignored)
+  features = SplitFeatures(
+      layout=layout, train_features=train_features, train_labels=train_labels,
+      train_video=train_video, test_features=test_features, test_video=test_video)
+  return features, check
+
+
+def require_complete(check: InputCheck, allow_missing: bool) -> None:
+  """Refuses an incomplete split unless the user allowed it."""
+  if not check.complete and not allow_missing:
+    raise IncompleteSplitError(
+        f"{check.summary()}\nRefusing to score an incomplete split; pass "
+        "--allow_missing to score what is there (the report lists what was missing).")
+
+
+def embedding_records(embeddings_dir: str) -> Iterable[tuple[str, bytes]]:
+  """(source, serialized example) of every clip under an embedding job's output."""
+  for path in schema.shard_paths(embeddings_dir):
+    for index, record in enumerate(schema.iter_records(path)):
+      yield f"{path}#{index}", record
+
+
+@dataclasses.dataclass
+class LinearClassifier:
+  """A fitted scaler + linear SVM, as plain arrays.
+
+  Attributes:
+    mean: float64 [D], the scaler's mean.
+    scale: float64 [D], the scaler's standard deviation (1 where it is 0).
+    coef: float64 [K, D], one row per class of `class_names`.
+    intercept: float64 [K]; -inf for a class absent from the training clips.
+    svm_c: the SVM's C.
+  """
+  mean: np.ndarray
+  scale: np.ndarray
+  coef: np.ndarray
+  intercept: np.ndarray
+  svm_c: float
+
+  def decision_function(self, features: np.ndarray) -> np.ndarray:
+    """float [N, D] -> float32 [N, K], without a standardised copy of `features`."""
+    weights = (self.coef / self.scale).T
+    bias = self.intercept - (self.mean / self.scale) @ self.coef.T
+    return (features @ weights.astype(features.dtype) + bias).astype(np.float32)
+
+  def save(self, path: str) -> None:
+    """Writes an `.npz` (no pickle) to a local path or gs://."""
+    buffer = io.BytesIO()
+    np.savez(buffer, mean=self.mean, scale=self.scale, coef=self.coef,
+             intercept=self.intercept, svm_c=np.float64(self.svm_c))
+    with FileSystems.create(path) as f:
+      f.write(buffer.getvalue())
+
+  @classmethod
+  def load(cls, path: str) -> "LinearClassifier":
+    with FileSystems.open(path) as f:
+      arrays = np.load(io.BytesIO(f.read()), allow_pickle=False)
+      return cls(mean=arrays["mean"], scale=arrays["scale"], coef=arrays["coef"],
+                 intercept=arrays["intercept"], svm_c=float(arrays["svm_c"]))
+
+
+def fit_classifier(features: np.ndarray, labels: np.ndarray, num_classes: int,
+                   svm_c: float, settings: SvmSettings = DEFAULT_SVM_SETTINGS
+                   ) -> LinearClassifier:
+  """`StandardScaler` then one-vs-rest `LinearSVC` on every given clip.
+
+  Args:
+    features: float32 [N, D].
+    labels: int [N], in [0, num_classes).
+    num_classes: K, the number of classes of the split lists.
+    svm_c: the SVM's C.
+    settings: solver settings other than C.
+  """
+  scaler = preprocessing.StandardScaler().fit(features)
+  # LinearSVC fits in float64 anyway; standardising straight into float64
+  # avoids a third copy of the features.
+  standardised = np.subtract(features, scaler.mean_, dtype=np.float64)
+  standardised /= scaler.scale_
+  model = svm.LinearSVC(C=svm_c, dual=settings.dual, tol=settings.tol,
+                        max_iter=settings.max_iter)
+  model.fit(standardised, labels)
+  del standardised
+  coef = np.zeros((num_classes, features.shape[1]))
+  intercept = np.full(num_classes, -np.inf)
+  if len(model.classes_) == 2:  # liblinear keeps one row for two classes.
+    coef[model.classes_] = [-model.coef_[0], model.coef_[0]]
+    intercept[model.classes_] = [-model.intercept_[0], model.intercept_[0]]
+  else:
+    coef[model.classes_] = model.coef_
+    intercept[model.classes_] = model.intercept_
+  return LinearClassifier(mean=scaler.mean_, scale=scaler.scale_, coef=coef,
+                          intercept=intercept, svm_c=svm_c)
+
+
+def average_by_video(scores: np.ndarray, video: np.ndarray, num_videos: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+  """Mean score of each video over its clips.
+
+  Args:
+    scores: float [M, K], one row per clip.
+    video: int [M], the clip's video index in [0, num_videos).
+    num_videos: V.
+
+  Returns:
+    float32 [V, K] means (NaN rows for videos without clips) and int64 [V]
+    clip counts.
+  """
+  counts = np.bincount(video, minlength=num_videos)
+  sums = np.zeros((num_videos, scores.shape[1]), np.float64)
+  np.add.at(sums, video, scores)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return (sums / counts[:, None]).astype(np.float32), counts
+
+
+def top_k_correct(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+  """bool [N]: whether the label is among the k highest of float [N, K] scores.
+
+  A tie at the k-th score counts against the label (strictly fewer than k
+  classes must score higher, and ties with the label are counted as higher).
+  """
+  label_scores = scores[np.arange(len(labels)), labels]
+  others_at_least = (scores >= label_scores[:, None]).sum(axis=1) - 1
+  return others_at_least < k
+
+
+def accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
+  """Top-k accuracy in [0, 1]; NaN for no examples."""
+  return float(top_k_correct(scores, labels, k).mean()) if len(labels) else float("nan")
+
+
+def per_class_top1(scores: np.ndarray, labels: np.ndarray, num_classes: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """(float64 [K] top-1 accuracy per true class, NaN where none; int64 [K] counts)."""
+  correct = top_k_correct(scores, labels, 1)
+  counts = np.bincount(labels, minlength=num_classes)
+  hits = np.bincount(labels, weights=correct, minlength=num_classes)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return hits / counts, counts
+
+
+def confusion_matrix(scores: np.ndarray, labels: np.ndarray, num_classes: int
+                     ) -> np.ndarray:
+  """int64 [K, K]: row = true class, column = highest-scoring class."""
+  matrix = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(matrix, (labels, scores.argmax(axis=1)), 1)
+  return matrix
+
+
+def validation_partition(groups: np.ndarray, fraction: float = VALIDATION_FRACTION,
+                         seed: int = VALIDATION_SEED) -> tuple[np.ndarray, np.ndarray]:
+  """Splits training clips into (fit, held-out) row indices by UCF101 group.
+
+  The groups (gGG) number actors and scenes alike across classes, as the
+  official splits use them, so a held-out group holds out those people in
+  every class, and no group has clips on both sides. Deterministic in
+  `groups` and `seed`, so every C of a sweep sees the same partition.
+  """
+  splitter = model_selection.GroupShuffleSplit(
+      n_splits=1, test_size=fraction, random_state=seed)
+  fit_rows, held_out_rows = next(splitter.split(groups, groups=groups))
+  return np.sort(fit_rows), np.sort(held_out_rows)
+
+
+def validation_top1(features: SplitFeatures, svm_c: float,
+                    settings: SvmSettings = DEFAULT_SVM_SETTINGS) -> float:
+  """Top-1 on held-out training videos (clip scores averaged per video)."""
+  fit_rows, held_out_rows = validation_partition(features.train_groups)
+  num_classes = len(features.layout.class_names)
+  classifier = fit_classifier(features.train_features[fit_rows],
+                              features.train_labels[fit_rows], num_classes,
+                              svm_c, settings)
+  scores = classifier.decision_function(features.train_features[held_out_rows])
+  videos, video_index = np.unique(features.train_video[held_out_rows],
+                                  return_inverse=True)
+  video_scores, _ = average_by_video(scores, video_index, len(videos))
+  video_labels = np.array([features.layout.train_videos[v].label for v in videos])
+  return accuracy(video_scores, video_labels, 1)
+
+
+def choose_c(validation_scores: Mapping[float, float]) -> float:
+  """The C with the best validation top-1; among equals, the smallest C."""
+  return max(sorted(validation_scores), key=lambda c: validation_scores[c])
+
+
+@dataclasses.dataclass
+class SplitResult:
+  """Everything one split's final evaluation produced.
+
+  Attributes:
+    metrics: JSON-ready numbers (accuracies in [0, 1], counts, C, seconds).
+    per_class_accuracy: float64 [K] test top-1 per class (NaN: no test video).
+    per_class_videos: int64 [K] test videos per class that were scored.
+    confusion: int64 [K, K] test confusion matrix.
+    check: what the split's embeddings lacked.
+    classifier: the classifier trained on every training clip.
+  """
+  split: int
+  metrics: dict[str, Any]
+  per_class_accuracy: np.ndarray
+  per_class_videos: np.ndarray
+  confusion: np.ndarray
+  check: InputCheck
+  classifier: LinearClassifier
+
+
+def evaluate_split(features: SplitFeatures, check: InputCheck, svm_c: float,
+                   settings: SvmSettings = DEFAULT_SVM_SETTINGS, *,
+                   validation_scores: Mapping[float, float] | None = None,
+                   load_seconds: float = 0.0) -> SplitResult:
+  """Trains on every training clip and scores training clips and test videos."""
+  layout = features.layout
+  num_classes = len(layout.class_names)
+  start = time.perf_counter()
+  classifier = fit_classifier(features.train_features, features.train_labels,
+                              num_classes, svm_c, settings)
+  fit_seconds = time.perf_counter() - start
+  train_scores = classifier.decision_function(features.train_features)
+  window_scores = classifier.decision_function(features.test_features)
+  video_scores, windows = average_by_video(window_scores, features.test_video,
+                                           len(layout.test_videos))
+  scored = windows > 0
+  test_scores, test_labels = video_scores[scored], features.test_labels[scored]
+  per_class, per_class_videos = per_class_top1(test_scores, test_labels, num_classes)
+  metrics = {
+      "train_top1": accuracy(train_scores, features.train_labels, 1),
+      "train_top5": accuracy(train_scores, features.train_labels, 5),
+      "test_top1": accuracy(test_scores, test_labels, 1),
+      "test_top5": accuracy(test_scores, test_labels, 5),
+      "num_train_videos": int(len(np.unique(features.train_video))),
+      "num_train_clips": int(len(features.train_labels)),
+      "num_test_videos": int(scored.sum()),
+      "num_test_clips": int(len(features.test_video)),
+      "embedding_size": int(features.train_features.shape[1]),
+      "svm_c": svm_c,
+      "validation_top1": {repr(c): s for c, s in sorted((validation_scores or {}).items())},
+      "svm_settings": dataclasses.asdict(settings),
+      "input_complete": check.complete,
+      "seconds": {"load": round(load_seconds, 3), "fit": round(fit_seconds, 3),
+                  "total": round(load_seconds + time.perf_counter() - start, 3)},
+  }
+  return SplitResult(split=layout.split, metrics=metrics, per_class_accuracy=per_class,
+                     per_class_videos=per_class_videos,
+                     confusion=confusion_matrix(test_scores, test_labels, num_classes),
+                     check=check, classifier=classifier)
+
+
+def summarise(results: Sequence[SplitResult]) -> dict[str, Any]:
+  """`metrics.json`'s content: each split's metrics and the mean over splits."""
+  keys = ("train_top1", "train_top5", "test_top1", "test_top5")
+  ordered = sorted(results, key=lambda r: r.split)
+  return {
+      "splits": {str(r.split): r.metrics | {"input_check": r.check.to_json()}
+                 for r in ordered},
+      "mean": {k: float(np.mean([r.metrics[k] for r in ordered])) for k in keys}
+              | {"splits": [r.split for r in ordered]},
+  }

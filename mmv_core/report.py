@@ -1,0 +1,131 @@
+"""Linear-evaluation outputs a person reads: metrics table, per-class table,
+confusion-matrix pictures and the Markdown report that links them.
+"""
+
+import io
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from apache_beam.io.filesystems import FileSystems
+import matplotlib
+
+matplotlib.use("Agg")
+from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np
+
+METRICS_FILE = "metrics.json"
+PER_CLASS_FILE = "per_class_accuracy.csv"
+REPORT_FILE = "report.md"
+CLASSIFIERS_DIR = "classifiers"
+
+
+def confusion_png_name(split: int) -> str:
+  return f"confusion_split{split}.png"
+
+
+def classifier_name(split: int) -> str:
+  return f"{CLASSIFIERS_DIR}/split{split}.npz"
+
+
+def write_bytes(path: str, data: bytes) -> None:
+  """Writes a whole file to a local path or gs://."""
+  with FileSystems.create(path) as f:
+    f.write(data)
+
+
+def _percent(value: float) -> str:
+  return "n/a" if value is None or math.isnan(value) else f"{100 * value:.2f}"
+
+
+def metrics_table(summary: dict[str, Any]) -> str:
+  """Markdown table of each split's accuracies, sizes, C and time, and the mean."""
+  rows = ["| split | test top-1 | test top-5 | train top-1 | train top-5 | test videos "
+          "(clips) | train videos (clips) | C | seconds |",
+          "|---|---|---|---|---|---|---|---|---|"]
+  for split, m in summary["splits"].items():
+    rows.append(
+        f"| {split} | {_percent(m['test_top1'])} | {_percent(m['test_top5'])} | "
+        f"{_percent(m['train_top1'])} | {_percent(m['train_top5'])} | "
+        f"{m['num_test_videos']} ({m['num_test_clips']}) | "
+        f"{m['num_train_videos']} ({m['num_train_clips']}) | {m['svm_c']:g} | "
+        f"{m['seconds']['total']:.0f} |")
+  mean = summary["mean"]
+  rows.append(f"| mean | {_percent(mean['test_top1'])} | {_percent(mean['test_top5'])} | "
+              f"{_percent(mean['train_top1'])} | {_percent(mean['train_top5'])} | | | | |")
+  return "\n".join(rows)
+
+
+def per_class_csv(class_names: Sequence[str], per_split: dict[int, tuple[np.ndarray, np.ndarray]]
+                  ) -> str:
+  """CSV rows `split,label,class_name,test_videos,test_top1`.
+
+  Args:
+    class_names: K names in label order.
+    per_split: split -> (float [K] top-1 per class, int [K] test videos per class).
+  """
+  lines = ["split,label,class_name,test_videos,test_top1"]
+  for split, (accuracies, counts) in sorted(per_split.items()):
+    for label, name in enumerate(class_names):
+      value = "" if math.isnan(accuracies[label]) else f"{accuracies[label]:.6f}"
+      lines.append(f"{split},{label},{name},{counts[label]},{value}")
+  return "\n".join(lines) + "\n"
+
+
+def confusion_png(confusion: np.ndarray, class_names: Sequence[str], title: str) -> bytes:
+  """PNG of an int [K, K] confusion matrix, rows normalised to fractions."""
+  totals = confusion.sum(axis=1, keepdims=True)
+  fractions = confusion / np.maximum(totals, 1)
+  size = min(24.0, max(5.0, 0.2 * len(class_names)))
+  figure, axes = plt.subplots(figsize=(size, size))
+  image = axes.imshow(fractions, cmap="viridis", vmin=0.0, vmax=1.0)
+  ticks = np.arange(len(class_names))
+  label_size = 10 if len(class_names) <= 20 else 5
+  axes.set_xticks(ticks, class_names, rotation=90, fontsize=label_size)
+  axes.set_yticks(ticks, class_names, fontsize=label_size)
+  axes.set_xlabel("predicted class")
+  axes.set_ylabel("true class")
+  axes.set_title(title)
+  figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
+  figure.tight_layout()
+  buffer = io.BytesIO()
+  figure.savefig(buffer, format="png", dpi=100)
+  plt.close(figure)
+  return buffer.getvalue()
+
+
+def markdown_report(summary: dict[str, Any], class_names: Sequence[str],
+                    per_split: dict[int, tuple[np.ndarray, np.ndarray]],
+                    input_summaries: dict[int, str], settings: dict[str, Any]) -> str:
+  """The report: settings, metrics, input problems, confusion pictures, per-class table.
+
+  Args:
+    summary: `metrics.json`'s content.
+    class_names: K names in label order.
+    per_split: split -> (float [K] test top-1 per class, int [K] test videos).
+    input_summaries: split -> what its inputs lacked (`InputCheck.summary()`).
+    settings: the run's settings, shown as given.
+  """
+  lines = ["# UCF101 linear evaluation", "",
+           "StandardScaler + LinearSVC on every training clip; a test video's score is "
+           "the decision values averaged over its windows. Accuracies in %.", ""]
+  lines += ["## Settings", ""] + [f"- `{k}`: `{v}`" for k, v in settings.items()] + [""]
+  lines += ["## Metrics", "", metrics_table(summary), ""]
+  for split, m in summary["splits"].items():
+    if m["validation_top1"]:
+      sweep = ", ".join(f"C={float(c):g}: {_percent(s)}" for c, s in m["validation_top1"].items())
+      lines.append(f"- split {split}: C chosen {m['svm_c']:g} by held-out top-1 ({sweep})")
+  lines += ["", "## Inputs", ""]
+  lines += [f"- {input_summaries[int(s)]}".replace("\n", "\n- ") for s in summary["splits"]]
+  lines += [""]
+  splits = sorted(per_split)
+  for split in splits:
+    lines += [f"## Confusion matrix, split {split}", "",
+              f"![confusion matrix, split {split}]({confusion_png_name(split)})", ""]
+  lines += ["## Per-class test top-1", "",
+            "| label | class | " + " | ".join(f"split {s} (videos)" for s in splits) + " |",
+            "|---|---|" + "---|" * len(splits)]
+  for label, name in enumerate(class_names):
+    cells = [f"{_percent(per_split[s][0][label])} ({per_split[s][1][label]})" for s in splits]
+    lines.append(f"| {label} | {name} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"

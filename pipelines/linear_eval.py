@@ -1,0 +1,203 @@
+"""Beam job: UCF101 linear evaluation of an embedding job's clip embeddings.
+
+  python -m pipelines.linear_eval --embeddings_dir=EMB --output_dir=OUT \
+      [--splits=1,2,3] [--svm_c=0.001 | --svm_c=0.0001,0.0003,0.001] \
+      [--allow_missing] --runner=FnApiRunner
+
+With one C, each split is one task. With several, each (split, C) is a task
+that scores C on held-out training groups; each split then retrains with its
+best C on all training clips. Tasks run in parallel on the workers, and each
+streams every shard keeping only its split's clips. Writes `metrics.json`,
+`per_class_accuracy.csv`, `report.md` with confusion-matrix PNGs, and
+`classifiers/split{N}.npz` (see `mmv_core.linear_eval` and `mmv_core.report`).
+"""
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Sequence
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import SetupOptions
+
+from mmv_core import embedding_schema
+from mmv_core import linear_eval
+from mmv_core import report
+from mmv_core import ucf101
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearEvalConfig:
+  """Everything the job's tasks need; built once from the flags."""
+  embeddings_dir: str
+  output_dir: str
+  splits_zip: str
+  splits: tuple[int, ...]
+  svm_cs: tuple[float, ...]
+  svm_settings: linear_eval.SvmSettings
+  allow_missing: bool
+
+  def to_json(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+def _comma_list(kind):
+  def parse(text: str):
+    try:
+      values = tuple(kind(v) for v in text.split(",") if v.strip())
+    except ValueError as e:
+      raise argparse.ArgumentTypeError(f"{text!r}: {e}") from e
+    if not values:
+      raise argparse.ArgumentTypeError("empty list")
+    return values
+  return parse
+
+
+def _dual(text: str) -> bool | str:
+  choices = {"true": True, "false": False, "auto": "auto"}
+  if text.lower() not in choices:
+    raise argparse.ArgumentTypeError(f"{text!r}: expected true, false or auto")
+  return choices[text.lower()]
+
+
+def parse_flags(argv: Sequence[str]) -> tuple[LinearEvalConfig, PipelineOptions]:
+  """Splits argv into the job's settings and Beam's pipeline options."""
+  defaults = linear_eval.DEFAULT_SVM_SETTINGS
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--embeddings_dir", required=True,
+                      help="The embedding job's --output_dir (local or gs://).")
+  parser.add_argument("--output_dir", required=True)
+  parser.add_argument("--splits_zip", default=ucf101.SPLITS_ZIP_URL,
+                      help="Split-list zip: local path, gs:// or https://.")
+  parser.add_argument("--splits", type=_comma_list(int), default=ucf101.SPLITS)
+  parser.add_argument("--svm_c", type=_comma_list(float), default=(linear_eval.DEFAULT_SVM_C,),
+                      help="C of the SVM; a comma-separated list runs a sweep.")
+  parser.add_argument("--svm_dual", type=_dual, default=defaults.dual,
+                      help="LinearSVC's dual: true, false or auto.")
+  parser.add_argument("--svm_tol", type=float, default=defaults.tol)
+  parser.add_argument("--svm_max_iter", type=int, default=defaults.max_iter)
+  parser.add_argument("--allow_missing", action="store_true",
+                      help="Score incomplete splits; the report lists what was missing.")
+  args, beam_args = parser.parse_known_args(argv)
+  unknown_splits = set(args.splits) - set(ucf101.SPLITS)
+  if unknown_splits:
+    parser.error(f"--splits: no split {sorted(unknown_splits)}; UCF101 has {ucf101.SPLITS}")
+  if any(c <= 0 for c in args.svm_c):
+    parser.error(f"--svm_c: C must be positive, got {args.svm_c}")
+  config = LinearEvalConfig(
+      embeddings_dir=args.embeddings_dir, output_dir=args.output_dir,
+      splits_zip=args.splits_zip, splits=tuple(sorted(set(args.splits))),
+      svm_cs=tuple(sorted(set(args.svm_c))),
+      svm_settings=linear_eval.SvmSettings(
+          dual=args.svm_dual, tol=args.svm_tol, max_iter=args.svm_max_iter),
+      allow_missing=args.allow_missing)
+  options = PipelineOptions(beam_args)
+  options.view_as(SetupOptions).save_main_session = False
+  return config, options
+
+
+def _load_split(config: LinearEvalConfig, layout: linear_eval.SplitLayout):
+  start = time.perf_counter()
+  features, check = linear_eval.collect_split_features(
+      linear_eval.embedding_records(config.embeddings_dir), layout)
+  linear_eval.require_complete(check, config.allow_missing)
+  if not check.complete:
+    logging.warning("Scoring an incomplete split:\n%s", check.summary())
+  return features, check, time.perf_counter() - start
+
+
+class ScoreC(beam.DoFn):
+  """(split, C) -> (split, (C, held-out top-1))."""
+
+  def __init__(self, config: LinearEvalConfig, layouts: dict[int, linear_eval.SplitLayout]):
+    self._config = config
+    self._layouts = layouts
+
+  def process(self, task):
+    split, svm_c = task
+    features, _, _ = _load_split(self._config, self._layouts[split])
+    score = linear_eval.validation_top1(features, svm_c, self._config.svm_settings)
+    logging.info("split %d, C=%g: held-out top-1 %.4f", split, svm_c, score)
+    yield split, (svm_c, score)
+
+
+class EvaluateSplit(beam.DoFn):
+  """(split, {C: held-out top-1}) -> SplitResult; saves the split's classifier."""
+
+  def __init__(self, config: LinearEvalConfig, layouts: dict[int, linear_eval.SplitLayout]):
+    self._config = config
+    self._layouts = layouts
+
+  def process(self, task):
+    split, validation_scores = task
+    validation_scores = dict(validation_scores)
+    svm_c = (linear_eval.choose_c(validation_scores) if validation_scores
+             else self._config.svm_cs[0])
+    features, check, load_seconds = _load_split(self._config, self._layouts[split])
+    result = linear_eval.evaluate_split(
+        features, check, svm_c, self._config.svm_settings,
+        validation_scores=validation_scores, load_seconds=load_seconds)
+    result.classifier.save(
+        f"{self._config.output_dir.rstrip('/')}/{report.classifier_name(split)}")
+    logging.info("split %d: C=%g test top-1 %.4f", split, svm_c, result.metrics["test_top1"])
+    yield result
+
+
+def write_outputs(results: Sequence[linear_eval.SplitResult], config: LinearEvalConfig,
+                  class_names: Sequence[str]) -> None:
+  """metrics.json, per-class CSV, confusion PNGs and report.md in --output_dir."""
+  out = config.output_dir.rstrip("/")
+  summary = linear_eval.summarise(results) | {"settings": config.to_json()}
+  per_split = {r.split: (r.per_class_accuracy, r.per_class_videos) for r in results}
+  report.write_bytes(f"{out}/{report.METRICS_FILE}",
+                     json.dumps(summary, indent=2, sort_keys=True).encode())
+  report.write_bytes(f"{out}/{report.PER_CLASS_FILE}",
+                     report.per_class_csv(class_names, per_split).encode())
+  for r in results:
+    report.write_bytes(f"{out}/{report.confusion_png_name(r.split)}",
+                       report.confusion_png(r.confusion, class_names,
+                                            f"UCF101 split {r.split}, test videos"))
+  markdown = report.markdown_report(
+      summary, class_names, per_split, {r.split: r.check.summary() for r in results},
+      config.to_json())
+  report.write_bytes(f"{out}/{report.REPORT_FILE}", markdown.encode())
+
+
+def build_pipeline(pipeline: beam.Pipeline, config: LinearEvalConfig,
+                   layouts: dict[int, linear_eval.SplitLayout],
+                   class_names: Sequence[str]) -> None:
+  """Adds the evaluation to `pipeline`; `layouts` holds one entry per split."""
+  if len(config.svm_cs) > 1:
+    sweep = (pipeline
+             | "SweepTasks" >> beam.Create([(s, c) for s in config.splits for c in config.svm_cs])
+             | "SpreadSweep" >> beam.Reshuffle()
+             | "ScoreC" >> beam.ParDo(ScoreC(config, layouts))
+             | "GatherScores" >> beam.GroupByKey())
+  else:
+    sweep = pipeline | "SplitTasks" >> beam.Create([(s, []) for s in config.splits])
+  _ = (sweep
+       | "SpreadSplits" >> beam.Reshuffle()
+       | "EvaluateSplit" >> beam.ParDo(EvaluateSplit(config, layouts))
+       | "AllSplits" >> beam.combiners.ToList()
+       | "WriteOutputs" >> beam.Map(write_outputs, config, class_names))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  config, options = parse_flags(argv)
+  # Read once at launch so a bad split list or run.json fails before any work.
+  lists = ucf101.load_split_lists(config.splits_zip)
+  run_config = embedding_schema.read_run_config(config.embeddings_dir)
+  layouts = {s: linear_eval.SplitLayout.from_lists(
+      lists, s, num_train_clips=run_config[embedding_schema.NUM_TRAIN_CLIPS],
+      num_test_windows=run_config[embedding_schema.NUM_TEST_WINDOWS])
+             for s in config.splits}
+  with beam.Pipeline(options=options) as pipeline:
+    build_pipeline(pipeline, config, layouts, lists.class_names)
+
+
+if __name__ == "__main__":
+  logging.getLogger().setLevel(logging.INFO)
+  main()

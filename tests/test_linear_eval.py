@@ -1,0 +1,303 @@
+"""Tests of the UCF101 linear evaluation (mmv_core.linear_eval, pipelines.linear_eval).
+
+Every test writes its own split-list zip and embedding shards: 5 classes x 8
+groups, one video per (class, group), 16-dim features. In split N the test
+videos are groups 2N-1 and 2N, as the official splits hold out whole groups.
+"""
+
+import io
+import json
+import pathlib
+import zipfile
+
+import numpy as np
+import pytest
+from sklearn import preprocessing
+from sklearn import svm
+import tensorflow as tf
+
+from mmv_core import embedding_schema as schema
+from mmv_core import linear_eval
+from mmv_core import report
+from mmv_core import ucf101
+from pipelines import linear_eval as linear_eval_job
+
+CLASSES = ("ApplyEyeMakeup", "Archery", "Basketball", "Biking", "Bowling")
+NUM_GROUPS = 8
+NUM_TRAIN_CLIPS = 3
+NUM_TEST_WINDOWS = 4
+DIM = 16
+RUNNER = ["--runner=FnApiRunner"]
+
+
+def video_id(class_name: str, group: int) -> str:
+  return f"v_{class_name}_g{group:02d}_c01"
+
+
+def held_out_groups(split: int) -> tuple[int, int]:
+  return (2 * split - 1, 2 * split)
+
+
+def write_split_zip(path: pathlib.Path) -> pathlib.Path:
+  """The split-list zip, CRLF lines as the official one has them."""
+  crlf = lambda lines: "".join(f"{line}\r\n" for line in lines)
+  with zipfile.ZipFile(path, "w") as archive:
+    archive.writestr("ucfTrainTestlist/classInd.txt",
+                     crlf(f"{i + 1} {c}" for i, c in enumerate(CLASSES)))
+    for split in ucf101.SPLITS:
+      train, test = [], []
+      for label, c in enumerate(CLASSES):
+        for group in range(1, NUM_GROUPS + 1):
+          entry = f"{c}/{video_id(c, group)}.avi"
+          if group in held_out_groups(split):
+            test.append(entry)
+          else:
+            train.append(f"{entry} {label + 1}")
+      archive.writestr(f"ucfTrainTestlist/trainlist0{split}.txt", crlf(train))
+      archive.writestr(f"ucfTrainTestlist/testlist0{split}.txt", crlf(test))
+  return path
+
+
+def make_clips(seed: int, *, signal: float, video_noise: float = 0.0,
+               clip_noise: float = 1.0) -> dict[tuple[str, str, int], tuple[int, np.ndarray]]:
+  """(video_id, clip_type, index) -> (label, float32 [DIM]) for every video.
+
+  Features: the class's mean times `signal`, plus an offset shared by the
+  clips of a video, plus noise per clip.
+  """
+  rng = np.random.default_rng(seed)
+  means = rng.normal(size=(len(CLASSES), DIM))
+  clips = {}
+  for label, c in enumerate(CLASSES):
+    for group in range(1, NUM_GROUPS + 1):
+      vid = video_id(c, group)
+      offset = video_noise * rng.normal(size=DIM)
+      for clip_type, count in ((schema.CLIP_TYPE_TRAIN, NUM_TRAIN_CLIPS),
+                               (schema.CLIP_TYPE_TEST, NUM_TEST_WINDOWS)):
+        for index in range(count):
+          embedding = signal * means[label] + offset + clip_noise * rng.normal(size=DIM)
+          clips[(vid, clip_type, index)] = (label, embedding.astype(np.float32))
+  return clips
+
+
+def write_embeddings(directory: pathlib.Path, clips, *, num_shards: int = 2,
+                     extra_records=()) -> pathlib.Path:
+  """Writes clips as the embedding job does: shards of examples and run.json."""
+  (directory / schema.SHARDS_DIR).mkdir(parents=True)
+  writers = [tf.io.TFRecordWriter(
+      str(directory / schema.SHARDS_DIR / f"part-{i:05d}-of-{num_shards:05d}.tfrecord"))
+             for i in range(num_shards)]
+  records = [schema.make_example(
+      video_id=vid, label=label, label_name=CLASSES[label], clip_type=clip_type,
+      clip_index=index, embedding=embedding,
+      extra_features={"audio_repr": embedding[:4]}).SerializeToString()
+             for (vid, clip_type, index), (label, embedding) in clips.items()]
+  for i, record in enumerate(records + list(extra_records)):
+    writers[i % num_shards].write(record)
+  for writer in writers:
+    writer.close()
+  (directory / schema.RUN_CONFIG_FILE).write_text(json.dumps(
+      {schema.NUM_TRAIN_CLIPS: NUM_TRAIN_CLIPS, schema.NUM_TEST_WINDOWS: NUM_TEST_WINDOWS,
+       "model": "synthetic"}))
+  return directory
+
+
+def protocol_by_hand(clips, split: int, svm_c: float) -> dict[str, float]:
+  """The protocol computed directly from the clips, independently of the code under test."""
+  train = [(label, e) for (vid, t, _), (label, e) in sorted(clips.items())
+           if t == "train" and int(vid[-6:-4]) not in held_out_groups(split)]
+  x = np.stack([e for _, e in train])
+  y = np.array([label for label, _ in train])
+  scaler = preprocessing.StandardScaler().fit(x)
+  model = svm.LinearSVC(C=svm_c, dual=True).fit(scaler.transform(x), y)
+  test_videos = sorted({vid for (vid, t, _) in clips
+                        if t == "test" and int(vid[-6:-4]) in held_out_groups(split)})
+  video_scores, video_labels = [], []
+  for vid in test_videos:
+    windows = [clips[(vid, "test", i)] for i in range(NUM_TEST_WINDOWS)]
+    scores = model.decision_function(scaler.transform(np.stack([e for _, e in windows])))
+    video_scores.append(scores.mean(axis=0))
+    video_labels.append(windows[0][0])
+
+  def top(scores, labels, k):
+    best = np.argsort(-np.asarray(scores), axis=1)[:, :k]
+    return float(np.mean([l in row for l, row in zip(labels, best)]))
+
+  train_scores = model.decision_function(scaler.transform(x))
+  return {"test_top1": top(video_scores, video_labels, 1),
+          "test_top5": top(video_scores, video_labels, 5),
+          "train_top1": top(train_scores, y, 1), "train_top5": top(train_scores, y, 5),
+          "num_test_videos": len(test_videos), "num_train_clips": len(y)}
+
+
+@pytest.fixture
+def split_zip(tmp_path):
+  return write_split_zip(tmp_path / "splits.zip")
+
+
+def run_job(tmp_path, split_zip, embeddings, *flags) -> dict:
+  out = tmp_path / "out"
+  linear_eval_job.main([f"--embeddings_dir={embeddings}", f"--output_dir={out}",
+                        f"--splits_zip={split_zip}", *flags, *RUNNER])
+  return json.loads((out / report.METRICS_FILE).read_text())
+
+
+def layout_of(split_zip, split):
+  return linear_eval.SplitLayout.from_lists(
+      ucf101.load_split_lists(str(split_zip)), split,
+      num_train_clips=NUM_TRAIN_CLIPS, num_test_windows=NUM_TEST_WINDOWS)
+
+
+def test_job_metrics_equal_the_protocol_computed_by_hand(tmp_path, split_zip):
+  clips = make_clips(0, signal=0.6)
+  embeddings = write_embeddings(tmp_path / "emb", clips)
+  metrics = run_job(tmp_path, split_zip, embeddings)
+
+  assert sorted(metrics["splits"]) == ["1", "2", "3"]
+  for split in ucf101.SPLITS:
+    expected = protocol_by_hand(clips, split, 0.001)
+    got = metrics["splits"][str(split)]
+    for key, value in expected.items():
+      assert got[key] == pytest.approx(value), (split, key)
+    assert got["num_train_videos"] == len(CLASSES) * (NUM_GROUPS - 2)
+    assert got["num_test_clips"] == len(CLASSES) * 2 * NUM_TEST_WINDOWS
+    assert got["svm_c"] == 0.001
+    assert got["input_check"]["complete"]
+  # The data is hard enough for the comparison to mean something.
+  assert 0.3 < metrics["splits"]["1"]["test_top1"] < 1.0
+  for key in ("test_top1", "test_top5", "train_top1", "train_top5"):
+    assert metrics["mean"][key] == pytest.approx(
+        np.mean([metrics["splits"][s][key] for s in "123"]))
+
+  out = tmp_path / "out"
+  per_class = (out / report.PER_CLASS_FILE).read_text().splitlines()
+  assert len(per_class) == 1 + 3 * len(CLASSES)
+  markdown = (out / report.REPORT_FILE).read_text()
+  assert "confusion_split1.png" in markdown and "Bowling" in markdown
+  assert (out / "confusion_split2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_separable_classes_score_perfectly_and_saved_classifier_reproduces(tmp_path, split_zip):
+  clips = make_clips(1, signal=10.0, clip_noise=0.1)
+  embeddings = write_embeddings(tmp_path / "emb", clips)
+  metrics = run_job(tmp_path, split_zip, embeddings, "--splits=2")
+
+  assert list(metrics["splits"]) == ["2"]
+  assert metrics["splits"]["2"]["test_top1"] == 1.0
+  assert metrics["splits"]["2"]["train_top1"] == 1.0
+  classifier = linear_eval.LinearClassifier.load(
+      str(tmp_path / "out" / report.classifier_name(2)))
+  for label, c in enumerate(CLASSES):
+    windows = np.stack([clips[(video_id(c, 3), "test", i)][1] for i in range(NUM_TEST_WINDOWS)])
+    assert classifier.decision_function(windows).mean(axis=0).argmax() == label
+
+
+def test_window_scores_are_averaged_per_video():
+  # Video 0: two windows favour class 1 slightly, one favours class 0 strongly.
+  scores = np.array([[0.0, 1.0], [0.0, 1.0], [5.0, 0.0], [1.0, 3.0]])
+  video = np.array([0, 0, 0, 1])
+  means, counts = linear_eval.average_by_video(scores, video, 3)
+  np.testing.assert_allclose(means[:2], [[5 / 3, 2 / 3], [1.0, 3.0]])
+  assert np.isnan(means[2]).all()
+  np.testing.assert_array_equal(counts, [3, 1, 0])
+
+
+def test_top_k_accuracy():
+  scores = np.array([[0.9, 0.5, 0.1, 0.3, 0.2, 0.0, 0.4],   # label 0: rank 1
+                     [0.9, 0.5, 0.1, 0.3, 0.2, 0.0, 0.4],   # label 4: rank 5
+                     [0.9, 0.5, 0.1, 0.3, 0.2, 0.0, 0.4]])  # label 2: rank 6
+  labels = np.array([0, 4, 2])
+  assert linear_eval.accuracy(scores, labels, 1) == pytest.approx(1 / 3)
+  assert linear_eval.accuracy(scores, labels, 5) == pytest.approx(2 / 3)
+  assert linear_eval.accuracy(scores, labels, 6) == pytest.approx(1.0)
+
+
+def test_split_membership_follows_the_lists(split_zip, tmp_path):
+  clips = make_clips(2, signal=1.0)
+  stray = schema.make_example(video_id="v_Archery_g25_c04", label=1, label_name="Archery",
+                              clip_type="train", clip_index=0,
+                              embedding=np.zeros(DIM)).SerializeToString()
+  embeddings = write_embeddings(tmp_path / "emb", clips, extra_records=[stray])
+  for split in ucf101.SPLITS:
+    layout = layout_of(split_zip, split)
+    features, check = linear_eval.collect_split_features(
+        linear_eval.embedding_records(str(embeddings)), layout)
+    assert check.complete and check.num_ignored_clips == 1 + len(CLASSES) * (
+        2 * NUM_TRAIN_CLIPS + (NUM_GROUPS - 2) * NUM_TEST_WINDOWS)
+    train_ids = {layout.train_videos[v].video_id for v in features.train_video}
+    test_ids = {layout.test_videos[v].video_id for v in features.test_video}
+    assert test_ids == {video_id(c, g) for c in CLASSES for g in held_out_groups(split)}
+    assert train_ids == {video_id(c, g) for c in CLASSES for g in range(1, NUM_GROUPS + 1)
+                         if g not in held_out_groups(split)}
+    for row, v in enumerate(features.train_video):
+      vid = layout.train_videos[v].video_id
+      index = row % NUM_TRAIN_CLIPS
+      np.testing.assert_array_equal(features.train_features[row], clips[(vid, "train", index)][1])
+      assert features.train_labels[row] == clips[(vid, "train", index)][0]
+
+
+def test_missing_and_duplicated_clips_are_reported_by_id(tmp_path, split_zip):
+  clips = make_clips(3, signal=3.0)
+  gone_video = video_id("Biking", 1)  # a test video of split 1
+  for index in range(NUM_TEST_WINDOWS):
+    del clips[(gone_video, "test", index)]
+  del clips[(video_id("Archery", 5), "train", 2)]
+  label, embedding = clips[(video_id("Bowling", 6), "train", 0)]
+  duplicate = schema.make_example(
+      video_id=video_id("Bowling", 6), label=label, label_name="Bowling", clip_type="train",
+      clip_index=0, embedding=embedding).SerializeToString()
+  embeddings = write_embeddings(tmp_path / "emb", clips, extra_records=[duplicate])
+
+  _, check = linear_eval.collect_split_features(
+      linear_eval.embedding_records(str(embeddings)), layout_of(split_zip, 1))
+  assert check.missing_videos == (gone_video,)
+  assert set(check.missing_clips) == {
+      f"{gone_video}/test/{i}" for i in range(NUM_TEST_WINDOWS)} | {
+          "v_Archery_g05_c01/train/2"}
+  assert check.duplicate_clips == ("v_Bowling_g06_c01/train/0",)
+  assert not check.complete
+
+  with pytest.raises(Exception, match="v_Biking_g01_c01"):
+    run_job(tmp_path, split_zip, embeddings, "--splits=1")
+
+  metrics = run_job(tmp_path, split_zip, embeddings, "--splits=1", "--allow_missing")
+  got = metrics["splits"]["1"]
+  assert got["input_check"]["missing_videos"] == [gone_video]
+  assert got["num_test_videos"] == 2 * len(CLASSES) - 1
+  assert got["num_train_clips"] == len(CLASSES) * (NUM_GROUPS - 2) * NUM_TRAIN_CLIPS - 1
+  assert gone_video in (tmp_path / "out" / report.REPORT_FILE).read_text()
+
+
+def test_label_disagreeing_with_the_lists_is_an_error(tmp_path, split_zip):
+  clips = make_clips(4, signal=1.0)
+  key = (video_id("Archery", 4), "train", 1)
+  clips[key] = (0, clips[key][1])
+  embeddings = write_embeddings(tmp_path / "emb", clips)
+  with pytest.raises(linear_eval.InconsistentInputError, match="v_Archery_g04_c01 has label 0"):
+    linear_eval.collect_split_features(
+        linear_eval.embedding_records(str(embeddings)), layout_of(split_zip, 1))
+
+
+def test_validation_partition_keeps_groups_on_one_side():
+  groups = np.repeat(np.arange(3, 9), 7)
+  fit_rows, held_out_rows = linear_eval.validation_partition(groups)
+  assert len(fit_rows) + len(held_out_rows) == len(groups)
+  assert len(held_out_rows) > 0 and len(fit_rows) > 0
+  assert not set(groups[fit_rows]) & set(groups[held_out_rows])
+
+
+def test_c_sweep_picks_the_c_the_data_needs(tmp_path, split_zip):
+  # Large per-video offsets that a weakly regularised SVM memorises: only a
+  # small C generalises to unseen groups.
+  clips = make_clips(5, signal=1.0, video_noise=3.0, clip_noise=0.3)
+  embeddings = write_embeddings(tmp_path / "emb", clips)
+  sweep = (1e-4, 1e-2, 1.0)
+  best_on_test = max(sweep, key=lambda c: protocol_by_hand(clips, 1, c)["test_top1"])
+
+  metrics = run_job(tmp_path, split_zip, embeddings, "--splits=1",
+                    "--svm_c=" + ",".join(map(str, sweep)))
+  got = metrics["splits"]["1"]
+  assert got["svm_c"] == best_on_test
+  assert set(got["validation_top1"]) == {repr(c) for c in sweep}
+  assert got["test_top1"] == pytest.approx(protocol_by_hand(clips, 1, best_on_test)["test_top1"])
+  assert f"C chosen {best_on_test:g}" in (tmp_path / "out" / report.REPORT_FILE).read_text()
