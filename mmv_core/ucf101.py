@@ -9,8 +9,10 @@ The split-list zip (`ucfTrainTestlist/`) holds `classInd.txt`
 
 import dataclasses
 import io
+import itertools
 import re
 import zipfile
+from collections.abc import Sequence
 
 from mmv_core import sources
 
@@ -172,3 +174,26 @@ def load_split_lists(location: str = SPLITS_ZIP_URL) -> SplitLists:
   expected = SPLITS_ZIP_SHA256 if location == SPLITS_ZIP_URL else None
   return parse_split_zip(sources.read_bytes(location, expected_sha256=expected),
                          source=location)
+
+
+def select_videos(split_lists: SplitLists, classes: Sequence[str] | None = None,
+                  max_videos: int | None = None) -> list[VideoRecord]:
+  """Videos of `classes` (all when None), at most `max_videos` of them.
+
+  The limit takes videos round-robin over classes (each class's in id
+  order), so a small trial still covers every selected class.
+
+  Raises:
+    SplitListError: a class in `classes` is not in `classInd.txt`.
+  """
+  unknown = sorted(set(classes or ()) - set(split_lists.class_names))
+  if unknown:
+    raise SplitListError(f"unknown classes {unknown}; known: {list(split_lists.class_names)}")
+  wanted = set(classes) if classes else set(split_lists.class_names)
+  per_class: dict[str, list[VideoRecord]] = {}
+  for video in split_lists.videos:
+    if video.label_name in wanted:
+      per_class.setdefault(video.label_name, []).append(video)
+  round_robin = [video for rank in itertools.zip_longest(*per_class.values())
+                 for video in rank if video is not None]
+  return sorted(round_robin[:max_videos], key=lambda v: v.video_id)

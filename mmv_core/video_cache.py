@@ -1,0 +1,234 @@
+"""The re-encoded video cache: TFRecord shards of `tf.train.SequenceExample`.
+
+Stage: end of ingestion, start of feature extraction. Layout under
+`<work_dir>/video_cache/`:
+
+- `shards/<uuid>.tfrecord`: one `SequenceExample` per video; the JPEG frames
+  are the feature list `FRAMES_KEY`, the context holds id, label, class name,
+  frame count and the CRC-32 of the source video.
+- `index/<uuid>.json`: the videos of the shard of the same name. An index file
+  is the shard's commit record: written last, and only after the shard is
+  complete under its final name.
+- `tmp/`: files being written; their final names appear by rename.
+
+A worker that dies mid-write leaves at most an uncommitted file that no reader
+sees. A retried bundle can commit the same video twice in two shards;
+`read_index` keeps the first shard (by name) for each id, so readers see each
+video once.
+"""
+
+import dataclasses
+import json
+import struct
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+
+import google_crc32c
+from apache_beam.io.filesystems import FileSystems
+
+CACHE_DIR = "video_cache"
+SHARDS_DIR = "shards"
+INDEX_DIR = "index"
+TMP_DIR = "tmp"
+SHARD_SUFFIX = ".tfrecord"
+INDEX_SUFFIX = ".json"
+
+# SequenceExample features.
+VIDEO_ID_KEY = "video/id"
+LABEL_KEY = "video/label/index"
+LABEL_NAME_KEY = "video/label/name"
+NUM_FRAMES_KEY = "video/num_frames"
+SOURCE_CRC32_KEY = "video/source_crc32"
+FRAMES_KEY = "image/encoded"
+
+_TFRECORD_LENGTH = struct.Struct("<Q")
+_TFRECORD_CRC = struct.Struct("<I")
+_CRC_MASK_DELTA = 0xA282EAD8
+
+
+class CacheError(IOError):
+  """A cache file is corrupt or inconsistent with its index."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CachedVideo:
+  """A re-encoded video.
+
+  Attributes:
+    video_id: file stem, e.g. `v_ApplyEyeMakeup_g08_c01`.
+    label: 0-based class index (`classInd.txt` order).
+    label_name: class name.
+    frames: JPEG images as ffmpeg wrote them, one per frame at 25 fps.
+    source_crc32: CRC-32 of the source video file.
+  """
+  video_id: str
+  label: int
+  label_name: str
+  frames: tuple[bytes, ...]
+  source_crc32: int
+
+  @property
+  def num_frames(self) -> int:
+    return len(self.frames)
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexEntry:
+  """What the index records of one cached video, and its shard's path."""
+  video_id: str
+  label: int
+  label_name: str
+  num_frames: int
+  source_crc32: int
+  shard: str
+
+
+def cache_dir(work_dir: str) -> str:
+  return FileSystems.join(work_dir, CACHE_DIR)
+
+
+# ---- SequenceExample ----
+
+def to_sequence_example(video: CachedVideo) -> bytes:
+  """Serializes a video as a `tf.train.SequenceExample`."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  example = tf.train.SequenceExample()
+  context = example.context.feature
+  context[VIDEO_ID_KEY].bytes_list.value.append(video.video_id.encode())
+  context[LABEL_KEY].int64_list.value.append(video.label)
+  context[LABEL_NAME_KEY].bytes_list.value.append(video.label_name.encode())
+  context[NUM_FRAMES_KEY].int64_list.value.append(video.num_frames)
+  context[SOURCE_CRC32_KEY].int64_list.value.append(video.source_crc32)
+  frames = example.feature_lists.feature_list[FRAMES_KEY]
+  for frame in video.frames:
+    frames.feature.add().bytes_list.value.append(frame)
+  return example.SerializeToString()
+
+
+def from_sequence_example(record: bytes) -> CachedVideo:
+  """Parses a record written by `to_sequence_example`."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  example = tf.train.SequenceExample.FromString(record)
+  context = example.context.feature
+  frames = tuple(f.bytes_list.value[0]
+                 for f in example.feature_lists.feature_list[FRAMES_KEY].feature)
+  video = CachedVideo(
+      video_id=context[VIDEO_ID_KEY].bytes_list.value[0].decode(),
+      label=context[LABEL_KEY].int64_list.value[0],
+      label_name=context[LABEL_NAME_KEY].bytes_list.value[0].decode(),
+      frames=frames,
+      source_crc32=context[SOURCE_CRC32_KEY].int64_list.value[0])
+  if context[NUM_FRAMES_KEY].int64_list.value[0] != len(frames):
+    raise CacheError(f"{video.video_id}: record says "
+                     f"{context[NUM_FRAMES_KEY].int64_list.value[0]} frames, holds {len(frames)}")
+  return video
+
+
+# ---- TFRecord framing ----
+
+def _masked_crc(data: bytes) -> int:
+  crc = google_crc32c.value(data)
+  return (((crc >> 15) | (crc << 17)) + _CRC_MASK_DELTA) & 0xFFFFFFFF
+
+
+def encode_tfrecord(record: bytes) -> bytes:
+  """One record in TFRecord framing (length, masked CRC-32C of both parts)."""
+  length = _TFRECORD_LENGTH.pack(len(record))
+  return (length + _TFRECORD_CRC.pack(_masked_crc(length)) + record
+          + _TFRECORD_CRC.pack(_masked_crc(record)))
+
+
+def decode_tfrecords(data: bytes, source: str = "tfrecord") -> Iterator[bytes]:
+  """Yields the records of a TFRecord file's bytes, checking their CRCs."""
+  position = 0
+  while position < len(data):
+    header_end = position + _TFRECORD_LENGTH.size + _TFRECORD_CRC.size
+    if header_end > len(data):
+      raise CacheError(f"{source}: truncated record header at byte {position}")
+    length_bytes = data[position:position + _TFRECORD_LENGTH.size]
+    (length_crc,) = _TFRECORD_CRC.unpack_from(data, position + _TFRECORD_LENGTH.size)
+    if length_crc != _masked_crc(length_bytes):
+      raise CacheError(f"{source}: corrupt record length at byte {position}")
+    (length,) = _TFRECORD_LENGTH.unpack(length_bytes)
+    record_end = header_end + length
+    if record_end + _TFRECORD_CRC.size > len(data):
+      raise CacheError(f"{source}: truncated record at byte {position}")
+    record = data[header_end:record_end]
+    if _TFRECORD_CRC.unpack_from(data, record_end)[0] != _masked_crc(record):
+      raise CacheError(f"{source}: record at byte {position} fails its CRC")
+    yield record
+    position = record_end + _TFRECORD_CRC.size
+
+
+# ---- Shards and index ----
+
+def _write_atomically(path: str, content: bytes, tmp_dir: str) -> None:
+  """Writes `content` under a temporary name in `tmp_dir`, then renames it to `path`."""
+  tmp_path = FileSystems.join(tmp_dir, uuid.uuid4().hex)
+  with FileSystems.create(tmp_path) as f:
+    f.write(content)
+  _ensure_dir(FileSystems.split(path)[0])
+  FileSystems.rename([tmp_path], [path])
+
+
+def _ensure_dir(path: str) -> None:
+  # Object stores have no directories; only local paths need them made.
+  if "://" not in path and not FileSystems.exists(path):
+    try:
+      FileSystems.mkdirs(path)
+    except IOError:
+      if not FileSystems.exists(path):  # Another worker may have made it meanwhile.
+        raise
+
+
+def write_shard(work_dir: str, videos: Sequence[CachedVideo]) -> str:
+  """Writes `videos` as one new shard and commits it; returns the shard's path.
+
+  The shard is complete under its final name before its index file exists;
+  both appear by rename from `tmp/`.
+  """
+  root = cache_dir(work_dir)
+  tmp_dir = FileSystems.join(root, TMP_DIR)
+  _ensure_dir(tmp_dir)
+  shard_id = uuid.uuid4().hex
+  shard_path = FileSystems.join(root, SHARDS_DIR, shard_id + SHARD_SUFFIX)
+  _write_atomically(
+      shard_path, b"".join(encode_tfrecord(to_sequence_example(v)) for v in videos),
+      tmp_dir)
+  index = {"shard": shard_id + SHARD_SUFFIX,
+           "videos": [{"video_id": v.video_id, "label": v.label,
+                       "label_name": v.label_name, "num_frames": v.num_frames,
+                       "source_crc32": v.source_crc32} for v in videos]}
+  _write_atomically(FileSystems.join(root, INDEX_DIR, shard_id + INDEX_SUFFIX),
+                    json.dumps(index).encode(), tmp_dir)
+  return shard_path
+
+
+def read_index(work_dir: str) -> dict[str, IndexEntry]:
+  """Every committed video by id; the first shard by name wins for duplicates."""
+  root = cache_dir(work_dir)
+  pattern = FileSystems.join(root, INDEX_DIR, "*" + INDEX_SUFFIX)
+  match = FileSystems.match([pattern])[0]
+  entries: dict[str, IndexEntry] = {}
+  for path in sorted(m.path for m in match.metadata_list):
+    with FileSystems.open(path) as f:
+      try:
+        index = json.loads(f.read())
+      except json.JSONDecodeError as e:
+        raise CacheError(f"{path}: not a valid index file ({e})") from e
+    shard = FileSystems.join(root, SHARDS_DIR, index["shard"])
+    for video in index["videos"]:
+      entries.setdefault(video["video_id"], IndexEntry(shard=shard, **video))
+  return entries
+
+
+def read_shard(shard_path: str, video_ids: Iterable[str] | None = None
+               ) -> Iterator[CachedVideo]:
+  """Yields the videos of a shard, only those in `video_ids` when given."""
+  wanted = None if video_ids is None else set(video_ids)
+  with FileSystems.open(shard_path) as f:
+    data = f.read()
+  for record in decode_tfrecords(data, shard_path):
+    video = from_sequence_example(record)
+    if wanted is None or video.video_id in wanted:
+      yield video

@@ -1,0 +1,408 @@
+"""UCF101 ingestion on Beam: split lists -> sharded ranged fetch -> JPEG frames -> cache.
+
+Stage: the first stage of every job. Usage from another pipeline:
+
+    result = p | Ingest(video_zip, splits_zip, work_dir)
+    result.videos    # PCollection[video_cache.CachedVideo]: video_id, label,
+                     #   label_name, frames (JPEG bytes), source_crc32
+    result.failures  # PCollection[dict]: {"video_id", "stage", "reason"}
+    result.failures | WriteFailures(path)
+
+`Ingest` lists the split-list zip (`ListVideos`), reuses videos already in
+`<work_dir>/video_cache` (`ReadVideoCache` semantics; nothing is fetched for
+them), and for the rest reads the video ZIP's central directory once, then
+fetches, inflates, CRC-checks and re-encodes each member on the worker that
+processes it (`FetchAndEncode`) and commits the results to the cache
+(`WriteVideoCache`). With `read_cached_videos=False`, `videos` holds only the
+newly encoded videos and cached ones are not read at all (for a run that
+only fills the cache). `p | ReadVideoCache(work_dir)` reads the whole cache
+back as a PCollection of `CachedVideo`.
+
+Every video listed in the splits either reaches `videos` or `failures`;
+failure stages are `fetch` (not in the ZIP, unreadable), `extract` (corrupt
+member, CRC-32 mismatch) and `encode` (not a decodable video).
+
+Beam counters, namespace "mmv": videos_listed, split_count_differences,
+videos_reused (found in the cache), videos_fetched, bytes_fetched,
+fetch_retries, videos_encoded, frames_encoded, videos_cached (committed to the
+cache by this run), videos_failed and failed_<stage>.
+
+CLI (ingestion alone; runs on the FnApiRunner unless --runner is given):
+
+    python -m pipelines.ingest --video_zip gs://... --splits_zip ... \
+        --work_dir /tmp/mmv --classes ApplyEyeMakeup,Archery --max_videos 20
+"""
+
+import argparse
+import collections
+import json
+import logging
+import typing
+from collections.abc import Iterable, Iterator, Sequence
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from mmv_core import encode
+from mmv_core import sources
+from mmv_core import ucf101
+from mmv_core import video_cache
+from mmv_core import zip_index
+
+METRICS_NAMESPACE = "mmv"
+FAILURES = "failures"
+STAGE_FETCH = "fetch"
+STAGE_EXTRACT = "extract"
+STAGE_ENCODE = "encode"
+DEFAULT_VIDEOS_PER_SHARD = 32
+FAILURES_FILE = "ingest_failures.jsonl"
+
+
+def _counter(name: str):
+  return Metrics.counter(METRICS_NAMESPACE, name)
+
+
+def failure(video_id: str, stage: str, reason: str) -> dict[str, str]:
+  """A failure record, as `Ingest.failures` holds them."""
+  _counter("videos_failed").inc()
+  _counter(f"failed_{stage}").inc()
+  return {"video_id": video_id, "stage": stage, "reason": reason}
+
+
+# ---- Listing ----
+
+def list_videos(splits_zip: str, classes: Sequence[str] | None, max_videos: int | None,
+                expected_split_counts: dict | None) -> Iterator[ucf101.VideoRecord]:
+  """The videos to ingest; logs and counts differences from the official split sizes."""
+  split_lists = ucf101.load_split_lists(splits_zip)
+  if expected_split_counts is not None:
+    for difference in split_lists.count_differences(expected_split_counts):
+      logging.warning("%s: %s", splits_zip, difference)
+      _counter("split_count_differences").inc()
+  for video in ucf101.select_videos(split_lists, classes, max_videos):
+    _counter("videos_listed").inc()
+    yield video
+
+
+class ListVideos(beam.PTransform):
+  """PBegin -> PCollection[ucf101.VideoRecord] from the split-list zip, read at run time.
+
+  Args:
+    splits_zip: location of the split-list zip (local, gs:// or https://).
+    classes: class names to keep (all when None).
+    max_videos: keep at most this many, round-robin over classes.
+    expected_split_counts: per-split (train, test) counts to check against;
+      None skips the check (subsets, synthetic data).
+  """
+
+  def __init__(self, splits_zip: str, classes: Sequence[str] | None = None,
+               max_videos: int | None = None,
+               expected_split_counts: dict | None = ucf101.EXPECTED_SPLIT_COUNTS):
+    super().__init__()
+    self._splits_zip = splits_zip
+    self._classes = tuple(classes) if classes else None
+    self._max_videos = max_videos
+    self._expected = expected_split_counts
+
+  def expand(self, pbegin):
+    return (pbegin
+            | "SplitsZip" >> beam.Create([self._splits_zip])
+            | "Parse" >> beam.FlatMap(list_videos, self._classes, self._max_videos,
+                                      self._expected))
+
+
+# ---- Fetch and encode ----
+
+def read_zip_index(video_zip: str) -> zip_index.ZipIndex:
+  """Central directory of the video ZIP, read with ranged reads."""
+  return zip_index.read_index(lambda start, length: sources.read_range(video_zip, start, length),
+                              sources.size(video_zip), source=video_zip)
+
+
+def fetch_member(video_zip: str, index: zip_index.ZipIndex,
+                 member: zip_index.ZipMember) -> bytes:
+  """The member's compressed bytes; transient errors are retried and counted."""
+  def read(start: int, length: int) -> bytes:
+    data = sources.read_range(video_zip, start, length,
+                              on_retry=lambda _: _counter("fetch_retries").inc())
+    _counter("bytes_fetched").inc(len(data))
+    return data
+  return zip_index.read_member_data(read, index, member, source=video_zip)
+
+
+class _FetchAndEncodeFn(beam.DoFn):
+  """VideoRecord -> CachedVideo, or a failure record on the FAILURES output."""
+
+  def __init__(self, video_zip: str):
+    super().__init__()
+    self._video_zip = video_zip
+
+  def process(self, video: ucf101.VideoRecord, index: zip_index.ZipIndex):
+    member = index.members.get(video.member_name)
+    if member is None:
+      yield beam.pvalue.TaggedOutput(FAILURES, failure(
+          video.video_id, STAGE_FETCH,
+          f"listed in the splits but {video.member_name} is not in {self._video_zip}"))
+      return
+    try:
+      data = fetch_member(self._video_zip, index, member)
+    except (sources.SourceError, zip_index.ZipFormatError) as e:
+      yield beam.pvalue.TaggedOutput(FAILURES, failure(video.video_id, STAGE_FETCH, str(e)))
+      return
+    _counter("videos_fetched").inc()
+    try:
+      content = zip_index.extract(member, data, source=self._video_zip)
+    except zip_index.ZipFormatError as e:
+      yield beam.pvalue.TaggedOutput(FAILURES, failure(video.video_id, STAGE_EXTRACT, str(e)))
+      return
+    try:
+      frames = encode.encode_jpeg_frames(content, name=member.name)
+    except encode.EncodeError as e:
+      yield beam.pvalue.TaggedOutput(FAILURES, failure(video.video_id, STAGE_ENCODE, str(e)))
+      return
+    _counter("videos_encoded").inc()
+    _counter("frames_encoded").inc(len(frames))
+    yield video_cache.CachedVideo(
+        video_id=video.video_id, label=video.label, label_name=video.label_name,
+        frames=tuple(frames), source_crc32=member.crc32)
+
+
+class FetchAndEncode(beam.PTransform):
+  """PCollection[VideoRecord] -> (CachedVideo PCollection, failures PCollection).
+
+  The ZIP's central directory is read once, and only when there is something
+  to fetch; the videos are reshuffled so that members are fetched and encoded
+  in parallel across workers.
+  """
+
+  def __init__(self, video_zip: str):
+    super().__init__()
+    self._video_zip = video_zip
+
+  def expand(self, videos):
+    video_zip = self._video_zip
+    index = (videos
+             | "CountToFetch" >> beam.combiners.Count.Globally()
+             | "ZipIfNeeded" >> beam.FlatMap(lambda n: [video_zip] if n else [])
+             | "ReadCentralDirectory" >> beam.Map(read_zip_index))
+    outputs = (videos
+               | "Spread" >> beam.Reshuffle()
+               | "FetchEncode" >> beam.ParDo(
+                   _FetchAndEncodeFn(video_zip),
+                   beam.pvalue.AsSingleton(index, default_value=None))
+               .with_outputs(FAILURES, main="videos"))
+    return outputs["videos"], outputs[FAILURES]
+
+
+# ---- Cache ----
+
+class _WriteShardFn(beam.DoFn):
+  """A batch of CachedVideo -> one committed shard; yields the videos once committed."""
+
+  def __init__(self, work_dir: str):
+    super().__init__()
+    self._work_dir = work_dir
+
+  def process(self, batch: Sequence[video_cache.CachedVideo]):
+    video_cache.write_shard(self._work_dir, batch)
+    _counter("videos_cached").inc(len(batch))
+    yield from batch
+
+
+class WriteVideoCache(beam.PTransform):
+  """PCollection[CachedVideo] -> the same videos, after each is committed to the cache."""
+
+  def __init__(self, work_dir: str, videos_per_shard: int = DEFAULT_VIDEOS_PER_SHARD):
+    super().__init__()
+    self._work_dir = work_dir
+    self._videos_per_shard = videos_per_shard
+
+  def expand(self, videos):
+    return (videos
+            | "Batch" >> beam.BatchElements(min_batch_size=self._videos_per_shard,
+                                            max_batch_size=self._videos_per_shard)
+            | "WriteShard" >> beam.ParDo(_WriteShardFn(self._work_dir)))
+
+
+def _read_cached(shard_and_ids: tuple[str, Iterable[str]]) -> Iterator[video_cache.CachedVideo]:
+  shard, video_ids = shard_and_ids
+  for video in video_cache.read_shard(shard, video_ids):
+    yield video
+
+
+class _ReadShards(beam.PTransform):
+  """PCollection[(shard path, video id)] -> PCollection[CachedVideo], one read per shard."""
+
+  def expand(self, shard_ids):
+    return (shard_ids
+            | "ByShard" >> beam.GroupByKey()
+            | "ReadShard" >> beam.FlatMap(_read_cached))
+
+
+class ReadVideoCache(beam.PTransform):
+  """PBegin -> PCollection[CachedVideo]: every video committed under `work_dir`, once each."""
+
+  def __init__(self, work_dir: str):
+    super().__init__()
+    self._work_dir = work_dir
+
+  def expand(self, pbegin):
+    return (pbegin
+            | "WorkDir" >> beam.Create([self._work_dir])
+            | "Index" >> beam.FlatMap(
+                lambda work_dir: [(e.shard, e.video_id)
+                                  for e in video_cache.read_index(work_dir).values()])
+            | "Read" >> _ReadShards())
+
+
+# ---- Failures ----
+
+class WriteFailures(beam.PTransform):
+  """Writes failure records as JSON lines to `path` (one file)."""
+
+  def __init__(self, path: str):
+    super().__init__()
+    self._path = path
+
+  def expand(self, failures):
+    return (failures
+            | "ToJson" >> beam.Map(lambda record: json.dumps(record, sort_keys=True))
+            | "Write" >> beam.io.WriteToText(self._path, shard_name_template=""))
+
+
+def summarize_failures(records: Iterable[dict[str, str]], max_examples: int = 5) -> str:
+  """A short text summary: count per stage and the first few reasons."""
+  records = sorted(records, key=lambda r: (r["stage"], r["video_id"]))
+  if not records:
+    return "no failures"
+  by_stage = collections.Counter(r["stage"] for r in records)
+  lines = [f"{len(records)} videos failed: "
+           + ", ".join(f"{stage} {n}" for stage, n in sorted(by_stage.items()))]
+  lines += [f"  {r['video_id']} [{r['stage']}]: {r['reason']}"
+            for r in records[:max_examples]]
+  if len(records) > max_examples:
+    lines.append(f"  ... and {len(records) - max_examples} more")
+  return "\n".join(lines)
+
+
+# ---- Everything together ----
+
+class IngestResult(typing.NamedTuple):
+  videos: beam.PCollection
+  failures: beam.PCollection
+
+
+def _cached_first(video: ucf101.VideoRecord, _, cached: dict) -> int:
+  return 0 if video.video_id in cached else 1
+
+
+class Ingest(beam.PTransform):
+  """PBegin -> IngestResult(videos, failures); see the module docstring.
+
+  Args:
+    video_zip: the UCF101 ZIP mirror (gs://, https:// or a local path).
+    splits_zip: the split-list zip.
+    work_dir: where the video cache lives (local or gs://).
+    classes, max_videos, expected_split_counts: as in `ListVideos`.
+    videos_per_shard: most videos in one cache shard.
+    read_cached_videos: also read videos that were already cached into
+      `videos`; False when the run only fills the cache.
+  """
+
+  def __init__(self, video_zip: str = ucf101.VIDEO_ZIP_URL,
+               splits_zip: str = ucf101.SPLITS_ZIP_URL, work_dir: str = "",
+               classes: Sequence[str] | None = None, max_videos: int | None = None,
+               expected_split_counts: dict | None = ucf101.EXPECTED_SPLIT_COUNTS,
+               videos_per_shard: int = DEFAULT_VIDEOS_PER_SHARD,
+               read_cached_videos: bool = True):
+    super().__init__()
+    if not work_dir:
+      raise ValueError("Ingest needs a work_dir for its video cache")
+    self._video_zip = video_zip
+    self._splits_zip = splits_zip
+    self._work_dir = work_dir
+    self._list = ListVideos(splits_zip, classes, max_videos, expected_split_counts)
+    self._videos_per_shard = videos_per_shard
+    self._read_cached_videos = read_cached_videos
+
+  def expand(self, pbegin):
+    work_dir = self._work_dir
+    listed = pbegin | "List" >> self._list
+    cached_index = (pbegin
+                    | "WorkDir" >> beam.Create([work_dir])
+                    | "ReadCacheIndex" >> beam.FlatMap(
+                        lambda d: video_cache.read_index(d).items()))
+    cached, to_fetch = listed | "SplitCached" >> beam.Partition(
+        _cached_first, 2, beam.pvalue.AsDict(cached_index))
+    cached_videos = (cached
+                     | "CountReused" >> beam.Map(_count_reused)
+                     | "ShardOf" >> beam.Map(
+                         lambda v, index: (index[v.video_id].shard, v.video_id),
+                         beam.pvalue.AsDict(cached_index)))
+    encoded, failures = to_fetch | "FetchAndEncode" >> FetchAndEncode(self._video_zip)
+    written = encoded | "WriteCache" >> WriteVideoCache(work_dir, self._videos_per_shard)
+    if not self._read_cached_videos:
+      return IngestResult(videos=written, failures=failures)
+    reused = cached_videos | "ReadCached" >> _ReadShards()
+    videos = (reused, written) | "AllVideos" >> beam.Flatten()
+    return IngestResult(videos=videos, failures=failures)
+
+
+def _count_reused(video: ucf101.VideoRecord) -> ucf101.VideoRecord:
+  _counter("videos_reused").inc()
+  return video
+
+
+def counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
+  """Committed values of the "mmv" counters of a finished pipeline."""
+  query = result.metrics().query(
+      beam.metrics.MetricsFilter().with_namespace(METRICS_NAMESPACE))
+  totals: dict[str, int] = collections.Counter()
+  for counter in query["counters"]:
+    totals[counter.key.metric.name] += counter.committed
+  return dict(totals)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, int]:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+  parser.add_argument("--video_zip", default=ucf101.VIDEO_ZIP_URL)
+  parser.add_argument("--splits_zip", default=ucf101.SPLITS_ZIP_URL)
+  parser.add_argument("--work_dir", required=True)
+  parser.add_argument("--classes", default="",
+                      help="comma-separated class names (default: all)")
+  parser.add_argument("--max_videos", type=int, default=None)
+  parser.add_argument("--videos_per_shard", type=int, default=DEFAULT_VIDEOS_PER_SHARD)
+  parser.add_argument("--failures", default=None,
+                      help=f"JSON-lines failure file (default: WORK_DIR/{FAILURES_FILE})")
+  parser.add_argument("--no_count_check", action="store_true",
+                      help="skip the check against the official per-split counts")
+  args, beam_args = parser.parse_known_args(argv)
+  if not any(a.startswith("--runner") for a in beam_args):
+    beam_args.append("--runner=FnApiRunner")
+  failures_path = args.failures or FileSystems.join(args.work_dir, FAILURES_FILE)
+  classes = [c for c in args.classes.split(",") if c]
+
+  pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
+  result = pipeline | "Ingest" >> Ingest(
+      args.video_zip, args.splits_zip, args.work_dir, classes=classes or None,
+      max_videos=args.max_videos,
+      expected_split_counts=None if args.no_count_check else ucf101.EXPECTED_SPLIT_COUNTS,
+      videos_per_shard=args.videos_per_shard, read_cached_videos=False)
+  _ = result.failures | "WriteFailures" >> WriteFailures(failures_path)
+  run = pipeline.run()
+  run.wait_until_finish()
+
+  totals = counters(run)
+  with FileSystems.open(failures_path) as f:
+    records = [json.loads(line) for line in f.read().decode().splitlines() if line]
+  print(json.dumps(totals, indent=2, sort_keys=True))
+  print(summarize_failures(records))
+  print(f"failures: {failures_path}")
+  return totals
+
+
+if __name__ == "__main__":
+  logging.getLogger().setLevel(logging.INFO)
+  main()
