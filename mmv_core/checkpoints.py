@@ -120,12 +120,8 @@ class _LegacyHaikuMapping(dict):
         f'unrecognised state of a haiku mapping (fields {sorted(fields)})')
 
 
-def _reconstruct_array_function():
-  """numpy's `_reconstruct`, whatever private module holds it."""
-  return np.empty(0).__reduce__()[0]
-
-
-_RECONSTRUCT_ARRAY = _reconstruct_array_function()
+# numpy's array `_reconstruct`, whichever private module holds it.
+_RECONSTRUCT_ARRAY = np.empty(0).__reduce__()[0]
 
 
 def _dill_create_array(reconstruct, args, state, npdict=None) -> np.ndarray:
@@ -157,9 +153,6 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
       ('dill._dill', '_create_array'): _dill_create_array,
       ('_codecs', 'encode'): _latin1_encode,
       ('builtins', 'dict'): dict,
-      ('builtins', 'list'): list,
-      ('builtins', 'tuple'): tuple,
-      ('builtins', 'bytearray'): bytearray,
       ('collections', 'OrderedDict'): collections.OrderedDict,
   }
   # numpy 1.x wrote `numpy.core...`, numpy 2.x writes `numpy._core...`.
@@ -338,7 +331,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
   try:
     data = sources.read_bytes(path)
   except sources.SourceError as e:
-    raise CheckpointError(f'{path}: cannot read checkpoint ({e})') from None
+    raise CheckpointError(
+        f'cannot read checkpoint {path}: {e.__cause__ or e}') from None
   digest = hashlib.sha256(data).hexdigest()
   if data.startswith(_ZIP_MAGIC):
     params, state = _load_npz(data, path)
