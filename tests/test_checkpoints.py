@@ -9,6 +9,7 @@ import pickletools
 import subprocess
 import sys
 
+import dill
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -420,3 +421,17 @@ def test_command_line_random_convert_inspect(tmp_path, capsys):
   assert f'matches {manifest}' in out
   assert checkpoints.main(['inspect', str(tmp_path / 'missing.pkl')]) == 1
   assert 'missing.pkl' in capsys.readouterr().err
+
+
+def test_numpy1_era_protocol2_dill_pickle_loads(tmp_path):
+  """2020 files: protocol 2, bytes via `_codecs.encode`, `numpy.core` names."""
+  params, state = checkpoints.random_trees(SMALL_PARAMS, SMALL_STATE)
+  data = dill.dumps({'params': params, 'state': state}, protocol=2)
+  data = data.replace(b'cnumpy._core.multiarray\n', b'cnumpy.core.multiarray\n')
+  assert {'numpy.core.multiarray._reconstruct', '_codecs.encode'} <= (
+      _globals_named(data))
+  path = tmp_path / 'mmv_s3d.pkl'
+  path.write_bytes(data)
+  checkpoint = checkpoints.load_checkpoint(path)
+  _assert_same_trees(checkpoint.params, params)
+  _assert_same_trees(checkpoint.state, state)
