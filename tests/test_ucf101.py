@@ -1,0 +1,68 @@
+"""Split lists: parsing, labels, the HandStandPushups quirk, counts, selection."""
+
+import io
+import zipfile
+
+import pytest
+
+from mmv_core import synthetic
+from mmv_core import ucf101
+
+NAMES = synthetic.class_names(3, include_handstand_pushups=True)
+VIDEOS = synthetic.plan_videos(NAMES, videos_per_class=4, clips_per_group=1)
+
+
+@pytest.mark.parametrize("line_ending", ["\r\n", "\n"])
+def test_parses_every_listed_video_with_label_and_roles(line_ending):
+  lists = ucf101.parse_split_zip(synthetic.splits_zip_bytes(NAMES, VIDEOS, line_ending))
+
+  assert lists.class_names == tuple(NAMES)
+  assert [v.video_id for v in lists.videos] == sorted(v.video_id for v in VIDEOS)
+  planned = {v.video_id: v for v in VIDEOS}
+  for record in lists.videos:
+    assert record.label == NAMES.index(record.label_name)
+    assert record.label_name == planned[record.video_id].label_name
+    assert record.roles == tuple(planned[record.video_id].role(s) for s in ucf101.SPLITS)
+    assert record.member_name == f"UCF101/{record.video_id}.avi"
+
+
+def test_handstand_pushups_list_spelling_maps_to_zip_name():
+  data = synthetic.splits_zip_bytes(NAMES, VIDEOS)
+  # Group 1 is split 1's test group, so group 2 is in trainlist01.
+  assert b"HandstandPushups/v_HandStandPushups_g02_c01.avi 1\r\n" in _list_text(data)
+
+  ids = {v.video_id for v in ucf101.parse_split_zip(data).videos}
+
+  assert "v_HandstandPushups_g01_c01" in ids
+  assert not any("HandStand" in i for i in ids)
+
+
+def _list_text(split_zip: bytes) -> bytes:
+  with zipfile.ZipFile(io.BytesIO(split_zip)) as archive:
+    return archive.read("ucfTrainTestlist/trainlist01.txt")
+
+
+def test_count_differences_name_each_split_that_differs():
+  lists = ucf101.parse_split_zip(synthetic.splits_zip_bytes(NAMES, VIDEOS))
+  counts = lists.split_counts()
+
+  assert lists.count_differences(counts) == []
+  expected = dict(counts)
+  expected[2] = (counts[2][0] + 1, counts[2][1])
+  differences = lists.count_differences(expected)
+  assert len(differences) == 1 and differences[0].startswith("split 2:")
+  assert len(lists.count_differences()) == 3  # Nowhere near the real UCF101.
+
+
+def test_select_videos_round_robin_over_classes():
+  lists = ucf101.parse_split_zip(synthetic.splits_zip_bytes(NAMES, VIDEOS))
+
+  chosen = ucf101.select_videos(lists, max_videos=4)
+  assert len(chosen) == 4
+  assert {v.label_name for v in chosen} == set(NAMES)
+
+  only = ucf101.select_videos(lists, classes=[NAMES[1]])
+  assert {v.label_name for v in only} == {NAMES[1]} and len(only) == 4
+
+  with pytest.raises(ucf101.SplitListError, match="NoSuchClass"):
+    ucf101.select_videos(lists, classes=["NoSuchClass"])
