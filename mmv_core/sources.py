@@ -53,16 +53,18 @@ class UntrustedCertificateError(SourceError):
 
 
 def retry(fn: Callable[[], _T], *, description: str,
-          attempts: int = RETRY_ATTEMPTS,
-          initial_delay_s: float = RETRY_INITIAL_DELAY_S,
-          max_delay_s: float = RETRY_MAX_DELAY_S,
+          attempts: int | None = None,
+          initial_delay_s: float | None = None,
           on_retry: Callable[[TransientSourceError], None] | None = None) -> _T:
   """Calls `fn`, retrying `TransientSourceError` with jittered exponential backoff.
 
-  Raises the last `TransientSourceError` (its message says how many attempts
-  were made) once `attempts` calls have failed; other errors pass through.
+  `attempts` and `initial_delay_s` default to `RETRY_ATTEMPTS` and
+  `RETRY_INITIAL_DELAY_S` as they are at call time. Raises the last
+  `TransientSourceError` (its message says how many attempts were made) once
+  all attempts have failed; other errors pass through.
   """
-  delay = initial_delay_s
+  attempts = RETRY_ATTEMPTS if attempts is None else attempts
+  delay = RETRY_INITIAL_DELAY_S if initial_delay_s is None else initial_delay_s
   for attempt in range(1, attempts + 1):
     try:
       return fn()
@@ -75,7 +77,7 @@ def retry(fn: Callable[[], _T], *, description: str,
       logging.info("%s: attempt %d failed (%s); retrying in %.1fs",
                    description, attempt, e, delay)
       time.sleep(delay * random.uniform(0.5, 1.0))
-      delay = min(delay * 2, max_delay_s)
+      delay = min(delay * 2, RETRY_MAX_DELAY_S)
   raise AssertionError("unreachable")
 
 

@@ -2,17 +2,25 @@
 server with injectable faults, and an in-process GCS emulator."""
 
 import collections
+import dataclasses
+import glob
+import hashlib
 import http.server
+import json
 import os
 import re
 import socket
 import threading
 import zipfile
 
+import apache_beam as beam
 import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
 
+from mmv_core import encode
 from mmv_core import sources
 from mmv_core import synthetic
+from pipelines import ingest
 
 # Tiny videos keep ffmpeg fast: 3 classes x 3 videos of 64x48 at 10 fps for 1 s.
 TINY = dict(num_classes=3, videos_per_class=3, clips_per_group=1, width=64, height=48,
@@ -141,3 +149,55 @@ def zip_members(path: str) -> dict[str, bytes]:
 def directory_listing(path: str) -> list[str]:
   return sorted(os.path.relpath(os.path.join(root, f), path)
                 for root, _, files in os.walk(path) for f in files)
+
+
+def frame_digest(frames) -> str:
+  return hashlib.sha256(b"".join(hashlib.sha256(f).digest() for f in frames)).hexdigest()
+
+
+def expected_videos(members: dict[str, bytes]) -> dict[str, str]:
+  """Video id -> digest of the protocol's JPEG frames, encoded straight from the AVIs."""
+  return {name.split("/")[-1].removesuffix(".avi"): frame_digest(encode.encode_jpeg_frames(avi))
+          for name, avi in members.items()}
+
+
+def _video_row(video) -> str:
+  return json.dumps({"video_id": video.video_id, "label": video.label,
+                     "label_name": video.label_name, "digest": frame_digest(video.frames),
+                     "num_frames": video.num_frames})
+
+
+def _read_rows(prefix: str) -> list[dict]:
+  rows = []
+  for path in glob.glob(prefix + "*"):
+    with open(path) as f:
+      rows += [json.loads(line) for line in f if line.strip()]
+  return rows
+
+
+@dataclasses.dataclass
+class IngestRun:
+  videos: dict[str, dict]  # video id -> row (label, label_name, digest, num_frames)
+  failures: dict[str, dict]  # video id -> failure record
+  counters: dict[str, int]
+
+
+def run_ingest(video_zip: str, splits_zip: str, work_dir: str, out_dir: str,
+               beam_args: tuple[str, ...] = ("--runner=FnApiRunner",), **ingest_kwargs
+               ) -> IngestRun:
+  """Runs `Ingest` and collects its outputs through text files in `out_dir`."""
+  os.makedirs(out_dir, exist_ok=True)
+  videos_prefix = os.path.join(out_dir, "videos")
+  failures_path = os.path.join(out_dir, "failures.jsonl")
+  pipeline = beam.Pipeline(options=PipelineOptions(list(beam_args)))
+  result = pipeline | ingest.Ingest(video_zip, splits_zip, work_dir,
+                                    expected_split_counts=None, **ingest_kwargs)
+  _ = result.videos | "Rows" >> beam.Map(_video_row) | beam.io.WriteToText(videos_prefix)
+  _ = result.failures | ingest.WriteFailures(failures_path)
+  run = pipeline.run()
+  run.wait_until_finish()
+  rows = _read_rows(videos_prefix)
+  videos = {row["video_id"]: row for row in rows}
+  assert len(videos) == len(rows), "a video came out twice"
+  failures = {r["video_id"]: r for r in _read_rows(failures_path)}
+  return IngestRun(videos=videos, failures=failures, counters=ingest.counters(run))
