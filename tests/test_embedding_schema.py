@@ -1,0 +1,74 @@
+"""Tests of the embedding file contract (mmv_core.embedding_schema)."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mmv_core import embedding_schema as schema
+
+
+def example(**overrides) -> tf.train.Example:
+  fields = dict(video_id="v_Archery_g03_c02", label=1, label_name="Archery",
+                clip_type=schema.CLIP_TYPE_TEST, clip_index=7,
+                embedding=np.linspace(-1, 1, 8), extra_features={"audio_repr": [[1.5, 2.5]]})
+  return schema.make_example(**(fields | overrides))
+
+
+def test_example_round_trip():
+  parsed = schema.parse_example(example().SerializeToString())
+  assert parsed[schema.VIDEO_ID] == "v_Archery_g03_c02"
+  assert parsed[schema.LABEL] == 1 and parsed[schema.CLIP_INDEX] == 7
+  assert parsed[schema.LABEL_NAME] == "Archery"
+  assert parsed[schema.CLIP_TYPE] == "test"
+  assert parsed[schema.EMBEDDING].dtype == np.float32
+  np.testing.assert_allclose(parsed[schema.EMBEDDING], np.linspace(-1, 1, 8), rtol=1e-6)
+  np.testing.assert_array_equal(parsed["audio_repr"], [1.5, 2.5])
+
+  header = schema.parse_example(example().SerializeToString(), include_floats=False)
+  assert set(header) == set(schema.SCALAR_FEATURES)
+
+
+def test_bad_examples_are_named_errors():
+  with pytest.raises(ValueError, match="clip_type"):
+    example(clip_type="validation")
+  with pytest.raises(ValueError, match="reserved"):
+    example(extra_features={schema.LABEL: [1.0]})
+  incomplete = example()
+  del incomplete.features.feature[schema.CLIP_INDEX]
+  with pytest.raises(schema.EmbeddingFormatError, match="shard-3#4: feature 'clip_index' is missing"):
+    schema.parse_example(incomplete.SerializeToString(), source="shard-3#4")
+
+
+def test_records_are_read_back_and_corruption_is_detected(tmp_path):
+  shard = tmp_path / schema.SHARDS_DIR / "part-0.tfrecord"
+  shard.parent.mkdir()
+  records = [example(clip_index=i).SerializeToString() for i in range(3)]
+  with tf.io.TFRecordWriter(str(shard)) as writer:
+    for record in records:
+      writer.write(record)
+  assert schema.shard_paths(str(tmp_path)) == [str(shard)]
+  assert list(schema.iter_records(str(shard))) == records
+
+  data = bytearray(shard.read_bytes())
+  data[-10] ^= 0xFF
+  shard.write_bytes(bytes(data))
+  with pytest.raises(schema.EmbeddingFormatError, match=r"part-0.tfrecord#2: record checksum"):
+    list(schema.iter_records(str(shard)))
+  shard.write_bytes(bytes(data[:-3]))
+  with pytest.raises(schema.EmbeddingFormatError, match=r"#2: truncated record"):
+    list(schema.iter_records(str(shard)))
+
+
+def test_run_config_must_give_clip_counts(tmp_path):
+  with pytest.raises(schema.EmbeddingFormatError, match="run.json"):
+    schema.read_run_config(str(tmp_path))
+  (tmp_path / schema.RUN_CONFIG_FILE).write_text(json.dumps({schema.NUM_TRAIN_CLIPS: 10}))
+  with pytest.raises(schema.EmbeddingFormatError, match="num_test_windows"):
+    schema.read_run_config(str(tmp_path))
+  (tmp_path / schema.RUN_CONFIG_FILE).write_text(
+      json.dumps({schema.NUM_TRAIN_CLIPS: 10, schema.NUM_TEST_WINDOWS: 10}))
+  assert schema.read_run_config(str(tmp_path))[schema.NUM_TEST_WINDOWS] == 10
+  with pytest.raises(schema.EmbeddingFormatError, match="no embedding shards"):
+    schema.shard_paths(str(tmp_path))
