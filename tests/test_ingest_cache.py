@@ -1,0 +1,58 @@
+"""The video cache: SequenceExample schema, TFRecord framing, atomic shards, de-dup."""
+
+import os
+
+import apache_beam as beam
+import pytest
+import tensorflow as tf
+from apache_beam.testing.util import assert_that, equal_to
+
+from mmv_core import video_cache
+from pipelines import ingest
+
+VIDEOS = [video_cache.CachedVideo(video_id=f"v_Synth_g0{i}_c01", label=i, label_name="Synth",
+                                  frames=tuple(b"\xff\xd8" + bytes([i, j]) + b"\xff\xd9"
+                                               for j in range(i + 1)),
+                                  source_crc32=1000 + i)
+          for i in range(3)]
+
+
+def test_shards_are_tfrecords_of_sequence_examples(tmp_path):
+  shard = video_cache.write_shard(str(tmp_path), VIDEOS)
+
+  records = [r.numpy() for r in tf.data.TFRecordDataset(shard)]
+  parsed_context, parsed_lists = tf.io.parse_single_sequence_example(
+      records[1],
+      context_features={video_cache.VIDEO_ID_KEY: tf.io.FixedLenFeature([], tf.string),
+                        video_cache.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
+                        video_cache.NUM_FRAMES_KEY: tf.io.FixedLenFeature([], tf.int64)},
+      sequence_features={video_cache.FRAMES_KEY: tf.io.FixedLenSequenceFeature([], tf.string)})
+  assert parsed_context[video_cache.VIDEO_ID_KEY].numpy().decode() == VIDEOS[1].video_id
+  assert parsed_context[video_cache.LABEL_KEY].numpy() == 1
+  assert parsed_context[video_cache.NUM_FRAMES_KEY].numpy() == 2
+  assert tuple(parsed_lists[video_cache.FRAMES_KEY].numpy()) == VIDEOS[1].frames
+  assert list(video_cache.read_shard(shard)) == VIDEOS
+
+
+def test_corrupt_shard_is_an_error(tmp_path):
+  shard = video_cache.write_shard(str(tmp_path), VIDEOS)
+  data = bytearray(open(shard, "rb").read())
+  data[40] ^= 0xFF
+  open(shard, "wb").write(bytes(data))
+  with pytest.raises(video_cache.CacheError, match="CRC|corrupt"):
+    list(video_cache.read_shard(shard))
+
+
+def test_retried_writes_and_crashed_writes_are_invisible_twice(tmp_path):
+  work_dir = str(tmp_path)
+  video_cache.write_shard(work_dir, VIDEOS[:2])
+  video_cache.write_shard(work_dir, VIDEOS[1:])  # A retried bundle commits VIDEOS[1] again.
+  # A worker that died mid-write: a partial temp file and a shard without its index.
+  root = video_cache.cache_dir(work_dir)
+  open(os.path.join(root, video_cache.TMP_DIR, "deadbeef"), "wb").write(b"partial")
+  open(os.path.join(root, video_cache.SHARDS_DIR, "orphan.tfrecord"), "wb").write(b"junk")
+
+  assert sorted(video_cache.read_index(work_dir)) == [v.video_id for v in VIDEOS]
+  with beam.Pipeline(runner="FnApiRunner") as p:
+    ids = p | ingest.ReadVideoCache(work_dir) | beam.Map(lambda v: v.video_id)
+    assert_that(ids, equal_to([v.video_id for v in VIDEOS]))
