@@ -1,0 +1,163 @@
+"""The public embedding API: a checkpoint in, `vid_repr` features out.
+
+    emb = VideoEmbedder.from_checkpoint("mmv_s3d.pkl")
+    feats = emb.embed(frames)          # uint8 [T, H, W, 3] -> float32 [10, 1024]
+
+`embed_clips` is the batched form the pipelines use: clips of one shape are
+padded to a fixed batch, compiled once per shape and split across every local
+accelerator device (data parallel; each device sees whole clips, so results do
+not depend on the number of devices).
+"""
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from mmv_core import checkpoints
+from mmv_core import video
+from mmv_core.models import mmv
+
+VID_REPR = "vid_repr"
+VIDEO_AUDIO = "video_audio"
+VIDEO_TEXT = "video_text"
+OUTPUTS = (VID_REPR, VIDEO_AUDIO, VIDEO_TEXT)
+
+# Only these subtrees take part in video embeddings; the audio and text
+# towers (about 44 M parameters) stay on the host.
+_VIDEO_MODULES = ("text_audio_video/visual_module", "text_audio_video/~_get_pair_embedding_heads")
+_BATCH_AXIS = "batch"
+
+
+def video_subtree(tree: dict) -> dict:
+  """The part of a params or state tree that video embeddings read."""
+  return {path: leaves for path, leaves in tree.items() if path.startswith(_VIDEO_MODULES)}
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedderConfig:
+  """How clips are run through the network.
+
+  Attributes:
+    batch_size: clips per compiled call; rounded up to a multiple of the
+      number of devices. Partial batches are padded, so XLA compiles once.
+    compute_dtype: "float32" (the protocol) or "bfloat16" (accelerators only;
+      see README for its effect on accuracy).
+  """
+  batch_size: int = 8
+  compute_dtype: str = "float32"
+
+
+class VideoEmbedder:
+  """Computes MMV video embeddings with one backbone's weights."""
+
+  def __init__(self, params: dict, state: dict, backbone: str,
+               config: EmbedderConfig = EmbedderConfig(),
+               devices: Sequence[jax.Device] | None = None):
+    if backbone not in mmv.BACKBONES:
+      raise ValueError(f"unknown backbone {backbone!r}; expected one of {mmv.BACKBONES}")
+    if config.compute_dtype not in ("float32", "bfloat16"):
+      raise ValueError(f"compute_dtype must be float32 or bfloat16, not {config.compute_dtype!r}")
+    self.backbone = backbone
+    self.config = config
+    self.devices = list(devices or jax.local_devices())
+    self._mesh = Mesh(np.array(self.devices), (_BATCH_AXIS,))
+    self._batch_size = -(-config.batch_size // len(self.devices)) * len(self.devices)
+    replicated = NamedSharding(self._mesh, PartitionSpec())
+    dtype = jnp.dtype(config.compute_dtype)
+    cast = lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+    self._params = jax.device_put(jax.tree.map(cast, video_subtree(params)), replicated)
+    self._state = jax.device_put(jax.tree.map(cast, video_subtree(state)), replicated)
+    self._clip_sharding = NamedSharding(self._mesh, PartitionSpec(_BATCH_AXIS))
+    self._forward = jax.jit(
+        functools.partial(_forward, backbone=backbone, dtype=dtype),
+        out_shardings=self._clip_sharding)
+
+  @classmethod
+  def from_checkpoint(cls, path: str, backbone: str | None = None,
+                      config: EmbedderConfig = EmbedderConfig(),
+                      devices: Sequence[jax.Device] | None = None) -> "VideoEmbedder":
+    """Loads a released (or converted .npz) checkpoint and checks its tree.
+
+    Args:
+      path: local path, `gs://` or `https://` URL of a `.pkl` or `.npz` file.
+      backbone: `s3d`, `tsm_resnet_x1` or `tsm_resnet_x2`; None infers it from
+        the file name as the original evaluation did.
+    """
+    backbone = backbone or checkpoints.infer_backbone(path)
+    ckpt = checkpoints.load_checkpoint(path)
+    checkpoints.validate_tree(ckpt.params, ckpt.state, *mmv.param_shapes(backbone), source=path)
+    return cls(ckpt.params, ckpt.state, backbone, config, devices)
+
+  @property
+  def num_devices(self) -> int:
+    return len(self.devices)
+
+  def embed(self, frames: np.ndarray, num_windows: int = 10, num_frames: int = 32,
+            stride: int = 2, min_resize: int = 224, crop_size: int = 224) -> np.ndarray:
+    """`vid_repr` of each test window of one video.
+
+    Args:
+      frames: uint8 [L, H, W, 3], the decoded video.
+    Returns:
+      float32 [num_windows, D], D = 1024 (S3D), 2048 or 4096 (TSM-ResNet).
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+      raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
+    clips = video.test_clips(frames, num_windows=num_windows, num_frames=num_frames,
+                             stride=stride, min_resize=min_resize, crop_size=crop_size)
+    return self.embed_clips(clips)[VID_REPR]
+
+  def embed_clips(self, clips: np.ndarray,
+                  outputs: Sequence[str] = (VID_REPR,)) -> dict[str, np.ndarray]:
+    """Embeds many clips at once.
+
+    Args:
+      clips: [N, T, H, W, 3], uint8 (scaled by 1/255 on the device, which is
+        the protocol's own scaling) or float32 in [0, 1]. T, H, W even for S3D.
+      outputs: any of `OUTPUTS`.
+    Returns:
+      {name: float32 [N, dim]} for each requested output.
+    """
+    unknown = set(outputs) - set(OUTPUTS)
+    if unknown:
+      raise ValueError(f"unknown outputs {sorted(unknown)}; choose from {OUTPUTS}")
+    clips = np.asarray(clips)
+    if clips.ndim != 5 or clips.shape[-1] != 3:
+      raise ValueError(f"clips must be [N, T, H, W, 3], got {clips.shape}")
+    if clips.dtype not in (np.uint8, np.float32):
+      raise ValueError(f"clips must be uint8 or float32, got {clips.dtype}")
+    results = {name: [] for name in outputs}
+    for start in range(0, len(clips), self._batch_size):
+      batch = clips[start:start + self._batch_size]
+      padded = _pad_to(batch, self._batch_size)
+      out = self._forward(self._params, self._state,
+                          jax.device_put(padded, self._clip_sharding))
+      for name in outputs:
+        results[name].append(np.asarray(out[name])[:len(batch)])
+    return {name: (np.concatenate(parts) if parts else
+                   np.zeros((0, self.output_dim(name)), np.float32))
+            for name, parts in results.items()}
+
+  def output_dim(self, name: str) -> int:
+    return {VID_REPR: mmv.REPR_DIMS[self.backbone], VIDEO_AUDIO: 512, VIDEO_TEXT: 256}[name]
+
+
+def _pad_to(batch: np.ndarray, size: int) -> np.ndarray:
+  """Pads the leading axis with copies of the last clip (keeps values finite)."""
+  missing = size - len(batch)
+  if missing == 0:
+    return batch
+  return np.concatenate([batch, np.repeat(batch[-1:], missing, axis=0)])
+
+
+def _forward(params, state, clips, *, backbone: str, dtype) -> dict:
+  if clips.dtype == jnp.uint8:
+    clips = clips.astype(jnp.float32) / 255.0
+  out = mmv.video_embeddings(params, state, clips.astype(dtype), backbone=backbone)
+  return {name: out[name].astype(jnp.float32) for name in OUTPUTS}
