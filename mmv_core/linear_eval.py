@@ -37,6 +37,7 @@ from mmv_core import ucf101
 DEFAULT_SVM_C = 0.001
 VALIDATION_FRACTION = 0.2
 VALIDATION_SEED = 0
+_SCORING_ROWS = 8192
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,10 +297,18 @@ class LinearClassifier:
   svm_c: float
 
   def decision_function(self, features: np.ndarray) -> np.ndarray:
-    """float [N, D] -> float32 [N, K], without a standardised copy of `features`."""
+    """float [N, D] -> float32 [N, K], as `LinearSVC` after the scaler gives it.
+
+    Computed in float64 like scikit-learn, a block of rows at a time, so no
+    standardised or float64 copy of all of `features` is made.
+    """
     weights = (self.coef / self.scale).T
     bias = self.intercept - (self.mean / self.scale) @ self.coef.T
-    return (features @ weights.astype(features.dtype) + bias).astype(np.float32)
+    scores = np.empty((len(features), len(bias)), np.float32)
+    for start in range(0, len(features), _SCORING_ROWS):
+      block = features[start:start + _SCORING_ROWS].astype(np.float64)
+      scores[start:start + _SCORING_ROWS] = block @ weights + bias
+    return scores
 
   def save(self, path: str) -> None:
     """Writes an `.npz` (no pickle) to a local path or gs://."""
