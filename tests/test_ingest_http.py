@@ -1,5 +1,6 @@
 """Ingestion over HTTP Range requests, with transient and permanent faults."""
 
+import hashlib
 import zipfile
 
 import numpy as np
@@ -121,3 +122,19 @@ def test_read_range_and_size_over_http(range_server):
   assert range_server.requests[-1] == ("/blob", 100, 399)
   with pytest.raises(sources.SourceError, match="HTTP 404"):
     sources.read_range(url + "_missing", 0, 10)
+
+
+def test_tls_failure_falls_back_only_for_checksum_pinned_downloads(monkeypatch):
+  content = b"split lists"
+  def fake_get(location, headers, context=None):
+    if context is None:  # Verified TLS: the host's certificate is broken.
+      raise sources.UntrustedCertificateError(f"{location}: TLS certificate not trusted")
+    return 200, {}, content
+  monkeypatch.setattr(sources, "_http_get", fake_get)
+  url = "https://example.invalid/splits.zip"
+
+  assert sources.read_bytes(url, expected_sha256=hashlib.sha256(content).hexdigest()) == content
+  with pytest.raises(sources.UntrustedCertificateError):
+    sources.read_bytes(url)
+  with pytest.raises(sources.SourceError, match="sha256 is"):
+    sources.read_bytes(url, expected_sha256="0" * 64)
