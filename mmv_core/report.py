@@ -49,7 +49,7 @@ def metrics_table(summary: dict[str, Any]) -> str:
         f"{_percent(m['train_top1'])} | {_percent(m['train_top5'])} | "
         f"{m['num_test_videos']} ({m['num_test_clips']}) | "
         f"{m['num_train_videos']} ({m['num_train_clips']}) | {m['svm_c']:g} | "
-        f"{m['seconds']['total']:.0f} |")
+        f"{m['seconds']['total']:.1f} |")
   mean = summary["mean"]
   rows.append(f"| mean | {_percent(mean['test_top1'])} | {_percent(mean['test_top5'])} | "
               f"{_percent(mean['train_top1'])} | {_percent(mean['train_top5'])} | | | | |")

@@ -110,7 +110,7 @@ def _load_split(config: LinearEvalConfig, layout: linear_eval.SplitLayout):
 
 
 class ScoreC(beam.DoFn):
-  """(split, C) -> (split, (C, held-out top-1))."""
+  """(split, C) -> (split, (C, held-out top-1, seconds taken))."""
 
   def __init__(self, config: LinearEvalConfig, layouts: dict[int, linear_eval.SplitLayout]):
     self._config = config
@@ -118,28 +118,31 @@ class ScoreC(beam.DoFn):
 
   def process(self, task):
     split, svm_c = task
+    start = time.perf_counter()
     features, _, _ = _load_split(self._config, self._layouts[split])
     score = linear_eval.validation_top1(features, svm_c, self._config.svm_settings)
     logging.info("split %d, C=%g: held-out top-1 %.4f", split, svm_c, score)
-    yield split, (svm_c, score)
+    yield split, (svm_c, score, time.perf_counter() - start)
 
 
 class EvaluateSplit(beam.DoFn):
-  """(split, {C: held-out top-1}) -> SplitResult; saves the split's classifier."""
+  """(split, [(C, held-out top-1, seconds)]) -> SplitResult; saves the classifier."""
 
   def __init__(self, config: LinearEvalConfig, layouts: dict[int, linear_eval.SplitLayout]):
     self._config = config
     self._layouts = layouts
 
   def process(self, task):
-    split, validation_scores = task
-    validation_scores = dict(validation_scores)
+    split, sweep = task
+    sweep = list(sweep)
+    validation_scores = {svm_c: score for svm_c, score, _ in sweep}
     svm_c = (linear_eval.choose_c(validation_scores) if validation_scores
              else self._config.svm_cs[0])
     features, check, load_seconds = _load_split(self._config, self._layouts[split])
     result = linear_eval.evaluate_split(
         features, check, svm_c, self._config.svm_settings,
-        validation_scores=validation_scores, load_seconds=load_seconds)
+        validation_scores=validation_scores, load_seconds=load_seconds,
+        sweep_seconds=sum(seconds for *_, seconds in sweep))
     result.classifier.save(
         f"{self._config.output_dir.rstrip('/')}/{report.classifier_name(split)}")
     logging.info("split %d: C=%g test top-1 %.4f", split, svm_c, result.metrics["test_top1"])
