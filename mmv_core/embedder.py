@@ -22,9 +22,7 @@ from mmv_core import checkpoints
 from mmv_core import video
 from mmv_core.models import mmv
 
-VID_REPR = "vid_repr"
-VIDEO_AUDIO = "video_audio"
-VIDEO_TEXT = "video_text"
+VID_REPR, VIDEO_AUDIO, VIDEO_TEXT = mmv.VID_REPR, mmv.VIDEO_AUDIO, mmv.VIDEO_TEXT
 OUTPUTS = (VID_REPR, VIDEO_AUDIO, VIDEO_TEXT)
 
 # Only these subtrees take part in video embeddings; the audio and text
@@ -145,7 +143,8 @@ class VideoEmbedder:
             for name, parts in results.items()}
 
   def output_dim(self, name: str) -> int:
-    return {VID_REPR: mmv.REPR_DIMS[self.backbone], VIDEO_AUDIO: 512, VIDEO_TEXT: 256}[name]
+    return {VID_REPR: mmv.REPR_DIMS[self.backbone], VIDEO_AUDIO: mmv.VIDEO_AUDIO_DIM,
+            VIDEO_TEXT: mmv.VIDEO_TEXT_DIM}[name]
 
 
 def _pad_to(batch: np.ndarray, size: int) -> np.ndarray:

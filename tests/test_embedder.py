@@ -1,0 +1,145 @@
+"""VideoEmbedder: the public one-video API and its batched, multi-device form."""
+
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from mmv_core import checkpoints
+from mmv_core import video
+from mmv_core.embedder import EmbedderConfig, VideoEmbedder, VID_REPR, VIDEO_AUDIO, VIDEO_TEXT
+from mmv_core.models import mmv
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Small clips keep a forward pass to a fraction of a second on a CPU.
+SMALL = dict(num_windows=3, num_frames=4, stride=2, min_resize=32, crop_size=32)
+
+
+def _random_video(seed: int = 0, length: int = 20, height: int = 36, width: int = 48) -> np.ndarray:
+  rng = np.random.default_rng(seed)
+  return rng.integers(0, 256, (length, height, width, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def s3d_checkpoint(tmp_path_factory) -> pathlib.Path:
+  path = tmp_path_factory.mktemp("ckpt") / "mmv_s3d.pkl"
+  checkpoints.write_random_checkpoint(path, *mmv.param_shapes("s3d"), seed=1)
+  return path
+
+
+@pytest.fixture(scope="module")
+def s3d_embedder(s3d_checkpoint) -> VideoEmbedder:
+  return VideoEmbedder.from_checkpoint(str(s3d_checkpoint), config=EmbedderConfig(batch_size=2))
+
+
+def _one_clip_at_a_time(ckpt: checkpoints.Checkpoint, clips: np.ndarray, backbone: str,
+                        output: str = VID_REPR) -> np.ndarray:
+  """The original evaluation's way: the model function on one clip at a time."""
+  forward = jax.jit(lambda p, s, c: mmv.video_embeddings(p, s, c, backbone=backbone)[output])
+  return np.concatenate([np.asarray(forward(ckpt.params, ckpt.state, clip[None]))
+                         for clip in clips])
+
+
+def test_from_checkpoint_infers_backbone_from_file_name(s3d_embedder):
+  assert s3d_embedder.backbone == "s3d"
+
+
+def test_embed_is_vid_repr_of_each_test_window(s3d_embedder, s3d_checkpoint):
+  frames = _random_video()
+  feats = s3d_embedder.embed(frames, **SMALL)
+
+  assert feats.dtype == np.float32
+  assert feats.shape == (SMALL["num_windows"], mmv.REPR_DIMS["s3d"])
+  clips = video.test_clips(frames, **SMALL)
+  expected = _one_clip_at_a_time(checkpoints.load_checkpoint(str(s3d_checkpoint)), clips, "s3d")
+  np.testing.assert_allclose(feats, expected, rtol=1e-5, atol=1e-6)
+  # Different windows of a random video see different frames.
+  assert not np.allclose(feats[0], feats[1])
+
+
+def test_embed_clips_pads_partial_batches_without_changing_results(s3d_embedder):
+  clips = video.test_clips(_random_video(1), **{**SMALL, "num_windows": 5})
+  all_at_once = s3d_embedder.embed_clips(clips)[VID_REPR]  # Batches of 2, last one padded.
+  singles = np.concatenate([s3d_embedder.embed_clips(c[None])[VID_REPR] for c in clips])
+  assert all_at_once.shape == (5, 1024)
+  np.testing.assert_allclose(all_at_once, singles, rtol=1e-5, atol=1e-6)
+
+
+def test_uint8_clips_are_scaled_like_the_protocol(s3d_embedder):
+  frames = _random_video(2)
+  float_clips = video.test_clips(frames, **SMALL)
+  uint8_clips = np.round(float_clips * 255).astype(np.uint8)
+  np.testing.assert_array_equal(uint8_clips.astype(np.float32) / 255, float_clips)
+  np.testing.assert_allclose(s3d_embedder.embed_clips(uint8_clips)[VID_REPR],
+                             s3d_embedder.embed_clips(float_clips)[VID_REPR], rtol=1e-6, atol=1e-7)
+
+
+def test_joint_space_embeddings(s3d_embedder, s3d_checkpoint):
+  clips = video.test_clips(_random_video(3), **SMALL)
+  out = s3d_embedder.embed_clips(clips, outputs=(VID_REPR, VIDEO_AUDIO, VIDEO_TEXT))
+  assert out[VIDEO_AUDIO].shape == (3, 512) and out[VIDEO_TEXT].shape == (3, 256)
+  ckpt = checkpoints.load_checkpoint(str(s3d_checkpoint))
+  np.testing.assert_allclose(out[VIDEO_TEXT], _one_clip_at_a_time(ckpt, clips, "s3d", VIDEO_TEXT),
+                             rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backbone", ["tsm_resnet_x1", "tsm_resnet_x2"])
+def test_tsm_backbones_embed(tmp_path, backbone):
+  path = tmp_path / f"mmv_{backbone}.pkl"
+  checkpoints.write_random_checkpoint(path, *mmv.param_shapes(backbone), seed=2)
+  embedder = VideoEmbedder.from_checkpoint(str(path))
+  feats = embedder.embed(_random_video(4), **SMALL)
+  assert embedder.backbone == backbone
+  assert feats.shape == (3, mmv.REPR_DIMS[backbone]) and np.isfinite(feats).all()
+
+
+def test_wrong_backbone_names_the_checkpoint_and_the_problem(s3d_checkpoint):
+  with pytest.raises(checkpoints.CheckpointError, match="mmv_s3d.pkl") as error:
+    VideoEmbedder.from_checkpoint(str(s3d_checkpoint), backbone="tsm_resnet_x1")
+  assert "missing" in str(error.value)
+
+
+@pytest.mark.parametrize("frames, problem", [
+    (np.zeros((8, 32, 32, 3), np.float32), "uint8"),
+    (np.zeros((8, 32, 32), np.uint8), r"\[T, H, W, 3\]"),
+])
+def test_embed_rejects_bad_frames(s3d_embedder, frames, problem):
+  with pytest.raises(ValueError, match=problem):
+    s3d_embedder.embed(frames, **SMALL)
+
+
+def test_bfloat16_mode_is_close_to_float32(s3d_checkpoint):
+  clips = video.test_clips(_random_video(5), **SMALL)
+  f32 = VideoEmbedder.from_checkpoint(str(s3d_checkpoint)).embed_clips(clips)[VID_REPR]
+  bf16 = VideoEmbedder.from_checkpoint(
+      str(s3d_checkpoint), config=EmbedderConfig(compute_dtype="bfloat16")).embed_clips(clips)[VID_REPR]
+  assert bf16.dtype == np.float32
+  cosine = np.sum(f32 * bf16, -1) / np.linalg.norm(f32, axis=-1) / np.linalg.norm(bf16, axis=-1)
+  assert (cosine > 0.99).all()
+  assert not np.array_equal(f32, bf16)
+
+
+def test_four_devices_give_the_same_embeddings_as_one(s3d_checkpoint, s3d_embedder, tmp_path):
+  clips = video.test_clips(_random_video(6), **{**SMALL, "num_windows": 7})
+  np.save(tmp_path / "clips.npy", clips)
+  script = textwrap.dedent(f"""
+      import jax, numpy as np
+      from mmv_core.embedder import EmbedderConfig, VideoEmbedder
+      assert jax.local_device_count() == 4, jax.local_devices()
+      emb = VideoEmbedder.from_checkpoint({str(s3d_checkpoint)!r}, config=EmbedderConfig(batch_size=4))
+      assert emb.num_devices == 4
+      out = emb.embed_clips(np.load({str(tmp_path / 'clips.npy')!r}))["vid_repr"]
+      np.save({str(tmp_path / 'four.npy')!r}, out)
+  """)
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+         "JAX_PLATFORMS": "cpu"}
+  subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=REPO_ROOT)
+  four = np.load(tmp_path / "four.npy")
+  one = s3d_embedder.embed_clips(clips)[VID_REPR]
+  assert s3d_embedder.num_devices == 1
+  np.testing.assert_allclose(four, one, rtol=1e-5, atol=1e-6)
