@@ -78,7 +78,6 @@ class EmbedJobConfig:
   seed: int = 0
   classes: tuple[str, ...] = ()
   max_videos: int | None = None
-  check_split_counts: bool = True
   embed_accelerator: str | None = None
   embed_min_ram: str | None = None
   model_copies: int | None = None
@@ -252,8 +251,7 @@ def build(pipeline: beam.Pipeline, config: EmbedJobConfig, checkpoint_sha256: st
   """Adds the whole job to `pipeline`."""
   ingested = pipeline | "Ingest" >> ingest.Ingest(
       config.video_zip, config.splits_zip, config.work_dir,
-      classes=config.classes or None, max_videos=config.max_videos,
-      expected_split_counts=ucf101.EXPECTED_SPLIT_COUNTS if config.check_split_counts else None)
+      classes=config.classes or None, max_videos=config.max_videos)
 
   sampled = (ingested.videos
              | "SpreadVideos" >> beam.Reshuffle()
@@ -319,8 +317,6 @@ def parse_args(argv: Sequence[str] | None) -> tuple[EmbedJobConfig, list[str]]:
                  help="also write the video-audio and video-text joint-space embeddings")
   p.add_argument("--classes", default="", help="comma-separated class names, for trials")
   p.add_argument("--max_videos", type=int, default=None, help="limit the run, for trials")
-  p.add_argument("--no_split_count_check", dest="check_split_counts", action="store_false",
-                 help="do not compare split sizes with the official UCF101 counts")
   p.add_argument("--embed_accelerator", default=None,
                  help='Dataflow resource hint for the embedding step only, e.g. '
                       '"type:nvidia-l4;count:1;install-nvidia-driver"')

@@ -121,6 +121,19 @@ def read_zip_index(video_zip: str) -> zip_index.ZipIndex:
                               sources.size(video_zip), source=video_zip)
 
 
+def read_zip_index_or_reason(video_zip: str) -> zip_index.ZipIndex | str:
+  """The central directory, or why it could not be read.
+
+  An unreachable archive fails every video still to fetch (each with this
+  reason) instead of the whole job, so cached videos still get through.
+  """
+  try:
+    return read_zip_index(video_zip)
+  except (sources.SourceError, zip_index.ZipFormatError) as e:
+    logging.error("cannot read the video ZIP: %s", e)
+    return f"cannot read the video ZIP's central directory: {e}"
+
+
 def fetch_member(video_zip: str, index: zip_index.ZipIndex,
                  member: zip_index.ZipMember) -> bytes:
   """The member's compressed bytes; transient errors are retried and counted."""
@@ -139,7 +152,10 @@ class _FetchAndEncodeFn(beam.DoFn):
     super().__init__()
     self._video_zip = video_zip
 
-  def process(self, video: ucf101.VideoRecord, index: zip_index.ZipIndex):
+  def process(self, video: ucf101.VideoRecord, index: zip_index.ZipIndex | str):
+    if isinstance(index, str):
+      yield beam.pvalue.TaggedOutput(FAILURES, failure(video.video_id, STAGE_FETCH, index))
+      return
     member = index.members.get(video.member_name)
     if member is None:
       yield beam.pvalue.TaggedOutput(FAILURES, failure(
@@ -186,7 +202,7 @@ class FetchAndEncode(beam.PTransform):
     index = (videos
              | "CountToFetch" >> beam.combiners.Count.Globally()
              | "ZipIfNeeded" >> beam.FlatMap(lambda n: [video_zip] if n else [])
-             | "ReadCentralDirectory" >> beam.Map(read_zip_index))
+             | "ReadCentralDirectory" >> beam.Map(read_zip_index_or_reason))
     outputs = (videos
                | "Spread" >> beam.Reshuffle()
                | "FetchEncode" >> beam.ParDo(

@@ -1,0 +1,163 @@
+"""End to end: synthetic UCF101 + random official-format checkpoint -> TFRecord embeddings."""
+
+import collections
+import glob
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mmv_core import checkpoints
+from mmv_core import embedding_schema as schema
+from mmv_core import synthetic
+from mmv_core import video
+from mmv_core import video_cache
+from mmv_core.embedder import EmbedderConfig, VideoEmbedder, VID_REPR
+from mmv_core.models import mmv
+from pipelines import embed
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+CLIPS = dict(num_frames=4, stride=2, min_resize=32, crop_size=32)
+NUM_TRAIN_CLIPS, NUM_TEST_WINDOWS = 2, 3
+IN_PROCESS = ["--runner=FnApiRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+  """3 classes x 3 tiny videos; one of them replaced by bytes that are no video."""
+  data = synthetic.write_dataset(
+      str(tmp_path_factory.mktemp("ucf")), num_classes=3, videos_per_class=3,
+      clips_per_group=1, width=64, height=48, fps=10.0, duration_s=1.0)
+  with zipfile.ZipFile(data.video_zip) as archive:
+    members = {name: archive.read(name) for name in archive.namelist()}
+  bad_member = sorted(members)[4]
+  members[bad_member] = b"this is not a video\n" * 50
+  synthetic.write_video_zip(data.video_zip, members)
+  return data, pathlib.PurePath(bad_member).stem
+
+
+@pytest.fixture(scope="module")
+def checkpoint_path(tmp_path_factory) -> str:
+  path = tmp_path_factory.mktemp("ckpt") / "mmv_s3d.pkl"
+  checkpoints.write_random_checkpoint(path, *mmv.param_shapes("s3d"), seed=3)
+  return str(path)
+
+
+def _flags(dataset, checkpoint_path, work_dir, output_dir) -> list[str]:
+  data, _ = dataset
+  return [f"--checkpoint_path={checkpoint_path}", f"--work_dir={work_dir}",
+          f"--output_dir={output_dir}", f"--video_zip={data.video_zip}",
+          f"--splits_zip={data.splits_zip}", f"--num_train_clips={NUM_TRAIN_CLIPS}",
+          f"--num_test_windows={NUM_TEST_WINDOWS}", "--batch_size=4",
+          *(f"--{k}={v}" for k, v in CLIPS.items())]
+
+
+def _read_embeddings(output_dir) -> list[dict]:
+  """Reads the output back with tf.data, as a user of the embeddings would."""
+  paths = sorted(glob.glob(os.path.join(output_dir, "embeddings", "*.tfrecord")))
+  assert paths, f"no embeddings under {output_dir}"
+  return [schema.parse_example(record.numpy())
+          for record in tf.data.TFRecordDataset(paths)]
+
+
+@pytest.fixture(scope="module")
+def job_output(dataset, checkpoint_path, tmp_path_factory):
+  root = tmp_path_factory.mktemp("job")
+  result = embed.run([*_flags(dataset, checkpoint_path, root / "work", root / "out"), *IN_PROCESS])
+  result.wait_until_finish()
+  return root
+
+
+def test_every_good_video_has_its_clips_and_labels(dataset, job_output):
+  data, bad_id = dataset
+  records = _read_embeddings(job_output / "out")
+  per_video = collections.Counter((r[schema.VIDEO_ID], r[schema.CLIP_TYPE]) for r in records)
+  expected = {}
+  for v in data.videos:
+    if v.video_id != bad_id:
+      expected[(v.video_id, "train")] = NUM_TRAIN_CLIPS
+      expected[(v.video_id, "test")] = NUM_TEST_WINDOWS
+  assert dict(per_video) == expected
+  labels = {v.video_id: (v.label, data.class_names[v.label]) for v in data.videos}
+  for r in records:
+    assert (r[schema.LABEL], r[schema.LABEL_NAME]) == labels[r[schema.VIDEO_ID]]
+    assert r[schema.EMBEDDING].shape == (1024,)
+  indices = collections.defaultdict(set)
+  for r in records:
+    indices[(r[schema.VIDEO_ID], r[schema.CLIP_TYPE])].add(r[schema.CLIP_INDEX])
+  assert all(idx == set(range(expected[key])) for key, idx in indices.items())
+
+
+def test_bad_video_is_in_failures_and_nowhere_else(dataset, job_output):
+  _, bad_id = dataset
+  lines = [json.loads(line) for path in glob.glob(str(job_output / "out" / "failures" / "*.jsonl"))
+           for line in open(path) if line.strip()]
+  assert [f["video_id"] for f in lines] == [bad_id]
+  assert lines[0]["stage"] == "encode" and lines[0]["reason"]
+  assert bad_id not in {r[schema.VIDEO_ID] for r in _read_embeddings(job_output / "out")}
+
+
+def test_run_record_counts_and_settings(dataset, checkpoint_path, job_output):
+  data, _ = dataset
+  record = json.loads((job_output / "out" / "run.json").read_text())
+  good = len(data.videos) - 1
+  assert record["counts"] == {
+      "videos_written": good, "clips_written_train": good * NUM_TRAIN_CLIPS,
+      "clips_written_test": good * NUM_TEST_WINDOWS, "videos_failed": 1,
+      "videos_failed_by_stage": {"encode": 1}}
+  assert record["backbone"] == "s3d"
+  assert record["checkpoint_sha256"] == checkpoints.load_checkpoint(checkpoint_path).sha256
+  assert record["settings"]["num_frames"] == CLIPS["num_frames"]
+  assert record[schema.NUM_TRAIN_CLIPS] == NUM_TRAIN_CLIPS
+  assert record["versions"]["jax"]
+
+
+def test_embeddings_equal_video_embedder_on_the_same_frames(checkpoint_path, job_output):
+  records = _read_embeddings(job_output / "out")
+  cached = {}
+  for shard in glob.glob(str(job_output / "work" / "**" / "*.tfrecord"), recursive=True):
+    for v in video_cache.read_shard(shard):
+      cached[v.video_id] = v
+  embedder = VideoEmbedder.from_checkpoint(checkpoint_path, config=EmbedderConfig(batch_size=4))
+  video_id = sorted(cached)[0]
+  frames = video.decode_jpeg_frames(cached[video_id].frames)
+  test = embedder.embed(frames, num_windows=NUM_TEST_WINDOWS, **CLIPS)
+  train_clips = video.train_clips(frames, num_clips=NUM_TRAIN_CLIPS, seed=video.video_seed(video_id, 0),
+                                  **CLIPS)
+  train = embedder.embed_clips(train_clips)[VID_REPR]
+  got = {(r[schema.CLIP_TYPE], r[schema.CLIP_INDEX]): r[schema.EMBEDDING]
+         for r in records if r[schema.VIDEO_ID] == video_id}
+  for i in range(NUM_TEST_WINDOWS):
+    np.testing.assert_allclose(got[("test", i)], test[i], rtol=1e-5, atol=1e-6)
+  for i in range(NUM_TRAIN_CLIPS):
+    np.testing.assert_allclose(got[("train", i)], train[i], rtol=1e-5, atol=1e-6)
+
+
+def test_rerun_on_four_devices_reuses_the_cache_and_gives_the_same_embeddings(
+    dataset, checkpoint_path, job_output):
+  """A second run (4 forced host devices, other output dir) fetches nothing."""
+  data, _ = dataset
+  os.rename(data.video_zip, data.video_zip + ".moved")  # Any fetch would now fail.
+  try:
+    out = job_output / "out_4dev"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    subprocess.run([sys.executable, "-m", "pipelines.embed",
+                    *_flags(dataset, checkpoint_path, job_output / "work", out), *IN_PROCESS],
+                   check=True, env=env, cwd=REPO_ROOT, capture_output=True)
+  finally:
+    os.rename(data.video_zip + ".moved", data.video_zip)
+  rerun = json.loads((out / "run.json").read_text())["counts"]
+  # Only the video that failed before is tried again, and fails to fetch now.
+  assert rerun["videos_failed_by_stage"] == {"fetch": 1}
+  key = lambda r: (r[schema.VIDEO_ID], r[schema.CLIP_TYPE], r[schema.CLIP_INDEX])
+  one = {key(r): r[schema.EMBEDDING] for r in _read_embeddings(job_output / "out")}
+  four = {key(r): r[schema.EMBEDDING] for r in _read_embeddings(out)}
+  assert one.keys() == four.keys()
+  for k in one:
+    np.testing.assert_allclose(four[k], one[k], rtol=1e-5, atol=1e-6)
