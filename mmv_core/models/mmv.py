@@ -194,7 +194,7 @@ class MMVModel(hk.Module):
     return outputs
 
 
-def _forward(clips, spectrograms, word_ids, *, backbone: str, is_training: bool,
+def _forward(clips=None, spectrograms=None, word_ids=None, *, backbone: str, is_training: bool,
              bn_axis_name: str | None = None):
   return MMVModel(backbone, bn_axis_name)(clips, spectrograms, word_ids,
                                           is_training=is_training)
@@ -223,9 +223,17 @@ def init(backbone: str, rng: jax.Array) -> tuple[Params, State]:
   """Randomly initialised (params, state) of the full model, as nested dicts.
 
   The tree (visual, audio, text, all heads) equals a released checkpoint's.
-  BatchNorm moving averages start at mean 0, variance 1.
+  BatchNorm moving averages start at mean 0, variance 1. Deterministic in
+  `rng` (a jax.random.PRNGKey), but the values differ from what haiku would
+  draw from `rng` directly: see below.
   """
-  return transformed(backbone).init(rng, *_init_inputs())
+  # XLA compiles each of the ~500 threefry-based initialisers separately and
+  # slowly (minutes on CPU); the "unsafe_rbg" generator, seeded from `rng`,
+  # compiles several times faster. Its weaker key splitting is harmless for
+  # weight initialisation.
+  seed = jax.random.bits(rng, (4,), jnp.uint32)
+  init_key = jax.random.wrap_key_data(seed, impl="unsafe_rbg")
+  return jax.jit(transformed(backbone).init)(init_key, *_init_inputs())
 
 
 def param_shapes(backbone: str) -> tuple[Params, State]:
