@@ -33,7 +33,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
 from mmv_core import checkpoints
 from mmv_core import embedding_schema as schema
@@ -334,14 +334,19 @@ def run(argv: Sequence[str] | None = None) -> beam.runners.runner.PipelineResult
   config, beam_args = parse_args(argv)
   if not any(a.startswith("--runner") for a in beam_args):
     beam_args = [*LOCAL_RUNNER_ARGS, *beam_args]
-  # Fail before any work starts if the checkpoint is unreadable or of the
-  # wrong backbone; workers load it again themselves.
-  checkpoint = checkpoints.load_checkpoint(config.checkpoint_path)
-  checkpoints.validate_tree(checkpoint.params, checkpoint.state,
-                            *mmv.param_shapes(config.resolved_backbone),
-                            source=config.checkpoint_path)
-  pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
-  build(pipeline, config, checkpoint.sha256)
+  options = PipelineOptions(beam_args)
+  if options.view_as(TestOptions).dry_run:
+    checkpoint_sha256 = "not read in a dry run"
+  else:
+    # Fail before any work starts if the checkpoint is unreadable or of the
+    # wrong backbone; workers load it again themselves.
+    checkpoint = checkpoints.load_checkpoint(config.checkpoint_path)
+    checkpoints.validate_tree(checkpoint.params, checkpoint.state,
+                              *mmv.param_shapes(config.resolved_backbone),
+                              source=config.checkpoint_path)
+    checkpoint_sha256 = checkpoint.sha256
+  pipeline = beam.Pipeline(options=options)
+  build(pipeline, config, checkpoint_sha256)
   return pipeline.run()
 
 
