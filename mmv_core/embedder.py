@@ -158,5 +158,9 @@ def _pad_to(batch: np.ndarray, size: int) -> np.ndarray:
 def _forward(params, state, clips, *, backbone: str, dtype) -> dict:
   if clips.dtype == jnp.uint8:
     clips = clips.astype(jnp.float32) / 255.0
-  out = mmv.video_embeddings(params, state, clips.astype(dtype), backbone=backbone)
+  # Accelerators would otherwise run float32 convolutions as TF32 (GPU) or
+  # bfloat16 passes (TPU); the protocol's features are float32.
+  precision = "highest" if dtype == jnp.float32 else "default"
+  with jax.default_matmul_precision(precision):
+    out = mmv.video_embeddings(params, state, clips.astype(dtype), backbone=backbone)
   return {name: out[name].astype(jnp.float32) for name in OUTPUTS}

@@ -1,0 +1,124 @@
+"""Throughput of MMV feature extraction: batched `VideoEmbedder` vs the original loop.
+
+For each backbone, on random weights in the checkpoint's shapes and on one
+synthetic video of 320x240 JPEG frames (the cache's format), it times:
+- `original`: the original evaluation's way: for every clip, decode the
+  video's frames again, build the clip, run the model on that one clip;
+- `one_clip`: `VideoEmbedder` with batch size 1 on ready clips (model only);
+- `batched`: `VideoEmbedder.embed_clips` with `--batch_size` on ready clips;
+- `pipeline_path`: what a worker of `pipelines.embed` does per video: decode
+  each frame once (`clips_from_jpegs`), then batched embedding.
+It reports clips/s, model GFLOP/s (FLOPs from XLA's cost analysis, checked
+against MODEL_SPEC.md) and, with `--peak_tflops`, model FLOP utilisation.
+
+    python bench/embed_bench.py                       # CPU, all backbones, 32x224x224
+    python bench/embed_bench.py --backbones s3d --num_clips 4 --size 112
+"""
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import jax
+import numpy as np
+
+from mmv_core import checkpoints
+from mmv_core import encode
+from mmv_core import synthetic
+from mmv_core import video
+from mmv_core.embedder import EmbedderConfig, VideoEmbedder, VID_REPR
+from mmv_core.models import mmv
+
+# XLA cost analysis of vid_repr for one 32x224x224 clip (MODEL_SPEC.md).
+SPEC_GFLOPS = {"s3d": 70.0, "tsm_resnet_x1": 254.0, "tsm_resnet_x2": 1000.0}
+
+
+def _timed(fn, repeats: int = 1) -> float:
+  fn()  # Compile and warm up.
+  start = time.perf_counter()
+  for _ in range(repeats):
+    fn()
+  return (time.perf_counter() - start) / repeats
+
+
+def synthetic_jpegs(num_frames: int) -> list[bytes]:
+  """A 320x240 synthetic video through the protocol's own ffmpeg re-encoding."""
+  frames = synthetic.render_frames(0, 5, np.random.default_rng(0), width=320, height=240,
+                                   num_frames=num_frames, fps=25.0)
+  return encode.encode_jpeg_frames(synthetic.encode_avi(frames, 25.0), name="bench.avi")
+
+
+def bench_backbone(backbone: str, args, jpegs: list[bytes]) -> dict:
+  params, state = checkpoints.random_trees(*mmv.param_shapes(backbone), seed=0)
+  clip_kwargs = dict(num_frames=args.num_frames, stride=2, min_resize=args.size,
+                     crop_size=args.size)
+  n = args.num_clips
+  batched = VideoEmbedder(params, state, backbone,
+                          EmbedderConfig(args.batch_size, args.compute_dtype))
+  single = VideoEmbedder(params, state, backbone, EmbedderConfig(1, args.compute_dtype))
+  train, test = video.clips_from_jpegs(jpegs, num_train_clips=n // 2, num_test_windows=n - n // 2,
+                                       seed=0, **clip_kwargs)
+  clips = np.concatenate([train, test])
+
+  def original():
+    # One clip at a time, frames decoded again for every clip, as the original loop did.
+    for w in range(n):
+      windows = video.test_clips_from_jpegs(jpegs, num_windows=n, **clip_kwargs)
+      single.embed_clips(windows[w:w + 1])
+
+  def pipeline_path():
+    tr, te = video.clips_from_jpegs(jpegs, num_train_clips=n // 2, num_test_windows=n - n // 2,
+                                    seed=0, **clip_kwargs)
+    batched.embed_clips(np.concatenate([tr, te]))
+
+  flops = mmv.vid_repr_flops(backbone, args.num_frames, args.size)
+  seconds = {
+      "original": _timed(original),
+      "one_clip": _timed(lambda: single.embed_clips(clips)),
+      "batched": _timed(lambda: batched.embed_clips(clips)),
+      "pipeline_path": _timed(pipeline_path),
+  }
+  model_s = seconds["batched"]
+  result = {
+      "backbone": backbone, "clips": n, "batch_size": args.batch_size,
+      "compute_dtype": args.compute_dtype,
+      "clip_shape": [args.num_frames, args.size, args.size, 3],
+      "gflops_per_clip_xla": flops / 1e9,
+      "clips_per_s": {k: n / v for k, v in seconds.items()},
+      "batched_vs_original": seconds["original"] / seconds["pipeline_path"],
+      "model_gflops_per_s": flops * n / model_s / 1e9,
+  }
+  if args.num_frames == 32 and args.size == 224:
+    result["gflops_per_clip_spec"] = SPEC_GFLOPS[backbone]
+  if args.peak_tflops:
+    result["model_flop_utilisation"] = flops * n / model_s / (args.peak_tflops * 1e12)
+  return result
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+  parser.add_argument("--backbones", default=",".join(mmv.BACKBONES))
+  parser.add_argument("--num_clips", type=int, default=4)
+  parser.add_argument("--batch_size", type=int, default=4)
+  parser.add_argument("--num_frames", type=int, default=32)
+  parser.add_argument("--size", type=int, default=224)
+  parser.add_argument("--compute_dtype", choices=("float32", "bfloat16"), default="float32")
+  parser.add_argument("--peak_tflops", type=float, default=None,
+                      help="the device's peak TFLOP/s in --compute_dtype, for FLOP utilisation")
+  parser.add_argument("--json_out", default=None)
+  args = parser.parse_args()
+
+  jpegs = synthetic_jpegs(175)  # 7 s at 25 fps, UCF101's mean length.
+  results = {"devices": [d.device_kind for d in jax.local_devices()],
+             "host": f"{platform.machine()}, {os.cpu_count()} CPUs",
+             "backbones": [bench_backbone(b, args, jpegs) for b in args.backbones.split(",")]}
+  print(json.dumps(results, indent=2))
+  if args.json_out:
+    with open(args.json_out, "w") as f:
+      json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()
