@@ -63,10 +63,11 @@ def bench_backbone(backbone: str, args, jpegs: list[bytes]) -> dict:
   clips = np.concatenate([train, test])
 
   def original():
-    # One clip at a time, frames decoded again for every clip, as the original loop did.
-    for w in range(n):
-      windows = video.test_clips_from_jpegs(jpegs, num_windows=n, **clip_kwargs)
-      single.embed_clips(windows[w:w + 1])
+    # One clip at a time, its frames decoded again for every clip, as the original loop did.
+    for window in video.test_window_indices(len(jpegs), args.num_frames, 2, n):
+      frames = video.decode_jpeg_frames(jpegs, window)
+      clip = video.central_crop(video.resize_frames(frames, args.size), args.size)
+      single.embed_clips(clip[None])
 
   def pipeline_path():
     tr, te = video.clips_from_jpegs(jpegs, num_train_clips=n // 2, num_test_windows=n - n // 2,
