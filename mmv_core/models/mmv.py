@@ -8,7 +8,8 @@ with exactly the module paths, names and shapes of the released checkpoints.
 Callers use plain functions of `(params, state)` nested dicts: `init`,
 `param_shapes`, `video_embeddings` (the UCF101 feature `vid_repr` and the joint
 embeddings), `audio_embeddings`, `text_embeddings` and `vid_repr_flops`.
-Everything here runs in evaluation mode except `is_training=True` in `forward`.
+These run the model in evaluation mode; `transformed(backbone, is_training=True)`
+is the haiku transform for fine-tuning.
 """
 
 import functools

@@ -76,7 +76,17 @@ class Unit3D(hk.Module):
 
   A separable unit with kernel (kt, k, k) and stride (st, s, s) is a spatial
   [1, k, k] / [1, s, s] unit (`conv3_d`) followed by a temporal [kt, 1, 1] /
-  [st, 1, 1] unit (`conv3_d_1`).
+  [st, 1, 1] unit (`conv3_d_1`). Maps float32 [B, T, H, W, C] to
+  [B, T', H', W', channels] (SAME padding).
+
+  Args (constructor):
+    channels: output channels.
+    kernel: (T, H, W) kernel.
+    normalize_fn: adds the BatchNorm after each convolution.
+    stride: (T, H, W) stride.
+    separable: split into spatial and temporal convolutions as above.
+    gated: apply `self_gating` after the last ReLU.
+    name: haiku module name.
   """
 
   def __init__(self, channels: int, kernel: Triple, normalize_fn: normalization.NormalizeFn,
@@ -114,16 +124,16 @@ class _InceptionBlock(hk.Module):
     norm = self._normalize_fn
     spatiotemporal = (TEMPORAL_KERNEL, 3, 3)
     branch_0 = Unit3D(c0, (1, 1, 1), norm, gated=True,
-                       name="Branch_0_Conv2d_0a_1x1")(x, is_training)
+                      name="Branch_0_Conv2d_0a_1x1")(x, is_training)
     branch_1 = Unit3D(c1, (1, 1, 1), norm, name="Branch_1_Conv2d_0a_1x1")(x, is_training)
     branch_1 = Unit3D(c2, spatiotemporal, norm, separable=True, gated=True,
-                       name="Branch_1_Conv2d_0b_3x3")(branch_1, is_training)
+                      name="Branch_1_Conv2d_0b_3x3")(branch_1, is_training)
     branch_2 = Unit3D(c3, (1, 1, 1), norm, name="Branch_2_Conv2d_0a_1x1")(x, is_training)
     branch_2 = Unit3D(c4, spatiotemporal, norm, separable=True, gated=True,
-                       name="Branch_2_Conv2d_0b_3x3")(branch_2, is_training)
+                      name="Branch_2_Conv2d_0b_3x3")(branch_2, is_training)
     branch_3 = _max_pool(x, (3, 3, 3), (1, 1, 1))
     branch_3 = Unit3D(c5, (1, 1, 1), norm, gated=True,
-                       name="Branch_3_Conv2d_0b_1x1")(branch_3, is_training)
+                      name="Branch_3_Conv2d_0b_1x1")(branch_3, is_training)
     return jnp.concatenate([branch_0, branch_1, branch_2, branch_3], axis=-1)
 
 
