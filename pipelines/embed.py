@@ -22,6 +22,7 @@ import dataclasses
 import importlib.metadata
 import json
 import logging
+import os
 import platform
 import sys
 import time
@@ -177,8 +178,9 @@ class ProgressLogger(beam.DoFn):
     now = time.monotonic()
     if now - self._last >= self._INTERVAL_S:
       self._last = now
-      logging.warning("[embed] %d clips embedded by this worker, %.2f clips/s",
-                      self._clips, self._clips / (now - self._start))
+      # Printed, not logged: local runners relay worker logs in a form hard to read.
+      print(f"[embed] worker {os.getpid()}: {self._clips} clips embedded, "
+            f"{self._clips / (now - self._start):.2f} clips/s", file=sys.stderr, flush=True)
     yield element
 
 

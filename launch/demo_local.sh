@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Quick start: sets up .venv/ if needed, then runs the whole system on an
+# embedded default (synthetic UCF101, random checkpoint), offline, on this machine.
+set -euo pipefail
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bash "$repo_root/launch/env.sh"
+cd "$repo_root"
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"  # TensorFlow start-up chatter
+exec "$repo_root/.venv/bin/python" -m launch.demo "$@"
