@@ -13,14 +13,14 @@ float-list features.
 """
 
 import json
-import struct
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
-import google_crc32c
 import numpy as np
 import tensorflow as tf
+
+from mmv_core import tfrecord
 
 VIDEO_ID = "video_id"
 LABEL = "label"
@@ -40,10 +40,6 @@ RUN_CONFIG_FILE = "run.json"
 NUM_TRAIN_CLIPS = "num_train_clips"
 NUM_TEST_WINDOWS = "num_test_windows"
 
-# TFRecord framing: uint64 length, masked crc32c of it, data, masked crc32c.
-_LENGTH_HEADER = struct.Struct("<QI")
-_CRC = struct.Struct("<I")
-_CRC_MASK_DELTA = 0xA282EAD8
 
 
 class EmbeddingFormatError(ValueError):
@@ -168,33 +164,6 @@ def read_run_config(output_dir: str) -> dict[str, Any]:
   return config
 
 
-def _masked_crc(data: bytes) -> int:
-  crc = google_crc32c.value(data)
-  return (((crc >> 15) | (crc << 17)) + _CRC_MASK_DELTA) & 0xFFFFFFFF
-
-
 def iter_records(path: str) -> Iterator[bytes]:
-  """Streams the records of one TFRecord file (local, gs://, gzip by suffix).
-
-  Checksums are verified, so a truncated or corrupt shard is an error naming
-  the file and the record, never a silently shorter evaluation.
-  """
-  with FileSystems.open(path) as f:
-    index = 0
-    while True:
-      header = f.read(_LENGTH_HEADER.size)
-      if not header:
-        return
-      if len(header) < _LENGTH_HEADER.size:
-        raise EmbeddingFormatError(f"{path}#{index}: truncated record header")
-      length, length_crc = _LENGTH_HEADER.unpack(header)
-      if _masked_crc(header[:8]) != length_crc:
-        raise EmbeddingFormatError(f"{path}#{index}: corrupt record length")
-      data = f.read(length)
-      footer = f.read(_CRC.size)
-      if len(data) < length or len(footer) < _CRC.size:
-        raise EmbeddingFormatError(f"{path}#{index}: truncated record")
-      if _masked_crc(data) != _CRC.unpack(footer)[0]:
-        raise EmbeddingFormatError(f"{path}#{index}: record checksum mismatch")
-      yield data
-      index += 1
+  """Streams the serialized examples of one shard (local or gs://), checksums verified."""
+  return tfrecord.iter_records(path, error=EmbeddingFormatError)

@@ -19,12 +19,12 @@ video once.
 
 import dataclasses
 import json
-import struct
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 
-import google_crc32c
 from apache_beam.io.filesystems import FileSystems
+
+from mmv_core import tfrecord
 
 CACHE_DIR = "video_cache"
 SHARDS_DIR = "shards"
@@ -41,9 +41,6 @@ NUM_FRAMES_KEY = "video/num_frames"
 SOURCE_CRC32_KEY = "video/source_crc32"
 FRAMES_KEY = "image/encoded"
 
-_TFRECORD_LENGTH = struct.Struct("<Q")
-_TFRECORD_CRC = struct.Struct("<I")
-_CRC_MASK_DELTA = 0xA282EAD8
 
 
 class CacheError(IOError):
@@ -124,42 +121,6 @@ def from_sequence_example(record: bytes) -> CachedVideo:
   return video
 
 
-# ---- TFRecord framing ----
-
-def _masked_crc(data: bytes) -> int:
-  crc = google_crc32c.value(data)
-  return (((crc >> 15) | (crc << 17)) + _CRC_MASK_DELTA) & 0xFFFFFFFF
-
-
-def encode_tfrecord(record: bytes) -> bytes:
-  """One record in TFRecord framing (length, masked CRC-32C of both parts)."""
-  length = _TFRECORD_LENGTH.pack(len(record))
-  return (length + _TFRECORD_CRC.pack(_masked_crc(length)) + record
-          + _TFRECORD_CRC.pack(_masked_crc(record)))
-
-
-def decode_tfrecords(data: bytes, source: str = "tfrecord") -> Iterator[bytes]:
-  """Yields the records of a TFRecord file's bytes, checking their CRCs."""
-  position = 0
-  while position < len(data):
-    header_end = position + _TFRECORD_LENGTH.size + _TFRECORD_CRC.size
-    if header_end > len(data):
-      raise CacheError(f"{source}: truncated record header at byte {position}")
-    length_bytes = data[position:position + _TFRECORD_LENGTH.size]
-    (length_crc,) = _TFRECORD_CRC.unpack_from(data, position + _TFRECORD_LENGTH.size)
-    if length_crc != _masked_crc(length_bytes):
-      raise CacheError(f"{source}: corrupt record length at byte {position}")
-    (length,) = _TFRECORD_LENGTH.unpack(length_bytes)
-    record_end = header_end + length
-    if record_end + _TFRECORD_CRC.size > len(data):
-      raise CacheError(f"{source}: truncated record at byte {position}")
-    record = data[header_end:record_end]
-    if _TFRECORD_CRC.unpack_from(data, record_end)[0] != _masked_crc(record):
-      raise CacheError(f"{source}: record at byte {position} fails its CRC")
-    yield record
-    position = record_end + _TFRECORD_CRC.size
-
-
 # ---- Shards and index ----
 
 def _write_atomically(path: str, content: bytes, tmp_dir: str) -> None:
@@ -193,7 +154,7 @@ def write_shard(work_dir: str, videos: Sequence[CachedVideo]) -> str:
   shard_id = uuid.uuid4().hex
   shard_path = FileSystems.join(root, SHARDS_DIR, shard_id + SHARD_SUFFIX)
   _write_atomically(
-      shard_path, b"".join(encode_tfrecord(to_sequence_example(v)) for v in videos),
+      shard_path, b"".join(tfrecord.encode_record(to_sequence_example(v)) for v in videos),
       tmp_dir)
   index = {"shard": shard_id + SHARD_SUFFIX,
            "videos": [{"video_id": v.video_id, "label": v.label,
@@ -226,9 +187,7 @@ def read_shard(shard_path: str, video_ids: Iterable[str] | None = None
                ) -> Iterator[CachedVideo]:
   """Yields the videos of a shard, only those in `video_ids` when given."""
   wanted = None if video_ids is None else set(video_ids)
-  with FileSystems.open(shard_path) as f:
-    data = f.read()
-  for record in decode_tfrecords(data, shard_path):
+  for record in tfrecord.iter_records(shard_path, error=CacheError):
     video = from_sequence_example(record)
     if wanted is None or video.video_id in wanted:
       yield video
