@@ -19,11 +19,7 @@ from mmv_core import checkpoints
 from mmv_core.checkpoints import ArraySpec, CheckpointError
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-REFERENCE_DIR = pathlib.Path(
-    os.environ.get('MMV_REFERENCE_DIR', REPO_ROOT.parent / 'shared' / 'reference'))
-S3D_MANIFEST = REFERENCE_DIR / 'param_manifest_s3d.json'
-needs_manifest = pytest.mark.skipif(
-    not S3D_MANIFEST.exists(), reason=f'{S3D_MANIFEST} not present')
+S3D_MANIFEST = pathlib.Path(__file__).resolve().parent / 'data' / 'param_manifest_s3d.json'
 
 F32, I32 = np.dtype('float32'), np.dtype('int32')
 CONV = 'text_audio_video/visual_module/~/S3D/Conv2d_1a_7x7/~/conv3_d'
@@ -371,7 +367,6 @@ def test_npz_with_foreign_keys_is_refused(tmp_path):
 # Full size and command line.
 
 
-@needs_manifest
 def test_full_size_s3d_checkpoint_matches_manifest(tmp_path):
   expected_params, expected_state = checkpoints.manifest_shapes(S3D_MANIFEST)
   path = tmp_path / 'mmv_s3d.pkl'

@@ -22,7 +22,7 @@ from mmv_core.models import normalization
 from mmv_core.models import s3d
 from mmv_core.models import tsm_resnet
 
-_REFERENCE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "reference"
+_REFERENCE = pathlib.Path(__file__).resolve().parent / "data"
 # XLA cost analysis of vid_repr for one 32x224x224 clip (MODEL_SPEC.md).
 _SPEC_GFLOPS = {"s3d": 70, "tsm_resnet_x1": 254, "tsm_resnet_x2": 1000}
 _SMALL_CLIPS = (2, 8, 32, 32, 3)
