@@ -23,6 +23,7 @@ import sys
 from collections.abc import Sequence
 
 from mmv_core import checkpoints
+from mmv_core.models import mmv
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -104,7 +105,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   jobs.choices["embed"].add_argument("--checkpoint_path", required=True)
   jobs.choices["embed"].add_argument("--backbone", default=None)
   jobs.choices["linear_eval"].add_argument("--backbone", required=True,
-                                           choices=("s3d", "tsm_resnet_x1", "tsm_resnet_x2"))
+                                           choices=mmv.BACKBONES)
   args, extra = parser.parse_known_args(argv)
   if not args.bucket.startswith("gs://"):
     parser.error(f"--bucket must be a gs:// path, not {args.bucket!r}")

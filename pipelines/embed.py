@@ -308,7 +308,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[EmbedJobConfig, list[str]]:
   p.add_argument("--output_dir", required=True)
   p.add_argument("--video_zip", default=defaults.video_zip)
   p.add_argument("--splits_zip", default=defaults.splits_zip)
-  p.add_argument("--backbone", default=None, choices=("s3d", "tsm_resnet_x1", "tsm_resnet_x2"),
+  p.add_argument("--backbone", default=None, choices=mmv.BACKBONES,
                  help="default: inferred from the checkpoint's file name")
   for name in ("num_frames", "stride", "min_resize", "crop_size", "num_train_clips",
                "num_test_windows", "batch_size", "seed"):
