@@ -14,8 +14,8 @@
 import argparse
 import json
 import logging
-import os
 import pathlib
+import shutil
 import time
 
 from mmv_core import checkpoints
@@ -56,6 +56,10 @@ def main(argv=None) -> None:
   embeddings_dir, eval_dir = out / "embeddings", out / "linear_eval"
   checkpoint = out / "mmv_s3d.pkl"
   started = time.monotonic()
+  # A new run replaces the demo's results; the video cache and checkpoint stay,
+  # so a second run shows that nothing is fetched or re-encoded again.
+  for previous in (embeddings_dir, eval_dir):
+    shutil.rmtree(previous, ignore_errors=True)
 
   _stage(f"writing a synthetic UCF101 ({DATASET['num_classes']} classes x "
          f"{DATASET['videos_per_class']} videos, 320x240 AVI) to {data_dir}")

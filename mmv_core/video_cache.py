@@ -105,16 +105,22 @@ def to_sequence_example(video: CachedVideo) -> bytes:
 def from_sequence_example(record: bytes) -> CachedVideo:
   """Parses a record written by `to_sequence_example`."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  example = tf.train.SequenceExample.FromString(record)
+  try:
+    example = tf.train.SequenceExample.FromString(record)
+  except Exception as e:  # protobuf's DecodeError, whose module varies by backend.
+    raise CacheError(f"not a SequenceExample ({e})") from e
   context = example.context.feature
-  frames = tuple(f.bytes_list.value[0]
-                 for f in example.feature_lists.feature_list[FRAMES_KEY].feature)
-  video = CachedVideo(
-      video_id=context[VIDEO_ID_KEY].bytes_list.value[0].decode(),
-      label=context[LABEL_KEY].int64_list.value[0],
-      label_name=context[LABEL_NAME_KEY].bytes_list.value[0].decode(),
-      frames=frames,
-      source_crc32=context[SOURCE_CRC32_KEY].int64_list.value[0])
+  try:
+    frames = tuple(f.bytes_list.value[0]
+                   for f in example.feature_lists.feature_list[FRAMES_KEY].feature)
+    video = CachedVideo(
+        video_id=context[VIDEO_ID_KEY].bytes_list.value[0].decode(),
+        label=context[LABEL_KEY].int64_list.value[0],
+        label_name=context[LABEL_NAME_KEY].bytes_list.value[0].decode(),
+        frames=frames,
+        source_crc32=context[SOURCE_CRC32_KEY].int64_list.value[0])
+  except (KeyError, IndexError) as e:
+    raise CacheError(f"a cached video lacks feature {e}") from e
   if context[NUM_FRAMES_KEY].int64_list.value[0] != len(frames):
     raise CacheError(f"{video.video_id}: record says "
                      f"{context[NUM_FRAMES_KEY].int64_list.value[0]} frames, holds {len(frames)}")
@@ -187,7 +193,10 @@ def read_shard(shard_path: str, video_ids: Iterable[str] | None = None
                ) -> Iterator[CachedVideo]:
   """Yields the videos of a shard, only those in `video_ids` when given."""
   wanted = None if video_ids is None else set(video_ids)
-  for record in tfrecord.iter_records(shard_path, error=CacheError):
-    video = from_sequence_example(record)
+  for index, record in enumerate(tfrecord.iter_records(shard_path, error=CacheError)):
+    try:
+      video = from_sequence_example(record)
+    except CacheError as e:
+      raise CacheError(f"{shard_path}#{index}: {e}") from e
     if wanted is None or video.video_id in wanted:
       yield video

@@ -4,17 +4,19 @@
         --work_dir /tmp/mmv_work --output_dir /tmp/mmv_out
 
 Stages: `Ingest` (split lists, sharded ranged fetch, ffmpeg re-encoding, video
-cache; see pipelines/ingest.py) -> Reshuffle (spreads videos over workers
-and separates the CPU stages from the accelerator stage) -> `SampleClips`
-(decodes each video's JPEG frames once and cuts `--num_train_clips` seeded
-training clips and `--num_test_windows` test windows) -> RunInference with
-`JaxEmbeddingHandler` -> `tf.train.Example` per clip (schema in
+cache; see pipelines/ingest.py) -> Reshuffle (spreads videos over workers)
+-> `EmbedClips`, the accelerator step: `SampleClipsFn` decodes each video's
+JPEG frames once and cuts `--num_train_clips` seeded training clips and
+`--num_test_windows` test windows, RunInference with `JaxEmbeddingHandler`
+embeds them -> `AssembleVideoFn` groups a video's clips and writes them all
+(or fails the video) as `tf.train.Example`s (schema in
 mmv_core/embedding_schema.py) -> `OUTPUT_DIR/embeddings/*.tfrecord`.
 
-Also written: `OUTPUT_DIR/failures/*.jsonl` (one JSON line per video that
-failed, with stage and reason) and `OUTPUT_DIR/run.json` (settings, backbone,
-checkpoint sha256, package versions, counts). Beam's file sinks commit a
-bundle's output only once, so a retried bundle never duplicates clips.
+Also written: `OUTPUT_DIR/failures/failures.jsonl` (one JSON line per video
+that failed, with stage and reason) and `OUTPUT_DIR/run.json` (settings,
+backbone, checkpoint sha256, package versions, counts). Beam's file sinks
+commit a bundle's output only once, so a retried bundle never duplicates
+clips; a run refuses an output directory that already holds embeddings.
 """
 
 import argparse
@@ -27,12 +29,11 @@ import platform
 import sys
 import time
 import typing
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
@@ -44,16 +45,15 @@ from mmv_core.models import mmv
 from mmv_core.embedder import EmbedderConfig, VID_REPR, VIDEO_AUDIO, VIDEO_TEXT
 from mmv_core.video_cache import CachedVideo
 from pipelines import ingest
+from pipelines.common import FAILURES, WriteFailures, count_failure, counter, failure_record
+from pipelines.common import with_local_runner
 from pipelines.jax_inference import JaxEmbeddingHandler
 
-METRICS_NAMESPACE = "mmv"
 FAILURES_DIR = "failures"
+FAILURES_FILE = "failures.jsonl"
 STAGE_SAMPLE = "sample"
 STAGE_EMBED = "embed"
-# Beam runs locally on the in-process FnApiRunner unless told otherwise: the
-# DirectRunner of Beam 2.77 first tries to download the Prism runner.
-LOCAL_RUNNER_ARGS = ("--runner=FnApiRunner", "--direct_num_workers=0",
-                     "--direct_running_mode=multi_processing")
+WRITTEN = "written"
 _PACKAGES = ("apache-beam", "jax", "jaxlib", "dm-haiku", "tensorflow-cpu", "numpy",
              "scikit-learn", "imageio-ffmpeg", "mmv-pipeline")
 
@@ -101,10 +101,6 @@ class ClipKey(typing.NamedTuple):
   clip_index: int
 
 
-def _counter(name: str):
-  return Metrics.counter(METRICS_NAMESPACE, name)
-
-
 # ---- Clip sampling ----
 
 def sample_clips(cached: CachedVideo, config: EmbedJobConfig
@@ -133,39 +129,111 @@ class SampleClipsFn(beam.DoFn):
     try:
       clips = list(sample_clips(cached, self._config))
     except Exception as e:  # One bad video must not stop the job.
-      yield beam.pvalue.TaggedOutput(
-          ingest.FAILURES, ingest.failure(cached.video_id, STAGE_SAMPLE, f"{type(e).__name__}: {e}"))
+      # Counted once the video's fate is settled, in AssembleVideoFn.
+      yield beam.pvalue.TaggedOutput(FAILURES, failure_record(
+          cached.video_id, STAGE_SAMPLE, f"{type(e).__name__}: {e}"))
       return
-    _counter("videos_sampled").inc()
+    counter("videos_sampled").inc()
     yield from clips
 
 
-# ---- Embeddings out ----
+# ---- Embedding ----
 
-def to_example(keyed_result, outputs: Sequence[str]) -> bytes:
-  key, result = keyed_result
-  embeddings = result.inference
-  _counter(f"clips_embedded_{key.clip_type}").inc()
-  return schema.make_example(
-      video_id=key.video_id, label=key.label, label_name=key.label_name,
-      clip_type=key.clip_type, clip_index=key.clip_index,
-      embedding=embeddings[VID_REPR],
-      extra_features={name: embeddings[name] for name in outputs if name != VID_REPR},
-  ).SerializeToString()
+class EmbedClips(beam.PTransform):
+  """CachedVideo -> (sampled clips' embeddings, failures), on accelerator workers.
+
+  Sampling and inference form one step so that they fuse on the worker that
+  holds the accelerator: only JPEG bytes reach it, never the 20x larger clips.
+  Returns `{"embedded": (ClipKey, {output: float32 [dim]}), FAILURES: record}`.
+  """
+
+  def __init__(self, config: EmbedJobConfig):
+    super().__init__()
+    self._config = config
+
+  def expand(self, videos):
+    config = self._config
+    sampled = videos | "SampleClips" >> beam.ParDo(SampleClipsFn(config)).with_outputs(
+        FAILURES, main="clips")
+    handler = KeyedModelHandler(JaxEmbeddingHandler(
+        config.checkpoint_path, config.resolved_backbone,
+        EmbedderConfig(batch_size=config.batch_size, compute_dtype=config.compute_dtype),
+        config.outputs, model_copies=config.model_copies))
+    embedded, errors = sampled.clips | "RunInference" >> RunInference(
+        handler).with_exception_handling()
+    failed_batches = errors.failed_inferences | "FailedBatches" >> beam.FlatMap(
+        inference_failures)
+    return {"embedded": embedded | "Inference" >> beam.MapTuple(lambda key, r: (key, r.inference)),
+            FAILURES: (sampled[FAILURES], failed_batches) | "Failures" >> beam.Flatten()}
 
 
-def inference_failure(failed) -> Iterator[dict]:
+def inference_failures(failed) -> Iterator[dict]:
   """RunInference's failed batch -> one failure per video in it.
 
   `failed` is (batch of (ClipKey, clip), (exception type, message, traceback)).
   """
   batch, (exception_type, message, _) = failed
   for video_id in sorted({key.video_id for key, _ in batch}):
-    yield ingest.failure(video_id, STAGE_EMBED, f"{exception_type.__name__}: {message}")
+    yield failure_record(video_id, STAGE_EMBED, f"{exception_type.__name__}: {message}")
+
+
+# ---- Embeddings out ----
+
+def assemble_video(video_id: str, clips: Iterable[tuple[ClipKey, dict]],
+                   embed_failures: Iterable[dict], *, expected_clips: int,
+                   outputs: Sequence[str]) -> list[bytes] | dict:
+  """A video's serialized examples, all of them, or its failure record.
+
+  A video is written whole or not at all: a failed sampling or batch, a
+  missing clip or a non-finite embedding fails the video, so the evaluation
+  never sees half of it.
+  """
+  embed_failures = list(embed_failures)
+  if embed_failures:
+    return embed_failures[0]
+  by_key = {(key.clip_type, key.clip_index): (key, embeddings) for key, embeddings in clips}
+  if len(by_key) != expected_clips:
+    return failure_record(video_id, STAGE_EMBED, f"{len(by_key)} of {expected_clips} clips embedded")
+  examples = []
+  for (clip_type, clip_index), (key, embeddings) in sorted(by_key.items()):
+    if not all(np.isfinite(embeddings[name]).all() for name in outputs):
+      return failure_record(video_id, STAGE_EMBED,
+                            f"non-finite embedding in {clip_type} clip {clip_index}")
+    examples.append(schema.make_example(
+        video_id=key.video_id, label=key.label, label_name=key.label_name,
+        clip_type=clip_type, clip_index=clip_index, embedding=embeddings[VID_REPR],
+        extra_features={name: embeddings[name] for name in outputs if name != VID_REPR},
+    ).SerializeToString())
+  return examples
+
+
+class AssembleVideoFn(beam.DoFn):
+  """(video_id, {"clips", "failures"}) -> serialized examples, or one failure.
+
+  Also emits (train clips, test clips) of each written video on WRITTEN.
+  """
+
+  def __init__(self, config: EmbedJobConfig):
+    self._expected = config.num_train_clips + config.num_test_windows
+    self._outputs = config.outputs
+
+  def process(self, grouped):
+    video_id, parts = grouped
+    result = assemble_video(video_id, parts["clips"], parts["failures"],
+                            expected_clips=self._expected, outputs=self._outputs)
+    if isinstance(result, dict):
+      yield beam.pvalue.TaggedOutput(FAILURES, count_failure(result))
+      return
+    counter("videos_embedded").inc()
+    counter("clips_embedded").inc(len(result))
+    clip_types = [key.clip_type for key, _ in parts["clips"]]
+    yield beam.pvalue.TaggedOutput(WRITTEN, (clip_types.count(schema.CLIP_TYPE_TRAIN),
+                                             clip_types.count(schema.CLIP_TYPE_TEST)))
+    yield from result
 
 
 class ProgressLogger(beam.DoFn):
-  """Logs a readable progress line per worker process every few seconds."""
+  """Prints a readable progress line per worker process every few seconds."""
 
   _INTERVAL_S = 10.0
 
@@ -212,17 +280,17 @@ def write_run_record(counts: dict, *, config: EmbedJobConfig, checkpoint_sha256:
 
 
 class _CountsCombineFn(beam.CombineFn):
-  """Counts videos and clips written and videos failed, exactly once each."""
+  """("written", (train clips, test clips)) and ("failed", record) -> run.json counts."""
 
   def create_accumulator(self):
-    return {"videos": set(), "clips_train": 0, "clips_test": 0, "failed": {}}
+    return {"videos": 0, "train": 0, "test": 0, "failed": {}}
 
   def add_input(self, acc, item):
     kind, value = item
-    if kind == "clip":
-      video_id, clip_type = value
-      acc["videos"].add(video_id)
-      acc[f"clips_{clip_type}"] += 1
+    if kind == WRITTEN:
+      acc["videos"] += 1
+      acc["train"] += value[0]
+      acc["test"] += value[1]
     else:
       acc["failed"].setdefault(value["video_id"], value["stage"])
     return acc
@@ -230,21 +298,18 @@ class _CountsCombineFn(beam.CombineFn):
   def merge_accumulators(self, accs):
     merged = self.create_accumulator()
     for acc in accs:
-      merged["videos"] |= acc["videos"]
-      merged["clips_train"] += acc["clips_train"]
-      merged["clips_test"] += acc["clips_test"]
+      for name in ("videos", "train", "test"):
+        merged[name] += acc[name]
       merged["failed"].update(acc["failed"])
     return merged
 
   def extract_output(self, acc):
-    failed_by_stage: dict[str, int] = {}
+    by_stage: dict[str, int] = {}
     for stage in acc["failed"].values():
-      failed_by_stage[stage] = failed_by_stage.get(stage, 0) + 1
-    # A video that failed after some of its clips were embedded is not complete.
-    complete = acc["videos"] - set(acc["failed"])
-    return {"videos_written": len(complete), "clips_written_train": acc["clips_train"],
-            "clips_written_test": acc["clips_test"], "videos_failed": len(acc["failed"]),
-            "videos_failed_by_stage": failed_by_stage}
+      by_stage[stage] = by_stage.get(stage, 0) + 1
+    return {"videos_written": acc["videos"], "clips_written_train": acc["train"],
+            "clips_written_test": acc["test"], "videos_failed": len(acc["failed"]),
+            "videos_failed_by_stage": by_stage}
 
 
 # ---- The pipeline ----
@@ -255,43 +320,36 @@ def build(pipeline: beam.Pipeline, config: EmbedJobConfig, checkpoint_sha256: st
       config.video_zip, config.splits_zip, config.work_dir,
       classes=config.classes or None, max_videos=config.max_videos)
 
-  sampled = (ingested.videos
-             | "SpreadVideos" >> beam.Reshuffle()
-             | "SampleClips" >> beam.ParDo(SampleClipsFn(config)).with_outputs(
-                 ingest.FAILURES, main="clips"))
-  handler = KeyedModelHandler(JaxEmbeddingHandler(
-      config.checkpoint_path, config.resolved_backbone,
-      EmbedderConfig(batch_size=config.batch_size, compute_dtype=config.compute_dtype),
-      config.outputs, model_copies=config.model_copies))
-  inference = RunInference(handler).with_exception_handling()
+  embed_clips = EmbedClips(config)
   if config.embed_accelerator:
     hints = {"accelerator": config.embed_accelerator}
     if config.embed_min_ram:
       hints["min_ram"] = config.embed_min_ram
-    inference = inference.with_resource_hints(**hints)
-  embedded, inference_errors = sampled.clips | "Embed" >> inference
+    embed_clips = embed_clips.with_resource_hints(**hints)
+  # The reshuffle spreads videos over workers and keeps ingestion (CPU
+  # workers) from fusing with the accelerator step.
+  embedded = (ingested.videos
+              | "SpreadVideos" >> beam.Reshuffle()
+              | "Embed" >> embed_clips)
 
-  examples = (embedded
-              | "Progress" >> beam.ParDo(ProgressLogger())
-              | "ToExample" >> beam.Map(to_example, config.outputs))
-  _ = examples | "WriteEmbeddings" >> beam.io.WriteToTFRecord(
+  by_video = ({"clips": embedded["embedded"]
+                        | "Progress" >> beam.ParDo(ProgressLogger())
+                        | "ClipsByVideo" >> beam.Map(lambda kv: (kv[0].video_id, kv)),
+               "failures": embedded[FAILURES]
+                           | "EmbedFailuresByVideo" >> beam.Map(lambda f: (f["video_id"], f))}
+              | "GroupByVideo" >> beam.CoGroupByKey()
+              | "AssembleVideos" >> beam.ParDo(AssembleVideoFn(config)).with_outputs(
+                  FAILURES, WRITTEN, main="examples"))
+  _ = by_video.examples | "WriteEmbeddings" >> beam.io.WriteToTFRecord(
       FileSystems.join(config.output_dir, schema.SHARDS_DIR, "part"),
       file_name_suffix=schema.SHARD_SUFFIX)
 
-  failures = ((ingested.failures, sampled[ingest.FAILURES],
-               inference_errors.failed_inferences
-               | "InferenceFailures" >> beam.FlatMap(inference_failure))
-              | "AllFailures" >> beam.Flatten())
-  _ = (failures
-       | "FailuresToJson" >> beam.Map(json.dumps)
-       | "WriteFailures" >> beam.io.WriteToText(
-           FileSystems.join(config.output_dir, FAILURES_DIR, "failures"),
-           file_name_suffix=".jsonl"))
+  failures = (ingested.failures, by_video[FAILURES]) | "AllFailures" >> beam.Flatten()
+  _ = failures | "WriteFailures" >> WriteFailures(
+      FileSystems.join(config.output_dir, FAILURES_DIR, FAILURES_FILE))
 
-  clip_items = embedded | "ClipItems" >> beam.Map(
-      lambda kv: ("clip", (kv[0].video_id, kv[0].clip_type)))
-  failure_items = failures | "FailureItems" >> beam.Map(lambda f: ("failure", f))
-  _ = ((clip_items, failure_items)
+  _ = ((by_video[WRITTEN] | "WrittenItems" >> beam.Map(lambda counts: (WRITTEN, counts)),
+        failures | "FailedItems" >> beam.Map(lambda record: ("failed", record)))
        | "CountItems" >> beam.Flatten()
        | "Counts" >> beam.CombineGlobally(_CountsCombineFn())
        | "WriteRunRecord" >> beam.Map(write_run_record, config=config,
@@ -334,12 +392,15 @@ def parse_args(argv: Sequence[str] | None) -> tuple[EmbedJobConfig, list[str]]:
 def run(argv: Sequence[str] | None = None) -> beam.runners.runner.PipelineResult:
   """Builds and runs the job; returns Beam's result (finished unless the runner is async)."""
   config, beam_args = parse_args(argv)
-  if not any(a.startswith("--runner") for a in beam_args):
-    beam_args = [*LOCAL_RUNNER_ARGS, *beam_args]
-  options = PipelineOptions(beam_args)
+  options = PipelineOptions(with_local_runner(beam_args))
   if options.view_as(TestOptions).dry_run:
     checkpoint_sha256 = "not read in a dry run"
   else:
+    existing = FileSystems.match([schema.shard_pattern(config.output_dir)])[0].metadata_list
+    if existing:
+      # Old shards would be read with the new ones as duplicate clips.
+      raise FileExistsError(f"{config.output_dir} already holds {len(existing)} embedding shards; "
+                       "choose a new --output_dir or delete them")
     # Fail before any work starts if the checkpoint is unreadable or of the
     # wrong backbone; workers load it again themselves.
     checkpoint = checkpoints.load_checkpoint(config.checkpoint_path)

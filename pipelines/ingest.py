@@ -34,7 +34,7 @@ CLI (ingestion alone; runs on the FnApiRunner unless --runner is given):
 """
 
 import argparse
-import collections
+import dataclasses
 import json
 import logging
 import typing
@@ -42,7 +42,6 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from mmv_core import encode
@@ -50,25 +49,15 @@ from mmv_core import sources
 from mmv_core import ucf101
 from mmv_core import video_cache
 from mmv_core import zip_index
+from pipelines.common import FAILURES, WriteFailures, counter, counters, failure
+from pipelines.common import summarize_failures, with_local_runner
 
-METRICS_NAMESPACE = "mmv"
-FAILURES = "failures"
 STAGE_FETCH = "fetch"
 STAGE_EXTRACT = "extract"
 STAGE_ENCODE = "encode"
+STAGE_CACHE = "cache"
 DEFAULT_VIDEOS_PER_SHARD = 32
 FAILURES_FILE = "ingest_failures.jsonl"
-
-
-def _counter(name: str):
-  return Metrics.counter(METRICS_NAMESPACE, name)
-
-
-def failure(video_id: str, stage: str, reason: str) -> dict[str, str]:
-  """A failure record, as `Ingest.failures` holds them."""
-  _counter("videos_failed").inc()
-  _counter(f"failed_{stage}").inc()
-  return {"video_id": video_id, "stage": stage, "reason": reason}
 
 
 # ---- Listing ----
@@ -80,9 +69,9 @@ def list_videos(splits_zip: str, classes: Sequence[str] | None, max_videos: int 
   if expected_split_counts is not None:
     for difference in split_lists.count_differences(expected_split_counts):
       logging.warning("%s: %s", splits_zip, difference)
-      _counter("split_count_differences").inc()
+      counter("split_count_differences").inc()
   for video in ucf101.select_videos(split_lists, classes, max_videos):
-    _counter("videos_listed").inc()
+    counter("videos_listed").inc()
     yield video
 
 
@@ -139,8 +128,8 @@ def fetch_member(video_zip: str, index: zip_index.ZipIndex,
   """The member's compressed bytes; transient errors are retried and counted."""
   def read(start: int, length: int) -> bytes:
     data = sources.read_range(video_zip, start, length,
-                              on_retry=lambda _: _counter("fetch_retries").inc())
-    _counter("bytes_fetched").inc(len(data))
+                              on_retry=lambda _: counter("fetch_retries").inc())
+    counter("bytes_fetched").inc(len(data))
     return data
   return zip_index.read_member_data(read, index, member, source=video_zip)
 
@@ -167,7 +156,7 @@ class _FetchAndEncodeFn(beam.DoFn):
     except (sources.SourceError, zip_index.ZipFormatError) as e:
       yield beam.pvalue.TaggedOutput(FAILURES, failure(video.video_id, STAGE_FETCH, str(e)))
       return
-    _counter("videos_fetched").inc()
+    counter("videos_fetched").inc()
     try:
       content = zip_index.extract(member, data, source=self._video_zip)
     except zip_index.ZipFormatError as e:
@@ -178,8 +167,8 @@ class _FetchAndEncodeFn(beam.DoFn):
     except encode.EncodeError as e:
       yield beam.pvalue.TaggedOutput(FAILURES, failure(video.video_id, STAGE_ENCODE, str(e)))
       return
-    _counter("videos_encoded").inc()
-    _counter("frames_encoded").inc(len(frames))
+    counter("videos_encoded").inc()
+    counter("frames_encoded").inc(len(frames))
     yield video_cache.CachedVideo(
         video_id=video.video_id, label=video.label, label_name=video.label_name,
         frames=tuple(frames), source_crc32=member.crc32)
@@ -223,7 +212,7 @@ class _WriteShardFn(beam.DoFn):
 
   def process(self, batch: Sequence[video_cache.CachedVideo]):
     video_cache.write_shard(self._work_dir, batch)
-    _counter("videos_cached").inc(len(batch))
+    counter("videos_cached").inc(len(batch))
     yield from batch
 
 
@@ -242,19 +231,29 @@ class WriteVideoCache(beam.PTransform):
             | "WriteShard" >> beam.ParDo(_WriteShardFn(self._work_dir)))
 
 
-def _read_cached(shard_and_ids: tuple[str, Iterable[str]]) -> Iterator[video_cache.CachedVideo]:
-  shard, video_ids = shard_and_ids
-  for video in video_cache.read_shard(shard, video_ids):
-    yield video
+class _ReadCachedFn(beam.DoFn):
+  """(shard path, VideoRecords cached in it) -> CachedVideo, or failures.
 
+  Labels come from the current split lists, not from the cache, so a cache
+  filled under other lists cannot leak stale labels. A shard that cannot be
+  read fails its videos, not the job.
+  """
 
-class _ReadShards(beam.PTransform):
-  """PCollection[(shard path, video id)] -> PCollection[CachedVideo], one read per shard."""
-
-  def expand(self, shard_ids):
-    return (shard_ids
-            | "ByShard" >> beam.GroupByKey()
-            | "ReadShard" >> beam.FlatMap(_read_cached))
+  def process(self, shard_and_videos: tuple[str, Iterable[ucf101.VideoRecord]]):
+    shard, videos = shard_and_videos
+    listed = {v.video_id: v for v in videos}
+    try:
+      cached = list(video_cache.read_shard(shard, listed))
+    except video_cache.CacheError as e:
+      for video_id in sorted(listed):
+        yield beam.pvalue.TaggedOutput(FAILURES, failure(video_id, STAGE_CACHE, str(e)))
+      return
+    for video in cached:
+      record = listed.pop(video.video_id)
+      yield dataclasses.replace(video, label=record.label, label_name=record.label_name)
+    for video_id in sorted(listed):
+      yield beam.pvalue.TaggedOutput(FAILURES, failure(
+          video_id, STAGE_CACHE, f"{shard}: the cache index lists {video_id}, the shard lacks it"))
 
 
 class ReadVideoCache(beam.PTransform):
@@ -270,37 +269,8 @@ class ReadVideoCache(beam.PTransform):
             | "Index" >> beam.FlatMap(
                 lambda work_dir: [(e.shard, e.video_id)
                                   for e in video_cache.read_index(work_dir).values()])
-            | "Read" >> _ReadShards())
-
-
-# ---- Failures ----
-
-class WriteFailures(beam.PTransform):
-  """Writes failure records as JSON lines to `path` (one file)."""
-
-  def __init__(self, path: str):
-    super().__init__()
-    self._path = path
-
-  def expand(self, failures):
-    return (failures
-            | "ToJson" >> beam.Map(lambda record: json.dumps(record, sort_keys=True))
-            | "Write" >> beam.io.WriteToText(self._path, shard_name_template=""))
-
-
-def summarize_failures(records: Iterable[dict[str, str]], max_examples: int = 5) -> str:
-  """A short text summary: count per stage and the first few reasons."""
-  records = sorted(records, key=lambda r: (r["stage"], r["video_id"]))
-  if not records:
-    return "no failures"
-  by_stage = collections.Counter(r["stage"] for r in records)
-  lines = [f"{len(records)} videos failed: "
-           + ", ".join(f"{stage} {n}" for stage, n in sorted(by_stage.items()))]
-  lines += [f"  {r['video_id']} [{r['stage']}]: {r['reason']}"
-            for r in records[:max_examples]]
-  if len(records) > max_examples:
-    lines.append(f"  ... and {len(records) - max_examples} more")
-  return "\n".join(lines)
+            | "ByShard" >> beam.GroupByKey()
+            | "ReadShard" >> beam.FlatMap(lambda kv: video_cache.read_shard(*kv)))
 
 
 # ---- Everything together ----
@@ -352,33 +322,24 @@ class Ingest(beam.PTransform):
                         lambda d: video_cache.read_index(d).items()))
     cached, to_fetch = listed | "SplitCached" >> beam.Partition(
         _cached_first, 2, beam.pvalue.AsDict(cached_index))
-    cached_videos = (cached
-                     | "CountReused" >> beam.Map(_count_reused)
-                     | "ShardOf" >> beam.Map(
-                         lambda v, index: (index[v.video_id].shard, v.video_id),
-                         beam.pvalue.AsDict(cached_index)))
     encoded, failures = to_fetch | "FetchAndEncode" >> FetchAndEncode(self._video_zip)
     written = encoded | "WriteCache" >> WriteVideoCache(work_dir, self._videos_per_shard)
     if not self._read_cached_videos:
       return IngestResult(videos=written, failures=failures)
-    reused = cached_videos | "ReadCached" >> _ReadShards()
-    videos = (reused, written) | "AllVideos" >> beam.Flatten()
+    reused = (cached
+              | "CountReused" >> beam.Map(_count_reused)
+              | "ShardOf" >> beam.Map(lambda v, index: (index[v.video_id].shard, v),
+                                      beam.pvalue.AsDict(cached_index))
+              | "ByShard" >> beam.GroupByKey()
+              | "ReadCached" >> beam.ParDo(_ReadCachedFn()).with_outputs(FAILURES, main="videos"))
+    videos = (reused.videos, written) | "AllVideos" >> beam.Flatten()
+    failures = (failures, reused[FAILURES]) | "AllFailures" >> beam.Flatten()
     return IngestResult(videos=videos, failures=failures)
 
 
 def _count_reused(video: ucf101.VideoRecord) -> ucf101.VideoRecord:
-  _counter("videos_reused").inc()
+  counter("videos_reused").inc()
   return video
-
-
-def counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
-  """Committed values of the "mmv" counters of a finished pipeline."""
-  query = result.metrics().query(
-      beam.metrics.MetricsFilter().with_namespace(METRICS_NAMESPACE))
-  totals: dict[str, int] = collections.Counter()
-  for counter in query["counters"]:
-    totals[counter.key.metric.name] += counter.committed
-  return dict(totals)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, int]:
@@ -395,12 +356,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, int]:
   parser.add_argument("--no_count_check", action="store_true",
                       help="skip the check against the official per-split counts")
   args, beam_args = parser.parse_known_args(argv)
-  if not any(a.startswith("--runner") for a in beam_args):
-    beam_args.append("--runner=FnApiRunner")
   failures_path = args.failures or FileSystems.join(args.work_dir, FAILURES_FILE)
   classes = [c for c in args.classes.split(",") if c]
 
-  pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
+  pipeline = beam.Pipeline(options=PipelineOptions(with_local_runner(beam_args)))
   result = pipeline | "Ingest" >> Ingest(
       args.video_zip, args.splits_zip, args.work_dir, classes=classes or None,
       max_videos=args.max_videos,

@@ -11,6 +11,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from numerics import assert_features_close
 import tensorflow as tf
 
 from mmv_core import checkpoints
@@ -134,9 +135,9 @@ def test_embeddings_equal_video_embedder_on_the_same_frames(checkpoint_path, job
   got = {(r[schema.CLIP_TYPE], r[schema.CLIP_INDEX]): r[schema.EMBEDDING]
          for r in records if r[schema.VIDEO_ID] == video_id}
   for i in range(NUM_TEST_WINDOWS):
-    np.testing.assert_allclose(got[("test", i)], test[i], rtol=1e-5, atol=1e-6)
+    assert_features_close(got[("test", i)], test[i])
   for i in range(NUM_TRAIN_CLIPS):
-    np.testing.assert_allclose(got[("train", i)], train[i], rtol=1e-5, atol=1e-6)
+    assert_features_close(got[("train", i)], train[i])
 
 
 def test_rerun_on_four_devices_reuses_the_cache_and_gives_the_same_embeddings(
@@ -160,4 +161,39 @@ def test_rerun_on_four_devices_reuses_the_cache_and_gives_the_same_embeddings(
   four = {key(r): r[schema.EMBEDDING] for r in _read_embeddings(out)}
   assert one.keys() == four.keys()
   for k in one:
-    np.testing.assert_allclose(four[k], one[k], rtol=1e-5, atol=1e-6)
+    assert_features_close(four[k], one[k])
+
+
+def test_a_new_run_refuses_an_output_dir_that_holds_embeddings(dataset, checkpoint_path, job_output):
+  with pytest.raises(FileExistsError, match="already holds"):
+    embed.run([*_flags(dataset, checkpoint_path, job_output / "work", job_output / "out"),
+               *IN_PROCESS])
+
+
+def _clips(video_id: str, num_train: int, num_test: int, value: float = 1.0):
+  return [(embed.ClipKey(video_id, 2, "Archery", clip_type, i),
+           {VID_REPR: np.full(4, value, np.float32)})
+          for clip_type, n in (("train", num_train), ("test", num_test)) for i in range(n)]
+
+
+def test_a_complete_video_gives_all_its_examples_in_order():
+  result = embed.assemble_video("v_Archery_g01_c01", reversed(_clips("v_Archery_g01_c01", 2, 3)),
+                                [], expected_clips=5, outputs=(VID_REPR,))
+  parsed = [schema.parse_example(r) for r in result]
+  assert [(p[schema.CLIP_TYPE], p[schema.CLIP_INDEX]) for p in parsed] == [
+      ("test", 0), ("test", 1), ("test", 2), ("train", 0), ("train", 1)]
+  assert all(p[schema.LABEL] == 2 and p[schema.LABEL_NAME] == "Archery" for p in parsed)
+
+
+@pytest.mark.parametrize("clips, failures, reason", [
+    (_clips("v", 2, 2), [], "4 of 5 clips embedded"),
+    (_clips("v", 2, 3) + _clips("v", 1, 0), [], None),  # A duplicate clip counts once.
+    (_clips("v", 2, 3, value=np.nan), [], "non-finite embedding"),
+    (_clips("v", 2, 3), [{"video_id": "v", "stage": "embed", "reason": "OOM"}], "OOM"),
+])
+def test_an_incomplete_or_broken_video_is_one_failure_and_no_examples(clips, failures, reason):
+  result = embed.assemble_video("v", clips, failures, expected_clips=5, outputs=(VID_REPR,))
+  if reason is None:
+    assert isinstance(result, list) and len(result) == 5
+  else:
+    assert isinstance(result, dict) and result["video_id"] == "v" and reason in result["reason"]

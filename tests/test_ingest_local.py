@@ -1,5 +1,6 @@
 """Ingestion from a local directory on the FnApiRunner; re-runs reuse the cache."""
 
+import dataclasses
 import os
 
 import apache_beam as beam
@@ -7,6 +8,8 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from ingest_fixtures import tiny_dataset  # pylint: disable=unused-import
 from ingest_fixtures import expected_videos, frame_digest, run_ingest, zip_members
+from mmv_core import synthetic
+from mmv_core import video_cache
 from pipelines import ingest
 
 
@@ -57,3 +60,35 @@ def test_cli_fills_cache_and_read_video_cache_reads_it(tiny_dataset, tmp_path):
     digests = (p | ingest.ReadVideoCache(work_dir)
                | beam.Map(lambda v: (v.video_id, frame_digest(v.frames))))
     assert_that(digests, equal_to(sorted(expected.items())))
+
+
+def test_reused_videos_take_labels_from_the_current_lists_and_bad_shards_fail_alone(
+    tiny_dataset, tmp_path):
+  work_dir = str(tmp_path / "work")
+  first = run_ingest(tiny_dataset.video_zip, tiny_dataset.splits_zip, work_dir,
+                     str(tmp_path / "out1"), videos_per_shard=4)
+  # Other split lists: the same classes, numbered in reverse order.
+  names = list(reversed(tiny_dataset.class_names))
+  relabelled = [dataclasses.replace(v, label=names.index(tiny_dataset.class_names[v.label]))
+                for v in tiny_dataset.videos]
+  splits_zip = tmp_path / "other_splits.zip"
+  splits_zip.write_bytes(synthetic.splits_zip_bytes(names, relabelled))
+  # And one cache shard damaged on disk.
+  index = video_cache.read_index(work_dir)
+  bad_shard = sorted({entry.shard for entry in index.values()})[0]
+  data = bytearray(open(bad_shard, "rb").read())
+  data[len(data) // 2] ^= 0xFF
+  open(bad_shard, "wb").write(bytes(data))
+
+  second = run_ingest(str(tmp_path / "no_such.zip"), str(splits_zip), work_dir,
+                      str(tmp_path / "out2"))
+
+  in_bad_shard = {video_id for video_id, entry in index.items() if entry.shard == bad_shard}
+  assert set(second.failures) == in_bad_shard
+  assert all(f["stage"] == ingest.STAGE_CACHE and bad_shard in f["reason"]
+             for f in second.failures.values())
+  assert set(second.videos) == set(first.videos) - in_bad_shard
+  for v in relabelled:
+    if v.video_id in second.videos:
+      assert (second.videos[v.video_id]["label"], second.videos[v.video_id]["label_name"]) == (
+          v.label, names[v.label])

@@ -1,0 +1,86 @@
+"""What every job shares: the local runner, metrics, and failure records.
+
+A failure record is a dict `{"video_id", "stage", "reason"}`; DoFns emit
+them on the `FAILURES` tagged output, and jobs write them as JSON lines.
+"""
+
+import collections
+import json
+from collections.abc import Iterable, Sequence
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+METRICS_NAMESPACE = "mmv"
+FAILURES = "failures"
+# Beam 2.77's DirectRunner first tries to download the Prism runner, which
+# fails offline; the FnApiRunner works offline and, in multi-processing mode,
+# uses every core (0 workers: one per core).
+LOCAL_RUNNER_ARGS = ("--runner=FnApiRunner", "--direct_num_workers=0",
+                     "--direct_running_mode=multi_processing")
+
+
+def with_local_runner(beam_args: Sequence[str]) -> list[str]:
+  """Beam options, run on the local runner unless they name one."""
+  if any(arg.startswith("--runner") for arg in beam_args):
+    return list(beam_args)
+  given = {arg.split("=", 1)[0] for arg in beam_args}
+  return [*(a for a in LOCAL_RUNNER_ARGS if a.split("=", 1)[0] not in given), *beam_args]
+
+
+def counter(name: str):
+  return Metrics.counter(METRICS_NAMESPACE, name)
+
+
+def failure_record(video_id: str, stage: str, reason: str) -> dict[str, str]:
+  return {"video_id": video_id, "stage": stage, "reason": reason}
+
+
+def count_failure(record: dict[str, str]) -> dict[str, str]:
+  """Counts a video's final failure in the job's metrics; returns the record."""
+  counter("videos_failed").inc()
+  counter(f"failed_{record['stage']}").inc()
+  return record
+
+
+def failure(video_id: str, stage: str, reason: str) -> dict[str, str]:
+  """A failure record, counted."""
+  return count_failure(failure_record(video_id, stage, reason))
+
+
+def counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
+  """Committed values of the jobs' counters, once the pipeline has finished."""
+  query = result.metrics().query(
+      beam.metrics.MetricsFilter().with_namespace(METRICS_NAMESPACE))
+  totals: dict[str, int] = collections.Counter()
+  for metric in query["counters"]:
+    totals[metric.key.metric.name] += metric.committed
+  return dict(totals)
+
+
+class WriteFailures(beam.PTransform):
+  """Writes failure records as sorted-key JSON lines to the one file `path`."""
+
+  def __init__(self, path: str):
+    super().__init__()
+    self._path = path
+
+  def expand(self, failures):
+    return (failures
+            | "ToJson" >> beam.Map(lambda record: json.dumps(record, sort_keys=True))
+            | "Write" >> beam.io.WriteToText(self._path, shard_name_template=""))
+
+
+def summarize_failures(records: Iterable[dict[str, str]], max_examples: int = 5) -> str:
+  """A short text summary: count per stage and the first few reasons."""
+  records = sorted(records, key=lambda r: (r["stage"], r["video_id"]))
+  if not records:
+    return "no failures"
+  by_stage = collections.Counter(r["stage"] for r in records)
+  lines = [f"{len(records)} videos failed: "
+           + ", ".join(f"{stage} {n}" for stage, n in sorted(by_stage.items()))]
+  lines += [f"  {r['video_id']} [{r['stage']}]: {r['reason']}"
+            for r in records[:max_examples]]
+  if len(records) > max_examples:
+    lines.append(f"  ... and {len(records) - max_examples} more")
+  return "\n".join(lines)
