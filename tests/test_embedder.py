@@ -9,6 +9,7 @@ import textwrap
 import jax
 import numpy as np
 import pytest
+from numerics import assert_features_close
 
 from mmv_core import checkpoints
 from mmv_core import video
@@ -57,7 +58,7 @@ def test_embed_is_vid_repr_of_each_test_window(s3d_embedder, s3d_checkpoint):
   assert feats.shape == (SMALL["num_windows"], mmv.REPR_DIMS["s3d"])
   clips = video.test_clips(frames, **SMALL)
   expected = _one_clip_at_a_time(checkpoints.load_checkpoint(str(s3d_checkpoint)), clips, "s3d")
-  np.testing.assert_allclose(feats, expected, rtol=1e-5, atol=1e-6)
+  assert_features_close(feats, expected)
   # Different windows of a random video see different frames.
   assert not np.allclose(feats[0], feats[1])
 
@@ -67,7 +68,7 @@ def test_embed_clips_pads_partial_batches_without_changing_results(s3d_embedder)
   all_at_once = s3d_embedder.embed_clips(clips)[VID_REPR]  # Batches of 2, last one padded.
   singles = np.concatenate([s3d_embedder.embed_clips(c[None])[VID_REPR] for c in clips])
   assert all_at_once.shape == (5, 1024)
-  np.testing.assert_allclose(all_at_once, singles, rtol=1e-5, atol=1e-6)
+  assert_features_close(all_at_once, singles)
 
 
 def test_uint8_clips_are_scaled_like_the_protocol(s3d_embedder):
@@ -75,8 +76,8 @@ def test_uint8_clips_are_scaled_like_the_protocol(s3d_embedder):
   float_clips = video.test_clips(frames, **SMALL)
   uint8_clips = np.round(float_clips * 255).astype(np.uint8)
   np.testing.assert_array_equal(uint8_clips.astype(np.float32) / 255, float_clips)
-  np.testing.assert_allclose(s3d_embedder.embed_clips(uint8_clips)[VID_REPR],
-                             s3d_embedder.embed_clips(float_clips)[VID_REPR], rtol=1e-6, atol=1e-7)
+  assert_features_close(s3d_embedder.embed_clips(uint8_clips)[VID_REPR],
+                             s3d_embedder.embed_clips(float_clips)[VID_REPR])
 
 
 def test_joint_space_embeddings(s3d_embedder, s3d_checkpoint):
@@ -84,8 +85,7 @@ def test_joint_space_embeddings(s3d_embedder, s3d_checkpoint):
   out = s3d_embedder.embed_clips(clips, outputs=(VID_REPR, VIDEO_AUDIO, VIDEO_TEXT))
   assert out[VIDEO_AUDIO].shape == (3, 512) and out[VIDEO_TEXT].shape == (3, 256)
   ckpt = checkpoints.load_checkpoint(str(s3d_checkpoint))
-  np.testing.assert_allclose(out[VIDEO_TEXT], _one_clip_at_a_time(ckpt, clips, "s3d", VIDEO_TEXT),
-                             rtol=1e-5, atol=1e-6)
+  assert_features_close(out[VIDEO_TEXT], _one_clip_at_a_time(ckpt, clips, "s3d", VIDEO_TEXT))
 
 
 @pytest.mark.parametrize("backbone", ["tsm_resnet_x1", "tsm_resnet_x2"])
@@ -142,4 +142,4 @@ def test_four_devices_give_the_same_embeddings_as_one(s3d_checkpoint, s3d_embedd
   four = np.load(tmp_path / "four.npy")
   one = s3d_embedder.embed_clips(clips)[VID_REPR]
   assert s3d_embedder.num_devices == 1
-  np.testing.assert_allclose(four, one, rtol=1e-5, atol=1e-6)
+  assert_features_close(four, one)
