@@ -31,8 +31,6 @@ from mmv_core import video
 from mmv_core.embedder import EmbedderConfig, VideoEmbedder, VID_REPR
 from mmv_core.models import mmv
 
-# XLA cost analysis of vid_repr for one 32x224x224 clip (MODEL_SPEC.md).
-SPEC_GFLOPS = {"s3d": 70.0, "tsm_resnet_x1": 254.0, "tsm_resnet_x2": 1000.0}
 
 
 def _timed(fn, repeats: int = 1) -> float:
@@ -92,7 +90,7 @@ def bench_backbone(backbone: str, args, jpegs: list[bytes]) -> dict:
       "model_gflops_per_s": flops * n / model_s / 1e9,
   }
   if args.num_frames == 32 and args.size == 224:
-    result["gflops_per_clip_spec"] = SPEC_GFLOPS[backbone]
+    result["gflops_per_clip_spec"] = mmv.SPEC_GFLOPS[backbone]
   if args.peak_tflops:
     result["model_flop_utilisation"] = flops * n / model_s / (args.peak_tflops * 1e12)
   return result

@@ -58,8 +58,8 @@ NAME_SEPARATOR = ':'
 # At most this many entries of each kind are listed in a validation error.
 MAX_LISTED_PROBLEMS = 20
 
-# Moving-average counter stored in random checkpoints; any positive count
-# makes the debiased `average` equal to `hidden`.
+# Moving-average counter stored in random checkpoints: a plausible count for
+# a trained model (evaluation reads only `average`).
 RANDOM_EMA_COUNTER = 1000
 
 _ZIP_MAGIC = b'PK\x03\x04'

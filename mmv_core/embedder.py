@@ -95,8 +95,10 @@ class VideoEmbedder:
   def num_devices(self) -> int:
     return len(self.devices)
 
-  def embed(self, frames: np.ndarray, num_windows: int = 10, num_frames: int = 32,
-            stride: int = 2, min_resize: int = 224, crop_size: int = 224) -> np.ndarray:
+  def embed(self, frames: np.ndarray, num_windows: int = video.DEFAULT_NUM_TEST_WINDOWS,
+            num_frames: int = video.DEFAULT_NUM_FRAMES, stride: int = video.DEFAULT_STRIDE,
+            min_resize: int = video.DEFAULT_MIN_RESIZE,
+            crop_size: int = video.DEFAULT_CROP_SIZE) -> np.ndarray:
     """`vid_repr` of each test window of one video.
 
     Args:

@@ -60,6 +60,12 @@ def protocol_output_args() -> list[str]:
   return ["-qscale:v", str(JPEG_QSCALE), "-r", str(FRAME_RATE), "-t", MAX_DURATION]
 
 
+def _find_ff(stream: bytes, position: int) -> int:
+  """Index of the next 0xFF byte at or after `position`, or len(stream)."""
+  found = stream.find(b"\xff", position)
+  return len(stream) if found < 0 else found
+
+
 def split_jpeg_stream(stream: bytes) -> list[bytes]:
   """Splits concatenated JPEG images into one bytes object per image.
 
@@ -78,8 +84,7 @@ def split_jpeg_stream(stream: bytes) -> list[bytes]:
       raise EncodeError(f"JPEG stream: no start-of-image marker at byte {start}")
     position = start + 2
     while True:
-      while position < size and stream[position] != 0xFF:
-        position += 1
+      position = _find_ff(stream, position)
       while position < size and stream[position] == 0xFF:  # Fill bytes.
         position += 1
       if position >= size:
@@ -97,10 +102,10 @@ def split_jpeg_stream(stream: bytes) -> list[bytes]:
       if marker == _SOS_MARKER:
         # Entropy-coded data runs to the next marker that is neither a stuffed
         # 0xFF00 nor a restart marker.
-        while position + 1 < size and not (
-            stream[position] == 0xFF and stream[position + 1] != 0x00
-            and stream[position + 1] not in _STANDALONE_MARKERS):
-          position += 1
+        position = _find_ff(stream, position)
+        while position + 1 < size and (stream[position + 1] == 0x00
+                                       or stream[position + 1] in _STANDALONE_MARKERS):
+          position = _find_ff(stream, position + 2)
     frames.append(stream[start:position])
     start = position
   return frames

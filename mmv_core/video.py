@@ -24,6 +24,8 @@ import tensorflow as tf
 DEFAULT_NUM_FRAMES = 32
 DEFAULT_STRIDE = 2
 DEFAULT_NUM_TEST_WINDOWS = 10
+# One random training clip per video per epoch; the original trained 10 epochs.
+DEFAULT_NUM_TRAIN_CLIPS = 10
 DEFAULT_MIN_RESIZE = 224
 DEFAULT_CROP_SIZE = 224
 

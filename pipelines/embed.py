@@ -71,7 +71,7 @@ class EmbedJobConfig:
   stride: int = video.DEFAULT_STRIDE
   min_resize: int = video.DEFAULT_MIN_RESIZE
   crop_size: int = video.DEFAULT_CROP_SIZE
-  num_train_clips: int = 10
+  num_train_clips: int = video.DEFAULT_NUM_TRAIN_CLIPS
   num_test_windows: int = video.DEFAULT_NUM_TEST_WINDOWS
   batch_size: int = 8
   compute_dtype: str = "float32"

@@ -106,8 +106,12 @@ class ListVideos(beam.PTransform):
 
 def read_zip_index(video_zip: str) -> zip_index.ZipIndex:
   """Central directory of the video ZIP, read with ranged reads."""
+  size = sources.size(video_zip)
+  if video_zip == ucf101.VIDEO_ZIP_URL and size != ucf101.VIDEO_ZIP_BYTES:
+    raise zip_index.ZipFormatError(
+        f"{video_zip}: {size} bytes, the pinned mirror has {ucf101.VIDEO_ZIP_BYTES}")
   return zip_index.read_index(lambda start, length: sources.read_range(video_zip, start, length),
-                              sources.size(video_zip), source=video_zip)
+                              size, source=video_zip)
 
 
 def read_zip_index_or_reason(video_zip: str) -> zip_index.ZipIndex | str:

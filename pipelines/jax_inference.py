@@ -1,9 +1,12 @@
 """A RunInference model handler for MMV video embeddings in JAX.
 
 Beam ships no JAX handler. This one loads a `VideoEmbedder` once per worker
-process (its threads share it), feeds it fixed-size batches so XLA compiles
-one program, and lets the embedder split each batch across all local devices.
-Several processes that share one GPU do not each grab 75% of its memory:
+process (its threads share it) or, with `model_copies`, in that many model
+processes per machine that all the SDK processes send their batches to (one
+per GPU keeps the model's memory off the GPU once). Batches have a fixed size,
+so XLA compiles one program, and the embedder splits each across all local
+devices; give a batch size that is a multiple of the devices, or the embedder
+pads. Processes that share a GPU do not each grab 75% of its memory:
 `XLA_PYTHON_CLIENT_PREALLOCATE=false` is set before JAX starts in the worker.
 """
 

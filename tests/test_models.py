@@ -24,7 +24,6 @@ from mmv_core.models import tsm_resnet
 
 _REFERENCE = pathlib.Path(__file__).resolve().parent / "data"
 # XLA cost analysis of vid_repr for one 32x224x224 clip (MODEL_SPEC.md).
-_SPEC_GFLOPS = {"s3d": 70, "tsm_resnet_x1": 254, "tsm_resnet_x2": 1000}
 _SMALL_CLIPS = (2, 8, 32, 32, 3)
 
 
@@ -297,7 +296,7 @@ def test_vid_repr_reads_exactly_the_manifest_leaves(backbone):
 @pytest.mark.parametrize("backbone", mmv.BACKBONES)
 def test_vid_repr_flops_match_spec(backbone):
   gflops = mmv.vid_repr_flops(backbone, num_frames=32, size=224) / 1e9
-  assert gflops == pytest.approx(_SPEC_GFLOPS[backbone], rel=0.03)
+  assert gflops == pytest.approx(mmv.SPEC_GFLOPS[backbone], rel=0.03)
 
 
 def test_init_gives_checkpoint_tree_with_neutral_batch_norm_state():
