@@ -299,14 +299,14 @@ class LinearClassifier:
   svm_c: float
 
   def decision_function(self, features: np.ndarray) -> np.ndarray:
-    """float [N, D] -> float32 [N, K], as `LinearSVC` after the scaler gives it.
+    """float [N, D] -> float64 [N, K], as `LinearSVC` after the scaler gives it.
 
     Computed in float64 like scikit-learn, a block of rows at a time, so no
     standardised or float64 copy of all of `features` is made.
     """
     weights = (self.coef / self.scale).T
     bias = self.intercept - (self.mean / self.scale) @ self.coef.T
-    scores = np.empty((len(features), len(bias)), np.float32)
+    scores = np.empty((len(features), len(bias)), np.float64)
     for start in range(0, len(features), _SCORING_ROWS):
       block = features[start:start + _SCORING_ROWS].astype(np.float64)
       scores[start:start + _SCORING_ROWS] = block @ weights + bias
@@ -371,14 +371,14 @@ def average_by_video(scores: np.ndarray, video: np.ndarray, num_videos: int
     num_videos: V.
 
   Returns:
-    float32 [V, K] means (NaN rows for videos without clips) and int64 [V]
+    float64 [V, K] means (NaN rows for videos without clips) and int64 [V]
     clip counts.
   """
   counts = np.bincount(video, minlength=num_videos)
   sums = np.zeros((num_videos, scores.shape[1]), np.float64)
   np.add.at(sums, video, scores)
   with np.errstate(invalid="ignore", divide="ignore"):
-    return (sums / counts[:, None]).astype(np.float32), counts
+    return sums / counts[:, None], counts
 
 
 def top_k_correct(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:

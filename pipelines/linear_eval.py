@@ -21,12 +21,13 @@ from collections.abc import Sequence
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.options.pipeline_options import SetupOptions
+from apache_beam.options.pipeline_options import SetupOptions, TestOptions
 
 from mmv_core import embedding_schema
 from mmv_core import linear_eval
 from mmv_core import report
 from mmv_core import ucf101
+from pipelines.common import with_local_runner
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,9 +95,23 @@ def parse_flags(argv: Sequence[str]) -> tuple[LinearEvalConfig, PipelineOptions]
       svm_settings=linear_eval.SvmSettings(
           dual=args.svm_dual, tol=args.svm_tol, max_iter=args.svm_max_iter),
       allow_missing=args.allow_missing)
-  options = PipelineOptions(beam_args)
+  options = PipelineOptions(with_local_runner(beam_args))
   options.view_as(SetupOptions).save_main_session = False
   return config, options
+
+
+Inputs = tuple[dict[int, linear_eval.SplitLayout], tuple[str, ...]]
+
+
+def read_inputs(config: LinearEvalConfig) -> Inputs:
+  """The layout of each split (videos, clips per video) and the class names."""
+  lists = ucf101.load_split_lists(config.splits_zip)
+  run_config = embedding_schema.read_run_config(config.embeddings_dir)
+  layouts = {s: linear_eval.SplitLayout.from_lists(
+      lists, s, num_train_clips=run_config[embedding_schema.NUM_TRAIN_CLIPS],
+      num_test_windows=run_config[embedding_schema.NUM_TEST_WINDOWS])
+             for s in config.splits}
+  return layouts, lists.class_names
 
 
 def _load_split(config: LinearEvalConfig, layout: linear_eval.SplitLayout):
@@ -112,14 +127,14 @@ def _load_split(config: LinearEvalConfig, layout: linear_eval.SplitLayout):
 class ScoreC(beam.DoFn):
   """(split, C) -> (split, (C, held-out top-1, seconds taken))."""
 
-  def __init__(self, config: LinearEvalConfig, layouts: dict[int, linear_eval.SplitLayout]):
+  def __init__(self, config: LinearEvalConfig):
     self._config = config
-    self._layouts = layouts
 
-  def process(self, task):
+  def process(self, task, inputs: Inputs):
     split, svm_c = task
+    layouts, _ = inputs
     start = time.perf_counter()
-    features, _, _ = _load_split(self._config, self._layouts[split])
+    features, _, _ = _load_split(self._config, layouts[split])
     score = linear_eval.validation_top1(features, svm_c, self._config.svm_settings)
     logging.info("split %d, C=%g: held-out top-1 %.4f", split, svm_c, score)
     yield split, (svm_c, score, time.perf_counter() - start)
@@ -128,17 +143,17 @@ class ScoreC(beam.DoFn):
 class EvaluateSplit(beam.DoFn):
   """(split, [(C, held-out top-1, seconds)]) -> SplitResult; saves the classifier."""
 
-  def __init__(self, config: LinearEvalConfig, layouts: dict[int, linear_eval.SplitLayout]):
+  def __init__(self, config: LinearEvalConfig):
     self._config = config
-    self._layouts = layouts
 
-  def process(self, task):
+  def process(self, task, inputs: Inputs):
     split, sweep = task
+    layouts, _ = inputs
     sweep = list(sweep)
     validation_scores = {svm_c: score for svm_c, score, _ in sweep}
     svm_c = (linear_eval.choose_c(validation_scores) if validation_scores
              else self._config.svm_cs[0])
-    features, check, load_seconds = _load_split(self._config, self._layouts[split])
+    features, check, load_seconds = _load_split(self._config, layouts[split])
     result = linear_eval.evaluate_split(
         features, check, svm_c, self._config.svm_settings,
         validation_scores=validation_scores, load_seconds=load_seconds,
@@ -150,8 +165,9 @@ class EvaluateSplit(beam.DoFn):
 
 
 def write_outputs(results: Sequence[linear_eval.SplitResult], config: LinearEvalConfig,
-                  class_names: Sequence[str]) -> None:
+                  inputs: Inputs) -> None:
   """metrics.json, per-class CSV, confusion PNGs and report.md in --output_dir."""
+  _, class_names = inputs
   out = config.output_dir.rstrip("/")
   summary = linear_eval.summarise(results) | {"settings": config.to_json()}
   per_split = {r.split: (r.per_class_accuracy, r.per_class_videos) for r in results}
@@ -169,36 +185,41 @@ def write_outputs(results: Sequence[linear_eval.SplitResult], config: LinearEval
   report.write_bytes(f"{out}/{report.REPORT_FILE}", markdown.encode())
 
 
-def build_pipeline(pipeline: beam.Pipeline, config: LinearEvalConfig,
-                   layouts: dict[int, linear_eval.SplitLayout],
-                   class_names: Sequence[str]) -> None:
-  """Adds the evaluation to `pipeline`; `layouts` holds one entry per split."""
+def build_pipeline(pipeline: beam.Pipeline, config: LinearEvalConfig) -> None:
+  """Adds the evaluation to `pipeline`.
+
+  The split lists and run.json are read by a worker, so that the job can be
+  built where they cannot be read (a dry run).
+  """
+  inputs = beam.pvalue.AsSingleton(
+      pipeline | "Config" >> beam.Create([config]) | "ReadInputs" >> beam.Map(read_inputs))
   if len(config.svm_cs) > 1:
     sweep = (pipeline
              | "SweepTasks" >> beam.Create([(s, c) for s in config.splits for c in config.svm_cs])
              | "SpreadSweep" >> beam.Reshuffle()
-             | "ScoreC" >> beam.ParDo(ScoreC(config, layouts))
+             | "ScoreC" >> beam.ParDo(ScoreC(config), inputs)
              | "GatherScores" >> beam.GroupByKey())
   else:
     sweep = pipeline | "SplitTasks" >> beam.Create([(s, []) for s in config.splits])
   _ = (sweep
        | "SpreadSplits" >> beam.Reshuffle()
-       | "EvaluateSplit" >> beam.ParDo(EvaluateSplit(config, layouts))
+       | "EvaluateSplit" >> beam.ParDo(EvaluateSplit(config), inputs)
        | "AllSplits" >> beam.combiners.ToList()
-       | "WriteOutputs" >> beam.Map(write_outputs, config, class_names))
+       | "WriteOutputs" >> beam.Map(write_outputs, config, inputs))
+
+
+def run(argv: Sequence[str] | None = None) -> beam.runners.runner.PipelineResult:
+  """Builds and runs the job; returns Beam's result (finished unless the runner is async)."""
+  config, options = parse_flags(argv)
+  if not options.view_as(TestOptions).dry_run:
+    read_inputs(config)  # A bad split list or run.json fails here, before any work.
+  pipeline = beam.Pipeline(options=options)
+  build_pipeline(pipeline, config)
+  return pipeline.run()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  config, options = parse_flags(argv)
-  # Read once at launch so a bad split list or run.json fails before any work.
-  lists = ucf101.load_split_lists(config.splits_zip)
-  run_config = embedding_schema.read_run_config(config.embeddings_dir)
-  layouts = {s: linear_eval.SplitLayout.from_lists(
-      lists, s, num_train_clips=run_config[embedding_schema.NUM_TRAIN_CLIPS],
-      num_test_windows=run_config[embedding_schema.NUM_TEST_WINDOWS])
-             for s in config.splits}
-  with beam.Pipeline(options=options) as pipeline:
-    build_pipeline(pipeline, config, layouts, lists.class_names)
+  run(argv).wait_until_finish()
 
 
 if __name__ == "__main__":

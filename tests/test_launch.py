@@ -64,9 +64,12 @@ def test_tpu_job_runs_on_tpu_workers_with_one_process_per_vm():
 
 
 def test_linear_eval_job_reads_the_embedding_jobs_output():
-  job = dataflow.main(["linear_eval", *COMMON, "--image", "img:cpu", "--backbone", "s3d"]).job
-  options = job.options.get_all_options(retain_unknown_options=True)
-  assert options["embeddings_dir"] == "gs://my-mmv-bucket/embeddings/s3d"
+  argv = ["linear_eval", *COMMON, "--image", "img:cpu", "--backbone", "s3d"]
+  job_flags = dataflow.linear_eval_argv(*dataflow.parse_args(argv))
+  assert "--embeddings_dir=gs://my-mmv-bucket/embeddings/s3d" in job_flags
+  assert "--output_dir=gs://my-mmv-bucket/linear_eval/s3d" in job_flags
+  job = dataflow.main(argv).job  # Built offline: the split lists and run.json are not read.
+  assert job.proto.name == "mmv-linear-eval-s3d"
   assert _environment(job).proto.worker_pools[0].machine_type == "n2-highmem-8"
 
 
