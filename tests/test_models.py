@@ -234,6 +234,53 @@ def test_s3d_stem_unit_matches_numpy():
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def _np_self_gating(x, params, module):
+  w = np.asarray(params[f"{module}/self_gating"]["w"], np.float64)
+  b = np.asarray(params[f"{module}/self_gating"]["b"], np.float64)
+  logits = x.mean(axis=(1, 2, 3)) @ w + b
+  return x / (1 + np.exp(-logits))[:, None, None, None, :]
+
+
+def _np_max_pool_same(x, window):
+  """Stride-1 SAME max pool of [B, T, H, W, C] over `window` (T, H, W)."""
+  pads = [(0, 0)] + [((k - 1) // 2, k - 1 - (k - 1) // 2) for k in window] + [(0, 0)]
+  xp = np.pad(x, pads, constant_values=-np.inf)
+  out = np.full(x.shape, -np.inf)
+  for offset in itertools.product(*[range(k) for k in window]):
+    out = np.maximum(out, xp[(slice(None),) + tuple(
+        slice(d, d + n) for d, n in zip(offset, x.shape[1:4]))])
+  return out
+
+
+def test_s3d_inception_block_matches_numpy():
+  """Branch structure, separable order, gating, pooling and concatenation order."""
+  channels = (3, 4, 5, 2, 3, 4)
+  x = np.random.default_rng(13).standard_normal((1, 4, 5, 5, 6)).astype(np.float32)
+  norm = normalization.make_normalize_fn()
+  got, params, state = _run_block(
+      lambda v: s3d._InceptionBlock(channels, norm, name="mix")(v, False), x, seed=14)
+
+  def unit(v, module, gated, separable=False):
+    convs = ["conv3_d", "conv3_d_1"] if separable else ["conv3_d"]
+    for i, conv in enumerate(convs):
+      bn = f"mix/{module}/{normalization.MODULE_NAME}{'_1' if i else ''}"
+      v = _np_conv(v, np.asarray(params[f"mix/{module}/~/{conv}"]["w"], np.float64), (1, 1, 1))
+      v = np.maximum(_np_batch_norm_eval(v, *_bn_args(params, state, bn)), 0)
+    return _np_self_gating(v, params, f"mix/{module}") if gated else v
+
+  want = np.concatenate([
+      unit(x, "Branch_0_Conv2d_0a_1x1", gated=True),
+      unit(unit(x, "Branch_1_Conv2d_0a_1x1", gated=False),
+           "Branch_1_Conv2d_0b_3x3", gated=True, separable=True),
+      unit(unit(x, "Branch_2_Conv2d_0a_1x1", gated=False),
+           "Branch_2_Conv2d_0b_3x3", gated=True, separable=True),
+      unit(_np_max_pool_same(x.astype(np.float64), (3, 3, 3)), "Branch_3_Conv2d_0b_1x1",
+           gated=True),
+  ], axis=-1)
+  assert got.shape == (1, 4, 5, 5, channels[0] + channels[2] + channels[4] + channels[5])
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
 def test_tsm_first_block_matches_numpy():
   num_frames, channels, stride = 3, 32, 2
   x = np.random.default_rng(11).standard_normal((2 * num_frames, 6, 6, 16)).astype(np.float32)
