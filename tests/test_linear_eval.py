@@ -322,3 +322,19 @@ def test_c_sweep_picks_the_c_the_data_needs(tmp_path, split_zip):
   assert set(got["validation_top1"]) == {repr(c) for c in sweep}
   assert got["test_top1"] == pytest.approx(test_top1[best_on_test])
   assert f"C chosen {best_on_test:g}" in (tmp_path / "out" / report.REPORT_FILE).read_text()
+
+
+def test_classes_fitted_in_parallel_equal_liblinears_own_one_vs_rest():
+  rng = np.random.default_rng(5)
+  labels = rng.integers(0, 4, 400)
+  features = (rng.standard_normal((400, 12)) + labels[:, None] * 0.3).astype(np.float32)
+  settings = linear_eval.DEFAULT_SVM_SETTINGS
+  one = linear_eval.fit_classifier(features, labels, 5, 0.01, settings, threads=1)
+  three = linear_eval.fit_classifier(features, labels, 5, 0.01, settings, threads=3)
+  np.testing.assert_array_equal(one.coef, three.coef)
+  scaler = preprocessing.StandardScaler().fit(features)
+  standardised = (features.astype(np.float64) - scaler.mean_) / scaler.scale_
+  reference = svm.LinearSVC(C=0.01, dual=settings.dual, tol=settings.tol).fit(standardised, labels)
+  np.testing.assert_allclose(three.coef[:4], reference.coef_, rtol=1e-9, atol=1e-12)
+  np.testing.assert_allclose(three.intercept[:4], reference.intercept_, rtol=1e-9, atol=1e-12)
+  assert three.intercept[4] == -np.inf  # Class 4 has no training clips.
