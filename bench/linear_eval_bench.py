@@ -27,6 +27,7 @@ from mmv_core import linear_eval
 
 SETTINGS = {
     "original": linear_eval.ORIGINAL_SVM_SETTINGS,
+    "ours": linear_eval.DEFAULT_SVM_SETTINGS,
     "sklearn_1_9_default": linear_eval.SvmSettings(dual="auto", tol=1e-4),
     "primal_tol1e-3": linear_eval.SvmSettings(dual=False, tol=1e-3),
     "dual_tol1e-3": linear_eval.SvmSettings(dual=True, tol=1e-3),
@@ -65,17 +66,19 @@ def make_data(size: Size):
   return train_features, train_labels[train_video], test_features, test_video, test_labels
 
 
-def run_one(size: Size, settings: linear_eval.SvmSettings, svm_c: float) -> dict:
+def run_one(size: Size, settings: linear_eval.SvmSettings, svm_c: float,
+            threads: int | None) -> dict:
   """Fits in this (fresh) process; returns time, accuracy and peak memory."""
   train_features, train_labels, test_features, test_video, test_labels = make_data(size)
   rss_before_fit = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   start = time.perf_counter()
+  threads = threads or linear_eval.fit_threads(train_features.size)
   classifier = linear_eval.fit_classifier(train_features, train_labels, size.num_classes,
-                                          svm_c, settings)
+                                          svm_c, settings, threads=threads)
   fit_seconds = time.perf_counter() - start
   scores, _ = linear_eval.average_by_video(classifier.decision_function(test_features),
                                            test_video, size.test_videos)
-  return {"fit_seconds": round(fit_seconds, 1),
+  return {"fit_seconds": round(fit_seconds, 1), "threads": threads,
           "test_top1": linear_eval.accuracy(scores, test_labels, 1),
           "test_top5": linear_eval.accuracy(scores, test_labels, 5),
           "rss_before_fit_gb": round(rss_before_fit / 2**20, 2),
@@ -94,6 +97,8 @@ def main() -> None:
   parser.add_argument("--svm_c", type=float, default=linear_eval.DEFAULT_SVM_C)
   parser.add_argument("--settings", default=",".join(SETTINGS),
                       help=f"Comma-separated, from {sorted(SETTINGS)}.")
+  parser.add_argument("--threads", type=int, default=None,
+                      help="classes fitted at once (default: as cores and memory allow)")
   parser.add_argument("--output", default="bench/results/linear_eval.json")
   args = parser.parse_args()
   size = Size(args.train_videos, args.test_videos, args.clips_per_video, args.dim,
@@ -102,7 +107,7 @@ def main() -> None:
   for name in args.settings.split(","):
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-      run = pool.submit(run_one, size, SETTINGS[name], args.svm_c).result()
+      run = pool.submit(run_one, size, SETTINGS[name], args.svm_c, args.threads).result()
     results["runs"][name] = run | {"settings": dataclasses.asdict(SETTINGS[name])}
     print(name, json.dumps(run), flush=True)
   output = pathlib.Path(args.output)
