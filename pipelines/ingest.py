@@ -384,4 +384,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, int]:
 
 if __name__ == "__main__":
   logging.getLogger().setLevel(logging.INFO)
-  main()
+  # Run the imported module, not __main__, so that workers in other processes
+  # can unpickle this module's classes by their real name.
+  from pipelines import ingest
+  ingest.main()

@@ -224,4 +224,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
   logging.getLogger().setLevel(logging.INFO)
-  main()
+  # Run the imported module, not __main__, so that workers in other processes
+  # can unpickle this module's classes by their real name.
+  from pipelines import linear_eval
+  linear_eval.main()

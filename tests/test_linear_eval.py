@@ -8,6 +8,8 @@ videos are groups 2N-1 and 2N, as the official splits hold out whole groups.
 import io
 import json
 import pathlib
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -178,9 +180,13 @@ def test_job_metrics_equal_the_protocol_computed_by_hand(tmp_path, split_zip):
 
 
 def test_separable_classes_score_perfectly_and_saved_classifier_reproduces(tmp_path, split_zip):
+  """Also runs the job as users do: its command line, on the default multi-process runner."""
   clips = make_clips(1, signal=10.0, clip_noise=0.1)
   embeddings = write_embeddings(tmp_path / "emb", clips)
-  metrics = run_job(tmp_path, split_zip, embeddings, "--splits=2")
+  subprocess.run([sys.executable, "-m", "pipelines.linear_eval", f"--embeddings_dir={embeddings}",
+                  f"--output_dir={tmp_path / 'out'}", f"--splits_zip={split_zip}", "--splits=2"],
+                 cwd=pathlib.Path(__file__).resolve().parents[1], check=True, capture_output=True)
+  metrics = json.loads((tmp_path / "out" / report.METRICS_FILE).read_text())
 
   assert list(metrics["splits"]) == ["2"]
   assert metrics["splits"]["2"]["test_top1"] == 1.0
