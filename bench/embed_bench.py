@@ -28,7 +28,7 @@ from mmv_core import checkpoints
 from mmv_core import encode
 from mmv_core import synthetic
 from mmv_core import video
-from mmv_core.embedder import EmbedderConfig, VideoEmbedder, VID_REPR
+from mmv_core.embedder import EmbedderConfig, VideoEmbedder
 from mmv_core.models import mmv
 
 

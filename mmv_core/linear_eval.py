@@ -374,7 +374,6 @@ def fit_classifier(features: np.ndarray, labels: np.ndarray, num_classes: int,
   threads = threads or fit_threads(standardised.size)
   with futures.ThreadPoolExecutor(threads) as pool:
     fitted = list(pool.map(fit_one_vs_rest, present))
-  del standardised
   coef = np.zeros((num_classes, features.shape[1]))
   intercept = np.full(num_classes, -np.inf)  # Classes without training clips never win.
   coef[present] = [w for w, _ in fitted]

@@ -5,7 +5,6 @@ groups, one video per (class, group), 16-dim features. In split N the test
 videos are groups 2N-1 and 2N, as the official splits hold out whole groups.
 """
 
-import io
 import json
 import pathlib
 import subprocess
