@@ -197,3 +197,11 @@ def test_an_incomplete_or_broken_video_is_one_failure_and_no_examples(clips, fai
     assert isinstance(result, list) and len(result) == 5
   else:
     assert isinstance(result, dict) and result["video_id"] == "v" and reason in result["reason"]
+
+
+def test_a_failed_inference_batch_fails_each_of_its_videos_once():
+  batch = [(key, np.zeros((4, 32, 32, 3), np.uint8))
+           for key, _ in _clips("v_a", 2, 0) + _clips("v_b", 1, 1)]
+  failures = list(embed.inference_failures((batch, (MemoryError, "out of memory", []))))
+  assert [(f["video_id"], f["stage"]) for f in failures] == [("v_a", "embed"), ("v_b", "embed")]
+  assert all(f["reason"] == "MemoryError: out of memory" for f in failures)
