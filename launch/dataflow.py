@@ -86,7 +86,10 @@ def linear_eval_argv(args: argparse.Namespace, extra: Sequence[str]) -> list[str
   return [
       *dataflow_options(args.project, args.region, args.bucket, args.image,
                         f"mmv-linear-eval-{args.backbone.replace('_', '-')}", args.dry_run),
-      "--machine_type=n2-highmem-8",
+      # One (split, C) task per VM at a time: the task fits its classes on
+      # threads over all cores, each thread with a copy of the split in memory.
+      "--machine_type=n2-highmem-8", "--experiments=no_use_multiple_sdk_containers",
+      "--number_of_worker_harness_threads=1",
       f"--embeddings_dir={args.bucket}/embeddings/{args.backbone}",
       f"--output_dir={args.bucket}/linear_eval/{args.backbone}", *extra]
 
