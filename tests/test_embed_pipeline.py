@@ -16,12 +16,14 @@ import tensorflow as tf
 
 from mmv_core import checkpoints
 from mmv_core import embedding_schema as schema
+from mmv_core import linear_eval as linear_eval_lib
 from mmv_core import synthetic
 from mmv_core import video
 from mmv_core import video_cache
 from mmv_core.embedder import EmbedderConfig, VideoEmbedder, VID_REPR
 from mmv_core.models import mmv
 from pipelines import embed
+from pipelines import linear_eval
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CLIPS = dict(num_frames=4, stride=2, min_resize=32, crop_size=32)
@@ -205,3 +207,20 @@ def test_a_failed_inference_batch_fails_each_of_its_videos_once():
   failures = list(embed.inference_failures((batch, (MemoryError, "out of memory", []))))
   assert [(f["video_id"], f["stage"]) for f in failures] == [("v_a", "embed"), ("v_b", "embed")]
   assert all(f["reason"] == "MemoryError: out of memory" for f in failures)
+
+
+def test_linear_evaluation_of_the_jobs_output_reports_all_splits_and_the_missing_video(
+    dataset, job_output):
+  data, bad_id = dataset
+  eval_dir = job_output / "linear_eval"
+  flags = [f"--embeddings_dir={job_output / 'out'}", f"--output_dir={eval_dir}",
+           f"--splits_zip={data.splits_zip}", *IN_PROCESS]
+  with pytest.raises(linear_eval_lib.IncompleteSplitError, match=bad_id):
+    linear_eval.main(flags)  # The bad video is listed in the splits but has no embeddings.
+  linear_eval.main([*flags, "--allow_missing"])
+  metrics = json.loads((eval_dir / "metrics.json").read_text())
+  assert sorted(metrics["splits"]) == ["1", "2", "3"]
+  assert all(metrics["splits"][s]["input_check"]["missing_videos"] in ([], [bad_id])
+             for s in "123")
+  report = (eval_dir / "report.md").read_text()
+  assert bad_id in report and "confusion_split3.png" in report
