@@ -73,8 +73,8 @@ class EmbedJobConfig:
   crop_size: int = video.DEFAULT_CROP_SIZE
   num_train_clips: int = video.DEFAULT_NUM_TRAIN_CLIPS
   num_test_windows: int = video.DEFAULT_NUM_TEST_WINDOWS
-  batch_size: int = 8
-  compute_dtype: str = "float32"
+  batch_size: int = EmbedderConfig.batch_size
+  compute_dtype: str = EmbedderConfig.compute_dtype
   joint_embeddings: bool = False
   seed: int = 0
   classes: tuple[str, ...] = ()
