@@ -39,14 +39,11 @@ import dill
 import numpy as np
 
 from mmv_core import sources
+from mmv_core.models import mmv
 
 PARAMS = 'params'
 STATE = 'state'
 COLLECTIONS = (PARAMS, STATE)
-
-# Checked in this order: the first tag found in the file name wins, so that
-# `tsm_resnet_x2` is never mistaken for a shorter tag.
-BACKBONES = ('tsm_resnet_x2', 'tsm_resnet_x1', 's3d')
 
 # Module path of haiku's containers in pickles written by haiku 0.0.1-0.0.3.
 HAIKU_DATA_STRUCTURES = 'haiku._src.data_structures'
@@ -342,14 +339,16 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
 
 
 def infer_backbone(path: str | os.PathLike[str]) -> str:
-  """One of `BACKBONES`, read from the checkpoint's file name."""
+  """One of `mmv.BACKBONES`, read from the checkpoint's file name."""
   file_name = os.path.basename(os.fspath(path)).lower()
-  for backbone in BACKBONES:
+  # A name holding several tags takes the last in `mmv.BACKBONES`, the
+  # largest model.
+  for backbone in reversed(mmv.BACKBONES):
     if backbone in file_name:
       return backbone
   raise CheckpointError(
       f'{path}: cannot infer the visual backbone: the file name contains none '
-      f'of {", ".join(BACKBONES)}')
+      f'of {", ".join(mmv.BACKBONES)}')
 
 
 # ---------------------------------------------------------------------------
@@ -550,8 +549,6 @@ def write_random_checkpoint(path: str | os.PathLike[str],
 def _expected_trees(backbone: str, manifest: str | None):
   if manifest:
     return manifest_shapes(manifest)
-  # The model (and with it jax and haiku) is only needed without a manifest.
-  from mmv_core.models import mmv  # pylint: disable=g-import-not-at-top
   return mmv.param_shapes(backbone)
 
 
@@ -559,7 +556,7 @@ def _describe_checkpoint(checkpoint: Checkpoint) -> list[str]:
   try:
     backbone = infer_backbone(checkpoint.path)
   except CheckpointError:
-    backbone = 'unknown (file name names none of ' + ', '.join(BACKBONES) + ')'
+    backbone = 'unknown (file name names none of ' + ', '.join(mmv.BACKBONES) + ')'
   lines = [f'path: {checkpoint.path}', f'sha256: {checkpoint.sha256}',
            f'backbone: {backbone}']
   for collection, tree in zip(COLLECTIONS, (checkpoint.params,
@@ -578,7 +575,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   convert.add_argument('source')
   convert.add_argument('destination')
   random_ = commands.add_parser('random', help='write a random checkpoint')
-  random_.add_argument('--backbone', choices=BACKBONES, required=True)
+  random_.add_argument('--backbone', choices=mmv.BACKBONES, required=True)
   random_.add_argument('--manifest', help='param_manifest_<config>.json to use '
                        'instead of building the model')
   random_.add_argument('--seed', type=int, default=0)

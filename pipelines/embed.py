@@ -226,7 +226,8 @@ class AssembleVideoFn(beam.DoFn):
       return
     counter("videos_embedded").inc()
     counter("clips_embedded").inc(len(result))
-    clip_types = [key.clip_type for key, _ in parts["clips"]]
+    clip_types = [clip_type for clip_type, _ in {(key.clip_type, key.clip_index)
+                                                 for key, _ in parts["clips"]}]
     yield beam.pvalue.TaggedOutput(WRITTEN, (clip_types.count(schema.CLIP_TYPE_TRAIN),
                                              clip_types.count(schema.CLIP_TYPE_TEST)))
     yield from result
