@@ -30,35 +30,64 @@ from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 import numpy as np
+import psutil
 from sklearn import model_selection
 from sklearn import preprocessing
 from sklearn import svm
 
 from mmv_core import embedding_schema as schema
+from mmv_core import svm_solver
 from mmv_core import ucf101
 
 DEFAULT_SVM_C = 0.001
 VALIDATION_FRACTION = 0.2
 VALIDATION_SEED = 0
-_SCORING_ROWS = 8192
+# Rows standardised or scored at a time: bounds the temporary copies.
+_BLOCK_ROWS = 8192
 # liblinear's copy of the training data: an int index and a double per value.
 _LIBLINEAR_BYTES_PER_VALUE = 16
 
 
+SOLVER_NEWTON = "newton"
+SOLVER_LIBLINEAR = "liblinear"
+SOLVERS = (SOLVER_NEWTON, SOLVER_LIBLINEAR)
+
+
 @dataclasses.dataclass(frozen=True)
 class SvmSettings:
-  """The LinearSVC solver settings other than C (see bench/README.md)."""
-  dual: bool | str = True
+  """How the one-vs-rest linear SVMs are fitted (see bench/README.md).
+
+  Attributes:
+    solver: `newton`, every class at once by Newton's method on matrix
+      products (`mmv_core.svm_solver`), or `liblinear`, scikit-learn's
+      LinearSVC, one class at a time. Both minimise the same objective.
+    tol: newton: a class stops when its gradient norm is `tol` times its
+      gradient norm at zero; liblinear: LinearSVC's `tol`.
+    max_iter: Newton iterations, or LinearSVC's `max_iter`.
+    dual: LinearSVC's `dual` (liblinear only).
+  """
+  solver: str = SOLVER_NEWTON
   tol: float = 1e-4
   max_iter: int = 1000
+  dual: bool | str = True
+
+
+# Newton at 10x liblinear's default tolerance: objectives within 1e-6 of
+# liblinear's run to 1e-8 (tests/test_svm_solver.py) for about one more
+# Newton iteration; float32 products still resolve it at full size.
+NEWTON_TOL = 1e-5
 
 
 # `LinearSVC(C=0.001)` as the original evaluation ran it (scikit-learn of
 # 2020, when the default solver was the dual one; 1.9's default is "auto").
-ORIGINAL_SVM_SETTINGS = SvmSettings(dual=True, tol=1e-4, max_iter=1000)
-# The primal solver: same accuracy, about 1.6x faster with many more clips
-# than features (bench/README.md); a looser tol gained nothing.
-DEFAULT_SVM_SETTINGS = SvmSettings(dual=False, tol=1e-4, max_iter=1000)
+ORIGINAL_SVM_SETTINGS = SvmSettings(solver=SOLVER_LIBLINEAR, dual=True, tol=1e-4, max_iter=1000)
+# The same optimum by matrix products (bench/README.md: same predictions,
+# tens of times faster).
+DEFAULT_SVM_SETTINGS = SvmSettings(tol=NEWTON_TOL)
+
+
+class NotConvergedError(RuntimeError):
+  """The Newton solver stopped before its tolerance; no result is reported."""
 
 
 class IncompleteSplitError(ValueError):
@@ -296,26 +325,44 @@ class LinearClassifier:
     coef: float64 [K, D], one row per class of `class_names`.
     intercept: float64 [K]; -inf for a class absent from the training clips.
     svm_c: the SVM's C.
+    iterations: int64 [K], Newton iterations per class (0 for an absent
+      class); None from liblinear.
+    relative_gradient_norm: float64 [K], each class's final gradient norm
+      over its norm at zero (NaN for an absent class); None from liblinear.
   """
   mean: np.ndarray
   scale: np.ndarray
   coef: np.ndarray
   intercept: np.ndarray
   svm_c: float
+  iterations: np.ndarray | None = None
+  relative_gradient_norm: np.ndarray | None = None
 
-  def decision_function(self, features: np.ndarray) -> np.ndarray:
-    """float [N, D] -> float64 [N, K], as `LinearSVC` after the scaler gives it.
+  def decision_function(self, features: np.ndarray,
+                        rows: np.ndarray | None = None) -> np.ndarray:
+    """float [N, D] -> float64 [n, K], as `LinearSVC` after the scaler gives it.
 
-    Computed in float64 like scikit-learn, a block of rows at a time, so no
-    standardised or float64 copy of all of `features` is made.
+    `rows` (int [n]) scores only those rows (default all). Computed in
+    float64 like scikit-learn, a block of rows at a time, so no standardised,
+    float64 or gathered copy of all of `features` is made.
     """
     weights = (self.coef / self.scale).T
     bias = self.intercept - (self.mean / self.scale) @ self.coef.T
-    scores = np.empty((len(features), len(bias)), np.float64)
-    for start in range(0, len(features), _SCORING_ROWS):
-      block = features[start:start + _SCORING_ROWS].astype(np.float64)
-      scores[start:start + _SCORING_ROWS] = block @ weights + bias
+    rows = np.arange(len(features)) if rows is None else rows
+    scores = np.empty((len(rows), len(bias)), np.float64)
+    for start in range(0, len(rows), _BLOCK_ROWS):
+      block = features[rows[start:start + _BLOCK_ROWS]].astype(np.float64)
+      scores[start:start + _BLOCK_ROWS] = block @ weights + bias
     return scores
+
+  def convergence(self) -> dict[str, Any] | None:
+    """JSON-ready iterations and relative gradient norms per class (None: absent class)."""
+    if self.iterations is None:
+      return None
+    present = np.isfinite(self.intercept)
+    return {"iterations": [int(n) if p else None for n, p in zip(self.iterations, present)],
+            "relative_gradient_norm": [float(g) if p else None for g, p in
+                                       zip(self.relative_gradient_norm, present)]}
 
   def save(self, path: str) -> None:
     """Writes an `.npz` (no pickle) to a local path or gs://."""
@@ -334,32 +381,45 @@ class LinearClassifier:
 
 
 def fit_threads(num_values: int) -> int:
-  """Concurrent class fits that the cores and the available memory allow."""
-  with open("/proc/meminfo") as f:
-    available_kb = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable"))
-  by_memory = int(available_kb * 1024 * 0.8) // (_LIBLINEAR_BYTES_PER_VALUE * num_values)
+  """Concurrent liblinear class fits that the cores and the available memory allow."""
+  by_memory = int(psutil.virtual_memory().available * 0.8) // (
+      _LIBLINEAR_BYTES_PER_VALUE * num_values)
   return max(1, min(os.cpu_count() or 1, by_memory))
 
 
-def fit_classifier(features: np.ndarray, labels: np.ndarray, num_classes: int,
-                   svm_c: float, settings: SvmSettings = DEFAULT_SVM_SETTINGS,
-                   threads: int | None = None) -> LinearClassifier:
-  """`StandardScaler` then one-vs-rest `LinearSVC` on every given clip.
+def _row_blocks(rows: np.ndarray) -> Iterable[tuple[slice, np.ndarray]]:
+  """(slice of `rows`, the row indices in it), `_BLOCK_ROWS` at a time."""
+  for start in range(0, len(rows), _BLOCK_ROWS):
+    yield slice(start, start + _BLOCK_ROWS), rows[start:start + _BLOCK_ROWS]
 
-  Args:
-    features: float32 [N, D].
-    labels: int [N], in [0, num_classes).
-    num_classes: K, the number of classes of the split lists.
-    svm_c: the SVM's C.
-    settings: solver settings other than C.
-    threads: classes fitted at once; default `fit_threads`.
+
+def standardise(features: np.ndarray, rows: np.ndarray
+                ) -> tuple[preprocessing.StandardScaler, np.ndarray]:
+  """`StandardScaler` fitted on `features[rows]`, and those rows standardised.
+
+  Gathers and scales a block of rows at a time, so memory is the float32
+  result ([n, D]) and no float64 or gathered copy of all of it.
   """
+  scaler = preprocessing.StandardScaler()
+  for _, block in _row_blocks(rows):
+    scaler.partial_fit(features[block])
+  standardised = np.empty((len(rows), features.shape[1]), np.float32)
+  scale = scaler.scale_.astype(np.float32)
+  for out, block in _row_blocks(rows):
+    np.subtract(features[block], scaler.mean_, out=standardised[out], casting="same_kind")
+    standardised[out] /= scale
+  return scaler, standardised
+
+
+def _fit_liblinear(features: np.ndarray, labels: np.ndarray, present: np.ndarray,
+                   svm_c: float, settings: SvmSettings, threads: int | None
+                   ) -> tuple[preprocessing.StandardScaler, np.ndarray, np.ndarray]:
+  """LinearSVC per present class; (scaler, coef [k, D], intercept [k])."""
   scaler = preprocessing.StandardScaler().fit(features)
   # LinearSVC fits in float64 anyway; standardising straight into float64
   # avoids a third copy of the features.
   standardised = np.subtract(features, scaler.mean_, dtype=np.float64)
   standardised /= scaler.scale_
-  present = np.unique(labels)
 
   def fit_one_vs_rest(k: int) -> tuple[np.ndarray, float]:
     # The same binary problem liblinear solves for class k in its own
@@ -374,12 +434,80 @@ def fit_classifier(features: np.ndarray, labels: np.ndarray, num_classes: int,
   threads = threads or fit_threads(standardised.size)
   with futures.ThreadPoolExecutor(threads) as pool:
     fitted = list(pool.map(fit_one_vs_rest, present))
-  coef = np.zeros((num_classes, features.shape[1]))
-  intercept = np.full(num_classes, -np.inf)  # Classes without training clips never win.
-  coef[present] = [w for w, _ in fitted]
-  intercept[present] = [b for _, b in fitted]
-  return LinearClassifier(mean=scaler.mean_, scale=scaler.scale_, coef=coef,
-                          intercept=intercept, svm_c=svm_c)
+  return scaler, np.array([w for w, _ in fitted]), np.array([b for _, b in fitted])
+
+
+def fit_classifiers(features: np.ndarray, labels: np.ndarray, num_classes: int,
+                    svm_cs: Sequence[float], settings: SvmSettings = DEFAULT_SVM_SETTINGS,
+                    *, rows: np.ndarray | None = None,
+                    threads: int | None = None) -> list[LinearClassifier]:
+  """`StandardScaler` then one-vs-rest linear SVMs, for each C.
+
+  With the newton solver the features are standardised, and their Gram
+  matrix computed, once for all C values, so a sweep costs far less than
+  separate fits.
+
+  Args:
+    features: float32 [N, D].
+    labels: int [n], the labels of `rows`, in [0, num_classes).
+    num_classes: K, the number of classes of the split lists.
+    svm_cs: the SVM's C values.
+    settings: the solver and its stopping rules.
+    rows: int [n], the training rows of `features` (default all).
+    threads: liblinear only: classes fitted at once; default `fit_threads`.
+
+  Returns:
+    One classifier per C, in `svm_cs`' order.
+
+  Raises:
+    NotConvergedError: a class did not reach the newton solver's tolerance.
+  """
+  rows = np.arange(len(features)) if rows is None else np.asarray(rows)
+  present = np.unique(labels)
+  classifiers = []
+  if settings.solver == SOLVER_LIBLINEAR:
+    for svm_c in svm_cs:
+      scaler, coef, intercept = _fit_liblinear(
+          features[rows], labels, present, svm_c, settings, threads)
+      classifiers.append(_classifier(scaler, num_classes, present, coef, intercept, svm_c))
+    return classifiers
+  scaler, standardised = standardise(features, rows)
+  gram_matrix = svm_solver.gram(standardised)
+  solver_settings = svm_solver.SolverSettings(tol=settings.tol, max_iter=settings.max_iter)
+  for svm_c in svm_cs:
+    fit = svm_solver.solve(standardised, labels, present, svm_c, gram_matrix=gram_matrix,
+                           settings=solver_settings)
+    if not fit.converged.all():
+      raise NotConvergedError(
+          f"C={svm_c:g}: {int((~fit.converged).sum())} of {len(present)} classes did not "
+          f"converge in {settings.max_iter} Newton iterations (largest relative gradient "
+          f"norm {fit.relative_gradient_norm.max():.2e}, tolerance {settings.tol:g}); "
+          "raise --svm_max_iter")
+    classifier = _classifier(scaler, num_classes, present, fit.coef, fit.intercept, svm_c)
+    classifier.iterations = np.zeros(num_classes, np.int64)
+    classifier.iterations[present] = fit.iterations
+    classifier.relative_gradient_norm = np.full(num_classes, np.nan)
+    classifier.relative_gradient_norm[present] = fit.relative_gradient_norm
+    classifiers.append(classifier)
+  return classifiers
+
+
+def _classifier(scaler: preprocessing.StandardScaler, num_classes: int, present: np.ndarray,
+                coef: np.ndarray, intercept: np.ndarray, svm_c: float) -> LinearClassifier:
+  """A classifier over all `num_classes`, from the fits of the `present` ones."""
+  full_coef = np.zeros((num_classes, len(scaler.mean_)))
+  full_intercept = np.full(num_classes, -np.inf)  # Classes without training clips never win.
+  full_coef[present] = coef
+  full_intercept[present] = intercept
+  return LinearClassifier(mean=scaler.mean_, scale=scaler.scale_, coef=full_coef,
+                          intercept=full_intercept, svm_c=svm_c)
+
+
+def fit_classifier(features: np.ndarray, labels: np.ndarray, num_classes: int,
+                   svm_c: float, settings: SvmSettings = DEFAULT_SVM_SETTINGS,
+                   **kwargs) -> LinearClassifier:
+  """`fit_classifiers` for one C."""
+  return fit_classifiers(features, labels, num_classes, (svm_c,), settings, **kwargs)[0]
 
 
 def average_by_video(scores: np.ndarray, video: np.ndarray, num_videos: int
@@ -451,20 +579,26 @@ def validation_partition(groups: np.ndarray, fraction: float = VALIDATION_FRACTI
   return np.sort(fit_rows), np.sort(held_out_rows)
 
 
-def validation_top1(features: SplitFeatures, svm_c: float,
-                    settings: SvmSettings = DEFAULT_SVM_SETTINGS) -> float:
-  """Top-1 on held-out training videos (clip scores averaged per video)."""
+def sweep_c(features: SplitFeatures, svm_cs: Sequence[float],
+            settings: SvmSettings = DEFAULT_SVM_SETTINGS) -> dict[float, float]:
+  """{C: top-1 on held-out training videos} (clip scores averaged per video).
+
+  Every C is fitted on the same held-in part of the training clips
+  (`validation_partition`), in one `fit_classifiers` call.
+  """
   fit_rows, held_out_rows = validation_partition(features.train_groups)
-  num_classes = len(features.layout.class_names)
-  classifier = fit_classifier(features.train_features[fit_rows],
-                              features.train_labels[fit_rows], num_classes,
-                              svm_c, settings)
-  scores = classifier.decision_function(features.train_features[held_out_rows])
-  videos, video_index = np.unique(features.train_video[held_out_rows],
-                                  return_inverse=True)
-  video_scores, _ = average_by_video(scores, video_index, len(videos))
+  classifiers = fit_classifiers(features.train_features, features.train_labels[fit_rows],
+                                len(features.layout.class_names), svm_cs, settings,
+                                rows=fit_rows)
+  videos, video_index = np.unique(features.train_video[held_out_rows], return_inverse=True)
   video_labels = np.array([features.layout.train_videos[v].label for v in videos])
-  return accuracy(video_scores, video_labels, 1)
+  scores = {}
+  for svm_c, classifier in zip(svm_cs, classifiers):
+    video_scores, _ = average_by_video(
+        classifier.decision_function(features.train_features, held_out_rows),
+        video_index, len(videos))
+    scores[svm_c] = accuracy(video_scores, video_labels, 1)
+  return scores
 
 
 def choose_c(validation_scores: Mapping[float, float]) -> float:
@@ -493,21 +627,34 @@ class SplitResult:
   classifier: LinearClassifier
 
 
-def evaluate_split(features: SplitFeatures, check: InputCheck, svm_c: float,
+def evaluate_split(features: SplitFeatures, check: InputCheck, svm_cs: Sequence[float],
                    settings: SvmSettings = DEFAULT_SVM_SETTINGS, *,
-                   validation_scores: Mapping[float, float] | None = None,
-                   load_seconds: float = 0.0, sweep_seconds: float = 0.0) -> SplitResult:
-  """Trains on every training clip and scores training clips and test videos.
+                   load_seconds: float = 0.0) -> SplitResult:
+  """Chooses C, trains on every training clip, scores training clips and test videos.
 
-  `load_seconds` and `sweep_seconds` (the C sweep's tasks, summed) go into the
-  metrics' time taken.
+  With one C it is used as given; with several, each is scored on held-out
+  training groups (`sweep_c`) and the best is retrained on every training
+  clip. `load_seconds` goes into the metrics' time taken.
+
+  Raises:
+    NotConvergedError: naming the split and C.
   """
   layout = features.layout
   num_classes = len(layout.class_names)
   start = time.perf_counter()
-  classifier = fit_classifier(features.train_features, features.train_labels,
-                              num_classes, svm_c, settings)
-  fit_seconds = time.perf_counter() - start
+  validation_scores = {}
+  try:
+    if len(svm_cs) > 1:
+      validation_scores = sweep_c(features, svm_cs, settings)
+      svm_c = choose_c(validation_scores)
+    else:
+      (svm_c,) = svm_cs
+    sweep_seconds = time.perf_counter() - start
+    classifier = fit_classifier(features.train_features, features.train_labels,
+                                num_classes, svm_c, settings)
+  except NotConvergedError as e:
+    raise NotConvergedError(f"split {layout.split}, {e}") from None
+  fit_seconds = time.perf_counter() - start - sweep_seconds
   train_scores = classifier.decision_function(features.train_features)
   window_scores = classifier.decision_function(features.test_features)
   video_scores, windows = average_by_video(window_scores, features.test_video,
@@ -526,12 +673,13 @@ def evaluate_split(features: SplitFeatures, check: InputCheck, svm_c: float,
       "num_test_clips": int(len(features.test_video)),
       "embedding_size": int(features.train_features.shape[1]),
       "svm_c": svm_c,
-      "validation_top1": {repr(c): s for c, s in sorted((validation_scores or {}).items())},
+      "validation_top1": {repr(c): s for c, s in sorted(validation_scores.items())},
       "svm_settings": dataclasses.asdict(settings),
+      "convergence": classifier.convergence(),
       "input_complete": check.complete,
       "seconds": {"c_sweep": round(sweep_seconds, 3), "load": round(load_seconds, 3),
                   "fit": round(fit_seconds, 3),
-                  "total": round(sweep_seconds + load_seconds + time.perf_counter() - start, 3)},
+                  "total": round(load_seconds + time.perf_counter() - start, 3)},
   }
   return SplitResult(split=layout.split, metrics=metrics, per_class_accuracy=per_class,
                      per_class_videos=per_class_videos,

@@ -18,14 +18,19 @@ FAILURES = "failures"
 # uses every core (0 workers: one per core).
 LOCAL_RUNNER_ARGS = ("--runner=FnApiRunner", "--direct_num_workers=0",
                      "--direct_running_mode=multi_processing")
+# For a job whose tasks use every core themselves (BLAS): no worker processes
+# to start, each importing the job's modules again.
+IN_PROCESS_RUNNER_ARGS = ("--runner=FnApiRunner", "--direct_num_workers=1",
+                          "--direct_running_mode=in_memory")
 
 
-def with_local_runner(beam_args: Sequence[str]) -> list[str]:
-  """Beam options, run on the local runner unless they name one."""
+def with_local_runner(beam_args: Sequence[str],
+                      local_args: Sequence[str] = LOCAL_RUNNER_ARGS) -> list[str]:
+  """Beam options, run on the local runner (`local_args`) unless they name a runner."""
   if any(arg.startswith("--runner") for arg in beam_args):
     return list(beam_args)
   given = {arg.split("=", 1)[0] for arg in beam_args}
-  return [*(a for a in LOCAL_RUNNER_ARGS if a.split("=", 1)[0] not in given), *beam_args]
+  return [*(a for a in local_args if a.split("=", 1)[0] not in given), *beam_args]
 
 
 def counter(name: str):

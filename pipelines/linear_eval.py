@@ -2,12 +2,14 @@
 
   python -m pipelines.linear_eval --embeddings_dir=EMB --output_dir=OUT \
       [--splits=1,2,3] [--svm_c=0.001 | --svm_c=0.0001,0.0003,0.001] \
-      [--allow_missing] --runner=FnApiRunner
+      [--solver=newton | --solver=liblinear] [--allow_missing]
 
-With one C, each split is one task. With several, each (split, C) is a task
-that scores C on held-out training groups; each split then retrains with its
-best C on all training clips. Tasks run in parallel on the workers, and each
-streams every shard keeping only its split's clips. Writes `metrics.json`,
+Each split is one task: it streams every shard keeping only its split's
+clips, scores each C of a sweep on held-out training groups (all C values in
+one pass, each starting from the previous one's solution), and retrains with
+the best C on all training clips. Locally the splits run one after another in
+this process (the solver uses every core); on Dataflow they run in parallel
+on the workers. Writes `metrics.json`,
 `per_class_accuracy.csv`, `report.md` with confusion-matrix PNGs, and
 `classifiers/split{N}.npz` (see `mmv_core.linear_eval` and `mmv_core.report`).
 """
@@ -27,7 +29,7 @@ from mmv_core import embedding_schema
 from mmv_core import linear_eval
 from mmv_core import report
 from mmv_core import ucf101
-from pipelines.common import with_local_runner
+from pipelines.common import IN_PROCESS_RUNNER_ARGS, with_local_runner
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,10 +78,18 @@ def parse_flags(argv: Sequence[str]) -> tuple[LinearEvalConfig, PipelineOptions]
   parser.add_argument("--splits", type=_comma_list(int), default=ucf101.SPLITS)
   parser.add_argument("--svm_c", type=_comma_list(float), default=(linear_eval.DEFAULT_SVM_C,),
                       help="C of the SVM; a comma-separated list runs a sweep.")
+  parser.add_argument("--solver", choices=linear_eval.SOLVERS, default=defaults.solver,
+                      help="newton: every class at once by matrix products (default); "
+                      "liblinear: scikit-learn's LinearSVC, one class at a time, as the "
+                      "original evaluation ran it. Same objective.")
   parser.add_argument("--svm_dual", type=_dual, default=defaults.dual,
-                      help="LinearSVC's dual: true, false or auto.")
-  parser.add_argument("--svm_tol", type=float, default=defaults.tol)
-  parser.add_argument("--svm_max_iter", type=int, default=defaults.max_iter)
+                      help="liblinear only: LinearSVC's dual (true, false or auto).")
+  parser.add_argument("--svm_tol", type=float, default=defaults.tol,
+                      help="newton: stop when each class's gradient norm falls to this "
+                      "fraction of its norm at zero; liblinear: LinearSVC's tol.")
+  parser.add_argument("--svm_max_iter", type=int, default=defaults.max_iter,
+                      help="newton: Newton iterations at most (a split that needs more "
+                      "is an error); liblinear: LinearSVC's max_iter.")
   parser.add_argument("--allow_missing", action="store_true",
                       help="Score incomplete splits; the report lists what was missing.")
   args, beam_args = parser.parse_known_args(argv)
@@ -93,9 +103,10 @@ def parse_flags(argv: Sequence[str]) -> tuple[LinearEvalConfig, PipelineOptions]
       splits_zip=args.splits_zip, splits=tuple(sorted(set(args.splits))),
       svm_cs=tuple(sorted(set(args.svm_c))),
       svm_settings=linear_eval.SvmSettings(
-          dual=args.svm_dual, tol=args.svm_tol, max_iter=args.svm_max_iter),
+          solver=args.solver, dual=args.svm_dual, tol=args.svm_tol,
+          max_iter=args.svm_max_iter),
       allow_missing=args.allow_missing)
-  options = PipelineOptions(with_local_runner(beam_args))
+  options = PipelineOptions(with_local_runner(beam_args, IN_PROCESS_RUNNER_ARGS))
   options.view_as(SetupOptions).save_main_session = False
   return config, options
 
@@ -124,43 +135,22 @@ def _load_split(config: LinearEvalConfig, layout: linear_eval.SplitLayout):
   return features, check, time.perf_counter() - start
 
 
-class ScoreC(beam.DoFn):
-  """(split, C) -> (split, (C, held-out top-1, seconds taken))."""
-
-  def __init__(self, config: LinearEvalConfig):
-    self._config = config
-
-  def process(self, task, inputs: Inputs):
-    split, svm_c = task
-    layouts, _ = inputs
-    start = time.perf_counter()
-    features, _, _ = _load_split(self._config, layouts[split])
-    score = linear_eval.validation_top1(features, svm_c, self._config.svm_settings)
-    logging.info("split %d, C=%g: held-out top-1 %.4f", split, svm_c, score)
-    yield split, (svm_c, score, time.perf_counter() - start)
-
-
 class EvaluateSplit(beam.DoFn):
-  """(split, [(C, held-out top-1, seconds)]) -> SplitResult; saves the classifier."""
+  """split -> SplitResult; saves the split's classifier."""
 
   def __init__(self, config: LinearEvalConfig):
     self._config = config
 
-  def process(self, task, inputs: Inputs):
-    split, sweep = task
+  def process(self, split: int, inputs: Inputs):
     layouts, _ = inputs
-    sweep = list(sweep)
-    validation_scores = {svm_c: score for svm_c, score, _ in sweep}
-    svm_c = (linear_eval.choose_c(validation_scores) if validation_scores
-             else self._config.svm_cs[0])
     features, check, load_seconds = _load_split(self._config, layouts[split])
     result = linear_eval.evaluate_split(
-        features, check, svm_c, self._config.svm_settings,
-        validation_scores=validation_scores, load_seconds=load_seconds,
-        sweep_seconds=sum(seconds for *_, seconds in sweep))
+        features, check, self._config.svm_cs, self._config.svm_settings,
+        load_seconds=load_seconds)
     result.classifier.save(
         f"{self._config.output_dir.rstrip('/')}/{report.classifier_name(split)}")
-    logging.info("split %d: C=%g test top-1 %.4f", split, svm_c, result.metrics["test_top1"])
+    logging.info("split %d: C=%g test top-1 %.4f", split, result.metrics["svm_c"],
+                 result.metrics["test_top1"])
     yield result
 
 
@@ -193,15 +183,8 @@ def build_pipeline(pipeline: beam.Pipeline, config: LinearEvalConfig) -> None:
   """
   inputs = beam.pvalue.AsSingleton(
       pipeline | "Config" >> beam.Create([config]) | "ReadInputs" >> beam.Map(read_inputs))
-  if len(config.svm_cs) > 1:
-    sweep = (pipeline
-             | "SweepTasks" >> beam.Create([(s, c) for s in config.splits for c in config.svm_cs])
-             | "SpreadSweep" >> beam.Reshuffle()
-             | "ScoreC" >> beam.ParDo(ScoreC(config), inputs)
-             | "GatherScores" >> beam.GroupByKey())
-  else:
-    sweep = pipeline | "SplitTasks" >> beam.Create([(s, []) for s in config.splits])
-  _ = (sweep
+  _ = (pipeline
+       | "Splits" >> beam.Create(config.splits)
        | "SpreadSplits" >> beam.Reshuffle()
        | "EvaluateSplit" >> beam.ParDo(EvaluateSplit(config), inputs)
        | "AllSplits" >> beam.combiners.ToList()

@@ -333,7 +333,7 @@ def test_classes_fitted_in_parallel_equal_liblinears_own_one_vs_rest():
   rng = np.random.default_rng(5)
   labels = rng.integers(0, 4, 400)
   features = (rng.standard_normal((400, 12)) + labels[:, None] * 0.3).astype(np.float32)
-  settings = linear_eval.DEFAULT_SVM_SETTINGS
+  settings = linear_eval.SvmSettings(solver=linear_eval.SOLVER_LIBLINEAR, dual=False)
   one = linear_eval.fit_classifier(features, labels, 5, 0.01, settings, threads=1)
   three = linear_eval.fit_classifier(features, labels, 5, 0.01, settings, threads=3)
   np.testing.assert_array_equal(one.coef, three.coef)
