@@ -1,114 +1,163 @@
-"""Times one split's linear-evaluation fit for several LinearSVC settings.
+"""Linear evaluation: the job from its command line against the original classifier.
 
-Random features with class structure stand in for embeddings: each clip is its
-class's mean, plus an offset shared by the clips of its video, plus noise, at
-a difficulty where accuracy is below 100%. Each setting runs in a fresh
-process so its peak memory (ru_maxrss) is its own.
+Writes an embedding job's output of synthetic, class-structured features
+(101 classes; each clip is its class's mean, plus an offset shared by the
+clips of its video, plus a shared low-rank part, as network features are
+correlated, plus noise) and the split lists, in the real layouts. Then, on
+the same features:
 
-  .venv/bin/python bench/linear_eval_bench.py                      # full size
-  .venv/bin/python bench/linear_eval_bench.py --train_videos=2000 --dim=512
+  job       `python -m pipelines.linear_eval` in a subprocess, wall time from
+            the command to the metrics (start-up, reading the TFRecords,
+            standardising, fitting, scoring, writing the report), peak RSS.
+  original  the original evaluation's classifier, `StandardScaler` +
+            `LinearSVC(C=0.001)` with liblinear's dual solver, one-vs-rest in
+            one process, on split 1's features already in memory: fit and
+            scoring time, peak RSS (a fresh process).
 
-Full size is UCF101 split 1 with TSM-ResNet-50: 9,537 training videos x 10
-clips = 95,370 clips x 2,048 features; 3,783 test videos x 10 windows.
+  .venv/bin/python bench/linear_eval_bench.py                  # 20k x 1,024, split 1, both
+  .venv/bin/python bench/linear_eval_bench.py --videos_per_class 142 --dim 2048 \
+      --splits 1,2,3 --svm_c 0.0001,0.0003,0.001 --runs job  # full size, 3 splits, sweep
+
+Videos are named as the synthetic UCF101 names them, one clip per group, so
+in split N the groups g with (g - 1) % 3 == N - 1 are test videos: 30 videos
+per class give 20 training and 10 test videos per class in every split
+(20,200 training clips); 142 give 94 and 48 (94,940 clips, UCF101 split 1
+has 95,370).
 """
 
 import argparse
-import concurrent.futures
-import dataclasses
 import json
-import multiprocessing
+import os
 import pathlib
 import resource
+import subprocess
+import sys
 import time
 
 import numpy as np
 
+from mmv_core import embedding_schema as schema
 from mmv_core import linear_eval
+from mmv_core import synthetic
+from mmv_core import tfrecord
+from mmv_core import ucf101
 
-SETTINGS = {
-    "original": linear_eval.ORIGINAL_SVM_SETTINGS,
-    "ours": linear_eval.DEFAULT_SVM_SETTINGS,
-    "sklearn_1_9_default": linear_eval.SvmSettings(dual="auto", tol=1e-4),
-    "primal_tol1e-3": linear_eval.SvmSettings(dual=False, tol=1e-3),
-    "dual_tol1e-3": linear_eval.SvmSettings(dual=True, tol=1e-3),
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class Size:
-  train_videos: int
-  test_videos: int
-  clips_per_video: int
-  dim: int
-  num_classes: int
-  class_separation: float
-  seed: int = 0
+NUM_CLASSES = 101
+CLIPS_PER_VIDEO = 10
+_SHARED_RANK = 16
+_NUM_SHARDS = 16
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def make_data(size: Size):
-  """float32 train [Vtr*c, D], int labels, float32 test [Vte*c, D], test video index, labels."""
-  rng = np.random.default_rng(size.seed)
-  # Class means `class_separation * sqrt(2)` apart on average, whatever the dim.
-  means = (size.class_separation / np.sqrt(size.dim)
-           * rng.standard_normal((size.num_classes, size.dim))).astype(np.float32)
+def write_data(out: pathlib.Path, videos_per_class: int, dim: int, class_separation: float,
+               seed: int = 0) -> tuple[pathlib.Path, pathlib.Path]:
+  """(embeddings dir, split-list zip), written once per size."""
+  embeddings, splits_zip = out / "embeddings", out / "splits.zip"
+  if (embeddings / schema.RUN_CONFIG_FILE).exists():
+    return embeddings, splits_zip
+  rng = np.random.default_rng(seed)
+  names = synthetic.class_names(NUM_CLASSES)
+  videos = synthetic.plan_videos(names, videos_per_class, clips_per_group=1)
+  out.mkdir(parents=True, exist_ok=True)
+  splits_zip.write_bytes(synthetic.splits_zip_bytes(names, videos))
+  (embeddings / schema.SHARDS_DIR).mkdir(parents=True, exist_ok=True)
+  means = class_separation / np.sqrt(dim) * rng.standard_normal((NUM_CLASSES, dim))
+  basis = rng.standard_normal((_SHARED_RANK, dim)) / np.sqrt(_SHARED_RANK)
+  shards = [open(embeddings / schema.SHARDS_DIR / f"part-{i:05d}{schema.SHARD_SUFFIX}", "wb")
+            for i in range(_NUM_SHARDS)]
+  for number, video in enumerate(videos):
+    offset = 0.5 * rng.standard_normal(dim)
+    for clip_type in schema.CLIP_TYPES:
+      clips = (means[video.label] + offset + rng.standard_normal((CLIPS_PER_VIDEO, dim))
+               + rng.standard_normal((CLIPS_PER_VIDEO, _SHARED_RANK)) @ basis)
+      for index, embedding in enumerate(clips.astype(np.float32)):
+        example = schema.make_example(
+            video_id=video.video_id, label=video.label, label_name=video.label_name,
+            clip_type=clip_type, clip_index=index, embedding=embedding)
+        shards[number % _NUM_SHARDS].write(tfrecord.encode_record(example.SerializeToString()))
+  for shard in shards:
+    shard.close()
+  (embeddings / schema.RUN_CONFIG_FILE).write_text(json.dumps(
+      {schema.NUM_TRAIN_CLIPS: CLIPS_PER_VIDEO, schema.NUM_TEST_WINDOWS: CLIPS_PER_VIDEO}))
+  return embeddings, splits_zip
 
-  def clips(num_videos):
-    labels = np.arange(num_videos) % size.num_classes
-    video = np.repeat(np.arange(num_videos), size.clips_per_video)
-    offsets = 0.5 * rng.standard_normal((num_videos, size.dim), dtype=np.float32)
-    features = rng.standard_normal((len(video), size.dim), dtype=np.float32)
-    features += means[labels[video]]
-    features += offsets[video]
-    return features, video, labels
 
-  train_features, train_video, train_labels = clips(size.train_videos)
-  test_features, test_video, test_labels = clips(size.test_videos)
-  return train_features, train_labels[train_video], test_features, test_video, test_labels
-
-
-def run_one(size: Size, settings: linear_eval.SvmSettings, svm_c: float,
-            threads: int | None) -> dict:
-  """Fits in this (fresh) process; returns time, accuracy and peak memory."""
-  train_features, train_labels, test_features, test_video, test_labels = make_data(size)
-  rss_before_fit = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def run_job(embeddings: pathlib.Path, splits_zip: pathlib.Path, out: pathlib.Path,
+            splits: str, svm_c: str, solver: str) -> dict:
+  """The job as a user runs it; wall time from the command to the metrics."""
   start = time.perf_counter()
-  threads = threads or linear_eval.fit_threads(train_features.size)
-  classifier = linear_eval.fit_classifier(train_features, train_labels, size.num_classes,
-                                          svm_c, settings, threads=threads)
+  subprocess.run([sys.executable, "-m", "pipelines.linear_eval",
+                  f"--embeddings_dir={embeddings}", f"--output_dir={out}",
+                  f"--splits_zip={splits_zip}", f"--splits={splits}", f"--svm_c={svm_c}",
+                  f"--solver={solver}"], cwd=REPO, check=True, capture_output=True)
+  wall = time.perf_counter() - start
+  metrics = json.loads((out / "metrics.json").read_text())
+  per_split = {s: {"test_top1": m["test_top1"], "svm_c": m["svm_c"],
+                   "num_train_clips": m["num_train_clips"], "seconds": m["seconds"],
+                   "max_newton_iterations": max(
+                       (n for n in (m["convergence"] or {}).get("iterations", []) if n),
+                       default=None)}
+               for s, m in metrics["splits"].items()}
+  return {"wall_seconds": round(wall, 1), "mean_test_top1": metrics["mean"]["test_top1"],
+          "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 2),
+          "splits": per_split}
+
+
+def run_original(embeddings: pathlib.Path, splits_zip: pathlib.Path, svm_c: float) -> dict:
+  """Split 1 by the original classifier, features in memory (run in a fresh process)."""
+  from sklearn import preprocessing, svm  # pylint: disable=import-outside-toplevel
+  layout = linear_eval.SplitLayout.from_lists(
+      ucf101.load_split_lists(str(splits_zip)), 1, num_train_clips=CLIPS_PER_VIDEO,
+      num_test_windows=CLIPS_PER_VIDEO)
+  features, _ = linear_eval.collect_split_features(
+      linear_eval.embedding_records(str(embeddings)), layout)
+  start = time.perf_counter()
+  scaler = preprocessing.StandardScaler().fit(features.train_features)
+  model = svm.LinearSVC(C=svm_c, dual=True).fit(
+      scaler.transform(features.train_features), features.train_labels)
   fit_seconds = time.perf_counter() - start
-  scores, _ = linear_eval.average_by_video(classifier.decision_function(test_features),
-                                           test_video, size.test_videos)
-  return {"fit_seconds": round(fit_seconds, 1), "threads": threads,
-          "test_top1": linear_eval.accuracy(scores, test_labels, 1),
-          "test_top5": linear_eval.accuracy(scores, test_labels, 5),
-          "rss_before_fit_gb": round(rss_before_fit / 2**20, 2),
+  scores, _ = linear_eval.average_by_video(
+      model.decision_function(scaler.transform(features.test_features)),
+      features.test_video, len(layout.test_videos))
+  return {"fit_and_score_seconds": round(time.perf_counter() - start, 1),
+          "fit_seconds": round(fit_seconds, 1),
+          "test_top1": linear_eval.accuracy(scores, features.test_labels, 1),
+          "num_train_clips": len(features.train_labels),
           "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--train_videos", type=int, default=9537)
-  parser.add_argument("--test_videos", type=int, default=3783)
-  parser.add_argument("--clips_per_video", type=int, default=10)
-  parser.add_argument("--dim", type=int, default=2048)
-  parser.add_argument("--num_classes", type=int, default=101)
+  parser.add_argument("--videos_per_class", type=int, default=30)
+  parser.add_argument("--dim", type=int, default=1024)
   parser.add_argument("--class_separation", type=float, default=3.0,
                       help="Class-mean distance over clip noise; sets the difficulty.")
-  parser.add_argument("--svm_c", type=float, default=linear_eval.DEFAULT_SVM_C)
-  parser.add_argument("--settings", default=",".join(SETTINGS),
-                      help=f"Comma-separated, from {sorted(SETTINGS)}.")
-  parser.add_argument("--threads", type=int, default=None,
-                      help="classes fitted at once (default: as cores and memory allow)")
+  parser.add_argument("--splits", default="1")
+  parser.add_argument("--svm_c", default="0.001", help="The job's --svm_c (a list: a sweep).")
+  parser.add_argument("--runs", default="job,original",
+                      help="Comma-separated, from job, liblinear_job, original.")
+  parser.add_argument("--data_dir", default="bench/results/linear_eval_data")
   parser.add_argument("--output", default="bench/results/linear_eval.json")
+  parser.add_argument("--original_in_process", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
-  size = Size(args.train_videos, args.test_videos, args.clips_per_video, args.dim,
-              args.num_classes, args.class_separation)
-  results = {"size": dataclasses.asdict(size), "svm_c": args.svm_c, "runs": {}}
-  for name in args.settings.split(","):
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-      run = pool.submit(run_one, size, SETTINGS[name], args.svm_c, args.threads).result()
-    results["runs"][name] = run | {"settings": dataclasses.asdict(SETTINGS[name])}
+  data = pathlib.Path(args.data_dir) / f"v{args.videos_per_class}_d{args.dim}"
+  embeddings, splits_zip = write_data(data, args.videos_per_class, args.dim,
+                                      args.class_separation)
+  if args.original_in_process:
+    print(json.dumps(run_original(embeddings, splits_zip, linear_eval.DEFAULT_SVM_C)))
+    return
+  results = {"videos_per_class": args.videos_per_class, "dim": args.dim,
+             "splits": args.splits, "svm_c": args.svm_c, "cpus": os.cpu_count(),
+             "load_average": os.getloadavg(), "runs": {}}
+  for name in args.runs.split(","):
+    if name == "original":
+      line = subprocess.run([sys.executable, *sys.argv, "--original_in_process"],
+                            check=True, capture_output=True, text=True).stdout.splitlines()[-1]
+      run = json.loads(line)
+    else:
+      solver = linear_eval.SOLVER_LIBLINEAR if name == "liblinear_job" else linear_eval.SOLVER_NEWTON
+      run = run_job(embeddings, splits_zip, data / f"out_{name}", args.splits, args.svm_c, solver)
+    results["runs"][name] = run
     print(name, json.dumps(run), flush=True)
   output = pathlib.Path(args.output)
   output.parent.mkdir(parents=True, exist_ok=True)

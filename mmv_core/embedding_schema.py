@@ -18,8 +18,8 @@ from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 import numpy as np
-import tensorflow as tf
 
+from mmv_core import example_proto
 from mmv_core import tfrecord
 
 VIDEO_ID = "video_id"
@@ -49,7 +49,7 @@ class EmbeddingFormatError(ValueError):
 def make_example(*, video_id: str, label: int, label_name: str, clip_type: str,
                  clip_index: int, embedding: np.ndarray,
                  extra_features: Mapping[str, np.ndarray] | None = None
-                 ) -> tf.train.Example:
+                 ) -> example_proto.Example:
   """Builds the example of one clip.
 
   Args:
@@ -69,10 +69,10 @@ def make_example(*, video_id: str, label: int, label_name: str, clip_type: str,
     raise ValueError(f"{video_id}: extra features reuse reserved names {sorted(clashes)}")
 
   def bytes_feature(text):
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[text.encode()]))
+    return example_proto.Feature(bytes_list=example_proto.BytesList(value=[text.encode()]))
 
   def int_feature(value):
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+    return example_proto.Feature(int64_list=example_proto.Int64List(value=[int(value)]))
 
   feature = {
       VIDEO_ID: bytes_feature(video_id),
@@ -83,8 +83,8 @@ def make_example(*, video_id: str, label: int, label_name: str, clip_type: str,
   }
   for name, values in {EMBEDDING: embedding, **extra_features}.items():
     flat = np.asarray(values, dtype=np.float32).reshape(-1)
-    feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=flat))
-  return tf.train.Example(features=tf.train.Features(feature=feature))
+    feature[name] = example_proto.Feature(float_list=example_proto.FloatList(value=flat))
+  return example_proto.Example(features=example_proto.Features(feature=feature))
 
 
 def parse_example(serialized: bytes, *, include_floats: bool = True,
@@ -103,7 +103,7 @@ def parse_example(serialized: bytes, *, include_floats: bool = True,
     every extra float feature (float32, flat) by name.
   """
   try:
-    features = tf.train.Example.FromString(serialized).features.feature
+    features = example_proto.Example.FromString(serialized).features.feature
   except Exception as e:  # protobuf raises its own DecodeError type.
     raise EmbeddingFormatError(f"{source}: not a tf.train.Example ({e})") from e
 
@@ -131,7 +131,7 @@ def parse_example(serialized: bytes, *, include_floats: bool = True,
       raise EmbeddingFormatError(f"{source}: feature {EMBEDDING!r} is missing")
     for name, feature in features.items():
       if name not in SCALAR_FEATURES:
-        parsed[name] = np.array(feature.float_list.value, dtype=np.float32)
+        parsed[name] = example_proto.float_values(feature.float_list)
   return parsed
 
 

@@ -7,9 +7,10 @@ import pytest
 import tensorflow as tf
 
 from mmv_core import embedding_schema as schema
+from mmv_core import example_proto
 
 
-def example(**overrides) -> tf.train.Example:
+def example(**overrides):
   fields = dict(video_id="v_Archery_g03_c02", label=1, label_name="Archery",
                 clip_type=schema.CLIP_TYPE_TEST, clip_index=7,
                 embedding=np.linspace(-1, 1, 8), extra_features={"audio_repr": [[1.5, 2.5]]})
@@ -28,6 +29,19 @@ def test_example_round_trip():
 
   header = schema.parse_example(example().SerializeToString(), include_floats=False)
   assert set(header) == set(schema.SCALAR_FEATURES)
+
+
+def test_examples_are_tensorflows_wire_format_both_ways():
+  ours = example()
+  theirs = tf.train.Example.FromString(ours.SerializeToString())
+  assert theirs.features.feature[schema.VIDEO_ID].bytes_list.value == [b"v_Archery_g03_c02"]
+  assert theirs.features.feature[schema.CLIP_INDEX].int64_list.value == [7]
+  np.testing.assert_allclose(theirs.features.feature[schema.EMBEDDING].float_list.value,
+                             np.linspace(-1, 1, 8), rtol=1e-6)
+  theirs.features.feature[schema.LABEL].int64_list.value[0] = 4
+  parsed = schema.parse_example(theirs.SerializeToString())
+  assert parsed[schema.LABEL] == 4 and parsed[schema.VIDEO_ID] == "v_Archery_g03_c02"
+  np.testing.assert_array_equal(parsed["audio_repr"], [1.5, 2.5])
 
 
 def test_bad_examples_are_named_errors():
@@ -72,3 +86,12 @@ def test_run_config_must_give_clip_counts(tmp_path):
   assert schema.read_run_config(str(tmp_path))[schema.NUM_TEST_WINDOWS] == 10
   with pytest.raises(schema.EmbeddingFormatError, match="no embedding shards"):
     schema.shard_paths(str(tmp_path))
+
+
+@pytest.mark.parametrize("size", [0, 1, 31, 32, 4096, 40_000])
+def test_float_values_read_the_packed_floats_whatever_their_length(size):
+  values = np.random.default_rng(size).standard_normal(size).astype(np.float32)
+  encoded = tf.train.FloatList(value=values).SerializeToString()
+  got = example_proto.float_values(example_proto.FloatList.FromString(encoded))
+  assert got.dtype == np.float32
+  np.testing.assert_array_equal(got, values)

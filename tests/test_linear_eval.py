@@ -179,7 +179,7 @@ def test_job_metrics_equal_the_protocol_computed_by_hand(tmp_path, split_zip):
 
 
 def test_separable_classes_score_perfectly_and_saved_classifier_reproduces(tmp_path, split_zip):
-  """Also runs the job as users do: its command line, on the default multi-process runner."""
+  """Also runs the job as users do: its command line, on the default local runner."""
   clips = make_clips(1, signal=10.0, clip_noise=0.1)
   embeddings = write_embeddings(tmp_path / "emb", clips)
   subprocess.run([sys.executable, "-m", "pipelines.linear_eval", f"--embeddings_dir={embeddings}",
@@ -343,3 +343,38 @@ def test_classes_fitted_in_parallel_equal_liblinears_own_one_vs_rest():
   np.testing.assert_allclose(three.coef[:4], reference.coef_, rtol=1e-9, atol=1e-12)
   np.testing.assert_allclose(three.intercept[:4], reference.intercept_, rtol=1e-9, atol=1e-12)
   assert three.intercept[4] == -np.inf  # Class 4 has no training clips.
+
+
+def test_newton_and_liblinear_jobs_agree_to_the_video(tmp_path, split_zip):
+  clips = make_clips(7, signal=0.5, video_noise=0.5)
+  embeddings = write_embeddings(tmp_path / "emb", clips)
+  predictions, metrics = {}, {}
+  for solver in linear_eval.SOLVERS:
+    out = tmp_path / solver
+    metrics[solver] = run_job(out, split_zip, embeddings, f"--solver={solver}")
+    for split in ucf101.SPLITS:
+      features, _ = linear_eval.collect_split_features(
+          linear_eval.embedding_records(str(embeddings)), layout_of(split_zip, split))
+      classifier = linear_eval.LinearClassifier.load(
+          str(out / "out" / report.classifier_name(split)))
+      scores, _ = linear_eval.average_by_video(
+          classifier.decision_function(features.test_features), features.test_video,
+          len(features.layout.test_videos))
+      predictions[solver, split] = scores.argmax(axis=1)
+
+  for split in ucf101.SPLITS:
+    np.testing.assert_array_equal(predictions["newton", split], predictions["liblinear", split])
+    newton, liblinear = (metrics[s]["splits"][str(split)] for s in linear_eval.SOLVERS)
+    for key in ("train_top1", "train_top5", "test_top1", "test_top5"):
+      assert newton[key] == liblinear[key], (split, key)
+    assert newton["convergence"]["iterations"][0] >= 1
+    assert max(newton["convergence"]["relative_gradient_norm"]) <= linear_eval.NEWTON_TOL
+    assert liblinear["convergence"] is None
+  assert 0.3 < metrics["newton"]["mean"]["test_top1"] < 1.0
+
+
+def test_unconverged_split_is_an_error_naming_split_c_and_flag(tmp_path, split_zip):
+  embeddings = write_embeddings(tmp_path / "emb", make_clips(8, signal=0.3))
+  with pytest.raises(Exception, match=r"split 3, C=1000: .*raise --svm_max_iter"):
+    run_job(tmp_path, split_zip, embeddings, "--splits=3", "--svm_c=1000", "--svm_max_iter=1")
+  assert not (tmp_path / "out" / report.METRICS_FILE).exists()

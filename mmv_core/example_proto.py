@@ -1,0 +1,88 @@
+"""`tf.train.Example` messages without importing TensorFlow.
+
+TensorFlow's import costs seconds and its log lines; the embeddings' readers
+and writers need only the message format. These classes are built with the
+protobuf library from the schema below, which is TensorFlow's
+`example.proto` / `feature.proto` wire format (same field numbers and types,
+repeated numbers packed), so their bytes and TensorFlow's are interchangeable:
+
+  Example   { Features features = 1; }
+  Features  { map<string, Feature> feature = 1; }
+  Feature   { oneof kind { BytesList bytes_list = 1; FloatList float_list = 2;
+                           Int64List int64_list = 3; } }
+  BytesList { repeated bytes value = 1; }
+  FloatList { repeated float value = 1; }   (packed)
+  Int64List { repeated int64 value = 1; }   (packed)
+
+They live in a private descriptor pool, so they coexist with TensorFlow's own
+classes in one process.
+"""
+
+import numpy as np
+from google.protobuf import descriptor_pb2
+from google.protobuf import descriptor_pool
+from google.protobuf import message_factory
+
+_PACKAGE = "mmv_core.example"
+_Field = descriptor_pb2.FieldDescriptorProto
+
+
+def _schema() -> descriptor_pb2.FileDescriptorProto:
+  schema = descriptor_pb2.FileDescriptorProto(
+      name="mmv_core/example.proto", package=_PACKAGE, syntax="proto3")
+  for name, value_type in (("BytesList", _Field.TYPE_BYTES), ("FloatList", _Field.TYPE_FLOAT),
+                           ("Int64List", _Field.TYPE_INT64)):
+    schema.message_type.add(name=name).field.add(
+        name="value", number=1, label=_Field.LABEL_REPEATED, type=value_type)
+  feature = schema.message_type.add(name="Feature")
+  feature.oneof_decl.add(name="kind")
+  for number, name, type_name in ((1, "bytes_list", "BytesList"), (2, "float_list", "FloatList"),
+                                  (3, "int64_list", "Int64List")):
+    feature.field.add(name=name, number=number, label=_Field.LABEL_OPTIONAL,
+                      type=_Field.TYPE_MESSAGE, type_name=f".{_PACKAGE}.{type_name}",
+                      oneof_index=0)
+  features = schema.message_type.add(name="Features")
+  entry = features.nested_type.add(name="FeatureEntry")
+  entry.options.map_entry = True
+  entry.field.add(name="key", number=1, label=_Field.LABEL_OPTIONAL, type=_Field.TYPE_STRING)
+  entry.field.add(name="value", number=2, label=_Field.LABEL_OPTIONAL,
+                  type=_Field.TYPE_MESSAGE, type_name=f".{_PACKAGE}.Feature")
+  features.field.add(name="feature", number=1, label=_Field.LABEL_REPEATED,
+                     type=_Field.TYPE_MESSAGE, type_name=f".{_PACKAGE}.Features.FeatureEntry")
+  schema.message_type.add(name="Example").field.add(
+      name="features", number=1, label=_Field.LABEL_OPTIONAL, type=_Field.TYPE_MESSAGE,
+      type_name=f".{_PACKAGE}.Features")
+  return schema
+
+
+_POOL = descriptor_pool.DescriptorPool()
+_POOL.Add(_schema())
+
+
+def _message_class(name: str):
+  return message_factory.GetMessageClass(_POOL.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
+
+
+Example = _message_class("Example")
+Features = _message_class("Features")
+Feature = _message_class("Feature")
+BytesList = _message_class("BytesList")
+FloatList = _message_class("FloatList")
+Int64List = _message_class("Int64List")
+
+
+def float_values(float_list) -> np.ndarray:
+  """float32 [n], the values of a `FloatList`, without a Python float per value.
+
+  A FloatList's encoding is its packed field: one tag byte, the payload's
+  length as a varint, then the values as little-endian float32, so the
+  values are a view of the serialized bytes (50 times faster than iterating
+  the repeated field).
+  """
+  encoded = float_list.SerializeToString()
+  if not encoded:
+    return np.zeros(0, np.float32)
+  start = 1
+  while encoded[start] & 0x80:  # Varint continuation bit.
+    start += 1
+  return np.frombuffer(encoded, "<f4", offset=start + 1).astype(np.float32)
