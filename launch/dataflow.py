@@ -86,9 +86,10 @@ def linear_eval_argv(args: argparse.Namespace, extra: Sequence[str]) -> list[str
   return [
       *dataflow_options(args.project, args.region, args.bucket, args.image,
                         f"mmv-linear-eval-{args.backbone.replace('_', '-')}", args.dry_run),
-      # One (split, C) task per VM at a time: the task fits its classes on
-      # threads over all cores, each thread with a copy of the split in memory.
-      "--machine_type=n2-highmem-8", "--experiments=no_use_multiple_sdk_containers",
+      # One split per VM at a time: its solver's matrix products use every
+      # core, and it needs about twice the split's features in memory (4 GB
+      # for TSM-ResNet-50x2's 95,370 x 4,096; bench/README.md).
+      "--machine_type=n2-standard-8", "--experiments=no_use_multiple_sdk_containers",
       "--number_of_worker_harness_threads=1",
       f"--embeddings_dir={args.bucket}/embeddings/{args.backbone}",
       f"--output_dir={args.bucket}/linear_eval/{args.backbone}", *extra]

@@ -5,19 +5,22 @@ Stages, each a plain function or small class:
      streams parsed examples into preallocated arrays, keeping only those
      clips and recording what is missing, duplicated or unexpected
      (`InputCheck`).
-  2. `fit_classifier`: `StandardScaler` then `LinearSVC` on every training
-     clip, kept as plain arrays (`LinearClassifier`, saved as `.npz`).
+  2. `fit_classifiers`: `StandardScaler` then one-vs-rest linear SVMs
+     (LinearSVC's problem) on every training clip, kept as plain arrays
+     (`LinearClassifier`, saved as `.npz`). The default solver fits every
+     class at once by matrix products (`mmv_core.svm_solver`); `liblinear`
+     runs scikit-learn's LinearSVC, one class at a time, as the original did.
   3. Scoring: decision values averaged over a video's windows
      (`average_by_video`), top-k accuracy, per-class accuracy, confusion.
   4. C selection: a held-out part of the training videos, split by UCF101
      group so one group's clips never sit on both sides
-     (`validation_partition`, `validation_top1`, `choose_c`).
+     (`validation_partition`, `sweep_c`, `choose_c`).
 
-Memory of one fit, for N training clips of D features: the float32 features
-(4 N D bytes), the standardised float64 copy LinearSVC requires (8 N D) and,
-per class fitted at once, liblinear's own copy (16 N D: an int index and a
-double per value): 5.4 GB for 95,000 x 2,048 with one class at a time,
-10.9 GB for x 4,096; each further parallel class fit adds 3.1 or 6.2 GB.
+Memory of one fit, for N training clips of D features: with the default
+solver, the float32 features (4 N D bytes), a float32 standardised copy
+(4 N D) and O(N K + D^2): 1.9 GB for 95,000 x 2,048, 3.6 GB for x 4,096.
+With liblinear, a standardised float64 copy (8 N D) and, per class fitted at
+once, liblinear's own copy (16 N D: an int index and a double per value).
 """
 
 import dataclasses

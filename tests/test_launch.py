@@ -71,7 +71,7 @@ def test_linear_eval_job_reads_the_embedding_jobs_output():
   job = dataflow.main(argv).job  # Built offline: the split lists and run.json are not read.
   assert job.proto.name == "mmv-linear-eval-s3d"
   env = _environment(job)
-  assert env.proto.worker_pools[0].machine_type == "n2-highmem-8"
+  assert env.proto.worker_pools[0].machine_type == "n2-standard-8"
   assert "no_use_multiple_sdk_containers" in env.proto.experiments
   assert job.options.get_all_options()["number_of_worker_harness_threads"] == 1
 
