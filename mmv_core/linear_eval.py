@@ -483,9 +483,10 @@ def fit_classifiers(features: np.ndarray, labels: np.ndarray, num_classes: int,
     if not fit.converged.all():
       raise NotConvergedError(
           f"C={svm_c:g}: {int((~fit.converged).sum())} of {len(present)} classes did not "
-          f"converge in {settings.max_iter} Newton iterations (largest relative gradient "
-          f"norm {fit.relative_gradient_norm.max():.2e}, tolerance {settings.tol:g}); "
-          "raise --svm_max_iter")
+          f"converge (largest relative gradient norm {fit.relative_gradient_norm.max():.2e} "
+          f"after {fit.iterations.max()} of at most {settings.max_iter} Newton iterations, "
+          f"tolerance {settings.tol:g}); raise --svm_max_iter, or --svm_tol if the "
+          "iterations stopped short of the limit")
     classifier = _classifier(scaler, num_classes, present, fit.coef, fit.intercept, svm_c)
     classifier.iterations = np.zeros(num_classes, np.int64)
     classifier.iterations[present] = fit.iterations

@@ -24,6 +24,11 @@ solver, but with all classes in one pass over the features:
     exact objective, which costs no product with the features (the margins
     move along the direction's own margins, kept from the CG iterations).
 
+Written with numpy over BLAS: on the 2-core development machine its float32
+products ran on par with XLA's CPU ones, and the set of classes still
+iterating shrinks as classes converge, which under `jax.jit` would compile
+again for every new shape (bench/README.md).
+
 Every solve starts from w = 0: warm starts from a neighbouring C's solution
 were measured to take as many Newton iterations and lose the exact first
 step.
@@ -162,7 +167,8 @@ def _apply(preconditioner: np.ndarray, residual: np.ndarray) -> np.ndarray:
 
 
 def _newton_direction(problem: _Problem, gradient: np.ndarray, active: np.ndarray,
-                      preconditioner: np.ndarray, settings: SolverSettings) -> tuple[np.ndarray, np.ndarray]:
+                      preconditioner: np.ndarray, settings: SolverSettings
+                      ) -> tuple[np.ndarray, np.ndarray]:
   """Solves H_k s_k = -g_k for every column by preconditioned CG.
 
   H_k = I + 2C X~' diag(active_k) X~, the generalised Hessian of class k.
@@ -203,11 +209,16 @@ def _newton_direction(problem: _Problem, gradient: np.ndarray, active: np.ndarra
 
 def _line_search(problem: _Problem, w: np.ndarray, z: np.ndarray, step: np.ndarray,
                  step_margins: np.ndarray, gradient: np.ndarray,
-                 objective: np.ndarray) -> np.ndarray:
-  """float64 [K] step lengths satisfying Armijo's condition, per class.
+                 objective: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Step lengths satisfying Armijo's condition, per class.
 
   The objective along a direction needs only the margins, so each trial is
   O(N K), never a product with the features.
+
+  Returns:
+    (float64 [K] step lengths, bool [K] whether one was found: a class
+    whose direction no longer decreases its objective, at the limit of
+    float32 products, has none).
   """
   slope = _column_dot(gradient, step)
   ww, ws, ss = _column_dot(w, w), _column_dot(w, step), _column_dot(step, step)
@@ -224,7 +235,7 @@ def _line_search(problem: _Problem, w: np.ndarray, z: np.ndarray, step: np.ndarr
     ok = trial <= objective[cols] + _ARMIJO * e * slope[cols]
     pending[cols[ok]] = False
     eta[cols[~ok]] *= _BACKTRACK
-  return eta
+  return eta, ~pending
 
 
 def solve(features: np.ndarray, labels: np.ndarray, classes: np.ndarray, svm_c: float, *,
@@ -263,9 +274,8 @@ def solve(features: np.ndarray, labels: np.ndarray, classes: np.ndarray, svm_c: 
     active = slack[:, cols] > 0
     step, step_margins = _newton_direction(sub, gradient[:, cols], active, preconditioner,
                                            settings)
-    eta = _line_search(sub, w[:, cols], z[:, cols], step, step_margins,
-                       gradient[:, cols], objective[cols])
-    moved = eta > _BACKTRACK ** _MAX_BACKTRACKS
+    eta, moved = _line_search(sub, w[:, cols], z[:, cols], step, step_margins,
+                              gradient[:, cols], objective[cols])
     stalled[cols[~moved]] = True
     cols, eta, step, step_margins = cols[moved], eta[moved], step[:, moved], step_margins[:, moved]
     sub = _Problem(features, targets[:, cols], svm_c)
