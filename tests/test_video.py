@@ -421,7 +421,7 @@ def test_train_clips_are_strided_clips_flipped_about_half_the_time():
   assert 70 < num_flipped < 130, num_flipped
 
 
-def test_train_clips_flip_before_resizing():
+def test_exact_train_clips_flip_before_resizing():
   # Bilinear resizing and flipping do not commute bit-exactly, so the protocol's
   # order is observable. A one-frame square video makes every clip the resized,
   # possibly flipped frame (the crop then takes all of it).
@@ -432,7 +432,8 @@ def test_train_clips_flip_before_resizing():
   seen_flipped = seen_unflipped = False
   for seed in range(20):
     clips = video.train_clips(frame, num_clips=1, num_frames=2, stride=1,
-                              min_resize=12, crop_size=12, seed=seed)
+                              min_resize=12, crop_size=12, seed=seed,
+                              exact_train_clips=True)
     pixels = np.rint(clips[0, 0] * 255).astype(np.uint8)
     if np.array_equal(pixels, flipped_then_resized[0]):
       seen_flipped = True
