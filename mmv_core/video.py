@@ -29,6 +29,10 @@ DEFAULT_NUM_TRAIN_CLIPS = 10
 DEFAULT_MIN_RESIZE = 224
 DEFAULT_CROP_SIZE = 224
 
+# N uint8 [H, W, 3] frames: the rows of an array, or decoded tensors, which
+# TensorFlow resizes without first copying them.
+_Frames = Sequence[np.ndarray | tf.Tensor]
+
 _RGB_CHANNELS = 3
 _MAX_PIXEL_VALUE = np.float32(255.0)
 _RESIZE_FRAMES_PER_CALL = 8
@@ -139,6 +143,12 @@ def decode_jpeg_frames(jpegs: Sequence[bytes],
       names the frame index), an index is out of range, or the frames differ
       in size.
   """
+  return np.stack(_decode_jpeg_tensors(jpegs, indices))
+
+
+def _decode_jpeg_tensors(jpegs: Sequence[bytes],
+                         indices: Optional[Sequence[int]] = None) -> list[tf.Tensor]:
+  """`decode_jpeg_frames` as N uint8 [H, W, 3] tensors, which resize uncopied."""
   if indices is None:
     indices = range(len(jpegs))
   if len(indices) == 0:
@@ -149,15 +159,14 @@ def decode_jpeg_frames(jpegs: Sequence[bytes],
       raise ValueError(f'Frame index {index} is out of range for a video of '
                        f'{len(jpegs)} frames.')
     try:
-      # np.asarray shares the tensor's buffer; .numpy() would copy it first.
-      frame = np.asarray(tf.io.decode_jpeg(jpegs[index], channels=_RGB_CHANNELS))
+      frame = tf.io.decode_jpeg(jpegs[index], channels=_RGB_CHANNELS)
     except (tf.errors.OpError, ValueError) as error:
       raise ValueError(f'Frame {index} is not a valid JPEG: {error}') from error
     if frames and frame.shape != frames[0].shape:
-      raise ValueError(f'Frame {index} has shape {frame.shape}, unlike frame '
-                       f'{indices[0]} with shape {frames[0].shape}.')
+      raise ValueError(f'Frame {index} has shape {tuple(frame.shape)}, unlike frame '
+                       f'{indices[0]} with shape {tuple(frames[0].shape)}.')
     frames.append(frame)
-  return np.stack(frames)
+  return frames
 
 
 # Spatial processing.
@@ -190,10 +199,15 @@ def resize_frames(frames: np.ndarray, min_resize: int) -> np.ndarray:
     uint8 [N, out_h, out_w, 3], sizes from `resized_size`.
   """
   _check_frames(frames)
-  height, width = frames.shape[1:3]
+  return _resize(frames, min_resize)
+
+
+def _resize(frames: _Frames, min_resize: int) -> np.ndarray:
+  """`resize_frames` of N frames (see `_Frames`): uint8 [N, out_h, out_w, 3]."""
+  height, width = frames[0].shape[:2]
   size = resized_size(height, width, min_resize)
   if size == (height, width):
-    return frames
+    return np.asarray(frames)
   resized = np.empty((len(frames), *size, _RGB_CHANNELS), np.uint8)
   # A few frames per call keep the float32 result in cache until it is cast;
   # each frame is resized on its own, so the pixels do not depend on it.
@@ -279,13 +293,13 @@ def random_flip_left_right(frames: np.ndarray,
   return frames
 
 
-def _flip_left_right(frames: np.ndarray) -> np.ndarray:
+def _flip_left_right(frames: np.ndarray | tf.Tensor) -> np.ndarray:
   """uint8 [N, H, W, 3] `frames` mirrored left-right, as a new read-only array."""
   num, height, width, channels = frames.shape
-  rows = np.ascontiguousarray(frames).reshape(num * height, width, channels)
   # TensorFlow reverses the middle axis of [rows, W, C<=3] with a kernel made
   # for image rows, 3-4x faster than numpy's copy of reversed 3-byte pixels.
-  return np.asarray(tf.reverse(rows, axis=[1])).reshape(frames.shape)
+  rows = tf.reshape(frames, (num * height, width, channels))
+  return np.asarray(tf.reverse(rows, axis=[1])).reshape(num, height, width, channels)
 
 
 def to_float(frames: np.ndarray) -> np.ndarray:
@@ -295,9 +309,9 @@ def to_float(frames: np.ndarray) -> np.ndarray:
 
 # Clips.
 
-# Maps sorted, unique frame indices to uint8 [N, H, W, 3] frames; lets the same
-# clip logic read decoded arrays or decode JPEGs.
-_FrameGatherer = Callable[[np.ndarray], np.ndarray]
+# Maps sorted, unique frame indices to their frames; lets the same clip logic
+# read decoded arrays or decode JPEGs.
+_FrameGatherer = Callable[[np.ndarray], '_Frames']
 
 
 def _train_indices(num_video_frames: int, num_clips: int, num_frames: int,
@@ -341,20 +355,21 @@ def _test_clips_of(resized: np.ndarray, rows: np.ndarray,
   return _cut_clips([resized] * len(rows), rows, [offset] * len(rows), crop_size)
 
 
-def _mirrored_frames(frames: np.ndarray, resized: np.ndarray, min_resize: int,
-                     exact: bool) -> np.ndarray:
-  """uint8 [F, H, W, 3]: `frames` [F, h, w, 3] flipped left-right and resized.
+def _mirrored_frames(frames: _Frames, resized: np.ndarray, rows: np.ndarray,
+                     min_resize: int, exact: bool) -> np.ndarray:
+  """uint8 [R, H, W, 3]: the frames at `rows` [R] flipped left-right and resized.
 
-  Exact: flipped, then resized, as the protocol. Otherwise `resized` (the
-  same frames resized) is mirrored, which differs from it by the resize's
-  rounding only: bilinear resizing is not bit-exactly flip-equivariant.
+  Exact: `frames` (F decoded frames) flipped, then resized, as the protocol.
+  Otherwise `resized` [F, H, W, 3] (the same frames resized) is mirrored,
+  which differs from it by the resize's rounding only: bilinear resizing is
+  not bit-exactly flip-equivariant.
   """
   if exact:
-    return resize_frames(frames[:, :, ::-1], min_resize)
-  return _flip_left_right(resized)
+    return _resize(_flip_left_right(tf.stack([frames[row] for row in rows])), min_resize)
+  return _flip_left_right(resized[rows])
 
 
-def _train_clips_of(frames: np.ndarray, resized: np.ndarray, rows: np.ndarray,
+def _train_clips_of(frames: _Frames, resized: np.ndarray, rows: np.ndarray,
                     min_resize: int, crop_size: int, rng: np.random.Generator,
                     exact: bool) -> np.ndarray:
   """Training clips: per clip a flip, then a random crop, drawn from `rng`.
@@ -364,7 +379,7 @@ def _train_clips_of(frames: np.ndarray, resized: np.ndarray, rows: np.ndarray,
   turn.
 
   Args:
-    frames: uint8 [F, h, w, 3], the decoded frames the clips use.
+    frames: the F decoded frames the clips use.
     resized: uint8 [F, H, W, 3], `frames` resized.
     rows: int [N, T], per clip the rows of `frames` it takes.
     min_resize: target size of the smaller side.
@@ -386,8 +401,7 @@ def _train_clips_of(frames: np.ndarray, resized: np.ndarray, rows: np.ndarray,
   source_rows = rows.copy()
   if flips.any():
     flipped_rows, rows_in_mirrored = np.unique(rows[flips], return_inverse=True)
-    mirrored = _mirrored_frames(frames[flipped_rows], resized[flipped_rows], min_resize,
-                                exact)
+    mirrored = _mirrored_frames(frames, resized, flipped_rows, min_resize, exact)
     source_rows[flips] = rows_in_mirrored.reshape(-1, rows.shape[1])
     sources = [mirrored if flip else resized for flip in flips]
   return _cut_clips(sources, source_rows, offsets, crop_size)
@@ -414,7 +428,7 @@ def _clips(gather: _FrameGatherer, num_video_frames: int, *, num_train_clips: in
   if not len(needed):
     return empty, empty
   frames = gather(needed)
-  resized = resize_frames(frames, min_resize)
+  resized = _resize(frames, min_resize)
   train_rows, test_rows = rows[:num_train_clips], rows[num_train_clips:]
   train = (_train_clips_of(frames, resized, train_rows, min_resize, crop_size, rng,
                            exact_train_clips) if num_train_clips else empty)
@@ -423,7 +437,7 @@ def _clips(gather: _FrameGatherer, num_video_frames: int, *, num_train_clips: in
 
 
 def _jpeg_gatherer(jpegs: Sequence[bytes]) -> _FrameGatherer:
-  return lambda needed: decode_jpeg_frames(jpegs, needed)
+  return lambda needed: _decode_jpeg_tensors(jpegs, needed)
 
 
 def _array_gatherer(frames: np.ndarray) -> _FrameGatherer:
