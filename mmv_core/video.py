@@ -1,8 +1,7 @@
 """Video preprocessing of the MMV evaluation protocol: JPEG frames to clips.
 
-This stage turns a video stored as JPEG frames into the float clips the
-networks embed, following the published protocol
-(shared/reference/PROTOCOL.md):
+This stage turns a video stored as JPEG frames into the clips the networks
+embed, following the published protocol (shared/reference/PROTOCOL.md):
 
   sampling (test: W evenly spaced windows; train: one random clip, then a
   left-right flip with probability 1/2) -> resize so the smaller side is
@@ -10,8 +9,11 @@ networks embed, following the published protocol
   crop (test: central; train: random) -> float32 / 255.
 
 Decoding and resizing call TensorFlow's own kernels, as the original pipeline
-did, so pixel values match it exactly. All functions are
-pure: numpy arrays in, numpy arrays out; randomness comes from an explicit
+did, so pixel values match it exactly. A video's clips are cut from its
+frames decoded and resized once; training clips are by default flipped after
+the resize rather than before it (see `train_clips`), and `clips_from_jpegs`
+leaves the scaling to float32 to the accelerator. All functions are pure:
+numpy arrays in, numpy arrays out; randomness comes from an explicit
 `numpy.random.Generator`.
 """
 
@@ -253,7 +255,9 @@ def _draw_crop_offset(height: int, width: int, crop_size: int,
   if height < crop_size or width < crop_size:
     raise ValueError(f'Cannot crop {crop_size}x{crop_size} from frames of size '
                      f'{height}x{width}.')
-  return int(rng.integers(0, height - crop_size + 1)), int(rng.integers(0, width - crop_size + 1))
+  top = int(rng.integers(0, height - crop_size + 1))
+  left = int(rng.integers(0, width - crop_size + 1))
+  return top, left
 
 
 def random_crop(frames: np.ndarray, crop_size: int,
@@ -311,7 +315,7 @@ def to_float(frames: np.ndarray) -> np.ndarray:
 
 # Maps sorted, unique frame indices to their frames; lets the same clip logic
 # read decoded arrays or decode JPEGs.
-_FrameGatherer = Callable[[np.ndarray], '_Frames']
+_FrameGatherer = Callable[[np.ndarray], _Frames]
 
 
 def _train_indices(num_video_frames: int, num_clips: int, num_frames: int,
@@ -392,18 +396,19 @@ def _train_clips_of(frames: _Frames, resized: np.ndarray, rows: np.ndarray,
     uint8 [N, T, crop_size, crop_size, 3].
   """
   height, width = resized.shape[1:3]
-  flips, offsets = [], []
-  for _ in rows:
-    flips.append(_draw_flip(rng))
-    offsets.append(_draw_crop_offset(height, width, crop_size, rng))
-  flips = np.array(flips)
+  # A clip's flip is drawn before its crop offset, as the protocol's order
+  # of operations draws them.
+  draws = [(_draw_flip(rng), _draw_crop_offset(height, width, crop_size, rng))
+           for _ in rows]
+  flipped = np.array([flip for flip, _ in draws])
+  offsets = [offset for _, offset in draws]
   sources = [resized] * len(rows)
   source_rows = rows.copy()
-  if flips.any():
-    flipped_rows, rows_in_mirrored = np.unique(rows[flips], return_inverse=True)
-    mirrored = _mirrored_frames(frames, resized, flipped_rows, min_resize, exact)
-    source_rows[flips] = rows_in_mirrored.reshape(-1, rows.shape[1])
-    sources = [mirrored if flip else resized for flip in flips]
+  if flipped.any():
+    mirrored_rows, rows_in_mirrored = np.unique(rows[flipped], return_inverse=True)
+    mirrored = _mirrored_frames(frames, resized, mirrored_rows, min_resize, exact)
+    source_rows[flipped] = rows_in_mirrored.reshape(-1, rows.shape[1])
+    sources = [mirrored if flip else resized for flip in flipped]
   return _cut_clips(sources, source_rows, offsets, crop_size)
 
 
@@ -413,8 +418,9 @@ def _clips(gather: _FrameGatherer, num_video_frames: int, *, num_train_clips: in
            exact_train_clips: bool) -> tuple[np.ndarray, np.ndarray]:
   """(uint8 [N, T, crop, crop, 3] training clips, uint8 [W, T, crop, crop, 3] test clips).
 
-  Every frame either kind needs is fetched and resized once; all training
-  clip offsets are drawn first, as before any frame is read.
+  Every frame either kind needs is fetched and resized once. The training
+  clips' start frames are all drawn first, then each clip's flip and crop
+  offset (`_train_clips_of`).
   """
   rng = np.random.default_rng(seed)
   no_clips = np.zeros((0, num_frames), np.int64)
