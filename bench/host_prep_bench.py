@@ -11,7 +11,7 @@ windows of 32x224x224 (uint8, as they leave the host). Three ways:
 - `exact`: `video.clips_from_jpegs(..., exact_train_clips=True)`.
 Everything runs on one thread (TensorFlow's intra- and inter-op pools, OMP,
 OpenBLAS), so CPU time is time on one core; the figure is the fastest of
-`--repeats` runs, in ms per clip.
+`--repeats` runs, in ms per clip, the three ways taking turns.
 
     PYTHONPATH=. .venv/bin/python bench/host_prep_bench.py
 """
@@ -98,23 +98,28 @@ class _Before:
     return train, test
 
 
-def _fastest(prepare: Callable[[], object], repeats: int) -> dict:
-  """Fastest CPU and wall seconds of `repeats` runs, after one warm-up run."""
-  prepare()
-  cpu, wall = [], []
+def _fastest(builders: dict[str, Callable[[], object]], repeats: int) -> dict[str, dict]:
+  """Per builder, the fastest CPU and wall seconds of `repeats` runs.
+
+  The builders take turns, so that load from other processes on the
+  machine falls on all of them alike.
+  """
+  cpu = {name: [] for name in builders}
+  wall = {name: [] for name in builders}
   for _ in range(repeats):
-    cpu_start, wall_start = time.process_time(), time.perf_counter()
-    prepare()
-    cpu.append(time.process_time() - cpu_start)
-    wall.append(time.perf_counter() - wall_start)
-  return {"cpu_s": min(cpu), "wall_s": min(wall)}
+    for name, build in builders.items():
+      cpu_start, wall_start = time.process_time(), time.perf_counter()
+      build()
+      cpu[name].append(time.process_time() - cpu_start)
+      wall[name].append(time.perf_counter() - wall_start)
+  return {name: {"cpu_s": min(cpu[name]), "wall_s": min(wall[name])} for name in builders}
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
   parser.add_argument("--num_train_clips", type=int, default=10)
   parser.add_argument("--num_test_windows", type=int, default=10)
-  parser.add_argument("--repeats", type=int, default=7)
+  parser.add_argument("--repeats", type=int, default=15)
   parser.add_argument("--json_out", default=None)
   args = parser.parse_args()
 
@@ -128,12 +133,10 @@ def main():
       "fast": lambda: video.clips_from_jpegs(jpegs, **clip_kwargs),
       "exact": lambda: video.clips_from_jpegs(jpegs, **clip_kwargs, exact_train_clips=True),
   }
-  clips = {name: build() for name, build in builders.items()}
+  clips = {name: build() for name, build in builders.items()}  # Also the warm-up.
   num_clips = args.num_train_clips + args.num_test_windows
-  modes = {}
-  for name, build in builders.items():
-    seconds = _fastest(build, args.repeats)
-    modes[name] = {**seconds, "ms_per_clip_per_core": 1000 * seconds["cpu_s"] / num_clips}
+  modes = {name: {**seconds, "ms_per_clip_per_core": 1000 * seconds["cpu_s"] / num_clips}
+           for name, seconds in _fastest(builders, args.repeats).items()}
   flipped_difference = np.abs(clips["fast"][0].astype(np.int16) - clips["exact"][0])
   results = {
       "host": f"{platform.machine()}, {os.cpu_count()} CPUs, load average "

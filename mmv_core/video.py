@@ -190,8 +190,7 @@ def resize_frames(frames: np.ndarray, min_resize: int) -> np.ndarray:
 
   Frames already of the target size are returned as they are. Otherwise the
   resize is `tf.image.resize`'s default bilinear one (half-pixel centres, no
-  antialiasing) and the float result is truncated back to uint8, as `tf.cast`
-  does.
+  antialiasing) and the float result is truncated back to uint8 by `tf.cast`.
 
   Args:
     frames: uint8 [N, H, W, 3].
@@ -201,25 +200,23 @@ def resize_frames(frames: np.ndarray, min_resize: int) -> np.ndarray:
     uint8 [N, out_h, out_w, 3], sizes from `resized_size`.
   """
   _check_frames(frames)
-  return _resize(frames, min_resize)
+  height, width = frames.shape[1:3]
+  if resized_size(height, width, min_resize) == (height, width):
+    return frames
+  return _resized_tensor(frames, min_resize).numpy()
 
 
-def _resize(frames: _Frames, min_resize: int) -> np.ndarray:
-  """`resize_frames` of N frames (see `_Frames`): uint8 [N, out_h, out_w, 3]."""
+def _resized_tensor(frames: _Frames, min_resize: int) -> tf.Tensor:
+  """uint8 [N, out_h, out_w, 3] tensor of N frames (see `_Frames`), as `resize_frames`."""
   height, width = frames[0].shape[:2]
   size = resized_size(height, width, min_resize)
   if size == (height, width):
-    return np.asarray(frames)
-  resized = np.empty((len(frames), *size, _RGB_CHANNELS), np.uint8)
+    return tf.convert_to_tensor(frames)
   # A few frames per call keep the float32 result in cache until it is cast;
   # each frame is resized on its own, so the pixels do not depend on it.
-  for start in range(0, len(frames), _RESIZE_FRAMES_PER_CALL):
-    chunk = slice(start, start + _RESIZE_FRAMES_PER_CALL)
-    # The values lie in [0, 255], where numpy's cast truncates as tf.cast
-    # does, at a quarter of its cost.
-    np.copyto(resized[chunk], np.asarray(tf.image.resize(frames[chunk], size)),
-              casting='unsafe')
-  return resized
+  chunks = [frames[start:start + _RESIZE_FRAMES_PER_CALL]
+            for start in range(0, len(frames), _RESIZE_FRAMES_PER_CALL)]
+  return tf.concat([tf.cast(tf.image.resize(chunk, size), tf.uint8) for chunk in chunks], axis=0)
 
 
 def central_crop(frames: np.ndarray, crop_size: int) -> np.ndarray:
@@ -297,13 +294,13 @@ def random_flip_left_right(frames: np.ndarray,
   return frames
 
 
-def _flip_left_right(frames: np.ndarray | tf.Tensor) -> np.ndarray:
-  """uint8 [N, H, W, 3] `frames` mirrored left-right, as a new read-only array."""
+def _flip_left_right(frames: tf.Tensor) -> tf.Tensor:
+  """uint8 [N, H, W, 3] `frames` mirrored left-right."""
   num, height, width, channels = frames.shape
   # TensorFlow reverses the middle axis of [rows, W, C<=3] with a kernel made
   # for image rows, 3-4x faster than numpy's copy of reversed 3-byte pixels.
   rows = tf.reshape(frames, (num * height, width, channels))
-  return np.asarray(tf.reverse(rows, axis=[1])).reshape(num, height, width, channels)
+  return tf.reshape(tf.reverse(rows, axis=[1]), (num, height, width, channels))
 
 
 def to_float(frames: np.ndarray) -> np.ndarray:
@@ -359,8 +356,8 @@ def _test_clips_of(resized: np.ndarray, rows: np.ndarray,
   return _cut_clips([resized] * len(rows), rows, [offset] * len(rows), crop_size)
 
 
-def _mirrored_frames(frames: _Frames, resized: np.ndarray, rows: np.ndarray,
-                     min_resize: int, exact: bool) -> np.ndarray:
+def _mirrored_frames(frames: _Frames, resized: tf.Tensor, rows: np.ndarray,
+                     min_resize: int, exact: bool) -> tf.Tensor:
   """uint8 [R, H, W, 3]: the frames at `rows` [R] flipped left-right and resized.
 
   Exact: `frames` (F decoded frames) flipped, then resized, as the protocol.
@@ -369,11 +366,12 @@ def _mirrored_frames(frames: _Frames, resized: np.ndarray, rows: np.ndarray,
   not bit-exactly flip-equivariant.
   """
   if exact:
-    return _resize(_flip_left_right(tf.stack([frames[row] for row in rows])), min_resize)
-  return _flip_left_right(resized[rows])
+    return _resized_tensor(_flip_left_right(tf.stack([frames[row] for row in rows])),
+                           min_resize)
+  return _flip_left_right(tf.gather(resized, rows))
 
 
-def _train_clips_of(frames: _Frames, resized: np.ndarray, rows: np.ndarray,
+def _train_clips_of(frames: _Frames, resized: tf.Tensor, rows: np.ndarray,
                     min_resize: int, crop_size: int, rng: np.random.Generator,
                     exact: bool) -> np.ndarray:
   """Training clips: per clip a flip, then a random crop, drawn from `rng`.
@@ -384,7 +382,7 @@ def _train_clips_of(frames: _Frames, resized: np.ndarray, rows: np.ndarray,
 
   Args:
     frames: the F decoded frames the clips use.
-    resized: uint8 [F, H, W, 3], `frames` resized.
+    resized: uint8 [F, H, W, 3] tensor, `frames` resized.
     rows: int [N, T], per clip the rows of `frames` it takes.
     min_resize: target size of the smaller side.
     crop_size: side of the random crop.
@@ -402,13 +400,13 @@ def _train_clips_of(frames: _Frames, resized: np.ndarray, rows: np.ndarray,
            for _ in rows]
   flipped = np.array([flip for flip, _ in draws])
   offsets = [offset for _, offset in draws]
-  sources = [resized] * len(rows)
+  sources = [np.asarray(resized)] * len(rows)
   source_rows = rows.copy()
   if flipped.any():
     mirrored_rows, rows_in_mirrored = np.unique(rows[flipped], return_inverse=True)
-    mirrored = _mirrored_frames(frames, resized, mirrored_rows, min_resize, exact)
+    mirrored = np.asarray(_mirrored_frames(frames, resized, mirrored_rows, min_resize, exact))
     source_rows[flipped] = rows_in_mirrored.reshape(-1, rows.shape[1])
-    sources = [mirrored if flip else resized for flip in flipped]
+    sources = [mirrored if flip else source for flip, source in zip(flipped, sources)]
   return _cut_clips(sources, source_rows, offsets, crop_size)
 
 
@@ -434,11 +432,12 @@ def _clips(gather: _FrameGatherer, num_video_frames: int, *, num_train_clips: in
   if not len(needed):
     return empty, empty
   frames = gather(needed)
-  resized = _resize(frames, min_resize)
+  resized = _resized_tensor(frames, min_resize)
   train_rows, test_rows = rows[:num_train_clips], rows[num_train_clips:]
   train = (_train_clips_of(frames, resized, train_rows, min_resize, crop_size, rng,
                            exact_train_clips) if num_train_clips else empty)
-  test = _test_clips_of(resized, test_rows, crop_size) if num_test_windows else empty
+  test = (_test_clips_of(np.asarray(resized), test_rows, crop_size) if num_test_windows
+          else empty)
   return train, test
 
 
