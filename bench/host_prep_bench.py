@@ -5,8 +5,9 @@ the protocol's ffmpeg re-encoding, then what `pipelines.embed` does on the
 host per video: decode its JPEG frames and cut 10 training clips and 10 test
 windows of 32x224x224 (uint8, as they leave the host). Three ways:
 - `before`: the algorithm as it was before `exact_train_clips` (copied below
-  as `_Before`, the baseline only): each training clip flipped and resized
-  on its own, test and training frames resized separately;
+  as `_Before`, input checks left out; the baseline only): each training
+  clip flipped and resized on its own, test and training frames resized
+  separately;
 - `fast`: `video.clips_from_jpegs`, the default (`exact_train_clips=False`);
 - `exact`: `video.clips_from_jpegs(..., exact_train_clips=True)`.
 Everything runs on one thread (TensorFlow's intra- and inter-op pools, OMP,
@@ -18,6 +19,7 @@ OpenBLAS), so CPU time is time on one core; the figure is the fastest of
 
 import os
 
+# Read by TensorFlow and the BLAS libraries when they load, so set first.
 for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                   "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
   os.environ[_variable] = "1"

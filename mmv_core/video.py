@@ -333,7 +333,8 @@ def _cut_clips(sources: Sequence[np.ndarray], rows: np.ndarray,
     crop_size: side of the crops.
 
   Returns:
-    uint8 [N, T, crop_size, crop_size, 3], the only copy of the pixels made.
+    uint8 [N, T, crop_size, crop_size, 3], a new array (the crops are views
+    of `sources` until here).
   """
   clips = np.empty((*rows.shape, crop_size, crop_size, _RGB_CHANNELS), np.uint8)
   for clip, source, clip_rows, (top, left) in zip(clips, sources, rows, offsets):
