@@ -73,6 +73,7 @@ class EmbedJobConfig:
   crop_size: int = video.DEFAULT_CROP_SIZE
   num_train_clips: int = video.DEFAULT_NUM_TRAIN_CLIPS
   num_test_windows: int = video.DEFAULT_NUM_TEST_WINDOWS
+  exact_train_clips: bool = False
   batch_size: int = EmbedderConfig.batch_size
   compute_dtype: str = EmbedderConfig.compute_dtype
   joint_embeddings: bool = False
@@ -113,7 +114,8 @@ def sample_clips(cached: CachedVideo, config: EmbedJobConfig
       cached.frames, num_train_clips=config.num_train_clips,
       num_test_windows=config.num_test_windows, num_frames=config.num_frames,
       stride=config.stride, min_resize=config.min_resize, crop_size=config.crop_size,
-      seed=video.video_seed(cached.video_id, config.seed))
+      seed=video.video_seed(cached.video_id, config.seed),
+      exact_train_clips=config.exact_train_clips)
   for clip_type, clips in ((schema.CLIP_TYPE_TRAIN, train), (schema.CLIP_TYPE_TEST, test)):
     for index, clip in enumerate(clips):
       yield ClipKey(cached.video_id, cached.label, cached.label_name, clip_type, index), clip
@@ -372,6 +374,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[EmbedJobConfig, list[str]]:
   for name in ("num_frames", "stride", "min_resize", "crop_size", "num_train_clips",
                "num_test_windows", "batch_size", "seed"):
     p.add_argument(f"--{name}", type=int, default=getattr(defaults, name))
+  p.add_argument("--exact_train_clips", action="store_true",
+                 help="flip training clips before resizing them, bit-exactly as the protocol; "
+                      "by default they are flipped after it (each frame resized once), which "
+                      "draws the same clips but leaves flipped ones within 1 grey level of the "
+                      "protocol's (bilinear resizing is not exactly flip-equivariant)")
   p.add_argument("--compute_dtype", choices=("float32", "bfloat16"), default=defaults.compute_dtype,
                  help="bfloat16 only pays on accelerators; float32 is the protocol")
   p.add_argument("--joint_embeddings", action="store_true",

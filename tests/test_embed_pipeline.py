@@ -224,3 +224,24 @@ def test_linear_evaluation_of_the_jobs_output_reports_all_splits_and_the_missing
              for s in "123")
   report = (eval_dir / "report.md").read_text()
   assert bad_id in report and "confusion_split3.png" in report
+
+
+def test_exact_train_clips_flag_reaches_the_clip_sampler():
+  rng = np.random.default_rng(0)
+  jpegs = tuple(tf.io.encode_jpeg(frame).numpy()
+                for frame in rng.integers(0, 256, (12, 36, 48, 3), dtype=np.uint8))
+  cached = video_cache.CachedVideo("v_Archery_g01_c01", 2, "Archery", jpegs, 0)
+  required = ["--checkpoint_path=c.pkl", "--work_dir=w", "--output_dir=o"]
+  clip_flags = [f"--{name}={value}" for name, value in CLIPS.items()] + [
+      "--num_train_clips=6", "--num_test_windows=1"]
+  sampled = {}
+  for exact in (False, True):
+    config, _ = embed.parse_args(required + clip_flags + ["--exact_train_clips"] * exact)
+    assert config.exact_train_clips == exact
+    sampled[exact] = np.stack([clip for key, clip in embed.sample_clips(cached, config)
+                               if key.clip_type == schema.CLIP_TYPE_TRAIN])
+    expected, _ = video.clips_from_jpegs(
+        jpegs, num_train_clips=6, num_test_windows=1, **CLIPS,
+        seed=video.video_seed(cached.video_id, 0), exact_train_clips=exact)
+    np.testing.assert_array_equal(sampled[exact], expected)
+  assert not np.array_equal(sampled[False], sampled[True])
