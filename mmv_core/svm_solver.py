@@ -109,22 +109,25 @@ class _Problem:
     self.c = svm_c
 
   def margins(self, w: np.ndarray) -> np.ndarray:
-    """float64 [N, K] = X w + b for a [D + 1, K] block."""
+    """float32 [N, K] = X w + b for a [D + 1, K] block."""
     z = self.x @ w[:-1].astype(np.float32)
-    return z.astype(np.float64) + w[-1]
+    z += w[-1].astype(np.float32)
+    return z
 
   def transposed(self, r: np.ndarray) -> np.ndarray:
     """float64 [D + 1, K] = [X' r; 1' r] for an [N, K] block."""
-    top = (self.x.T @ r.astype(np.float32)).astype(np.float64)
+    top = (self.x.T @ r.astype(np.float32, copy=False)).astype(np.float64)
     return np.vstack([top, r.sum(axis=0, keepdims=True)])
 
   def slack(self, z: np.ndarray, cols: np.ndarray | None = None) -> np.ndarray:
-    """float64 [N, k] = max(0, 1 - y z) of the given classes (default all).
+    """float64 [N, k] = max(0, 1 - y z) of the given classes (default all), z float64.
 
     Positive exactly where a clip is in the class's active set.
     """
     y = self.y if cols is None else self.y[:, cols]
-    return np.maximum(0.0, 1.0 - y * z)
+    slack = y * z
+    np.subtract(1.0, slack, out=slack)
+    return np.maximum(slack, 0.0, out=slack)
 
   def objective(self, w: np.ndarray, slack: np.ndarray) -> np.ndarray:
     """float64 [K], each class's f_k, from its weights and slacks."""
@@ -174,10 +177,10 @@ def _newton_direction(problem: _Problem, gradient: np.ndarray, active: np.ndarra
   H_k = I + 2C X~' diag(active_k) X~, the generalised Hessian of class k.
 
   Returns:
-    (s float64 [D + 1, K], X~ s float64 [N, K]).
+    (s float64 [D + 1, K], X~ s float32 [N, K]).
   """
   step = np.zeros_like(gradient)
-  step_margins = np.zeros(active.shape)
+  step_margins = np.zeros(active.shape, np.float32)
   residual = -gradient
   target = settings.cg_tol * np.linalg.norm(gradient, axis=0)
   preconditioned = _apply(preconditioner, residual)
@@ -193,7 +196,7 @@ def _newton_direction(problem: _Problem, gradient: np.ndarray, active: np.ndarra
     hp = p + 2.0 * problem.c * problem.transposed(active[:, cols] * xp)
     alpha = rho[cols] / _column_dot(p, hp)
     step[:, cols] += alpha * p
-    step_margins[:, cols] += alpha * xp
+    step_margins[:, cols] += alpha.astype(np.float32) * xp
     residual[:, cols] -= alpha * hp
     still = np.linalg.norm(residual[:, cols], axis=0) > target[cols]
     live[cols] = still
@@ -252,13 +255,14 @@ def solve(features: np.ndarray, labels: np.ndarray, classes: np.ndarray, svm_c: 
     settings: stopping rules.
   """
   features = np.asarray(features, np.float32)
-  targets = np.where(labels[:, None] == np.asarray(classes)[None, :], 1.0, -1.0)
+  targets = np.where(labels[:, None] == np.asarray(classes)[None, :],
+                     np.float32(1), np.float32(-1))
   problem = _Problem(features, targets, svm_c)
   num_classes = len(classes)
   preconditioner = _preconditioner(gram(features) if gram_matrix is None else gram_matrix,
                                    svm_c)
   w = np.zeros((features.shape[1] + 1, num_classes))
-  z = np.zeros_like(targets)
+  z = np.zeros(targets.shape)
   slack = problem.slack(z)
   objective = problem.objective(w, slack)
   gradient = problem.gradient(w, slack)
