@@ -19,7 +19,8 @@ hold anything with `.shape` and `.dtype` (`ArraySpec`, `jax.ShapeDtypeStruct`).
 Command line (`python -m mmv_core.checkpoints ...`):
   convert IN OUT.npz            pickle (or npz) -> npz
   random --backbone B OUT.pkl   random checkpoint in the released format
-  inspect PATH                  backbone, sizes and sha256 of a checkpoint
+  inspect PATH                  backbone (from the parameter tree, checked
+                                against the file name), sizes and sha256
 """
 
 import argparse
@@ -368,6 +369,60 @@ def _listed(title: str, lines: list[str]) -> list[str]:
   return [f'{title} ({len(lines)}):'] + shown
 
 
+@dataclasses.dataclass(frozen=True)
+class TreeProblems:
+  """How a checkpoint's trees differ from the expected ones.
+
+  Attributes:
+    missing: `<collection> module/path:name dtype[shape]` expected, absent.
+    unexpected: likewise, present but not expected.
+    mismatched: present and expected, with another shape or dtype.
+  """
+  missing: list[str]
+  unexpected: list[str]
+  mismatched: list[str]
+
+  @property
+  def count(self) -> int:
+    return len(self.missing) + len(self.unexpected) + len(self.mismatched)
+
+
+def tree_problems(params: Tree, state: Tree, expected_params: SpecTree,
+                  expected_state: SpecTree) -> TreeProblems:
+  """Every path, shape and dtype in which the trees differ from the expected.
+
+  Args:
+    params: module path -> {name -> array}, as loaded.
+    state: likewise.
+    expected_params: module path -> {name -> object with `.shape`, `.dtype`}.
+    expected_state: likewise.
+  """
+  problems = TreeProblems([], [], [])
+  for collection, actual, expected in ((PARAMS, params, expected_params),
+                                       (STATE, state, expected_state)):
+    actual_flat = {_flat_name(m, n): a for m, leaves in actual.items()
+                   for n, a in leaves.items()}
+    expected_flat = {_flat_name(m, n): s for m, leaves in expected.items()
+                     for n, s in leaves.items()}
+    for key in sorted(expected_flat.keys() - actual_flat.keys()):
+      spec = expected_flat[key]
+      problems.missing.append(
+          f'{collection} {key} {_describe(spec.shape, spec.dtype)}')
+    for key in sorted(actual_flat.keys() - expected_flat.keys()):
+      array = actual_flat[key]
+      problems.unexpected.append(
+          f'{collection} {key} {_describe(array.shape, array.dtype)}')
+    for key in sorted(actual_flat.keys() & expected_flat.keys()):
+      array, spec = actual_flat[key], expected_flat[key]
+      if (tuple(array.shape) != tuple(spec.shape) or
+          array.dtype != np.dtype(spec.dtype)):
+        problems.mismatched.append(
+            f'{collection} {key}: checkpoint has '
+            f'{_describe(array.shape, array.dtype)}, model expects '
+            f'{_describe(spec.shape, spec.dtype)}')
+  return problems
+
+
 def validate_tree(params: Tree, state: Tree, expected_params: SpecTree,
                   expected_state: SpecTree, *, source: str) -> None:
   """Checks both trees hold exactly the expected paths, shapes and dtypes.
@@ -384,36 +439,27 @@ def validate_tree(params: Tree, state: Tree, expected_params: SpecTree,
       mismatched `<collection> module/path:name` (the first
       `MAX_LISTED_PROBLEMS` of each kind).
   """
-  missing, unexpected, mismatched = [], [], []
-  for collection, actual, expected in ((PARAMS, params, expected_params),
-                                       (STATE, state, expected_state)):
-    actual_flat = {_flat_name(m, n): a for m, leaves in actual.items()
-                   for n, a in leaves.items()}
-    expected_flat = {_flat_name(m, n): s for m, leaves in expected.items()
-                     for n, s in leaves.items()}
-    for key in sorted(expected_flat.keys() - actual_flat.keys()):
-      spec = expected_flat[key]
-      missing.append(f'{collection} {key} {_describe(spec.shape, spec.dtype)}')
-    for key in sorted(actual_flat.keys() - expected_flat.keys()):
-      array = actual_flat[key]
-      unexpected.append(
-          f'{collection} {key} {_describe(array.shape, array.dtype)}')
-    for key in sorted(actual_flat.keys() & expected_flat.keys()):
-      array, spec = actual_flat[key], expected_flat[key]
-      if (tuple(array.shape) != tuple(spec.shape) or
-          array.dtype != np.dtype(spec.dtype)):
-        mismatched.append(
-            f'{collection} {key}: checkpoint has '
-            f'{_describe(array.shape, array.dtype)}, model expects '
-            f'{_describe(spec.shape, spec.dtype)}')
-  if missing or unexpected or mismatched:
+  problems = tree_problems(params, state, expected_params, expected_state)
+  if problems.count:
     lines = [f'{source}: checkpoint does not match the model '
-             f'({len(missing)} missing, {len(unexpected)} unexpected, '
-             f'{len(mismatched)} mismatched):']
-    lines += _listed('missing from the checkpoint', missing)
-    lines += _listed('unexpected in the checkpoint', unexpected)
-    lines += _listed('wrong shape or dtype', mismatched)
+             f'({len(problems.missing)} missing, {len(problems.unexpected)} '
+             f'unexpected, {len(problems.mismatched)} mismatched):']
+    lines += _listed('missing from the checkpoint', problems.missing)
+    lines += _listed('unexpected in the checkpoint', problems.unexpected)
+    lines += _listed('wrong shape or dtype', problems.mismatched)
     raise CheckpointError('\n'.join(lines))
+
+
+def problems_per_backbone(params: Tree, state: Tree) -> dict[str, int]:
+  """Backbone -> number of arrays in which the trees differ from its model.
+
+  The expected trees are the models' own (`mmv.param_shapes`), which the
+  tests check against the released checkpoints' manifests. A backbone with
+  0 is the one the trees are; at most one can be, since the three models'
+  trees differ.
+  """
+  return {backbone: tree_problems(params, state, *mmv.param_shapes(backbone)).count
+          for backbone in mmv.BACKBONES}
 
 
 def manifest_shapes(manifest_path: str | os.PathLike[str]
@@ -552,13 +598,51 @@ def _expected_trees(backbone: str, manifest: str | None):
   return mmv.param_shapes(backbone)
 
 
-def _describe_checkpoint(checkpoint: Checkpoint) -> list[str]:
+def _backbone_report(checkpoint: Checkpoint) -> tuple[list[str], str | None]:
+  """Which backbone the parameter tree is, and whether the file name agrees.
+
+  The backbone reported is the one whose model the trees match exactly, not
+  the one the file name names: a renamed file must not pass for another
+  model. Loading without `--backbone` goes by the file name, so a name that
+  disagrees with the trees is a problem.
+
+  Returns:
+    Report lines, and the problem (None when there is none).
+  """
+  problems = problems_per_backbone(checkpoint.params, checkpoint.state)
+  tree_backbone = next((b for b, count in problems.items() if count == 0), None)
   try:
-    backbone = infer_backbone(checkpoint.path)
+    named_backbone = infer_backbone(checkpoint.path)
   except CheckpointError:
-    backbone = 'unknown (file name names none of ' + ', '.join(mmv.BACKBONES) + ')'
+    named_backbone = None
+  if tree_backbone:
+    lines = [f'backbone: {tree_backbone} (the parameter tree is exactly its model)']
+  else:
+    nearest = min(problems, key=problems.get)
+    lines = [f'backbone: none: the parameter tree matches none of '
+             f'{", ".join(mmv.BACKBONES)} (nearest: {nearest}, '
+             f'{problems[nearest]} arrays missing, unexpected or misshapen)']
+  problem = None
+  if named_backbone is None:
+    lines.append('file name: names no backbone')
+    if not tree_backbone:
+      problem = f'{checkpoint.path}: not a checkpoint of any MMV backbone'
+  elif named_backbone == tree_backbone:
+    lines.append(f'file name: names {named_backbone}, in agreement')
+  else:
+    problem = (f'{checkpoint.path}: the file name names {named_backbone}, but '
+               'the parameter tree ' + (f'is that of {tree_backbone}' if tree_backbone
+                                        else 'matches no backbone'))
+    lines.append(f'file name: names {named_backbone}, which DISAGREES with the '
+                 'parameter tree' + (f'; load it with --backbone {tree_backbone}'
+                                     if tree_backbone else ''))
+  return lines, problem
+
+
+def _describe_checkpoint(checkpoint: Checkpoint,
+                         backbone_lines: Sequence[str]) -> list[str]:
   lines = [f'path: {checkpoint.path}', f'sha256: {checkpoint.sha256}',
-           f'backbone: {backbone}']
+           *backbone_lines]
   for collection, tree in zip(COLLECTIONS, (checkpoint.params,
                                             checkpoint.state)):
     arrays = sum(len(leaves) for leaves in tree.values())
@@ -584,14 +668,16 @@ def main(argv: Sequence[str] | None = None) -> int:
   random_.add_argument('destination')
   inspect_ = commands.add_parser('inspect', help='describe a checkpoint')
   inspect_.add_argument('source')
-  inspect_.add_argument('--manifest', help='also validate against this manifest')
+  inspect_.add_argument('--manifest', help='validate against this manifest '
+                        'instead of the backbones\' models')
   args = parser.parse_args(argv)
 
   try:
     if args.command == 'convert':
       checkpoint = load_checkpoint(args.source)
       save_npz(checkpoint, args.destination)
-      print('\n'.join(_describe_checkpoint(checkpoint)))
+      backbone_lines, _ = _backbone_report(checkpoint)
+      print('\n'.join(_describe_checkpoint(checkpoint, backbone_lines)))
       print(f'written: {args.destination}')
     elif args.command == 'random':
       expected_params, expected_state = _expected_trees(args.backbone,
@@ -602,11 +688,14 @@ def main(argv: Sequence[str] | None = None) -> int:
       print(f'written: {args.destination}')
     else:
       checkpoint = load_checkpoint(args.source)
-      print('\n'.join(_describe_checkpoint(checkpoint)))
+      backbone_lines, backbone_problem = _backbone_report(checkpoint)
+      print('\n'.join(_describe_checkpoint(checkpoint, backbone_lines)))
       if args.manifest:
         validate_tree(checkpoint.params, checkpoint.state,
                       *manifest_shapes(args.manifest), source=args.source)
         print(f'matches {args.manifest}')
+      elif backbone_problem:
+        raise CheckpointError(backbone_problem)
   except CheckpointError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

@@ -17,6 +17,7 @@ import pytest
 
 from mmv_core import checkpoints
 from mmv_core.checkpoints import ArraySpec, CheckpointError
+from mmv_core.models import mmv
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 S3D_MANIFEST = pathlib.Path(__file__).resolve().parent / 'data' / 'param_manifest_s3d.json'
@@ -408,7 +409,9 @@ def test_command_line_random_convert_inspect(tmp_path, capsys):
   capsys.readouterr()
   assert checkpoints.main(['inspect', str(npz), '--manifest', str(manifest)]) == 0
   out = capsys.readouterr().out
-  assert 'backbone: tsm_resnet_x1' in out
+  # A manifest-sized tree is no backbone's, whatever the file name says.
+  assert 'backbone: none: the parameter tree matches none of' in out
+  assert 'file name: names tsm_resnet_x1, which DISAGREES' in out
   assert hashlib.sha256(npz.read_bytes()).hexdigest() in out
   total = sum(np.prod(s.shape, dtype=int) for leaves in SMALL_PARAMS.values()
               for s in leaves.values())
@@ -416,6 +419,49 @@ def test_command_line_random_convert_inspect(tmp_path, capsys):
   assert f'matches {manifest}' in out
   assert checkpoints.main(['inspect', str(tmp_path / 'missing.pkl')]) == 1
   assert 'missing.pkl' in capsys.readouterr().err
+  # Without a manifest the backbones' models are the reference: it fits none.
+  assert checkpoints.main(['inspect', str(npz)]) == 1
+  assert 'parameter tree matches no backbone' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('backbone', ['s3d', 'tsm_resnet_x1', 'tsm_resnet_x2'])
+def test_each_backbones_tree_matches_that_backbone_only(backbone):
+  # Shape-and-dtype trees stand in for arrays: only those are compared.
+  problems = checkpoints.problems_per_backbone(*mmv.param_shapes(backbone))
+  assert problems[backbone] == 0
+  assert all(count > 0 for other, count in problems.items() if other != backbone)
+
+
+@pytest.fixture(scope='module')
+def s3d_checkpoint_named_tsm_resnet_x2(tmp_path_factory):
+  """A full-size S3D checkpoint renamed as the TSM-ResNet-50x2 release."""
+  path = tmp_path_factory.mktemp('renamed') / 'mmv_tsm_resnet_x2.pkl'
+  checkpoints.write_random_checkpoint(path, *mmv.param_shapes('s3d'))
+  return path
+
+
+def test_inspect_reports_the_trees_backbone_not_the_file_names(
+    s3d_checkpoint_named_tsm_resnet_x2, capsys):
+  path = s3d_checkpoint_named_tsm_resnet_x2
+  assert checkpoints.main(['inspect', str(path)]) == 1
+  captured = capsys.readouterr()
+  assert 'backbone: s3d (the parameter tree is exactly its model)' in captured.out
+  assert 'backbone: tsm_resnet_x2' not in captured.out
+  assert ('file name: names tsm_resnet_x2, which DISAGREES with the parameter '
+          'tree; load it with --backbone s3d') in captured.out
+  assert (f'{path}: the file name names tsm_resnet_x2, but the parameter tree is '
+          'that of s3d') in captured.err
+
+
+def test_inspect_accepts_a_checkpoint_whose_name_agrees_with_its_tree(
+    s3d_checkpoint_named_tsm_resnet_x2, tmp_path, capsys):
+  path = tmp_path / 'mmv_s3d.pkl'
+  os.link(s3d_checkpoint_named_tsm_resnet_x2, path)
+  assert checkpoints.main(['inspect', str(path)]) == 0
+  captured = capsys.readouterr()
+  assert 'backbone: s3d (the parameter tree is exactly its model)' in captured.out
+  assert 'file name: names s3d, in agreement' in captured.out
+  assert captured.err == ''
 
 
 def test_numpy1_era_protocol2_dill_pickle_loads(tmp_path):
