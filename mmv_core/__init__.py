@@ -1,1 +1,39 @@
-"""MMV video networks: models, checkpoints, video processing and evaluation."""
+"""MMV video networks: models, checkpoints, video processing and evaluation.
+
+The public API, for notebooks and scripts:
+
+  `VideoEmbedder`, `EmbedderConfig`  a checkpoint in, video embeddings out
+                                     (`mmv_core.embedder`);
+  `load_video`                       a video file or URL -> the protocol's
+                                     frames (`mmv_core.video_file`);
+  `load_embeddings`                  an embedding job's output -> numpy arrays
+                                     (`mmv_core.embeddings`).
+
+They are imported on first use (PEP 562), so `import mmv_core` and the
+ingestion modules stay free of JAX and TensorFlow on workers that never
+embed or decode.
+"""
+
+import importlib
+
+# Public name -> module that defines it.
+_PUBLIC_API = {
+    "VideoEmbedder": "mmv_core.embedder",
+    "EmbedderConfig": "mmv_core.embedder",
+    "load_video": "mmv_core.video_file",
+    "load_embeddings": "mmv_core.embeddings",
+}
+
+__all__ = sorted(_PUBLIC_API)
+
+
+def __getattr__(name: str):
+  if name not in _PUBLIC_API:
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+  value = getattr(importlib.import_module(_PUBLIC_API[name]), name)
+  globals()[name] = value  # Later lookups skip this function.
+  return value
+
+
+def __dir__() -> list[str]:
+  return sorted({*globals(), *__all__})
