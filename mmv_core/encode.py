@@ -1,4 +1,4 @@
-"""Re-encoding a video as JPEG frames with ffmpeg (PROTOCOL.md, "Frames").
+"""Re-encoding a video as JPEG frames with ffmpeg (docs/protocol.md, "Frames").
 
 Stage: ingestion, after a video's bytes are fetched. The command is the
 protocol's `ffmpeg -i VIDEO -qscale:v 2 -r 25 -t 00:00:20 OUT/%010d.jpeg`,

@@ -1,6 +1,6 @@
 """Tests of the MMV networks: checkpoint trees, architecture cost, numerics.
 
-References here are written from MODEL_SPEC.md in loop-style numpy, not by
+References here are written from docs/models.md in loop-style numpy, not by
 calling the code under test. Sizes are small; nothing runs at 224x224.
 """
 
@@ -23,7 +23,7 @@ from mmv_core.models import s3d
 from mmv_core.models import tsm_resnet
 
 _REFERENCE = pathlib.Path(__file__).resolve().parent / "data"
-# XLA cost analysis of vid_repr for one 32x224x224 clip (MODEL_SPEC.md).
+# XLA cost analysis of vid_repr for one 32x224x224 clip (docs/models.md).
 _SMALL_CLIPS = (2, 8, 32, 32, 3)
 
 
@@ -64,7 +64,7 @@ def _np_batch_norm_eval(x, scale, offset, mean, var, eps=1e-5):
 
 
 def _np_temporal_shift(x: np.ndarray, num_frames: int) -> np.ndarray:
-  """MODEL_SPEC.md: [next-frame part of the last n, middle, previous-frame part of the first n]."""
+  """docs/models.md: [next-frame part of the last n, middle, previous-frame part of the first n]."""
   channels = x.shape[-1]
   n = int(channels / 8)
   out = np.zeros_like(x)

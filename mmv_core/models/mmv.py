@@ -34,7 +34,7 @@ REPR_DIMS = {
 MODEL_NAME = "text_audio_video"
 # Joint embedding spaces.
 VIDEO_AUDIO_DIM = 512
-# XLA cost analysis of `vid_repr` for one 32x224x224 clip (MODEL_SPEC.md).
+# XLA cost analysis of `vid_repr` for one 32x224x224 clip (docs/models.md).
 SPEC_GFLOPS = {"s3d": 70.0, "tsm_resnet_x1": 254.0, "tsm_resnet_x2": 1000.0}
 VIDEO_TEXT_DIM = 256
 AUDIO_TEXT_DIM = 512
