@@ -21,5 +21,6 @@ setuptools.setup(
     python_requires=">=3.11,<3.12",
     packages=setuptools.find_packages(include=["mmv_core", "mmv_core.*", "pipelines", "pipelines.*"]),
     install_requires=_requirements(),
-    extras_require={"test": ["pytest==9.2.0", "gcp-storage-emulator==2026.7.19"]},
+    extras_require={"test": ["pytest==9.2.0", "gcp-storage-emulator==2026.7.19",
+                             "cryptography==50.0.2"]},
 )

@@ -9,7 +9,7 @@ synthetic video of 320x240 JPEG frames (the cache's format), it times:
 - `pipeline_path`: what a worker of `pipelines.embed` does per video: decode
   each frame once (`clips_from_jpegs`), then batched embedding.
 It reports clips/s, model GFLOP/s (FLOPs from XLA's cost analysis, checked
-against MODEL_SPEC.md) and, with `--peak_tflops`, model FLOP utilisation.
+against docs/models.md) and, with `--peak_tflops`, model FLOP utilisation.
 
     python bench/embed_bench.py                       # CPU, all backbones, 32x224x224
     python bench/embed_bench.py --backbones s3d --num_clips 4 --size 112

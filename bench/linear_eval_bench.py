@@ -110,7 +110,7 @@ def run_original(embeddings: pathlib.Path, splits_zip: pathlib.Path, svm_c: floa
       ucf101.load_split_lists(str(splits_zip)), 1, num_train_clips=CLIPS_PER_VIDEO,
       num_test_windows=CLIPS_PER_VIDEO)
   features, _ = linear_eval.collect_split_features(
-      linear_eval.embedding_records(str(embeddings)), layout)
+      schema.embedding_records(str(embeddings)), layout)
   start = time.perf_counter()
   scaler = preprocessing.StandardScaler().fit(features.train_features)
   model = svm.LinearSVC(C=svm_c, dual=True).fit(

@@ -167,3 +167,10 @@ def read_run_config(output_dir: str) -> dict[str, Any]:
 def iter_records(path: str) -> Iterator[bytes]:
   """Streams the serialized examples of one shard (local or gs://), checksums verified."""
   return tfrecord.iter_records(path, error=EmbeddingFormatError)
+
+
+def embedding_records(output_dir: str) -> Iterator[tuple[str, bytes]]:
+  """(source `path#index`, serialized example) of every clip of an embedding job's output."""
+  for path in shard_paths(output_dir):
+    for index, record in enumerate(iter_records(path)):
+      yield f"{path}#{index}", record

@@ -83,19 +83,17 @@ def load_embeddings(output_dir: str, *, clip_type: str | None = None,
                      f"got {clip_type!r}")
   run_config = schema.read_run_config(output_dir)
   rows = []
-  for path in schema.shard_paths(output_dir):
-    for index, record in enumerate(schema.iter_records(path)):
-      source = f"{path}#{index}"
-      parsed = schema.parse_example(record, source=source)
-      if clip_type is not None and parsed[schema.CLIP_TYPE] != clip_type:
-        continue
-      if feature not in parsed:
-        raise schema.EmbeddingFormatError(f"{source}: no float feature {feature!r}")
-      if rows and parsed[feature].size != rows[0][feature].size:
-        raise schema.EmbeddingFormatError(
-            f"{source}: {feature!r} has {parsed[feature].size} values, earlier "
-            f"clips {rows[0][feature].size}")
-      rows.append(parsed)
+  for source, record in schema.embedding_records(output_dir):
+    parsed = schema.parse_example(record, source=source)
+    if clip_type is not None and parsed[schema.CLIP_TYPE] != clip_type:
+      continue
+    if feature not in parsed:
+      raise schema.EmbeddingFormatError(f"{source}: no float feature {feature!r}")
+    if rows and parsed[feature].size != rows[0][feature].size:
+      raise schema.EmbeddingFormatError(
+          f"{source}: {feature!r} has {parsed[feature].size} values, earlier "
+          f"clips {rows[0][feature].size}")
+    rows.append(parsed)
   order = sorted(range(len(rows)), key=lambda i: (
       rows[i][schema.VIDEO_ID], rows[i][schema.CLIP_TYPE], rows[i][schema.CLIP_INDEX]))
 

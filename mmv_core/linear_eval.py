@@ -311,13 +311,6 @@ def require_complete(check: InputCheck, allow_missing: bool) -> None:
         "--allow_missing to score what is there (the report lists what was missing).")
 
 
-def embedding_records(embeddings_dir: str) -> Iterable[tuple[str, bytes]]:
-  """(source, serialized example) of every clip under an embedding job's output."""
-  for path in schema.shard_paths(embeddings_dir):
-    for index, record in enumerate(schema.iter_records(path)):
-      yield f"{path}#{index}", record
-
-
 @dataclasses.dataclass
 class LinearClassifier:
   """A fitted scaler + linear SVM, as plain arrays.

@@ -1,7 +1,7 @@
 """Video preprocessing of the MMV evaluation protocol: JPEG frames to clips.
 
 This stage turns a video stored as JPEG frames into the clips the networks
-embed, following the published protocol (shared/reference/PROTOCOL.md):
+embed, following the published protocol (docs/protocol.md):
 
   sampling (test: W evenly spaced windows; train: one random clip, then a
   left-right flip with probability 1/2) -> resize so the smaller side is

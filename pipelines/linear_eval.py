@@ -128,7 +128,7 @@ def read_inputs(config: LinearEvalConfig) -> Inputs:
 def _load_split(config: LinearEvalConfig, layout: linear_eval.SplitLayout):
   start = time.perf_counter()
   features, check = linear_eval.collect_split_features(
-      linear_eval.embedding_records(config.embeddings_dir), layout)
+      embedding_schema.embedding_records(config.embeddings_dir), layout)
   linear_eval.require_complete(check, config.allow_missing)
   if not check.complete:
     logging.warning("Scoring an incomplete split:\n%s", check.summary())

@@ -226,7 +226,7 @@ def test_split_membership_follows_the_lists(split_zip, tmp_path):
   for split in ucf101.SPLITS:
     layout = layout_of(split_zip, split)
     features, check = linear_eval.collect_split_features(
-        linear_eval.embedding_records(str(embeddings)), layout)
+        schema.embedding_records(str(embeddings)), layout)
     assert check.complete and check.num_ignored_clips == 1 + len(CLASSES) * (
         2 * NUM_TRAIN_CLIPS + (NUM_GROUPS - 2) * NUM_TEST_WINDOWS)
     train_ids = {layout.train_videos[v].video_id for v in features.train_video}
@@ -254,7 +254,7 @@ def test_missing_and_duplicated_clips_are_reported_by_id(tmp_path, split_zip):
   embeddings = write_embeddings(tmp_path / "emb", clips, extra_records=[duplicate])
 
   _, check = linear_eval.collect_split_features(
-      linear_eval.embedding_records(str(embeddings)), layout_of(split_zip, 1))
+      schema.embedding_records(str(embeddings)), layout_of(split_zip, 1))
   assert check.missing_videos == (gone_video,)
   assert set(check.missing_clips) == {
       f"{gone_video}/test/{i}" for i in range(NUM_TEST_WINDOWS)} | {
@@ -280,7 +280,7 @@ def test_label_disagreeing_with_the_lists_is_an_error(tmp_path, split_zip):
   embeddings = write_embeddings(tmp_path / "emb", clips)
   with pytest.raises(linear_eval.InconsistentInputError, match="v_Archery_g04_c01 has label 0"):
     linear_eval.collect_split_features(
-        linear_eval.embedding_records(str(embeddings)), layout_of(split_zip, 1))
+        schema.embedding_records(str(embeddings)), layout_of(split_zip, 1))
 
 
 def test_validation_partition_keeps_groups_on_one_side():
@@ -354,7 +354,7 @@ def test_newton_and_liblinear_jobs_agree_to_the_video(tmp_path, split_zip):
     metrics[solver] = run_job(out, split_zip, embeddings, f"--solver={solver}")
     for split in ucf101.SPLITS:
       features, _ = linear_eval.collect_split_features(
-          linear_eval.embedding_records(str(embeddings)), layout_of(split_zip, split))
+          schema.embedding_records(str(embeddings)), layout_of(split_zip, split))
       classifier = linear_eval.LinearClassifier.load(
           str(out / "out" / report.classifier_name(split)))
       scores, _ = linear_eval.average_by_video(
