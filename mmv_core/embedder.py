@@ -7,10 +7,15 @@
 padded to a fixed batch, compiled once per shape and split across every local
 accelerator device (data parallel; each device sees whole clips, so results do
 not depend on the number of devices).
+
+`enable_compilation_cache` keeps compiled programs on disk, so that a process
+that runs shapes compiled before (a second run, another worker process on the
+same machine) loads them instead of compiling again.
 """
 
 import dataclasses
 import functools
+import os
 from typing import Sequence
 
 import jax
@@ -29,6 +34,31 @@ OUTPUTS = (VID_REPR, VIDEO_AUDIO, VIDEO_TEXT)
 # towers (about 44 M parameters) stay on the host.
 _VIDEO_MODULES = ("text_audio_video/visual_module", "text_audio_video/~_get_pair_embedding_heads")
 _BATCH_AXIS = "batch"
+# Overrides the default compilation cache directory (see `compilation_cache_dir`).
+CACHE_DIR_ENV = "MMV_JAX_CACHE_DIR"
+
+
+def compilation_cache_dir(cache_dir: str | None = None) -> str:
+  """`cache_dir`, else $MMV_JAX_CACHE_DIR, else $XDG_CACHE_HOME/mmv/jax (~/.cache/mmv/jax)."""
+  if cache_dir or os.environ.get(CACHE_DIR_ENV):
+    return cache_dir or os.environ[CACHE_DIR_ENV]
+  user_cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(user_cache, "mmv", "jax")
+
+
+def enable_compilation_cache(cache_dir: str | None = None) -> str:
+  """Makes this process keep every compiled program under `compilation_cache_dir(cache_dir)`.
+
+  Call it before the process compiles anything: JAX decides once per process,
+  at its first compilation, whether it uses the cache. Every program is kept,
+  whatever its size or compile time, so that CPU programs (compiled in under
+  JAX's default threshold of 1 s) are cached too. Returns the directory.
+  """
+  cache_dir = compilation_cache_dir(cache_dir)
+  jax.config.update("jax_compilation_cache_dir", cache_dir)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return cache_dir
 
 
 def video_subtree(tree: dict) -> dict:
