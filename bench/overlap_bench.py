@@ -1,0 +1,168 @@
+"""Does the embedding step overlap host preparation with device compute?
+
+Runs `pipelines.embed.EmbedClips` on the in-process runner with stand-ins of
+known cost: a model handler that sleeps `--device_s` per batch (a host thread
+waiting for a GPU holds no GIL either) and a sampler that sleeps `--host_s`
+per video, or with `--host real` cuts real clips from a synthetic video
+(TensorFlow's JPEG decoding and resizing, as the job does). Each video gives
+one batch of clips. It prints the host-only time (the sampler alone, video
+after video), the device-only time (the handler alone, batch after batch),
+their sum and max, and the job's time with `--prefetch_videos` 0 (sampling
+and inference one after the other) and 1 (sampling one video ahead). With
+overlap the job's time approaches the max, without it the sum.
+
+    PYTHONPATH=. .venv/bin/python bench/overlap_bench.py
+    PYTHONPATH=. .venv/bin/python bench/overlap_bench.py --host real --size 112
+"""
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import time
+from collections.abc import Sequence
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from mmv_core import encode
+from mmv_core import synthetic
+from mmv_core.embedder import VID_REPR
+from mmv_core.video_cache import CachedVideo
+from pipelines import embed
+
+IN_PROCESS = ["--runner=FnApiRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory"]
+HOST, DEVICE = "host", "device"
+
+
+def record_event(events_path: str | None, kind: str, videos: Sequence[int], start: float) -> None:
+  """Appends one {"kind", "videos", "start", "end"} JSON line (monotonic seconds)."""
+  if events_path:
+    event = {"kind": kind, "videos": sorted(videos), "start": start, "end": time.monotonic()}
+    with open(events_path, "a") as f:
+      f.write(json.dumps(event) + "\n")
+
+
+def read_events(events_path: str) -> list[dict]:
+  return [json.loads(line) for line in pathlib.Path(events_path).read_text().splitlines()]
+
+
+def video_index(video_id: str) -> int:
+  return int(video_id.rsplit("_c", 1)[1])
+
+
+class SleepingSampler:
+  """Clip sampling of a set cost: sleeps, then gives `num_train_clips` tiny clips.
+
+  Each clip's pixels hold its video's index, so the model can tell which
+  videos a batch came from.
+  """
+
+  def __init__(self, seconds_per_video: float, events_path: str | None = None):
+    self._seconds = seconds_per_video
+    self._events_path = events_path
+
+  def __call__(self, cached: CachedVideo, config: embed.EmbedJobConfig):
+    start = time.monotonic()
+    time.sleep(self._seconds)
+    index = video_index(cached.video_id)
+    record_event(self._events_path, HOST, [index], start)
+    return [(embed.ClipKey(cached.video_id, 0, "bench", "train", i), np.full((1, 1, 1, 3), index,
+                                                                             np.uint8))
+            for i in range(config.num_train_clips)]
+
+
+class RecordingSampler:
+  """The job's own clip sampling, with its intervals recorded."""
+
+  def __init__(self, events_path: str | None = None):
+    self._events_path = events_path
+
+  def __call__(self, cached: CachedVideo, config: embed.EmbedJobConfig):
+    start = time.monotonic()
+    clips = list(embed.sample_clips(cached, config))
+    record_event(self._events_path, HOST, [video_index(cached.video_id)], start)
+    return clips
+
+
+class SleepingHandler(ModelHandler[np.ndarray, dict, None]):
+  """A device of a set cost: sleeps per batch of clips (any shape)."""
+
+  def __init__(self, seconds_per_batch: float, batch_size: int, events_path: str | None = None):
+    super().__init__(min_batch_size=batch_size, max_batch_size=batch_size)
+    self._seconds = seconds_per_batch
+    self._events_path = events_path
+
+  def load_model(self) -> None:
+    return None
+
+  def run_inference(self, batch, model, inference_args=None):
+    start = time.monotonic()
+    time.sleep(self._seconds)
+    record_event(self._events_path, DEVICE, {int(clip.flat[0]) for clip in batch}, start)
+    return [PredictionResult(None, {VID_REPR: np.zeros(4, np.float32)}) for _ in batch]
+
+
+def bench_videos(num_videos: int, jpegs: Sequence[bytes]) -> list[CachedVideo]:
+  return [CachedVideo(f"v_Bench_g01_c{i:02d}", 0, "Bench", tuple(jpegs), source_crc32=0)
+          for i in range(num_videos)]
+
+
+def run_job(videos: Sequence[CachedVideo], config: embed.EmbedJobConfig,
+            handler: ModelHandler, sample: embed.SampleFn) -> float:
+  """Seconds of `EmbedClips` over `videos` on the in-process runner (building excluded)."""
+  pipeline = beam.Pipeline(options=PipelineOptions(IN_PROCESS))
+  _ = (pipeline | beam.Create(videos, reshuffle=False)
+       | embed.EmbedClips(config, handler, sample))
+  start = time.perf_counter()
+  pipeline.run().wait_until_finish()
+  return time.perf_counter() - start
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+  parser.add_argument("--videos", type=int, default=12)
+  parser.add_argument("--clips_per_video", type=int, default=8, help="also the batch size")
+  parser.add_argument("--host", choices=("sleep", "real"), default="sleep")
+  parser.add_argument("--host_s", type=float, default=0.3, help="per video, with --host sleep")
+  parser.add_argument("--device_s", type=float, default=0.3, help="per batch")
+  parser.add_argument("--num_frames", type=int, default=32, help="clip size, with --host real")
+  parser.add_argument("--size", type=int, default=224, help="clip size, with --host real")
+  parser.add_argument("--json_out", default=None)
+  args = parser.parse_args()
+
+  jpegs = [b""]
+  if args.host == "real":
+    frames = synthetic.render_frames(0, 5, np.random.default_rng(0), width=320, height=240,
+                                     num_frames=175, fps=25.0)
+    jpegs = encode.encode_jpeg_frames(synthetic.encode_avi(frames, 25.0), name="bench.avi")
+  videos = bench_videos(args.videos, jpegs)
+  config = embed.EmbedJobConfig(
+      checkpoint_path="", work_dir="", output_dir="", num_frames=args.num_frames,
+      min_resize=args.size, crop_size=args.size, num_train_clips=args.clips_per_video,
+      num_test_windows=0, batch_size=args.clips_per_video)
+  sample = SleepingSampler(args.host_s) if args.host == "sleep" else RecordingSampler()
+  handler = SleepingHandler(args.device_s, args.clips_per_video)
+
+  start = time.perf_counter()
+  batches = [[clip for _, clip in embed.sample_video(v, config, sample)] for v in videos]
+  host_s = time.perf_counter() - start
+  start = time.perf_counter()
+  for batch in batches:
+    handler.run_inference(batch, None)
+  device_s = time.perf_counter() - start
+  job_s = {f"prefetch_videos={n}": run_job(videos, dataclasses.replace(config, prefetch_videos=n),
+                                           handler, sample)
+           for n in (0, 1)}
+  result = {"videos": args.videos, "clips_per_batch": args.clips_per_video, "host": args.host,
+            "host_only_s": host_s, "device_only_s": device_s, "sum_s": host_s + device_s,
+            "max_s": max(host_s, device_s), "job_s": job_s}
+  print(json.dumps(result, indent=2))
+  if args.json_out:
+    pathlib.Path(args.json_out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+  main()
