@@ -27,7 +27,7 @@ def _config(prefetch_videos: int) -> embed.EmbedJobConfig:
 def _intervals(tmp_path, prefetch_videos: int):
   """(video -> its sampling interval, video -> its batch's device interval)."""
   events_path = str(tmp_path / "events.jsonl")
-  overlap_bench.run_job(overlap_bench.bench_videos(NUM_VIDEOS, [b""]), _config(prefetch_videos),
+  overlap_bench.run_job(overlap_bench.bench_videos(NUM_VIDEOS), _config(prefetch_videos),
                         overlap_bench.SleepingHandler(DEVICE_S, CLIPS_PER_VIDEO, events_path),
                         overlap_bench.SleepingSampler(HOST_S, events_path))
   events = overlap_bench.read_events(events_path)
@@ -73,7 +73,7 @@ class _FailingHandler(overlap_bench.SleepingHandler):
 
 
 def test_a_failed_sampling_or_batch_fails_its_videos_once_and_spares_the_others():
-  videos = overlap_bench.bench_videos(NUM_VIDEOS, [b""])
+  videos = overlap_bench.bench_videos(NUM_VIDEOS)
   with beam.Pipeline(options=PipelineOptions(overlap_bench.IN_PROCESS)) as pipeline:
     embedded = (pipeline | beam.Create(videos, reshuffle=False)
                 | embed.EmbedClips(_config(prefetch_videos=2),
