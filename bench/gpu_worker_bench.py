@@ -12,7 +12,10 @@ socket and unpickled there. This measures, per clip, for uint8 batches of
 - `beam_proxy`: a call through `MultiProcessShared(..., always_proxy=True)`
   to a stand-in model in a spawned server process, exactly the path of a
   shared-model RunInference call (the stand-in returns 1024 float32 per clip);
-and compares them with the device's time per clip from the published FLOP
+and the host's time per clip to cut 32x224x224 clips (20 per video, as the
+job does) with 1 and with `os.cpu_count()` threads at once (TensorFlow's
+decoding and resizing release the GIL, so threads of one process share the
+work); and compares them with the device's time per clip from the published FLOP
 counts at `--utilisation` of dense peak (L4, A100, H100 SXM; float32 without
 tensor cores, as the protocol runs, and bfloat16).
 
@@ -20,8 +23,10 @@ tensor cores, as the protocol runs, and bfloat16).
 """
 
 import argparse
+import concurrent.futures
 import json
 import multiprocessing
+import os
 import pathlib
 import pickle
 import tempfile
@@ -32,6 +37,8 @@ from multiprocessing import shared_memory
 import numpy as np
 from apache_beam.utils import multi_process_shared
 
+from bench.embed_bench import synthetic_jpegs
+from mmv_core import video
 from mmv_core.models import mmv
 
 # Dense peak TFLOP/s per device: (float32 without tensor cores, bfloat16).
@@ -97,6 +104,18 @@ def transfer_costs(batch: np.ndarray, repeats: int) -> dict[str, float]:
   return costs
 
 
+def host_ms_per_clip(jpegs: list[bytes], threads: int, videos_per_thread: int = 2) -> float:
+  """Wall ms per clip of cutting each video's 20 clips on `threads` threads at once."""
+  cut = lambda seed: video.clips_from_jpegs(
+      jpegs, num_train_clips=10, num_test_windows=10, num_frames=32, stride=2, min_resize=224,
+      crop_size=224, seed=seed)
+  cut(0)  # Warm up TensorFlow's kernels.
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    start = time.perf_counter()
+    list(pool.map(cut, range(threads * videos_per_thread)))
+    return 1e3 * (time.perf_counter() - start) / (threads * videos_per_thread * 20)
+
+
 def device_s_per_clip(utilisation: float) -> list[dict]:
   """Rows of (backbone, GPU, dtype, seconds per 32x224x224 clip) at `utilisation` of peak."""
   return [{"backbone": backbone, "gpu": gpu, "dtype": dtype,
@@ -119,8 +138,11 @@ def main():
   batch = np.random.default_rng(0).integers(
       0, 256, (args.batch_size, args.num_frames, args.size, args.size, 3), dtype=np.uint8)
   costs = transfer_costs(batch, args.repeats)
+  jpegs = synthetic_jpegs(175)  # 7 s at 25 fps, UCF101's mean length.
   result = {"batch_shape": list(batch.shape), "batch_mb": batch.nbytes / 1e6,
             "transfer_ms_per_clip": {name: 1e3 * s for name, s in costs.items()},
+            "host_ms_per_clip": {f"{n}_threads": host_ms_per_clip(jpegs, n)
+                                 for n in sorted({1, os.cpu_count()})},
             "utilisation": args.utilisation,
             "device": device_s_per_clip(args.utilisation)}
   print(json.dumps(result, indent=2))

@@ -31,8 +31,7 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from mmv_core import encode
-from mmv_core import synthetic
+from bench.embed_bench import synthetic_jpegs
 from mmv_core.embedder import VID_REPR
 from mmv_core.video_cache import CachedVideo
 from pipelines import embed
@@ -157,11 +156,8 @@ def main():
   if args.host == "sleep":
     sample = SleepingSampler(args.host_s)
   else:
-    frames = synthetic.render_frames(0, 5, np.random.default_rng(0), width=320, height=240,
-                                     num_frames=175, fps=25.0)  # UCF101's mean length.
     jpegs_path = pathlib.Path(tempfile.mkdtemp(prefix="overlap_bench_")) / "jpegs.pkl"
-    jpegs_path.write_bytes(pickle.dumps(
-        encode.encode_jpeg_frames(synthetic.encode_avi(frames, 25.0), name="bench.avi")))
+    jpegs_path.write_bytes(pickle.dumps(synthetic_jpegs(175)))  # UCF101's mean length.
     sample = RecordingSampler(str(jpegs_path))
   handler = SleepingHandler(args.device_s, args.clips_per_video)
 

@@ -16,6 +16,7 @@ same machine) loads them instead of compiling again.
 import dataclasses
 import functools
 import os
+import threading
 from typing import Sequence
 
 import jax
@@ -104,6 +105,9 @@ class VideoEmbedder:
     self._forward = jax.jit(
         functools.partial(_forward, backbone=backbone, dtype=dtype),
         out_shardings=self._clip_sharding)
+    # Threads sharing this embedder (a worker's harness threads) run one batch
+    # at a time: each batch in flight would hold its activations in device memory.
+    self._device_lock = threading.Lock()
 
   @classmethod
   def from_checkpoint(cls, path: str, backbone: str | None = None,
@@ -165,11 +169,11 @@ class VideoEmbedder:
     results = {name: [] for name in outputs}
     for start in range(0, len(clips), self._batch_size):
       batch = clips[start:start + self._batch_size]
-      padded = _pad_to(batch, self._batch_size)
-      out = self._forward(self._params, self._state,
-                          jax.device_put(padded, self._clip_sharding))
-      for name in outputs:
-        results[name].append(np.asarray(out[name])[:len(batch)])
+      on_device = jax.device_put(_pad_to(batch, self._batch_size), self._clip_sharding)
+      with self._device_lock:
+        out = self._forward(self._params, self._state, on_device)
+        for name in outputs:
+          results[name].append(np.asarray(out[name])[:len(batch)])
     return {name: (np.concatenate(parts) if parts else
                    np.zeros((0, self.output_dim(name)), np.float32))
             for name, parts in results.items()}

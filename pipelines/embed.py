@@ -450,7 +450,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[EmbedJobConfig, list[str]]:
                       '"type:nvidia-l4;count:1;install-nvidia-driver"')
   p.add_argument("--embed_min_ram", default=None, help='resource hint, e.g. "16GB"')
   p.add_argument("--model_copies", type=int, default=None,
-                 help="models per worker VM shared across its processes (e.g. 1 per GPU)")
+                 help="models per worker VM shared across its SDK processes; each batch is "
+                      "then pickled to the model's process (bench/README.md: GPU workers)")
   p.add_argument("--prefetch_videos", type=int, default=defaults.prefetch_videos,
                  help="videos whose clips are cut ahead, while the device embeds (0: one after "
                       "the other); each holds (train clips + test windows) x T x crop x crop x 3 bytes")

@@ -1,9 +1,11 @@
 """A RunInference model handler for MMV video embeddings in JAX.
 
 Beam ships no JAX handler. This one loads a `VideoEmbedder` once per worker
-process (its threads share it) or, with `model_copies`, in that many model
-processes per machine that all the SDK processes send their batches to (one
-per GPU keeps the model's memory off the GPU once). Batches have a fixed size,
+process (its threads share it, one batch on the device at a time) or, with
+`model_copies`, in that many model processes per machine that all the SDK
+processes send their batches to (pickled: about 13 ms of host time per
+32x224x224 clip, more than most GPUs' compute; see bench/README.md, so the
+Dataflow GPU profile runs one SDK process per VM instead). Batches have a fixed size,
 so XLA compiles one program, and the embedder splits each across all local
 devices; give a batch size that is a multiple of the devices, or the embedder
 pads. Processes that share a GPU do not each grab 75% of its memory:
