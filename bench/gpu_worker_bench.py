@@ -12,8 +12,8 @@ socket and unpickled there. This measures, per clip, for uint8 batches of
 - `beam_proxy`: a call through `MultiProcessShared(..., always_proxy=True)`
   to a stand-in model in a spawned server process, exactly the path of a
   shared-model RunInference call (the stand-in returns 1024 float32 per clip);
-and the host's time per clip to cut 32x224x224 clips (20 per video, as the
-job does) with 1 and with `os.cpu_count()` threads at once (TensorFlow's
+and the host's time per clip to cut clips of the batch's shape (20 per video,
+as the job does) with 1 and with `os.cpu_count()` threads at once (TensorFlow's
 decoding and resizing release the GIL, so threads of one process share the
 work); and compares them with the device's time per clip from the published FLOP
 counts at `--utilisation` of dense peak (L4, A100, H100 SXM; float32 without
@@ -104,11 +104,12 @@ def transfer_costs(batch: np.ndarray, repeats: int) -> dict[str, float]:
   return costs
 
 
-def host_ms_per_clip(jpegs: list[bytes], threads: int, videos_per_thread: int = 2) -> float:
+def host_ms_per_clip(jpegs: list[bytes], threads: int, num_frames: int, size: int,
+                     videos_per_thread: int = 2) -> float:
   """Wall ms per clip of cutting each video's 20 clips on `threads` threads at once."""
   cut = lambda seed: video.clips_from_jpegs(
-      jpegs, num_train_clips=10, num_test_windows=10, num_frames=32, stride=2, min_resize=224,
-      crop_size=224, seed=seed)
+      jpegs, num_train_clips=10, num_test_windows=10, num_frames=num_frames, stride=2,
+      min_resize=size, crop_size=size, seed=seed)
   cut(0)  # Warm up TensorFlow's kernels.
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
     start = time.perf_counter()
@@ -141,7 +142,8 @@ def main():
   jpegs = synthetic_jpegs(175)  # 7 s at 25 fps, UCF101's mean length.
   result = {"batch_shape": list(batch.shape), "batch_mb": batch.nbytes / 1e6,
             "transfer_ms_per_clip": {name: 1e3 * s for name, s in costs.items()},
-            "host_ms_per_clip": {f"{n}_threads": host_ms_per_clip(jpegs, n)
+            "host_ms_per_clip": {f"{n}_threads": host_ms_per_clip(jpegs, n, args.num_frames,
+                                                                  args.size)
                                  for n in sorted({1, os.cpu_count()})},
             "utilisation": args.utilisation,
             "device": device_s_per_clip(args.utilisation)}

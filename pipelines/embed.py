@@ -7,10 +7,10 @@ Stages: `Ingest` (split lists, sharded ranged fetch, ffmpeg re-encoding, video
 cache; see pipelines/ingest.py) -> Reshuffle (spreads videos over workers)
 -> `EmbedClips`, the accelerator step: `SampleClipsFn` decodes each video's
 JPEG frames once and cuts `--num_train_clips` seeded training clips and
-`--num_test_windows` test windows, in a background thread that keeps
-`--prefetch_videos` videos ahead, while RunInference with `JaxEmbeddingHandler`
-embeds the batch before on the device -> `AssembleVideoFn` groups a video's clips and writes them all
-(or fails the video) as `tf.train.Example`s (schema in
+`--num_test_windows` test windows in a background thread, `--prefetch_videos`
+videos ahead, while RunInference with `JaxEmbeddingHandler` embeds earlier
+clips on the device -> `AssembleVideoFn` groups a video's clips and writes
+them all (or fails the video) as `tf.train.Example`s (schema in
 mmv_core/embedding_schema.py) -> `OUTPUT_DIR/embeddings/*.tfrecord`.
 
 Also written: `OUTPUT_DIR/failures/failures.jsonl` (one JSON line per video
@@ -142,10 +142,9 @@ class SampleClipsFn(beam.DoFn):
   """CachedVideo -> (ClipKey, clip); undecodable videos go to FAILURES.
 
   Samples in a background thread up to `config.prefetch_videos` videos ahead
-  of what it emits. RunInference, fused after this step, embeds a batch on
-  the device while this thread cuts the clips of the next batch: TensorFlow's
-  decoding and resizing release the GIL, as does JAX while it waits for the
-  device. At most `prefetch_videos + 1` videos' clips are held (each
+  of what it emits. RunInference, fused after this step in the worker's
+  thread, embeds a batch on the device meanwhile: TensorFlow's decoding and
+  resizing release the GIL, as does JAX while it waits for the device. At most `prefetch_videos + 1` videos' clips are held (each
   `num_train_clips + num_test_windows` uint8 [T, crop, crop, 3] clips).
   """
 
