@@ -77,25 +77,21 @@ class SleepingSampler:
             for i in range(config.num_train_clips)]
 
 
-class RecordingSampler:
+class RealSampler:
   """The job's own clip sampling, of every video on the frames pickled at `jpegs_path`.
 
   The frames are read in the worker: through `beam.Create` they would be
   pickled and compressed into the pipeline, seconds of the job's time.
   """
 
-  def __init__(self, jpegs_path: str, events_path: str | None = None):
+  def __init__(self, jpegs_path: str):
     self._jpegs_path = jpegs_path
-    self._events_path = events_path
     self._jpegs = None
 
   def __call__(self, cached: CachedVideo, config: embed.EmbedJobConfig):
     if self._jpegs is None:
       self._jpegs = tuple(pickle.loads(pathlib.Path(self._jpegs_path).read_bytes()))
-    start = time.monotonic()
-    clips = list(embed.sample_clips(dataclasses.replace(cached, frames=self._jpegs), config))
-    record_event(self._events_path, HOST, [video_index(cached.video_id)], start)
-    return clips
+    return embed.sample_clips(dataclasses.replace(cached, frames=self._jpegs), config)
 
 
 class SleepingHandler(ModelHandler[np.ndarray, dict, None]):
@@ -158,7 +154,7 @@ def main():
   else:
     jpegs_path = pathlib.Path(tempfile.mkdtemp(prefix="overlap_bench_")) / "jpegs.pkl"
     jpegs_path.write_bytes(pickle.dumps(synthetic_jpegs(175)))  # UCF101's mean length.
-    sample = RecordingSampler(str(jpegs_path))
+    sample = RealSampler(str(jpegs_path))
   handler = SleepingHandler(args.device_s, args.clips_per_video)
 
   start = time.perf_counter()
