@@ -1,11 +1,19 @@
-"""The embedding job's clips/s against a loop written the original way, same run.
+"""The embedding job's clips/s and start-up, cold and warm, against the original loop.
 
-Both read the same video cache (filled first, not timed), use the same random
-S3D-G checkpoint and cut the same clips:
-- `pipeline`: `python -m pipelines.embed` on the local runner (multi-process,
-  one worker per core), timed end to end, start-up included;
-- `original_loop`: one process, one clip at a time, the clip's frames decoded
-  again from JPEG for every clip, the model run on that one clip.
+Both read the same video cache (filled first by a run with tiny clips, not
+timed), use the same random checkpoint and cut the same clips:
+- `pipeline`: `python -m pipelines.embed` on the local runner (by default
+  multi-process, one worker per core), run twice with the same flags: `cold`
+  with an empty JAX compilation cache, `warm` with the cache the first run
+  filled. Each is timed end to end; `startup_s` is the time to the first
+  embedded batch (a worker's first progress line). From the job's metrics:
+  host preparation (clip cutting) and inference seconds summed over workers,
+  `host_wait_share` (the share of the inference thread's time spent waiting
+  for clips rather than in batch calls) and, with `--peak_tflops`, device
+  utilisation after start-up (clips x FLOPs per clip / s / peak);
+- `original_loop` (skipped with `--skip_loop`): one process, one clip at a
+  time, the clip's frames decoded again from JPEG for every clip, the model
+  run on that one clip.
 
     python bench/embed_pipeline_bench.py                  # 8 videos, 16x112x112 clips
     python bench/embed_pipeline_bench.py --videos_per_class 4 --size 224 --num_frames 32
@@ -15,6 +23,7 @@ import argparse
 import json
 import os
 import pathlib
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -28,6 +37,7 @@ from mmv_core.embedder import EmbedderConfig, VideoEmbedder
 from mmv_core.models import mmv
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+_TIMINGS_PREFIX = "[embed] timings "
 
 
 def original_loop(cached: list[video_cache.CachedVideo], embedder: VideoEmbedder,
@@ -50,14 +60,57 @@ def original_loop(cached: list[video_cache.CachedVideo], embedder: VideoEmbedder
   return clips
 
 
+def run_job(flags: list[str], output_dir: pathlib.Path) -> dict:
+  """Runs the job once; returns its wall seconds, seconds to the first batch and timings."""
+  start = time.perf_counter()
+  job = subprocess.Popen([sys.executable, "-m", "pipelines.embed", *flags,
+                          f"--output_dir={output_dir}"], cwd=REPO_ROOT, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+  startup_s, timings, lines = None, None, []
+  for line in job.stdout:
+    lines.append(line)
+    if startup_s is None and line.startswith("[embed] worker"):
+      startup_s = time.perf_counter() - start
+    if line.startswith(_TIMINGS_PREFIX):
+      timings = json.loads(line[len(_TIMINGS_PREFIX):])
+  if job.wait():
+    raise RuntimeError(f"the job failed:\n{''.join(lines[-40:])}")
+  wall_s = time.perf_counter() - start
+  counts = json.loads((output_dir / "run.json").read_text())["counts"]
+  return {"seconds": wall_s, "startup_s": startup_s,
+          "clips": counts["clips_written_train"] + counts["clips_written_test"], **timings}
+
+
+def summarize(run: dict, flops_per_clip: float, peak_tflops: float | None) -> dict:
+  """Adds clips/s (whole run and after start-up), host share and device utilisation."""
+  steady_s = run["seconds"] - run["startup_s"]
+  run["clips_per_s"] = run["clips"] / run["seconds"]
+  run["clips_per_s_after_startup"] = run["clips"] / steady_s
+  run["host_wait_share"] = run["host_wait_s"] / (run["host_wait_s"] + run["inference_s"])
+  if peak_tflops:
+    run["device_utilisation"] = run["clips_per_s_after_startup"] * flops_per_clip / (
+        peak_tflops * 1e12)
+  return run
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+  parser.add_argument("--backbone", choices=mmv.BACKBONES, default="s3d")
   parser.add_argument("--classes", type=int, default=4)
   parser.add_argument("--videos_per_class", type=int, default=2)
   parser.add_argument("--num_frames", type=int, default=16)
   parser.add_argument("--size", type=int, default=112)
   parser.add_argument("--num_train_clips", type=int, default=4)
   parser.add_argument("--num_test_windows", type=int, default=4)
+  parser.add_argument("--batch_size", type=int, default=4)
+  parser.add_argument("--compute_dtype", choices=("float32", "bfloat16"), default="float32")
+  parser.add_argument("--runner_args", default="",
+                      help='local runner flags, e.g. "--direct_running_mode=multi_threading '
+                           '--direct_num_workers=8" (one process, threads: a GPU host)')
+  parser.add_argument("--peak_tflops", type=float, default=None,
+                      help="the device's peak TFLOP/s in --compute_dtype, for utilisation")
+  parser.add_argument("--skip_loop", action="store_true", help="time only the job")
   parser.add_argument("--json_out", default=None)
   args = parser.parse_args()
 
@@ -65,42 +118,46 @@ def main():
   data = synthetic.write_dataset(str(root / "data"), num_classes=args.classes,
                                  videos_per_class=args.videos_per_class, clips_per_group=1,
                                  duration_s=3.0)
-  checkpoint = root / "mmv_s3d.pkl"
-  checkpoints.write_random_checkpoint(checkpoint, *mmv.param_shapes("s3d"))
-  flags = [f"--checkpoint_path={checkpoint}", f"--work_dir={root / 'work'}",
-           f"--video_zip={data.video_zip}", f"--splits_zip={data.splits_zip}",
-           f"--num_frames={args.num_frames}", f"--min_resize={args.size}",
+  checkpoint = root / f"mmv_{args.backbone}.pkl"
+  checkpoints.write_random_checkpoint(checkpoint, *mmv.param_shapes(args.backbone))
+  common = [f"--checkpoint_path={checkpoint}", f"--work_dir={root / 'work'}",
+            f"--video_zip={data.video_zip}", f"--splits_zip={data.splits_zip}",
+            f"--jax_cache_dir={root / 'jax_cache'}", *shlex.split(args.runner_args)]
+  # Fills the video cache: ingestion is not what is compared.
+  run_job([*common, "--num_frames=2", "--min_resize=32", "--crop_size=32",
+           "--num_train_clips=1", "--num_test_windows=1", "--batch_size=1",
+           f"--jax_cache_dir={root / 'warmup_jax_cache'}"], root / "warmup")
+  flags = [*common, f"--num_frames={args.num_frames}", f"--min_resize={args.size}",
            f"--crop_size={args.size}", f"--num_train_clips={args.num_train_clips}",
-           f"--num_test_windows={args.num_test_windows}", "--batch_size=4"]
-  run = lambda out: subprocess.run([sys.executable, "-m", "pipelines.embed", *flags,
-                                    f"--output_dir={root / out}"], cwd=REPO_ROOT, check=True,
-                                   capture_output=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-  run("warmup")  # Fills the video cache: ingestion is not what is compared.
-
-  start = time.perf_counter()
-  run("timed")
-  pipeline_s = time.perf_counter() - start
-  counts = json.loads((root / "timed" / "run.json").read_text())["counts"]
-  pipeline_clips = counts["clips_written_train"] + counts["clips_written_test"]
-
-  cached = [v for shard in sorted((root / "work").rglob("*.tfrecord"))
-            for v in video_cache.read_shard(str(shard))]
-  params, state = checkpoints.random_trees(*mmv.param_shapes("s3d"))
-  embedder = VideoEmbedder(params, state, "s3d", EmbedderConfig(batch_size=1))
-  original_loop(cached[:1], embedder, args)  # Compile outside the timing, as the job's workers do not.
-  start = time.perf_counter()
-  loop_clips = original_loop(cached, embedder, args)
-  loop_s = time.perf_counter() - start
-
+           f"--num_test_windows={args.num_test_windows}", f"--batch_size={args.batch_size}",
+           f"--compute_dtype={args.compute_dtype}"]
+  flops_per_clip = (mmv.SPEC_GFLOPS[args.backbone] * 1e9
+                    if (args.num_frames, args.size) == (32, 224)
+                    else mmv.vid_repr_flops(args.backbone, args.num_frames, args.size))
   result = {
-      "videos": len(cached), "clip_shape": [args.num_frames, args.size, args.size, 3],
-      "cores": os.cpu_count(),
-      "pipeline": {"clips": pipeline_clips, "seconds": pipeline_s,
-                   "clips_per_s": pipeline_clips / pipeline_s},
-      "original_loop": {"clips": loop_clips, "seconds": loop_s, "clips_per_s": loop_clips / loop_s},
+      "backbone": args.backbone, "compute_dtype": args.compute_dtype,
+      "videos": args.classes * args.videos_per_class,
+      "clip_shape": [args.num_frames, args.size, args.size, 3], "batch_size": args.batch_size,
+      "cores": os.cpu_count(), "runner_args": args.runner_args,
+      "gflops_per_clip": flops_per_clip / 1e9,
+      "pipeline": {name: summarize(run_job(flags, root / name), flops_per_clip, args.peak_tflops)
+                   for name in ("cold", "warm")},
   }
-  result["pipeline_vs_original"] = (result["pipeline"]["clips_per_s"]
-                                    / result["original_loop"]["clips_per_s"])
+  if not args.skip_loop:
+    cached = [v for shard in sorted((root / "work").rglob("*.tfrecord"))
+              for v in video_cache.read_shard(str(shard))]
+    params, state = checkpoints.random_trees(*mmv.param_shapes(args.backbone))
+    embedder = VideoEmbedder(params, state, args.backbone,
+                             EmbedderConfig(batch_size=1, compute_dtype=args.compute_dtype))
+    original_loop(cached[:1], embedder, args)  # Compile outside the timing.
+    start = time.perf_counter()
+    loop_clips = original_loop(cached, embedder, args)
+    loop_s = time.perf_counter() - start
+    result["original_loop"] = {"clips": loop_clips, "seconds": loop_s,
+                               "clips_per_s": loop_clips / loop_s}
+    result["pipeline_vs_original"] = {
+        name: run["clips_per_s"] / result["original_loop"]["clips_per_s"]
+        for name, run in result["pipeline"].items()}
   print(json.dumps(result, indent=2))
   if args.json_out:
     pathlib.Path(args.json_out).write_text(json.dumps(result, indent=2))

@@ -36,16 +36,24 @@ class AcceleratorProfile:
 
 
 # Right fitting (GPU): only the embedding step asks for a GPU through a
-# resource hint; ingestion runs on the default CPU workers. One model per GPU
-# VM, shared by its SDK processes, keeps their memory off the GPU.
+# resource hint; ingestion runs on the default CPU workers. A GPU VM runs one
+# SDK process whose harness threads cut clips and share one in-process model
+# (bench/README.md, "GPU workers"): sending a batch to a model process shared
+# across SDK processes costs more host time per clip than cutting the clip
+# and than the GPU's compute, and one JAX client per SDK process would split
+# the GPU's memory and compile once per process. 32 GB with an L4 is a
+# g2-standard-8: 8 vCPUs, one harness thread each.
 GPU_ACCELERATOR = "type:nvidia-l4;count:1;install-nvidia-driver"
+GPU_HOST_THREADS = 8
 # TPUs cannot be right-fitted and only one process may open a TPU.
 TPU_ACCELERATOR = "type:tpu-v5-lite-podslice;topology:1x1"
 PROFILES = {
     "gpu": AcceleratorProfile(
-        worker_options=("--machine_type=n2-standard-8",),
-        job_flags=(f"--embed_accelerator={GPU_ACCELERATOR}", "--embed_min_ram=16GB",
-                   "--model_copies=1", "--batch_size=16")),
+        worker_options=("--machine_type=n2-standard-8",
+                        "--experiments=no_use_multiple_sdk_containers",
+                        f"--number_of_worker_harness_threads={GPU_HOST_THREADS}"),
+        job_flags=(f"--embed_accelerator={GPU_ACCELERATOR}", "--embed_min_ram=32GB",
+                   "--batch_size=16")),
     "tpu": AcceleratorProfile(
         worker_options=(f"--dataflow_service_options=worker_accelerator={TPU_ACCELERATOR}",
                         "--worker_machine_type=ct5lp-hightpu-1t",

@@ -7,10 +7,16 @@
 padded to a fixed batch, compiled once per shape and split across every local
 accelerator device (data parallel; each device sees whole clips, so results do
 not depend on the number of devices).
+
+`enable_compilation_cache` keeps compiled programs on disk, so that a process
+that runs shapes compiled before (a second run, another worker process on the
+same machine) loads them instead of compiling again.
 """
 
 import dataclasses
 import functools
+import os
+import threading
 from typing import Sequence
 
 import jax
@@ -29,6 +35,31 @@ OUTPUTS = (VID_REPR, VIDEO_AUDIO, VIDEO_TEXT)
 # towers (about 44 M parameters) stay on the host.
 _VIDEO_MODULES = ("text_audio_video/visual_module", "text_audio_video/~_get_pair_embedding_heads")
 _BATCH_AXIS = "batch"
+# Overrides the default compilation cache directory (see `compilation_cache_dir`).
+CACHE_DIR_ENV = "MMV_JAX_CACHE_DIR"
+
+
+def compilation_cache_dir(cache_dir: str | None = None) -> str:
+  """`cache_dir`, else $MMV_JAX_CACHE_DIR, else $XDG_CACHE_HOME/mmv/jax (~/.cache/mmv/jax)."""
+  if cache_dir or os.environ.get(CACHE_DIR_ENV):
+    return cache_dir or os.environ[CACHE_DIR_ENV]
+  user_cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(user_cache, "mmv", "jax")
+
+
+def enable_compilation_cache(cache_dir: str | None = None) -> str:
+  """Makes this process keep every compiled program under `compilation_cache_dir(cache_dir)`.
+
+  Call it before the process compiles anything: JAX decides once per process,
+  at its first compilation, whether it uses the cache. Every program is kept,
+  whatever its size or compile time, so that CPU programs (compiled in under
+  JAX's default threshold of 1 s) are cached too. Returns the directory.
+  """
+  cache_dir = compilation_cache_dir(cache_dir)
+  jax.config.update("jax_compilation_cache_dir", cache_dir)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return cache_dir
 
 
 def video_subtree(tree: dict) -> dict:
@@ -74,6 +105,9 @@ class VideoEmbedder:
     self._forward = jax.jit(
         functools.partial(_forward, backbone=backbone, dtype=dtype),
         out_shardings=self._clip_sharding)
+    # Threads sharing this embedder (a worker's harness threads) run one batch
+    # at a time: each batch in flight would hold its activations in device memory.
+    self._device_lock = threading.Lock()
 
   @classmethod
   def from_checkpoint(cls, path: str, backbone: str | None = None,
@@ -135,11 +169,11 @@ class VideoEmbedder:
     results = {name: [] for name in outputs}
     for start in range(0, len(clips), self._batch_size):
       batch = clips[start:start + self._batch_size]
-      padded = _pad_to(batch, self._batch_size)
-      out = self._forward(self._params, self._state,
-                          jax.device_put(padded, self._clip_sharding))
-      for name in outputs:
-        results[name].append(np.asarray(out[name])[:len(batch)])
+      on_device = jax.device_put(_pad_to(batch, self._batch_size), self._clip_sharding)
+      with self._device_lock:
+        out = self._forward(self._params, self._state, on_device)
+        for name in outputs:
+          results[name].append(np.asarray(out[name])[:len(batch)])
     return {name: (np.concatenate(parts) if parts else
                    np.zeros((0, self.output_dim(name)), np.float32))
             for name, parts in results.items()}

@@ -37,6 +37,10 @@ def counter(name: str):
   return Metrics.counter(METRICS_NAMESPACE, name)
 
 
+def distribution(name: str):
+  return Metrics.distribution(METRICS_NAMESPACE, name)
+
+
 def failure_record(video_id: str, stage: str, reason: str) -> dict[str, str]:
   return {"video_id": video_id, "stage": stage, "reason": reason}
 

@@ -7,9 +7,10 @@ Stages: `Ingest` (split lists, sharded ranged fetch, ffmpeg re-encoding, video
 cache; see pipelines/ingest.py) -> Reshuffle (spreads videos over workers)
 -> `EmbedClips`, the accelerator step: `SampleClipsFn` decodes each video's
 JPEG frames once and cuts `--num_train_clips` seeded training clips and
-`--num_test_windows` test windows, RunInference with `JaxEmbeddingHandler`
-embeds them -> `AssembleVideoFn` groups a video's clips and writes them all
-(or fails the video) as `tf.train.Example`s (schema in
+`--num_test_windows` test windows in a background thread, `--prefetch_videos`
+videos ahead, while RunInference with `JaxEmbeddingHandler` embeds earlier
+clips on the device -> `AssembleVideoFn` groups a video's clips and writes
+them all (or fails the video) as `tf.train.Example`s (schema in
 mmv_core/embedding_schema.py) -> `OUTPUT_DIR/embeddings/*.tfrecord`.
 
 Also written: `OUTPUT_DIR/failures/failures.jsonl` (one JSON line per video
@@ -20,6 +21,8 @@ clips; a run refuses an output directory that already holds embeddings.
 """
 
 import argparse
+import collections
+import concurrent.futures
 import dataclasses
 import importlib.metadata
 import json
@@ -29,23 +32,25 @@ import platform
 import sys
 import time
 import typing
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
+from apache_beam.utils.windowed_value import WindowedValue
 
 from mmv_core import checkpoints
 from mmv_core import embedding_schema as schema
 from mmv_core import ucf101
 from mmv_core import video
 from mmv_core.models import mmv
-from mmv_core.embedder import EmbedderConfig, VID_REPR, VIDEO_AUDIO, VIDEO_TEXT
+from mmv_core.embedder import CACHE_DIR_ENV, EmbedderConfig, VID_REPR, VIDEO_AUDIO, VIDEO_TEXT
 from mmv_core.video_cache import CachedVideo
 from pipelines import ingest
-from pipelines.common import FAILURES, WriteFailures, count_failure, counter, failure_record
+from pipelines.common import FAILURES, WriteFailures, count_failure, counter, distribution
+from pipelines.common import failure_record
 from pipelines.common import with_local_runner
 from pipelines.jax_inference import JaxEmbeddingHandler
 
@@ -83,6 +88,8 @@ class EmbedJobConfig:
   embed_accelerator: str | None = None
   embed_min_ram: str | None = None
   model_copies: int | None = None
+  prefetch_videos: int = 1
+  jax_cache_dir: str | None = None
 
   @property
   def outputs(self) -> tuple[str, ...]:
@@ -121,25 +128,82 @@ def sample_clips(cached: CachedVideo, config: EmbedJobConfig
       yield ClipKey(cached.video_id, cached.label, cached.label_name, clip_type, index), clip
 
 
+SampleFn = Callable[[CachedVideo, EmbedJobConfig], Iterable[tuple[ClipKey, np.ndarray]]]
+
+
+def sample_video(cached: CachedVideo, config: EmbedJobConfig, sample: SampleFn = sample_clips
+                 ) -> list[tuple[ClipKey, np.ndarray]] | dict:
+  """One video's (ClipKey, clip) pairs, or its failure record if it cannot be sampled."""
+  try:
+    return list(sample(cached, config))
+  except Exception as e:  # One bad video must not stop the job.
+    return failure_record(cached.video_id, STAGE_SAMPLE, f"{type(e).__name__}: {e}")
+
+
 class SampleClipsFn(beam.DoFn):
-  """CachedVideo -> (ClipKey, clip); undecodable videos go to FAILURES."""
+  """CachedVideo -> (ClipKey, clip); undecodable videos go to FAILURES.
 
-  def __init__(self, config: EmbedJobConfig):
+  Samples in a background thread up to `config.prefetch_videos` videos ahead
+  of what it emits. RunInference, fused after this step in the worker's
+  thread, embeds a batch on the device meanwhile: TensorFlow's decoding and
+  resizing release the GIL, as does JAX while it waits for the device. At most `prefetch_videos + 1` videos' clips are held (each
+  `num_train_clips + num_test_windows` uint8 [T, crop, crop, 3] clips).
+  """
+
+  def __init__(self, config: EmbedJobConfig, sample: SampleFn = sample_clips):
     self._config = config
+    self._sample = sample
 
-  def process(self, cached: CachedVideo):
-    try:
-      clips = list(sample_clips(cached, self._config))
-    except Exception as e:  # One bad video must not stop the job.
+  def setup(self):
+    self._sampler = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sample_clips")
+
+  def start_bundle(self):
+    self._in_flight = collections.deque()
+
+  def process(self, cached: CachedVideo, timestamp=beam.DoFn.TimestampParam,
+              window=beam.DoFn.WindowParam):
+    self._in_flight.append((self._sampler.submit(self._timed_sample, cached), timestamp, window))
+    while len(self._in_flight) > self._config.prefetch_videos:
+      yield from self._emit_oldest()
+
+  def finish_bundle(self):
+    while self._in_flight:
+      yield from self._emit_oldest()
+
+  def teardown(self):
+    self._sampler.shutdown(cancel_futures=True)
+
+  def _timed_sample(self, cached: CachedVideo) -> tuple[list | dict, float]:
+    start = time.perf_counter()
+    return sample_video(cached, self._config, self._sample), time.perf_counter() - start
+
+  def _emit_oldest(self):
+    future, timestamp, window = self._in_flight.popleft()
+    wait_start = time.perf_counter()
+    sampled, sample_s = future.result()
+    # Metrics are recorded on this thread: Beam keeps them per processing thread.
+    distribution("host_wait_ms").update(int(1000 * (time.perf_counter() - wait_start)))
+    distribution("sample_video_ms").update(int(1000 * sample_s))
+    # Each value keeps its own video's window and timestamp: it may leave
+    # during a later video's `process` call, or in `finish_bundle`.
+    if isinstance(sampled, dict):
       # Counted once the video's fate is settled, in AssembleVideoFn.
-      yield beam.pvalue.TaggedOutput(FAILURES, failure_record(
-          cached.video_id, STAGE_SAMPLE, f"{type(e).__name__}: {e}"))
+      yield beam.pvalue.TaggedOutput(FAILURES, WindowedValue(sampled, timestamp, (window,)))
       return
     counter("videos_sampled").inc()
-    yield from clips
+    for clip in sampled:
+      yield WindowedValue(clip, timestamp, (window,))
 
 
 # ---- Embedding ----
+
+def embedding_handler(config: EmbedJobConfig) -> JaxEmbeddingHandler:
+  """The job's model handler: clips uint8 [T, crop, crop, 3] -> {output: float32 [dim]}."""
+  return JaxEmbeddingHandler(
+      config.checkpoint_path, config.resolved_backbone,
+      EmbedderConfig(batch_size=config.batch_size, compute_dtype=config.compute_dtype),
+      config.outputs, model_copies=config.model_copies, jax_cache_dir=config.jax_cache_dir)
+
 
 class EmbedClips(beam.PTransform):
   """CachedVideo -> (sampled clips' embeddings, failures), on accelerator workers.
@@ -147,20 +211,22 @@ class EmbedClips(beam.PTransform):
   Sampling and inference form one step so that they fuse on the worker that
   holds the accelerator: only JPEG bytes reach it, never the 20x larger clips.
   Returns `{"embedded": (ClipKey, {output: float32 [dim]}), FAILURES: record}`.
+  `handler` and `sample` replace the model and the clip sampling (benchmarks
+  and tests give ones of known cost).
   """
 
-  def __init__(self, config: EmbedJobConfig):
+  def __init__(self, config: EmbedJobConfig, handler: ModelHandler | None = None,
+               sample: SampleFn = sample_clips):
     super().__init__()
     self._config = config
+    self._handler = handler
+    self._sample = sample
 
   def expand(self, videos):
     config = self._config
-    sampled = videos | "SampleClips" >> beam.ParDo(SampleClipsFn(config)).with_outputs(
-        FAILURES, main="clips")
-    handler = KeyedModelHandler(JaxEmbeddingHandler(
-        config.checkpoint_path, config.resolved_backbone,
-        EmbedderConfig(batch_size=config.batch_size, compute_dtype=config.compute_dtype),
-        config.outputs, model_copies=config.model_copies))
+    sampled = videos | "SampleClips" >> beam.ParDo(
+        SampleClipsFn(config, self._sample)).with_outputs(FAILURES, main="clips")
+    handler = KeyedModelHandler(self._handler or embedding_handler(config))
     embedded, errors = sampled.clips | "RunInference" >> RunInference(
         handler).with_exception_handling()
     failed_batches = errors.failed_inferences | "FailedBatches" >> beam.FlatMap(
@@ -236,7 +302,7 @@ class AssembleVideoFn(beam.DoFn):
 
 
 class ProgressLogger(beam.DoFn):
-  """Prints a readable progress line per worker process every few seconds."""
+  """Prints a readable progress line per worker process at its first clip, then every few seconds."""
 
   _INTERVAL_S = 10.0
 
@@ -247,7 +313,7 @@ class ProgressLogger(beam.DoFn):
   def process(self, element):
     self._clips += 1
     now = time.monotonic()
-    if now - self._last >= self._INTERVAL_S:
+    if self._clips == 1 or now - self._last >= self._INTERVAL_S:
       self._last = now
       # Printed, not logged: local runners relay worker logs in a form hard to read.
       print(f"[embed] worker {os.getpid()}: {self._clips} clips embedded, "
@@ -390,7 +456,14 @@ def parse_args(argv: Sequence[str] | None) -> tuple[EmbedJobConfig, list[str]]:
                       '"type:nvidia-l4;count:1;install-nvidia-driver"')
   p.add_argument("--embed_min_ram", default=None, help='resource hint, e.g. "16GB"')
   p.add_argument("--model_copies", type=int, default=None,
-                 help="models per worker VM shared across its processes (e.g. 1 per GPU)")
+                 help="models per worker VM shared across its SDK processes; each batch is "
+                      "then pickled to the model's process (bench/README.md: GPU workers)")
+  p.add_argument("--prefetch_videos", type=int, default=defaults.prefetch_videos,
+                 help="videos whose clips are cut ahead, while the device embeds (0: one after "
+                      "the other); each holds (train clips + test windows) x T x crop x crop x 3 bytes")
+  p.add_argument("--jax_cache_dir", default=None,
+                 help=f"compiled programs kept across runs; default ${CACHE_DIR_ENV}, "
+                      "else $XDG_CACHE_HOME/mmv/jax, else ~/.cache/mmv/jax")
   args, beam_args = p.parse_known_args(argv)
   values = vars(args)
   values["classes"] = tuple(c for c in values["classes"].split(",") if c)
@@ -421,10 +494,32 @@ def run(argv: Sequence[str] | None = None) -> beam.runners.runner.PipelineResult
   return pipeline.run()
 
 
+def job_timings(result: beam.runners.runner.PipelineResult) -> dict[str, float]:
+  """Worker seconds spent on each part of embedding, summed over workers and threads.
+
+  `sample_s`: cutting clips (host); `host_wait_s`: the inference thread
+  waiting for clips, i.e. host preparation not hidden behind the device;
+  `inference_s`: RunInference's batch calls (stacking, transfer, device
+  compute, results back); `load_model_s`: loading checkpoints.
+  """
+  sums: dict[str, float] = collections.Counter()
+  batches = 0
+  for metric in result.metrics().query()["distributions"]:
+    sums[metric.key.metric.name] += metric.committed.sum
+    if metric.key.metric.name == "inference_batch_latency_micro_secs":
+      batches += metric.committed.count
+  return {"sample_s": sums["sample_video_ms"] / 1e3, "host_wait_s": sums["host_wait_ms"] / 1e3,
+          "inference_s": sums["inference_batch_latency_micro_secs"] / 1e6,
+          "load_model_s": sums["load_model_latency_milli_secs"] / 1e3, "batches": batches}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
   result = run(argv)
   result.wait_until_finish()
+  # One line a benchmark can read; dry runs and async runners have no metrics yet.
+  if result.state == beam.runners.runner.PipelineState.DONE:
+    print(f"[embed] timings {json.dumps(job_timings(result), sort_keys=True)}", flush=True)
 
 
 if __name__ == "__main__":

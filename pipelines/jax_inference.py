@@ -1,13 +1,18 @@
 """A RunInference model handler for MMV video embeddings in JAX.
 
 Beam ships no JAX handler. This one loads a `VideoEmbedder` once per worker
-process (its threads share it) or, with `model_copies`, in that many model
-processes per machine that all the SDK processes send their batches to (one
-per GPU keeps the model's memory off the GPU once). Batches have a fixed size,
+process (its threads share it, one batch on the device at a time) or, with
+`model_copies`, in that many model processes per machine that all the SDK
+processes send their batches to (pickled: about 13 ms of host time per
+32x224x224 clip, more than most GPUs' compute; see bench/README.md, so the
+Dataflow GPU profile runs one SDK process per VM instead). Batches have a fixed size,
 so XLA compiles one program, and the embedder splits each across all local
 devices; give a batch size that is a multiple of the devices, or the embedder
 pads. Processes that share a GPU do not each grab 75% of its memory:
 `XLA_PYTHON_CLIENT_PREALLOCATE=false` is set before JAX starts in the worker.
+Each process keeps its compiled programs in a persistent compilation cache
+(`jax_cache_dir`), so that later processes and runs of the same shapes load
+them instead of compiling.
 """
 
 from typing import Any, Iterable, Mapping, Sequence
@@ -15,7 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from mmv_core.embedder import EmbedderConfig, VideoEmbedder
+from mmv_core.embedder import EmbedderConfig, VideoEmbedder, enable_compilation_cache
 
 # Set in each worker before JAX initialises its backend (see module docstring).
 WORKER_ENV = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
@@ -26,15 +31,17 @@ class JaxEmbeddingHandler(ModelHandler[np.ndarray, dict, VideoEmbedder]):
 
   def __init__(self, checkpoint_path: str, backbone: str | None,
                config: EmbedderConfig, outputs: Sequence[str],
-               model_copies: int | None = None):
+               model_copies: int | None = None, jax_cache_dir: str | None = None):
     super().__init__(min_batch_size=config.batch_size, max_batch_size=config.batch_size,
                      model_copies=model_copies, env_vars=WORKER_ENV)
     self._checkpoint_path = checkpoint_path
     self._backbone = backbone
     self._config = config
     self._outputs = tuple(outputs)
+    self._jax_cache_dir = jax_cache_dir
 
   def load_model(self) -> VideoEmbedder:
+    enable_compilation_cache(self._jax_cache_dir)
     return VideoEmbedder.from_checkpoint(self._checkpoint_path, self._backbone, self._config)
 
   def run_inference(self, batch: Sequence[np.ndarray], model: VideoEmbedder,

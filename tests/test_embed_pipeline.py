@@ -58,6 +58,7 @@ def _flags(dataset, checkpoint_path, work_dir, output_dir) -> list[str]:
           f"--output_dir={output_dir}", f"--video_zip={data.video_zip}",
           f"--splits_zip={data.splits_zip}", f"--num_train_clips={NUM_TRAIN_CLIPS}",
           f"--num_test_windows={NUM_TEST_WINDOWS}", "--batch_size=4",
+          f"--jax_cache_dir={pathlib.Path(work_dir) / 'jax_cache'}",  # Not the user's cache.
           *(f"--{k}={v}" for k, v in CLIPS.items())]
 
 

@@ -1,5 +1,6 @@
 """VideoEmbedder: the public one-video API and its batched, multi-device form."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 from numerics import assert_features_close
 
 from mmv_core import checkpoints
+from mmv_core import embedder
 from mmv_core import video
 from mmv_core.embedder import EmbedderConfig, VideoEmbedder, VID_REPR, VIDEO_AUDIO, VIDEO_TEXT
 from mmv_core.models import mmv
@@ -143,3 +145,38 @@ def test_four_devices_give_the_same_embeddings_as_one(s3d_checkpoint, s3d_embedd
   one = s3d_embedder.embed_clips(clips)[VID_REPR]
   assert s3d_embedder.num_devices == 1
   assert_features_close(four, one)
+
+
+def test_a_second_process_loads_the_compiled_program_from_the_cache(s3d_checkpoint, tmp_path):
+  """The first process fills the compilation cache; the second compiles nothing new."""
+  cache_dir = tmp_path / "jax_cache"
+  script = textwrap.dedent(f"""
+      import json, numpy as np
+      from jax import monitoring
+      from mmv_core.embedder import EmbedderConfig, VideoEmbedder, enable_compilation_cache
+      events = []
+      monitoring.register_event_listener(lambda event, **_: events.append(event))
+      enable_compilation_cache({str(cache_dir)!r})
+      emb = VideoEmbedder.from_checkpoint({str(s3d_checkpoint)!r}, config=EmbedderConfig(batch_size=2))
+      emb.embed_clips(np.zeros((2, 4, 32, 32, 3), np.uint8))
+      print(json.dumps({{"hits": events.count("/jax/compilation_cache/cache_hits"),
+                        "misses": events.count("/jax/compilation_cache/cache_misses")}}))
+  """)
+  run = lambda: json.loads(subprocess.run(
+      [sys.executable, "-c", script], check=True, cwd=REPO_ROOT, capture_output=True,
+      text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}).stdout.splitlines()[-1])
+  first = run()
+  cached_files = sorted(p.name for p in cache_dir.iterdir())
+  assert first["misses"] >= 1 and first["hits"] == 0 and cached_files
+  second = run()
+  assert second == {"hits": first["misses"], "misses": 0}
+  assert sorted(p.name for p in cache_dir.iterdir()) == cached_files
+
+
+def test_compilation_cache_dir_defaults_to_the_user_cache(monkeypatch):
+  monkeypatch.delenv(embedder.CACHE_DIR_ENV, raising=False)
+  monkeypatch.setenv("XDG_CACHE_HOME", "/xdg")
+  assert embedder.compilation_cache_dir() == "/xdg/mmv/jax"
+  monkeypatch.setenv(embedder.CACHE_DIR_ENV, "/env/jax")
+  assert embedder.compilation_cache_dir() == "/env/jax"
+  assert embedder.compilation_cache_dir("/flag/jax") == "/flag/jax"

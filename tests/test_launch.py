@@ -5,6 +5,7 @@ from apache_beam.internal.gcp import auth
 from apache_beam.runners.dataflow.internal import apiclient
 
 from launch import dataflow
+from pipelines import embed
 
 COMMON = ["--project", "my-project-123", "--region", "us-central1",
           "--bucket", "gs://my-mmv-bucket", "--dry_run"]
@@ -47,10 +48,22 @@ def test_gpu_job_puts_only_the_embedding_step_on_gpu_workers():
   assert hinted and all(name.startswith("Embed/") for name in hinted)
   assert {h["beam:resources:accelerator:v1"] for h in hinted.values()} == {
       dataflow.GPU_ACCELERATOR.encode()}
+  assert {h["beam:resources:min_ram_bytes:v1"] for h in hinted.values()} == {b"32000000000"}
+  # One SDK process per VM, its threads sharing one in-process model (bench/README.md).
+  assert "no_use_multiple_sdk_containers" in env.proto.experiments
   options = job.options.get_all_options()
+  assert options["number_of_worker_harness_threads"] == dataflow.GPU_HOST_THREADS
   assert options["max_num_workers"] == 7
   assert options["sdk_location"] == "container"
   assert options["setup_file"].endswith("setup.py")
+
+
+def test_gpu_job_shares_its_model_within_the_process_not_across_processes():
+  argv = ["embed", "--accelerator", "gpu", *COMMON, "--image", "img:gpu",
+          "--checkpoint_path", "gs://my-mmv-bucket/ckpt/mmv_s3d.pkl"]
+  config, _ = embed.parse_args(dataflow.embed_argv(*dataflow.parse_args(argv)))
+  assert config.model_copies is None
+  assert (config.batch_size, config.prefetch_videos) == (16, 1)
 
 
 def test_tpu_job_runs_on_tpu_workers_with_one_process_per_vm():
