@@ -34,9 +34,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from bench.embed_bench import synthetic_jpegs
 from mmv_core.embedder import VID_REPR
 from mmv_core.video_cache import CachedVideo
+from pipelines import common
 from pipelines import embed
 
-IN_PROCESS = ["--runner=FnApiRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory"]
+IN_PROCESS = list(common.IN_PROCESS_RUNNER_ARGS)
 HOST, DEVICE = "host", "device"
 
 

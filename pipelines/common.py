@@ -22,6 +22,11 @@ LOCAL_RUNNER_ARGS = ("--runner=FnApiRunner", "--direct_num_workers=0",
 # to start, each importing the job's modules again.
 IN_PROCESS_RUNNER_ARGS = ("--runner=FnApiRunner", "--direct_num_workers=1",
                           "--direct_running_mode=in_memory")
+# For the embedding job: one process, one thread per core, sharing one model
+# (XLA already spreads a batch over every core; worker processes would each
+# load the checkpoint and compile, and contend for the same cores).
+THREADED_RUNNER_ARGS = ("--runner=FnApiRunner", "--direct_num_workers=0",
+                        "--direct_running_mode=multi_threading")
 
 
 def with_local_runner(beam_args: Sequence[str],

@@ -22,13 +22,14 @@ from mmv_core import video
 from mmv_core import video_cache
 from mmv_core.embedder import EmbedderConfig, VideoEmbedder, VID_REPR
 from mmv_core.models import mmv
+from pipelines import common
 from pipelines import embed
 from pipelines import linear_eval
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CLIPS = dict(num_frames=4, stride=2, min_resize=32, crop_size=32)
 NUM_TRAIN_CLIPS, NUM_TEST_WINDOWS = 2, 3
-IN_PROCESS = ["--runner=FnApiRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory"]
+IN_PROCESS = list(common.IN_PROCESS_RUNNER_ARGS)
 
 
 @pytest.fixture(scope="module")
