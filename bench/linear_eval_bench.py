@@ -155,7 +155,8 @@ def main() -> None:
                             check=True, capture_output=True, text=True).stdout.splitlines()[-1]
       run = json.loads(line)
     else:
-      solver = linear_eval.SOLVER_LIBLINEAR if name == "liblinear_job" else linear_eval.SOLVER_NEWTON
+      solver = (linear_eval.SOLVER_LIBLINEAR if name == "liblinear_job"
+                else linear_eval.SOLVER_NEWTON)
       run = run_job(embeddings, splits_zip, data / f"out_{name}", args.splits, args.svm_c, solver)
     results["runs"][name] = run
     print(name, json.dumps(run), flush=True)

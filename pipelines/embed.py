@@ -146,7 +146,8 @@ class SampleClipsFn(beam.DoFn):
   Samples in a background thread up to `config.prefetch_videos` videos ahead
   of what it emits. RunInference, fused after this step in the worker's
   thread, embeds a batch on the device meanwhile: TensorFlow's decoding and
-  resizing release the GIL, as does JAX while it waits for the device. At most `prefetch_videos + 1` videos' clips are held (each
+  resizing release the GIL, as does JAX while it waits for the device. At
+  most `prefetch_videos + 1` videos' clips are held (each
   `num_train_clips + num_test_windows` uint8 [T, crop, crop, 3] clips).
   """
 
@@ -302,7 +303,7 @@ class AssembleVideoFn(beam.DoFn):
 
 
 class ProgressLogger(beam.DoFn):
-  """Prints a readable progress line per worker process at its first clip, then every few seconds."""
+  """Prints a readable progress line per worker process: first clip, then every few seconds."""
 
   _INTERVAL_S = 10.0
 
