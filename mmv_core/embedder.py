@@ -105,8 +105,9 @@ class VideoEmbedder:
     self._forward = jax.jit(
         functools.partial(_forward, backbone=backbone, dtype=dtype),
         out_shardings=self._clip_sharding)
-    # Threads sharing this embedder (a worker's harness threads) run one batch
-    # at a time: each batch in flight would hold its activations in device memory.
+    # Threads sharing this embedder (a worker's harness threads) run one forward
+    # pass at a time: each pass in flight would hold its activations in device
+    # memory (inputs, one batch per thread, are moved before the lock).
     self._device_lock = threading.Lock()
 
   @classmethod

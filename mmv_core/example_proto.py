@@ -71,18 +71,29 @@ FloatList = _message_class("FloatList")
 Int64List = _message_class("Int64List")
 
 
+_PACKED_VALUE_TAG = 0x0A  # Field 1, length-delimited.
+
+
 def float_values(float_list) -> np.ndarray:
   """float32 [n], the values of a `FloatList`, without a Python float per value.
 
-  A FloatList's encoding is its packed field: one tag byte, the payload's
-  length as a varint, then the values as little-endian float32, so the
-  values are a view of the serialized bytes (50 times faster than iterating
-  the repeated field).
+  Re-encoded, a FloatList is its packed field (whatever encoding it was read
+  from): one tag byte, the payload's length as a varint, then the values as
+  little-endian float32, read straight from those bytes (50 times faster
+  than iterating the repeated field). Anything else in the encoding (fields
+  unknown to this schema) falls back to the repeated field.
   """
   encoded = float_list.SerializeToString()
   if not encoded:
     return np.zeros(0, np.float32)
-  start = 1
-  while encoded[start] & 0x80:  # Varint continuation bit.
+  length, shift, start = 0, 0, 1
+  while start < len(encoded):
+    byte = encoded[start]
+    length |= (byte & 0x7F) << shift
+    shift += 7
     start += 1
-  return np.frombuffer(encoded, "<f4", offset=start + 1).astype(np.float32)
+    if not byte & 0x80:  # The varint's last byte.
+      break
+  if encoded[0] != _PACKED_VALUE_TAG or start + length != len(encoded) or length % 4:
+    return np.array(float_list.value, np.float32)
+  return np.frombuffer(encoded, "<f4", offset=start).astype(np.float32)

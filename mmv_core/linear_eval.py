@@ -54,6 +54,10 @@ _LIBLINEAR_BYTES_PER_VALUE = 16
 SOLVER_NEWTON = "newton"
 SOLVER_LIBLINEAR = "liblinear"
 SOLVERS = (SOLVER_NEWTON, SOLVER_LIBLINEAR)
+# Newton at 10x liblinear's default tolerance: objectives within 1e-6 of
+# liblinear's run to 1e-8 (tests/test_svm_solver.py) for about one more
+# Newton iteration; float32 products still resolve it at full size.
+NEWTON_TOL = 1e-5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,15 +74,9 @@ class SvmSettings:
     dual: LinearSVC's `dual` (liblinear only).
   """
   solver: str = SOLVER_NEWTON
-  tol: float = 1e-4
+  tol: float = NEWTON_TOL
   max_iter: int = 1000
   dual: bool | str = True
-
-
-# Newton at 10x liblinear's default tolerance: objectives within 1e-6 of
-# liblinear's run to 1e-8 (tests/test_svm_solver.py) for about one more
-# Newton iteration; float32 products still resolve it at full size.
-NEWTON_TOL = 1e-5
 
 
 # `LinearSVC(C=0.001)` as the original evaluation ran it (scikit-learn of
@@ -86,7 +84,7 @@ NEWTON_TOL = 1e-5
 ORIGINAL_SVM_SETTINGS = SvmSettings(solver=SOLVER_LIBLINEAR, dual=True, tol=1e-4, max_iter=1000)
 # The same optimum by matrix products (bench/README.md: same predictions,
 # tens of times faster).
-DEFAULT_SVM_SETTINGS = SvmSettings(tol=NEWTON_TOL)
+DEFAULT_SVM_SETTINGS = SvmSettings()
 
 
 class NotConvergedError(RuntimeError):
@@ -346,9 +344,8 @@ class LinearClassifier:
     bias = self.intercept - (self.mean / self.scale) @ self.coef.T
     rows = np.arange(len(features)) if rows is None else rows
     scores = np.empty((len(rows), len(bias)), np.float64)
-    for start in range(0, len(rows), _BLOCK_ROWS):
-      block = features[rows[start:start + _BLOCK_ROWS]].astype(np.float64)
-      scores[start:start + _BLOCK_ROWS] = block @ weights + bias
+    for out, block in _row_blocks(rows):
+      scores[out] = features[block].astype(np.float64) @ weights + bias
     return scores
 
   def convergence(self) -> dict[str, Any] | None:

@@ -49,6 +49,11 @@ def load_video(location: str | os.PathLike[str]) -> np.ndarray:
       ends with ffmpeg's own error.
   """
   location = os.fspath(location)
-  data = sources.read_bytes(location)
+  try:
+    data = sources.read_bytes(location)
+  except sources.SourceError as e:
+    # The reason is kept, the URL's query (a signed URL's secret) is not.
+    raise sources.SourceError(
+        str(e).replace(location, _name_for_errors(location))) from None
   jpegs = encode.encode_jpeg_frames(data, name=_name_for_errors(location))
   return video.decode_jpeg_frames(jpegs)

@@ -172,7 +172,8 @@ class SampleClipsFn(beam.DoFn):
       yield from self._emit_oldest()
 
   def teardown(self):
-    self._sampler.shutdown(cancel_futures=True)
+    if hasattr(self, "_sampler"):  # Beam calls teardown even when setup failed.
+      self._sampler.shutdown(cancel_futures=True)
 
   def _timed_sample(self, cached: CachedVideo) -> tuple[list | dict, float]:
     start = time.perf_counter()

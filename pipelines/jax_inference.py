@@ -1,7 +1,7 @@
 """A RunInference model handler for MMV video embeddings in JAX.
 
 Beam ships no JAX handler. This one loads a `VideoEmbedder` once per worker
-process (its threads share it, one batch on the device at a time) or, with
+process (its threads share it, one forward pass at a time) or, with
 `model_copies`, in that many model processes per machine that all the SDK
 processes send their batches to (pickled: about 13 ms of host time per
 32x224x224 clip, more than most GPUs' compute; see bench/README.md, so the

@@ -5,8 +5,8 @@
       [--solver=newton | --solver=liblinear] [--allow_missing]
 
 Each split is one task: it streams every shard keeping only its split's
-clips, scores each C of a sweep on held-out training groups (all C values in
-one pass, each starting from the previous one's solution), and retrains with
+clips, scores each C of a sweep on held-out training groups (all C values
+fitted on one standardised copy, sharing its Gram matrix), and retrains with
 the best C on all training clips. Locally the splits run one after another in
 this process (the solver uses every core); on Dataflow they run in parallel
 on the workers. Writes `metrics.json`,
@@ -84,9 +84,11 @@ def parse_flags(argv: Sequence[str]) -> tuple[LinearEvalConfig, PipelineOptions]
                       "original evaluation ran it. Same objective.")
   parser.add_argument("--svm_dual", type=_dual, default=defaults.dual,
                       help="liblinear only: LinearSVC's dual (true, false or auto).")
-  parser.add_argument("--svm_tol", type=float, default=defaults.tol,
+  parser.add_argument("--svm_tol", type=float, default=None,
                       help="newton: stop when each class's gradient norm falls to this "
-                      "fraction of its norm at zero; liblinear: LinearSVC's tol.")
+                      f"fraction of its norm at zero (default {defaults.tol:g}); liblinear: "
+                      f"LinearSVC's tol (default {linear_eval.ORIGINAL_SVM_SETTINGS.tol:g}, "
+                      "the original's).")
   parser.add_argument("--svm_max_iter", type=int, default=defaults.max_iter,
                       help="newton: Newton iterations at most (a split that needs more "
                       "is an error); liblinear: LinearSVC's max_iter.")
@@ -103,7 +105,9 @@ def parse_flags(argv: Sequence[str]) -> tuple[LinearEvalConfig, PipelineOptions]
       splits_zip=args.splits_zip, splits=tuple(sorted(set(args.splits))),
       svm_cs=tuple(sorted(set(args.svm_c))),
       svm_settings=linear_eval.SvmSettings(
-          solver=args.solver, dual=args.svm_dual, tol=args.svm_tol,
+          solver=args.solver, dual=args.svm_dual, tol=args.svm_tol or (
+              linear_eval.ORIGINAL_SVM_SETTINGS.tol if args.solver == linear_eval.SOLVER_LIBLINEAR
+              else defaults.tol),
           max_iter=args.svm_max_iter),
       allow_missing=args.allow_missing)
   options = PipelineOptions(with_local_runner(beam_args, IN_PROCESS_RUNNER_ARGS))

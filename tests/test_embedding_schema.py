@@ -95,3 +95,10 @@ def test_float_values_read_the_packed_floats_whatever_their_length(size):
   got = example_proto.float_values(example_proto.FloatList.FromString(encoded))
   assert got.dtype == np.float32
   np.testing.assert_array_equal(got, values)
+
+
+def test_float_values_of_a_list_with_unknown_fields_are_its_values():
+  values = np.array([1.5, -2.0, 3.25], np.float32)
+  encoded = tf.train.FloatList(value=values).SerializeToString() + b"\x10\x05"  # Field 2: 5.
+  got = example_proto.float_values(example_proto.FloatList.FromString(encoded))
+  np.testing.assert_array_equal(got, values)

@@ -132,8 +132,9 @@ def test_url_errors_name_the_url_but_not_its_query(https_server):
     load_video(url + "?token=SECRET")
   assert str(error.value).startswith(f"{url}: ffmpeg exited with")
   assert "SECRET" not in str(error.value)
-  with pytest.raises(sources.SourceError, match=r"/missing\.avi: HTTP 404"):
-    load_video(https_server.url("/missing.avi"))
+  with pytest.raises(sources.SourceError, match=r"/missing\.avi: HTTP 404") as error:
+    load_video(https_server.url("/missing.avi") + "?token=SECRET")
+  assert "SECRET" not in str(error.value)
 
 
 @pytest.mark.parametrize("content, problem", [
