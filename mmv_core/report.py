@@ -34,6 +34,20 @@ def write_bytes(path: str, data: bytes) -> None:
     f.write(data)
 
 
+def strict_json(value: Any) -> Any:
+  """`value` with every non-finite float (an accuracy over no videos) as None.
+
+  JSON has no NaN; Python writes it anyway, and strict readers reject it.
+  """
+  if isinstance(value, dict):
+    return {k: strict_json(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [strict_json(v) for v in value]
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
 def _percent(value: float) -> str:
   return "n/a" if value is None or math.isnan(value) else f"{100 * value:.2f}"
 

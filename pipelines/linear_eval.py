@@ -166,7 +166,8 @@ def write_outputs(results: Sequence[linear_eval.SplitResult], config: LinearEval
   summary = linear_eval.summarise(results) | {"settings": config.to_json()}
   per_split = {r.split: (r.per_class_accuracy, r.per_class_videos) for r in results}
   report.write_bytes(f"{out}/{report.METRICS_FILE}",
-                     json.dumps(summary, indent=2, sort_keys=True).encode())
+                     json.dumps(report.strict_json(summary), indent=2, sort_keys=True,
+                                allow_nan=False).encode())
   report.write_bytes(f"{out}/{report.PER_CLASS_FILE}",
                      report.per_class_csv(class_names, per_split).encode())
   for r in results:

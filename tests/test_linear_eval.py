@@ -378,3 +378,21 @@ def test_unconverged_split_is_an_error_naming_split_c_and_flag(tmp_path, split_z
   with pytest.raises(Exception, match=r"split 3, C=1000: .*raise --svm_max_iter"):
     run_job(tmp_path, split_zip, embeddings, "--splits=3", "--svm_c=1000", "--svm_max_iter=1")
   assert not (tmp_path / "out" / report.METRICS_FILE).exists()
+
+
+def test_split_without_test_clips_gives_strict_json_with_no_accuracy(tmp_path, split_zip):
+  clips = {key: value for key, value in make_clips(9, signal=1.0).items()
+           if not (key[1] == "test" and int(key[0][-6:-4]) in held_out_groups(2))}
+  embeddings = write_embeddings(tmp_path / "emb", clips)
+  run_job(tmp_path, split_zip, embeddings, "--splits=2", "--allow_missing")
+
+  def refuse(constant):
+    raise ValueError(f"metrics.json holds {constant}, which is not JSON")
+  text = (tmp_path / "out" / report.METRICS_FILE).read_text()
+  metrics = json.loads(text, parse_constant=refuse)
+  got = metrics["splits"]["2"]
+  assert got["num_test_videos"] == 0
+  assert got["test_top1"] is None and got["test_top5"] is None
+  assert metrics["mean"]["test_top1"] is None
+  assert got["train_top1"] > 0.5
+  assert "| 2 | n/a | n/a |" in report.metrics_table(metrics)
