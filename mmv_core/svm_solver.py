@@ -34,7 +34,9 @@ were measured to take as many Newton iterations and lose the exact first
 step.
 
 A class has converged when |grad f_k(w)| <= tol * |grad f_k(0)|, the
-relative criterion of liblinear's primal solver.
+relative criterion of liblinear's primal solver, checked once more on
+margins computed afresh from w (the iterations move them by each
+direction's own margins, which accumulates float32 rounding).
 
 Memory: the standardised features (float32 [N, D], the caller's), the
 [D + 1, D + 1] Gram matrix and its factor, and a few [N, K] arrays; nothing
@@ -270,10 +272,23 @@ def solve(features: np.ndarray, labels: np.ndarray, classes: np.ndarray, svm_c: 
   relative = (initial_norm > 0).astype(np.float64)
   iterations = np.zeros(num_classes, np.int64)
   stalled = np.zeros(num_classes, dtype=bool)
-  for _ in range(settings.max_iter):
-    cols = np.flatnonzero((relative > settings.tol) & ~stalled)
+  verified = False
+  while True:
+    cols = np.flatnonzero((relative > settings.tol) & ~stalled
+                          & (iterations < settings.max_iter))
     if not len(cols):
-      break
+      if verified:
+        break
+      # The margins moved by float32 direction margins, step after step:
+      # convergence counts only on margins computed afresh from w.
+      z = problem.margins(w).astype(np.float64)
+      slack = problem.slack(z)
+      objective = problem.objective(w, slack)
+      gradient = problem.gradient(w, slack)
+      relative = np.linalg.norm(gradient, axis=0) / np.where(initial_norm > 0, initial_norm, 1.0)
+      verified = True
+      continue
+    verified = False
     sub = _Problem(features, targets[:, cols], svm_c)
     active = slack[:, cols] > 0
     step, step_margins = _newton_direction(sub, gradient[:, cols], active, preconditioner,
