@@ -77,8 +77,9 @@ def main(argv=None) -> None:
   _stage(f"embeddings written: {counts}")
 
   _stage("running pipelines.linear_eval on splits 1, 2, 3")
+  # No --splits_zip: the job takes the split lists that the embeddings' run.json records.
   linear_eval.main([f"--embeddings_dir={embeddings_dir}", f"--output_dir={eval_dir}",
-                    f"--splits_zip={dataset.splits_zip}", "--splits=1,2,3"])
+                    "--splits=1,2,3"])
   metrics = json.loads((eval_dir / "metrics.json").read_text())
 
   print()

@@ -39,6 +39,10 @@ SHARD_SUFFIX = ".tfrecord"
 RUN_CONFIG_FILE = "run.json"
 NUM_TRAIN_CLIPS = "num_train_clips"
 NUM_TEST_WINDOWS = "num_test_windows"
+# The embedding job's settings in run.json, among them `splits_zip`, the
+# split lists it listed its videos from.
+SETTINGS = "settings"
+SPLITS_ZIP = "splits_zip"
 
 
 

@@ -337,7 +337,7 @@ def _package_versions() -> dict[str, str]:
 
 def write_run_record(counts: dict, *, config: EmbedJobConfig, checkpoint_sha256: str) -> None:
   record = {
-      "settings": dataclasses.asdict(config),
+      schema.SETTINGS: dataclasses.asdict(config),
       "backbone": config.resolved_backbone,
       "checkpoint_sha256": checkpoint_sha256,
       "versions": _package_versions(),

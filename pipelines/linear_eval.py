@@ -37,7 +37,7 @@ class LinearEvalConfig:
   """Everything the job's tasks need; built once from the flags."""
   embeddings_dir: str
   output_dir: str
-  splits_zip: str
+  splits_zip: str | None  # None: the one the embedding job used (its run.json).
   splits: tuple[int, ...]
   svm_cs: tuple[float, ...]
   svm_settings: linear_eval.SvmSettings
@@ -73,8 +73,10 @@ def parse_flags(argv: Sequence[str]) -> tuple[LinearEvalConfig, PipelineOptions]
   parser.add_argument("--embeddings_dir", required=True,
                       help="The embedding job's --output_dir (local or gs://).")
   parser.add_argument("--output_dir", required=True)
-  parser.add_argument("--splits_zip", default=ucf101.SPLITS_ZIP_URL,
-                      help="Split-list zip: local path, gs:// or https://.")
+  parser.add_argument("--splits_zip", default=None,
+                      help="Split-list zip: local path, gs:// or https://. Default: the "
+                      "one the embedding job used (its run.json), else UCF101's official "
+                      "lists.")
   parser.add_argument("--splits", type=_comma_list(int), default=ucf101.SPLITS)
   parser.add_argument("--svm_c", type=_comma_list(float), default=(linear_eval.DEFAULT_SVM_C,),
                       help="C of the SVM; a comma-separated list runs a sweep.")
@@ -120,8 +122,11 @@ Inputs = tuple[dict[int, linear_eval.SplitLayout], tuple[str, ...]]
 
 def read_inputs(config: LinearEvalConfig) -> Inputs:
   """The layout of each split (videos, clips per video) and the class names."""
-  lists = ucf101.load_split_lists(config.splits_zip)
   run_config = embedding_schema.read_run_config(config.embeddings_dir)
+  lists = ucf101.load_split_lists(
+      config.splits_zip
+      or run_config.get(embedding_schema.SETTINGS, {}).get(embedding_schema.SPLITS_ZIP)
+      or ucf101.SPLITS_ZIP_URL)
   layouts = {s: linear_eval.SplitLayout.from_lists(
       lists, s, num_train_clips=run_config[embedding_schema.NUM_TRAIN_CLIPS],
       num_test_windows=run_config[embedding_schema.NUM_TEST_WINDOWS])

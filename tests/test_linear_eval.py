@@ -396,3 +396,19 @@ def test_split_without_test_clips_gives_strict_json_with_no_accuracy(tmp_path, s
   assert metrics["mean"]["test_top1"] is None
   assert got["train_top1"] > 0.5
   assert "| 2 | n/a | n/a |" in report.metrics_table(metrics)
+
+
+def test_split_lists_default_to_those_the_embedding_job_recorded(tmp_path, split_zip):
+  clips = make_clips(10, signal=1.0)
+  embeddings = write_embeddings(tmp_path / "emb", clips)
+  run_json = embeddings / schema.RUN_CONFIG_FILE
+  recorded = json.loads(run_json.read_text())
+  recorded[schema.SETTINGS] = {schema.SPLITS_ZIP: str(split_zip)}
+  run_json.write_text(json.dumps(recorded))
+  out = tmp_path / "out"
+  linear_eval_job.main([f"--embeddings_dir={embeddings}", f"--output_dir={out}", "--splits=1",
+                        *RUNNER])
+  metrics = json.loads((out / report.METRICS_FILE).read_text())
+  assert metrics["splits"]["1"]["num_test_videos"] == 2 * len(CLASSES)
+  assert metrics["splits"]["1"]["test_top1"] == pytest.approx(
+      protocol_by_hand(clips, 1, 0.001)["test_top1"])
