@@ -18,15 +18,11 @@ FAILURES = "failures"
 # uses every core (0 workers: one per core).
 LOCAL_RUNNER_ARGS = ("--runner=FnApiRunner", "--direct_num_workers=0",
                      "--direct_running_mode=multi_processing")
-# For a job whose tasks use every core themselves (BLAS): no worker processes
-# to start, each importing the job's modules again.
+# For a job whose work uses every core by itself (BLAS, XLA): no worker
+# processes to start, each importing the job's modules, loading the model and
+# compiling again, and contending for the same cores.
 IN_PROCESS_RUNNER_ARGS = ("--runner=FnApiRunner", "--direct_num_workers=1",
                           "--direct_running_mode=in_memory")
-# For the embedding job: one process, one thread per core, sharing one model
-# (XLA already spreads a batch over every core; worker processes would each
-# load the checkpoint and compile, and contend for the same cores).
-THREADED_RUNNER_ARGS = ("--runner=FnApiRunner", "--direct_num_workers=0",
-                        "--direct_running_mode=multi_threading")
 
 
 def with_local_runner(beam_args: Sequence[str],

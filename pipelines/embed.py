@@ -51,7 +51,7 @@ from mmv_core.video_cache import CachedVideo
 from pipelines import ingest
 from pipelines.common import FAILURES, WriteFailures, count_failure, counter, distribution
 from pipelines.common import failure_record
-from pipelines.common import THREADED_RUNNER_ARGS, with_local_runner
+from pipelines.common import IN_PROCESS_RUNNER_ARGS, with_local_runner
 from pipelines.jax_inference import JaxEmbeddingHandler
 
 FAILURES_DIR = "failures"
@@ -475,7 +475,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[EmbedJobConfig, list[str]]:
 def run(argv: Sequence[str] | None = None) -> beam.runners.runner.PipelineResult:
   """Builds and runs the job; returns Beam's result (finished unless the runner is async)."""
   config, beam_args = parse_args(argv)
-  options = PipelineOptions(with_local_runner(beam_args, THREADED_RUNNER_ARGS))
+  options = PipelineOptions(with_local_runner(beam_args, IN_PROCESS_RUNNER_ARGS))
   if options.view_as(TestOptions).dry_run:
     checkpoint_sha256 = "not read in a dry run"
   else:
