@@ -32,10 +32,10 @@ import time
 from typing import Callable, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from bench.embed_bench import synthetic_jpegs
 from mmv_core import video
+from mmv_core.quiet_tensorflow import tf
 
 tf.config.threading.set_intra_op_parallelism_threads(1)
 tf.config.threading.set_inter_op_parallelism_threads(1)

@@ -70,7 +70,7 @@ def main() -> None:
   args = parser.parse_args()
   # Pay TensorFlow's import (for SequenceExample) before timing anything; the
   # 2-worker run still pays it once per worker process, as a real job would.
-  import tensorflow  # pylint: disable=import-outside-toplevel,unused-import
+  from mmv_core import quiet_tensorflow  # pylint: disable=import-outside-toplevel,unused-import
 
   with tempfile.TemporaryDirectory(prefix="mmv_ingest_bench_") as tmp:
     dataset = synthetic.write_dataset(

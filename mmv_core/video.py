@@ -21,7 +21,8 @@ import hashlib
 from typing import Callable, Optional, Sequence
 
 import numpy as np
-import tensorflow as tf
+
+from mmv_core.quiet_tensorflow import tf
 
 DEFAULT_NUM_FRAMES = 32
 DEFAULT_STRIDE = 2

@@ -88,7 +88,7 @@ def cache_dir(work_dir: str) -> str:
 
 def to_sequence_example(video: CachedVideo) -> bytes:
   """Serializes a video as a `tf.train.SequenceExample`."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from mmv_core.quiet_tensorflow import tf  # pylint: disable=import-outside-toplevel
   example = tf.train.SequenceExample()
   context = example.context.feature
   context[VIDEO_ID_KEY].bytes_list.value.append(video.video_id.encode())
@@ -104,7 +104,7 @@ def to_sequence_example(video: CachedVideo) -> bytes:
 
 def from_sequence_example(record: bytes) -> CachedVideo:
   """Parses a record written by `to_sequence_example`."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from mmv_core.quiet_tensorflow import tf  # pylint: disable=import-outside-toplevel
   try:
     example = tf.train.SequenceExample.FromString(record)
   except Exception as e:  # protobuf's DecodeError, whose module varies by backend.

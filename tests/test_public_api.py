@@ -1,5 +1,6 @@
 """The package's public names: what `mmv_core` exports, and that it does so lazily."""
 
+import os
 import pathlib
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import textwrap
 import pytest
 
 import mmv_core
+from mmv_core import quiet_tensorflow
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PUBLIC_NAMES = ["EmbedderConfig", "VideoEmbedder", "load_embeddings", "load_video"]
@@ -43,3 +45,16 @@ def test_public_names_are_the_modules_objects(name, module):
 def test_unknown_names_raise_attribute_error():
   with pytest.raises(AttributeError, match="has no attribute 'load_videos'"):
     mmv_core.load_videos  # pylint: disable=pointless-statement
+
+
+def test_the_readme_imports_write_nothing_to_stderr():
+  """TensorFlow's start-up notices (oneDNN, CPU features) no longer reach the user."""
+  script = "import mmv_core\nfrom mmv_core import video\nmmv_core.VideoEmbedder\n"
+  env = {k: v for k, v in os.environ.items() if k != quiet_tensorflow.VERBOSE_ENV}
+  quiet = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env,
+                         capture_output=True, text=True, check=True)
+  assert quiet.stderr == ""
+  verbose = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, check=True,
+                           env=env | {quiet_tensorflow.VERBOSE_ENV: "1"},
+                           capture_output=True, text=True)
+  assert "oneDNN" in verbose.stderr
