@@ -113,9 +113,14 @@ def main():
   results = {"devices": [d.device_kind for d in jax.local_devices()],
              "host": f"{platform.machine()}, {os.cpu_count()} CPUs",
              "backbones": [bench_backbone(b, args, jpegs) for b in args.backbones.split(",")]}
+  print_results(results, args.json_out)
+
+
+def print_results(results: dict, json_out: str | None) -> None:
+  """Prints a benchmark's results as JSON and writes them to `json_out` if given."""
   print(json.dumps(results, indent=2))
-  if args.json_out:
-    with open(args.json_out, "w") as f:
+  if json_out:
+    with open(json_out, "w") as f:
       json.dump(results, f, indent=2)
 
 

@@ -26,14 +26,13 @@ for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
 
 # pylint: disable=wrong-import-position
 import argparse
-import json
 import platform
 import time
 from typing import Callable, Sequence
 
 import numpy as np
 
-from bench.embed_bench import synthetic_jpegs
+from bench.embed_bench import print_results, synthetic_jpegs
 from mmv_core import video
 from mmv_core.quiet_tensorflow import tf
 
@@ -154,10 +153,7 @@ def main():
       "exact_train_identical": np.array_equal(clips["before"][0], clips["exact"][0]),
       "fast_train_max_abs_difference": int(flipped_difference.max()),
   }
-  print(json.dumps(results, indent=2))
-  if args.json_out:
-    with open(args.json_out, "w") as f:
-      json.dump(results, f, indent=2)
+  print_results(results, args.json_out)
 
 
 if __name__ == "__main__":

@@ -41,8 +41,9 @@ CACHE_DIR_ENV = "MMV_JAX_CACHE_DIR"
 
 def compilation_cache_dir(cache_dir: str | None = None) -> str:
   """`cache_dir`, else $MMV_JAX_CACHE_DIR, else $XDG_CACHE_HOME/mmv/jax (~/.cache/mmv/jax)."""
-  if cache_dir or os.environ.get(CACHE_DIR_ENV):
-    return cache_dir or os.environ[CACHE_DIR_ENV]
+  explicit = cache_dir or os.environ.get(CACHE_DIR_ENV)
+  if explicit:
+    return explicit
   user_cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
   return os.path.join(user_cache, "mmv", "jax")
 

@@ -295,9 +295,11 @@ def solve(features: np.ndarray, labels: np.ndarray, classes: np.ndarray, svm_c: 
                                            settings)
     eta, moved = _line_search(sub, w[:, cols], z[:, cols], step, step_margins,
                               gradient[:, cols], objective[cols])
-    stalled[cols[~moved]] = True
-    cols, eta, step, step_margins = cols[moved], eta[moved], step[:, moved], step_margins[:, moved]
-    sub = _Problem(features, targets[:, cols], svm_c)
+    if not moved.all():
+      stalled[cols[~moved]] = True
+      cols, eta, step, step_margins = (cols[moved], eta[moved], step[:, moved],
+                                       step_margins[:, moved])
+      sub = _Problem(features, targets[:, cols], svm_c)
     w[:, cols] += eta * step
     z[:, cols] += eta * step_margins
     slack[:, cols] = sub.slack(z[:, cols])

@@ -452,6 +452,16 @@ def _array_gatherer(frames: np.ndarray) -> _FrameGatherer:
   return lambda needed: frames[needed]
 
 
+def _scaled_clips(gather: _FrameGatherer, num_video_frames: int, *, num_train_clips: int = 0,
+                  num_test_windows: int = 0, seed: int = 0, exact_train_clips: bool = False,
+                  **sampling) -> np.ndarray:
+  """float32 [N, T, crop, crop, 3] in [0, 1]: one kind of clip, the other's count 0."""
+  train, test = _clips(gather, num_video_frames, num_train_clips=num_train_clips,
+                       num_test_windows=num_test_windows, seed=seed,
+                       exact_train_clips=exact_train_clips, **sampling)
+  return to_float(train if num_train_clips else test)
+
+
 def test_clips(frames: np.ndarray, *,
                num_windows: int = DEFAULT_NUM_TEST_WINDOWS,
                num_frames: int = DEFAULT_NUM_FRAMES,
@@ -472,11 +482,9 @@ def test_clips(frames: np.ndarray, *,
     float32 [W, T, crop_size, crop_size, 3] in [0, 1].
   """
   _check_positive(num_windows=num_windows)
-  _, test = _clips(_array_gatherer(frames), len(frames), num_train_clips=0,
-                   num_test_windows=num_windows, num_frames=num_frames, stride=stride,
-                   min_resize=min_resize, crop_size=crop_size, seed=0,
-                   exact_train_clips=False)
-  return to_float(test)
+  return _scaled_clips(_array_gatherer(frames), len(frames), num_test_windows=num_windows,
+                       num_frames=num_frames, stride=stride, min_resize=min_resize,
+                       crop_size=crop_size)
 
 
 def test_clips_from_jpegs(jpegs: Sequence[bytes], *,
@@ -495,11 +503,9 @@ def test_clips_from_jpegs(jpegs: Sequence[bytes], *,
     float32 [W, T, crop_size, crop_size, 3] in [0, 1].
   """
   _check_positive(num_windows=num_windows)
-  _, test = _clips(_jpeg_gatherer(jpegs), len(jpegs), num_train_clips=0,
-                   num_test_windows=num_windows, num_frames=num_frames, stride=stride,
-                   min_resize=min_resize, crop_size=crop_size, seed=0,
-                   exact_train_clips=False)
-  return to_float(test)
+  return _scaled_clips(_jpeg_gatherer(jpegs), len(jpegs), num_test_windows=num_windows,
+                       num_frames=num_frames, stride=stride, min_resize=min_resize,
+                       crop_size=crop_size)
 
 
 def train_clips(frames: np.ndarray, *, num_clips: int, num_frames: int,
@@ -527,11 +533,9 @@ def train_clips(frames: np.ndarray, *, num_clips: int, num_frames: int,
     float32 [N, T, crop_size, crop_size, 3] in [0, 1].
   """
   _check_positive(num_clips=num_clips)
-  train, _ = _clips(_array_gatherer(frames), len(frames), num_train_clips=num_clips,
-                    num_test_windows=0, num_frames=num_frames, stride=stride,
-                    min_resize=min_resize, crop_size=crop_size, seed=seed,
-                    exact_train_clips=exact_train_clips)
-  return to_float(train)
+  return _scaled_clips(_array_gatherer(frames), len(frames), num_train_clips=num_clips,
+                       num_frames=num_frames, stride=stride, min_resize=min_resize,
+                       crop_size=crop_size, seed=seed, exact_train_clips=exact_train_clips)
 
 
 def train_clips_from_jpegs(jpegs: Sequence[bytes], *, num_clips: int,
@@ -550,11 +554,9 @@ def train_clips_from_jpegs(jpegs: Sequence[bytes], *, num_clips: int,
     float32 [N, T, crop_size, crop_size, 3] in [0, 1].
   """
   _check_positive(num_clips=num_clips)
-  train, _ = _clips(_jpeg_gatherer(jpegs), len(jpegs), num_train_clips=num_clips,
-                    num_test_windows=0, num_frames=num_frames, stride=stride,
-                    min_resize=min_resize, crop_size=crop_size, seed=seed,
-                    exact_train_clips=exact_train_clips)
-  return to_float(train)
+  return _scaled_clips(_jpeg_gatherer(jpegs), len(jpegs), num_train_clips=num_clips,
+                       num_frames=num_frames, stride=stride, min_resize=min_resize,
+                       crop_size=crop_size, seed=seed, exact_train_clips=exact_train_clips)
 
 
 def clips_from_jpegs(jpegs: Sequence[bytes], *, num_train_clips: int,
