@@ -21,6 +21,8 @@ setuptools.setup(
     python_requires=">=3.11,<3.12",
     packages=setuptools.find_packages(include=["mmv_core", "mmv_core.*", "pipelines", "pipelines.*"]),
     install_requires=_requirements(),
+    # TensorFlow is the reference the tests check the decoder and the resize
+    # against, and the original's baseline in bench/; the jobs never import it.
     extras_require={"test": ["pytest==9.2.0", "gcp-storage-emulator==2026.7.19",
-                             "cryptography==50.0.2"]},
+                             "cryptography==50.0.2", "tensorflow-cpu==2.21.0"]},
 )

@@ -24,6 +24,7 @@ import time
 import jax
 import numpy as np
 
+from bench import original
 from mmv_core import checkpoints
 from mmv_core import encode
 from mmv_core import synthetic
@@ -63,9 +64,7 @@ def bench_backbone(backbone: str, args, jpegs: list[bytes]) -> dict:
   def original():
     # One clip at a time, its frames decoded again for every clip, as the original loop did.
     for window in video.test_window_indices(len(jpegs), args.num_frames, 2, n):
-      frames = video.decode_jpeg_frames(jpegs, window)
-      clip = video.central_crop(video.resize_frames(frames, args.size), args.size)
-      single.embed_clips(clip[None])
+      single.embed_clips(original.test_clip(jpegs, window, args.size)[None])
 
   def pipeline_path():
     tr, te = video.clips_from_jpegs(jpegs, num_train_clips=n // 2, num_test_windows=n - n // 2,

@@ -31,6 +31,9 @@ import sys
 import tempfile
 import time
 
+import numpy as np
+
+from bench import original
 from mmv_core import checkpoints
 from mmv_core import synthetic
 from mmv_core import video
@@ -44,20 +47,17 @@ _TIMINGS_PREFIX = "[embed] timings "
 
 def original_loop(cached: list[video_cache.CachedVideo], embedder: VideoEmbedder,
                   args) -> int:
-  """The original evaluation's loop; returns the number of clips embedded."""
+  """The original evaluation's loop (TensorFlow's kernels); returns the number of clips embedded."""
   clips = 0
   for v in cached:
     windows = video.test_window_indices(len(v.frames), args.num_frames, 2, args.num_test_windows)
     for window in windows:
-      frames = video.decode_jpeg_frames(v.frames, window)
-      clip = video.central_crop(video.resize_frames(frames, args.size), args.size)
-      embedder.embed_clips(clip[None])
+      embedder.embed_clips(original.test_clip(v.frames, window, args.size)[None])
       clips += 1
     for i in range(args.num_train_clips):
-      clip = video.train_clips_from_jpegs(
-          v.frames, num_clips=1, num_frames=args.num_frames, stride=2, min_resize=args.size,
-          crop_size=args.size, seed=video.video_seed(v.video_id, i))
-      embedder.embed_clips(clip)
+      rng = np.random.default_rng(video.video_seed(v.video_id, i))
+      indices = video.train_clip_indices(len(v.frames), args.num_frames, 2, rng)
+      embedder.embed_clips(original.train_clip(v.frames, indices, args.size, rng)[None])
       clips += 1
   return clips
 

@@ -32,27 +32,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from bench import original
 from bench.embed_bench import print_results, synthetic_jpegs
 from mmv_core import video
-from mmv_core.quiet_tensorflow import tf
-
-tf.config.threading.set_intra_op_parallelism_threads(1)
-tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
 class _Before:
   """The clip builder as it was before this change; the baseline, nothing else."""
-
-  @staticmethod
-  def decode(jpegs: Sequence[bytes], indices: Sequence[int]) -> np.ndarray:
-    return np.stack([tf.io.decode_jpeg(jpegs[i], channels=3).numpy() for i in indices])
-
-  @staticmethod
-  def resize(frames: np.ndarray, min_resize: int) -> np.ndarray:
-    size = video.resized_size(*frames.shape[1:3], min_resize)
-    if size == frames.shape[1:3]:
-      return frames
-    return tf.cast(tf.image.resize(frames, size), tf.uint8).numpy()
 
   @staticmethod
   def gatherer(jpegs: Sequence[bytes]) -> Callable[[np.ndarray], np.ndarray]:
@@ -61,7 +47,7 @@ class _Before:
     def gather(needed):
       missing = [int(i) for i in needed if int(i) not in decoded]
       if missing:
-        decoded.update(zip(missing, _Before.decode(jpegs, missing)))
+        decoded.update(zip(missing, original.decode(jpegs, missing)))
       return np.stack([decoded[int(i)] for i in needed])
 
     return gather
@@ -71,7 +57,7 @@ class _Before:
                  crop_size):
     indices = video.test_window_indices(num_video_frames, num_frames, stride, num_windows)
     needed, positions = np.unique(indices, return_inverse=True)
-    processed = video.central_crop(_Before.resize(gather(needed), min_resize), crop_size)
+    processed = video.central_crop(original.resize(gather(needed), min_resize), crop_size)
     return processed[positions.reshape(indices.shape)]
 
   @staticmethod
@@ -85,7 +71,7 @@ class _Before:
     clips = []
     for clip_positions in positions.reshape(indices.shape):
       clip = video.random_flip_left_right(frames[clip_positions], rng)
-      clips.append(video.random_crop(_Before.resize(clip, min_resize), crop_size, rng))
+      clips.append(video.random_crop(original.resize(clip, min_resize), crop_size, rng))
     return np.stack(clips)
 
   @staticmethod

@@ -68,10 +68,6 @@ def main() -> None:
   parser.add_argument("--width", type=int, default=320)
   parser.add_argument("--height", type=int, default=240)
   args = parser.parse_args()
-  # Pay TensorFlow's import (for SequenceExample) before timing anything; the
-  # 2-worker run still pays it once per worker process, as a real job would.
-  from mmv_core import quiet_tensorflow  # pylint: disable=import-outside-toplevel,unused-import
-
   with tempfile.TemporaryDirectory(prefix="mmv_ingest_bench_") as tmp:
     dataset = synthetic.write_dataset(
         os.path.join(tmp, "data"), num_classes=args.classes,

@@ -10,8 +10,7 @@ The public API, for notebooks and scripts:
                                      (`mmv_core.embeddings`).
 
 They are imported on first use (PEP 562), so `import mmv_core` and the
-ingestion modules stay free of JAX and TensorFlow on workers that never
-embed or decode.
+ingestion modules stay free of JAX on workers that never embed.
 """
 
 import importlib

@@ -1,7 +1,7 @@
-"""`tf.train.Example` messages without importing TensorFlow.
+"""`tf.train.Example` and `tf.train.SequenceExample` messages without TensorFlow.
 
-TensorFlow's import costs seconds and its log lines; the embeddings' readers
-and writers need only the message format. These classes are built with the
+TensorFlow's import costs seconds and its log lines; the embeddings' and the
+video cache's readers and writers need only the message format. These classes are built with the
 protobuf library from the schema below, which is TensorFlow's
 `example.proto` / `feature.proto` wire format (same field numbers and types,
 repeated numbers packed), so their bytes and TensorFlow's are interchangeable:
@@ -13,6 +13,9 @@ repeated numbers packed), so their bytes and TensorFlow's are interchangeable:
   BytesList { repeated bytes value = 1; }
   FloatList { repeated float value = 1; }   (packed)
   Int64List { repeated int64 value = 1; }   (packed)
+  FeatureList      { repeated Feature feature = 1; }
+  FeatureLists     { map<string, FeatureList> feature_list = 1; }
+  SequenceExample  { Features context = 1; FeatureLists feature_lists = 2; }
 
 They live in a private descriptor pool, so they coexist with TensorFlow's own
 classes in one process.
@@ -41,18 +44,34 @@ def _schema() -> descriptor_pb2.FileDescriptorProto:
     feature.field.add(name=name, number=number, label=_Field.LABEL_OPTIONAL,
                       type=_Field.TYPE_MESSAGE, type_name=f".{_PACKAGE}.{type_name}",
                       oneof_index=0)
-  features = schema.message_type.add(name="Features")
-  entry = features.nested_type.add(name="FeatureEntry")
-  entry.options.map_entry = True
-  entry.field.add(name="key", number=1, label=_Field.LABEL_OPTIONAL, type=_Field.TYPE_STRING)
-  entry.field.add(name="value", number=2, label=_Field.LABEL_OPTIONAL,
-                  type=_Field.TYPE_MESSAGE, type_name=f".{_PACKAGE}.Feature")
-  features.field.add(name="feature", number=1, label=_Field.LABEL_REPEATED,
-                     type=_Field.TYPE_MESSAGE, type_name=f".{_PACKAGE}.Features.FeatureEntry")
+  _add_map(schema, "Features", "feature", "Feature")
   schema.message_type.add(name="Example").field.add(
       name="features", number=1, label=_Field.LABEL_OPTIONAL, type=_Field.TYPE_MESSAGE,
       type_name=f".{_PACKAGE}.Features")
+  schema.message_type.add(name="FeatureList").field.add(
+      name="feature", number=1, label=_Field.LABEL_REPEATED, type=_Field.TYPE_MESSAGE,
+      type_name=f".{_PACKAGE}.Feature")
+  _add_map(schema, "FeatureLists", "feature_list", "FeatureList")
+  sequence = schema.message_type.add(name="SequenceExample")
+  for number, name, type_name in ((1, "context", "Features"), (2, "feature_lists", "FeatureLists")):
+    sequence.field.add(name=name, number=number, label=_Field.LABEL_OPTIONAL,
+                       type=_Field.TYPE_MESSAGE, type_name=f".{_PACKAGE}.{type_name}")
   return schema
+
+
+def _add_map(schema: descriptor_pb2.FileDescriptorProto, message: str, field: str,
+             value_type: str) -> None:
+  """Adds `message { map<string, value_type> field = 1; }` to `schema`."""
+  entry_name = "".join(part.title() for part in field.split("_")) + "Entry"
+  container = schema.message_type.add(name=message)
+  entry = container.nested_type.add(name=entry_name)
+  entry.options.map_entry = True
+  entry.field.add(name="key", number=1, label=_Field.LABEL_OPTIONAL, type=_Field.TYPE_STRING)
+  entry.field.add(name="value", number=2, label=_Field.LABEL_OPTIONAL,
+                  type=_Field.TYPE_MESSAGE, type_name=f".{_PACKAGE}.{value_type}")
+  container.field.add(name=field, number=1, label=_Field.LABEL_REPEATED,
+                      type=_Field.TYPE_MESSAGE,
+                      type_name=f".{_PACKAGE}.{message}.{entry_name}")
 
 
 _POOL = descriptor_pool.DescriptorPool()
@@ -69,6 +88,7 @@ Feature = _message_class("Feature")
 BytesList = _message_class("BytesList")
 FloatList = _message_class("FloatList")
 Int64List = _message_class("Int64List")
+SequenceExample = _message_class("SequenceExample")
 
 
 _PACKED_VALUE_TAG = 0x0A  # Field 1, length-delimited.

@@ -8,8 +8,12 @@ embed, following the published protocol (docs/protocol.md):
   `min_resize` (bilinear, half-pixel centres, truncated back to uint8) ->
   crop (test: central; train: random) -> float32 / 255.
 
-Decoding and resizing call TensorFlow's own kernels, as the original pipeline
-did, so pixel values match it exactly. A video's clips are cut from its
+Pixel values equal the original pipeline's, which decoded and resized with
+TensorFlow: JPEGs are decoded by libjpeg-turbo (through `simplejpeg`) with the
+settings of `tf.io.decode_jpeg` (integer fast DCT, fancy upsampling), and the
+resize repeats the float32 arithmetic of TensorFlow's bilinear kernel in
+numpy, operation for operation, so both are bit-identical to TensorFlow's
+without importing it (seconds of start-up per process). A video's clips are cut from its
 frames decoded and resized once; training clips are by default flipped after
 the resize rather than before it (see `train_clips`), and `clips_from_jpegs`
 leaves the scaling to float32 to the accelerator. All functions are pure:
@@ -21,8 +25,7 @@ import hashlib
 from typing import Callable, Optional, Sequence
 
 import numpy as np
-
-from mmv_core.quiet_tensorflow import tf
+import simplejpeg
 
 DEFAULT_NUM_FRAMES = 32
 DEFAULT_STRIDE = 2
@@ -32,13 +35,8 @@ DEFAULT_NUM_TRAIN_CLIPS = 10
 DEFAULT_MIN_RESIZE = 224
 DEFAULT_CROP_SIZE = 224
 
-# N uint8 [H, W, 3] frames: the rows of an array, or decoded tensors, which
-# TensorFlow resizes without first copying them.
-_Frames = Sequence[np.ndarray | tf.Tensor]
-
 _RGB_CHANNELS = 3
 _MAX_PIXEL_VALUE = np.float32(255.0)
-_RESIZE_FRAMES_PER_CALL = 8
 
 
 def _check_positive(**values: int) -> None:
@@ -132,7 +130,10 @@ def video_seed(video_id: str, base_seed: int) -> int:
 
 def decode_jpeg_frames(jpegs: Sequence[bytes],
                        indices: Optional[Sequence[int]] = None) -> np.ndarray:
-  """Decodes JPEG frames with TensorFlow's decoder (as the original did).
+  """Decodes JPEG frames to exactly the pixels of `tf.io.decode_jpeg(channels=3)`.
+
+  libjpeg-turbo with TensorFlow's default settings: the integer fast DCT and
+  fancy (smooth) chroma upsampling; greyscale frames come out as RGB.
 
   Args:
     jpegs: the encoded frames of one video, in order.
@@ -142,33 +143,30 @@ def decode_jpeg_frames(jpegs: Sequence[bytes],
     uint8 [N, H, W, 3] RGB frames, N = len(indices) (or len(jpegs)).
 
   Raises:
-    ValueError: if there is nothing to decode, a JPEG is corrupt (the error
-      names the frame index), an index is out of range, or the frames differ
-      in size.
+    ValueError: if there is nothing to decode, a JPEG is corrupt or truncated
+      (the error names the frame index), an index is out of range, or the
+      frames differ in size.
   """
-  return np.stack(_decode_jpeg_tensors(jpegs, indices))
-
-
-def _decode_jpeg_tensors(jpegs: Sequence[bytes],
-                         indices: Optional[Sequence[int]] = None) -> list[tf.Tensor]:
-  """`decode_jpeg_frames` as N uint8 [H, W, 3] tensors, which resize uncopied."""
   if indices is None:
     indices = range(len(jpegs))
   if len(indices) == 0:
     raise ValueError('No frames to decode.')
-  frames = []
-  for index in indices:
+  frames = None
+  for position, index in enumerate(indices):
     if not 0 <= index < len(jpegs):
       raise ValueError(f'Frame index {index} is out of range for a video of '
                        f'{len(jpegs)} frames.')
     try:
-      frame = tf.io.decode_jpeg(jpegs[index], channels=_RGB_CHANNELS)
-    except (tf.errors.OpError, ValueError) as error:
+      frame = simplejpeg.decode_jpeg(jpegs[index], colorspace='RGB', fastdct=True,
+                                     fastupsample=False)
+    except ValueError as error:
       raise ValueError(f'Frame {index} is not a valid JPEG: {error}') from error
-    if frames and frame.shape != frames[0].shape:
-      raise ValueError(f'Frame {index} has shape {tuple(frame.shape)}, unlike frame '
-                       f'{indices[0]} with shape {tuple(frames[0].shape)}.')
-    frames.append(frame)
+    if frames is None:
+      frames = np.empty((len(indices), *frame.shape), np.uint8)
+    elif frame.shape != frames.shape[1:]:
+      raise ValueError(f'Frame {index} has shape {frame.shape}, unlike frame '
+                       f'{indices[0]} with shape {frames.shape[1:]}.')
+    frames[position] = frame
   return frames
 
 
@@ -204,20 +202,68 @@ def resize_frames(frames: np.ndarray, min_resize: int) -> np.ndarray:
   height, width = frames.shape[1:3]
   if resized_size(height, width, min_resize) == (height, width):
     return frames
-  return _resized_tensor(frames, min_resize).numpy()
+  return _resize_to(frames, resized_size(height, width, min_resize))
 
 
-def _resized_tensor(frames: _Frames, min_resize: int) -> tf.Tensor:
-  """uint8 [N, out_h, out_w, 3] tensor of N frames (see `_Frames`), as `resize_frames`."""
-  height, width = frames[0].shape[:2]
-  size = resized_size(height, width, min_resize)
-  if size == (height, width):
-    return tf.convert_to_tensor(frames)
-  # A few frames per call keep the float32 result in cache until it is cast;
-  # each frame is resized on its own, so the pixels do not depend on it.
-  chunks = [frames[start:start + _RESIZE_FRAMES_PER_CALL]
-            for start in range(0, len(frames), _RESIZE_FRAMES_PER_CALL)]
-  return tf.concat([tf.cast(tf.image.resize(chunk, size), tf.uint8) for chunk in chunks], axis=0)
+def _bilinear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Per output pixel of one axis: (low source index, high source index, float32 weight of high).
+
+  TensorFlow's half-pixel bilinear weights: source coordinate
+  `(i + 0.5) * (in / out) - 0.5` in float32, indices clamped to the input.
+  """
+  scale = np.float32(in_size) / np.float32(out_size)
+  source = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+  floor = np.floor(source)
+  low = np.maximum(floor, 0).astype(np.intp)
+  high = np.minimum(np.ceil(source), in_size - 1).astype(np.intp)
+  return low, high, source - floor
+
+
+def _resize_to(frames: np.ndarray, size: tuple[int, int], mirrored: bool = False) -> np.ndarray:
+  """uint8 [N, out_h, out_w, 3]: `frames` resized to `size` (out_h, out_w), mirrored if asked.
+
+  Computes what TensorFlow's bilinear kernel computes, in the same order and
+  precision: each output row interpolates two source rows, each already
+  interpolated along x as `left + (right - left) * weight` in float32, and
+  the result is truncated to uint8. Mirroring only reverses which source
+  columns are read, so flipped frames are never materialised.
+  """
+  num, height, width, channels = frames.shape
+  out_h, out_w = size
+  row_low, row_high, row_weight = _bilinear_taps(height, out_h)
+  col_low, col_high, col_weight = _bilinear_taps(width, out_w)
+  if mirrored:
+    col_low, col_high = width - 1 - col_low, width - 1 - col_high
+  # Columns of the [H, W*3] view of a frame, so one gather serves all channels.
+  channel = np.arange(channels)
+  left_cols = (col_low[:, None] * channels + channel).ravel()
+  right_cols = (col_high[:, None] * channels + channel).ravel()
+  col_weight = np.repeat(col_weight, channels)
+  row_weight = row_weight[:, None]
+  out = np.empty((num, out_h, out_w * channels), np.uint8)
+  # Frame by frame into buffers allocated once, so that the intermediates
+  # stay in cache; gathering uint8 then converting is the fastest in numpy.
+  left_u8 = np.empty((height, out_w * channels), np.uint8)
+  right_u8 = np.empty_like(left_u8)
+  left = np.empty(left_u8.shape, np.float32)
+  across = np.empty_like(left)
+  top = np.empty((out_h, out_w * channels), np.float32)
+  bottom = np.empty_like(top)
+  for source, target in zip(frames.reshape(num, height, width * channels), out):
+    np.take(source, left_cols, axis=1, out=left_u8)
+    np.take(source, right_cols, axis=1, out=right_u8)
+    np.copyto(left, left_u8)
+    np.copyto(across, right_u8)
+    across -= left
+    across *= col_weight
+    across += left
+    np.take(across, row_low, axis=0, out=top)
+    np.take(across, row_high, axis=0, out=bottom)
+    bottom -= top
+    bottom *= row_weight
+    bottom += top
+    np.copyto(target, bottom, casting='unsafe')  # Truncates towards zero, as tf.cast.
+  return out.reshape(num, out_h, out_w, channels)
 
 
 def central_crop(frames: np.ndarray, crop_size: int) -> np.ndarray:
@@ -295,15 +341,6 @@ def random_flip_left_right(frames: np.ndarray,
   return frames
 
 
-def _flip_left_right(frames: tf.Tensor) -> tf.Tensor:
-  """uint8 [N, H, W, 3] `frames` mirrored left-right."""
-  num, height, width, channels = frames.shape
-  # TensorFlow reverses the middle axis of [rows, W, C<=3] with a kernel made
-  # for image rows, 3-4x faster than numpy's copy of reversed 3-byte pixels.
-  rows = tf.reshape(frames, (num * height, width, channels))
-  return tf.reshape(tf.reverse(rows, axis=[1]), (num, height, width, channels))
-
-
 def to_float(frames: np.ndarray) -> np.ndarray:
   """uint8 pixels to float32 in [0, 1] (division by 255 in float32)."""
   return frames.astype(np.float32) / _MAX_PIXEL_VALUE
@@ -313,7 +350,7 @@ def to_float(frames: np.ndarray) -> np.ndarray:
 
 # Maps sorted, unique frame indices to their frames; lets the same clip logic
 # read decoded arrays or decode JPEGs.
-_FrameGatherer = Callable[[np.ndarray], _Frames]
+_FrameGatherer = Callable[[np.ndarray], np.ndarray]
 
 
 def _train_indices(num_video_frames: int, num_clips: int, num_frames: int,
@@ -358,8 +395,8 @@ def _test_clips_of(resized: np.ndarray, rows: np.ndarray,
   return _cut_clips([resized] * len(rows), rows, [offset] * len(rows), crop_size)
 
 
-def _mirrored_frames(frames: _Frames, resized: tf.Tensor, rows: np.ndarray,
-                     min_resize: int, exact: bool) -> tf.Tensor:
+def _mirrored_frames(frames: np.ndarray, resized: np.ndarray, rows: np.ndarray,
+                     exact: bool) -> np.ndarray:
   """uint8 [R, H, W, 3]: the frames at `rows` [R] flipped left-right and resized.
 
   Exact: `frames` (F decoded frames) flipped, then resized, as the protocol.
@@ -368,13 +405,27 @@ def _mirrored_frames(frames: _Frames, resized: tf.Tensor, rows: np.ndarray,
   not bit-exactly flip-equivariant.
   """
   if exact:
-    return _resized_tensor(_flip_left_right(tf.stack([frames[row] for row in rows])),
-                           min_resize)
-  return _flip_left_right(tf.gather(resized, rows))
+    return _resize_to(frames[rows], resized.shape[1:3], mirrored=True)
+  return _flip_left_right(resized[rows])
 
 
-def _train_clips_of(frames: _Frames, resized: tf.Tensor, rows: np.ndarray,
-                    min_resize: int, crop_size: int, rng: np.random.Generator,
+def _flip_left_right(frames: np.ndarray) -> np.ndarray:
+  """uint8 [N, H, W, C] `frames` mirrored left-right, a new array.
+
+  Channel by channel: numpy copies a reversed axis of C-byte pixels 4x
+  slower than C reversed axes of bytes.
+  """
+  num, height, width, channels = frames.shape
+  mirrored = np.empty(frames.shape, frames.dtype)
+  rows_in = frames.reshape(num, height, width * channels)
+  rows_out = mirrored.reshape(num, height, width * channels)
+  for channel in range(channels):
+    rows_out[..., channel::channels] = rows_in[..., channel::channels][..., ::-1]
+  return mirrored
+
+
+def _train_clips_of(frames: np.ndarray, resized: np.ndarray, rows: np.ndarray,
+                    crop_size: int, rng: np.random.Generator,
                     exact: bool) -> np.ndarray:
   """Training clips: per clip a flip, then a random crop, drawn from `rng`.
 
@@ -383,10 +434,9 @@ def _train_clips_of(frames: _Frames, resized: tf.Tensor, rows: np.ndarray,
   turn.
 
   Args:
-    frames: the F decoded frames the clips use.
-    resized: uint8 [F, H, W, 3] tensor, `frames` resized.
+    frames: uint8 [F, H, W, 3], the decoded frames the clips use.
+    resized: uint8 [F, H', W', 3], `frames` resized.
     rows: int [N, T], per clip the rows of `frames` it takes.
-    min_resize: target size of the smaller side.
     crop_size: side of the random crop.
     rng: source of the flips and crop offsets.
     exact: flip before resizing, bit-exactly as the protocol (see
@@ -402,11 +452,11 @@ def _train_clips_of(frames: _Frames, resized: tf.Tensor, rows: np.ndarray,
            for _ in rows]
   flipped = np.array([flip for flip, _ in draws])
   offsets = [offset for _, offset in draws]
-  sources = [np.asarray(resized)] * len(rows)
+  sources = [resized] * len(rows)
   source_rows = rows.copy()
   if flipped.any():
     mirrored_rows, rows_in_mirrored = np.unique(rows[flipped], return_inverse=True)
-    mirrored = np.asarray(_mirrored_frames(frames, resized, mirrored_rows, min_resize, exact))
+    mirrored = _mirrored_frames(frames, resized, mirrored_rows, exact)
     source_rows[flipped] = rows_in_mirrored.reshape(-1, rows.shape[1])
     sources = [mirrored if flip else source for flip, source in zip(flipped, sources)]
   return _cut_clips(sources, source_rows, offsets, crop_size)
@@ -434,17 +484,17 @@ def _clips(gather: _FrameGatherer, num_video_frames: int, *, num_train_clips: in
   if not len(needed):
     return empty, empty
   frames = gather(needed)
-  resized = _resized_tensor(frames, min_resize)
+  resized = resize_frames(frames, min_resize)
   train_rows, test_rows = rows[:num_train_clips], rows[num_train_clips:]
-  train = (_train_clips_of(frames, resized, train_rows, min_resize, crop_size, rng,
+  train = (_train_clips_of(frames, resized, train_rows, crop_size, rng,
                            exact_train_clips) if num_train_clips else empty)
-  test = (_test_clips_of(np.asarray(resized), test_rows, crop_size) if num_test_windows
+  test = (_test_clips_of(resized, test_rows, crop_size) if num_test_windows
           else empty)
   return train, test
 
 
 def _jpeg_gatherer(jpegs: Sequence[bytes]) -> _FrameGatherer:
-  return lambda needed: _decode_jpeg_tensors(jpegs, needed)
+  return lambda needed: decode_jpeg_frames(jpegs, needed)
 
 
 def _array_gatherer(frames: np.ndarray) -> _FrameGatherer:

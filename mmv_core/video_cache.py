@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from apache_beam.io.filesystems import FileSystems
 
+from mmv_core import example_proto
 from mmv_core import tfrecord
 
 CACHE_DIR = "video_cache"
@@ -88,8 +89,7 @@ def cache_dir(work_dir: str) -> str:
 
 def to_sequence_example(video: CachedVideo) -> bytes:
   """Serializes a video as a `tf.train.SequenceExample`."""
-  from mmv_core.quiet_tensorflow import tf  # pylint: disable=import-outside-toplevel
-  example = tf.train.SequenceExample()
+  example = example_proto.SequenceExample()
   context = example.context.feature
   context[VIDEO_ID_KEY].bytes_list.value.append(video.video_id.encode())
   context[LABEL_KEY].int64_list.value.append(video.label)
@@ -104,9 +104,8 @@ def to_sequence_example(video: CachedVideo) -> bytes:
 
 def from_sequence_example(record: bytes) -> CachedVideo:
   """Parses a record written by `to_sequence_example`."""
-  from mmv_core.quiet_tensorflow import tf  # pylint: disable=import-outside-toplevel
   try:
-    example = tf.train.SequenceExample.FromString(record)
+    example = example_proto.SequenceExample.FromString(record)
   except Exception as e:  # protobuf's DecodeError, whose module varies by backend.
     raise CacheError(f"not a SequenceExample ({e})") from e
   context = example.context.feature

@@ -3,8 +3,8 @@
 The same steps as ingestion followed by the embedding job, for one video:
 fetch the bytes (`sources.read_bytes`: local path, `gs://`, `http(s)://`),
 re-encode them with the protocol's ffmpeg recipe (`encode.encode_jpeg_frames`:
-JPEG quality 2, 25 fps, first 20 s) and decode the JPEGs with TensorFlow's
-decoder (`video.decode_jpeg_frames`). The frames are therefore exactly those
+JPEG quality 2, 25 fps, first 20 s) and decode the JPEGs to the pixels of
+TensorFlow's decoder (`video.decode_jpeg_frames`). The frames are therefore exactly those
 the pipelines cut clips from.
 """
 

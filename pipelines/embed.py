@@ -59,7 +59,7 @@ FAILURES_FILE = "failures.jsonl"
 STAGE_SAMPLE = "sample"
 STAGE_EMBED = "embed"
 WRITTEN = "written"
-_PACKAGES = ("apache-beam", "jax", "jaxlib", "dm-haiku", "tensorflow-cpu", "numpy",
+_PACKAGES = ("apache-beam", "jax", "jaxlib", "dm-haiku", "simplejpeg", "numpy",
              "scikit-learn", "imageio-ffmpeg", "mmv-pipeline")
 
 
@@ -145,7 +145,7 @@ class SampleClipsFn(beam.DoFn):
 
   Samples in a background thread up to `config.prefetch_videos` videos ahead
   of what it emits. RunInference, fused after this step in the worker's
-  thread, embeds a batch on the device meanwhile: TensorFlow's decoding and
+  thread, embeds a batch on the device meanwhile: JPEG decoding and numpy's
   resizing release the GIL, as does JAX while it waits for the device. At
   most `prefetch_videos + 1` videos' clips are held (each
   `num_train_clips + num_test_windows` uint8 [T, crop, crop, 3] clips).

@@ -1,5 +1,6 @@
 """Tests of mmv_core.video: sampling, decoding, resizing, cropping and clips."""
 
+import io
 import os
 import pathlib
 import subprocess
@@ -8,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from mmv_core import encode
 from mmv_core import synthetic
@@ -183,6 +185,27 @@ def test_decode_matches_tf_decoder_and_selects_frames():
   np.testing.assert_array_equal(some_frames, expected[[3, 0, 3]])
 
 
+@pytest.mark.parametrize('height,width,quality,subsampling,mode', [
+    (240, 320, 90, 0, 'RGB'), (240, 320, 75, 2, 'RGB'), (101, 77, 50, 1, 'RGB'),
+    (13, 17, 30, 2, 'RGB'), (256, 340, 95, 2, 'L'), (720, 1280, 85, 2, 'RGB')])
+def test_decode_equals_tf_decoder_across_encodings(height, width, quality, subsampling, mode):
+  # Smooth content, as in video frames, where decoders' choices (DCT, chroma
+  # upsampling) show; TensorFlow's are the integer fast DCT and fancy
+  # upsampling. Subsampling 0, 1, 2: 4:4:4, 4:2:2, 4:2:0.
+  rows = np.linspace(0, 255, height)[:, None, None]
+  cols = np.linspace(0, 255, width)[None, :, None]
+  frame = ((rows + cols * np.array([1, -1, 0.5])) % 256).astype(np.uint8)
+  buffer = io.BytesIO()
+  Image.fromarray(frame).convert(mode).save(buffer, 'JPEG', quality=quality,
+                                            subsampling=subsampling)
+
+  decoded = video.decode_jpeg_frames([buffer.getvalue()])
+
+  expected = tf.io.decode_jpeg(buffer.getvalue(), channels=3).numpy()
+  assert decoded.shape == (1, height, width, 3)
+  np.testing.assert_array_equal(decoded[0], expected)
+
+
 def test_decode_skips_frames_not_asked_for():
   jpegs = _encode_jpegs(_random_frames(3, 8, 8))
   jpegs[1] = b'not a jpeg'
@@ -236,6 +259,18 @@ def test_resize_is_tf_bilinear_half_pixel_truncated(height, width, min_resize):
   assert resized.dtype == np.uint8 and resized.shape == (3, out_h, out_w, 3)
   np.testing.assert_array_equal(resized, reference.astype(np.uint8))
   np.testing.assert_array_equal(resized, np.trunc(tf_default).astype(np.uint8))
+
+
+def test_resize_equals_tf_for_every_width_and_target():
+  # Each input size gives its own float32 source coordinates and weights:
+  # sweep them on one row (the rows use the same arithmetic).
+  rng = np.random.default_rng(1)
+  for width in range(1, 400, 3):
+    frames = rng.integers(0, 256, (1, 2, width, 3), dtype=np.uint8)
+    for out_w in (1, 7, 112, 149, 224, 298, 299, 341):
+      expected = tf.cast(tf.image.resize(frames, (2, out_w)), tf.uint8).numpy()
+      np.testing.assert_array_equal(video._resize_to(frames, (2, out_w)), expected,
+                                    err_msg=f'{width} -> {out_w}')
 
 
 def test_resize_truncates_rather_than_rounds():
