@@ -1,12 +1,18 @@
-"""What every job shares: the local runner, metrics, and failure records.
+"""What every job shares: the local runner, metrics, failure records, user errors.
 
 A failure record is a dict `{"video_id", "stage", "reason"}`; DoFns emit
 them on the `FAILURES` tagged output, and jobs write them as JSON lines.
+
+A `UsageError` is a problem with what the user asked for (a setting, a
+missing input, an output directory in use): `run_main` prints it as one line
+on stderr and exits with status 2, as argparse does for a bad flag. Any
+other exception is a bug or an outage and keeps its traceback.
 """
 
 import collections
 import json
-from collections.abc import Iterable, Sequence
+import sys
+from collections.abc import Callable, Iterable, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -23,6 +29,23 @@ LOCAL_RUNNER_ARGS = ("--runner=FnApiRunner", "--direct_num_workers=0",
 # compiling again, and contending for the same cores.
 IN_PROCESS_RUNNER_ARGS = ("--runner=FnApiRunner", "--direct_num_workers=1",
                           "--direct_running_mode=in_memory")
+
+
+USAGE_ERROR_STATUS = 2
+
+
+class UsageError(Exception):
+  """What the user asked for cannot be done; the message says what and how to fix it."""
+
+
+def run_main(main: Callable[[Sequence[str] | None], object], prog: str,
+             argv: Sequence[str] | None = None) -> None:
+  """Runs a job's `main`; a `UsageError` becomes one line on stderr and exit status 2."""
+  try:
+    main(argv)
+  except UsageError as error:
+    print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
+    sys.exit(USAGE_ERROR_STATUS)
 
 
 def with_local_runner(beam_args: Sequence[str],
