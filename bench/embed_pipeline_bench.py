@@ -84,7 +84,7 @@ def run_job(flags: list[str], output_dir: pathlib.Path) -> dict:
   startup_s, timings, lines = None, None, []
   for line in job.stdout:
     lines.append(line)
-    if startup_s is None and line.startswith("[embed] worker"):
+    if startup_s is None and "clips embedded" in line:
       startup_s = time.perf_counter() - start
     if line.startswith(_TIMINGS_PREFIX):
       timings = json.loads(line[len(_TIMINGS_PREFIX):])

@@ -377,13 +377,17 @@ class TreeProblems:
     missing: `<collection> module/path:name dtype[shape]` expected, absent.
     unexpected: likewise, present but not expected.
     mismatched: present and expected, with another shape or dtype.
+    non_finite: present and expected, holding NaN or infinite values (a model
+      run with them gives nothing usable).
   """
   missing: list[str]
   unexpected: list[str]
   mismatched: list[str]
+  non_finite: list[str]
 
   @property
   def count(self) -> int:
+    """Arrays whose path, shape or dtype differ: 0 when the trees are the model's."""
     return len(self.missing) + len(self.unexpected) + len(self.mismatched)
 
 
@@ -397,7 +401,7 @@ def tree_problems(params: Tree, state: Tree, expected_params: SpecTree,
     expected_params: module path -> {name -> object with `.shape`, `.dtype`}.
     expected_state: likewise.
   """
-  problems = TreeProblems([], [], [])
+  problems = TreeProblems([], [], [], [])
   for collection, actual, expected in ((PARAMS, params, expected_params),
                                        (STATE, state, expected_state)):
     actual_flat = {_flat_name(m, n): a for m, leaves in actual.items()
@@ -420,6 +424,11 @@ def tree_problems(params: Tree, state: Tree, expected_params: SpecTree,
             f'{collection} {key}: checkpoint has '
             f'{_describe(array.shape, array.dtype)}, model expects '
             f'{_describe(spec.shape, spec.dtype)}')
+      elif isinstance(array, np.ndarray) and np.issubdtype(array.dtype, np.floating):
+        bad = array.size - np.count_nonzero(np.isfinite(array))
+        if bad:
+          problems.non_finite.append(
+              f'{collection} {key}: {bad} of {array.size} values are NaN or infinite')
   return problems
 
 
@@ -435,18 +444,20 @@ def validate_tree(params: Tree, state: Tree, expected_params: SpecTree,
     source: names the checkpoint in the error.
 
   Raises:
-    CheckpointError: one error listing every missing, unexpected and
-      mismatched `<collection> module/path:name` (the first
+    CheckpointError: one error listing every missing, unexpected,
+      mismatched and non-finite `<collection> module/path:name` (the first
       `MAX_LISTED_PROBLEMS` of each kind).
   """
   problems = tree_problems(params, state, expected_params, expected_state)
-  if problems.count:
+  if problems.count or problems.non_finite:
     lines = [f'{source}: checkpoint does not match the model '
              f'({len(problems.missing)} missing, {len(problems.unexpected)} '
-             f'unexpected, {len(problems.mismatched)} mismatched):']
+             f'unexpected, {len(problems.mismatched)} mismatched, '
+             f'{len(problems.non_finite)} non-finite):']
     lines += _listed('missing from the checkpoint', problems.missing)
     lines += _listed('unexpected in the checkpoint', problems.unexpected)
     lines += _listed('wrong shape or dtype', problems.mismatched)
+    lines += _listed('NaN or infinite values', problems.non_finite)
     raise CheckpointError('\n'.join(lines))
 
 

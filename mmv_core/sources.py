@@ -283,3 +283,28 @@ def read_bytes(location: str, *, expected_sha256: str | None = None) -> bytes:
       raise SourceError(
           f"{location}: sha256 is {actual}, expected {expected_sha256}")
   return data
+
+
+# ---- Exclusive creation ----
+
+def create_new(location: str, data: bytes) -> None:
+  """Writes `data` to a new file or `gs://` object; FileExistsError if it exists.
+
+  Atomic: of several callers at once, exactly one succeeds (O_EXCL locally,
+  the `if_generation_match=0` precondition on GCS). Local parent folders are
+  created.
+  """
+  if location.startswith("gs://"):
+    from google.api_core import exceptions as gexc
+    bucket_name, _, object_name = location.removeprefix("gs://").partition("/")
+    blob = _gcs_client(anonymous=False).bucket(bucket_name).blob(object_name)
+    try:
+      blob.upload_from_string(data, if_generation_match=0)
+    except gexc.PreconditionFailed:
+      raise FileExistsError(location) from None
+    except gexc.GoogleAPIError as e:
+      raise SourceError(f"{location}: {e}") from e
+    return
+  os.makedirs(os.path.dirname(os.path.abspath(location)), exist_ok=True)
+  with open(location, "xb") as f:
+    f.write(data)

@@ -11,11 +11,17 @@ other exception is a bug or an outage and keeps its traceback.
 
 import collections
 import json
+import os
+import socket
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+
+from mmv_core import sources
 
 METRICS_NAMESPACE = "mmv"
 FAILURES = "failures"
@@ -46,6 +52,39 @@ def run_main(main: Callable[[Sequence[str] | None], object], prog: str,
   except UsageError as error:
     print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
     sys.exit(USAGE_ERROR_STATUS)
+
+
+OWNER_FILE = "run.owner"
+
+
+def claim_output_dir(output_dir: str, job: str) -> None:
+  """Makes this run the one owner of `output_dir`, or raises UsageError.
+
+  The claim is the creation of `OUTPUT_DIR/run.owner` (who, where, when),
+  which succeeds for one creator only, locally and on GCS: of two runs
+  started together, one proceeds and the other is refused before any work.
+  The file stays, so a later run into the same directory is refused too.
+  """
+  path = FileSystems.join(output_dir, OWNER_FILE)
+  owner = json.dumps({"job": job, "host": socket.gethostname(), "pid": os.getpid(),
+                      "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+  try:
+    sources.create_new(path, owner.encode())
+  except FileExistsError:
+    raise UsageError(f"{output_dir} belongs to another run ({_describe_owner(path)}); choose a "
+                     "new --output_dir, or pass --overwrite to delete it and start again"
+                     ) from None
+  except (OSError, sources.SourceError) as e:
+    raise UsageError(f"cannot write to --output_dir {output_dir}: {e}") from e
+
+
+def _describe_owner(path: str) -> str:
+  try:
+    with FileSystems.open(path) as f:
+      owner = json.loads(f.read())
+    return f"{owner['job']} started {owner['started']} on {owner['host']}, pid {owner['pid']}"
+  except Exception:  # pylint: disable=broad-except  # Only for the message.
+    return f"see {path}"
 
 
 def with_local_runner(beam_args: Sequence[str],

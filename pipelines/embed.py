@@ -32,6 +32,7 @@ import platform
 import sys
 import time
 import typing
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import apache_beam as beam
@@ -43,6 +44,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from mmv_core import checkpoints
 from mmv_core import embedding_schema as schema
+from mmv_core import sources
 from mmv_core import ucf101
 from mmv_core import video
 from mmv_core.models import mmv
@@ -51,7 +53,8 @@ from mmv_core.video_cache import CachedVideo
 from pipelines import ingest
 from pipelines.common import FAILURES, WriteFailures, count_failure, counter, distribution
 from pipelines.common import failure_record
-from pipelines.common import IN_PROCESS_RUNNER_ARGS, with_local_runner
+from pipelines.common import IN_PROCESS_RUNNER_ARGS, UsageError, claim_output_dir, run_main
+from pipelines.common import with_local_runner
 from pipelines.jax_inference import JaxEmbeddingHandler
 
 FAILURES_DIR = "failures"
@@ -90,6 +93,8 @@ class EmbedJobConfig:
   model_copies: int | None = None
   prefetch_videos: int = 1
   jax_cache_dir: str | None = None
+  overwrite: bool = False
+  max_failed_share: float = 0.1
 
   @property
   def outputs(self) -> tuple[str, ...]:
@@ -304,9 +309,17 @@ class AssembleVideoFn(beam.DoFn):
 
 
 class ProgressLogger(beam.DoFn):
-  """Prints a readable progress line per worker process: first clip, then every few seconds."""
+  """Prints a progress line per worker process: first clip, then every few seconds.
+
+  `expected_clips` is the job's total. With one worker (the local default)
+  the line is the job's progress; with several, each counts its own clips
+  against that total, and the job's sum is in the runner's counters.
+  """
 
   _INTERVAL_S = 10.0
+
+  def __init__(self, expected_clips: int | None):
+    self._expected = expected_clips
 
   def setup(self):
     self._start = self._last = time.monotonic()
@@ -315,12 +328,23 @@ class ProgressLogger(beam.DoFn):
   def process(self, element):
     self._clips += 1
     now = time.monotonic()
-    if self._clips == 1 or now - self._last >= self._INTERVAL_S:
+    if self._clips == 1 or now - self._last >= self._INTERVAL_S or self._clips == self._expected:
       self._last = now
       # Printed, not logged: local runners relay worker logs in a form hard to read.
-      print(f"[embed] worker {os.getpid()}: {self._clips} clips embedded, "
-            f"{self._clips / (now - self._start):.2f} clips/s", file=sys.stderr, flush=True)
+      print(f"[embed] {progress_line(self._clips, self._expected, now - self._start)}",
+            file=sys.stderr, flush=True)
     yield element
+
+
+def progress_line(done: int, expected: int | None, elapsed_s: float) -> str:
+  """"120/200 clips embedded (60%), 1.60 clips/s, about 50 s left"; no total, no ETA."""
+  rate = done / elapsed_s if elapsed_s > 0 else 0.0
+  if not expected:
+    return f"{done} clips embedded, {rate:.2f} clips/s"
+  line = f"{done}/{expected} clips embedded ({100 * done / expected:.0f}%), {rate:.2f} clips/s"
+  if rate > 0 and done < expected:
+    line += f", about {(expected - done) / rate:.0f} s left"
+  return line
 
 
 # ---- Run record ----
@@ -385,8 +409,9 @@ class _CountsCombineFn(beam.CombineFn):
 
 # ---- The pipeline ----
 
-def build(pipeline: beam.Pipeline, config: EmbedJobConfig, checkpoint_sha256: str) -> None:
-  """Adds the whole job to `pipeline`."""
+def build(pipeline: beam.Pipeline, config: EmbedJobConfig, checkpoint_sha256: str,
+          expected_clips: int | None = None) -> None:
+  """Adds the whole job to `pipeline`; `expected_clips` (if known) is for progress lines."""
   ingested = pipeline | "Ingest" >> ingest.Ingest(
       config.video_zip, config.splits_zip, config.work_dir,
       classes=config.classes or None, max_videos=config.max_videos)
@@ -404,7 +429,7 @@ def build(pipeline: beam.Pipeline, config: EmbedJobConfig, checkpoint_sha256: st
               | "Embed" >> embed_clips)
 
   by_video = ({"clips": embedded["embedded"]
-                        | "Progress" >> beam.ParDo(ProgressLogger())
+                        | "Progress" >> beam.ParDo(ProgressLogger(expected_clips))
                         | "ClipsByVideo" >> beam.Map(lambda kv: (kv[0].video_id, kv)),
                "failures": embedded[FAILURES]
                            | "EmbedFailuresByVideo" >> beam.Map(lambda f: (f["video_id"], f))}
@@ -427,21 +452,38 @@ def build(pipeline: beam.Pipeline, config: EmbedJobConfig, checkpoint_sha256: st
                                       checkpoint_sha256=checkpoint_sha256))
 
 
+PROG = "python -m pipelines.embed"
+
+
 def parse_args(argv: Sequence[str] | None) -> tuple[EmbedJobConfig, list[str]]:
   """Flags -> (job config, remaining Beam pipeline options)."""
   defaults = EmbedJobConfig(checkpoint_path="", work_dir="", output_dir="")
-  p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+  p = argparse.ArgumentParser(
+      prog=PROG, description=__doc__.split("\n", 1)[0],
+      epilog="Other flags are Beam pipeline options (e.g. --runner, --direct_num_workers, "
+             "Dataflow's --project, --region, --temp_location).",
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   p.add_argument("--checkpoint_path", required=True,
                  help="released MMV checkpoint (.pkl) or converted .npz; local, gs:// or https://")
-  p.add_argument("--work_dir", required=True, help="video cache (local or gs://), reused across runs")
-  p.add_argument("--output_dir", required=True)
-  p.add_argument("--video_zip", default=defaults.video_zip)
-  p.add_argument("--splits_zip", default=defaults.splits_zip)
+  p.add_argument("--work_dir", required=True,
+                 help="video cache (local or gs://), reused across runs")
+  p.add_argument("--output_dir", required=True,
+                 help="embeddings, failures and run.json; one run per directory")
+  p.add_argument("--video_zip", default=defaults.video_zip,
+                 help="UCF101's video ZIP: local path, gs:// or https://")
+  p.add_argument("--splits_zip", default=defaults.splits_zip,
+                 help="UCF101's split-list ZIP: local path, gs:// or https://")
   p.add_argument("--backbone", default=None, choices=mmv.BACKBONES,
                  help="default: inferred from the checkpoint's file name")
-  for name in ("num_frames", "stride", "min_resize", "crop_size", "num_train_clips",
-               "num_test_windows", "batch_size", "seed"):
-    p.add_argument(f"--{name}", type=int, default=getattr(defaults, name))
+  for name, text in (("num_frames", "frames per clip (T)"),
+                     ("stride", "step between a clip's frames"),
+                     ("min_resize", "frames are resized so their smaller side is this"),
+                     ("crop_size", "side of the square crop (at most --min_resize)"),
+                     ("num_train_clips", "random training clips per video (0: none)"),
+                     ("num_test_windows", "evenly spaced test windows per video (0: none)"),
+                     ("batch_size", "clips per forward pass (a multiple of the devices)"),
+                     ("seed", "seed of the training clips' draws")):
+    p.add_argument(f"--{name}", type=int, default=getattr(defaults, name), help=text)
   p.add_argument("--exact_train_clips", action="store_true",
                  help="flip training clips before resizing them, bit-exactly as the protocol; "
                       "by default they are flipped after it (each frame resized once), which "
@@ -462,37 +504,116 @@ def parse_args(argv: Sequence[str] | None) -> tuple[EmbedJobConfig, list[str]]:
                       "then pickled to the model's process (bench/README.md: GPU workers)")
   p.add_argument("--prefetch_videos", type=int, default=defaults.prefetch_videos,
                  help="videos whose clips are cut ahead, while the device embeds (0: one after "
-                      "the other); each holds (train clips + test windows) x T x crop x crop x 3 bytes")
+                      "the other); each holds (train clips + test windows) x T x crop x crop x 3 "
+                      "bytes")
   p.add_argument("--jax_cache_dir", default=None,
                  help=f"compiled programs kept across runs; default ${CACHE_DIR_ENV}, "
                       "else $XDG_CACHE_HOME/mmv/jax, else ~/.cache/mmv/jax")
+  p.add_argument("--overwrite", action="store_true",
+                 help="delete what --output_dir holds and start again; without it a used "
+                      "--output_dir is refused")
+  p.add_argument("--max_failed_share", type=float, default=defaults.max_failed_share,
+                 help="the run ends with status 1 if more than this share of its videos fail")
+  p.add_argument("--verbose", action="store_true",
+                 help="show Beam's, JAX's and the workers' INFO logs")
   args, beam_args = p.parse_known_args(argv)
   values = vars(args)
+  values.pop("verbose")
   values["classes"] = tuple(c for c in values["classes"].split(",") if c)
   return EmbedJobConfig(**values), beam_args
 
 
-def run(argv: Sequence[str] | None = None) -> beam.runners.runner.PipelineResult:
-  """Builds and runs the job; returns Beam's result (finished unless the runner is async)."""
-  config, beam_args = parse_args(argv)
-  options = PipelineOptions(with_local_runner(beam_args, IN_PROCESS_RUNNER_ARGS))
-  if options.view_as(TestOptions).dry_run:
-    checkpoint_sha256 = "not read in a dry run"
-  else:
-    existing = FileSystems.match([schema.shard_pattern(config.output_dir)])[0].metadata_list
-    if existing:
-      # Old shards would be read with the new ones as duplicate clips.
-      raise FileExistsError(f"{config.output_dir} already holds {len(existing)} embedding shards; "
-                       "choose a new --output_dir or delete them")
-    # Fail before any work starts if the checkpoint is unreadable or of the
-    # wrong backbone; workers load it again themselves.
+def settings_problems(config: EmbedJobConfig) -> list[str]:
+  """What makes the settings unusable, before any work; empty when they are fine."""
+  problems = [f"--{name} must be positive, got {getattr(config, name)}"
+              for name in ("num_frames", "stride", "min_resize", "crop_size", "batch_size")
+              if getattr(config, name) < 1]
+  problems += [f"--{name} must be 0 or more, got {getattr(config, name)}"
+               for name in ("num_train_clips", "num_test_windows", "prefetch_videos")
+               if getattr(config, name) < 0]
+  if config.num_train_clips == 0 and config.num_test_windows == 0:
+    problems.append("--num_train_clips and --num_test_windows are both 0: nothing to embed")
+  if config.crop_size > config.min_resize > 0:
+    problems.append(f"--crop_size {config.crop_size} is larger than --min_resize "
+                    f"{config.min_resize}: training crops would not fit in the frames")
+  if config.max_videos is not None and config.max_videos < 1:
+    problems.append(f"--max_videos must be positive, got {config.max_videos}")
+  if config.model_copies is not None and config.model_copies < 1:
+    problems.append(f"--model_copies must be positive, got {config.model_copies}")
+  if not 0 <= config.max_failed_share <= 1:
+    problems.append(f"--max_failed_share must be in [0, 1], got {config.max_failed_share}")
+  return problems
+
+
+def count_videos(config: EmbedJobConfig) -> int:
+  """How many videos the run lists (the split lists read, classes checked)."""
+  try:
+    split_lists = ucf101.load_split_lists(config.splits_zip)
+    return len(ucf101.select_videos(split_lists, config.classes or None, config.max_videos))
+  except (ucf101.SplitListError, sources.SourceError) as e:
+    raise UsageError(str(e)) from e
+
+
+def checkpoint_sha256(config: EmbedJobConfig) -> str:
+  """The checkpoint's sha256, once it is known to be readable, of the backbone and finite."""
+  try:
     checkpoint = checkpoints.load_checkpoint(config.checkpoint_path)
     checkpoints.validate_tree(checkpoint.params, checkpoint.state,
                               *mmv.param_shapes(config.resolved_backbone),
                               source=config.checkpoint_path)
-    checkpoint_sha256 = checkpoint.sha256
+  except checkpoints.CheckpointError as e:
+    raise UsageError(str(e)) from e
+  return checkpoint.sha256
+
+
+def prepare_output_dir(config: EmbedJobConfig) -> None:
+  """Makes this run the one owner of `--output_dir` (emptied first with `--overwrite`)."""
+  if config.overwrite and FileSystems.exists(config.output_dir):
+    FileSystems.delete([config.output_dir])
+  claim_output_dir(config.output_dir, PROG)
+  # A directory written before owner files existed holds shards but no owner.
+  existing = FileSystems.match([schema.shard_pattern(config.output_dir)])[0].metadata_list
+  if existing:
+    raise UsageError(f"{config.output_dir} already holds {len(existing)} embedding shards; "
+                     "choose a new --output_dir, or pass --overwrite")
+
+
+def check_writable(directory: str, flag: str) -> None:
+  """Raises UsageError unless a file can be created and deleted in `directory`."""
+  probe = FileSystems.join(directory, f".write_probe-{uuid.uuid4().hex}")
+  try:
+    with FileSystems.create(probe) as f:
+      f.write(b"")
+    FileSystems.delete([probe])
+  except Exception as e:  # Any filesystem's error: the message carries the cause.
+    raise UsageError(f"cannot write to {flag} {directory}: {e}") from e
+
+
+def run(argv: Sequence[str] | None = None) -> beam.runners.runner.PipelineResult:
+  """Builds and runs the job; returns Beam's result (finished unless the runner is async).
+
+  Raises:
+    UsageError: settings no run can use, unreadable inputs, an unusable
+      checkpoint, or an output directory that another run owns; all before
+      any work starts.
+  """
+  config, beam_args = parse_args(argv)
+  problems = settings_problems(config)
+  if problems:
+    raise UsageError("; ".join(problems))
+  options = PipelineOptions(with_local_runner(beam_args, IN_PROCESS_RUNNER_ARGS))
+  expected_clips = None
+  if options.view_as(TestOptions).dry_run:
+    sha256 = "not read in a dry run"
+  else:
+    expected_clips = count_videos(config) * (config.num_train_clips + config.num_test_windows)
+    # The checkpoint is read before the output directory is claimed, so that
+    # a wrong checkpoint leaves no owned, empty directory behind.
+    sha256 = checkpoint_sha256(config)
+    check_writable(config.work_dir, "--work_dir")
+    prepare_output_dir(config)
   pipeline = beam.Pipeline(options=options)
-  build(pipeline, config, checkpoint_sha256)
+  build(pipeline, config, sha256, expected_clips)
   return pipeline.run()
 
 
@@ -515,17 +636,59 @@ def job_timings(result: beam.runners.runner.PipelineResult) -> dict[str, float]:
           "load_model_s": sums["load_model_latency_milli_secs"] / 1e3, "batches": batches}
 
 
+def summary(config: EmbedJobConfig, counts: dict, seconds: float) -> list[str]:
+  """The lines a finished run ends with: what was done, what failed, where it all is."""
+  failed = counts["videos_failed"]
+  failed_text = f"{failed} failed"
+  if failed:
+    failed_text += " (" + ", ".join(f"{stage}: {n}" for stage, n in
+                                    sorted(counts["videos_failed_by_stage"].items())) + ")"
+  lines = [f"finished in {seconds:.0f} s: {counts['videos_written']} videos embedded "
+           f"({counts['clips_written_train']} training clips, "
+           f"{counts['clips_written_test']} test windows), {failed_text}",
+           f"embeddings: {schema.shard_pattern(config.output_dir)}",
+           f"run record: {FileSystems.join(config.output_dir, schema.RUN_CONFIG_FILE)}"]
+  if failed:
+    lines.append(f"failures:   {FileSystems.join(config.output_dir, FAILURES_DIR, FAILURES_FILE)}")
+  return lines
+
+
+def outcome_problem(config: EmbedJobConfig, counts: dict) -> str | None:
+  """Why a finished run failed its purpose (nothing embedded, too many failures), or None."""
+  written, failed = counts["videos_written"], counts["videos_failed"]
+  if not written:
+    return f"no video was embedded ({failed} failed)"
+  if failed > config.max_failed_share * (written + failed):
+    return (f"{failed} of {written + failed} videos failed, more than --max_failed_share "
+            f"{config.max_failed_share:g}")
+  return None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+  """Runs the job, prints its summary; exits 1 if it embedded nothing or too little."""
+  started = time.monotonic()
+  verbose = "--verbose" in (sys.argv[1:] if argv is None else argv)
+  logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                      format="%(asctime)s %(message)s")
   result = run(argv)
   result.wait_until_finish()
-  # One line a benchmark can read; dry runs and async runners have no metrics yet.
-  if result.state == beam.runners.runner.PipelineState.DONE:
-    print(f"[embed] timings {json.dumps(job_timings(result), sort_keys=True)}", flush=True)
+  if result.state != beam.runners.runner.PipelineState.DONE:
+    return  # A dry run, or an async runner: no results yet.
+  config, _ = parse_args(argv)
+  # One line a benchmark can read.
+  print(f"[embed] timings {json.dumps(job_timings(result), sort_keys=True)}", flush=True)
+  with FileSystems.open(FileSystems.join(config.output_dir, schema.RUN_CONFIG_FILE)) as f:
+    counts = json.loads(f.read())["counts"]
+  for line in summary(config, counts, time.monotonic() - started):
+    print(f"[embed] {line}", flush=True)
+  problem = outcome_problem(config, counts)
+  if problem:
+    print(f"{PROG}: error: {problem}", file=sys.stderr, flush=True)
+    sys.exit(1)
 
 
 if __name__ == "__main__":
   # Run the imported module, not __main__, so that workers in other processes
   # can unpickle this module's classes by their real name.
   from pipelines import embed
-  embed.main(sys.argv[1:])
+  run_main(embed.main, embed.PROG, sys.argv[1:])

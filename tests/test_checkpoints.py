@@ -272,6 +272,16 @@ def test_unreadable_file_names_path_and_problem(tmp_path, make, problem):
 # Validation and backbone inference.
 
 
+def test_validation_refuses_nan_or_infinite_weights_naming_them():
+  params, state = checkpoints.random_trees(SMALL_PARAMS, SMALL_STATE)
+  params[CONV]['w'].flat[:3] = [np.nan, np.inf, -np.inf]
+  with pytest.raises(CheckpointError) as error:
+    checkpoints.validate_tree(params, state, SMALL_PARAMS, SMALL_STATE, source='mmv_s3d.pkl')
+  assert '1 non-finite' in str(error.value)
+  assert f'params {CONV}:w: 3 of {params[CONV]["w"].size} values are NaN or infinite' in str(
+      error.value)
+
+
 def test_validation_lists_every_problem_in_one_error():
   params, state = checkpoints.random_trees(SMALL_PARAMS, SMALL_STATE)
   del params[HEAD]['b']

@@ -152,8 +152,10 @@ def test_rerun_on_four_devices_reuses_the_cache_and_gives_the_same_embeddings(
   try:
     out = job_output / "out_4dev"
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    # One video of nine fails: more than the default --max_failed_share.
     subprocess.run([sys.executable, "-m", "pipelines.embed",
-                    *_flags(dataset, checkpoint_path, job_output / "work", out), *IN_PROCESS],
+                    *_flags(dataset, checkpoint_path, job_output / "work", out), *IN_PROCESS,
+                    "--max_failed_share=0.2"],
                    check=True, env=env, cwd=REPO_ROOT, capture_output=True)
   finally:
     os.rename(data.video_zip + ".moved", data.video_zip)
@@ -168,10 +170,146 @@ def test_rerun_on_four_devices_reuses_the_cache_and_gives_the_same_embeddings(
     assert_features_close(four[k], one[k])
 
 
-def test_a_new_run_refuses_an_output_dir_that_holds_embeddings(dataset, checkpoint_path, job_output):
-  with pytest.raises(FileExistsError, match="already holds"):
+def test_a_new_run_refuses_an_output_dir_that_another_run_wrote(dataset, checkpoint_path,
+                                                                 job_output):
+  before = sorted(p.name for p in (job_output / "out").rglob("*"))
+  with pytest.raises(common.UsageError, match="belongs to another run .*--overwrite"):
     embed.run([*_flags(dataset, checkpoint_path, job_output / "work", job_output / "out"),
                *IN_PROCESS])
+  assert sorted(p.name for p in (job_output / "out").rglob("*")) == before
+
+
+def test_overwrite_replaces_the_previous_output(dataset, checkpoint_path, job_output, tmp_path):
+  out = tmp_path / "out"
+  flags = [*_flags(dataset, checkpoint_path, job_output / "work", out), *IN_PROCESS,
+           "--classes=" + ",".join(sorted({r[schema.LABEL_NAME]
+                                           for r in _read_embeddings(job_output / "out")})[:1])]
+  embed.run(flags).wait_until_finish()
+  (out / "stale.txt").write_text("from the first run")
+  embed.run([*flags, "--overwrite"]).wait_until_finish()
+
+  assert not (out / "stale.txt").exists()
+  records = _read_embeddings(out)
+  keys = [(r[schema.VIDEO_ID], r[schema.CLIP_TYPE], r[schema.CLIP_INDEX]) for r in records]
+  assert len(keys) == len(set(keys)) > 0
+
+
+def test_two_runs_started_together_on_one_output_dir_one_is_refused(
+    dataset, checkpoint_path, job_output, tmp_path):
+  out = tmp_path / "out"
+  command = [sys.executable, "-m", "pipelines.embed",
+             *_flags(dataset, checkpoint_path, job_output / "work", out), *IN_PROCESS,
+             "--max_videos=2"]
+  runs = [subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True) for _ in range(2)]
+  outcomes = sorted((run.wait(timeout=600), run.stderr.read()) for run in runs)
+
+  (ok_status, _), (refused_status, refused_stderr) = outcomes
+  assert (ok_status, refused_status) == (0, 2)
+  assert refused_stderr.strip().splitlines()[-1].startswith(
+      f"{embed.PROG}: error: {out} belongs to another run")
+  keys = [(r[schema.VIDEO_ID], r[schema.CLIP_TYPE], r[schema.CLIP_INDEX])
+          for r in _read_embeddings(out)]
+  assert len(keys) == len(set(keys)) == 2 * (NUM_TRAIN_CLIPS + NUM_TEST_WINDOWS)
+  counts = json.loads((out / "run.json").read_text())["counts"]
+  assert counts["clips_written_train"] + counts["clips_written_test"] == len(keys)
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--num_frames=0", "--num_frames must be positive, got 0"),
+    ("--batch_size=-1", "--batch_size must be positive"),
+    ("--crop_size=64", "--crop_size 64 is larger than --min_resize 32"),
+    ("--max_videos=-1", "--max_videos must be positive"),
+    ("--classes=NoSuchClass", "unknown classes ['NoSuchClass']"),
+])
+def test_unusable_settings_are_one_line_and_status_2_before_any_work(
+    dataset, checkpoint_path, tmp_path, flag, message):
+  work, out = tmp_path / "work", tmp_path / "out"
+  result = subprocess.run([sys.executable, "-m", "pipelines.embed",
+                           *_flags(dataset, checkpoint_path, work, out), *IN_PROCESS, flag],
+                          cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+  assert result.returncode == 2
+  assert result.stderr.startswith(f"{embed.PROG}: error: ")
+  assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+  assert not out.exists() and not (work / "videos").exists()
+
+
+def test_both_clip_counts_zero_is_refused_as_nothing_to_embed():
+  config = embed.EmbedJobConfig("c.pkl", "w", "o", num_train_clips=0, num_test_windows=0)
+  assert embed.settings_problems(config) == [
+      "--num_train_clips and --num_test_windows are both 0: nothing to embed"]
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_before_any_work(dataset, tmp_path):
+  params, state = checkpoints.random_trees(*mmv.param_shapes("s3d"), seed=0)
+  module = sorted(params)[0]
+  name = sorted(params[module])[0]
+  params[module][name] = np.full_like(params[module][name], np.nan)
+  path = tmp_path / "mmv_s3d.npz"
+  checkpoints.save_npz(checkpoints.Checkpoint(params=params, state=state, path="", sha256=""), path)
+  with pytest.raises(common.UsageError, match="NaN or infinite"):
+    embed.run([*_flags(dataset, str(path), tmp_path / "work", tmp_path / "out"), *IN_PROCESS])
+  assert not (tmp_path / "out").exists()
+
+
+def test_an_unwritable_work_dir_is_refused_before_any_work(dataset, checkpoint_path, tmp_path):
+  work = tmp_path / "work"
+  work.write_text("a file where the work directory should be")
+  with pytest.raises(common.UsageError, match="cannot write to --work_dir"):
+    embed.run([*_flags(dataset, checkpoint_path, work, tmp_path / "out"), *IN_PROCESS])
+  assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("written, failed, share, problem", [
+    (0, 0, 0.1, "no video was embedded (0 failed)"),
+    (0, 3, 1.0, "no video was embedded (3 failed)"),
+    (8, 1, 0.1, "1 of 9 videos failed, more than --max_failed_share 0.1"),
+    (9, 1, 0.1, None),
+    (5, 0, 0.0, None),
+])
+def test_a_run_that_embeds_nothing_or_too_little_is_a_failure(written, failed, share, problem):
+  config = embed.EmbedJobConfig("c.pkl", "w", "o", max_failed_share=share)
+  counts = {"videos_written": written, "videos_failed": failed}
+  assert embed.outcome_problem(config, counts) == problem
+
+
+def test_the_command_ends_with_its_summary_and_status_1_when_too_many_fail(
+    dataset, checkpoint_path, job_output, tmp_path):
+  out = tmp_path / "out"
+  result = subprocess.run([sys.executable, "-m", "pipelines.embed",
+                           *_flags(dataset, checkpoint_path, job_output / "work", out),
+                           *IN_PROCESS, "--max_failed_share=0"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+  counts = json.loads((out / "run.json").read_text())["counts"]
+  summary = [l for l in result.stdout.splitlines() if l.startswith("[embed] ")
+             and not l.startswith("[embed] timings")]
+  assert summary[0].startswith("[embed] finished in ")
+  assert (f"{counts['videos_written']} videos embedded ({counts['clips_written_train']} "
+          f"training clips, {counts['clips_written_test']} test windows), 1 failed (encode: 1)"
+          ) in summary[0]
+  assert summary[1:] == [f"[embed] embeddings: {out}/embeddings/*.tfrecord*",
+                         f"[embed] run record: {out}/run.json",
+                         f"[embed] failures:   {out}/failures/failures.jsonl"]
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"{embed.PROG}: error: 1 of {counts['videos_written'] + 1} videos failed, more than "
+      "--max_failed_share 0")
+  # Quiet by default: no INFO lines from Beam or JAX.
+  assert "INFO" not in result.stderr and "Unable to initialize backend" not in result.stderr
+
+
+def test_progress_lines_give_the_total_and_time_left():
+  assert embed.progress_line(50, 200, 25.0) == (
+      "50/200 clips embedded (25%), 2.00 clips/s, about 75 s left")
+  assert embed.progress_line(200, 200, 100.0) == "200/200 clips embedded (100%), 2.00 clips/s"
+  assert embed.progress_line(7, None, 2.0) == "7 clips embedded, 3.50 clips/s"
+
+
+def test_help_is_python_dash_m_with_every_default():
+  result = subprocess.run([sys.executable, "-m", "pipelines.embed", "--help"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, check=True)
+  assert result.stdout.startswith(f"usage: {embed.PROG} ")
+  assert "(default: 32)" in result.stdout and "(default: 0.1)" in result.stdout
 
 
 def _clips(video_id: str, num_train: int, num_test: int, value: float = 1.0):
