@@ -57,25 +57,41 @@ def run_main(main: Callable[[Sequence[str] | None], object], prog: str,
 OWNER_FILE = "run.owner"
 
 
-def claim_output_dir(output_dir: str, job: str) -> None:
-  """Makes this run the one owner of `output_dir`, or raises UsageError.
+def owner_path(output_dir: str, attempt: int = 1) -> str:
+  """`OUT/run.owner` for a directory's first run, `OUT/run.owner.N` for its Nth (resumed)."""
+  name = OWNER_FILE if attempt == 1 else f"{OWNER_FILE}.{attempt}"
+  return FileSystems.join(output_dir, name)
 
-  The claim is the creation of `OUTPUT_DIR/run.owner` (who, where, when),
-  which succeeds for one creator only, locally and on GCS: of two runs
-  started together, one proceeds and the other is refused before any work.
-  The file stays, so a later run into the same directory is refused too.
+
+def claim_output_dir(output_dir: str, owner: dict, attempt: int = 1) -> None:
+  """Makes this run the one owner of `output_dir` (its `attempt`th run), or raises UsageError.
+
+  The claim is the creation of `owner_path(output_dir, attempt)`, holding
+  `owner` plus who, where and when, which succeeds for one creator only,
+  locally and on GCS: of two runs started together, one proceeds and the
+  other is refused before any work. The file stays, so a later run into the
+  same directory is refused too, unless it resumes (the next attempt).
   """
-  path = FileSystems.join(output_dir, OWNER_FILE)
-  owner = json.dumps({"job": job, "host": socket.gethostname(), "pid": os.getpid(),
-                      "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+  path = owner_path(output_dir, attempt)
+  record = {**owner, "host": socket.gethostname(), "pid": os.getpid(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
   try:
-    sources.create_new(path, owner.encode())
+    sources.create_new(path, json.dumps(record, indent=2, sort_keys=True).encode())
   except FileExistsError:
     raise UsageError(f"{output_dir} belongs to another run ({_describe_owner(path)}); choose a "
-                     "new --output_dir, or pass --overwrite to delete it and start again"
-                     ) from None
+                     "new --output_dir, pass --resume to complete it, or --overwrite to delete "
+                     "it and start again") from None
   except (OSError, sources.SourceError) as e:
     raise UsageError(f"cannot write to --output_dir {output_dir}: {e}") from e
+
+
+def read_owners(output_dir: str) -> list[dict]:
+  """The owner records of `output_dir`'s runs, first run first; [] if none claimed it."""
+  owners = []
+  while FileSystems.exists(owner_path(output_dir, len(owners) + 1)):
+    with FileSystems.open(owner_path(output_dir, len(owners) + 1)) as f:
+      owners.append(json.loads(f.read()))
+  return owners
 
 
 def _describe_owner(path: str) -> str:

@@ -53,7 +53,8 @@ from mmv_core.video_cache import CachedVideo
 from pipelines import ingest
 from pipelines.common import FAILURES, WriteFailures, count_failure, counter, distribution
 from pipelines.common import failure_record
-from pipelines.common import IN_PROCESS_RUNNER_ARGS, UsageError, claim_output_dir, run_main
+from pipelines.common import IN_PROCESS_RUNNER_ARGS, UsageError, claim_output_dir, read_owners
+from pipelines.common import run_main
 from pipelines.common import with_local_runner
 from pipelines.jax_inference import JaxEmbeddingHandler
 
@@ -94,6 +95,7 @@ class EmbedJobConfig:
   prefetch_videos: int = 1
   jax_cache_dir: str | None = None
   overwrite: bool = False
+  resume: bool = False
   max_failed_share: float = 0.1
 
   @property
@@ -347,6 +349,72 @@ def progress_line(done: int, expected: int | None, elapsed_s: float) -> str:
   return line
 
 
+# ---- Output directory: ownership and resuming ----
+
+# The settings that decide the embeddings: a resumed run must repeat them.
+RESUME_SETTINGS = ("video_zip", "splits_zip", "backbone", "num_frames", "stride", "min_resize",
+                   "crop_size", "num_train_clips", "num_test_windows", "exact_train_clips",
+                   "compute_dtype", "joint_embeddings", "seed", "classes", "max_videos")
+
+
+@dataclasses.dataclass(frozen=True)
+class PriorOutput:
+  """What earlier runs into the output directory wrote (nothing, for a new directory).
+
+  Attributes:
+    video_ids: videos whose embeddings are written; a resumed run skips them.
+    train_clips, test_clips: their clips of each kind.
+    attempt: this run's number in the directory, 1 for its first run.
+  """
+  video_ids: frozenset[str] = frozenset()
+  train_clips: int = 0
+  test_clips: int = 0
+  attempt: int = 1
+
+
+def owner_record(config: EmbedJobConfig, checkpoint_sha256: str) -> dict:
+  settings = {name: getattr(config, name) for name in RESUME_SETTINGS}
+  settings["backbone"] = config.resolved_backbone
+  settings["classes"] = list(config.classes)
+  return {"job": PROG, "settings": settings, "checkpoint_sha256": checkpoint_sha256}
+
+
+def prior_output(output_dir: str, attempt: int) -> PriorOutput:
+  """The videos and clips that the directory's final shards hold (none after a killed run)."""
+  video_ids, clips = set(), collections.Counter()
+  if not FileSystems.match([schema.shard_pattern(output_dir)])[0].metadata_list:
+    return PriorOutput(attempt=attempt)
+  for source, record in schema.embedding_records(output_dir):
+    clip = schema.parse_example(record, include_floats=False, source=source)
+    video_ids.add(clip[schema.VIDEO_ID])
+    clips[clip[schema.CLIP_TYPE]] += 1
+  return PriorOutput(frozenset(video_ids), clips[schema.CLIP_TYPE_TRAIN],
+                     clips[schema.CLIP_TYPE_TEST], attempt)
+
+
+def resume_output_dir(config: EmbedJobConfig, owner: dict) -> PriorOutput:
+  """Joins a directory that an earlier run of the same settings owns; its output is kept."""
+  owners = read_owners(config.output_dir)
+  if not owners:
+    raise UsageError(f"--resume: no earlier run owns {config.output_dir}")
+  first = owners[0]
+  differences = [f"{name} {first.get('settings', {}).get(name)!r} -> {value!r}"
+                 for name, value in owner["settings"].items()
+                 if first.get("settings", {}).get(name) != value]
+  if first.get("checkpoint_sha256") != owner["checkpoint_sha256"]:
+    differences.append("the checkpoint (sha256)")
+  if differences:
+    raise UsageError(f"--resume: these settings differ from those of the run that wrote "
+                     f"{config.output_dir}: {'; '.join(differences)}")
+  attempt = len(owners) + 1
+  claim_output_dir(config.output_dir, owner, attempt)
+  # Beam's sinks of a killed run leave their uncommitted files behind.
+  stale = FileSystems.match([FileSystems.join(config.output_dir, "*", "beam-temp-*", "*")])[0]
+  if stale.metadata_list:
+    FileSystems.delete([m.path for m in stale.metadata_list])
+  return prior_output(config.output_dir, attempt)
+
+
 # ---- Run record ----
 
 def _package_versions() -> dict[str, str]:
@@ -359,7 +427,12 @@ def _package_versions() -> dict[str, str]:
   return versions
 
 
-def write_run_record(counts: dict, *, config: EmbedJobConfig, checkpoint_sha256: str) -> None:
+def write_run_record(counts: dict, *, config: EmbedJobConfig, checkpoint_sha256: str,
+                     prior: PriorOutput) -> None:
+  """Writes run.json; its counts include what earlier runs into the directory wrote."""
+  counts = {**counts, "videos_written": counts["videos_written"] + len(prior.video_ids),
+            "clips_written_train": counts["clips_written_train"] + prior.train_clips,
+            "clips_written_test": counts["clips_written_test"] + prior.test_clips}
   record = {
       schema.SETTINGS: dataclasses.asdict(config),
       "backbone": config.resolved_backbone,
@@ -368,6 +441,7 @@ def write_run_record(counts: dict, *, config: EmbedJobConfig, checkpoint_sha256:
       schema.NUM_TRAIN_CLIPS: config.num_train_clips,
       schema.NUM_TEST_WINDOWS: config.num_test_windows,
       "counts": counts,
+      "runs": prior.attempt,
   }
   path = FileSystems.join(config.output_dir, schema.RUN_CONFIG_FILE)
   with FileSystems.create(path) as f:
@@ -410,11 +484,19 @@ class _CountsCombineFn(beam.CombineFn):
 # ---- The pipeline ----
 
 def build(pipeline: beam.Pipeline, config: EmbedJobConfig, checkpoint_sha256: str,
-          expected_clips: int | None = None) -> None:
-  """Adds the whole job to `pipeline`; `expected_clips` (if known) is for progress lines."""
+          expected_clips: int | None = None, prior: PriorOutput = PriorOutput()) -> None:
+  """Adds the whole job to `pipeline`.
+
+  `expected_clips` (if known) is for progress lines; videos of `prior` are
+  not embedded again, and this run's shards are named apart from theirs.
+  """
   ingested = pipeline | "Ingest" >> ingest.Ingest(
       config.video_zip, config.splits_zip, config.work_dir,
       classes=config.classes or None, max_videos=config.max_videos)
+  videos = ingested.videos
+  if prior.video_ids:
+    videos = videos | "SkipWritten" >> beam.Filter(
+        lambda cached, written: cached.video_id not in written, prior.video_ids)
 
   embed_clips = EmbedClips(config)
   if config.embed_accelerator:
@@ -424,7 +506,7 @@ def build(pipeline: beam.Pipeline, config: EmbedJobConfig, checkpoint_sha256: st
     embed_clips = embed_clips.with_resource_hints(**hints)
   # The reshuffle spreads videos over workers and keeps ingestion (CPU
   # workers) from fusing with the accelerator step.
-  embedded = (ingested.videos
+  embedded = (videos
               | "SpreadVideos" >> beam.Reshuffle()
               | "Embed" >> embed_clips)
 
@@ -437,7 +519,8 @@ def build(pipeline: beam.Pipeline, config: EmbedJobConfig, checkpoint_sha256: st
               | "AssembleVideos" >> beam.ParDo(AssembleVideoFn(config)).with_outputs(
                   FAILURES, WRITTEN, main="examples"))
   _ = by_video.examples | "WriteEmbeddings" >> beam.io.WriteToTFRecord(
-      FileSystems.join(config.output_dir, schema.SHARDS_DIR, "part"),
+      FileSystems.join(config.output_dir, schema.SHARDS_DIR,
+                       "part" if prior.attempt == 1 else f"part-run{prior.attempt}"),
       file_name_suffix=schema.SHARD_SUFFIX)
 
   failures = (ingested.failures, by_video[FAILURES]) | "AllFailures" >> beam.Flatten()
@@ -449,7 +532,7 @@ def build(pipeline: beam.Pipeline, config: EmbedJobConfig, checkpoint_sha256: st
        | "CountItems" >> beam.Flatten()
        | "Counts" >> beam.CombineGlobally(_CountsCombineFn())
        | "WriteRunRecord" >> beam.Map(write_run_record, config=config,
-                                      checkpoint_sha256=checkpoint_sha256))
+                                      checkpoint_sha256=checkpoint_sha256, prior=prior))
 
 
 PROG = "python -m pipelines.embed"
@@ -510,8 +593,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[EmbedJobConfig, list[str]]:
                  help=f"compiled programs kept across runs; default ${CACHE_DIR_ENV}, "
                       "else $XDG_CACHE_HOME/mmv/jax, else ~/.cache/mmv/jax")
   p.add_argument("--overwrite", action="store_true",
-                 help="delete what --output_dir holds and start again; without it a used "
-                      "--output_dir is refused")
+                 help="delete what --output_dir holds and start again; without it or "
+                      "--resume a used --output_dir is refused")
+  p.add_argument("--resume", action="store_true",
+                 help="complete the run that owns --output_dir (same settings): its written "
+                      "videos are kept and skipped, the others (failed ones too) embedded")
   p.add_argument("--max_failed_share", type=float, default=defaults.max_failed_share,
                  help="the run ends with status 1 if more than this share of its videos fail")
   p.add_argument("--verbose", action="store_true",
@@ -540,6 +626,9 @@ def settings_problems(config: EmbedJobConfig) -> list[str]:
     problems.append(f"--max_videos must be positive, got {config.max_videos}")
   if config.model_copies is not None and config.model_copies < 1:
     problems.append(f"--model_copies must be positive, got {config.model_copies}")
+  if config.resume and config.overwrite:
+    problems.append("--resume keeps what --output_dir holds and --overwrite deletes it: "
+                    "choose one")
   if not 0 <= config.max_failed_share <= 1:
     problems.append(f"--max_failed_share must be in [0, 1], got {config.max_failed_share}")
   return problems
@@ -566,16 +655,20 @@ def checkpoint_sha256(config: EmbedJobConfig) -> str:
   return checkpoint.sha256
 
 
-def prepare_output_dir(config: EmbedJobConfig) -> None:
-  """Makes this run the one owner of `--output_dir` (emptied first with `--overwrite`)."""
+def prepare_output_dir(config: EmbedJobConfig, checkpoint_sha256: str) -> PriorOutput:
+  """Makes this run the owner of `--output_dir`: new, emptied (`--overwrite`) or resumed."""
+  owner = owner_record(config, checkpoint_sha256)
+  if config.resume:
+    return resume_output_dir(config, owner)
   if config.overwrite and FileSystems.exists(config.output_dir):
     FileSystems.delete([config.output_dir])
-  claim_output_dir(config.output_dir, PROG)
+  claim_output_dir(config.output_dir, owner)
   # A directory written before owner files existed holds shards but no owner.
   existing = FileSystems.match([schema.shard_pattern(config.output_dir)])[0].metadata_list
   if existing:
     raise UsageError(f"{config.output_dir} already holds {len(existing)} embedding shards; "
                      "choose a new --output_dir, or pass --overwrite")
+  return PriorOutput()
 
 
 def check_writable(directory: str, flag: str) -> None:
@@ -602,18 +695,20 @@ def run(argv: Sequence[str] | None = None) -> beam.runners.runner.PipelineResult
   if problems:
     raise UsageError("; ".join(problems))
   options = PipelineOptions(with_local_runner(beam_args, IN_PROCESS_RUNNER_ARGS))
-  expected_clips = None
+  expected_clips, prior = None, PriorOutput()
   if options.view_as(TestOptions).dry_run:
     sha256 = "not read in a dry run"
   else:
-    expected_clips = count_videos(config) * (config.num_train_clips + config.num_test_windows)
+    num_videos = count_videos(config)
     # The checkpoint is read before the output directory is claimed, so that
     # a wrong checkpoint leaves no owned, empty directory behind.
     sha256 = checkpoint_sha256(config)
     check_writable(config.work_dir, "--work_dir")
-    prepare_output_dir(config)
+    prior = prepare_output_dir(config, sha256)
+    expected_clips = ((num_videos - len(prior.video_ids))
+                      * (config.num_train_clips + config.num_test_windows))
   pipeline = beam.Pipeline(options=options)
-  build(pipeline, config, sha256, expected_clips)
+  build(pipeline, config, sha256, expected_clips, prior)
   return pipeline.run()
 
 
@@ -670,6 +765,10 @@ def main(argv: Sequence[str] | None = None) -> None:
   verbose = "--verbose" in (sys.argv[1:] if argv is None else argv)
   logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                       format="%(asctime)s %(message)s")
+  # Beam 2.77's RunInference warns this at every model load when one of its
+  # optional imports fails; the memory figure it cannot get is not used here.
+  logging.getLogger().addFilter(
+      lambda record: not record.getMessage().startswith("Resource module is not available"))
   result = run(argv)
   result.wait_until_finish()
   if result.state != beam.runners.runner.PipelineState.DONE:

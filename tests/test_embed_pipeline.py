@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -213,6 +214,64 @@ def test_two_runs_started_together_on_one_output_dir_one_is_refused(
   assert len(keys) == len(set(keys)) == 2 * (NUM_TRAIN_CLIPS + NUM_TEST_WINDOWS)
   counts = json.loads((out / "run.json").read_text())["counts"]
   assert counts["clips_written_train"] + counts["clips_written_test"] == len(keys)
+
+
+def _clip_keys(output_dir) -> list[tuple]:
+  return [(r[schema.VIDEO_ID], r[schema.CLIP_TYPE], r[schema.CLIP_INDEX])
+          for r in _read_embeddings(output_dir)]
+
+
+def test_a_killed_run_is_completed_by_resume_each_clip_once(
+    dataset, checkpoint_path, job_output, tmp_path):
+  out = tmp_path / "out"
+  flags = [*_flags(dataset, checkpoint_path, job_output / "work", out), *IN_PROCESS,
+           "--max_failed_share=0.5"]
+  killed = subprocess.Popen([sys.executable, "-m", "pipelines.embed", *flags], cwd=REPO_ROOT,
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+  for line in killed.stderr:  # Killed once it is embedding.
+    if "clips embedded" in line:
+      killed.kill()
+      break
+  assert killed.wait() != 0
+
+  subprocess.run([sys.executable, "-m", "pipelines.embed", *flags, "--resume"], cwd=REPO_ROOT,
+                 check=True, capture_output=True)
+
+  keys = _clip_keys(out)
+  assert len(keys) == len(set(keys))
+  assert sorted(keys) == sorted(_clip_keys(job_output / "out"))
+  record = json.loads((out / "run.json").read_text())
+  assert record["runs"] == 2
+  assert record["counts"]["clips_written_train"] + record["counts"]["clips_written_test"] == len(keys)
+
+
+def test_resume_of_a_finished_run_keeps_its_videos_and_retries_the_failed_one(
+    dataset, checkpoint_path, job_output, tmp_path):
+  out = tmp_path / "out"
+  shutil.copytree(job_output / "out", out)
+  before = sorted(p.name for p in (out / "embeddings").iterdir())
+
+  embed.run([*_flags(dataset, checkpoint_path, job_output / "work", out), *IN_PROCESS,
+             "--resume"]).wait_until_finish()
+
+  assert sorted(_clip_keys(out)) == sorted(_clip_keys(job_output / "out"))
+  assert set(before) <= {p.name for p in (out / "embeddings").iterdir()}
+  failures = [json.loads(l) for l in (out / "failures" / "failures.jsonl").read_text().splitlines()]
+  assert [f["video_id"] for f in failures] == [dataset[1]]  # Tried again, failed again.
+  assert (json.loads((out / "run.json").read_text())["counts"]
+          == json.loads((job_output / "out" / "run.json").read_text())["counts"])
+
+
+def test_resume_with_other_settings_is_refused_naming_them(
+    dataset, checkpoint_path, job_output, tmp_path):
+  out = tmp_path / "out"
+  shutil.copytree(job_output / "out", out)
+  with pytest.raises(common.UsageError, match="num_test_windows 3 -> 2"):
+    embed.run([*_flags(dataset, checkpoint_path, job_output / "work", out), *IN_PROCESS,
+               "--resume", "--num_test_windows=2"])
+  with pytest.raises(common.UsageError, match="no earlier run owns"):
+    embed.run([*_flags(dataset, checkpoint_path, job_output / "work", tmp_path / "new"),
+               *IN_PROCESS, "--resume"])
 
 
 @pytest.mark.parametrize("flag, message", [
