@@ -311,39 +311,42 @@ class AssembleVideoFn(beam.DoFn):
 
 
 class ProgressLogger(beam.DoFn):
-  """Prints a progress line per worker process: first clip, then every few seconds.
+  """Prints a progress line per worker process: first element, then every few seconds.
 
-  `expected_clips` is the job's total. With one worker (the local default)
-  the line is the job's progress; with several, each counts its own clips
-  against that total, and the job's sum is in the runner's counters.
+  Each element is one `what` done (e.g. "clips embedded") of `expected` in
+  the job. With one worker (the local default) the line is the job's
+  progress; with several, each counts its own against that total, and the
+  job's sum is in the runner's counters. Emits nothing.
   """
 
   _INTERVAL_S = 10.0
 
-  def __init__(self, expected_clips: int | None):
-    self._expected = expected_clips
+  def __init__(self, what: str, expected: int | None):
+    self._what = what
+    self._expected = expected
 
   def setup(self):
     self._start = self._last = time.monotonic()
-    self._clips = 0
+    self._done = 0
 
   def process(self, element):
-    self._clips += 1
+    del element
+    self._done += 1
     now = time.monotonic()
-    if self._clips == 1 or now - self._last >= self._INTERVAL_S or self._clips == self._expected:
+    if self._done == 1 or now - self._last >= self._INTERVAL_S or self._done == self._expected:
       self._last = now
       # Printed, not logged: local runners relay worker logs in a form hard to read.
-      print(f"[embed] {progress_line(self._clips, self._expected, now - self._start)}",
-            file=sys.stderr, flush=True)
-    yield element
+      line = progress_line(self._done, self._expected, now - self._start, self._what)
+      print(f"[embed] {line}", file=sys.stderr, flush=True)
+    return ()
 
 
-def progress_line(done: int, expected: int | None, elapsed_s: float) -> str:
-  """"120/200 clips embedded (60%), 1.60 clips/s, about 50 s left"; no total, no ETA."""
+def progress_line(done: int, expected: int | None, elapsed_s: float, what: str) -> str:
+  """E.g. "120/200 clips embedded (60%), 1.60/s, about 50 s left"; no total, no ETA."""
   rate = done / elapsed_s if elapsed_s > 0 else 0.0
   if not expected:
-    return f"{done} clips embedded, {rate:.2f} clips/s"
-  line = f"{done}/{expected} clips embedded ({100 * done / expected:.0f}%), {rate:.2f} clips/s"
+    return f"{done} {what}, {rate:.2f}/s"
+  line = f"{done}/{expected} {what} ({100 * done / expected:.0f}%), {rate:.2f}/s"
   if rate > 0 and done < expected:
     line += f", about {(expected - done) / rate:.0f} s left"
   return line
@@ -484,15 +487,23 @@ class _CountsCombineFn(beam.CombineFn):
 # ---- The pipeline ----
 
 def build(pipeline: beam.Pipeline, config: EmbedJobConfig, checkpoint_sha256: str,
-          expected_clips: int | None = None, prior: PriorOutput = PriorOutput()) -> None:
+          expected_videos: int | None = None, prior: PriorOutput = PriorOutput()) -> None:
   """Adds the whole job to `pipeline`.
 
-  `expected_clips` (if known) is for progress lines; videos of `prior` are
+  `expected_videos` (if known) is for progress lines; videos of `prior` are
   not embedded again, and this run's shards are named apart from theirs.
   """
   ingested = pipeline | "Ingest" >> ingest.Ingest(
       config.video_zip, config.splits_zip, config.work_dir,
       classes=config.classes or None, max_videos=config.max_videos)
+  _ = ((ingested.videos, ingested.failures)
+       | "IngestedOrFailed" >> beam.Flatten()
+       | "IngestProgress" >> beam.ParDo(ProgressLogger(
+           "videos fetched and re-encoded or read from the cache", expected_videos)))
+  expected_clips = None
+  if expected_videos is not None:
+    expected_clips = ((expected_videos - len(prior.video_ids))
+                      * (config.num_train_clips + config.num_test_windows))
   videos = ingested.videos
   if prior.video_ids:
     videos = videos | "SkipWritten" >> beam.Filter(
@@ -510,8 +521,9 @@ def build(pipeline: beam.Pipeline, config: EmbedJobConfig, checkpoint_sha256: st
               | "SpreadVideos" >> beam.Reshuffle()
               | "Embed" >> embed_clips)
 
+  _ = embedded["embedded"] | "EmbedProgress" >> beam.ParDo(
+      ProgressLogger("clips embedded", expected_clips))
   by_video = ({"clips": embedded["embedded"]
-                        | "Progress" >> beam.ParDo(ProgressLogger(expected_clips))
                         | "ClipsByVideo" >> beam.Map(lambda kv: (kv[0].video_id, kv)),
                "failures": embedded[FAILURES]
                            | "EmbedFailuresByVideo" >> beam.Map(lambda f: (f["video_id"], f))}
@@ -695,7 +707,7 @@ def run(argv: Sequence[str] | None = None) -> beam.runners.runner.PipelineResult
   if problems:
     raise UsageError("; ".join(problems))
   options = PipelineOptions(with_local_runner(beam_args, IN_PROCESS_RUNNER_ARGS))
-  expected_clips, prior = None, PriorOutput()
+  num_videos, prior = None, PriorOutput()
   if options.view_as(TestOptions).dry_run:
     sha256 = "not read in a dry run"
   else:
@@ -705,10 +717,8 @@ def run(argv: Sequence[str] | None = None) -> beam.runners.runner.PipelineResult
     sha256 = checkpoint_sha256(config)
     check_writable(config.work_dir, "--work_dir")
     prior = prepare_output_dir(config, sha256)
-    expected_clips = ((num_videos - len(prior.video_ids))
-                      * (config.num_train_clips + config.num_test_windows))
   pipeline = beam.Pipeline(options=options)
-  build(pipeline, config, sha256, expected_clips, prior)
+  build(pipeline, config, sha256, num_videos, prior)
   return pipeline.run()
 
 

@@ -358,10 +358,11 @@ def test_the_command_ends_with_its_summary_and_status_1_when_too_many_fail(
 
 
 def test_progress_lines_give_the_total_and_time_left():
-  assert embed.progress_line(50, 200, 25.0) == (
-      "50/200 clips embedded (25%), 2.00 clips/s, about 75 s left")
-  assert embed.progress_line(200, 200, 100.0) == "200/200 clips embedded (100%), 2.00 clips/s"
-  assert embed.progress_line(7, None, 2.0) == "7 clips embedded, 3.50 clips/s"
+  assert embed.progress_line(50, 200, 25.0, "clips embedded") == (
+      "50/200 clips embedded (25%), 2.00/s, about 75 s left")
+  assert embed.progress_line(200, 200, 100.0, "clips embedded") == (
+      "200/200 clips embedded (100%), 2.00/s")
+  assert embed.progress_line(7, None, 2.0, "videos read") == "7 videos read, 3.50/s"
 
 
 def test_help_is_python_dash_m_with_every_default():
