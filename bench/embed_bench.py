@@ -61,7 +61,7 @@ def bench_backbone(backbone: str, args, jpegs: list[bytes]) -> dict:
                                        seed=0, **clip_kwargs)
   clips = np.concatenate([train, test])
 
-  def original():
+  def original_loop():
     # One clip at a time, its frames decoded again for every clip, as the original loop did.
     for window in video.test_window_indices(len(jpegs), args.num_frames, 2, n):
       single.embed_clips(original.test_clip(jpegs, window, args.size)[None])
@@ -73,7 +73,7 @@ def bench_backbone(backbone: str, args, jpegs: list[bytes]) -> dict:
 
   flops = mmv.vid_repr_flops(backbone, args.num_frames, args.size)
   seconds = {
-      "original": _timed(original),
+      "original": _timed(original_loop),
       "one_clip": _timed(lambda: single.embed_clips(clips)),
       "batched": _timed(lambda: batched.embed_clips(clips)),
       "pipeline_path": _timed(pipeline_path),
