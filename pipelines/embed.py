@@ -27,7 +27,6 @@ import dataclasses
 import importlib.metadata
 import json
 import logging
-import os
 import platform
 import sys
 import time
