@@ -151,7 +151,7 @@ class SampleClipsFn(beam.DoFn):
 
   Samples in a background thread up to `config.prefetch_videos` videos ahead
   of what it emits. RunInference, fused after this step in the worker's
-  thread, embeds a batch on the device meanwhile: JPEG decoding and numpy's
+  thread, embeds a batch on the device meanwhile: JPEG decoding and the compiled
   resizing release the GIL, as does JAX while it waits for the device. At
   most `prefetch_videos + 1` videos' clips are held (each
   `num_train_clips + num_test_windows` uint8 [T, crop, crop, 3] clips).
