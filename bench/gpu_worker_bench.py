@@ -67,6 +67,15 @@ def _per_clip_s(fn, batch: np.ndarray, repeats: int) -> float:
   return (time.perf_counter() - start) / repeats / len(batch)
 
 
+def _through_shared_memory(memory: shared_memory.SharedMemory, batch: np.ndarray):
+  """A batch copied into `memory` and out again, as a shared-memory transfer would."""
+  def transfer(b):
+    shared = np.ndarray(batch.shape, batch.dtype, buffer=memory.buf)
+    shared[...] = b
+    np.array(shared)
+  return transfer
+
+
 def transfer_costs(batch: np.ndarray, repeats: int) -> dict[str, float]:
   """Seconds per clip of each way of getting `batch` to another process."""
   costs = {"pickle": _per_clip_s(lambda b: pickle.loads(pickle.dumps(b, protocol=5)),
@@ -85,13 +94,7 @@ def transfer_costs(batch: np.ndarray, repeats: int) -> dict[str, float]:
 
   memory = shared_memory.SharedMemory(create=True, size=batch.nbytes)
   try:
-    shared = np.ndarray(batch.shape, batch.dtype, buffer=memory.buf)
-
-    def through_shared_memory(b):
-      shared[...] = b
-      np.array(shared)
-    costs["shared_memory"] = _per_clip_s(through_shared_memory, batch, repeats)
-    del shared
+    costs["shared_memory"] = _per_clip_s(_through_shared_memory(memory, batch), batch, repeats)
   finally:
     memory.close()
     memory.unlink()

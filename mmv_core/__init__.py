@@ -23,7 +23,7 @@ _PUBLIC_API = {
     "load_embeddings": "mmv_core.embeddings",
 }
 
-__all__ = sorted(_PUBLIC_API)
+__all__ = sorted(_PUBLIC_API)  # noqa: PLE0605  (the names are _PUBLIC_API's keys)
 
 
 def __getattr__(name: str):

@@ -42,7 +42,7 @@ def test_public_names_are_the_modules_objects(name, module):
 
 def test_unknown_names_raise_attribute_error():
   with pytest.raises(AttributeError, match="has no attribute 'load_videos'"):
-    mmv_core.load_videos  # pylint: disable=pointless-statement
+    _ = mmv_core.load_videos
 
 
 def test_the_jobs_and_the_readme_imports_load_no_tensorflow_and_write_nothing_to_stderr():
