@@ -1,6 +1,7 @@
 """CSV datasets: dmvr's `video_path,start,end,label` layout, paths, segments, errors."""
 
 import os
+import re
 import urllib.parse
 
 import pytest
@@ -141,3 +142,15 @@ def test_relative_path_without_video_root(tmp_path):
     _list(tmp_path, {"train_1.csv": HEADER + "a.mp4,,,x\n",
                      "test_1.csv": HEADER + "/abs/b.mp4,,,x\n"}, video_root=None)
 
+
+def test_the_example_in_the_docs_lists(tmp_path):
+  docs = os.path.join(os.path.dirname(__file__), "..", "docs", "datasets.md")
+  with open(docs, encoding="utf-8") as f:
+    example = re.search(r"```csv\n(.*?)```", f.read(), re.DOTALL)[1]
+
+  listing = _list(tmp_path, {"train_1.csv": example, "test_1.csv": HEADER + "t.mp4,,,walking\n"},
+                  video_root="/videos")
+
+  names = {v.name for v in listing.videos if v.role(1) == TRAIN}
+  assert names == {"swimming/lake 01.mp4", "gs://my-bucket/raw/match.mp4#t=12.5,22.5",
+                   "clips/Amélie's walk, take 2.avi#t=0.0,8.0"}
