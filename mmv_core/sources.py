@@ -6,14 +6,33 @@ Stage: the lowest layer of ingestion. Whole reads (`read_bytes`), sizes
 - `gs://bucket/object`: google-cloud-storage, anonymous client first (the
   pinned mirror is a public bucket), falling back to default credentials when
   the object is not public. `STORAGE_EMULATOR_HOST` points it at an emulator.
-- `http://`, `https://`: HTTP `Range` requests; a server that ignores `Range`
-  is an error, not a silent 7 GB download.
+- `http://`, `https://`: HTTP `Range` requests.
 - anything else: a local path (or another Beam filesystem for whole reads).
 
-Transient failures (HTTP 5xx/408/429, dropped connections, short reads) are
-retried with exponential backoff; everything else raises `SourceError` at once.
+Bounds on every byte range (HTTP or GCS) and every HTTP read:
+
+- An answer that ignores `Range` is an error, not a silent 7 GB download. Over
+  HTTP its status is refused before any of its body is read; the GCS client
+  reads the status itself, so there the answer is refused as soon as it
+  runs past the range asked for (at most 8 KiB past it).
+- A body is never read past the bytes asked for.
+- Each request has an overall deadline, `READ_DEADLINE_S` plus
+  `READ_DEADLINE_S_PER_MB` for each MB it carries (the range's length, or the
+  announced or received size of a whole read), on top of the per-read socket
+  timeout `HTTP_TIMEOUT_S`: a server trickling bytes is cut off when the
+  deadline passes (checked as each piece arrives, so a request ends at most
+  one socket timeout after its deadline).
+
+GCS sizes (one small metadata request) and whole reads of `gs://` objects
+(through Beam's filesystem) keep their clients' own per-request timeouts and
+have no overall deadline.
+
+Transient failures (HTTP 5xx/408/429, dropped connections, short reads,
+deadlines passed) are retried with exponential backoff; everything else raises
+`SourceError` at once.
 """
 
+import contextlib
 import functools
 import hashlib
 import http.client
@@ -33,11 +52,18 @@ from apache_beam.io.filesystems import FileSystems
 _T = TypeVar("_T")
 
 HTTP_TIMEOUT_S = 60
+# A request's overall deadline: a fixed allowance (connection, headers, a slow
+# start) and 10 s per MB, i.e. an average of at least 100 kB/s.
+READ_DEADLINE_S = 60.0
+READ_DEADLINE_S_PER_MB = 10.0
 RETRY_ATTEMPTS = 5
 RETRY_INITIAL_DELAY_S = 0.5
 RETRY_MAX_DELAY_S = 20.0
 _TRANSIENT_HTTP_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+# Bytes asked of an HTTP response per read; each read returns what one socket
+# read brings, so the deadline is checked often however slow the server.
+_READ_PIECE_BYTES = 1 << 20
 
 
 class SourceError(IOError):
@@ -89,6 +115,63 @@ def _is_gcs(location: str) -> bool:
   return location.startswith("gs://")
 
 
+def _deadline_s(num_bytes: int) -> float:
+  """Seconds a request carrying `num_bytes` may take, from its start to its last byte."""
+  return READ_DEADLINE_S + READ_DEADLINE_S_PER_MB * num_bytes / 1e6
+
+
+class _Body:
+  """A response body as it arrives, held to a byte limit and to its request's deadline.
+
+  HTTP reads add pieces with `write`; the GCS client writes into it as into a
+  file.
+
+  Args:
+    location: names the object in errors.
+    started: `time.monotonic()` when the request was sent.
+    max_bytes: the most bytes the body may hold; None for no limit.
+    expected_bytes: the size the body should have (sets the deadline), 0 if
+      unknown; the deadline grows with what arrives past it.
+  """
+
+  def __init__(self, location: str, started: float, max_bytes: int | None,
+               expected_bytes: int):
+    self._location = location
+    self._started = started
+    self._max_bytes = max_bytes
+    self._expected_bytes = expected_bytes
+    self._pieces: list[bytes] = []
+    self._received = 0
+
+  def room(self) -> int:
+    """How many bytes to ask for next: a piece, or less near `max_bytes`."""
+    if self._max_bytes is None:
+      return _READ_PIECE_BYTES
+    return min(_READ_PIECE_BYTES, self._max_bytes - self._received)
+
+  def write(self, piece: bytes) -> int:
+    if self._max_bytes is not None and self._received + len(piece) > self._max_bytes:
+      raise SourceError(f"{self._location}: the answer runs past the {self._max_bytes} "
+                        "bytes asked for: the server ignored the Range header")
+    self._pieces.append(piece)
+    self._received += len(piece)
+    deadline_s = _deadline_s(max(self._expected_bytes, self._received))
+    if time.monotonic() - self._started > deadline_s:
+      raise TransientSourceError(
+          f"{self._location}: read deadline of {deadline_s:.1f} s passed with "
+          f"{self._received} bytes received (server too slow)")
+    return len(piece)
+
+  def seek(self, *_):
+    # The GCS client rewinds its target when the server sends the whole object
+    # decompressed instead of the range (decompressive transcoding).
+    raise SourceError(f"{self._location}: the server ignored the Range header "
+                      "(it sends the whole object, decompressed)")
+
+  def getvalue(self) -> bytes:
+    return b"".join(self._pieces)
+
+
 # ---- HTTP ----
 
 def _http_error(location: str, e: Exception) -> SourceError:
@@ -105,38 +188,68 @@ def _http_error(location: str, e: Exception) -> SourceError:
   return SourceError(f"{location}: {type(e).__name__}: {e}")
 
 
-def _http_get(location: str, headers: dict[str, str],
-              context: ssl.SSLContext | None = None
-              ) -> tuple[int, dict[str, str], bytes]:
+@contextlib.contextmanager
+def _http_response(location: str, headers: dict[str, str],
+                   context: ssl.SSLContext | None = None):
+  """The open response to a GET, its body unread; any error on the way, the
+  body's included, becomes a `SourceError`."""
   request = urllib.request.Request(location, headers=headers)
   try:
     with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S,
                                 context=context) as response:
-      return response.status, dict(response.headers), response.read()
+      yield response
+  except SourceError:
+    raise
   except Exception as e:
     raise _http_error(location, e) from e
 
 
-def _http_range(location: str, start: int, length: int) -> bytes:
-  status, headers, body = _http_get(
-      location, {"Range": f"bytes={start}-{start + length - 1}"})
-  if status != 206:
-    raise SourceError(f"{location}: server ignored the Range header (HTTP {status})")
-  match = _CONTENT_RANGE.fullmatch(headers.get("Content-Range", ""))
+def _read_http_body(response, body: _Body) -> bytes:
+  while (room := body.room()) > 0 and (piece := response.read1(room)):
+    body.write(piece)
+  return body.getvalue()
+
+
+def _check_partial_content(response, location: str, start: int) -> re.Match:
+  """The Content-Range of a 206 answer for bytes from `start`.
+
+  Any other answer is refused from its status line and headers, before its
+  body is read: a server that ignores `Range` sends the whole object.
+  """
+  if response.status != 206:
+    raise SourceError(f"{location}: server ignored the Range header (HTTP {response.status})")
+  content_range = response.headers.get("Content-Range", "")
+  match = _CONTENT_RANGE.fullmatch(content_range)
   if not match or int(match[1]) != start:
-    raise SourceError(f"{location}: unexpected Content-Range "
-                      f"{headers.get('Content-Range')!r} for bytes {start}-")
-  return body
+    raise SourceError(
+        f"{location}: unexpected Content-Range {content_range!r} for bytes {start}-")
+  return match
+
+
+def _http_get(location: str, context: ssl.SSLContext | None = None) -> bytes:
+  started = time.monotonic()
+  with _http_response(location, {}, context) as response:
+    announced = int(response.headers.get("Content-Length") or 0)
+    return _read_http_body(response, _Body(location, started, max_bytes=None,
+                                           expected_bytes=announced))
+
+
+def _http_range(location: str, start: int, length: int) -> bytes:
+  started = time.monotonic()
+  with _http_response(location, {"Range": f"bytes={start}-{start + length - 1}"}) as response:
+    _check_partial_content(response, location, start)
+    return _read_http_body(response, _Body(location, started, max_bytes=length,
+                                           expected_bytes=length))
 
 
 def _http_size(location: str) -> int:
   # A one-byte range answers with the total size and works where HEAD is
-  # not allowed (signed URLs are often GET-only).
-  status, headers, _ = _http_get(location, {"Range": "bytes=0-0"})
-  match = _CONTENT_RANGE.fullmatch(headers.get("Content-Range", ""))
-  if status != 206 or not match or match[3] == "*":
-    raise SourceError(f"{location}: server does not serve byte ranges "
-                      f"(HTTP {status}, Content-Range {headers.get('Content-Range')!r})")
+  # not allowed (signed URLs are often GET-only). Its body is never read.
+  with _http_response(location, {"Range": "bytes=0-0"}) as response:
+    match = _check_partial_content(response, location, 0)
+  if match[3] == "*":
+    raise SourceError(f"{location}: server does not give the object's size "
+                      f"(Content-Range {match[0]!r})")
   return int(match[3])
 
 
@@ -173,9 +286,16 @@ def _gcs_call(location: str, action: Callable) -> _T:
 
 
 def _gcs_range(location: str, start: int, length: int) -> bytes:
-  # Our own `retry` wraps this; the client's built-in retry would multiply it.
-  return _gcs_call(location, lambda blob: blob.download_as_bytes(
-      start=start, end=start + length - 1, checksum=None, retry=None))
+  started = time.monotonic()
+
+  def download(blob) -> bytes:
+    body = _Body(location, started, max_bytes=length, expected_bytes=length)
+    # Our own `retry` wraps this; the client's built-in retry would multiply it.
+    blob.download_to_file(body, start=start, end=start + length - 1, checksum=None,
+                          retry=None)
+    return body.getvalue()
+
+  return _gcs_call(location, download)
 
 
 def _gcs_size(location: str) -> int:
@@ -253,8 +373,7 @@ def read_range(location: str, start: int, length: int, *,
 def _read_whole(location: str, verify_tls: bool = True) -> bytes:
   if _is_http(location):
     context = None if verify_tls else ssl._create_unverified_context()  # pylint: disable=protected-access
-    return retry(lambda: _http_get(location, {}, context)[2],
-                 description=location)
+    return retry(lambda: _http_get(location, context), description=location)
   try:
     with FileSystems.open(location) as f:
       return f.read()

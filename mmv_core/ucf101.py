@@ -110,12 +110,14 @@ def video_id_from_entry(entry: str, class_name: str) -> str:
   return stem
 
 
-def _lines(archive: zipfile.ZipFile, name: str, source: str) -> list[str]:
+def _lines(archive: zipfile.ZipFile, name: str, source: str) -> list[tuple[int, str]]:
+  """(1-based line number, stripped text) of each non-blank line of list `name`."""
   matches = [n for n in archive.namelist() if n.rsplit("/", 1)[-1] == name]
   if not matches:
     raise SplitListError(f"{source}: no {name} in the split-list zip")
   text = archive.read(matches[0]).decode("utf-8-sig")
-  return [line.strip() for line in text.splitlines() if line.strip()]
+  return [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1)
+          if line.strip()]
 
 
 def parse_split_zip(data: bytes, source: str = "split-list zip") -> SplitLists:
@@ -126,7 +128,7 @@ def parse_split_zip(data: bytes, source: str = "split-list zip") -> SplitLists:
     raise SplitListError(f"{source}: not a zip file ({e})") from e
   with archive:
     class_names = []
-    for line in _lines(archive, "classInd.txt", source):
+    for _, line in _lines(archive, "classInd.txt", source):
       fields = line.split()
       if len(fields) != 2 or not fields[0].isdigit():
         raise SplitListError(f"{source}: classInd.txt line {line!r} is not '<index> <Class>'")
@@ -137,11 +139,12 @@ def parse_split_zip(data: bytes, source: str = "split-list zip") -> SplitLists:
     label_of = {name: i for i, name in enumerate(class_names)}
 
     roles: dict[str, dict[int, str]] = {}
-    label_names: dict[str, str] = {}
+    # Each video's class, and where it was first given ("<list> line <n>").
+    class_given: dict[str, tuple[str, str]] = {}
     for split in SPLITS:
       for role in (TRAIN, TEST):
         list_name = f"{role}list0{split}.txt"
-        for line in _lines(archive, list_name, source):
+        for number, line in _lines(archive, list_name, source):
           entry, *listed_label = line.split()
           class_name = entry.split("/")[0]
           if class_name not in label_of:
@@ -152,15 +155,20 @@ def parse_split_zip(data: bytes, source: str = "split-list zip") -> SplitLists:
                 f"{source}: {list_name} gives {entry!r} label {listed_label[0]}, "
                 f"but classInd.txt numbers {class_name} {label_of[class_name] + 1}")
           video_id = video_id_from_entry(entry, class_name)
+          here = f"{list_name} line {number}"
+          first_class, first_place = class_given.setdefault(video_id, (class_name, here))
+          if first_class != class_name:
+            raise SplitListError(
+                f"{source}: {video_id} is listed under two classes: "
+                f"{first_class} ({first_place}) and {class_name} ({here})")
           if roles.setdefault(video_id, {}).get(split) not in (None, role):
             raise SplitListError(
                 f"{source}: {video_id} is both train and test in split {split}")
           roles[video_id][split] = role
-          label_names[video_id] = class_name
 
   videos = tuple(
-      VideoRecord(video_id=vid, label=label_of[label_names[vid]],
-                  label_name=label_names[vid],
+      VideoRecord(video_id=vid, label=label_of[class_given[vid][0]],
+                  label_name=class_given[vid][0],
                   roles=tuple(roles[vid].get(s) for s in SPLITS))
       for vid in sorted(roles))
   return SplitLists(class_names=tuple(class_names), videos=videos)
@@ -186,7 +194,10 @@ def select_videos(split_lists: SplitLists, classes: Sequence[str] | None = None,
 
   Raises:
     SplitListError: a class in `classes` is not in `classInd.txt`.
+    ValueError: `max_videos` is below 1.
   """
+  if max_videos is not None and max_videos < 1:
+    raise ValueError(f"max_videos must be at least 1, got {max_videos}")
   unknown = sorted(set(classes or ()) - set(split_lists.class_names))
   if unknown:
     raise SplitListError(f"unknown classes {unknown}; known: {list(split_lists.class_names)}")

@@ -15,10 +15,16 @@ A worker that dies mid-write leaves at most an uncommitted file that no reader
 sees. A retried bundle can commit the same video twice in two shards;
 `read_index` keeps the first shard (by name) for each id, so readers see each
 video once.
+
+Damage costs a rerun's fetch, never the job: `read_index` skips an index file
+that does not parse (its videos read as not cached), and a shard found
+truncated, corrupt or missing is uncommitted by `discard_shard`, so that its
+videos are fetched and cached again.
 """
 
 import dataclasses
 import json
+import logging
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -170,27 +176,66 @@ def write_shard(work_dir: str, videos: Sequence[CachedVideo]) -> str:
   return shard_path
 
 
+def _read_index_file(path: str, root: str) -> list[IndexEntry]:
+  """The entries of one index file; `CacheError` if it is not one `write_shard` wrote."""
+  with FileSystems.open(path) as f:
+    content = f.read()
+  try:
+    index = json.loads(content)
+    shard = FileSystems.join(root, SHARDS_DIR, index["shard"])
+    return [IndexEntry(shard=shard, **video) for video in index["videos"]]
+  except (ValueError, KeyError, TypeError) as e:  # Not JSON, or not the schema.
+    raise CacheError(f"{path}: not a valid index file ({type(e).__name__}: {e})") from e
+
+
 def read_index(work_dir: str) -> dict[str, IndexEntry]:
-  """Every committed video by id; the first shard by name wins for duplicates."""
+  """Every committed video by id; the first shard by name wins for duplicates.
+
+  An index file that cannot be parsed is skipped with a warning: its videos
+  are then not cached as far as readers know, and get fetched again.
+  """
   root = cache_dir(work_dir)
   pattern = FileSystems.join(root, INDEX_DIR, "*" + INDEX_SUFFIX)
   match = FileSystems.match([pattern])[0]
   entries: dict[str, IndexEntry] = {}
   for path in sorted(m.path for m in match.metadata_list):
-    with FileSystems.open(path) as f:
-      try:
-        index = json.loads(f.read())
-      except json.JSONDecodeError as e:
-        raise CacheError(f"{path}: not a valid index file ({e})") from e
-    shard = FileSystems.join(root, SHARDS_DIR, index["shard"])
-    for video in index["videos"]:
-      entries.setdefault(video["video_id"], IndexEntry(shard=shard, **video))
+    try:
+      index_entries = _read_index_file(path, root)
+    except CacheError as e:
+      logging.warning("%s; skipped, its videos will be fetched again", e)
+      continue
+    for entry in index_entries:
+      entries.setdefault(entry.video_id, entry)
   return entries
+
+
+def discard_shard(shard_path: str) -> None:
+  """Uncommits a damaged shard: deletes its index file, then the shard itself.
+
+  Its videos are no longer cached (unless another shard holds them too), so
+  the next run fetches them again. A file already gone is no error: another
+  worker may have discarded the same shard.
+  """
+  shards_dir, shard_name = FileSystems.split(shard_path)
+  index_path = FileSystems.join(FileSystems.split(shards_dir)[0], INDEX_DIR,
+                                shard_name.removesuffix(SHARD_SUFFIX) + INDEX_SUFFIX)
+  for path in (index_path, shard_path):
+    try:
+      FileSystems.delete([path])
+    except IOError:
+      if FileSystems.exists(path):
+        raise
 
 
 def read_shard(shard_path: str, video_ids: Iterable[str] | None = None
                ) -> Iterator[CachedVideo]:
-  """Yields the videos of a shard, only those in `video_ids` when given."""
+  """Yields the videos of a shard, only those in `video_ids` when given.
+
+  Raises:
+    CacheError: the shard is missing, truncated or corrupt.
+  """
+  if not FileSystems.exists(shard_path):
+    raise CacheError(f"{shard_path}: the cache index lists this shard, it does not exist")
   wanted = None if video_ids is None else set(video_ids)
   for index, record in enumerate(tfrecord.iter_records(shard_path, error=CacheError)):
     try:

@@ -7,10 +7,22 @@ worker reads only its own members' bytes. ZIP64 (archives over 4 GiB, as the
 7 GB UCF101 mirror) and stored / deflated members are supported; encrypted
 members, other compression methods and multi-disk archives are rejected.
 
+Hostile archives cost one video each, never the job nor unbounded memory:
+
+- A central-directory entry that cannot be read (its name, ZIP64 extra field
+  or flags are malformed, or its name is repeated) is set aside in
+  `ZipIndex.unreadable` with the reason, and the rest of the archive is read.
+- A member's declared sizes are checked against `MAX_MEMBER_BYTES` and its
+  local header offset against the archive's size before any of its bytes are
+  read.
+- Inflating stops one byte past the size the directory declares, so a zip
+  bomb costs at most its declared size in memory.
+
 All functions take a `read_range(start, length) -> bytes` callable, so the
 logic is independent of where the archive lives.
 """
 
+import collections
 import dataclasses
 import struct
 import zlib
@@ -38,6 +50,11 @@ _FLAG_UTF8 = 0x800
 # Extra-field bytes read along with a member in the same request; local extra
 # fields are usually empty or a 20-byte ZIP64 record.
 _LOCAL_EXTRA_SLACK = 64
+# The most bytes a member may declare, compressed or not. UCF101's members
+# average 0.5 MB (6.96 GB over 13,320 videos); a worker holds a member at most
+# twice (compressed and inflated), so 1 GiB bounds it at 2 GiB per video
+# while leaving room for other datasets' longer videos.
+MAX_MEMBER_BYTES = 1 << 30
 
 
 class ZipFormatError(ValueError):
@@ -66,9 +83,18 @@ class ZipMember:
 
 @dataclasses.dataclass(frozen=True)
 class ZipIndex:
-  """An archive's size and its members by name."""
+  """An archive's size, its members by name, and the entries that cannot be read.
+
+  Attributes:
+    archive_size: bytes.
+    members: the readable members by name.
+    unreadable: why each other entry cannot be read (a message naming the
+      archive and the entry), by name; a name that is not valid UTF-8 has its
+      bad bytes replaced by U+FFFD.
+  """
   archive_size: int
   members: dict[str, ZipMember]
+  unreadable: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def _find_eocd(tail: bytes, source: str) -> int:
@@ -84,19 +110,23 @@ def _find_eocd(tail: bytes, source: str) -> int:
   raise ZipFormatError(f"{source}: no end of central directory record; not a zip file")
 
 
-def _parse_zip64_extra(extra: bytes, needed: list[str], source: str,
-                       name: str) -> dict[str, int]:
+def _parse_zip64_extra(extra: bytes, needed: list[str], where: str) -> dict[str, int]:
   """Values of the 0xFFFFFFFF header fields `needed`, in ZIP64 extra order."""
   position = 0
   while position + 4 <= len(extra):
     field_id, field_size = struct.unpack_from("<HH", extra, position)
     if field_id == _ZIP64_EXTRA_ID:
+      held = len(extra) - position - 4
+      if field_size > held:
+        raise ZipFormatError(
+            f"{where}: ZIP64 extra field claims {field_size} bytes, holds {held}")
       if field_size < 8 * len(needed):
-        raise ZipFormatError(f"{source}: {name}: ZIP64 extra field too short")
+        raise ZipFormatError(f"{where}: ZIP64 extra field too short "
+                             f"({field_size} bytes for {len(needed)} values)")
       values = struct.unpack_from(f"<{len(needed)}Q", extra, position + 4)
       return dict(zip(needed, values))
     position += 4 + field_size
-  raise ZipFormatError(f"{source}: {name}: sizes need a ZIP64 extra field, none found")
+  raise ZipFormatError(f"{where}: sizes need a ZIP64 extra field, none found")
 
 
 def _central_directory_location(read_range: ReadRange, archive_size: int,
@@ -129,14 +159,35 @@ def _central_directory_location(read_range: ReadRange, archive_size: int,
   return cd_offset, cd_size, entries
 
 
-def parse_central_directory(directory: bytes, entries: int,
-                            source: str = "zip") -> list[ZipMember]:
-  """Parses `entries` central directory headers from `directory`."""
-  members = []
+def _decode_name(raw_name: bytes, flags: int) -> tuple[str, bool]:
+  """(name, whether it decoded cleanly); undecodable bytes become U+FFFD."""
+  if not flags & _FLAG_UTF8:
+    return raw_name.decode("cp437"), True  # Every byte string is valid cp437.
+  try:
+    return raw_name.decode("utf-8"), True
+  except UnicodeDecodeError:
+    return raw_name.decode("utf-8", "replace"), False
+
+
+def parse_central_directory(directory: bytes, entries: int, source: str = "zip"
+                            ) -> tuple[dict[str, ZipMember], dict[str, str]]:
+  """Parses `entries` central directory headers from `directory`.
+
+  Returns:
+    (readable members by name, why each other entry cannot be read, by
+    name). Every entry of a repeated name is unreadable: which one is the
+    video would be a guess.
+
+  Raises:
+    ZipFormatError: the directory itself is cut short or not a directory.
+  """
+  members: dict[str, ZipMember] = {}
+  unreadable: dict[str, str] = {}
+  name_counts: collections.Counter[str] = collections.Counter()
   position = 0
-  for _ in range(entries):
+  for parsed in range(entries):
     if position + _CENTRAL_HEADER.size > len(directory):
-      raise ZipFormatError(f"{source}: central directory ends after {len(members)} "
+      raise ZipFormatError(f"{source}: central directory ends after {parsed} "
                            f"of {entries} entries")
     (signature, _, _, flags, method, _, _, crc32, compressed_size, file_size,
      name_length, extra_length, comment_length, _, _, _,
@@ -145,22 +196,35 @@ def parse_central_directory(directory: bytes, entries: int,
       raise ZipFormatError(f"{source}: bad central directory entry at byte {position}")
     position += _CENTRAL_HEADER.size
     raw_name = directory[position:position + name_length]
-    name = raw_name.decode("utf-8" if flags & _FLAG_UTF8 else "cp437")
     extra = directory[position + name_length:position + name_length + extra_length]
     position += name_length + extra_length + comment_length
+    name, name_is_valid = _decode_name(raw_name, flags)
+    name_counts[name] += 1
+    where = f"{source}: {name}"
     needed = [field for field, value in (("file_size", file_size),
                                          ("compressed_size", compressed_size),
                                          ("header_offset", header_offset))
               if value == 0xFFFFFFFF]
-    if flags & _FLAG_ENCRYPTED:
-      raise ZipFormatError(f"{source}: {name} is encrypted")
-    zip64 = _parse_zip64_extra(extra, needed, source, name) if needed else {}
-    members.append(ZipMember(
+    try:
+      if not name_is_valid:
+        raise ZipFormatError(f"{where}: name flagged UTF-8 is not valid UTF-8 ({raw_name!r})")
+      if flags & _FLAG_ENCRYPTED:
+        raise ZipFormatError(f"{where}: encrypted")
+      zip64 = _parse_zip64_extra(extra, needed, where) if needed else {}
+    except ZipFormatError as e:
+      unreadable[name] = str(e)
+      continue
+    members[name] = ZipMember(
         name=name, method=method, crc32=crc32,
         compressed_size=zip64.get("compressed_size", compressed_size),
         file_size=zip64.get("file_size", file_size),
-        header_offset=zip64.get("header_offset", header_offset)))
-  return members
+        header_offset=zip64.get("header_offset", header_offset))
+  for name, count in name_counts.items():
+    if count > 1:
+      members.pop(name, None)
+      unreadable[name] = (f"{source}: {name}: {count} entries named so in the central "
+                          "directory; which one is the video is ambiguous")
+  return members, unreadable
 
 
 def read_index(read_range: ReadRange, archive_size: int,
@@ -171,12 +235,24 @@ def read_index(read_range: ReadRange, archive_size: int,
     read_range: returns `length` bytes of the archive from `start`.
     archive_size: size of the archive in bytes.
     source: names the archive in errors.
+
+  Raises:
+    ZipFormatError: the archive has no readable central directory. Entries
+      that cannot be read go to `ZipIndex.unreadable` instead.
   """
   cd_offset, cd_size, entries = _central_directory_location(
       read_range, archive_size, source)
-  members = parse_central_directory(read_range(cd_offset, cd_size), entries, source)
-  return ZipIndex(archive_size=archive_size,
-                  members={member.name: member for member in members})
+  members, unreadable = parse_central_directory(
+      read_range(cd_offset, cd_size), entries, source)
+  return ZipIndex(archive_size=archive_size, members=members, unreadable=unreadable)
+
+
+def _check_declared_sizes(member: ZipMember, where: str) -> None:
+  largest = max(member.compressed_size, member.file_size)
+  if largest > MAX_MEMBER_BYTES:
+    raise ZipFormatError(
+        f"{where}: declares {largest} bytes, over the {MAX_MEMBER_BYTES}-byte limit "
+        "per member (zip_index.MAX_MEMBER_BYTES)")
 
 
 def read_member_data(read_range: ReadRange, index: ZipIndex, member: ZipMember,
@@ -185,46 +261,68 @@ def read_member_data(read_range: ReadRange, index: ZipIndex, member: ZipMember,
 
   The local header's extra field may differ from the central directory's, so
   the header is read along with the data and parsed first.
+
+  Raises:
+    ZipFormatError: the member declares more than `MAX_MEMBER_BYTES` or its
+      local header lies past the archive's end (both before any read), or its
+      local header is missing or its data run past the archive's end.
   """
+  where = f"{source}: {member.name}"
+  _check_declared_sizes(member, where)
+  if member.header_offset + _LOCAL_HEADER.size > index.archive_size:
+    raise ZipFormatError(f"{where}: local header offset {member.header_offset} lies past "
+                         f"the end of the {index.archive_size}-byte archive")
   name_length = len(member.name.encode("utf-8"))
   guess = min(_LOCAL_HEADER.size + name_length + _LOCAL_EXTRA_SLACK + member.compressed_size,
               index.archive_size - member.header_offset)
   chunk = read_range(member.header_offset, guess)
-  if len(chunk) < _LOCAL_HEADER.size:
-    raise ZipFormatError(f"{source}: {member.name}: local header lies past the archive end")
   (signature, _, _, _, _, _, _, _, _, local_name_length,
    local_extra_length) = _LOCAL_HEADER.unpack_from(chunk)
   if signature != _LOCAL_HEADER_SIGNATURE:
-    raise ZipFormatError(
-        f"{source}: {member.name}: no local file header at offset {member.header_offset}")
+    raise ZipFormatError(f"{where}: no local file header at offset {member.header_offset}")
   data_start = _LOCAL_HEADER.size + local_name_length + local_extra_length
   data_end = data_start + member.compressed_size
   if member.header_offset + data_end > index.archive_size:
-    raise ZipFormatError(f"{source}: {member.name}: data runs past the archive end")
+    raise ZipFormatError(f"{where}: data runs past the archive end")
   if data_end <= len(chunk):
     return chunk[data_start:data_end]
   return chunk[data_start:] + read_range(member.header_offset + len(chunk),
                                          data_end - len(chunk))
 
 
+def _inflate(data: bytes, declared_size: int, where: str) -> bytes:
+  """Inflates a raw deflate stream, producing at most `declared_size + 1` bytes."""
+  inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+  try:
+    content = inflater.decompress(data, declared_size + 1)
+  except zlib.error as e:
+    raise ZipFormatError(f"{where}: corrupt deflate data ({e})") from e
+  if len(content) > declared_size:
+    raise ZipFormatError(f"{where}: inflates to more than the {declared_size} bytes "
+                         "the central directory declares")
+  # Short of its output limit, decompress consumed all of `data`: without an
+  # end-of-stream marker the stream was cut.
+  if not inflater.eof:
+    raise ZipFormatError(f"{where}: deflate stream is truncated")
+  return content
+
+
 def extract(member: ZipMember, data: bytes, source: str = "zip") -> bytes:
   """Decompresses a member's bytes and checks their size and CRC-32.
 
+  At most the declared size plus one byte is inflated, whatever `data` holds.
+
   Raises:
-    ZipFormatError: unsupported method, corrupt deflate stream, or a size or
-      CRC-32 different from the central directory's.
+    ZipFormatError: unsupported method, corrupt deflate stream, a declared
+      size over `MAX_MEMBER_BYTES`, or a size or CRC-32 different from the
+      central directory's.
   """
   where = f"{source}: {member.name}"
+  _check_declared_sizes(member, where)
   if member.method == STORED:
     content = data
   elif member.method == DEFLATED:
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    try:
-      content = inflater.decompress(data) + inflater.flush()
-    except zlib.error as e:
-      raise ZipFormatError(f"{where}: corrupt deflate data ({e})") from e
-    if not inflater.eof:
-      raise ZipFormatError(f"{where}: deflate stream is truncated")
+    content = _inflate(data, member.file_size, where)
   else:
     raise ZipFormatError(f"{where}: unsupported compression method {member.method}")
   if len(content) != member.file_size:

@@ -1,17 +1,23 @@
 """Fixtures for ingestion tests: tiny synthetic UCF101, a Range-honouring HTTP
-server with injectable faults, and an in-process GCS emulator."""
+server with injectable faults, an in-process GCS emulator, and helpers that
+craft malformed ZIP archives."""
 
 import collections
 import dataclasses
 import glob
 import hashlib
 import http.server
+import io
 import json
 import os
 import re
 import socket
+import struct
 import threading
+import time
+import warnings
 import zipfile
+import zlib
 
 import apache_beam as beam
 import pytest
@@ -32,9 +38,16 @@ def tiny_dataset(tmp_path_factory) -> synthetic.SyntheticDataset:
   return synthetic.write_dataset(str(tmp_path_factory.mktemp("tiny_ucf101")), **TINY)
 
 
+# A trickled body arrives at 2 KB/s, in pieces small and frequent enough that
+# no single socket read ever times out.
+TRICKLE_PIECE_BYTES = 200
+TRICKLE_PIECE_INTERVAL_S = 0.1
+
+
 class _RangeHandler(http.server.BaseHTTPRequestHandler):
   """Serves `server.files` with byte ranges; `server.faults[(path, start)]` holds
-  faults ("503" or "drop") that the next requests for that range start get."""
+  faults ("503", "drop" or "trickle") that the next requests for that range
+  start get."""
 
   protocol_version = "HTTP/1.1"
 
@@ -67,6 +80,16 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
       self.wfile.flush()
       self.connection.shutdown(socket.SHUT_RDWR)
       self.close_connection = True
+      return
+    if fault == "trickle":
+      self.close_connection = True
+      try:
+        for start in range(0, len(body), TRICKLE_PIECE_BYTES):
+          self.wfile.write(body[start:start + TRICKLE_PIECE_BYTES])
+          self.wfile.flush()
+          time.sleep(TRICKLE_PIECE_INTERVAL_S)
+      except OSError:  # The client gave up.
+        pass
       return
     self.wfile.write(body)
 
@@ -201,3 +224,69 @@ def run_ingest(video_zip: str, splits_zip: str, work_dir: str, out_dir: str,
   assert len(videos) == len(rows), "a video came out twice"
   failures = {r["video_id"]: r for r in _read_rows(failures_path)}
   return IngestRun(videos=videos, failures=failures, counters=ingest.counters(run))
+
+
+# ---- Crafted archives ----
+
+# Central directory header fields: name -> (offset in the header, struct format).
+_CENTRAL_FIELDS = {"flags": (8, "<H"), "method": (10, "<H"), "crc32": (16, "<I"),
+                   "compressed_size": (20, "<I"), "file_size": (24, "<I"),
+                   "header_offset": (42, "<I")}
+_CENTRAL_SIGNATURE = b"PK\x01\x02"
+
+
+def central_entry_offsets(data: bytes, name: str) -> list[int]:
+  """Offsets of the central directory headers naming `name`, in directory order."""
+  offsets = []
+  position = data.find(_CENTRAL_SIGNATURE)
+  while position >= 0:
+    name_length, extra_length, comment_length = struct.unpack_from("<HHH", data, position + 28)
+    if data[position + 46:position + 46 + name_length] == name.encode():
+      offsets.append(position)
+    position = data.find(_CENTRAL_SIGNATURE,
+                         position + 46 + name_length + extra_length + comment_length)
+  return offsets
+
+
+def patch_central_entry(data: bytes, name: str, **fields: int) -> bytes:
+  """`data` with the central directory header of `name` given new field values
+  (flags, method, crc32, compressed_size, file_size, header_offset)."""
+  (position,) = central_entry_offsets(data, name)
+  patched = bytearray(data)
+  for field, value in fields.items():
+    offset, fmt = _CENTRAL_FIELDS[field]
+    struct.pack_into(fmt, patched, position + offset, value)
+  return bytes(patched)
+
+
+def deflate_zeros(num_mib: int) -> bytes:
+  """A raw deflate stream that inflates to `num_mib` MiB of zeros, about 1/1000 of that.
+
+  Built without compressing the whole: after a full flush the compressor starts
+  afresh, so the deflated form of each further MiB is the same bytes.
+  """
+  compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+  one_mib = compressor.compress(bytes(1 << 20)) + compressor.flush(zlib.Z_FULL_FLUSH)
+  return one_mib * num_mib + compressor.flush()
+
+
+def zip_bytes(members: list[tuple[str, bytes]], compression: int = zipfile.ZIP_STORED,
+              extra: dict[str, bytes] | None = None) -> bytes:
+  """A ZIP of `members` (name, content) in order; repeated names are kept.
+
+  `extra` gives members' extra fields, written as they are (both headers).
+  """
+  buffer = io.BytesIO()
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # zipfile warns about duplicate names.
+    with zipfile.ZipFile(buffer, "w", compression) as archive:
+      for name, content in members:
+        info = zipfile.ZipInfo(name, (2020, 1, 1, 0, 0, 0))
+        info.compress_type = compression
+        info.extra = (extra or {}).get(name, b"")
+        archive.writestr(info, content)
+  return buffer.getvalue()
+
+
+def video_id(member_name: str) -> str:
+  return member_name.split("/")[-1].removesuffix(".avi")

@@ -126,10 +126,10 @@ def test_read_range_and_size_over_http(range_server):
 
 def test_tls_failure_falls_back_only_for_checksum_pinned_downloads(monkeypatch):
   content = b"split lists"
-  def fake_get(location, headers, context=None):
+  def fake_get(location, context=None):
     if context is None:  # Verified TLS: the host's certificate is broken.
       raise sources.UntrustedCertificateError(f"{location}: TLS certificate not trusted")
-    return 200, {}, content
+    return content
   monkeypatch.setattr(sources, "_http_get", fake_get)
   url = "https://example.invalid/splits.zip"
 

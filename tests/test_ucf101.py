@@ -1,5 +1,6 @@
 """Split lists: parsing, labels, the HandStandPushups quirk, counts, selection."""
 
+import dataclasses
 import io
 import zipfile
 
@@ -66,3 +67,29 @@ def test_select_videos_round_robin_over_classes():
 
   with pytest.raises(ucf101.SplitListError, match="NoSuchClass"):
     ucf101.select_videos(lists, classes=["NoSuchClass"])
+
+
+def test_a_video_listed_under_two_classes_is_an_error_naming_both_lines():
+  video = next(v for v in VIDEOS if v.label_name.startswith("Synth") and v.role(1) == ucf101.TRAIN)
+  other = next(n for n in NAMES if n != video.label_name)
+  twin = dataclasses.replace(video, label=NAMES.index(other), label_name=other,
+                             list_entry=f"{other}/{video.video_id}.avi")
+  data = synthetic.splits_zip_bytes(NAMES, [*VIDEOS, twin])
+  lines = _list_text(data).decode().splitlines()
+  line_of_video = 1 + next(i for i, line in enumerate(lines) if line.startswith(video.list_entry))
+  line_of_twin = 1 + next(i for i, line in enumerate(lines) if line.startswith(twin.list_entry))
+
+  with pytest.raises(ucf101.SplitListError) as error:
+    ucf101.parse_split_zip(data, source="splits.zip")
+
+  message = str(error.value)
+  assert message.startswith(f"splits.zip: {video.video_id}")
+  assert f"{video.label_name} (trainlist01.txt line {line_of_video})" in message
+  assert f"{other} (trainlist01.txt line {line_of_twin})" in message
+
+
+@pytest.mark.parametrize("max_videos", [0, -1])
+def test_a_max_videos_below_one_is_refused(max_videos):
+  lists = ucf101.parse_split_zip(synthetic.splits_zip_bytes(NAMES, VIDEOS))
+  with pytest.raises(ValueError, match=f"max_videos must be at least 1, got {max_videos}"):
+    ucf101.select_videos(lists, max_videos=max_videos)

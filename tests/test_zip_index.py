@@ -1,4 +1,5 @@
-"""ZIP central directory (incl. ZIP64), member byte ranges, inflate and CRC-32."""
+"""ZIP central directory (incl. ZIP64), member byte ranges, inflate and CRC-32,
+and what malformed archives and zip bombs come to."""
 
 import io
 import struct
@@ -7,6 +8,7 @@ import zlib
 
 import pytest
 
+from ingest_fixtures import deflate_zeros, patch_central_entry, zip_bytes
 from mmv_core import zip_index
 
 MEMBERS = {
@@ -104,3 +106,42 @@ def test_not_a_zip_names_the_source():
   data = b"this is not a zip archive" * 10
   with pytest.raises(zip_index.ZipFormatError, match="mirror.zip: no end of central"):
     zip_index.read_index(_CountingReader(data), len(data), source="mirror.zip")
+
+
+def test_inflating_stops_just_past_the_declared_size():
+  bomb = deflate_zeros(64)  # 64 KiB that inflate to 64 MiB.
+  member = zip_index.ZipMember(name="x.avi", method=zip_index.DEFLATED, crc32=0,
+                               compressed_size=len(bomb), file_size=1000, header_offset=0)
+  with pytest.raises(zip_index.ZipFormatError,
+                     match="mirror.zip: x.avi: inflates to more than the 1000 bytes"):
+    zip_index.extract(member, bomb, source="mirror.zip")
+
+
+def test_members_over_the_size_limit_are_refused_before_any_read(monkeypatch):
+  data = _archive(zipfile.ZIP_DEFLATED)
+  reader = _CountingReader(data)
+  index = zip_index.read_index(reader, len(data))
+  reader.calls = 0
+  monkeypatch.setattr(zip_index, "MAX_MEMBER_BYTES", 1000)
+  with pytest.raises(zip_index.ZipFormatError, match="over the 1000-byte limit"):
+    zip_index.read_member_data(reader, index, index.members["UCF101/v_A_g01_c01.avi"])
+  assert reader.calls == 0
+
+
+def test_malformed_entries_are_set_aside_with_their_reasons():
+  names = sorted(MEMBERS)
+  data = zip_bytes([*MEMBERS.items(), (names[0], b"second copy"), ("UCF101/x_XX.avi", b"")],
+                   extra={names[1]: struct.pack("<HHQQ", 0x0001, 24, 1, 2)})
+  data = patch_central_entry(data, names[1], file_size=0xFFFFFFFF,
+                             compressed_size=0xFFFFFFFF, header_offset=0xFFFFFFFF)
+  data = patch_central_entry(data, "UCF101/x_XX.avi", flags=0x800).replace(b"x_XX", b"x_\xff\xfe")
+
+  index = zip_index.read_index(_CountingReader(data), len(data), source="mirror.zip")
+
+  assert set(index.members) == {names[2]}
+  reasons = index.unreadable
+  assert "2 entries named" in reasons[names[0]]
+  assert "ZIP64 extra field" in reasons[names[1]] and "claims 24 bytes" in reasons[names[1]]
+  (bad_name,) = set(reasons) - {names[0], names[1]}
+  assert "not valid UTF-8" in reasons[bad_name]
+  assert all(reason.startswith("mirror.zip: ") for reason in reasons.values())
