@@ -8,24 +8,32 @@ Stage: the first stage of every job. Usage from another pipeline:
     result.failures  # PCollection[dict]: {"video_id", "stage", "reason"}
     result.failures | WriteFailures(path)
 
-`Ingest` lists the split-list zip (`ListVideos`), reuses videos already in
-`<work_dir>/video_cache` (`ReadVideoCache` semantics; nothing is fetched for
-them), and for the rest reads the video ZIP's central directory once, then
-fetches, inflates, CRC-checks and re-encodes each member on the worker that
-processes it (`FetchAndEncode`) and commits the results to the cache
-(`WriteVideoCache`). With `read_cached_videos=False`, `videos` holds only the
-newly encoded videos and cached ones are not read at all (for a run that
-only fills the cache). `p | ReadVideoCache(work_dir)` reads the whole cache
+`Ingest` lists the split-list zip (`ListVideos`) and reads the video ZIP's
+central directory once. It reuses videos already in `<work_dir>/video_cache`
+whose source member still has the CRC-32 recorded with them (nothing is
+fetched for them; a cache filled from another archive is not served), and
+for the rest fetches, inflates, CRC-checks and re-encodes each member on the
+worker that processes it (`FetchAndEncode`) and commits the results to the
+cache (`WriteVideoCache`). If the central directory cannot be read, cached
+videos are served as they are (counted as videos_reused_unverified): the
+cache is then the only copy. With `read_cached_videos=False`, `videos` holds
+only the newly encoded videos and cached ones are not read at all (for a run
+that only fills the cache). `p | ReadVideoCache(work_dir)` reads the whole cache
 back as a PCollection of `CachedVideo`.
 
-Every video listed in the splits either reaches `videos` or `failures`;
-failure stages are `fetch` (not in the ZIP, unreadable), `extract` (corrupt
-member, CRC-32 mismatch) and `encode` (not a decodable video).
+Every video listed in the splits either reaches `videos` or `failures`, once;
+failure stages are `fetch` (not in the ZIP, a malformed or duplicated entry,
+unreadable, too slow), `extract` (corrupt member, CRC-32 mismatch, inflating
+past its declared size), `encode` (not a decodable video) and `cache` (a
+damaged cache shard: it is uncommitted, so its videos are fetched again on
+the next run). Any other exception while processing one video fails that
+video at the stage it was in, with the exception's type in the reason.
 
 Beam counters, namespace "mmv": videos_listed, split_count_differences,
-videos_reused (found in the cache), videos_fetched, bytes_fetched,
-fetch_retries, videos_encoded, frames_encoded, videos_cached (committed to the
-cache by this run), videos_failed and failed_<stage>.
+videos_reused (found in the cache), videos_reused_unverified, videos_stale
+(cached from a member with another CRC-32, fetched again), videos_fetched,
+bytes_fetched, fetch_retries, videos_encoded, frames_encoded, videos_cached
+(committed to the cache by this run), videos_failed and failed_<stage>.
 
 CLI (ingestion alone; runs on the FnApiRunner unless --runner is given):
 
@@ -34,9 +42,11 @@ CLI (ingestion alone; runs on the FnApiRunner unless --runner is given):
 """
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
+import sys
 import typing
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -49,8 +59,8 @@ from mmv_core import sources
 from mmv_core import ucf101
 from mmv_core import video_cache
 from mmv_core import zip_index
-from pipelines.common import FAILURES, WriteFailures, counter, counters, failure
-from pipelines.common import summarize_failures, with_local_runner
+from pipelines.common import FAILURES, UsageError, WriteFailures, counter, counters, failure
+from pipelines.common import run_main, summarize_failures, with_local_runner
 
 STAGE_FETCH = "fetch"
 STAGE_EXTRACT = "extract"
@@ -58,9 +68,57 @@ STAGE_ENCODE = "encode"
 STAGE_CACHE = "cache"
 DEFAULT_VIDEOS_PER_SHARD = 32
 FAILURES_FILE = "ingest_failures.jsonl"
+# Errors our own code raises with a message that says it all.
+_EXPLAINED_ERRORS = (sources.SourceError, zip_index.ZipFormatError, encode.EncodeError,
+                     video_cache.CacheError)
+
+
+class StageFailure(Exception):
+  """One video failed at `stage` for `reason`."""
+
+  def __init__(self, stage: str, reason: str):
+    super().__init__(f"{stage}: {reason}")
+    self.stage = stage
+    self.reason = reason
+
+
+def failure_reason(error: Exception) -> str:
+  """The reason to record for `error`: its message, with its type if it is not ours.
+
+  An error that is not ours may be a bug, so its traceback is logged.
+  """
+  if isinstance(error, _EXPLAINED_ERRORS):
+    return str(error)
+  logging.error("unexpected error, recorded as a video's failure", exc_info=error)
+  return f"{type(error).__name__}: {error}"
+
+
+@contextlib.contextmanager
+def at_stage(stage: str):
+  """Turns any exception in the block into a `StageFailure` at `stage`."""
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except  # One video must not stop the job.
+    raise StageFailure(stage, failure_reason(e)) from e
 
 
 # ---- Listing ----
+
+def count_videos(splits_zip: str, classes: Sequence[str] | None,
+                 max_videos: int | None) -> int:
+  """How many videos a run lists: the split lists read and the selection made,
+  before the job starts.
+
+  Raises:
+    UsageError: the split-list zip cannot be read or is malformed (e.g. a
+      video under two classes), or the selection is impossible (an unknown
+      class, a max_videos below 1); the message says where.
+  """
+  try:
+    return len(ucf101.select_videos(ucf101.load_split_lists(splits_zip), classes, max_videos))
+  except (ValueError, sources.SourceError) as e:  # ValueError: SplitListError or max_videos.
+    raise UsageError(str(e)) from e
+
 
 def list_videos(splits_zip: str, classes: Sequence[str] | None, max_videos: int | None,
                 expected_split_counts: dict | None) -> Iterator[ucf101.VideoRecord]:
@@ -122,9 +180,10 @@ def read_zip_index_or_reason(video_zip: str) -> zip_index.ZipIndex | str:
   """
   try:
     return read_zip_index(video_zip)
-  except (sources.SourceError, zip_index.ZipFormatError) as e:
-    logging.error("cannot read the video ZIP: %s", e)
-    return f"cannot read the video ZIP's central directory: {e}"
+  except Exception as e:  # pylint: disable=broad-except  # Fails the videos, not the job.
+    reason = failure_reason(e)
+    logging.error("cannot read the video ZIP (%s); cached videos are served unverified", reason)
+    return f"cannot read the video ZIP's central directory: {reason}"
 
 
 def fetch_member(video_zip: str, index: zip_index.ZipIndex,
@@ -138,6 +197,39 @@ def fetch_member(video_zip: str, index: zip_index.ZipIndex,
   return zip_index.read_member_data(read, index, member, source=video_zip)
 
 
+def fetch_and_encode(video_zip: str, index: zip_index.ZipIndex | str,
+                     video: ucf101.VideoRecord) -> video_cache.CachedVideo:
+  """Fetches, inflates, CRC-checks and re-encodes one video.
+
+  Args:
+    video_zip: the archive's location.
+    index: its central directory, or why it could not be read.
+    video: the video to fetch.
+
+  Raises:
+    StageFailure: at the stage that failed, for any reason.
+  """
+  if isinstance(index, str):
+    raise StageFailure(STAGE_FETCH, index)
+  member = index.members.get(video.member_name)
+  if member is None:
+    raise StageFailure(STAGE_FETCH, index.unreadable.get(
+        video.member_name,
+        f"listed in the splits but {video.member_name} is not in {video_zip}"))
+  with at_stage(STAGE_FETCH):
+    data = fetch_member(video_zip, index, member)
+  counter("videos_fetched").inc()
+  with at_stage(STAGE_EXTRACT):
+    content = zip_index.extract(member, data, source=video_zip)
+  with at_stage(STAGE_ENCODE):
+    frames = encode.encode_jpeg_frames(content, name=member.name)
+  counter("videos_encoded").inc()
+  counter("frames_encoded").inc(len(frames))
+  return video_cache.CachedVideo(
+      video_id=video.video_id, label=video.label, label_name=video.label_name,
+      frames=tuple(frames), source_crc32=member.crc32)
+
+
 class _FetchAndEncodeFn(beam.DoFn):
   """VideoRecord -> CachedVideo, or a failure record on the FAILURES output."""
 
@@ -146,61 +238,36 @@ class _FetchAndEncodeFn(beam.DoFn):
     self._video_zip = video_zip
 
   def process(self, video: ucf101.VideoRecord, index: zip_index.ZipIndex | str):
-    if isinstance(index, str):
-      yield beam.pvalue.TaggedOutput(FAILURES, failure(video.video_id, STAGE_FETCH, index))
-      return
-    member = index.members.get(video.member_name)
-    if member is None:
-      yield beam.pvalue.TaggedOutput(FAILURES, failure(
-          video.video_id, STAGE_FETCH,
-          f"listed in the splits but {video.member_name} is not in {self._video_zip}"))
-      return
     try:
-      data = fetch_member(self._video_zip, index, member)
-    except (sources.SourceError, zip_index.ZipFormatError) as e:
-      yield beam.pvalue.TaggedOutput(FAILURES, failure(video.video_id, STAGE_FETCH, str(e)))
+      encoded = fetch_and_encode(self._video_zip, index, video)
+    except StageFailure as e:
+      yield beam.pvalue.TaggedOutput(FAILURES, failure(video.video_id, e.stage, e.reason))
       return
-    counter("videos_fetched").inc()
-    try:
-      content = zip_index.extract(member, data, source=self._video_zip)
-    except zip_index.ZipFormatError as e:
-      yield beam.pvalue.TaggedOutput(FAILURES, failure(video.video_id, STAGE_EXTRACT, str(e)))
-      return
-    try:
-      frames = encode.encode_jpeg_frames(content, name=member.name)
-    except encode.EncodeError as e:
-      yield beam.pvalue.TaggedOutput(FAILURES, failure(video.video_id, STAGE_ENCODE, str(e)))
-      return
-    counter("videos_encoded").inc()
-    counter("frames_encoded").inc(len(frames))
-    yield video_cache.CachedVideo(
-        video_id=video.video_id, label=video.label, label_name=video.label_name,
-        frames=tuple(frames), source_crc32=member.crc32)
+    yield encoded
 
 
 class FetchAndEncode(beam.PTransform):
   """PCollection[VideoRecord] -> (CachedVideo PCollection, failures PCollection).
 
-  The ZIP's central directory is read once, and only when there is something
-  to fetch; the videos are reshuffled so that members are fetched and encoded
-  in parallel across workers.
+  The videos are reshuffled so that members are fetched and encoded in
+  parallel across workers.
+
+  Args:
+    video_zip: the archive's location.
+    index: a one-element PCollection, the archive's central directory or why
+      it could not be read (`read_zip_index_or_reason`).
   """
 
-  def __init__(self, video_zip: str):
+  def __init__(self, video_zip: str, index: beam.PCollection):
     super().__init__()
     self._video_zip = video_zip
+    self._index = index
 
   def expand(self, videos):
-    video_zip = self._video_zip
-    index = (videos
-             | "CountToFetch" >> beam.combiners.Count.Globally()
-             | "ZipIfNeeded" >> beam.FlatMap(lambda n: [video_zip] if n else [])
-             | "ReadCentralDirectory" >> beam.Map(read_zip_index_or_reason))
     outputs = (videos
                | "Spread" >> beam.Reshuffle()
-               | "FetchEncode" >> beam.ParDo(
-                   _FetchAndEncodeFn(video_zip),
-                   beam.pvalue.AsSingleton(index, default_value=None))
+               | "FetchEncode" >> beam.ParDo(_FetchAndEncodeFn(self._video_zip),
+                                             beam.pvalue.AsSingleton(self._index))
                .with_outputs(FAILURES, main="videos"))
     return outputs["videos"], outputs[FAILURES]
 
@@ -235,29 +302,54 @@ class WriteVideoCache(beam.PTransform):
             | "WriteShard" >> beam.ParDo(_WriteShardFn(self._work_dir)))
 
 
-class _ReadCachedFn(beam.DoFn):
-  """(shard path, VideoRecords cached in it) -> CachedVideo, or failures.
+def _drop_damaged_shard(shard: str, damage: str) -> str:
+  """Uncommits a damaged shard; returns the failure reason for its videos."""
+  try:
+    video_cache.discard_shard(shard)
+  except Exception as e:  # pylint: disable=broad-except  # Its videos fail either way.
+    logging.warning("%s: could not drop the damaged shard from the cache: %s", shard, e)
+    return f"{damage}; could not drop the shard from the cache ({e})"
+  return f"{damage}; shard dropped from the cache, its videos are fetched again next run"
+
+
+def read_cached_videos(shard: str, listed: dict[str, ucf101.VideoRecord]
+                       ) -> tuple[list[video_cache.CachedVideo], dict[str, str]]:
+  """Reads the `listed` videos from one cache shard.
 
   Labels come from the current split lists, not from the cache, so a cache
-  filled under other lists cannot leak stale labels. A shard that cannot be
-  read fails its videos, not the job.
+  filled under other lists cannot leak stale labels. A damaged shard (missing,
+  truncated, corrupt, or lacking a video its index lists) is uncommitted, so
+  that the next run fetches its videos again instead of failing them forever.
+
+  Returns:
+    (the videos read, the reason by video id for each that could not be).
   """
+  try:
+    cached = list(video_cache.read_shard(shard, listed))
+  except video_cache.CacheError as e:
+    return [], dict.fromkeys(listed, _drop_damaged_shard(shard, str(e)))
+  except Exception as e:  # pylint: disable=broad-except  # E.g. storage unreachable for a while.
+    return [], dict.fromkeys(listed, failure_reason(e))
+  lacking = sorted(set(listed) - {video.video_id for video in cached})
+  reasons = {}
+  if lacking:
+    reason = _drop_damaged_shard(shard, f"{shard}: the cache index lists videos the shard lacks")
+    reasons = dict.fromkeys(lacking, reason)
+  videos = [dataclasses.replace(video, label=listed[video.video_id].label,
+                                label_name=listed[video.video_id].label_name)
+            for video in cached]
+  return videos, reasons
+
+
+class _ReadCachedFn(beam.DoFn):
+  """(shard path, VideoRecords cached in it) -> CachedVideo, or failures."""
 
   def process(self, shard_and_videos: tuple[str, Iterable[ucf101.VideoRecord]]):
     shard, videos = shard_and_videos
-    listed = {v.video_id: v for v in videos}
-    try:
-      cached = list(video_cache.read_shard(shard, listed))
-    except video_cache.CacheError as e:
-      for video_id in sorted(listed):
-        yield beam.pvalue.TaggedOutput(FAILURES, failure(video_id, STAGE_CACHE, str(e)))
-      return
-    for video in cached:
-      record = listed.pop(video.video_id)
-      yield dataclasses.replace(video, label=record.label, label_name=record.label_name)
-    for video_id in sorted(listed):
-      yield beam.pvalue.TaggedOutput(FAILURES, failure(
-          video_id, STAGE_CACHE, f"{shard}: the cache index lists {video_id}, the shard lacks it"))
+    cached, reasons = read_cached_videos(shard, {v.video_id: v for v in videos})
+    yield from cached
+    for video_id, reason in sorted(reasons.items()):
+      yield beam.pvalue.TaggedOutput(FAILURES, failure(video_id, STAGE_CACHE, reason))
 
 
 class ReadVideoCache(beam.PTransform):
@@ -284,8 +376,29 @@ class IngestResult(typing.NamedTuple):
   failures: beam.PCollection
 
 
-def _cached_first(video: ucf101.VideoRecord, _, cached: dict) -> int:
-  return 0 if video.video_id in cached else 1
+_REUSE, _FETCH = 0, 1
+
+
+def reuse_or_fetch(video: ucf101.VideoRecord, _, cached: dict[str, video_cache.IndexEntry],
+                   index: zip_index.ZipIndex | str) -> int:
+  """`_REUSE` a cached video whose source member is unchanged, else `_FETCH` it.
+
+  Unchanged: the archive holds the member with the CRC-32 recorded in the
+  cache. An archive that cannot be read cannot tell: the cached copy is
+  served, as the only one there is. (`_` is the number of partitions, which
+  `beam.Partition` passes.)
+  """
+  entry = cached.get(video.video_id)
+  if entry is None:
+    return _FETCH
+  if isinstance(index, str):
+    counter("videos_reused_unverified").inc()
+    return _REUSE
+  member = index.members.get(video.member_name)
+  if member is None or member.crc32 != entry.source_crc32:
+    counter("videos_stale").inc()
+    return _FETCH
+  return _REUSE
 
 
 class Ingest(beam.PTransform):
@@ -324,9 +437,14 @@ class Ingest(beam.PTransform):
                     | "WorkDir" >> beam.Create([work_dir])
                     | "ReadCacheIndex" >> beam.FlatMap(
                         lambda d: video_cache.read_index(d).items()))
+    zip_central_directory = (pbegin
+                             | "VideoZip" >> beam.Create([self._video_zip])
+                             | "ReadCentralDirectory" >> beam.Map(read_zip_index_or_reason))
     cached, to_fetch = listed | "SplitCached" >> beam.Partition(
-        _cached_first, 2, beam.pvalue.AsDict(cached_index))
-    encoded, failures = to_fetch | "FetchAndEncode" >> FetchAndEncode(self._video_zip)
+        reuse_or_fetch, 2, beam.pvalue.AsDict(cached_index),
+        beam.pvalue.AsSingleton(zip_central_directory))
+    encoded, failures = to_fetch | "FetchAndEncode" >> FetchAndEncode(
+        self._video_zip, zip_central_directory)
     written = encoded | "WriteCache" >> WriteVideoCache(work_dir, self._videos_per_shard)
     if not self._read_cached_videos:
       return IngestResult(videos=written, failures=failures)
@@ -362,6 +480,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, int]:
   args, beam_args = parser.parse_known_args(argv)
   failures_path = args.failures or FileSystems.join(args.work_dir, FAILURES_FILE)
   classes = [c for c in args.classes.split(",") if c]
+  logging.info("%d videos listed", count_videos(args.splits_zip, classes or None, args.max_videos))
 
   pipeline = beam.Pipeline(options=PipelineOptions(with_local_runner(beam_args)))
   result = pipeline | "Ingest" >> Ingest(
@@ -387,4 +506,4 @@ if __name__ == "__main__":
   # Run the imported module, not __main__, so that workers in other processes
   # can unpickle this module's classes by their real name.
   from pipelines import ingest
-  ingest.main()
+  run_main(ingest.main, "python -m pipelines.ingest", sys.argv[1:])
