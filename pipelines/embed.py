@@ -43,7 +43,6 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from mmv_core import checkpoints
 from mmv_core import embedding_schema as schema
-from mmv_core import sources
 from mmv_core import ucf101
 from mmv_core import video
 from mmv_core.models import mmv
@@ -645,15 +644,6 @@ def settings_problems(config: EmbedJobConfig) -> list[str]:
   return problems
 
 
-def count_videos(config: EmbedJobConfig) -> int:
-  """How many videos the run lists (the split lists read, classes checked)."""
-  try:
-    split_lists = ucf101.load_split_lists(config.splits_zip)
-    return len(ucf101.select_videos(split_lists, config.classes or None, config.max_videos))
-  except (ucf101.SplitListError, sources.SourceError) as e:
-    raise UsageError(str(e)) from e
-
-
 def checkpoint_sha256(config: EmbedJobConfig) -> str:
   """The checkpoint's sha256, once it is known to be readable, of the backbone and finite."""
   try:
@@ -710,7 +700,8 @@ def run(argv: Sequence[str] | None = None) -> beam.runners.runner.PipelineResult
   if options.view_as(TestOptions).dry_run:
     sha256 = "not read in a dry run"
   else:
-    num_videos = count_videos(config)
+    num_videos = ingest.count_videos(config.splits_zip, config.classes or None,
+                                     config.max_videos)
     # The checkpoint is read before the output directory is claimed, so that
     # a wrong checkpoint leaves no owned, empty directory behind.
     sha256 = checkpoint_sha256(config)
