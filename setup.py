@@ -24,5 +24,6 @@ setuptools.setup(
     # TensorFlow is the reference the tests check the decoder and the resize
     # against, and the original's baseline in bench/; the jobs never import it.
     extras_require={"test": ["pytest==9.2.0", "gcp-storage-emulator==2026.7.19",
-                             "cryptography==50.0.2", "tensorflow-cpu==2.21.0"]},
+                             "cryptography==50.0.2", "tensorflow-cpu==2.21.0",
+                             "ruff==0.17.6"]},
 )

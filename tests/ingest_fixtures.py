@@ -1,6 +1,7 @@
-"""Fixtures for ingestion tests: tiny synthetic UCF101, a Range-honouring HTTP
-server with injectable faults, an in-process GCS emulator, and helpers that
-craft malformed ZIP archives."""
+"""Helpers for ingestion tests: the tiny synthetic UCF101's settings, a
+Range-honouring HTTP server with injectable faults, GCS uploads, and helpers
+that craft malformed ZIP archives. The fixtures built on them are in
+conftest.py."""
 
 import collections
 import dataclasses
@@ -20,22 +21,14 @@ import zipfile
 import zlib
 
 import apache_beam as beam
-import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from mmv_core import encode
-from mmv_core import sources
-from mmv_core import synthetic
 from pipelines import ingest
 
 # Tiny videos keep ffmpeg fast: 3 classes x 3 videos of 64x48 at 10 fps for 1 s.
 TINY = dict(num_classes=3, videos_per_class=3, clips_per_group=1, width=64, height=48,
             fps=10.0, duration_s=1.0, include_handstand_pushups=True)
-
-
-@pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory) -> synthetic.SyntheticDataset:
-  return synthetic.write_dataset(str(tmp_path_factory.mktemp("tiny_ucf101")), **TINY)
 
 
 # A trickled body arrives at 2 KB/s, in pieces small and frequent enough that
@@ -120,36 +113,6 @@ class RangeServer:
   def close(self) -> None:
     self._server.shutdown()
     self._server.server_close()
-
-
-@pytest.fixture
-def range_server():
-  server = RangeServer()
-  yield server
-  server.close()
-
-
-@pytest.fixture
-def gcs_emulator(monkeypatch):
-  """Yields a bucket name on an in-process GCS emulator that both our client and
-  Beam's gs:// filesystem use."""
-  from gcp_storage_emulator import server as emulator  # pylint: disable=import-outside-toplevel
-  from apache_beam.internal.gcp import auth  # pylint: disable=import-outside-toplevel
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  bucket = "mmv-test"
-  server = emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket)
-  server.start()
-  monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-  monkeypatch.setenv("NO_GCE_CHECK", "true")
-  # Skip Beam's ~25 s credential lookup; it goes anonymous anyway (BEAM_NOTES.md).
-  monkeypatch.setattr(auth._Credentials, "_credentials_init", True)  # pylint: disable=protected-access
-  monkeypatch.setattr(auth._Credentials, "_credentials", None)  # pylint: disable=protected-access
-  sources._gcs_client.cache_clear()  # pylint: disable=protected-access
-  yield bucket
-  sources._gcs_client.cache_clear()  # pylint: disable=protected-access
-  server.stop()
 
 
 def upload_to_gcs(bucket: str, name: str, content: bytes) -> str:

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Runs the whole test suite (what CI runs), setting up .venv/ first if needed.
-# Extra arguments go to pytest, e.g. `bash tests/run_tests.sh -k checkpoints`.
+# Runs the linter and the whole test suite (what CI runs), setting up .venv/
+# first if needed. Extra arguments go to pytest, e.g.
+# `bash tests/run_tests.sh -k checkpoints`.
 set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$repo_root/launch/env.sh"
 cd "$repo_root"
+"$repo_root/.venv/bin/ruff" check .
 exec "$repo_root/.venv/bin/python" -m pytest tests "$@"

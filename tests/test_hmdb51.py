@@ -6,7 +6,7 @@ import urllib.parse
 
 import pytest
 
-from ingest_fixtures import gcs_emulator, upload_to_gcs  # pylint: disable=unused-import
+from ingest_fixtures import upload_to_gcs
 from mmv_core import encode
 from mmv_core import encoding_recipes
 from mmv_core import hmdb51

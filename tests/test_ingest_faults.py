@@ -18,7 +18,6 @@ import zipfile
 
 import pytest
 
-from ingest_fixtures import range_server, tiny_dataset  # pylint: disable=unused-import
 from ingest_fixtures import (deflate_zeros, expected_videos, patch_central_entry, read_file,
                              run_ingest, video_id, zip_bytes, zip_members)
 from mmv_core import encode

@@ -1,6 +1,5 @@
 """Ingestion from, and into, an in-process GCS emulator."""
 
-from ingest_fixtures import gcs_emulator, tiny_dataset  # pylint: disable=unused-import
 from ingest_fixtures import expected_videos, read_file, run_ingest, upload_to_gcs, zip_members
 from mmv_core import sources
 from mmv_core import video_cache

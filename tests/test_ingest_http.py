@@ -6,7 +6,6 @@ import zipfile
 import numpy as np
 import pytest
 
-from ingest_fixtures import range_server  # pylint: disable=unused-import
 from ingest_fixtures import TINY, expected_videos, run_ingest
 from mmv_core import sources
 from mmv_core import synthetic

@@ -6,7 +6,6 @@ import os
 import apache_beam as beam
 from apache_beam.testing.util import assert_that, equal_to
 
-from ingest_fixtures import tiny_dataset  # pylint: disable=unused-import
 from ingest_fixtures import expected_videos, frame_digest, run_ingest, zip_members
 from mmv_core import synthetic
 from mmv_core import video_cache

@@ -5,7 +5,6 @@ import zipfile
 
 import numpy as np
 
-from ingest_fixtures import tiny_dataset  # pylint: disable=unused-import
 from mmv_core import encode
 from mmv_core import synthetic
 from mmv_core import ucf101

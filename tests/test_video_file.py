@@ -13,7 +13,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from ingest_fixtures import tiny_dataset  # pylint: disable=unused-import
 from ingest_fixtures import zip_members
 from mmv_core import encode
 from mmv_core import load_video

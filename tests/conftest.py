@@ -1,0 +1,46 @@
+"""Fixtures shared by the test files: pytest finds them here, no import needed."""
+
+import socket
+
+import pytest
+
+from ingest_fixtures import TINY, RangeServer
+from mmv_core import sources
+from mmv_core import synthetic
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> synthetic.SyntheticDataset:
+  """3 classes x 3 videos of 64x48 at 10 fps for 1 s, in UCF101's layout."""
+  return synthetic.write_dataset(str(tmp_path_factory.mktemp("tiny_ucf101")), **TINY)
+
+
+@pytest.fixture
+def range_server():
+  """An HTTP server on 127.0.0.1 that honours Range, with injectable faults."""
+  server = RangeServer()
+  yield server
+  server.close()
+
+
+@pytest.fixture
+def gcs_emulator(monkeypatch):
+  """Yields a bucket name on an in-process GCS emulator that both our client and
+  Beam's gs:// filesystem use."""
+  from gcp_storage_emulator import server as emulator  # pylint: disable=import-outside-toplevel
+  from apache_beam.internal.gcp import auth  # pylint: disable=import-outside-toplevel
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  bucket = "mmv-test"
+  server = emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket)
+  server.start()
+  monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+  monkeypatch.setenv("NO_GCE_CHECK", "true")
+  # Skip Beam's ~25 s credential lookup; it goes anonymous anyway (BEAM_NOTES.md).
+  monkeypatch.setattr(auth._Credentials, "_credentials_init", True)  # pylint: disable=protected-access
+  monkeypatch.setattr(auth._Credentials, "_credentials", None)  # pylint: disable=protected-access
+  sources._gcs_client.cache_clear()  # pylint: disable=protected-access
+  yield bucket
+  sources._gcs_client.cache_clear()  # pylint: disable=protected-access
+  server.stop()
