@@ -30,6 +30,7 @@ import json
 import os
 import pathlib
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -85,6 +86,7 @@ def write_data(out: pathlib.Path, videos_per_class: int, dim: int, class_separat
 def run_job(embeddings: pathlib.Path, splits_zip: pathlib.Path, out: pathlib.Path,
             splits: str, svm_c: str, solver: str) -> dict:
   """The job as a user runs it; wall time from the command to the metrics."""
+  shutil.rmtree(out, ignore_errors=True)  # The job refuses a directory that holds metrics.
   start = time.perf_counter()
   subprocess.run([sys.executable, "-m", "pipelines.linear_eval",
                   f"--embeddings_dir={embeddings}", f"--output_dir={out}",

@@ -10,22 +10,31 @@
     python -m launch.dataflow linear_eval --project P --region us-central1 \
         --bucket gs://B --image ...:cpu --backbone s3d
 
-Add `--dry_run` to build the job offline without submitting it (nothing is
-read from the cloud); any further flags go to the job itself (e.g.
-`--max_num_workers=50`, `--classes=Archery`). Work, output and temp paths
-default to folders of `--bucket`.
+Add `--dry_run` to build the job offline and print the options it would run
+with, submitting nothing and contacting no Google Cloud service. Any further
+flag goes to the job itself (e.g. `--classes=Archery`) or to Beam (e.g.
+`--max_num_workers=50`); a flag that neither takes is an error. Work,
+output, staging and temp paths are folders of `--bucket`.
 """
 
 import argparse
 import dataclasses
 import pathlib
+import re
 import sys
 from collections.abc import Sequence
 
-from mmv_core import checkpoints
-from mmv_core.models import mmv
+from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipelines import common
+
+PROG = "python -m launch.dataflow"
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+# A bucket name as Cloud Storage allows it. Beam answers an invalid one by
+# looking for a default bucket in the cloud, which a dry run must not do.
+_BUCKET_PATH = re.compile(r"gs://[a-z0-9][-_.a-z0-9]{1,220}[a-z0-9](/.*)?")
+_JOBS = {"embed": "UCF101 videos in, clip embeddings out (pipelines.embed)",
+         "linear_eval": "Linear evaluation of the embeddings (pipelines.linear_eval)"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +87,24 @@ def dataflow_options(project: str, region: str, bucket: str, image: str, job_nam
   return options
 
 
+def _backbone(args: argparse.Namespace) -> str:
+  """--backbone, checked, or the one the checkpoint's file name says."""
+  # Imported here: they import JAX, which --help should not wait for.
+  from mmv_core import checkpoints
+  from mmv_core.models import mmv
+  if args.backbone is None:
+    try:
+      return checkpoints.infer_backbone(args.checkpoint_path)
+    except checkpoints.CheckpointError as e:
+      raise common.UsageError(f"{e}; pass --backbone") from e
+  if args.backbone not in mmv.BACKBONES:
+    raise common.UsageError(
+        f"--backbone: no backbone {args.backbone!r}; there are {', '.join(mmv.BACKBONES)}")
+  return args.backbone
+
+
 def embed_argv(args: argparse.Namespace, extra: Sequence[str]) -> list[str]:
-  backbone = args.backbone or checkpoints.infer_backbone(args.checkpoint_path)
+  backbone = _backbone(args)
   profile = PROFILES[args.accelerator]
   return [
       *dataflow_options(args.project, args.region, args.bucket, args.image,
@@ -91,50 +116,167 @@ def embed_argv(args: argparse.Namespace, extra: Sequence[str]) -> list[str]:
 
 
 def linear_eval_argv(args: argparse.Namespace, extra: Sequence[str]) -> list[str]:
+  backbone = _backbone(args)
   return [
       *dataflow_options(args.project, args.region, args.bucket, args.image,
-                        f"mmv-linear-eval-{args.backbone.replace('_', '-')}", args.dry_run),
+                        f"mmv-linear-eval-{backbone.replace('_', '-')}", args.dry_run),
       # One split per VM at a time: its solver's matrix products use every
       # core, and it needs about twice the split's features in memory (4 GB
       # for TSM-ResNet-50x2's 95,370 x 4,096; bench/README.md).
       "--machine_type=n2-standard-8", "--experiments=no_use_multiple_sdk_containers",
       "--number_of_worker_harness_threads=1",
-      f"--embeddings_dir={args.bucket}/embeddings/{args.backbone}",
-      f"--output_dir={args.bucket}/linear_eval/{args.backbone}", *extra]
+      f"--embeddings_dir={args.bucket}/embeddings/{backbone}",
+      f"--output_dir={args.bucket}/linear_eval/{backbone}", *extra]
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-  jobs = parser.add_subparsers(dest="job", required=True)
-  for name in ("embed", "linear_eval"):
-    job = jobs.add_parser(name)
-    job.add_argument("--project", required=True)
-    job.add_argument("--region", required=True)
-    job.add_argument("--bucket", required=True, help="gs://BUCKET[/prefix] for work, output and temp")
-    job.add_argument("--image", required=True, help="worker image built from the Dockerfile")
-    job.add_argument("--dry_run", action="store_true", help="build the job, do not submit it")
-  jobs.choices["embed"].add_argument("--accelerator", choices=sorted(PROFILES), default="gpu")
-  jobs.choices["embed"].add_argument("--checkpoint_path", required=True)
-  jobs.choices["embed"].add_argument("--backbone", default=None)
-  jobs.choices["linear_eval"].add_argument("--backbone", required=True,
-                                           choices=mmv.BACKBONES)
+  """Flags -> (the launcher's settings, the flags it passes on to the job and Beam).
+
+  Raises:
+    common.UsageError: --bucket is not a gs:// path to a valid bucket name.
+  """
+  formatter = argparse.ArgumentDefaultsHelpFormatter
+  parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n", 1)[0],
+                                   formatter_class=formatter,
+                                   epilog="JOB --help lists the job's launch flags.")
+  jobs = parser.add_subparsers(dest="job", required=True, metavar="JOB")
+  for name, description in _JOBS.items():
+    job = jobs.add_parser(
+        name, help=description, description=f"{description}.", formatter_class=formatter,
+        epilog=f"Further flags go to the job (python -m pipelines.{name} --help) or to "
+        "Beam (e.g. --max_num_workers); a flag that neither takes is an error.")
+    # A required flag has no default for --help to show.
+    job.add_argument("--project", required=True, default=argparse.SUPPRESS,
+                     help="Google Cloud project ID; required")
+    job.add_argument("--region", required=True, default=argparse.SUPPRESS,
+                     help="Dataflow region, e.g. us-central1; required")
+    job.add_argument("--bucket", required=True, default=argparse.SUPPRESS,
+                     help="gs://BUCKET[/prefix] for work, output, staging and temp files; "
+                     "required")
+    job.add_argument("--image", required=True, default=argparse.SUPPRESS,
+                     help="worker container image built from the Dockerfile; required")
+    job.add_argument("--dry_run", action="store_true",
+                     help="build the job and print the options it would run with; submit "
+                     "nothing, contact no Google Cloud service")
+  embed, linear_eval = jobs.choices["embed"], jobs.choices["linear_eval"]
+  embed.add_argument("--accelerator", choices=sorted(PROFILES), default="gpu",
+                     help="gpu: L4 workers for the embedding step only; tpu: TPU v5e "
+                     "workers for the whole job; cpu: no accelerator")
+  embed.add_argument("--checkpoint_path", required=True, default=argparse.SUPPRESS,
+                     help="MMV checkpoint, e.g. gs://BUCKET/checkpoints/mmv_s3d.pkl; required")
+  embed.add_argument("--backbone", default=None,
+                     help="the checkpoint's backbone; None: read from its file name")
+  linear_eval.add_argument("--backbone", required=True, default=argparse.SUPPRESS,
+                           help="backbone of the embeddings to evaluate "
+                           "(gs://BUCKET/embeddings/BACKBONE); required")
   args, extra = parser.parse_known_args(argv)
-  if not args.bucket.startswith("gs://"):
-    parser.error(f"--bucket must be a gs:// path, not {args.bucket!r}")
+  if not _BUCKET_PATH.fullmatch(args.bucket):
+    raise common.UsageError(
+        f"--bucket must be gs://BUCKET[/prefix] with a valid bucket name, not {args.bucket!r}")
   return args, extra
 
 
+def unknown_beam_flags(beam_args: Sequence[str]) -> list[str]:
+  """The arguments in `beam_args` that no Beam pipeline option takes.
+
+  Beam would drop them with a warning, so a misspelt option would go
+  unnoticed. They are what Beam's own parser of every option leaves over:
+  `get_all_options` hands that parser to `add_extra_args_fn` before it
+  parses (and, told to retain unknown arguments, warns of none).
+  """
+  unknown = []
+  PipelineOptions(beam_args).get_all_options(
+      add_extra_args_fn=lambda parser: unknown.extend(parser.parse_known_args(beam_args)[1]),
+      retain_unknown_options=True)
+  return unknown
+
+
+def _job_paths(job: str, config) -> dict[str, str]:
+  """The inputs and outputs of a job's config (`pipelines.JOB.parse_args`)."""
+  if job == "embed":
+    return {"checkpoint": f"{config.checkpoint_path} ({config.resolved_backbone})",
+            "videos": config.video_zip, "split lists": config.splits_zip,
+            "video cache": config.work_dir, "output": config.output_dir}
+  return {"embeddings": config.embeddings_dir,
+          "split lists": config.splits_zip or "those the embedding job used (its run.json)",
+          "output": config.output_dir}
+
+
+def _accelerator(job: str, config, dataflow_service_options: Sequence[str]) -> str:
+  """The accelerator of a job's workers, and which workers have it."""
+  if job == "embed" and config.embed_accelerator:
+    return (f"{config.embed_accelerator}, for the embedding step only "
+            f"(min RAM {config.embed_min_ram})")
+  for option in dataflow_service_options:
+    if option.startswith("worker_accelerator="):
+      return f"{option.removeprefix('worker_accelerator=')}, on every worker"
+  return "none"
+
+
+def resolved_options(job: str, config, pipeline_options: PipelineOptions) -> dict[str, str]:
+  """What a job runs with, by label: where, on what, and its paths.
+
+  Args:
+    job: `embed` or `linear_eval`.
+    config: the job's settings (`pipelines.JOB.parse_args`).
+    pipeline_options: the built job's options, as the runner resolved them.
+  """
+  options = pipeline_options.get_all_options()
+  experiments = options["experiments"] or []
+  unset = "Dataflow's default"
+  return {
+      "runner": options["runner"] + (" (runner v2)" if "use_runner_v2" in experiments else ""),
+      "project": options["project"],
+      "region": options["region"],
+      "machine type": options["machine_type"] or unset,
+      "workers at start": str(options["num_workers"] or unset),
+      "workers at most": str(options["max_num_workers"] or unset),
+      "SDK processes": ("one per VM" if "no_use_multiple_sdk_containers" in experiments
+                        else "one per vCPU"),
+      "harness threads": (f"{options['number_of_worker_harness_threads']} per SDK process"
+                          if options["number_of_worker_harness_threads"] else unset),
+      "accelerator": _accelerator(job, config, options["dataflow_service_options"] or []),
+      "container image": options["sdk_container_image"],
+      "staging": options["staging_location"],
+      "temp": options["temp_location"],
+      **_job_paths(job, config),
+  }
+
+
 def main(argv: Sequence[str] | None = None):
-  """Builds the job's flags and runs it; returns Beam's result (dry runs: the unsent job)."""
+  """Builds the job's flags, checks them and runs the job.
+
+  Returns:
+    Beam's result; for a dry run, the job built but not sent (`.job`),
+    whose resolved options are printed.
+
+  Raises:
+    common.UsageError: a flag that neither the launcher, the job nor Beam
+      takes, or a bad value.
+  """
   args, extra = parse_args(sys.argv[1:] if argv is None else argv)
+  # Imported once the flags are parsed: the embedding job imports JAX.
   if args.job == "embed":
-    from pipelines import embed  # pylint: disable=import-outside-toplevel
-    return embed.run(embed_argv(args, extra))
-  from pipelines import linear_eval  # pylint: disable=import-outside-toplevel
-  return linear_eval.run(linear_eval_argv(args, extra))
+    from pipelines import embed as job
+    job_argv = embed_argv(args, extra)
+  else:
+    from pipelines import linear_eval as job
+    job_argv = linear_eval_argv(args, extra)
+  config, beam_args = job.parse_args(job_argv)
+  unknown = unknown_beam_flags(beam_args)
+  if unknown:
+    raise common.UsageError(
+        f"unrecognized arguments: {' '.join(unknown)} (not a flag of {args.job} nor a "
+        "Beam pipeline option)")
+  result = job.run(job_argv)
+  if args.dry_run:
+    print(f"dry run: built job {result.job.proto.name!r}; nothing submitted, no Google "
+          "Cloud service contacted")
+    options = resolved_options(args.job, config, result.job.options)
+    width = max(map(len, options))
+    print("\n".join(f"  {label:<{width}}  {value}" for label, value in options.items()))
+  return result
 
 
 if __name__ == "__main__":
-  result = main()
-  if getattr(result, "job", None) is not None:
-    print(f"dry run: built job {result.job.proto.name!r}, nothing submitted")
+  common.run_main(main, PROG, sys.argv[1:])

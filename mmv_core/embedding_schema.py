@@ -40,9 +40,12 @@ RUN_CONFIG_FILE = "run.json"
 NUM_TRAIN_CLIPS = "num_train_clips"
 NUM_TEST_WINDOWS = "num_test_windows"
 # The embedding job's settings in run.json, among them `splits_zip`, the
-# split lists it listed its videos from.
+# split lists it listed its videos from, and the `classes` and `max_videos`
+# that limited that list.
 SETTINGS = "settings"
 SPLITS_ZIP = "splits_zip"
+CLASSES = "classes"
+MAX_VIDEOS = "max_videos"
 
 
 

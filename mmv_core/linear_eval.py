@@ -4,14 +4,17 @@ Stages, each a plain function or small class:
   1. `SplitLayout` says which clips one split needs; `collect_split_features`
      streams parsed examples into preallocated arrays, keeping only those
      clips and recording what is missing, duplicated or unexpected
-     (`InputCheck`).
+     (`InputCheck`); `check_splits` records the same for several splits
+     from the clips' headers alone, before any split is loaded.
   2. `fit_classifiers`: `StandardScaler` then one-vs-rest linear SVMs
      (LinearSVC's problem) on every training clip, kept as plain arrays
      (`LinearClassifier`, saved as `.npz`). The default solver fits every
      class at once by matrix products (`mmv_core.svm_solver`); `liblinear`
      runs scikit-learn's LinearSVC, one class at a time, as the original did.
   3. Scoring: decision values averaged over a video's windows
-     (`average_by_video`), top-k accuracy, per-class accuracy, confusion.
+     (`average_by_video`), top-k accuracy, per-class accuracy, confusion;
+     `caveats` says which accuracies mean little (trivial top-5, too few
+     test videos).
   4. C selection: a held-out part of the training videos, split by UCF101
      group so one group's clips never sit on both sides
      (`validation_partition`, `sweep_c`, `choose_c`).
@@ -23,10 +26,13 @@ With liblinear, a standardised float64 copy (8 N D) and, per class fitted at
 once, liblinear's own copy (16 N D: an int index and a double per value).
 """
 
+import collections
 import dataclasses
 import io
+import math
 import os
 import time
+import typing
 from concurrent import futures
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -34,17 +40,27 @@ from typing import Any
 from apache_beam.io.filesystems import FileSystems
 import numpy as np
 import psutil
-from sklearn import model_selection
-from sklearn import preprocessing
-from sklearn import svm
 
 from mmv_core import embedding_schema as schema
-from mmv_core import svm_solver
 from mmv_core import ucf101
+
+# scikit-learn and the solver (scipy) are imported by the functions that fit:
+# together they take a second to import, which the job's --help and its
+# checks of the inputs should not wait for.
+if typing.TYPE_CHECKING:
+  from sklearn import preprocessing
 
 DEFAULT_SVM_C = 0.001
 VALIDATION_FRACTION = 0.2
 VALIDATION_SEED = 0
+ACCURACIES = ("test_top1", "test_top5", "train_top1", "train_top5")
+# Metrics that mean little (`caveats`): top-5 over this many classes or fewer
+# counts every video as a hit, whatever the features;
+TRIVIAL_TOP5_MAX_CLASSES = 5
+# and a test accuracy over fewer videos than this is a coarse estimate: each
+# video moves it by more than 3 points, and near 50% its 95% interval spans
+# more than +-18 points.
+MIN_TEST_VIDEOS = 30
 # Rows standardised or scored at a time: bounds the temporary copies.
 _BLOCK_ROWS = 8192
 # liblinear's copy of the training data: an int index and a double per value.
@@ -132,8 +148,10 @@ class SplitLayout:
 
 @dataclasses.dataclass(frozen=True)
 class InputCheck:
-  """What one split's embeddings lack or hold twice; clip ids `video/type/index`."""
+  """What one split's embeddings hold, lack or hold twice; clip ids `video/type/index`."""
   split: int
+  num_train_clips: int
+  num_test_clips: int
   missing_videos: tuple[str, ...]
   missing_clips: tuple[str, ...]
   duplicate_clips: tuple[str, ...]
@@ -144,7 +162,7 @@ class InputCheck:
   def complete(self) -> bool:
     return not (self.missing_clips or self.duplicate_clips or self.unexpected_clips)
 
-  def summary(self, max_ids: int = 10) -> str:
+  def problems(self, max_ids: int = 10) -> list[str]:
     """One line per kind of problem, naming the first `max_ids` ids."""
     def line(what, ids):
       shown = ", ".join(ids[:max_ids]) + (", ..." if len(ids) > max_ids else "")
@@ -153,8 +171,10 @@ class InputCheck:
              ("missing clips", self.missing_clips),
              ("duplicated clips (first copy kept)", self.duplicate_clips),
              ("clips with an index beyond the expected count", self.unexpected_clips))
-    return "\n".join(line(what, ids) for what, ids in kinds if ids) or (
-        f"split {self.split}: complete")
+    return [line(what, ids) for what, ids in kinds if ids]
+
+  def summary(self, max_ids: int = 10) -> str:
+    return "\n".join(self.problems(max_ids)) or f"split {self.split}: complete"
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self) | {"complete": self.complete}
@@ -191,7 +211,10 @@ class SplitFeatures:
 
 
 class _ClipTable:
-  """Preallocated rows of one clip type, filled as examples stream past."""
+  """Rows of one clip type: which are filled (`_SplitInventory.place`), and their features.
+
+  The features are allocated at their final size by the first `put`.
+  """
 
   def __init__(self, layout: SplitLayout, clip_type: str):
     self.clip_type = clip_type
@@ -203,6 +226,7 @@ class _ClipTable:
     self.duplicates: list[str] = []
 
   def put(self, row: int, embedding: np.ndarray, source: str) -> None:
+    """Stores the embedding of a row that `_SplitInventory.place` filled."""
     if self.features is None:
       self.features = np.zeros((len(self.filled), embedding.shape[0]), np.float32)
     if embedding.shape[0] != self.features.shape[1]:
@@ -210,7 +234,6 @@ class _ClipTable:
           f"{source}: embedding has {embedding.shape[0]} values, earlier clips "
           f"have {self.features.shape[1]}")
     self.features[row] = embedding
-    self.filled[row] = True
 
   def missing(self) -> tuple[list[str], list[str]]:
     """Ids of videos without any clip, and of every missing clip."""
@@ -227,6 +250,88 @@ class _ClipTable:
       return np.zeros((0, embedding_size), np.float32), rows
     features = self.features if len(rows) == len(self.filled) else self.features[rows]
     return features, rows // self.per_video
+
+
+class _SplitInventory:
+  """Which clips of one split have been seen, from their headers, and what did not fit."""
+
+  def __init__(self, layout: SplitLayout):
+    self.layout = layout
+    self.tables = {t: _ClipTable(layout, t) for t in schema.CLIP_TYPES}
+    self._expected_label = {v.video_id: v.label
+                            for v in layout.train_videos + layout.test_videos}
+    self._unexpected: list[str] = []
+    self._ignored = 0
+
+  def place(self, header: Mapping[str, Any], source: str) -> tuple[_ClipTable, int] | None:
+    """Marks a clip seen; its table and row if the split needs it and had no copy yet.
+
+    Raises:
+      InconsistentInputError: the clip's label disagrees with the split lists.
+    """
+    video_id, clip_type, index = (header[schema.VIDEO_ID], header[schema.CLIP_TYPE],
+                                  header[schema.CLIP_INDEX])
+    table = self.tables[clip_type]
+    if video_id not in table.row_of_video:
+      self._ignored += 1
+      return None
+    if header[schema.LABEL] != self._expected_label[video_id]:
+      expected = self._expected_label[video_id]
+      raise InconsistentInputError(
+          f"{source}: {video_id} has label {header[schema.LABEL]}, the split "
+          f"lists give {expected} ({self.layout.class_names[expected]})")
+    clip_id = f"{video_id}/{clip_type}/{index}"
+    if not 0 <= index < table.per_video:
+      self._unexpected.append(clip_id)
+      return None
+    row = table.row_of_video[video_id] + index
+    if table.filled[row]:
+      table.duplicates.append(clip_id)
+      return None
+    table.filled[row] = True
+    return table, row
+
+  def check(self) -> InputCheck:
+    missing_videos, missing_clips, duplicates = [], [], []
+    for table in self.tables.values():
+      videos, clips = table.missing()
+      missing_videos += videos
+      missing_clips += clips
+      duplicates += table.duplicates
+    return InputCheck(
+        split=self.layout.split,
+        num_train_clips=int(self.tables[schema.CLIP_TYPE_TRAIN].filled.sum()),
+        num_test_clips=int(self.tables[schema.CLIP_TYPE_TEST].filled.sum()),
+        missing_videos=tuple(missing_videos), missing_clips=tuple(missing_clips),
+        duplicate_clips=tuple(duplicates), unexpected_clips=tuple(self._unexpected),
+        num_ignored_clips=self._ignored)
+
+
+def check_splits(records: Iterable[tuple[str, bytes]],
+                 layouts: Sequence[SplitLayout]) -> list[InputCheck]:
+  """What each split's embeddings lack or hold twice, in one pass over the clips.
+
+  Only the clips' headers are decoded, not their embeddings, so the pass costs
+  a fraction of loading a split: the job runs it to refuse incomplete inputs
+  before any split is loaded.
+
+  Args:
+    records: (source, serialized `tf.train.Example`) pairs, as for
+      `collect_split_features`.
+    layouts: the splits to check.
+
+  Returns:
+    One `InputCheck` per layout, in order.
+
+  Raises:
+    InconsistentInputError: a clip's label disagrees with the split lists.
+  """
+  inventories = [_SplitInventory(layout) for layout in layouts]
+  for source, serialized in records:
+    header = schema.parse_example(serialized, include_floats=False, source=source)
+    for inventory in inventories:
+      inventory.place(header, source)
+  return [inventory.check() for inventory in inventories]
 
 
 def collect_split_features(records: Iterable[tuple[str, bytes]],
@@ -248,31 +353,15 @@ def collect_split_features(records: Iterable[tuple[str, bytes]],
     InconsistentInputError: a clip's label disagrees with the split lists, or
       embedding sizes differ.
   """
-  tables = {t: _ClipTable(layout, t) for t in schema.CLIP_TYPES}
-  expected_label = {v.video_id: v.label for v in layout.train_videos + layout.test_videos}
-  unexpected, ignored = [], 0
+  inventory = _SplitInventory(layout)
   for source, serialized in records:
-    header = schema.parse_example(serialized, include_floats=False, source=source)
-    video_id, clip_type = header[schema.VIDEO_ID], header[schema.CLIP_TYPE]
-    table = tables[clip_type]
-    if video_id not in table.row_of_video:
-      ignored += 1
-      continue
-    if header[schema.LABEL] != expected_label[video_id]:
-      raise InconsistentInputError(
-          f"{source}: {video_id} has label {header[schema.LABEL]}, the split "
-          f"lists give {expected_label[video_id]} ({layout.class_names[expected_label[video_id]]})")
-    clip_id = f"{video_id}/{clip_type}/{header[schema.CLIP_INDEX]}"
-    if not 0 <= header[schema.CLIP_INDEX] < table.per_video:
-      unexpected.append(clip_id)
-      continue
-    row = table.row_of_video[video_id] + header[schema.CLIP_INDEX]
-    if table.filled[row]:
-      table.duplicates.append(clip_id)
-      continue
-    parsed = schema.parse_example(serialized, source=source)
-    table.put(row, parsed[schema.EMBEDDING], source)
+    placed = inventory.place(
+        schema.parse_example(serialized, include_floats=False, source=source), source)
+    if placed:
+      table, row = placed
+      table.put(row, schema.parse_example(serialized, source=source)[schema.EMBEDDING], source)
 
+  tables = inventory.tables
   sizes = {t.features.shape[1] for t in tables.values() if t.features is not None}
   if len(sizes) > 1:
     raise InconsistentInputError(
@@ -285,20 +374,10 @@ def collect_split_features(records: Iterable[tuple[str, bytes]],
   train_features, train_video = train.found(embedding_size)
   test_features, test_video = test.found(embedding_size)
   train_labels = np.array([v.label for v in layout.train_videos], np.int64)[train_video]
-  missing_videos, missing_clips = [], []
-  for table in (train, test):
-    videos, clips = table.missing()
-    missing_videos += videos
-    missing_clips += clips
-  check = InputCheck(
-      split=layout.split, missing_videos=tuple(missing_videos),
-      missing_clips=tuple(missing_clips),
-      duplicate_clips=tuple(train.duplicates + test.duplicates),
-      unexpected_clips=tuple(unexpected), num_ignored_clips=ignored)
   features = SplitFeatures(
       layout=layout, train_features=train_features, train_labels=train_labels,
       train_video=train_video, test_features=test_features, test_video=test_video)
-  return features, check
+  return features, inventory.check()
 
 
 def require_complete(check: InputCheck, allow_missing: bool) -> None:
@@ -387,12 +466,13 @@ def _row_blocks(rows: np.ndarray) -> Iterable[tuple[slice, np.ndarray]]:
 
 
 def standardise(features: np.ndarray, rows: np.ndarray
-                ) -> tuple[preprocessing.StandardScaler, np.ndarray]:
+                ) -> tuple["preprocessing.StandardScaler", np.ndarray]:
   """`StandardScaler` fitted on `features[rows]`, and those rows standardised.
 
   Gathers and scales a block of rows at a time, so memory is the float32
   result ([n, D]) and no float64 or gathered copy of all of it.
   """
+  from sklearn import preprocessing
   scaler = preprocessing.StandardScaler()
   for _, block in _row_blocks(rows):
     scaler.partial_fit(features[block])
@@ -406,8 +486,10 @@ def standardise(features: np.ndarray, rows: np.ndarray
 
 def _fit_liblinear(features: np.ndarray, labels: np.ndarray, present: np.ndarray,
                    svm_c: float, settings: SvmSettings, threads: int | None
-                   ) -> tuple[preprocessing.StandardScaler, np.ndarray, np.ndarray]:
+                   ) -> tuple["preprocessing.StandardScaler", np.ndarray, np.ndarray]:
   """LinearSVC per present class; (scaler, coef [k, D], intercept [k])."""
+  from sklearn import preprocessing
+  from sklearn import svm
   scaler = preprocessing.StandardScaler().fit(features)
   # LinearSVC fits in float64 anyway; standardising straight into float64
   # avoids a third copy of the features.
@@ -464,6 +546,7 @@ def fit_classifiers(features: np.ndarray, labels: np.ndarray, num_classes: int,
           features[rows], labels, present, svm_c, settings, threads)
       classifiers.append(_classifier(scaler, num_classes, present, coef, intercept, svm_c))
     return classifiers
+  from mmv_core import svm_solver
   scaler, standardised = standardise(features, rows)
   gram_matrix = svm_solver.gram(standardised)
   solver_settings = svm_solver.SolverSettings(tol=settings.tol, max_iter=settings.max_iter)
@@ -486,7 +569,7 @@ def fit_classifiers(features: np.ndarray, labels: np.ndarray, num_classes: int,
   return classifiers
 
 
-def _classifier(scaler: preprocessing.StandardScaler, num_classes: int, present: np.ndarray,
+def _classifier(scaler: "preprocessing.StandardScaler", num_classes: int, present: np.ndarray,
                 coef: np.ndarray, intercept: np.ndarray, svm_c: float) -> LinearClassifier:
   """A classifier over all `num_classes`, from the fits of the `present` ones."""
   full_coef = np.zeros((num_classes, len(scaler.mean_)))
@@ -567,6 +650,7 @@ def validation_partition(groups: np.ndarray, fraction: float = VALIDATION_FRACTI
   every class, and no group has clips on both sides. Deterministic in
   `groups` and `seed`, so every C of a sweep sees the same partition.
   """
+  from sklearn import model_selection
   splitter = model_selection.GroupShuffleSplit(
       n_splits=1, test_size=fraction, random_state=seed)
   fit_rows, held_out_rows = next(splitter.split(groups, groups=groups))
@@ -665,6 +749,7 @@ def evaluate_split(features: SplitFeatures, check: InputCheck, svm_cs: Sequence[
       "num_train_clips": int(len(features.train_labels)),
       "num_test_videos": int(scored.sum()),
       "num_test_clips": int(len(features.test_video)),
+      "num_classes": int(len(np.unique(features.train_labels))),
       "embedding_size": int(features.train_features.shape[1]),
       "svm_c": svm_c,
       "validation_top1": {repr(c): s for c, s in sorted(validation_scores.items())},
@@ -675,19 +760,57 @@ def evaluate_split(features: SplitFeatures, check: InputCheck, svm_cs: Sequence[
                   "fit": round(fit_seconds, 3),
                   "total": round(load_seconds + time.perf_counter() - start, 3)},
   }
+  metrics["caveats"] = caveats(metrics)
   return SplitResult(split=layout.split, metrics=metrics, per_class_accuracy=per_class,
                      per_class_videos=per_class_videos,
                      confusion=confusion_matrix(test_scores, test_labels, num_classes),
                      check=check, classifier=classifier)
 
 
+def caveats(metrics: Mapping[str, Any]) -> dict[str, str]:
+  """Which of one split's accuracies mean little, and why: {metric name: reason}.
+
+  Args:
+    metrics: the split's metrics, with `num_classes` (classes with training
+      clips) and `num_test_videos`; an accuracy over no videos (NaN) has no
+      caveat, as it has no value.
+  """
+  reasons = collections.defaultdict(list)
+  if metrics["num_classes"] <= TRIVIAL_TOP5_MAX_CLASSES:
+    for name in ("train_top5", "test_top5"):
+      reasons[name].append(f"trivially 100% with {TRIVIAL_TOP5_MAX_CLASSES} classes or fewer")
+  if metrics["num_test_videos"] < MIN_TEST_VIDEOS:
+    for name in ("test_top1", "test_top5"):
+      reasons[name].append(f"fewer than {MIN_TEST_VIDEOS} test videos, a coarse estimate")
+  return {name: "; ".join(reasons[name]) for name in ACCURACIES
+          if reasons[name] and not math.isnan(metrics[name])}
+
+
+def _mean_caveats(results: Sequence[SplitResult]) -> dict[str, str]:
+  """{metric name: "split(s) S: reason; ..."}, over the splits where it means little."""
+  mean_caveats = {}
+  for name in ACCURACIES:
+    splits_by_reason = collections.defaultdict(list)
+    for r in results:
+      if name in r.metrics["caveats"]:
+        splits_by_reason[r.metrics["caveats"][name]].append(str(r.split))
+    if splits_by_reason:
+      mean_caveats[name] = "; ".join(
+          f"split{'s' if len(splits) > 1 else ''} {', '.join(splits)}: {reason}"
+          for reason, splits in splits_by_reason.items())
+  return mean_caveats
+
+
 def summarise(results: Sequence[SplitResult]) -> dict[str, Any]:
-  """`metrics.json`'s content: each split's metrics and the mean over splits."""
-  keys = ("train_top1", "train_top5", "test_top1", "test_top5")
+  """`metrics.json`'s content: each split's metrics and the mean over splits.
+
+  The mean's `caveats` name each metric that means little in some split,
+  with the splits and the reason.
+  """
   ordered = sorted(results, key=lambda r: r.split)
   return {
       "splits": {str(r.split): r.metrics | {"input_check": r.check.to_json()}
                  for r in ordered},
-      "mean": {k: float(np.mean([r.metrics[k] for r in ordered])) for k in keys}
-              | {"splits": [r.split for r in ordered]},
+      "mean": {k: float(np.mean([r.metrics[k] for r in ordered])) for k in ACCURACIES}
+              | {"splits": [r.split for r in ordered], "caveats": _mean_caveats(ordered)},
   }

@@ -1,23 +1,29 @@
 """Linear-evaluation outputs a person reads: metrics table, per-class table,
-confusion-matrix pictures and the Markdown report that links them.
+confusion-matrix pictures, the Markdown report that links them, and the
+summary the job prints.
+
+The per-class outputs cover the classes evaluated (`classes`, label -> name),
+which for an embedding run limited with --classes is a few of the split
+lists' classes.
 """
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
-import matplotlib
-
-matplotlib.use("Agg")
-from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 METRICS_FILE = "metrics.json"
 PER_CLASS_FILE = "per_class_accuracy.csv"
 REPORT_FILE = "report.md"
 CLASSIFIERS_DIR = "classifiers"
+# The metrics table's accuracy columns: metric name -> heading.
+ACCURACY_COLUMNS = {"test_top1": "test top-1", "test_top5": "test top-5",
+                    "train_top1": "train top-1", "train_top5": "train top-5"}
+# Follows an accuracy that means little (its split's `caveats` say why).
+CAVEAT_MARK = "*"
 
 
 def confusion_png_name(split: int) -> str:
@@ -53,41 +59,60 @@ def _percent(value: float) -> str:
 
 
 def metrics_table(summary: dict[str, Any]) -> str:
-  """Markdown table of each split's accuracies, sizes, C and time, and the mean."""
-  rows = ["| split | test top-1 | test top-5 | train top-1 | train top-5 | test videos "
-          "(clips) | train videos (clips) | C | seconds |",
-          "|---|---|---|---|---|---|---|---|---|"]
+  """Markdown table of each split's accuracies, sizes, C and time, and the mean.
+
+  An accuracy that means little carries `CAVEAT_MARK` (`caveat_lines` says why).
+  """
+  def accuracies(m):
+    return " | ".join(_percent(m[name]) + (CAVEAT_MARK if name in m["caveats"] else "")
+                      for name in ACCURACY_COLUMNS)
+
+  rows = ["| split | " + " | ".join(ACCURACY_COLUMNS.values()) + " | test videos (clips) | "
+          "train videos (clips) | classes | C | seconds |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
   for split, m in summary["splits"].items():
     rows.append(
-        f"| {split} | {_percent(m['test_top1'])} | {_percent(m['test_top5'])} | "
-        f"{_percent(m['train_top1'])} | {_percent(m['train_top5'])} | "
-        f"{m['num_test_videos']} ({m['num_test_clips']}) | "
-        f"{m['num_train_videos']} ({m['num_train_clips']}) | {m['svm_c']:g} | "
-        f"{m['seconds']['total']:.1f} |")
-  mean = summary["mean"]
-  rows.append(f"| mean | {_percent(mean['test_top1'])} | {_percent(mean['test_top5'])} | "
-              f"{_percent(mean['train_top1'])} | {_percent(mean['train_top5'])} | | | | |")
+        f"| {split} | {accuracies(m)} | {m['num_test_videos']} ({m['num_test_clips']}) | "
+        f"{m['num_train_videos']} ({m['num_train_clips']}) | {m['num_classes']} | "
+        f"{m['svm_c']:g} | {m['seconds']['total']:.1f} |")
+  rows.append(f"| mean | {accuracies(summary['mean'])} | | | | | |")
   return "\n".join(rows)
 
 
-def per_class_csv(class_names: Sequence[str], per_split: dict[int, tuple[np.ndarray, np.ndarray]]
-                  ) -> str:
+def caveat_lines(summary: dict[str, Any]) -> list[str]:
+  """Why the accuracies marked in `metrics_table` mean little, one line per metric."""
+  return [f"{ACCURACY_COLUMNS[name]}, {reasons}"
+          for name, reasons in summary["mean"]["caveats"].items()]
+
+
+def per_class_csv(classes: Mapping[int, str],
+                  per_split: dict[int, tuple[np.ndarray, np.ndarray]]) -> str:
   """CSV rows `split,label,class_name,test_videos,test_top1`.
 
   Args:
-    class_names: K names in label order.
-    per_split: split -> (float [K] top-1 per class, int [K] test videos per class).
+    classes: the classes evaluated, label -> name, in label order.
+    per_split: split -> (float [K] top-1 per class, int [K] test videos per
+      class), indexed by label.
   """
   lines = ["split,label,class_name,test_videos,test_top1"]
   for split, (accuracies, counts) in sorted(per_split.items()):
-    for label, name in enumerate(class_names):
+    for label, name in classes.items():
       value = "" if math.isnan(accuracies[label]) else f"{accuracies[label]:.6f}"
       lines.append(f"{split},{label},{name},{counts[label]},{value}")
   return "\n".join(lines) + "\n"
 
 
-def confusion_png(confusion: np.ndarray, class_names: Sequence[str], title: str) -> bytes:
-  """PNG of an int [K, K] confusion matrix, rows normalised to fractions."""
+def confusion_png(confusion: np.ndarray, classes: Mapping[int, str], title: str) -> bytes:
+  """PNG of the confusion among `classes` (of an int [K, K] matrix), rows as fractions."""
+  # Imported here: matplotlib's import is a quarter of a second that the
+  # job's --help and input checks need not wait for.
+  import matplotlib
+  matplotlib.use("Agg")  # No display: draws into memory.
+  from matplotlib import pyplot as plt
+
+  labels = list(classes)
+  class_names = list(classes.values())
+  confusion = confusion[np.ix_(labels, labels)]
   totals = confusion.sum(axis=1, keepdims=True)
   fractions = confusion / np.maximum(totals, 1)
   size = min(24.0, max(5.0, 0.2 * len(class_names)))
@@ -108,15 +133,16 @@ def confusion_png(confusion: np.ndarray, class_names: Sequence[str], title: str)
   return buffer.getvalue()
 
 
-def markdown_report(summary: dict[str, Any], class_names: Sequence[str],
+def markdown_report(summary: dict[str, Any], classes: Mapping[int, str],
                     per_split: dict[int, tuple[np.ndarray, np.ndarray]],
                     input_summaries: dict[int, str], settings: dict[str, Any]) -> str:
-  """The report: settings, metrics, input problems, confusion pictures, per-class table.
+  """The report: settings, metrics and their caveats, inputs, confusion pictures, per class.
 
   Args:
     summary: `metrics.json`'s content.
-    class_names: K names in label order.
-    per_split: split -> (float [K] test top-1 per class, int [K] test videos).
+    classes: the classes evaluated, label -> name, in label order.
+    per_split: split -> (float [K] test top-1 per class, int [K] test videos),
+      indexed by label.
     input_summaries: split -> what its inputs lacked (`InputCheck.summary()`).
     settings: the run's settings, shown as given.
   """
@@ -125,6 +151,9 @@ def markdown_report(summary: dict[str, Any], class_names: Sequence[str],
            "the decision values averaged over its windows. Accuracies in %.", ""]
   lines += ["## Settings", ""] + [f"- `{k}`: `{v}`" for k, v in settings.items()] + [""]
   lines += ["## Metrics", "", metrics_table(summary), ""]
+  caveats = caveat_lines(summary)
+  if caveats:
+    lines += [f"`{CAVEAT_MARK}` means little:", ""] + [f"- {line}" for line in caveats] + [""]
   for split, m in summary["splits"].items():
     if m["validation_top1"]:
       sweep = ", ".join(f"C={float(c):g}: {_percent(s)}" for c, s in m["validation_top1"].items())
@@ -139,7 +168,23 @@ def markdown_report(summary: dict[str, Any], class_names: Sequence[str],
   lines += ["## Per-class test top-1", "",
             "| label | class | " + " | ".join(f"split {s} (videos)" for s in splits) + " |",
             "|---|---|" + "---|" * len(splits)]
-  for label, name in enumerate(class_names):
+  for label, name in classes.items():
     cells = [f"{_percent(per_split[s][0][label])} ({per_split[s][1][label]})" for s in splits]
     lines.append(f"| {label} | {name} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
+
+
+def console_summary(summary: dict[str, Any], output_dir: str, seconds: float) -> str:
+  """What the job prints at its end: the metrics table, its caveats, outputs, wall time."""
+  out = output_dir.rstrip("/")
+  splits = ", ".join(summary["splits"])
+  lines = [f"UCF101 linear evaluation, split{'s' if len(summary['splits']) > 1 else ''} "
+           f"{splits} (accuracies in %):", metrics_table(summary)]
+  caveats = caveat_lines(summary)
+  if caveats:
+    lines += [f"{CAVEAT_MARK} means little:"] + [f"  {line}" for line in caveats]
+  lines += [f"metrics: {out}/{METRICS_FILE}",
+            f"report:  {out}/{REPORT_FILE} (per class: {PER_CLASS_FILE}, "
+            f"classifiers: {CLASSIFIERS_DIR}/)",
+            f"wall time: {seconds:.1f} s"]
+  return "\n".join(lines)

@@ -1,11 +1,16 @@
 """Dataflow launch scripts, checked offline with Dataflow's dry-run mode."""
 
+import re
+import socket
+
 import pytest
 from apache_beam.internal.gcp import auth
 from apache_beam.runners.dataflow.internal import apiclient
 
 from launch import dataflow
 from pipelines import embed
+
+import cli_checks
 
 COMMON = ["--project", "my-project-123", "--region", "us-central1",
           "--bucket", "gs://my-mmv-bucket", "--dry_run"]
@@ -89,7 +94,104 @@ def test_linear_eval_job_reads_the_embedding_jobs_output():
   assert job.options.get_all_options()["number_of_worker_harness_threads"] == 1
 
 
-def test_bucket_must_be_on_gcs():
-  with pytest.raises(SystemExit):
-    dataflow.parse_args(["embed", "--project", "p", "--region", "r", "--bucket", "/tmp/x",
-                         "--image", "i", "--checkpoint_path", "mmv_s3d.pkl"])
+def usage_error(argv, capsys) -> str:
+  return cli_checks.usage_error(dataflow.main, dataflow.PROG, argv, capsys)
+
+
+@pytest.mark.parametrize("bucket", ["/tmp/x", "gs://b", "gs://My_Bucket"])
+def test_bucket_must_be_a_valid_gcs_bucket(bucket, capsys):
+  argv = ["embed", "--project", "p", "--region", "r", "--bucket", bucket, "--image", "i",
+          "--checkpoint_path", "mmv_s3d.pkl", "--dry_run"]
+  assert f"--bucket must be gs://BUCKET[/prefix] with a valid bucket name, not {bucket!r}" in (
+      usage_error(argv, capsys))
+
+
+@pytest.mark.parametrize("argv, unknown", [
+    (["embed", *COMMON, "--image", "i", "--checkpoint_path", "gs://b/mmv_s3d.pkl",
+      "--max_num_wrkers=3"], "--max_num_wrkers=3"),
+    (["embed", *COMMON, "--image", "i", "--checkpoint_path", "gs://b/mmv_s3d.pkl",
+      "--clases", "Archery"], "--clases Archery"),
+    (["linear_eval", *COMMON, "--image", "i", "--backbone", "s3d", "--svm_cc=1"], "--svm_cc=1"),
+], ids=["Beam option", "embed flag", "linear_eval flag"])
+def test_a_flag_that_neither_the_job_nor_beam_takes_is_an_error_naming_it(argv, unknown, capsys):
+  assert f"unrecognized arguments: {unknown} (" in usage_error(argv, capsys)
+
+
+@pytest.mark.parametrize("argv, problem", [
+    (["linear_eval", *COMMON, "--image", "i", "--backbone", "s3x"],
+     "--backbone: no backbone 's3x'; there are s3d, tsm_resnet_x1, tsm_resnet_x2"),
+    (["embed", *COMMON, "--image", "i", "--checkpoint_path", "gs://b/weights.pkl"],
+     "cannot infer the visual backbone"),
+])
+def test_an_unknown_backbone_is_an_error(argv, problem, capsys):
+  assert problem in usage_error(argv, capsys)
+
+
+@pytest.fixture
+def network_attempts(monkeypatch) -> list:
+  """Connections and name look-ups tried, each refused."""
+  attempts = []
+
+  def refuse(*args, **kwargs):
+    attempts.append(args)
+    raise OSError("this test allows no network")
+  monkeypatch.setattr(socket.socket, "connect", refuse)
+  monkeypatch.setattr(socket, "getaddrinfo", refuse)
+  return attempts
+
+
+def _printed_options(printed: str) -> dict[str, str]:
+  return dict(re.split(r"\s{2,}", line.strip(), maxsplit=1)
+              for line in printed.splitlines() if line.startswith("  "))
+
+
+UNSET = "Dataflow's default"
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["embed", "--accelerator", "gpu", "--image", "img:gpu", "--checkpoint_path",
+      "gs://my-mmv-bucket/ckpt/mmv_tsm_resnet_x1.pkl", "--max_num_workers=7"],
+     {"workers at start": UNSET, "workers at most": "7", "SDK processes": "one per VM",
+      "harness threads": f"{dataflow.GPU_HOST_THREADS} per SDK process",
+      "accelerator": f"{dataflow.GPU_ACCELERATOR}, for the embedding step only (min RAM 32GB)",
+      "checkpoint": "gs://my-mmv-bucket/ckpt/mmv_tsm_resnet_x1.pkl (tsm_resnet_x1)",
+      "video cache": "gs://my-mmv-bucket/work",
+      "output": "gs://my-mmv-bucket/embeddings/tsm_resnet_x1"}),
+    (["embed", "--accelerator", "tpu", "--image", "img:tpu", "--checkpoint_path",
+      "gs://my-mmv-bucket/ckpt/mmv_s3d.pkl", "--num_workers=2"],
+     {"workers at start": "2", "workers at most": UNSET, "SDK processes": "one per VM",
+      "harness threads": UNSET,
+      "accelerator": f"{dataflow.TPU_ACCELERATOR}, on every worker",
+      "output": "gs://my-mmv-bucket/embeddings/s3d"}),
+    (["linear_eval", "--image", "img:cpu", "--backbone", "s3d"],
+     {"workers at start": UNSET, "workers at most": UNSET, "SDK processes": "one per VM",
+      "harness threads": "1 per SDK process",
+      "accelerator": "none", "embeddings": "gs://my-mmv-bucket/embeddings/s3d",
+      "split lists": "those the embedding job used (its run.json)",
+      "output": "gs://my-mmv-bucket/linear_eval/s3d"}),
+], ids=["embed gpu", "embed tpu", "linear_eval"])
+def test_a_dry_run_prints_the_options_of_the_job_it_built_and_contacts_nothing(
+    argv, expected, capsys, network_attempts):
+  job = dataflow.main([*argv, *COMMON]).job
+  printed = capsys.readouterr().out
+  assert printed.startswith(f"dry run: built job {job.proto.name!r}; nothing submitted")
+  assert not network_attempts
+  options = _printed_options(printed)
+  pool = _environment(job).proto.worker_pools[0]
+  assert options["runner"] == "DataflowRunner (runner v2)"
+  assert (options["project"], options["region"]) == ("my-project-123", "us-central1")
+  assert options["machine type"] == pool.machine_type
+  assert options["container image"] in {c.container_image
+                                        for c in pool.sdk_harness_container_images}
+  # Dataflow gives each job folders of its own.
+  assert options["staging"].startswith(f"gs://my-mmv-bucket/staging/{job.proto.name}.")
+  assert options["temp"].startswith(f"gs://my-mmv-bucket/tmp/{job.proto.name}.")
+  assert expected.items() <= options.items()
+
+
+@pytest.mark.parametrize("command", [(), ("embed",), ("linear_eval",)])
+def test_help_is_quick_and_shows_every_flags_default(command):
+  text, imported = cli_checks.run_help("launch.dataflow", *command)
+  assert text.startswith(f"usage: {' '.join([dataflow.PROG, *command])} ")
+  assert cli_checks.undocumented_options(text) == []
+  assert not imported & set(cli_checks.HEAVY_MODULES)

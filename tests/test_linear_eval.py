@@ -7,8 +7,11 @@ videos are groups 2N-1 and 2N, as the official splits hold out whole groups.
 
 import json
 import pathlib
+import re
+import shutil
 import subprocess
 import sys
+import time
 import zipfile
 
 import numpy as np
@@ -21,7 +24,10 @@ from mmv_core import embedding_schema as schema
 from mmv_core import linear_eval
 from mmv_core import report
 from mmv_core import ucf101
+from pipelines import common
 from pipelines import linear_eval as linear_eval_job
+
+import cli_checks
 
 CLASSES = ("ApplyEyeMakeup", "Archery", "Basketball", "Biking", "Bowling")
 NUM_GROUPS = 8
@@ -82,8 +88,11 @@ def make_clips(seed: int, *, signal: float, video_noise: float = 0.0,
 
 
 def write_embeddings(directory: pathlib.Path, clips, *, num_shards: int = 2,
-                     extra_records=()) -> pathlib.Path:
-  """Writes clips as the embedding job does: shards of examples and run.json."""
+                     extra_records=(), settings: dict | None = None) -> pathlib.Path:
+  """Writes clips as the embedding job does: shards of examples and run.json.
+
+  `settings` go into run.json as the embedding job's settings.
+  """
   (directory / schema.SHARDS_DIR).mkdir(parents=True)
   writers = [tf.io.TFRecordWriter(
       str(directory / schema.SHARDS_DIR / f"part-{i:05d}-of-{num_shards:05d}.tfrecord"))
@@ -97,9 +106,11 @@ def write_embeddings(directory: pathlib.Path, clips, *, num_shards: int = 2,
     writers[i % num_shards].write(record)
   for writer in writers:
     writer.close()
-  (directory / schema.RUN_CONFIG_FILE).write_text(json.dumps(
-      {schema.NUM_TRAIN_CLIPS: NUM_TRAIN_CLIPS, schema.NUM_TEST_WINDOWS: NUM_TEST_WINDOWS,
-       "model": "synthetic"}))
+  run_config = {schema.NUM_TRAIN_CLIPS: NUM_TRAIN_CLIPS, schema.NUM_TEST_WINDOWS: NUM_TEST_WINDOWS,
+                "model": "synthetic"}
+  if settings is not None:
+    run_config[schema.SETTINGS] = settings
+  (directory / schema.RUN_CONFIG_FILE).write_text(json.dumps(run_config))
   return directory
 
 
@@ -412,3 +423,218 @@ def test_split_lists_default_to_those_the_embedding_job_recorded(tmp_path, split
   assert metrics["splits"]["1"]["num_test_videos"] == 2 * len(CLASSES)
   assert metrics["splits"]["1"]["test_top1"] == pytest.approx(
       protocol_by_hand(clips, 1, 0.001)["test_top1"])
+
+
+# ---- The job's command line: user errors, its summary, limited runs, --help ----
+
+
+@pytest.fixture(scope="module")
+def complete_inputs(tmp_path_factory) -> pathlib.Path:
+  """An embedding job's output with every clip, whose run.json records the split lists."""
+  directory = tmp_path_factory.mktemp("complete")
+  split_zip = write_split_zip(directory / "splits.zip")
+  return write_embeddings(directory / "emb", make_clips(11, signal=1.0),
+                          settings={schema.SPLITS_ZIP: str(split_zip)})
+
+
+def _refuse_to_load(*args, **kwargs):
+  raise AssertionError("a split was loaded before the inputs were checked")
+
+
+def usage_error(argv, capsys, monkeypatch) -> str:
+  """The job's one line on stderr (exit status 2), given before any split was loaded."""
+  monkeypatch.setattr(linear_eval, "collect_split_features", _refuse_to_load)
+  return cli_checks.usage_error(linear_eval_job.main, linear_eval_job.PROG, [*argv, *RUNNER],
+                                capsys)
+
+
+@pytest.mark.parametrize("flag, problem", [
+    ("--svm_c=0", "--svm_c: C must be a positive number, got 0"),
+    ("--svm_c=0.01,-1", "--svm_c: C must be a positive number, got -1"),
+    ("--svm_c=nan", "--svm_c: C must be a positive number, got nan"),
+    ("--svm_tol=0", "--svm_tol must be a positive number, got 0"),
+    ("--svm_max_iter=0", "--svm_max_iter must be at least 1, got 0"),
+    ("--splits=1,4", "--splits: no split [4]; UCF101 has splits 1, 2, 3"),
+    ("--splits_zip=/nonexistent/splits.zip", "--splits_zip: /nonexistent/splits.zip: cannot read"),
+])
+def test_an_invalid_flag_is_one_line_and_exit_status_2(flag, problem, complete_inputs, tmp_path,
+                                                       capsys, monkeypatch):
+  argv = [f"--embeddings_dir={complete_inputs}", f"--output_dir={tmp_path / 'out'}", flag]
+  assert problem in usage_error(argv, capsys, monkeypatch)
+
+
+def _without_run_json_settings(embeddings: pathlib.Path) -> None:
+  (embeddings / schema.RUN_CONFIG_FILE).write_text(json.dumps(
+      {schema.NUM_TRAIN_CLIPS: NUM_TRAIN_CLIPS, schema.NUM_TEST_WINDOWS: NUM_TEST_WINDOWS,
+       schema.SETTINGS: {schema.SPLITS_ZIP: "/nonexistent/splits.zip"}}))
+
+
+@pytest.mark.parametrize("break_inputs, problem", [
+    (shutil.rmtree, "emb is not an embedding job's output: {emb}/run.json: cannot read run "
+                    "settings ([Errno 2] No such file or directory"),
+    (lambda emb: [shutil.rmtree(emb), emb.mkdir()], "emb is not an embedding job's output"),
+    (lambda emb: (emb / schema.RUN_CONFIG_FILE).write_text("{"),
+     "{emb}/run.json: cannot read run settings"),
+    (lambda emb: shutil.rmtree(emb / schema.SHARDS_DIR), "no embedding shards"),
+    (_without_run_json_settings,
+     "the split lists of {emb}/run.json: /nonexistent/splits.zip: cannot read"),
+    (lambda emb: (emb.parent / "out").mkdir() or (emb.parent / "out" / "metrics.json").touch(),
+     "--output_dir {emb}/../out already holds metrics.json; choose a new --output_dir"),
+], ids=["no directory", "empty directory", "run.json unreadable", "no shards",
+        "recorded split lists missing", "output dir holds metrics"])
+def test_unusable_inputs_are_one_line_and_exit_status_2(break_inputs, problem, complete_inputs,
+                                                        tmp_path, capsys, monkeypatch):
+  embeddings = shutil.copytree(complete_inputs, tmp_path / "emb")
+  break_inputs(embeddings)
+  argv = [f"--embeddings_dir={embeddings}", f"--output_dir={embeddings}/../out"]
+  assert problem.format(emb=embeddings) in usage_error(argv, capsys, monkeypatch)
+
+
+def test_missing_clips_are_refused_before_any_split_is_loaded(tmp_path, split_zip, capsys,
+                                                              monkeypatch):
+  clips = make_clips(12, signal=1.0)
+  gone = video_id("Biking", 5)  # A training video of split 1, a test video of split 3.
+  for index in range(NUM_TRAIN_CLIPS):
+    del clips[(gone, "train", index)]
+  embeddings = write_embeddings(tmp_path / "emb", clips)
+  argv = [f"--embeddings_dir={embeddings}", f"--output_dir={tmp_path / 'out'}",
+          f"--splits_zip={split_zip}"]
+  error = usage_error(argv, capsys, monkeypatch)
+  for split in (1, 2):
+    assert f"split {split}: {NUM_TRAIN_CLIPS} missing clips: {gone}/train/0" in error
+  assert "split 3" not in error  # Its test windows are all there.
+  assert "pass --allow_missing" in error
+  # Python callers may catch it as the library's error.
+  with pytest.raises(linear_eval.IncompleteSplitError, match=gone):
+    linear_eval_job.main([*argv, *RUNNER])
+
+
+def test_a_label_disagreeing_with_the_lists_is_one_line_and_exit_status_2(
+    tmp_path, split_zip, capsys, monkeypatch):
+  clips = make_clips(13, signal=1.0)
+  key = (video_id("Archery", 4), "test", 2)
+  clips[key] = (0, clips[key][1])
+  embeddings = write_embeddings(tmp_path / "emb", clips)
+  argv = [f"--embeddings_dir={embeddings}", f"--output_dir={tmp_path / 'out'}",
+          f"--splits_zip={split_zip}"]
+  assert "v_Archery_g04_c01 has label 0, the split lists give 1 (Archery)" in usage_error(
+      argv, capsys, monkeypatch)
+
+
+def test_the_command_line_says_a_user_error_in_one_line_and_nothing_else(tmp_path, split_zip):
+  clips = {key: value for key, value in make_clips(14, signal=1.0).items()
+           if key[0] != video_id("Bowling", 2)}
+  embeddings = write_embeddings(tmp_path / "emb", clips)
+  result = subprocess.run(
+      [sys.executable, "-m", "pipelines.linear_eval", f"--embeddings_dir={embeddings}",
+       f"--output_dir={tmp_path / 'out'}", f"--splits_zip={split_zip}"],
+      cwd=cli_checks.REPO_ROOT, capture_output=True, text=True)
+  assert result.returncode == common.USAGE_ERROR_STATUS
+  assert result.stdout == ""
+  assert result.stderr.startswith("python -m pipelines.linear_eval: error: --embeddings_dir ")
+  assert len(result.stderr.splitlines()) == 1 and "v_Bowling_g02_c01" in result.stderr
+  assert not (tmp_path / "out").exists()
+
+
+def _table(printed: str) -> dict[str, dict[str, str]]:
+  """The rows of the printed Markdown table: first cell -> {column: cell}."""
+  rows = [[cell.strip() for cell in line.strip("|").split("|")]
+          for line in printed.splitlines() if line.startswith("| ")]
+  header, *body = rows
+  return {cells[0]: dict(zip(header, cells)) for cells in body}
+
+
+def test_the_job_ends_with_a_summary_of_metrics_json(tmp_path, split_zip, capsys):
+  embeddings = write_embeddings(tmp_path / "emb", make_clips(15, signal=0.6))
+  started = time.monotonic()
+  metrics = run_job(tmp_path, split_zip, embeddings, "--splits=1,3", "--svm_c=0.001,0.01")
+  seconds = time.monotonic() - started
+  printed = capsys.readouterr().out
+  table = _table(printed)
+
+  assert set(table) == {"1", "3", "mean"}
+  for split, row in table.items():
+    m = metrics["splits"][split] if split != "mean" else metrics["mean"]
+    for name, column in report.ACCURACY_COLUMNS.items():
+      value, mark = row[column].rstrip("*"), row[column][len(row[column].rstrip("*")):]
+      assert float(value) == pytest.approx(100 * m[name], abs=0.005), (split, name)
+      assert (mark == "*") == (name in m["caveats"]), (split, name)
+    if split != "mean":
+      assert row["test videos (clips)"] == f"{m['num_test_videos']} ({m['num_test_clips']})"
+      assert row["train videos (clips)"] == f"{m['num_train_videos']} ({m['num_train_clips']})"
+      assert int(row["classes"]) == m["num_classes"] == len(CLASSES)
+      assert float(row["C"]) == m["svm_c"]
+      assert float(row["seconds"]) == pytest.approx(m["seconds"]["total"], abs=0.05)
+  # 5 classes make top-5 trivial; 10 test videos per split make test accuracies coarse.
+  assert metrics["mean"]["caveats"] == {
+      "test_top1": "splits 1, 3: fewer than 30 test videos, a coarse estimate",
+      "test_top5": "splits 1, 3: trivially 100% with 5 classes or fewer; fewer than 30 test "
+                   "videos, a coarse estimate",
+      "train_top5": "splits 1, 3: trivially 100% with 5 classes or fewer"}
+  for name, reasons in metrics["mean"]["caveats"].items():
+    assert f"  {report.ACCURACY_COLUMNS[name]}, {reasons}\n" in printed
+  out = tmp_path / "out"
+  assert f"metrics: {out / report.METRICS_FILE}\n" in printed
+  assert f"report:  {out / report.REPORT_FILE} " in printed
+  wall_seconds = float(re.search(r"^wall time: ([\d.]+) s$", printed, re.M)[1])
+  assert 0 < wall_seconds <= seconds + 0.05
+
+
+def test_a_run_limited_to_some_classes_is_evaluated_on_those_classes(tmp_path, split_zip,
+                                                                     capsys, monkeypatch):
+  kept = ("Archery", "Bowling")
+  clips = {key: (label, embedding) for key, (label, embedding)
+           in make_clips(16, signal=2.0).items() if CLASSES[label] in kept}
+  settings = {schema.SPLITS_ZIP: str(split_zip), schema.CLASSES: list(kept)}
+  embeddings = write_embeddings(tmp_path / "emb", clips, settings=settings)
+  out = tmp_path / "out"
+  linear_eval_job.main([f"--embeddings_dir={embeddings}", f"--output_dir={out}", *RUNNER])
+
+  metrics = json.loads((out / report.METRICS_FILE).read_text())
+  for split in ("1", "2", "3"):
+    m = metrics["splits"][split]
+    assert m["input_check"]["complete"]
+    assert (m["num_classes"], m["num_test_videos"]) == (len(kept), 2 * len(kept))
+    assert m["num_train_videos"] == (NUM_GROUPS - 2) * len(kept)
+    assert m["caveats"] == {
+        "test_top1": f"fewer than {linear_eval.MIN_TEST_VIDEOS} test videos, a coarse estimate",
+        "test_top5": f"trivially 100% with {linear_eval.TRIVIAL_TOP5_MAX_CLASSES} classes or "
+                     f"fewer; fewer than {linear_eval.MIN_TEST_VIDEOS} test videos, a coarse "
+                     "estimate",
+        "train_top5": "trivially 100% with 5 classes or fewer"}
+  printed = capsys.readouterr().out
+  assert _table(printed)["mean"]["test top-5"] == "100.00*"
+  assert "test top-5, splits 1, 2, 3: trivially 100% with 5 classes or fewer" in printed
+  assert "test top-5, splits 1, 2, 3: trivially 100%" in (out / report.REPORT_FILE).read_text()
+  per_class = (out / report.PER_CLASS_FILE).read_text().splitlines()[1:]
+  assert {line.split(",")[2] for line in per_class} == set(kept)
+
+  # Without the record of --classes, the other classes' videos lack clips.
+  settings.pop(schema.CLASSES)
+  (embeddings / schema.RUN_CONFIG_FILE).write_text(json.dumps(
+      {schema.NUM_TRAIN_CLIPS: NUM_TRAIN_CLIPS, schema.NUM_TEST_WINDOWS: NUM_TEST_WINDOWS,
+       schema.SETTINGS: settings}))
+  argv = [f"--embeddings_dir={embeddings}", f"--output_dir={tmp_path / 'all'}"]
+  assert "v_ApplyEyeMakeup_g01_c01" in usage_error(argv, capsys, monkeypatch)
+
+
+def test_a_run_limited_by_max_videos_is_evaluated_on_the_videos_it_listed(tmp_path, split_zip):
+  listed = {v.video_id for v in ucf101.select_videos(
+      ucf101.load_split_lists(str(split_zip)), max_videos=12)}
+  clips = {key: value for key, value in make_clips(17, signal=2.0).items() if key[0] in listed}
+  embeddings = write_embeddings(tmp_path / "emb", clips,
+                                settings={schema.SPLITS_ZIP: str(split_zip),
+                                          schema.MAX_VIDEOS: 12})
+  metrics = run_job(tmp_path, split_zip, embeddings)
+  # Round robin over the 5 classes' groups 1, 2, 3: 10 videos of groups 1 and 2 and two
+  # of group 3. Split 3 holds out groups 5 and 6, so it has no test video.
+  assert {s: (m["num_train_videos"], m["num_test_videos"])
+          for s, m in metrics["splits"].items()} == {"1": (2, 10), "2": (10, 2), "3": (12, 0)}
+  assert all(m["input_check"]["complete"] for m in metrics["splits"].values())
+
+
+def test_help_is_quick_and_shows_every_flags_default():
+  text, imported = cli_checks.run_help("pipelines.linear_eval")
+  assert text.startswith(f"usage: {linear_eval_job.PROG} ")
+  assert cli_checks.undocumented_options(text) == []
+  assert not imported & set(cli_checks.HEAVY_MODULES)

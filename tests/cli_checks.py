@@ -1,0 +1,52 @@
+"""What the tests of the jobs' command lines check: user errors and `--help`."""
+
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+from pipelines import common
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Modules that take a second or more to import, which --help should not wait for.
+HEAVY_MODULES = ("sklearn", "scipy", "matplotlib", "jax", "tensorflow")
+
+
+def run_help(*command: str) -> tuple[str, set[str]]:
+  """`python -m COMMAND --help`: its text, and the top-level packages it imported."""
+  result = subprocess.run([sys.executable, "-X", "importtime", "-m", *command, "--help"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+  imported = {line.rsplit("|", 1)[1].strip().split(".")[0]
+              for line in result.stderr.splitlines() if line.startswith("import time:")}
+  return result.stdout, imported
+
+
+def undocumented_options(help_text: str) -> list[str]:
+  """The options of a --help that lack help text, or show neither their default
+  nor that they are required and are not boolean flags (which have no value)."""
+  section = help_text.split("\noptions:\n", 1)[1].split("\n\n", 1)[0]
+  undocumented = []
+  for entry in re.split(r"\n(?=  -)", section):
+    first_line, *more_lines = entry.strip().split("\n")
+    flags, *first_words = re.split(r"\s{2,}", first_line, maxsplit=1)
+    description = " ".join([*first_words, *(line.strip() for line in more_lines)])
+    is_boolean = re.fullmatch(r"(-\w, )?--\w+", flags)
+    shows_default = "(default: " in description or description.endswith("; required")
+    said = re.sub(r"\(default: [^)]*\)$|; required$", "", description).strip()
+    if not said or not (shows_default or is_boolean):
+      undocumented.append(" ".join(entry.split()))
+  return undocumented
+
+
+def usage_error(main, prog: str, argv: list[str], capsys) -> str:
+  """Runs `main` as its command line does (`common.run_main`); checks exit status 2
+  and one line on stderr, and returns that line."""
+  with pytest.raises(SystemExit) as stopped:
+    common.run_main(main, prog, argv)
+  assert stopped.value.code == common.USAGE_ERROR_STATUS
+  stderr = capsys.readouterr().err
+  assert len(stderr.splitlines()) == 1, stderr
+  assert stderr.startswith(f"{prog}: error: ")
+  return stderr
