@@ -176,21 +176,6 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   return args, extra
 
 
-def unknown_beam_flags(beam_args: Sequence[str]) -> list[str]:
-  """The arguments in `beam_args` that no Beam pipeline option takes.
-
-  Beam would drop them with a warning, so a misspelt option would go
-  unnoticed. They are what Beam's own parser of every option leaves over:
-  `get_all_options` hands that parser to `add_extra_args_fn` before it
-  parses (and, told to retain unknown arguments, warns of none).
-  """
-  unknown = []
-  PipelineOptions(beam_args).get_all_options(
-      add_extra_args_fn=lambda parser: unknown.extend(parser.parse_known_args(beam_args)[1]),
-      retain_unknown_options=True)
-  return unknown
-
-
 def _job_paths(job: str, config) -> dict[str, str]:
   """The inputs and outputs of a job's config (`pipelines.JOB.parse_args`)."""
   if job == "embed":
@@ -262,12 +247,7 @@ def main(argv: Sequence[str] | None = None):
   else:
     from pipelines import linear_eval as job
     job_argv = linear_eval_argv(args, extra)
-  config, beam_args = job.parse_args(job_argv)
-  unknown = unknown_beam_flags(beam_args)
-  if unknown:
-    raise common.UsageError(
-        f"unrecognized arguments: {' '.join(unknown)} (not a flag of {args.job} nor a "
-        "Beam pipeline option)")
+  config, _ = job.parse_args(job_argv)  # Refuses flags that neither the job nor Beam takes.
   result = job.run(job_argv)
   if args.dry_run:
     print(f"dry run: built job {result.job.proto.name!r}; nothing submitted, no Google "

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from mmv_core import sources
 
@@ -101,6 +102,24 @@ def _describe_owner(path: str) -> str:
     return f"{owner['job']} started {owner['started']} on {owner['host']}, pid {owner['pid']}"
   except Exception:  # pylint: disable=broad-except  # Only for the message.
     return f"see {path}"
+
+
+def check_beam_flags(beam_args: Sequence[str], prog: str) -> None:
+  """Raises UsageError naming the arguments that no Beam pipeline option takes.
+
+  A job passes Beam the flags it does not know itself; Beam would drop the
+  unknown ones with a warning, so a misspelt option would go unnoticed. They
+  are what Beam's own parser of every option leaves over: `get_all_options`
+  hands that parser to `add_extra_args_fn` before it parses (and, told to
+  retain unknown arguments, warns of none).
+  """
+  unknown = []
+  PipelineOptions(beam_args).get_all_options(
+      add_extra_args_fn=lambda parser: unknown.extend(parser.parse_known_args(beam_args)[1]),
+      retain_unknown_options=True)
+  if unknown:
+    raise UsageError(f"unrecognized arguments: {' '.join(unknown)} (neither a flag of {prog} "
+                     "nor a Beam pipeline option)")
 
 
 def with_local_runner(beam_args: Sequence[str],

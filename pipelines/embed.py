@@ -53,7 +53,7 @@ from pipelines.common import FAILURES, WriteFailures, count_failure, counter, di
 from pipelines.common import failure_record
 from pipelines.common import IN_PROCESS_RUNNER_ARGS, UsageError, claim_output_dir, read_owners
 from pipelines.common import run_main
-from pipelines.common import with_local_runner
+from pipelines.common import check_beam_flags, with_local_runner
 from pipelines.jax_inference import JaxEmbeddingHandler
 
 FAILURES_DIR = "failures"
@@ -556,12 +556,14 @@ def parse_args(argv: Sequence[str] | None) -> tuple[EmbedJobConfig, list[str]]:
       epilog="Other flags are Beam pipeline options (e.g. --runner, --direct_num_workers, "
              "Dataflow's --project, --region, --temp_location).",
       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument("--checkpoint_path", required=True,
-                 help="released MMV checkpoint (.pkl) or converted .npz; local, gs:// or https://")
-  p.add_argument("--work_dir", required=True,
-                 help="video cache (local or gs://), reused across runs")
-  p.add_argument("--output_dir", required=True,
-                 help="embeddings, failures and run.json; one run per directory")
+  # A required flag has no default for --help to show.
+  p.add_argument("--checkpoint_path", required=True, default=argparse.SUPPRESS,
+                 help="released MMV checkpoint (.pkl) or converted .npz; local, gs:// or "
+                      "https://; required")
+  p.add_argument("--work_dir", required=True, default=argparse.SUPPRESS,
+                 help="video cache (local or gs://), reused across runs; required")
+  p.add_argument("--output_dir", required=True, default=argparse.SUPPRESS,
+                 help="embeddings, failures and run.json; one run per directory; required")
   p.add_argument("--video_zip", default=defaults.video_zip,
                  help="UCF101's video ZIP: local path, gs:// or https://")
   p.add_argument("--splits_zip", default=defaults.splits_zip,
@@ -613,6 +615,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[EmbedJobConfig, list[str]]:
   p.add_argument("--verbose", action="store_true",
                  help="show Beam's, JAX's and the workers' INFO logs")
   args, beam_args = p.parse_known_args(argv)
+  check_beam_flags(beam_args, PROG)
   values = vars(args)
   values.pop("verbose")
   values["classes"] = tuple(c for c in values["classes"].split(",") if c)

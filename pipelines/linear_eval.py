@@ -145,6 +145,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[LinearEvalConfig, list[str]]
   parser.add_argument("--verbose", action="store_true",
                       help="show Beam's INFO logs and each split's result as it comes")
   args, beam_args = parser.parse_known_args(argv)
+  common.check_beam_flags(beam_args, PROG)
 
   unknown_splits = sorted(set(args.splits) - set(ucf101.SPLITS))
   if unknown_splits:
