@@ -36,6 +36,11 @@ DEFAULT_NUM_TEST_WINDOWS = 10
 DEFAULT_NUM_TRAIN_CLIPS = 10
 DEFAULT_MIN_RESIZE = 224
 DEFAULT_CROP_SIZE = 224
+# The most that one video's decoded frames may take. The protocol's videos
+# are small (the clips of a 320x240 UCF101 video need about 40 MB); 2 GiB
+# admits 1080p sources (about 1 GB for 20 clips' frames) and refuses 4K and
+# beyond, whose frames would otherwise be decoded into many gigabytes.
+MAX_DECODED_BYTES = 2 << 30
 
 _RGB_CHANNELS = 3
 _MAX_PIXEL_VALUE = np.float32(255.0)
@@ -146,13 +151,16 @@ def decode_jpeg_frames(jpegs: Sequence[bytes],
 
   Raises:
     ValueError: if there is nothing to decode, a JPEG is corrupt or truncated
-      (the error names the frame index), an index is out of range, or the
-      frames differ in size.
+      (the error names the frame index), an index is out of range, the
+      frames differ in size, or all of them would take more than
+      `MAX_DECODED_BYTES` (checked from the first frame's header, before
+      any frame is decoded).
   """
   if indices is None:
     indices = range(len(jpegs))
   if len(indices) == 0:
     raise ValueError('No frames to decode.')
+  _check_decoded_size(jpegs, indices)
   frames = None
   for position, index in enumerate(indices):
     if not 0 <= index < len(jpegs):
@@ -170,6 +178,23 @@ def decode_jpeg_frames(jpegs: Sequence[bytes],
                        f'{indices[0]} with shape {frames.shape[1:]}.')
     frames[position] = frame
   return frames
+
+
+def _check_decoded_size(jpegs: Sequence[bytes], indices: Sequence[int]) -> None:
+  """Raises ValueError if the frames at `indices` would decode to more than MAX_DECODED_BYTES."""
+  first = indices[0]
+  if not 0 <= first < len(jpegs):
+    return  # The decoding loop names the bad index.
+  try:
+    height, width, _, _ = simplejpeg.decode_jpeg_header(jpegs[first])
+  except ValueError:
+    return  # The decoding loop names the corrupt frame.
+  decoded = len(indices) * height * width * _RGB_CHANNELS
+  if decoded > MAX_DECODED_BYTES:
+    raise ValueError(
+        f'{len(indices)} frames of {width}x{height} would take {decoded / 2**30:.1f} GiB '
+        f'decoded, more than the {MAX_DECODED_BYTES / 2**30:.0f} GiB a video may use; '
+        're-encode the video at a lower resolution')
 
 
 # Spatial processing.

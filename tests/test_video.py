@@ -206,6 +206,18 @@ def test_decode_equals_tf_decoder_across_encodings(height, width, quality, subsa
   np.testing.assert_array_equal(decoded[0], expected)
 
 
+def test_frames_too_large_to_decode_are_refused_before_decoding(monkeypatch):
+  jpegs = _encode_jpegs(_random_frames(4, 30, 40))
+  monkeypatch.setattr(video, 'MAX_DECODED_BYTES', 3 * 30 * 40 * 3)
+
+  assert video.decode_jpeg_frames(jpegs, [0, 1, 2]).shape == (3, 30, 40, 3)
+  with pytest.raises(ValueError, match=r'4 frames of 40x30 would take .* GiB decoded, more than'):
+    video.decode_jpeg_frames(jpegs)
+  with pytest.raises(ValueError, match='more than'):
+    video.clips_from_jpegs(jpegs, num_train_clips=0, num_test_windows=2, num_frames=2, stride=1,
+                           min_resize=30, crop_size=30, seed=0)
+
+
 def test_decode_skips_frames_not_asked_for():
   jpegs = _encode_jpegs(_random_frames(3, 8, 8))
   jpegs[1] = b'not a jpeg'
