@@ -108,6 +108,10 @@ def parse_example(serialized: bytes, *, include_floats: bool = True,
     `{VIDEO_ID: str, LABEL: int, LABEL_NAME: str, CLIP_TYPE: str,
     CLIP_INDEX: int}` and, with `include_floats`, `EMBEDDING` (float32 [D]) and
     every extra float feature (float32, flat) by name.
+
+  Raises:
+    EmbeddingFormatError: naming `source`, if the record is not an Example
+      of this schema or a float feature holds NaN or infinite values.
   """
   try:
     features = example_proto.Example.FromString(serialized).features.feature
@@ -138,7 +142,12 @@ def parse_example(serialized: bytes, *, include_floats: bool = True,
       raise EmbeddingFormatError(f"{source}: feature {EMBEDDING!r} is missing")
     for name, feature in features.items():
       if name not in SCALAR_FEATURES:
-        parsed[name] = example_proto.float_values(feature.float_list)
+        values = example_proto.float_values(feature.float_list)
+        if not np.isfinite(values).all():
+          raise EmbeddingFormatError(
+              f"{source}: feature {name!r} of {parsed[VIDEO_ID]} {parsed[CLIP_TYPE]} clip "
+              f"{parsed[CLIP_INDEX]} holds NaN or infinite values")
+        parsed[name] = values
   return parsed
 
 

@@ -55,6 +55,15 @@ def test_bad_examples_are_named_errors():
     schema.parse_example(incomplete.SerializeToString(), source="shard-3#4")
 
 
+def test_a_nan_embedding_is_an_error_naming_its_shard_record_and_clip():
+  broken = example()
+  broken.features.feature[schema.EMBEDDING].float_list.value[3] = float("nan")
+  with pytest.raises(schema.EmbeddingFormatError,
+                     match="part-00002.tfrecord#17: feature 'embedding' of v_Archery_g03_c02 "
+                           "test clip 7 holds NaN or infinite values"):
+    schema.parse_example(broken.SerializeToString(), source="part-00002.tfrecord#17")
+
+
 def test_records_are_read_back_and_corruption_is_detected(tmp_path):
   shard = tmp_path / schema.SHARDS_DIR / "part-0.tfrecord"
   shard.parent.mkdir()
