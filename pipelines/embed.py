@@ -324,28 +324,36 @@ class ProgressLogger(beam.DoFn):
     self._expected = expected
 
   def setup(self):
-    self._start = self._last = time.monotonic()
+    self._first = self._last = None
     self._done = 0
 
   def process(self, element):
     del element
     self._done += 1
     now = time.monotonic()
-    if self._done == 1 or now - self._last >= self._INTERVAL_S or self._done == self._expected:
+    if self._first is None:
+      self._first = now
+    if self._last is None or now - self._last >= self._INTERVAL_S or self._done == self._expected:
       self._last = now
       # Printed, not logged: local runners relay worker logs in a form hard to read.
-      line = progress_line(self._done, self._expected, now - self._start, self._what)
+      line = progress_line(self._done, self._expected, now - self._first, self._what)
       print(f"[embed] {line}", file=sys.stderr, flush=True)
     return ()
 
 
-def progress_line(done: int, expected: int | None, elapsed_s: float, what: str) -> str:
-  """E.g. "120/200 clips embedded (60%), 1.60/s, about 50 s left"; no total, no ETA."""
-  rate = done / elapsed_s if elapsed_s > 0 else 0.0
-  if not expected:
-    return f"{done} {what}, {rate:.2f}/s"
-  line = f"{done}/{expected} {what} ({100 * done / expected:.0f}%), {rate:.2f}/s"
-  if rate > 0 and done < expected:
+def progress_line(done: int, expected: int | None, since_first_s: float, what: str) -> str:
+  """E.g. "120/200 clips embedded (60%), 1.60/s, about 50 s left".
+
+  The rate counts from the first element, so the start-up before it (model
+  loading, compiling) does not skew the time left; the first line has none.
+  """
+  line = f"{done}/{expected} {what} ({100 * done / expected:.0f}%)" if expected else (
+      f"{done} {what}")
+  if done < 2 or since_first_s <= 0:
+    return line
+  rate = (done - 1) / since_first_s
+  line += f", {rate:.2f}/s"
+  if expected and done < expected:
     line += f", about {(expected - done) / rate:.0f} s left"
   return line
 

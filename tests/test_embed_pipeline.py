@@ -359,11 +359,13 @@ def test_the_command_ends_with_its_summary_and_status_1_when_too_many_fail(
 
 
 def test_progress_lines_give_the_total_and_time_left():
-  assert embed.progress_line(50, 200, 25.0, "clips embedded") == (
+  # 49 clips in the 24.5 s since the first one: 2 per second.
+  assert embed.progress_line(50, 200, 24.5, "clips embedded") == (
       "50/200 clips embedded (25%), 2.00/s, about 75 s left")
-  assert embed.progress_line(200, 200, 100.0, "clips embedded") == (
-      "200/200 clips embedded (100%), 2.00/s")
-  assert embed.progress_line(7, None, 2.0, "videos read") == "7 videos read, 3.50/s"
+  assert embed.progress_line(201, 201, 100.0, "clips embedded") == (
+      "201/201 clips embedded (100%), 2.00/s")
+  assert embed.progress_line(1, 200, 0.0, "clips embedded") == "1/200 clips embedded (0%)"
+  assert embed.progress_line(8, None, 2.0, "videos read") == "8 videos read, 3.50/s"
 
 
 def test_help_is_python_dash_m_with_every_flag_documented():
