@@ -180,7 +180,7 @@ def _job_paths(job: str, config) -> dict[str, str]:
   """The inputs and outputs of a job's config (`pipelines.JOB.parse_args`)."""
   if job == "embed":
     return {"checkpoint": f"{config.checkpoint_path} ({config.resolved_backbone})",
-            "videos": config.video_zip, "split lists": config.splits_zip,
+            "videos": config.videos_location, "split lists": config.splits_location,
             "video cache": config.work_dir, "output": config.output_dir}
   return {"embeddings": config.embeddings_dir,
           "split lists": config.splits_zip or "those the embedding job used (its run.json)",

@@ -129,22 +129,29 @@ def check_avi_container(video: bytes) -> None:
                         f"file has {len(video)}")
 
 
-def encode_jpeg_frames(video: bytes, name: str = "video.avi") -> list[bytes]:
-  """Re-encodes a video as the protocol's JPEG frames.
+def encode_jpeg_frames(video: bytes, name: str = "video.avi", recipe=None, *,
+                       start_s: float | None = None, end_s: float | None = None) -> list[bytes]:
+  """Re-encodes a video as JPEG frames.
 
   Args:
     video: the encoded video file's bytes (AVI for UCF101).
     name: file name for the temporary input (its extension helps ffmpeg
       probe) and for error messages.
+    recipe: an `encoding_recipes.EncodingRecipe` (not imported here: recipes
+      are built from `protocol_output_args`); None: the protocol's command.
+    start_s, end_s: a segment of the video in seconds, cut before
+      re-encoding; only with a recipe.
 
   Returns:
-    One JPEG image (bytes exactly as ffmpeg writes them) per output frame, at
-    25 fps for at most the first 20 s.
+    One JPEG image (bytes exactly as ffmpeg writes them) per output frame;
+    without a recipe at 25 fps for at most the first 20 s.
 
   Raises:
     EncodeError: the video is empty, truncated or not decodable, or no frame
       came out; the message includes the tail of ffmpeg's stderr.
   """
+  if recipe is None and (start_s is not None or end_s is not None):
+    raise ValueError("a segment needs an encoding recipe")
   try:
     check_avi_container(video)
   except EncodeError as e:
@@ -153,12 +160,15 @@ def encode_jpeg_frames(video: bytes, name: str = "video.avi") -> list[bytes]:
     input_path = os.path.join(tmp, os.path.basename(name) or "video")
     with open(input_path, "wb") as f:
       f.write(video)
-    command = [ffmpeg_executable(), "-nostdin", "-hide_banner", "-loglevel", "error",
-               "-i", input_path, *protocol_output_args(),
-               "-f", "image2pipe", "-c:v", "mjpeg", "pipe:1"]
+    if recipe is None:
+      arguments = ["-nostdin", "-hide_banner", "-loglevel", "error",
+                   "-i", input_path, *protocol_output_args(),
+                   "-f", "image2pipe", "-c:v", "mjpeg", "pipe:1"]
+    else:
+      arguments = recipe.ffmpeg_args(input_path, start_s=start_s, end_s=end_s)
     try:
-      result = subprocess.run(command, capture_output=True, timeout=ENCODE_TIMEOUT_S,
-                              check=False)
+      result = subprocess.run([ffmpeg_executable(), *arguments], capture_output=True,
+                              timeout=ENCODE_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired as e:
       raise EncodeError(f"{name}: ffmpeg ran over {ENCODE_TIMEOUT_S}s") from e
   stderr = result.stderr.decode("utf-8", "replace").strip()[-_STDERR_TAIL_CHARS:]

@@ -1,9 +1,14 @@
-"""The main job: UCF101 videos in, MMV clip embeddings out as TFRecords.
+"""The main job: a dataset's videos in, MMV clip embeddings out as TFRecords.
 
     python -m pipelines.embed --checkpoint_path mmv_s3d.pkl \
-        --work_dir /tmp/mmv_work --output_dir /tmp/mmv_out
+        --work_dir /tmp/mmv_work --output_dir /tmp/mmv_out \
+        [--dataset=hmdb51 --splits_dir ... --video_root ...]
 
-Stages: `Ingest` (split lists, sharded ranged fetch, ffmpeg re-encoding, video
+`--dataset` (docs/datasets.md) names where the videos come from, how they
+are listed and re-encoded, and the sampling defaults of its protocol; the
+sampling flags override them. UCF101 is the default.
+
+Stages: `Ingest` (listing, sharded fetch, ffmpeg re-encoding, video
 cache; see pipelines/ingest.py) -> Reshuffle (spreads videos over workers)
 -> `EmbedClips`, the accelerator step: `SampleClipsFn` decodes each video's
 JPEG frames once and cuts `--num_train_clips` seeded training clips and
@@ -42,8 +47,9 @@ from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 from apache_beam.utils.windowed_value import WindowedValue
 
 from mmv_core import checkpoints
+from mmv_core import dataset_listing
+from mmv_core import datasets
 from mmv_core import embedding_schema as schema
-from mmv_core import ucf101
 from mmv_core import video
 from mmv_core.models import mmv
 from mmv_core.embedder import CACHE_DIR_ENV, EmbedderConfig, VID_REPR, VIDEO_AUDIO, VIDEO_TEXT
@@ -71,8 +77,14 @@ class EmbedJobConfig:
   checkpoint_path: str
   work_dir: str
   output_dir: str
-  video_zip: str = ucf101.VIDEO_ZIP_URL
-  splits_zip: str = ucf101.SPLITS_ZIP_URL
+  dataset: str = datasets.UCF101.name
+  # The location flags of every dataset (`ingest.LOCATION_FLAGS`); a
+  # dataset's own are filled with its defaults, the others stay None.
+  video_zip: str | None = None
+  splits_zip: str | None = None
+  splits_dir: str | None = None
+  csv_dir: str | None = None
+  video_root: str | None = None
   backbone: str | None = None
   num_frames: int = video.DEFAULT_NUM_FRAMES
   stride: int = video.DEFAULT_STRIDE
@@ -103,6 +115,18 @@ class EmbedJobConfig:
   @property
   def resolved_backbone(self) -> str:
     return self.backbone or checkpoints.infer_backbone(self.checkpoint_path)
+
+  @property
+  def dataset_spec(self) -> datasets.DatasetSpec:
+    return datasets.get(self.dataset)
+
+  @property
+  def splits_location(self) -> str | None:
+    return getattr(self, self.dataset_spec.splits_flag)
+
+  @property
+  def videos_location(self) -> str | None:
+    return getattr(self, self.dataset_spec.videos_flag)
 
 
 class ClipKey(typing.NamedTuple):
@@ -361,7 +385,8 @@ def progress_line(done: int, expected: int | None, since_first_s: float, what: s
 # ---- Output directory: ownership and resuming ----
 
 # The settings that decide the embeddings: a resumed run must repeat them.
-RESUME_SETTINGS = ("video_zip", "splits_zip", "backbone", "num_frames", "stride", "min_resize",
+RESUME_SETTINGS = ("dataset", "video_zip", "splits_zip", "splits_dir", "csv_dir", "video_root",
+                   "backbone", "num_frames", "stride", "min_resize",
                    "crop_size", "num_train_clips", "num_test_windows", "exact_train_clips",
                    "compute_dtype", "joint_embeddings", "seed", "classes", "max_videos")
 
@@ -436,14 +461,30 @@ def _package_versions() -> dict[str, str]:
   return versions
 
 
+def dataset_record(config: EmbedJobConfig,
+                   listing: dataset_listing.DatasetListing | None) -> dict:
+  """run.json's account of the dataset: name, recipe, locations, classes and splits.
+
+  The classes and splits are those of the whole listing (None in a dry run,
+  which reads no listing), so the evaluation numbers labels as this job did.
+  """
+  spec = config.dataset_spec
+  return {"name": spec.name, "recipe": spec.encoding_recipe.key,
+          "splits_location": config.splits_location,
+          "videos_location": config.videos_location,
+          "class_names": None if listing is None else list(listing.class_names),
+          "splits": None if listing is None else list(listing.splits)}
+
+
 def write_run_record(counts: dict, *, config: EmbedJobConfig, checkpoint_sha256: str,
-                     prior: PriorOutput) -> None:
+                     prior: PriorOutput, dataset: dict) -> None:
   """Writes run.json; its counts include what earlier runs into the directory wrote."""
   counts = {**counts, "videos_written": counts["videos_written"] + len(prior.video_ids),
             "clips_written_train": counts["clips_written_train"] + prior.train_clips,
             "clips_written_test": counts["clips_written_test"] + prior.test_clips}
   record = {
       schema.SETTINGS: dataclasses.asdict(config),
+      "dataset": dataset,
       "backbone": config.resolved_backbone,
       "checkpoint_sha256": checkpoint_sha256,
       "versions": _package_versions(),
@@ -493,15 +534,18 @@ class _CountsCombineFn(beam.CombineFn):
 # ---- The pipeline ----
 
 def build(pipeline: beam.Pipeline, config: EmbedJobConfig, checkpoint_sha256: str,
-          expected_videos: int | None = None, prior: PriorOutput = PriorOutput()) -> None:
+          expected_videos: int | None = None, prior: PriorOutput = PriorOutput(),
+          listing: dataset_listing.DatasetListing | None = None) -> None:
   """Adds the whole job to `pipeline`.
 
   `expected_videos` (if known) is for progress lines; videos of `prior` are
   not embedded again, and this run's shards are named apart from theirs.
+  `listing`, read before the job, gives run.json its classes and splits.
   """
   ingested = pipeline | "Ingest" >> ingest.Ingest(
-      config.video_zip, config.splits_zip, config.work_dir,
-      classes=config.classes or None, max_videos=config.max_videos)
+      config.videos_location, config.splits_location, config.work_dir,
+      classes=config.classes or None, max_videos=config.max_videos,
+      dataset=config.dataset_spec)
   _ = ((ingested.videos, ingested.failures)
        | "IngestedOrFailed" >> beam.Flatten()
        | "IngestProgress" >> beam.ParDo(ProgressLogger(
@@ -550,10 +594,18 @@ def build(pipeline: beam.Pipeline, config: EmbedJobConfig, checkpoint_sha256: st
        | "CountItems" >> beam.Flatten()
        | "Counts" >> beam.CombineGlobally(_CountsCombineFn())
        | "WriteRunRecord" >> beam.Map(write_run_record, config=config,
-                                      checkpoint_sha256=checkpoint_sha256, prior=prior))
+                                      checkpoint_sha256=checkpoint_sha256, prior=prior,
+                                      dataset=dataset_record(config, listing)))
 
 
 PROG = "python -m pipelines.embed"
+# Sampling flags whose defaults are the dataset's (`datasets.ProtocolDefaults`).
+_PROTOCOL_FLAGS = (("num_frames", "frames per clip (T)"),
+                   ("stride", "step between a clip's frames"),
+                   ("min_resize", "frames are resized so their smaller side is this"),
+                   ("crop_size", "side of the square crop (at most --min_resize)"),
+                   ("num_train_clips", "random training clips per video (0: none)"),
+                   ("num_test_windows", "evenly spaced test windows per video (0: none)"))
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[EmbedJobConfig, list[str]]:
@@ -572,19 +624,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[EmbedJobConfig, list[str]]:
                  help="video cache (local or gs://), reused across runs; required")
   p.add_argument("--output_dir", required=True, default=argparse.SUPPRESS,
                  help="embeddings, failures and run.json; one run per directory; required")
-  p.add_argument("--video_zip", default=defaults.video_zip,
-                 help="UCF101's video ZIP: local path, gs:// or https://")
-  p.add_argument("--splits_zip", default=defaults.splits_zip,
-                 help="UCF101's split-list ZIP: local path, gs:// or https://")
+  ingest.add_dataset_flags(p)
   p.add_argument("--backbone", default=None, choices=mmv.BACKBONES,
                  help="default: inferred from the checkpoint's file name")
-  for name, text in (("num_frames", "frames per clip (T)"),
-                     ("stride", "step between a clip's frames"),
-                     ("min_resize", "frames are resized so their smaller side is this"),
-                     ("crop_size", "side of the square crop (at most --min_resize)"),
-                     ("num_train_clips", "random training clips per video (0: none)"),
-                     ("num_test_windows", "evenly spaced test windows per video (0: none)"),
-                     ("batch_size", "clips per forward pass (a multiple of the devices)"),
+  for name, text in _PROTOCOL_FLAGS:
+    p.add_argument(f"--{name}", type=int, default=None,
+                   help=f"{text}; default: the dataset's protocol")
+  for name, text in (("batch_size", "clips per forward pass (a multiple of the devices)"),
                      ("seed", "seed of the training clips' draws")):
     p.add_argument(f"--{name}", type=int, default=getattr(defaults, name), help=text)
   p.add_argument("--exact_train_clips", action="store_true",
@@ -627,7 +673,21 @@ def parse_args(argv: Sequence[str] | None) -> tuple[EmbedJobConfig, list[str]]:
   values = vars(args)
   values.pop("verbose")
   values["classes"] = tuple(c for c in values["classes"].split(",") if c)
-  return EmbedJobConfig(**values), beam_args
+  return resolve_dataset_defaults(EmbedJobConfig(**values)), beam_args
+
+
+def resolve_dataset_defaults(config: EmbedJobConfig) -> EmbedJobConfig:
+  """`config` with its dataset's default locations and protocol where flags gave none.
+
+  Raises:
+    UsageError: an unknown dataset, or a location flag of another dataset.
+  """
+  spec, splits_location, videos_location = ingest.resolve_dataset(
+      config.dataset, {flag: getattr(config, flag) for flag in ingest.LOCATION_FLAGS})
+  protocol = {name: getattr(spec.protocol, name) for name, _ in _PROTOCOL_FLAGS
+              if getattr(config, name) is None}
+  return dataclasses.replace(config, **protocol, **{spec.splits_flag: splits_location,
+                                                    spec.videos_flag: videos_location})
 
 
 def settings_problems(config: EmbedJobConfig) -> list[str]:
@@ -707,19 +767,20 @@ def run(argv: Sequence[str] | None = None) -> beam.runners.runner.PipelineResult
   if problems:
     raise UsageError("; ".join(problems))
   options = PipelineOptions(with_local_runner(beam_args, IN_PROCESS_RUNNER_ARGS))
-  num_videos, prior = None, PriorOutput()
+  num_videos, prior, listing = None, PriorOutput(), None
   if options.view_as(TestOptions).dry_run:
     sha256 = "not read in a dry run"
   else:
-    num_videos = ingest.count_videos(config.splits_zip, config.classes or None,
-                                     config.max_videos)
+    listing = ingest.load_listing(config.dataset_spec, config.splits_location,
+                                  config.videos_location)
+    num_videos = ingest.count_videos(listing, config.classes or None, config.max_videos)
     # The checkpoint is read before the output directory is claimed, so that
     # a wrong checkpoint leaves no owned, empty directory behind.
     sha256 = checkpoint_sha256(config)
     check_writable(config.work_dir, "--work_dir")
     prior = prepare_output_dir(config, sha256)
   pipeline = beam.Pipeline(options=options)
-  build(pipeline, config, sha256, num_videos, prior)
+  build(pipeline, config, sha256, num_videos, prior, listing)
   return pipeline.run()
 
 

@@ -1,29 +1,35 @@
-"""UCF101 ingestion on Beam: split lists -> sharded ranged fetch -> JPEG frames -> cache.
+"""Ingestion on Beam: a dataset's listing -> sharded fetch -> JPEG frames -> cache.
 
 Stage: the first stage of every job. Usage from another pipeline:
 
-    result = p | Ingest(video_zip, splits_zip, work_dir)
+    result = p | Ingest(videos_location, splits_location, work_dir,
+                        dataset=datasets.HMDB51)   # UCF101 by default
     result.videos    # PCollection[video_cache.CachedVideo]: video_id, label,
                      #   label_name, frames (JPEG bytes), source_crc32
     result.failures  # PCollection[dict]: {"video_id", "stage", "reason"}
     result.failures | WriteFailures(path)
 
-`Ingest` lists the split-list zip (`ListVideos`) and reads the video ZIP's
-central directory once. It reuses videos already in `<work_dir>/video_cache`
-whose source member still has the CRC-32 recorded with them (nothing is
-fetched for them; a cache filled from another archive is not served), and
-for the rest fetches, inflates, CRC-checks and re-encodes each member on the
-worker that processes it (`FetchAndEncode`) and commits the results to the
-cache (`WriteVideoCache`). If the central directory cannot be read, cached
-videos are served as they are (counted as videos_reused_unverified): the
-cache is then the only copy. With `read_cached_videos=False`, `videos` holds
-only the newly encoded videos and cached ones are not read at all (for a run
-that only fills the cache). `p | ReadVideoCache(work_dir)` reads the whole cache
-back as a PCollection of `CachedVideo`.
+`Ingest` lists the dataset (`ListVideos`, `mmv_core/datasets.py`) and
+fetches each video as its spec's `fetch` says: a member of one ZIP (UCF101:
+the central directory is read once, members by byte range, inflated and
+CRC-checked) or a whole file (HMDB51, CSV: local, gs:// or https://, with
+the retries and deadlines of `mmv_core/sources.py`). Each is re-encoded with
+the dataset's encoding recipe, a CSV segment cut first, on the worker that
+processes it (`FetchAndEncode`), and committed to `<work_dir>/video_cache`
+(`WriteVideoCache`) under its cache key (`cache_key`: dataset, recipe and
+location for files; UCF101's bare ids, as its caches always had). Videos
+already cached are reused: a ZIP member only while the archive still holds
+it with the CRC-32 recorded with it (a cache filled from another archive is
+not served); if the central directory cannot be read, cached videos are
+served as they are (counted as videos_reused_unverified), the cache then
+being the only copy. With `read_cached_videos=False`, `videos` holds only
+the newly encoded videos and cached ones are not read at all (for a run
+that only fills the cache). `p | ReadVideoCache(work_dir)` reads the whole
+cache back as a PCollection of `CachedVideo` (under cache keys).
 
 Every video listed in the splits either reaches `videos` or `failures`, once;
 failure stages are `fetch` (not in the ZIP, a malformed or duplicated entry,
-unreadable, too slow), `extract` (corrupt member, CRC-32 mismatch, inflating
+a missing file, unreadable, too slow), `extract` (corrupt member, CRC-32 mismatch, inflating
 past its declared size), `encode` (not a decodable video) and `cache` (a
 damaged cache shard: it is uncommitted, so its videos are fetched again on
 the next run). Any other exception while processing one video fails that
@@ -39,22 +45,29 @@ CLI (ingestion alone; runs on the FnApiRunner unless --runner is given):
 
     python -m pipelines.ingest --video_zip gs://... --splits_zip ... \
         --work_dir /tmp/mmv --classes ApplyEyeMakeup,Archery --max_videos 20
+    python -m pipelines.ingest --dataset=hmdb51 --splits_dir ... --video_root ... \
+        --work_dir /tmp/mmv
 """
 
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import sys
 import typing
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from mmv_core import dataset_listing
+from mmv_core import datasets
 from mmv_core import encode
+from mmv_core import encoding_recipes
 from mmv_core import sources
 from mmv_core import ucf101
 from mmv_core import video_cache
@@ -68,6 +81,8 @@ STAGE_ENCODE = "encode"
 STAGE_CACHE = "cache"
 DEFAULT_VIDEOS_PER_SHARD = 32
 FAILURES_FILE = "ingest_failures.jsonl"
+# Hex digits of the location's sha256 in a file's cache key.
+_KEY_DIGEST_CHARS = 16
 # Errors our own code raises with a message that says it all.
 _EXPLAINED_ERRORS = (sources.SourceError, zip_index.ZipFormatError, encode.EncodeError,
                      video_cache.CacheError)
@@ -104,63 +119,197 @@ def at_stage(stage: str):
 
 # ---- Listing ----
 
-def count_videos(splits_zip: str, classes: Sequence[str] | None,
-                 max_videos: int | None) -> int:
-  """How many videos a run lists: the split lists read and the selection made,
-  before the job starts.
+def load_listing(dataset: datasets.DatasetSpec, splits_location: str | None,
+                 videos_location: str | None) -> dataset_listing.DatasetListing:
+  """The dataset's listing, from the given locations or the dataset's defaults.
 
   Raises:
-    UsageError: the split-list zip cannot be read or is malformed (e.g. a
-      video under two classes), or the selection is impossible (an unknown
-      class, a max_videos below 1); the message says where.
+    UsageError: a location is missing, unreadable or malformed; the message
+      says which and where.
   """
   try:
-    return len(ucf101.select_videos(ucf101.load_split_lists(splits_zip), classes, max_videos))
-  except (ValueError, sources.SourceError) as e:  # ValueError: SplitListError or max_videos.
+    return dataset.list_videos(splits_location, videos_location)
+  except (ValueError, sources.SourceError) as e:  # Listing errors and missing flags.
     raise UsageError(str(e)) from e
 
 
-def list_videos(splits_zip: str, classes: Sequence[str] | None, max_videos: int | None,
-                expected_split_counts: dict | None) -> Iterator[ucf101.VideoRecord]:
+def select_videos(listing: dataset_listing.DatasetListing, classes: Sequence[str] | None,
+                  max_videos: int | None) -> list[dataset_listing.ListedVideo]:
+  """Videos of `classes`, at most `max_videos`, round-robin over classes.
+
+  Raises:
+    ValueError: an unknown class or a max_videos below 1.
+  """
+  # UCF101's selection reads only `class_names`, `videos` and their
+  # `label_name` and `video_id`, which every listing has.
+  return ucf101.select_videos(listing, classes, max_videos)
+
+
+def count_videos(listing: dataset_listing.DatasetListing, classes: Sequence[str] | None,
+                 max_videos: int | None) -> int:
+  """How many videos a run of `listing` (`load_listing`) selects, before the job starts.
+
+  Raises:
+    UsageError: the selection is impossible (an unknown class, a max_videos
+      below 1).
+  """
+  try:
+    return len(select_videos(listing, classes, max_videos))
+  except ValueError as e:
+    raise UsageError(str(e)) from e
+
+
+def split_count_differences(listing: dataset_listing.DatasetListing, dataset_name: str,
+                            expected: dict[int, tuple[int, int]]) -> list[str]:
+  """Human-readable differences from the official per-split counts."""
+  return [f"split {split}: {train} train / {test} test videos, official {dataset_name} has "
+          f"{expected[split][0]} / {expected[split][1]}"
+          for split, (train, test) in listing.split_counts().items()
+          if split in expected and (train, test) != expected[split]]
+
+
+def list_videos(dataset: datasets.DatasetSpec, splits_location: str | None,
+                videos_location: str | None, classes: Sequence[str] | None,
+                max_videos: int | None, expected_split_counts: dict | None
+                ) -> Iterator[dataset_listing.ListedVideo]:
   """The videos to ingest; logs and counts differences from the official split sizes."""
-  split_lists = ucf101.load_split_lists(splits_zip)
+  listing = dataset.list_videos(splits_location, videos_location)
   if expected_split_counts is not None:
-    for difference in split_lists.count_differences(expected_split_counts):
-      logging.warning("%s: %s", splits_zip, difference)
+    for difference in split_count_differences(listing, dataset.name, expected_split_counts):
+      logging.warning("%s: %s", splits_location or dataset.default_splits, difference)
       counter("split_count_differences").inc()
-  for video in ucf101.select_videos(split_lists, classes, max_videos):
+  for video in select_videos(listing, classes, max_videos):
     counter("videos_listed").inc()
     yield video
 
 
+# Default of `expected_split_counts`: the dataset's official counts.
+OFFICIAL_SPLIT_COUNTS = "official"
+
+
 class ListVideos(beam.PTransform):
-  """PBegin -> PCollection[ucf101.VideoRecord] from the split-list zip, read at run time.
+  """PBegin -> PCollection[ListedVideo] from the dataset's listing, read at run time.
 
   Args:
-    splits_zip: location of the split-list zip (local, gs:// or https://).
+    dataset: the dataset.
+    splits_location, videos_location: where its split definitions and videos
+      are (None: the dataset's defaults).
     classes: class names to keep (all when None).
     max_videos: keep at most this many, round-robin over classes.
     expected_split_counts: per-split (train, test) counts to check against;
-      None skips the check (subsets, synthetic data).
+      OFFICIAL_SPLIT_COUNTS: the dataset's official ones; None skips the
+      check (subsets, synthetic data).
   """
 
-  def __init__(self, splits_zip: str, classes: Sequence[str] | None = None,
+  def __init__(self, dataset: datasets.DatasetSpec, splits_location: str | None,
+               videos_location: str | None, classes: Sequence[str] | None = None,
                max_videos: int | None = None,
-               expected_split_counts: dict | None = ucf101.EXPECTED_SPLIT_COUNTS):
+               expected_split_counts: dict | str | None = OFFICIAL_SPLIT_COUNTS):
     super().__init__()
-    self._splits_zip = splits_zip
+    self._dataset = dataset
+    self._locations = (splits_location, videos_location)
     self._classes = tuple(classes) if classes else None
     self._max_videos = max_videos
+    if expected_split_counts == OFFICIAL_SPLIT_COUNTS:
+      expected_split_counts = dataset.expected_split_counts
     self._expected = expected_split_counts
 
   def expand(self, pbegin):
     return (pbegin
-            | "SplitsZip" >> beam.Create([self._splits_zip])
-            | "Parse" >> beam.FlatMap(list_videos, self._classes, self._max_videos,
-                                      self._expected))
+            | "Dataset" >> beam.Create([self._dataset])
+            | "Parse" >> beam.FlatMap(list_videos, *self._locations, self._classes,
+                                      self._max_videos, self._expected))
 
 
 # ---- Fetch and encode ----
+
+def cache_key(dataset: datasets.DatasetSpec, video: dataset_listing.ListedVideo) -> str:
+  """The id under which `video`'s frames are cached.
+
+  ZIP members keep their bare ids, the keys of the cache UCF101 runs have
+  always written; they are checked against the archive's CRC-32 on every
+  run. Whole files are keyed by dataset, recipe and location as well, so
+  that datasets (and two CSV folders naming the same relative path under
+  different roots) share a work directory without collisions. The id is the
+  last `/`-separated part (ids never hold `/`), see `video_id_of`.
+  """
+  if dataset.fetch == datasets.FETCH_ZIP_MEMBER:
+    return video.video_id
+  location_digest = hashlib.sha256(video.location.encode()).hexdigest()[:_KEY_DIGEST_CHARS]
+  return f"{dataset.name}/{dataset.encoding_recipe.key}/{location_digest}/{video.video_id}"
+
+
+def video_id_of(key: str) -> str:
+  """The listing's video id of a cache key (`cache_key`'s last part)."""
+  return key.rsplit("/", 1)[-1]
+
+
+class ZipMemberFetcher:
+  """Members of one ZIP, read by byte range after its central directory.
+
+  `prepare` reads the central directory (or why it could not be read); a
+  cached video is current when the archive still holds its member with the
+  recorded CRC-32.
+  """
+
+  def __init__(self, video_zip: str):
+    self.location = video_zip
+
+  def prepare(self) -> zip_index.ZipIndex | str:
+    return read_zip_index_or_reason(self.location)
+
+  def is_current(self, video: dataset_listing.ListedVideo, entry: video_cache.IndexEntry,
+                 index: zip_index.ZipIndex | str) -> bool:
+    if isinstance(index, str):
+      counter("videos_reused_unverified").inc()
+      return True
+    member = index.members.get(video.location)
+    return member is not None and member.crc32 == entry.source_crc32
+
+  def fetch(self, video: dataset_listing.ListedVideo,
+            index: zip_index.ZipIndex | str) -> tuple[bytes, int]:
+    """(the member's inflated bytes, its CRC-32); StageFailure at fetch or extract."""
+    if isinstance(index, str):
+      raise StageFailure(STAGE_FETCH, index)
+    member = index.members.get(video.location)
+    if member is None:
+      raise StageFailure(STAGE_FETCH, index.unreadable.get(
+          video.location, f"listed in the splits but {video.location} is not in {self.location}"))
+    with at_stage(STAGE_FETCH):
+      data = fetch_member(self.location, index, member)
+    counter("videos_fetched").inc()
+    with at_stage(STAGE_EXTRACT):
+      content = zip_index.extract(member, data, source=self.location)
+    return content, member.crc32
+
+
+class FileFetcher:
+  """Whole files: local paths, `gs://` objects, `http(s)://` URLs.
+
+  A cached video is served without reading its file again (reading is the
+  whole cost): a file changed in place keeps its old frames until the cache
+  entry is removed.
+  """
+
+  def __init__(self, _videos_location: str | None):
+    del _videos_location  # Listed videos carry their full locations.
+
+  def prepare(self) -> None:
+    return None
+
+  def is_current(self, *_) -> bool:
+    return True
+
+  def fetch(self, video: dataset_listing.ListedVideo, _) -> tuple[bytes, int]:
+    """(the file's bytes, their CRC-32); StageFailure at fetch."""
+    with at_stage(STAGE_FETCH):
+      data = fetch_file(video.location)
+    counter("videos_fetched").inc()
+    return data, zlib.crc32(data)
+
+
+FETCHERS = {datasets.FETCH_ZIP_MEMBER: ZipMemberFetcher, datasets.FETCH_FILE: FileFetcher}
+
 
 def read_zip_index(video_zip: str) -> zip_index.ZipIndex:
   """Central directory of the video ZIP, read with ranged reads."""
@@ -197,49 +346,68 @@ def fetch_member(video_zip: str, index: zip_index.ZipIndex,
   return zip_index.read_member_data(read, index, member, source=video_zip)
 
 
-def fetch_and_encode(video_zip: str, index: zip_index.ZipIndex | str,
-                     video: ucf101.VideoRecord) -> video_cache.CachedVideo:
-  """Fetches, inflates, CRC-checks and re-encodes one video.
+def fetch_file(location: str) -> bytes:
+  """A whole file, as many bytes as its size says; transient errors are retried and counted.
+
+  Read as one range, so that it gets the retries and the size-scaled
+  deadline of `sources.read_range`, and a short read is an error.
+  """
+  data = sources.read_range(location, 0, sources.size(location),
+                            on_retry=lambda _: counter("fetch_retries").inc())
+  counter("bytes_fetched").inc(len(data))
+  return data
+
+
+def encode_options(recipe: encoding_recipes.EncodingRecipe,
+                   video: dataset_listing.ListedVideo) -> dict:
+  """`encode.encode_jpeg_frames`'s keyword arguments for `video` under `recipe`.
+
+  Empty for the whole video under the protocol's recipe, which is encode's
+  own command: UCF101's ingestion calls it as it always has.
+  """
+  if recipe == encoding_recipes.UCF101 and video.start_s is None and video.end_s is None:
+    return {}
+  return {"recipe": recipe, "start_s": video.start_s, "end_s": video.end_s}
+
+
+def fetch_and_encode(dataset: datasets.DatasetSpec, fetcher, context,
+                     video: dataset_listing.ListedVideo) -> video_cache.CachedVideo:
+  """Fetches one video and re-encodes it with the dataset's recipe.
 
   Args:
-    video_zip: the archive's location.
-    index: its central directory, or why it could not be read.
+    dataset: the video's dataset.
+    fetcher: a `FETCHERS` entry for `dataset.fetch`.
+    context: what `fetcher.prepare()` returned.
     video: the video to fetch.
+
+  Returns:
+    The video under its cache key (`cache_key`).
 
   Raises:
     StageFailure: at the stage that failed, for any reason.
   """
-  if isinstance(index, str):
-    raise StageFailure(STAGE_FETCH, index)
-  member = index.members.get(video.member_name)
-  if member is None:
-    raise StageFailure(STAGE_FETCH, index.unreadable.get(
-        video.member_name,
-        f"listed in the splits but {video.member_name} is not in {video_zip}"))
-  with at_stage(STAGE_FETCH):
-    data = fetch_member(video_zip, index, member)
-  counter("videos_fetched").inc()
-  with at_stage(STAGE_EXTRACT):
-    content = zip_index.extract(member, data, source=video_zip)
+  content, source_crc32 = fetcher.fetch(video, context)
   with at_stage(STAGE_ENCODE):
-    frames = encode.encode_jpeg_frames(content, name=member.name)
+    frames = encode.encode_jpeg_frames(content, video.location,
+                                       **encode_options(dataset.encoding_recipe, video))
   counter("videos_encoded").inc()
   counter("frames_encoded").inc(len(frames))
   return video_cache.CachedVideo(
-      video_id=video.video_id, label=video.label, label_name=video.label_name,
-      frames=tuple(frames), source_crc32=member.crc32)
+      video_id=cache_key(dataset, video), label=video.label, label_name=video.label_name,
+      frames=tuple(frames), source_crc32=source_crc32)
 
 
 class _FetchAndEncodeFn(beam.DoFn):
-  """VideoRecord -> CachedVideo, or a failure record on the FAILURES output."""
+  """ListedVideo -> CachedVideo, or a failure record on the FAILURES output."""
 
-  def __init__(self, video_zip: str):
+  def __init__(self, dataset: datasets.DatasetSpec, fetcher):
     super().__init__()
-    self._video_zip = video_zip
+    self._dataset = dataset
+    self._fetcher = fetcher
 
-  def process(self, video: ucf101.VideoRecord, index: zip_index.ZipIndex | str):
+  def process(self, video: dataset_listing.ListedVideo, context):
     try:
-      encoded = fetch_and_encode(self._video_zip, index, video)
+      encoded = fetch_and_encode(self._dataset, self._fetcher, context, video)
     except StageFailure as e:
       yield beam.pvalue.TaggedOutput(FAILURES, failure(video.video_id, e.stage, e.reason))
       return
@@ -247,27 +415,28 @@ class _FetchAndEncodeFn(beam.DoFn):
 
 
 class FetchAndEncode(beam.PTransform):
-  """PCollection[VideoRecord] -> (CachedVideo PCollection, failures PCollection).
+  """PCollection[ListedVideo] -> (CachedVideo PCollection, failures PCollection).
 
-  The videos are reshuffled so that members are fetched and encoded in
+  The videos are reshuffled so that they are fetched and encoded in
   parallel across workers.
 
   Args:
-    video_zip: the archive's location.
-    index: a one-element PCollection, the archive's central directory or why
-      it could not be read (`read_zip_index_or_reason`).
+    dataset: the videos' dataset.
+    fetcher: a `FETCHERS` entry for `dataset.fetch`.
+    context: a one-element PCollection, what `fetcher.prepare()` returned.
   """
 
-  def __init__(self, video_zip: str, index: beam.PCollection):
+  def __init__(self, dataset: datasets.DatasetSpec, fetcher, context: beam.PCollection):
     super().__init__()
-    self._video_zip = video_zip
-    self._index = index
+    self._dataset = dataset
+    self._fetcher = fetcher
+    self._context = context
 
   def expand(self, videos):
     outputs = (videos
                | "Spread" >> beam.Reshuffle()
-               | "FetchEncode" >> beam.ParDo(_FetchAndEncodeFn(self._video_zip),
-                                             beam.pvalue.AsSingleton(self._index))
+               | "FetchEncode" >> beam.ParDo(_FetchAndEncodeFn(self._dataset, self._fetcher),
+                                             beam.pvalue.AsSingleton(self._context))
                .with_outputs(FAILURES, main="videos"))
     return outputs["videos"], outputs[FAILURES]
 
@@ -312,14 +481,15 @@ def _drop_damaged_shard(shard: str, damage: str) -> str:
   return f"{damage}; shard dropped from the cache, its videos are fetched again next run"
 
 
-def read_cached_videos(shard: str, listed: dict[str, ucf101.VideoRecord]
+def read_cached_videos(shard: str, listed: dict[str, dataset_listing.ListedVideo]
                        ) -> tuple[list[video_cache.CachedVideo], dict[str, str]]:
-  """Reads the `listed` videos from one cache shard.
+  """Reads the `listed` videos (by cache key) from one cache shard.
 
-  Labels come from the current split lists, not from the cache, so a cache
-  filled under other lists cannot leak stale labels. A damaged shard (missing,
-  truncated, corrupt, or lacking a video its index lists) is uncommitted, so
-  that the next run fetches its videos again instead of failing them forever.
+  Ids and labels come from the current listing, not from the cache, so a
+  cache filled under other lists cannot leak stale labels. A damaged shard
+  (missing, truncated, corrupt, or lacking a video its index lists) is
+  uncommitted, so that the next run fetches its videos again instead of
+  failing them forever.
 
   Returns:
     (the videos read, the reason by video id for each that could not be).
@@ -327,26 +497,28 @@ def read_cached_videos(shard: str, listed: dict[str, ucf101.VideoRecord]
   try:
     cached = list(video_cache.read_shard(shard, listed))
   except video_cache.CacheError as e:
-    return [], dict.fromkeys(listed, _drop_damaged_shard(shard, str(e)))
+    reasons = dict.fromkeys(listed, _drop_damaged_shard(shard, str(e)))
+    return [], {listed[key].video_id: reason for key, reason in reasons.items()}
   except Exception as e:  # pylint: disable=broad-except  # E.g. storage unreachable for a while.
-    return [], dict.fromkeys(listed, failure_reason(e))
+    return [], {video.video_id: failure_reason(e) for video in listed.values()}
   lacking = sorted(set(listed) - {video.video_id for video in cached})
   reasons = {}
   if lacking:
     reason = _drop_damaged_shard(shard, f"{shard}: the cache index lists videos the shard lacks")
-    reasons = dict.fromkeys(lacking, reason)
-  videos = [dataclasses.replace(video, label=listed[video.video_id].label,
+    reasons = {listed[key].video_id: reason for key in lacking}
+  videos = [dataclasses.replace(video, video_id=listed[video.video_id].video_id,
+                                label=listed[video.video_id].label,
                                 label_name=listed[video.video_id].label_name)
             for video in cached]
   return videos, reasons
 
 
 class _ReadCachedFn(beam.DoFn):
-  """(shard path, VideoRecords cached in it) -> CachedVideo, or failures."""
+  """(shard path, (cache key, ListedVideo) cached in it) -> CachedVideo, or failures."""
 
-  def process(self, shard_and_videos: tuple[str, Iterable[ucf101.VideoRecord]]):
-    shard, videos = shard_and_videos
-    cached, reasons = read_cached_videos(shard, {v.video_id: v for v in videos})
+  def process(self, shard_and_videos: tuple[str, Iterable[tuple[str, dataset_listing.ListedVideo]]]):
+    shard, keyed_videos = shard_and_videos
+    cached, reasons = read_cached_videos(shard, dict(keyed_videos))
     yield from cached
     for video_id, reason in sorted(reasons.items()):
       yield beam.pvalue.TaggedOutput(FAILURES, failure(video_id, STAGE_CACHE, reason))
@@ -379,23 +551,20 @@ class IngestResult(typing.NamedTuple):
 _REUSE, _FETCH = 0, 1
 
 
-def reuse_or_fetch(video: ucf101.VideoRecord, _, cached: dict[str, video_cache.IndexEntry],
-                   index: zip_index.ZipIndex | str) -> int:
-  """`_REUSE` a cached video whose source member is unchanged, else `_FETCH` it.
+def reuse_or_fetch(keyed_video: tuple[str, dataset_listing.ListedVideo], _,
+                   cached: dict[str, video_cache.IndexEntry], fetcher, context) -> int:
+  """`_REUSE` a cached video that is still current, else `_FETCH` it.
 
-  Unchanged: the archive holds the member with the CRC-32 recorded in the
-  cache. An archive that cannot be read cannot tell: the cached copy is
-  served, as the only one there is. (`_` is the number of partitions, which
-  `beam.Partition` passes.)
+  Current as `fetcher.is_current` says: for ZIP members, the archive holds
+  the member with the CRC-32 recorded in the cache (an archive that cannot
+  be read cannot tell: the cached copy is served, as the only one there is).
+  (`_` is the number of partitions, which `beam.Partition` passes.)
   """
-  entry = cached.get(video.video_id)
+  key, video = keyed_video
+  entry = cached.get(key)
   if entry is None:
     return _FETCH
-  if isinstance(index, str):
-    counter("videos_reused_unverified").inc()
-    return _REUSE
-  member = index.members.get(video.member_name)
-  if member is None or member.crc32 != entry.source_crc32:
+  if not fetcher.is_current(video, entry, context):
     counter("videos_stale").inc()
     return _FETCH
   return _REUSE
@@ -405,52 +574,66 @@ class Ingest(beam.PTransform):
   """PBegin -> IngestResult(videos, failures); see the module docstring.
 
   Args:
-    video_zip: the UCF101 ZIP mirror (gs://, https:// or a local path).
-    splits_zip: the split-list zip.
+    videos_location: where the videos are: UCF101's ZIP (gs://, https:// or
+      a local path), the folder or prefix of a dataset of files; None: the
+      dataset's default.
+    splits_location: the split definitions (UCF101's split-list zip, HMDB51's
+      split folder, a CSV folder); None: the dataset's default.
     work_dir: where the video cache lives (local or gs://).
     classes, max_videos, expected_split_counts: as in `ListVideos`.
     videos_per_shard: most videos in one cache shard.
     read_cached_videos: also read videos that were already cached into
       `videos`; False when the run only fills the cache.
+    dataset: the dataset, UCF101 by default.
   """
 
-  def __init__(self, video_zip: str = ucf101.VIDEO_ZIP_URL,
-               splits_zip: str = ucf101.SPLITS_ZIP_URL, work_dir: str = "",
-               classes: Sequence[str] | None = None, max_videos: int | None = None,
-               expected_split_counts: dict | None = ucf101.EXPECTED_SPLIT_COUNTS,
+  def __init__(self, videos_location: str | None = None, splits_location: str | None = None,
+               work_dir: str = "", classes: Sequence[str] | None = None,
+               max_videos: int | None = None,
+               expected_split_counts: dict | str | None = OFFICIAL_SPLIT_COUNTS,
                videos_per_shard: int = DEFAULT_VIDEOS_PER_SHARD,
-               read_cached_videos: bool = True):
+               read_cached_videos: bool = True,
+               dataset: datasets.DatasetSpec = datasets.UCF101):
     super().__init__()
     if not work_dir:
       raise ValueError("Ingest needs a work_dir for its video cache")
-    self._video_zip = video_zip
-    self._splits_zip = splits_zip
+    self._dataset = dataset
+    self._fetcher = FETCHERS[dataset.fetch](videos_location or dataset.default_videos)
     self._work_dir = work_dir
-    self._list = ListVideos(splits_zip, classes, max_videos, expected_split_counts)
+    self._list = ListVideos(dataset, splits_location, videos_location, classes, max_videos,
+                            expected_split_counts)
     self._videos_per_shard = videos_per_shard
     self._read_cached_videos = read_cached_videos
 
   def expand(self, pbegin):
     work_dir = self._work_dir
-    listed = pbegin | "List" >> self._list
+    dataset = self._dataset
+    listed = (pbegin
+              | "List" >> self._list
+              | "KeyByCacheKey" >> beam.Map(lambda video: (cache_key(dataset, video), video)))
     cached_index = (pbegin
                     | "WorkDir" >> beam.Create([work_dir])
                     | "ReadCacheIndex" >> beam.FlatMap(
                         lambda d: video_cache.read_index(d).items()))
-    zip_central_directory = (pbegin
-                             | "VideoZip" >> beam.Create([self._video_zip])
-                             | "ReadCentralDirectory" >> beam.Map(read_zip_index_or_reason))
+    fetch_context = (pbegin
+                     | "Fetcher" >> beam.Create([self._fetcher])
+                     | "PrepareFetch" >> beam.Map(lambda fetcher: fetcher.prepare()))
     cached, to_fetch = listed | "SplitCached" >> beam.Partition(
-        reuse_or_fetch, 2, beam.pvalue.AsDict(cached_index),
-        beam.pvalue.AsSingleton(zip_central_directory))
-    encoded, failures = to_fetch | "FetchAndEncode" >> FetchAndEncode(
-        self._video_zip, zip_central_directory)
-    written = encoded | "WriteCache" >> WriteVideoCache(work_dir, self._videos_per_shard)
+        reuse_or_fetch, 2, beam.pvalue.AsDict(cached_index), self._fetcher,
+        beam.pvalue.AsSingleton(fetch_context))
+    encoded, failures = (to_fetch
+                         | "Unkey" >> beam.Values()
+                         | "FetchAndEncode" >> FetchAndEncode(dataset, self._fetcher,
+                                                              fetch_context))
+    written = (encoded
+               | "WriteCache" >> WriteVideoCache(work_dir, self._videos_per_shard)
+               | "AsListed" >> beam.Map(
+                   lambda v: dataclasses.replace(v, video_id=video_id_of(v.video_id))))
     if not self._read_cached_videos:
       return IngestResult(videos=written, failures=failures)
     reused = (cached
               | "CountReused" >> beam.Map(_count_reused)
-              | "ShardOf" >> beam.Map(lambda v, index: (index[v.video_id].shard, v),
+              | "ShardOf" >> beam.Map(lambda kv, index: (index[kv[0]].shard, kv),
                                       beam.pvalue.AsDict(cached_index))
               | "ByShard" >> beam.GroupByKey()
               | "ReadCached" >> beam.ParDo(_ReadCachedFn()).with_outputs(FAILURES, main="videos"))
@@ -459,15 +642,60 @@ class Ingest(beam.PTransform):
     return IngestResult(videos=videos, failures=failures)
 
 
-def _count_reused(video: ucf101.VideoRecord) -> ucf101.VideoRecord:
+def _count_reused(keyed_video):
   counter("videos_reused").inc()
-  return video
+  return keyed_video
+
+
+# ---- Command line ----
+
+# Every dataset's location flags (`DatasetSpec.splits_flag`, `.videos_flag`).
+LOCATION_FLAGS = tuple(sorted({flag for spec in datasets.DATASETS.values()
+                               for flag in (spec.splits_flag, spec.videos_flag)}))
+
+
+def add_dataset_flags(parser: argparse.ArgumentParser) -> None:
+  """Adds --dataset and every dataset's location flags (default None: resolved per dataset)."""
+  names = ", ".join(f"{spec.name}: {spec.description}" for spec in datasets.DATASETS.values())
+  parser.add_argument("--dataset", default=datasets.UCF101.name, help=names)
+  flag_users = {flag: [spec for spec in datasets.DATASETS.values()
+                       if flag in (spec.splits_flag, spec.videos_flag)] for flag in LOCATION_FLAGS}
+  for flag, specs in flag_users.items():
+    defaults = {spec.default_splits if flag == spec.splits_flag else spec.default_videos
+                for spec in specs} - {None}
+    default_text = f"; default {defaults.pop()}" if defaults else ""
+    parser.add_argument(f"--{flag}", default=None,
+                        help=f"for --dataset={'/'.join(s.name for s in specs)}: local, gs:// "
+                             f"or https://{default_text}")
+
+
+def resolve_dataset(name: str, locations: dict[str, str | None]
+                    ) -> tuple[datasets.DatasetSpec, str | None, str | None]:
+  """(dataset, splits location, videos location) from --dataset and the location flags.
+
+  Args:
+    name: the --dataset value.
+    locations: the value of each of `LOCATION_FLAGS` (None: not given).
+
+  Raises:
+    UsageError: an unknown dataset, or a location flag that another dataset takes.
+  """
+  try:
+    spec = datasets.get(name)
+  except datasets.UnknownDatasetError as e:
+    raise UsageError(str(e)) from e
+  foreign = [flag for flag, value in sorted(locations.items())
+             if value is not None and flag not in (spec.splits_flag, spec.videos_flag)]
+  if foreign:
+    raise UsageError(f"--{foreign[0]} is not a flag of --dataset={spec.name}, which takes "
+                     f"--{spec.splits_flag} and --{spec.videos_flag}")
+  return (spec, locations[spec.splits_flag] or spec.default_splits,
+          locations[spec.videos_flag] or spec.default_videos)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, int]:
   parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-  parser.add_argument("--video_zip", default=ucf101.VIDEO_ZIP_URL)
-  parser.add_argument("--splits_zip", default=ucf101.SPLITS_ZIP_URL)
+  add_dataset_flags(parser)
   parser.add_argument("--work_dir", required=True)
   parser.add_argument("--classes", default="",
                       help="comma-separated class names (default: all)")
@@ -478,16 +706,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, int]:
   parser.add_argument("--no_count_check", action="store_true",
                       help="skip the check against the official per-split counts")
   args, beam_args = parser.parse_known_args(argv)
+  dataset, splits_location, videos_location = resolve_dataset(
+      args.dataset, {flag: getattr(args, flag) for flag in LOCATION_FLAGS})
   failures_path = args.failures or FileSystems.join(args.work_dir, FAILURES_FILE)
   classes = [c for c in args.classes.split(",") if c]
-  logging.info("%d videos listed", count_videos(args.splits_zip, classes or None, args.max_videos))
+  listing = load_listing(dataset, splits_location, videos_location)
+  logging.info("%d videos listed", count_videos(listing, classes or None, args.max_videos))
 
   pipeline = beam.Pipeline(options=PipelineOptions(with_local_runner(beam_args)))
   result = pipeline | "Ingest" >> Ingest(
-      args.video_zip, args.splits_zip, args.work_dir, classes=classes or None,
+      videos_location, splits_location, args.work_dir, classes=classes or None,
       max_videos=args.max_videos,
-      expected_split_counts=None if args.no_count_check else ucf101.EXPECTED_SPLIT_COUNTS,
-      videos_per_shard=args.videos_per_shard, read_cached_videos=False)
+      expected_split_counts=None if args.no_count_check else OFFICIAL_SPLIT_COUNTS,
+      videos_per_shard=args.videos_per_shard, read_cached_videos=False, dataset=dataset)
   _ = result.failures | "WriteFailures" >> WriteFailures(failures_path)
   run = pipeline.run()
   run.wait_until_finish()

@@ -1,0 +1,194 @@
+"""The embedding job on HMDB51-layout and CSV datasets: listing, fetching whole
+files, recipes, segments, cache keys and run.json, end to end."""
+
+import collections
+import glob
+import json
+import os
+import pathlib
+import urllib.parse
+
+import numpy as np
+import pytest
+import simplejpeg
+import tensorflow as tf
+
+from mmv_core import checkpoints
+from mmv_core import dataset_listing
+from mmv_core import datasets
+from mmv_core import embedding_schema as schema
+from mmv_core import synthetic
+from mmv_core import synthetic_hmdb51
+from mmv_core import video_cache
+from mmv_core.models import mmv
+from pipelines import common
+from pipelines import embed
+from pipelines import ingest
+
+CLIPS = dict(num_frames=4, stride=1, min_resize=32, crop_size=32)
+NUM_TRAIN_CLIPS, NUM_TEST_WINDOWS = 2, 3
+IN_PROCESS = list(common.IN_PROCESS_RUNNER_ARGS)
+
+
+@pytest.fixture(scope="module")
+def hmdb(tmp_path_factory):
+  """2 classes x 4 tiny videos with awkward names; one replaced by bytes that are no video."""
+  data = synthetic_hmdb51.write_dataset(
+      str(tmp_path_factory.mktemp("hmdb")), num_classes=2, videos_per_class=4,
+      width=64, height=48, fps=10.0, duration_s=1.0)
+  bad = data.videos[1]
+  with open(os.path.join(data.video_root, bad.label_name, bad.file_name), "wb") as f:
+    f.write(b"this is not a video\n" * 50)
+  return data, _video_id(bad.file_name)
+
+
+def _video_id(file_name: str) -> str:
+  return dataset_listing.safe_video_id(file_name.removesuffix(".avi"))
+
+
+@pytest.fixture(scope="module")
+def checkpoint_path(tmp_path_factory) -> str:
+  path = tmp_path_factory.mktemp("ckpt") / "mmv_s3d.pkl"
+  checkpoints.write_random_checkpoint(path, *mmv.param_shapes("s3d"), seed=3)
+  return str(path)
+
+
+def _flags(checkpoint_path, work_dir, output_dir) -> list[str]:
+  return [f"--checkpoint_path={checkpoint_path}", f"--work_dir={work_dir}",
+          f"--output_dir={output_dir}", f"--num_train_clips={NUM_TRAIN_CLIPS}",
+          f"--num_test_windows={NUM_TEST_WINDOWS}", "--batch_size=4",
+          f"--jax_cache_dir={pathlib.Path(work_dir) / 'jax_cache'}",
+          *(f"--{k}={v}" for k, v in CLIPS.items()), *IN_PROCESS]
+
+
+def _read_embeddings(output_dir) -> list[dict]:
+  paths = sorted(glob.glob(os.path.join(output_dir, "embeddings", "*.tfrecord")))
+  return [schema.parse_example(record.numpy()) for record in tf.data.TFRecordDataset(paths)]
+
+
+@pytest.fixture(scope="module")
+def hmdb_job(hmdb, checkpoint_path, tmp_path_factory):
+  data, _ = hmdb
+  root = tmp_path_factory.mktemp("hmdb_job")
+  embed.run(["--dataset=hmdb51", f"--splits_dir={data.splits_dir}",
+             f"--video_root={data.video_root}",
+             *_flags(checkpoint_path, root / "work", root / "out")]).wait_until_finish()
+  return root
+
+
+def test_hmdb51_every_video_is_embedded_under_its_awkward_name_or_fails_alone(hmdb, hmdb_job):
+  data, bad_id = hmdb
+  records = _read_embeddings(hmdb_job / "out")
+  per_video = collections.Counter((r[schema.VIDEO_ID], r[schema.CLIP_TYPE]) for r in records)
+  expected = {}
+  for v in data.videos:
+    if _video_id(v.file_name) != bad_id:
+      expected[(_video_id(v.file_name), "train")] = NUM_TRAIN_CLIPS
+      expected[(_video_id(v.file_name), "test")] = NUM_TEST_WINDOWS
+  assert dict(per_video) == expected
+  labels = {_video_id(v.file_name): (v.label, v.label_name) for v in data.videos}
+  for r in records:
+    assert (r[schema.LABEL], r[schema.LABEL_NAME]) == labels[r[schema.VIDEO_ID]]
+  names = {urllib.parse.unquote(r[schema.VIDEO_ID]) for r in records}
+  assert any(set(name) & set("'&!()[]#+;") for name in names)
+  assert any(not name.isascii() for name in names)
+
+  failures = [json.loads(line) for line in
+              open(hmdb_job / "out" / "failures" / "failures.jsonl") if line.strip()]
+  assert [(f["video_id"], f["stage"]) for f in failures] == [(bad_id, ingest.STAGE_ENCODE)]
+
+
+def test_hmdb51_run_record_names_the_dataset_and_its_recipe(hmdb, hmdb_job):
+  data, _ = hmdb
+  record = json.loads((hmdb_job / "out" / "run.json").read_text())
+  assert record["dataset"] == {
+      "name": "hmdb51", "recipe": datasets.HMDB51.encoding_recipe.key,
+      "splits_location": data.splits_dir, "videos_location": data.video_root,
+      "class_names": list(data.class_names), "splits": [1, 2, 3]}
+  assert record["settings"]["dataset"] == "hmdb51"
+  assert record["settings"]["stride"] == CLIPS["stride"]
+
+
+def test_hmdb51_frames_are_cached_under_dataset_and_recipe(hmdb_job):
+  keys = video_cache.read_index(str(hmdb_job / "work"))
+  prefix = f"hmdb51/{datasets.HMDB51.encoding_recipe.key}/"
+  assert keys and all(key.startswith(prefix) for key in keys)
+  entry = next(iter(keys.values()))
+  frame = next(video_cache.read_shard(entry.shard, [entry.video_id])).frames[0]
+  height, width, _, _ = simplejpeg.decode_jpeg_header(frame)
+  assert (width, height) == (341, 256)  # HMDB51's recipe: smaller side 256.
+
+
+def test_sampling_defaults_come_from_the_dataset_unless_given():
+  required = ["--checkpoint_path=c.pkl", "--work_dir=w", "--output_dir=o"]
+  hmdb_flags = ["--dataset=hmdb51", "--splits_dir=s", "--video_root=v"]
+  config, _ = embed.parse_args(required + hmdb_flags)
+  protocol = datasets.HMDB51.protocol
+  assert (config.num_frames, config.stride, config.min_resize, config.crop_size,
+          config.num_train_clips, config.num_test_windows) == (
+              protocol.num_frames, protocol.stride, protocol.min_resize, protocol.crop_size,
+              protocol.num_train_clips, protocol.num_test_windows)
+  assert embed.parse_args(required + hmdb_flags + ["--stride=3"])[0].stride == 3
+  ucf, _ = embed.parse_args(required)
+  assert (ucf.stride, ucf.crop_size, ucf.video_zip, ucf.splits_dir) == (
+      datasets.UCF101.protocol.stride, datasets.UCF101.protocol.crop_size,
+      datasets.UCF101.default_videos, None)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--dataset=kinetics"], "unknown dataset 'kinetics'"),
+    (["--splits_dir=s"], "--splits_dir is not a flag of --dataset=ucf101"),
+    (["--dataset=csv", "--video_zip=v.zip"], "--video_zip is not a flag of --dataset=csv"),
+])
+def test_dataset_flag_mistakes_are_usage_errors(flags, message):
+  with pytest.raises(common.UsageError, match=message):
+    embed.parse_args(["--checkpoint_path=c.pkl", "--work_dir=w", "--output_dir=o", *flags])
+
+
+def test_hmdb51_without_its_split_folder_is_refused_before_any_work(checkpoint_path, tmp_path):
+  with pytest.raises(common.UsageError, match="--dataset=hmdb51 needs --splits_dir"):
+    embed.run(["--dataset=hmdb51", "--video_root=v",
+               *_flags(checkpoint_path, tmp_path / "work", tmp_path / "out")])
+  assert not (tmp_path / "out").exists()
+
+
+# ---- CSV ----
+
+def _two_halves_video(path) -> None:
+  """2 s at 10 fps: black for the first second, white for the second."""
+  frames = np.zeros((20, 48, 64, 3), np.uint8)
+  frames[10:] = 255
+  path.write_bytes(synthetic.encode_avi(frames, 10.0))
+
+
+def _mean_brightness(jpegs) -> list[float]:
+  return [float(simplejpeg.decode_jpeg(jpeg).mean()) for jpeg in jpegs]
+
+
+def test_csv_segments_give_frames_of_their_segment_only(tmp_path):
+  videos = tmp_path / "videos"
+  videos.mkdir()
+  _two_halves_video(videos / "Amélie's walk, take #2.avi")
+  csv_dir = tmp_path / "csv"
+  csv_dir.mkdir()
+  rows = ['"Amélie\'s walk, take #2.avi",0,0.9,dark\n', '"Amélie\'s walk, take #2.avi",1.1,,light\n']
+  (csv_dir / "train_1.csv").write_text("video_path,start,end,label\n" + rows[0], "utf-8")
+  (csv_dir / "test_1.csv").write_text("video_path,start,end,label\n" + rows[1], "utf-8")
+  work_dir = str(tmp_path / "work")
+
+  totals = ingest.main(["--dataset=csv", f"--csv_dir={csv_dir}", f"--video_root={videos}",
+                        f"--work_dir={work_dir}"])
+
+  assert totals["videos_cached"] == 2
+  by_name = {}
+  for key, entry in video_cache.read_index(work_dir).items():
+    assert key.startswith(f"csv/{datasets.CSV.encoding_recipe.key}/")
+    cached = next(video_cache.read_shard(entry.shard, [key]))
+    by_name[urllib.parse.unquote(ingest.video_id_of(key))] = cached
+  dark = by_name["Amélie's walk, take #2.avi#t=0.0,0.9"]
+  light = by_name["Amélie's walk, take #2.avi#t=1.1"]
+  assert (dark.label_name, light.label_name) == ("dark", "light")
+  assert max(_mean_brightness(dark.frames)) < 40
+  assert min(_mean_brightness(light.frames)) > 215
+  # The UCF101 recipe's 25 fps, counted from the segment's start.
+  assert abs(len(dark.frames) - 0.9 * 25) <= 2 and abs(len(light.frames) - 0.9 * 25) <= 2
