@@ -183,7 +183,7 @@ def _job_paths(job: str, config) -> dict[str, str]:
             "videos": config.videos_location, "split lists": config.splits_location,
             "video cache": config.work_dir, "output": config.output_dir}
   return {"embeddings": config.embeddings_dir,
-          "split lists": config.splits_zip or "those the embedding job used (its run.json)",
+          "split lists": config.splits_location or "those the embedding job used (its run.json)",
           "output": config.output_dir}
 
 

@@ -17,7 +17,6 @@ from mmv_core import dataset_listing
 from mmv_core import encoding_recipes
 from mmv_core import hmdb51
 from mmv_core import ucf101
-from mmv_core import video
 
 # How a dataset's `ListedVideo.location` is fetched.
 FETCH_ZIP_MEMBER = "zip_member"  # a member of the ZIP the videos flag names
@@ -149,11 +148,12 @@ def _list_ucf101(splits_zip: str, _video_zip: str | None) -> dataset_listing.Dat
   return listing_from_ucf101(ucf101.load_split_lists(splits_zip))
 
 
+# `mmv_core.video`'s defaults (tests/test_datasets.py pins them equal), spelled
+# out because that module brings in numba and scipy, which the evaluation
+# job's quick --help does without.
 UCF101_PROTOCOL = ProtocolDefaults(
-    num_frames=video.DEFAULT_NUM_FRAMES, stride=video.DEFAULT_STRIDE,
-    min_resize=video.DEFAULT_MIN_RESIZE, crop_size=video.DEFAULT_CROP_SIZE,
-    num_train_clips=video.DEFAULT_NUM_TRAIN_CLIPS,
-    num_test_windows=video.DEFAULT_NUM_TEST_WINDOWS,
+    num_frames=32, stride=2, min_resize=224, crop_size=224, num_train_clips=10,
+    num_test_windows=10,
     svm_c=((S3D, UCF101_SVM_C), (TSM_RESNET_X1, UCF101_SVM_C), (TSM_RESNET_X2, UCF101_SVM_C)))
 
 # dmvr's HMDB51 example, published with the paper's HMDB51 numbers.

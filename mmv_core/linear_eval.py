@@ -200,8 +200,10 @@ class SplitFeatures:
 
   @property
   def train_groups(self) -> np.ndarray:
-    """int64 [N], UCF101 group (gGG) of each training clip."""
-    groups = np.array([v.group for v in self.layout.train_videos], dtype=np.int64)
+    """[N], the group of each training clip: a string (`ListedVideo.group`, such as
+    UCF101's zero-padded gGG, so string order is numeric order), or UCF101's
+    int for a layout of `ucf101.VideoRecord`s."""
+    groups = np.array([v.group for v in self.layout.train_videos])
     return groups[self.train_video]
 
   @property

@@ -1,12 +1,15 @@
-"""Beam job: UCF101 linear evaluation of an embedding job's clip embeddings.
+"""Beam job: linear evaluation of an embedding job's clip embeddings.
 
   python -m pipelines.linear_eval --embeddings_dir=EMB --output_dir=OUT \
       [--splits=1,2,3] [--svm_c=0.001 | --svm_c=0.0001,0.0003,0.001] \
       [--solver=newton | --solver=liblinear] [--allow_missing]
 
-The videos evaluated are those the embedding job was asked for: the split
-lists it recorded in its run.json (or --splits_zip), limited to the
---classes and --max_videos it ran with. Before any work the job checks its
+The dataset, its split definitions and its classes are those the embedding
+job recorded in its run.json (--dataset and its split flag override them),
+and every split the dataset has is evaluated unless --splits says otherwise.
+The videos evaluated are those the embedding job was asked for, limited to
+the --classes and --max_videos it ran with. C defaults to the dataset's
+protocol for the embeddings' backbone. Before any work the job checks its
 flags, that --output_dir holds no earlier metrics, run.json, the split lists
 and, on a local runner, that every clip of those videos is there (one pass
 over the clips' headers); each problem is one line on stderr and exit
@@ -38,14 +41,17 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import SetupOptions, StandardOptions, TestOptions
 
+from mmv_core import datasets
 from mmv_core import embedding_schema as schema
 from mmv_core import linear_eval
 from mmv_core import report
 from mmv_core import sources
-from mmv_core import ucf101
 from pipelines import common
+from pipelines import ingest
 
 PROG = "python -m pipelines.linear_eval"
+# The flags that locate a dataset's split definitions, one or more datasets each.
+_SPLITS_FLAGS = tuple(sorted({spec.splits_flag for spec in datasets.DATASETS.values()}))
 # Runners whose workers are elsewhere: there each split's task checks its
 # clips, rather than every shard being read on the launching machine first.
 _REMOTE_RUNNERS = ("DataflowRunner",)
@@ -64,9 +70,11 @@ class LinearEvalConfig:
   """Everything the job's tasks need; built once from the flags."""
   embeddings_dir: str
   output_dir: str
-  splits_zip: str | None  # None: the one the embedding job used (its run.json).
-  splits: tuple[int, ...]
-  svm_cs: tuple[float, ...]
+  dataset: str | None  # None: the one the embedding job used (its run.json).
+  # The split definitions (`DatasetSpec.splits_flag`); None: run.json's.
+  splits_location: str | None
+  splits: tuple[int, ...] | None  # None: every split of the dataset.
+  svm_cs: tuple[float, ...] | None  # None: the protocol's C for the backbone.
   svm_settings: linear_eval.SvmSettings
   allow_missing: bool
 
@@ -116,15 +124,20 @@ def parse_args(argv: Sequence[str] | None) -> tuple[LinearEvalConfig, list[str]]
                       help="where metrics.json, report.md, per_class_accuracy.csv, the "
                       "confusion PNGs and classifiers/ go; it must not hold a metrics.json "
                       "already; required")
-  parser.add_argument("--splits_zip", default=None,
-                      help="split-list zip: local path, gs:// or https://; None: the one the "
-                      "embedding job recorded in its run.json, else UCF101's official lists")
-  parser.add_argument("--splits", type=_comma_list(int),
-                      default=",".join(map(str, ucf101.SPLITS)),
-                      help="comma-separated splits to evaluate")
-  parser.add_argument("--svm_c", type=_comma_list(float), default=f"{linear_eval.DEFAULT_SVM_C:g}",
+  parser.add_argument("--dataset", default=None,
+                      help="None: the one the embedding job recorded in its run.json")
+  for flag in _SPLITS_FLAGS:
+    parser.add_argument(f"--{flag}", default=None,
+                        help="the split definitions (local, gs:// or https://) for --dataset="
+                        + "/".join(s.name for s in datasets.DATASETS.values()
+                                   if s.splits_flag == flag)
+                        + "; None: those the embedding job recorded in its run.json")
+  parser.add_argument("--splits", type=_comma_list(int), default=None,
+                      help="comma-separated splits to evaluate; None: every split of the dataset")
+  parser.add_argument("--svm_c", type=_comma_list(float), default=None,
                       help="C of the SVM; a comma-separated list runs a sweep, choosing C by "
-                      "top-1 on held-out training groups")
+                      "top-1 on held-out training groups; None: the dataset's protocol C for "
+                      f"the backbone ({linear_eval.DEFAULT_SVM_C:g} for UCF101)")
   parser.add_argument("--solver", choices=linear_eval.SOLVERS, default=defaults.solver,
                       help="newton: every class at once by matrix products; liblinear: "
                       "scikit-learn's LinearSVC, one class at a time, as the original "
@@ -147,11 +160,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[LinearEvalConfig, list[str]]
   args, beam_args = parser.parse_known_args(argv)
   common.check_beam_flags(beam_args, PROG)
 
-  unknown_splits = sorted(set(args.splits) - set(ucf101.SPLITS))
-  if unknown_splits:
-    raise common.UsageError(f"--splits: no split {unknown_splits}; UCF101 has splits "
-                            f"{', '.join(map(str, ucf101.SPLITS))}")
-  bad_cs = [c for c in args.svm_c if not _positive(c)]
+  given_splits_flags = [flag for flag in _SPLITS_FLAGS if getattr(args, flag)]
+  if len(given_splits_flags) > 1:
+    raise common.UsageError(f"give at most one of {', '.join('--' + f for f in _SPLITS_FLAGS)}")
+  bad_cs = [c for c in args.svm_c or () if not _positive(c)]
   if bad_cs:
     raise common.UsageError(
         f"--svm_c: C must be a positive number, got {', '.join(f'{c:g}' for c in bad_cs)}")
@@ -163,8 +175,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[LinearEvalConfig, list[str]]
                  if args.solver == linear_eval.SOLVER_LIBLINEAR else defaults.tol)
   config = LinearEvalConfig(
       embeddings_dir=args.embeddings_dir, output_dir=args.output_dir,
-      splits_zip=args.splits_zip, splits=tuple(sorted(set(args.splits))),
-      svm_cs=tuple(sorted(set(args.svm_c))),
+      dataset=args.dataset,
+      splits_location=getattr(args, given_splits_flags[0]) if given_splits_flags else None,
+      splits=tuple(sorted(set(args.splits))) if args.splits else None,
+      svm_cs=tuple(sorted(set(args.svm_c))) if args.svm_c else None,
       svm_settings=linear_eval.SvmSettings(
           solver=args.solver, dual=args.svm_dual, tol=args.svm_tol or default_tol,
           max_iter=args.svm_max_iter),
@@ -177,20 +191,28 @@ class Inputs:
   """What the evaluation reads before the clips.
 
   Attributes:
+    dataset: the dataset's name.
     layouts: split -> its videos among those the embedding job was asked
-      for, and their clip counts.
+      for, and their clip counts; one entry per split to evaluate.
     classes: the classes of those videos, label -> name, in label order.
+    svm_cs: the C values to evaluate (the flag's, else the protocol's).
   """
+  dataset: str
   layouts: dict[int, linear_eval.SplitLayout]
   classes: dict[int, str]
+  svm_cs: tuple[float, ...]
 
 
 def read_inputs(config: LinearEvalConfig) -> Inputs:
-  """Reads run.json and the split lists; keeps the videos the embedding job was asked for.
+  """Reads run.json and the dataset's listing; keeps the videos the embedding job was asked for.
+
+  The dataset and its locations are the flags', else those run.json records
+  (in its "dataset" entry, or for runs before it, its settings: UCF101).
 
   Raises:
-    common.UsageError: run.json or the split lists cannot be read, or
-      run.json names classes that the split lists lack.
+    common.UsageError: run.json or the listing cannot be read, run.json
+      names classes that the listing lacks, or --splits names a split the
+      dataset does not have.
   """
   try:
     run_config = schema.read_run_config(config.embeddings_dir)
@@ -198,22 +220,56 @@ def read_inputs(config: LinearEvalConfig) -> Inputs:
     raise common.UsageError(
         f"--embeddings_dir {config.embeddings_dir} is not an embedding job's output: {e}") from e
   settings = run_config.get(schema.SETTINGS, {})
-  location = config.splits_zip or settings.get(schema.SPLITS_ZIP) or ucf101.SPLITS_ZIP_URL
+  recorded = run_config.get("dataset") or {}
+  spec = _dataset(config.dataset or recorded.get("name") or datasets.UCF101.name)
+  same_dataset = spec.name == recorded.get("name", datasets.UCF101.name)
+  recorded_splits = (recorded.get("splits_location") or settings.get(spec.splits_flag)
+                     if same_dataset else None)
+  recorded_videos = (recorded.get("videos_location") or settings.get(spec.videos_flag)
+                     if same_dataset else None)
   try:
-    lists = ucf101.load_split_lists(location)
-    videos = ucf101.select_videos(lists, settings.get(schema.CLASSES),
+    listing = spec.list_videos(config.splits_location or recorded_splits, recorded_videos)
+    videos = ingest.select_videos(listing, settings.get(schema.CLASSES),
                                   settings.get(schema.MAX_VIDEOS))
-  except (sources.SourceError, ucf101.SplitListError) as e:
-    given_by = ("--splits_zip" if config.splits_zip
+  except (sources.SourceError, ValueError) as e:  # ValueError: listing errors, unknown classes.
+    given_by = (f"--{spec.splits_flag}" if config.splits_location
                 else f"the split lists of {config.embeddings_dir}/{schema.RUN_CONFIG_FILE}")
     raise common.UsageError(f"{given_by}: {e}") from e
-  asked_for = dataclasses.replace(lists, videos=tuple(videos))
+  unknown_splits = sorted(set(config.splits or ()) - set(listing.splits))
+  if unknown_splits:
+    raise common.UsageError(f"--splits: no split {unknown_splits}; {spec.name.upper()} has splits "
+                            f"{', '.join(map(str, listing.splits))}")
+  asked_for = dataclasses.replace(listing, videos=tuple(videos))
   layouts = {s: linear_eval.SplitLayout.from_lists(
       asked_for, s, num_train_clips=run_config[schema.NUM_TRAIN_CLIPS],
       num_test_windows=run_config[schema.NUM_TEST_WINDOWS])
-             for s in config.splits}
+             for s in config.splits or listing.splits}
   labels = sorted({v.label for v in videos})
-  return Inputs(layouts=layouts, classes={label: lists.class_names[label] for label in labels})
+  svm_cs = config.svm_cs or (protocol_svm_c(spec, run_config.get("backbone")),)
+  return Inputs(dataset=spec.name, layouts=layouts,
+                classes={label: listing.class_names[label] for label in labels}, svm_cs=svm_cs)
+
+
+def protocol_svm_c(spec: datasets.DatasetSpec, backbone: str | None) -> float:
+  """The dataset's protocol C for `backbone` (None: run.json names none).
+
+  Raises:
+    common.UsageError: no backbone is known and the protocol's C depends on it.
+  """
+  if backbone is not None:
+    return spec.protocol.svm_c_for(backbone)
+  cs = {c for _, c in spec.protocol.svm_c}
+  if len(cs) > 1:
+    raise common.UsageError(f"the embeddings' run.json names no backbone, and {spec.name}'s "
+                            "protocol C depends on it: pass --svm_c")
+  return cs.pop()
+
+
+def _dataset(name: str) -> datasets.DatasetSpec:
+  try:
+    return datasets.get(name)
+  except datasets.UnknownDatasetError as e:
+    raise common.UsageError(str(e)) from e
 
 
 def check_output_dir(output_dir: str) -> None:
@@ -235,7 +291,7 @@ def check_clips(config: LinearEvalConfig, inputs: Inputs) -> None:
     IncompleteInputError: clips are missing, duplicated or beyond the
       expected count and --allow_missing was not given.
   """
-  layouts = [inputs.layouts[s] for s in config.splits]
+  layouts = list(inputs.layouts.values())
   try:
     checks = linear_eval.check_splits(schema.embedding_records(config.embeddings_dir), layouts)
   except (schema.EmbeddingFormatError, linear_eval.InconsistentInputError) as e:
@@ -271,7 +327,7 @@ class EvaluateSplit(beam.DoFn):
   def process(self, split: int, inputs: Inputs):
     features, check, load_seconds = _load_split(self._config, inputs.layouts[split])
     result = linear_eval.evaluate_split(
-        features, check, self._config.svm_cs, self._config.svm_settings,
+        features, check, inputs.svm_cs, self._config.svm_settings,
         load_seconds=load_seconds)
     result.classifier.save(
         f"{self._config.output_dir.rstrip('/')}/{report.classifier_name(split)}")
@@ -284,7 +340,9 @@ def write_outputs(results: Sequence[linear_eval.SplitResult], config: LinearEval
                   inputs: Inputs) -> None:
   """metrics.json, per-class CSV, confusion PNGs and report.md in --output_dir."""
   out = config.output_dir.rstrip("/")
-  summary = linear_eval.summarise(results) | {"settings": config.to_json()}
+  settings = config.to_json() | {"dataset": inputs.dataset, "splits": sorted(inputs.layouts),
+                                 "svm_cs": list(inputs.svm_cs)}
+  summary = linear_eval.summarise(results) | {"settings": settings}
   per_split = {r.split: (r.per_class_accuracy, r.per_class_videos) for r in results}
   report.write_bytes(f"{out}/{report.METRICS_FILE}",
                      json.dumps(report.strict_json(summary), indent=2, sort_keys=True,
@@ -294,10 +352,10 @@ def write_outputs(results: Sequence[linear_eval.SplitResult], config: LinearEval
   for r in results:
     report.write_bytes(f"{out}/{report.confusion_png_name(r.split)}",
                        report.confusion_png(r.confusion, inputs.classes,
-                                            f"UCF101 split {r.split}, test videos"))
+                                            f"{inputs.dataset.upper()} split {r.split}, test videos"))
   markdown = report.markdown_report(
       summary, inputs.classes, per_split, {r.split: r.check.summary() for r in results},
-      config.to_json())
+      settings)
   report.write_bytes(f"{out}/{report.REPORT_FILE}", markdown.encode())
 
 
@@ -309,8 +367,8 @@ def build_pipeline(pipeline: beam.Pipeline, config: LinearEvalConfig) -> None:
   """
   inputs = beam.pvalue.AsSingleton(
       pipeline | "Config" >> beam.Create([config]) | "ReadInputs" >> beam.Map(read_inputs))
-  _ = (pipeline
-       | "Splits" >> beam.Create(config.splits)
+  _ = (inputs.pvalue
+       | "Splits" >> beam.FlatMap(lambda read: sorted(read.layouts))
        | "SpreadSplits" >> beam.Reshuffle()
        | "EvaluateSplit" >> beam.ParDo(EvaluateSplit(config), inputs)
        | "AllSplits" >> beam.combiners.ToList()

@@ -17,6 +17,7 @@ from mmv_core import checkpoints
 from mmv_core import dataset_listing
 from mmv_core import datasets
 from mmv_core import embedding_schema as schema
+from mmv_core import linear_eval as linear_eval_lib
 from mmv_core import synthetic
 from mmv_core import synthetic_hmdb51
 from mmv_core import video_cache
@@ -24,6 +25,7 @@ from mmv_core.models import mmv
 from pipelines import common
 from pipelines import embed
 from pipelines import ingest
+from pipelines import linear_eval as linear_eval_job
 
 CLIPS = dict(num_frames=4, stride=1, min_resize=32, crop_size=32)
 NUM_TRAIN_CLIPS, NUM_TEST_WINDOWS = 2, 3
@@ -192,3 +194,33 @@ def test_csv_segments_give_frames_of_their_segment_only(tmp_path):
   assert min(_mean_brightness(light.frames)) > 215
   # The UCF101 recipe's 25 fps, counted from the segment's start.
   assert abs(len(dark.frames) - 0.9 * 25) <= 2 and abs(len(light.frames) - 0.9 * 25) <= 2
+
+
+# ---- Linear evaluation of the HMDB51 embeddings ----
+
+def test_linear_eval_follows_the_hmdb51_run_every_split_with_its_protocol_c(hmdb, hmdb_job):
+  data, bad_id = hmdb
+  out = hmdb_job / "eval"
+  linear_eval_job.main([f"--embeddings_dir={hmdb_job / 'out'}", f"--output_dir={out}",
+                        "--allow_missing", *IN_PROCESS])
+
+  metrics = json.loads((out / "metrics.json").read_text())
+  assert sorted(metrics["splits"]) == ["1", "2", "3"]
+  assert metrics["mean"]["splits"] == [1, 2, 3]
+  assert metrics["settings"]["dataset"] == "hmdb51"
+  assert metrics["settings"]["svm_cs"] == [datasets.HMDB51.protocol.svm_c_for("s3d")]
+  for split, result in metrics["splits"].items():
+    planned = [v for v in data.videos if v.split_ids[int(split) - 1] == synthetic_hmdb51.TEST_ID]
+    missing = {_video_id(v.file_name) for v in planned} & {bad_id}
+    assert result["svm_c"] == datasets.HMDB51.protocol.svm_c_for("s3d")
+    assert result["input_check"]["num_test_clips"] == (
+        (len(planned) - len(missing)) * NUM_TEST_WINDOWS)
+
+
+def test_string_groups_keep_ucf101s_held_out_partition():
+  numbers = np.repeat(np.arange(1, 26), 4)
+  by_number = linear_eval_lib.validation_partition(numbers)
+  by_padded_string = linear_eval_lib.validation_partition(
+      np.array([f"{n:02d}" for n in numbers]))
+  for ints, strings in zip(by_number, by_padded_string):
+    np.testing.assert_array_equal(ints, strings)
