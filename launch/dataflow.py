@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from mmv_core import datasets
 from pipelines import common
 
 PROG = "python -m launch.dataflow"
@@ -111,8 +112,8 @@ def embed_argv(args: argparse.Namespace, extra: Sequence[str]) -> list[str]:
                         f"mmv-embed-{backbone.replace('_', '-')}-{args.accelerator}", args.dry_run),
       *profile.worker_options,
       f"--checkpoint_path={args.checkpoint_path}", f"--backbone={backbone}",
-      f"--work_dir={args.bucket}/work", f"--output_dir={args.bucket}/embeddings/{backbone}",
-      *profile.job_flags, *extra]
+      f"--work_dir={args.bucket}/work", f"--dataset={args.dataset}",
+      f"--output_dir={results_dir(args, 'embeddings')}", *profile.job_flags, *extra]
 
 
 def linear_eval_argv(args: argparse.Namespace, extra: Sequence[str]) -> list[str]:
@@ -125,8 +126,14 @@ def linear_eval_argv(args: argparse.Namespace, extra: Sequence[str]) -> list[str
       # for TSM-ResNet-50x2's 95,370 x 4,096; bench/README.md).
       "--machine_type=n2-standard-8", "--experiments=no_use_multiple_sdk_containers",
       "--number_of_worker_harness_threads=1",
-      f"--embeddings_dir={args.bucket}/embeddings/{backbone}",
-      f"--output_dir={args.bucket}/linear_eval/{backbone}", *extra]
+      f"--embeddings_dir={results_dir(args, 'embeddings')}",
+      f"--output_dir={results_dir(args, 'linear_eval')}", *extra]
+
+
+def results_dir(args: argparse.Namespace, kind: str) -> str:
+  """`BUCKET/KIND/BACKBONE` for UCF101 (as it always was), `BUCKET/KIND/DATASET/BACKBONE` else."""
+  dataset = "" if args.dataset == datasets.UCF101.name else f"{args.dataset}/"
+  return f"{args.bucket}/{kind}/{dataset}{_backbone(args)}"
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -166,6 +173,14 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
                      help="MMV checkpoint, e.g. gs://BUCKET/checkpoints/mmv_s3d.pkl; required")
   embed.add_argument("--backbone", default=None,
                      help="the checkpoint's backbone; None: read from its file name")
+  location_flags = sorted({f"--{flag}" for spec in datasets.DATASETS.values()
+                           for flag in (spec.splits_flag, spec.videos_flag)})
+  for job in (embed, linear_eval):
+    job.add_argument("--dataset", choices=sorted(datasets.DATASETS), default=datasets.UCF101.name,
+                     help="the dataset; results go under BUCKET/embeddings/DATASET/ and "
+                     "BUCKET/linear_eval/DATASET/ (UCF101's directly under embeddings/ and "
+                     "linear_eval/); the embedding job takes its locations: "
+                     + ", ".join(location_flags))
   linear_eval.add_argument("--backbone", required=True, default=argparse.SUPPRESS,
                            help="backbone of the embeddings to evaluate "
                            "(gs://BUCKET/embeddings/BACKBONE); required")

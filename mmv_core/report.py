@@ -146,7 +146,7 @@ def markdown_report(summary: dict[str, Any], classes: Mapping[int, str],
     input_summaries: split -> what its inputs lacked (`InputCheck.summary()`).
     settings: the run's settings, shown as given.
   """
-  lines = ["# UCF101 linear evaluation", "",
+  lines = [f"# {_dataset_title(summary)} linear evaluation", "",
            "StandardScaler + LinearSVC on every training clip; a test video's score is "
            "the decision values averaged over its windows. Accuracies in %.", ""]
   lines += ["## Settings", ""] + [f"- `{k}`: `{v}`" for k, v in settings.items()] + [""]
@@ -174,11 +174,16 @@ def markdown_report(summary: dict[str, Any], classes: Mapping[int, str],
   return "\n".join(lines) + "\n"
 
 
+def _dataset_title(summary: dict[str, Any]) -> str:
+  """The evaluated dataset's name as `metrics.json`'s settings record it (UCF101 before they did)."""
+  return summary.get("settings", {}).get("dataset", "ucf101").upper()
+
+
 def console_summary(summary: dict[str, Any], output_dir: str, seconds: float) -> str:
   """What the job prints at its end: the metrics table, its caveats, outputs, wall time."""
   out = output_dir.rstrip("/")
   splits = ", ".join(summary["splits"])
-  lines = [f"UCF101 linear evaluation, split{'s' if len(summary['splits']) > 1 else ''} "
+  lines = [f"{_dataset_title(summary)} linear evaluation, split{'s' if len(summary['splits']) > 1 else ''} "
            f"{splits} (accuracies in %):", metrics_table(summary)]
   caveats = caveat_lines(summary)
   if caveats:

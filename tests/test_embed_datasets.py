@@ -22,6 +22,7 @@ from mmv_core import synthetic
 from mmv_core import synthetic_hmdb51
 from mmv_core import video_cache
 from mmv_core.models import mmv
+from launch import dataflow
 from pipelines import common
 from pipelines import embed
 from pipelines import ingest
@@ -224,3 +225,21 @@ def test_string_groups_keep_ucf101s_held_out_partition():
       np.array([f"{n:02d}" for n in numbers]))
   for ints, strings in zip(by_number, by_padded_string):
     np.testing.assert_array_equal(ints, strings)
+
+
+# ---- Launcher ----
+
+def test_dataflow_launcher_keeps_each_datasets_results_apart():
+  common_flags = ["--project", "my-project-123", "--region", "us-central1",
+                  "--bucket", "gs://my-mmv-bucket", "--image", "img:gpu"]
+  embed_config, _ = embed.parse_args(dataflow.embed_argv(*dataflow.parse_args(
+      ["embed", *common_flags, "--checkpoint_path", "gs://my-mmv-bucket/ckpt/mmv_s3d.pkl",
+       "--dataset=hmdb51", "--splits_dir=gs://my-mmv-bucket/hmdb51/splits",
+       "--video_root=gs://my-mmv-bucket/hmdb51/videos"])))
+  assert (embed_config.dataset, embed_config.output_dir, embed_config.work_dir) == (
+      "hmdb51", "gs://my-mmv-bucket/embeddings/hmdb51/s3d", "gs://my-mmv-bucket/work")
+  assert embed_config.splits_location == "gs://my-mmv-bucket/hmdb51/splits"
+  eval_flags = dataflow.linear_eval_argv(*dataflow.parse_args(
+      ["linear_eval", *common_flags, "--backbone", "s3d", "--dataset=hmdb51"]))
+  assert "--embeddings_dir=gs://my-mmv-bucket/embeddings/hmdb51/s3d" in eval_flags
+  assert "--output_dir=gs://my-mmv-bucket/linear_eval/hmdb51/s3d" in eval_flags
