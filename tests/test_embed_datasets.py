@@ -35,14 +35,18 @@ IN_PROCESS = list(common.IN_PROCESS_RUNNER_ARGS)
 
 @pytest.fixture(scope="module")
 def hmdb(tmp_path_factory):
-  """2 classes x 4 tiny videos with awkward names; one replaced by bytes that are no video."""
+  """2 classes x 4 tiny videos with awkward names; one replaced by bytes that are no
+  video, one deleted. Returns (dataset, {video id: the stage it must fail at})."""
   data = synthetic_hmdb51.write_dataset(
       str(tmp_path_factory.mktemp("hmdb")), num_classes=2, videos_per_class=4,
       width=64, height=48, fps=10.0, duration_s=1.0)
   bad = data.videos[1]
   with open(os.path.join(data.video_root, bad.label_name, bad.file_name), "wb") as f:
     f.write(b"this is not a video\n" * 50)
-  return data, _video_id(bad.file_name)
+  gone = data.videos[6]
+  os.remove(os.path.join(data.video_root, gone.label_name, gone.file_name))
+  return data, {_video_id(bad.file_name): ingest.STAGE_ENCODE,
+                _video_id(gone.file_name): ingest.STAGE_FETCH}
 
 
 def _video_id(file_name: str) -> str:
@@ -80,12 +84,12 @@ def hmdb_job(hmdb, checkpoint_path, tmp_path_factory):
 
 
 def test_hmdb51_every_video_is_embedded_under_its_awkward_name_or_fails_alone(hmdb, hmdb_job):
-  data, bad_id = hmdb
+  data, failing = hmdb
   records = _read_embeddings(hmdb_job / "out")
   per_video = collections.Counter((r[schema.VIDEO_ID], r[schema.CLIP_TYPE]) for r in records)
   expected = {}
   for v in data.videos:
-    if _video_id(v.file_name) != bad_id:
+    if _video_id(v.file_name) not in failing:
       expected[(_video_id(v.file_name), "train")] = NUM_TRAIN_CLIPS
       expected[(_video_id(v.file_name), "test")] = NUM_TEST_WINDOWS
   assert dict(per_video) == expected
@@ -98,7 +102,8 @@ def test_hmdb51_every_video_is_embedded_under_its_awkward_name_or_fails_alone(hm
 
   failures = [json.loads(line) for line in
               open(hmdb_job / "out" / "failures" / "failures.jsonl") if line.strip()]
-  assert [(f["video_id"], f["stage"]) for f in failures] == [(bad_id, ingest.STAGE_ENCODE)]
+  assert {f["video_id"]: f["stage"] for f in failures} == failing
+  assert len(failures) == len(failing) and all(f["reason"] for f in failures)
 
 
 def test_hmdb51_run_record_names_the_dataset_and_its_recipe(hmdb, hmdb_job):
@@ -200,7 +205,7 @@ def test_csv_segments_give_frames_of_their_segment_only(tmp_path):
 # ---- Linear evaluation of the HMDB51 embeddings ----
 
 def test_linear_eval_follows_the_hmdb51_run_every_split_with_its_protocol_c(hmdb, hmdb_job):
-  data, bad_id = hmdb
+  data, failing = hmdb
   out = hmdb_job / "eval"
   linear_eval_job.main([f"--embeddings_dir={hmdb_job / 'out'}", f"--output_dir={out}",
                         "--allow_missing", *IN_PROCESS])
@@ -212,7 +217,7 @@ def test_linear_eval_follows_the_hmdb51_run_every_split_with_its_protocol_c(hmdb
   assert metrics["settings"]["svm_cs"] == [datasets.HMDB51.protocol.svm_c_for("s3d")]
   for split, result in metrics["splits"].items():
     planned = [v for v in data.videos if v.split_ids[int(split) - 1] == synthetic_hmdb51.TEST_ID]
-    missing = {_video_id(v.file_name) for v in planned} & {bad_id}
+    missing = {_video_id(v.file_name) for v in planned} & set(failing)
     assert result["svm_c"] == datasets.HMDB51.protocol.svm_c_for("s3d")
     assert result["input_check"]["num_test_clips"] == (
         (len(planned) - len(missing)) * NUM_TEST_WINDOWS)
