@@ -107,6 +107,7 @@ class EmbedJobConfig:
   overwrite: bool = False
   resume: bool = False
   max_failed_share: float = 0.1
+  recipe: str | None = None
 
   @property
   def outputs(self) -> tuple[str, ...]:
@@ -118,7 +119,9 @@ class EmbedJobConfig:
 
   @property
   def dataset_spec(self) -> datasets.DatasetSpec:
-    return datasets.get(self.dataset)
+    """The --dataset, re-encoded with --recipe if given."""
+    spec = datasets.get(self.dataset)
+    return dataclasses.replace(spec, recipe=self.recipe) if self.recipe else spec
 
   @property
   def splits_location(self) -> str | None:
@@ -385,7 +388,7 @@ def progress_line(done: int, expected: int | None, since_first_s: float, what: s
 # ---- Output directory: ownership and resuming ----
 
 # The settings that decide the embeddings: a resumed run must repeat them.
-RESUME_SETTINGS = ("dataset", "video_zip", "splits_zip", "splits_dir", "csv_dir", "video_root",
+RESUME_SETTINGS = ("dataset", "recipe", "video_zip", "splits_zip", "splits_dir", "csv_dir", "video_root",
                    "backbone", "num_frames", "stride", "min_resize",
                    "crop_size", "num_train_clips", "num_test_windows", "exact_train_clips",
                    "compute_dtype", "joint_embeddings", "seed", "classes", "max_videos")
@@ -683,11 +686,13 @@ def resolve_dataset_defaults(config: EmbedJobConfig) -> EmbedJobConfig:
     UsageError: an unknown dataset, or a location flag of another dataset.
   """
   spec, splits_location, videos_location = ingest.resolve_dataset(
-      config.dataset, {flag: getattr(config, flag) for flag in ingest.LOCATION_FLAGS})
+      config.dataset, {flag: getattr(config, flag) for flag in ingest.LOCATION_FLAGS},
+      config.recipe)
   protocol = {name: getattr(spec.protocol, name) for name, _ in _PROTOCOL_FLAGS
               if getattr(config, name) is None}
-  return dataclasses.replace(config, **protocol, **{spec.splits_flag: splits_location,
-                                                    spec.videos_flag: videos_location})
+  return dataclasses.replace(config, **protocol, recipe=spec.recipe,
+                             **{spec.splits_flag: splits_location,
+                                spec.videos_flag: videos_location})
 
 
 def settings_problems(config: EmbedJobConfig) -> list[str]:

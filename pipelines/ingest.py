@@ -73,7 +73,7 @@ from mmv_core import ucf101
 from mmv_core import video_cache
 from mmv_core import zip_index
 from pipelines.common import FAILURES, UsageError, WriteFailures, counter, counters, failure
-from pipelines.common import run_main, summarize_failures, with_local_runner
+from pipelines.common import check_beam_flags, run_main, summarize_failures, with_local_runner
 
 STAGE_FETCH = "fetch"
 STAGE_EXTRACT = "extract"
@@ -226,14 +226,16 @@ class ListVideos(beam.PTransform):
 def cache_key(dataset: datasets.DatasetSpec, video: dataset_listing.ListedVideo) -> str:
   """The id under which `video`'s frames are cached.
 
-  ZIP members keep their bare ids, the keys of the cache UCF101 runs have
-  always written; they are checked against the archive's CRC-32 on every
-  run. Whole files are keyed by dataset, recipe and location as well, so
-  that datasets (and two CSV folders naming the same relative path under
-  different roots) share a work directory without collisions. The id is the
+  ZIP members re-encoded with UCF101's recipe keep their bare ids, the keys
+  of the cache UCF101 runs have always written; they are checked against the
+  archive's CRC-32 on every run. Anything else (whole files, or another
+  `--recipe`) is keyed by dataset, recipe and location as well, so that
+  datasets, recipes (and two CSV folders naming the same relative path
+  under different roots) share a work directory without collisions. The id is the
   last `/`-separated part (ids never hold `/`), see `video_id_of`.
   """
-  if dataset.fetch == datasets.FETCH_ZIP_MEMBER:
+  if (dataset.fetch == datasets.FETCH_ZIP_MEMBER
+      and dataset.encoding_recipe == encoding_recipes.UCF101):
     return video.video_id
   location_digest = hashlib.sha256(video.location.encode()).hexdigest()[:_KEY_DIGEST_CHARS]
   return f"{dataset.name}/{dataset.encoding_recipe.key}/{location_digest}/{video.video_id}"
@@ -655,9 +657,12 @@ LOCATION_FLAGS = tuple(sorted({flag for spec in datasets.DATASETS.values()
 
 
 def add_dataset_flags(parser: argparse.ArgumentParser) -> None:
-  """Adds --dataset and every dataset's location flags (default None: resolved per dataset)."""
+  """Adds --dataset, --recipe and every dataset's location flags (None: the dataset's)."""
   names = ", ".join(f"{spec.name}: {spec.description}" for spec in datasets.DATASETS.values())
   parser.add_argument("--dataset", default=datasets.UCF101.name, help=names)
+  parser.add_argument("--recipe", default=None, choices=sorted(encoding_recipes.RECIPES),
+                      help="how videos are re-encoded into frames (docs/datasets.md); default: "
+                           "the dataset's (csv: ucf101's)")
   flag_users = {flag: [spec for spec in datasets.DATASETS.values()
                        if flag in (spec.splits_flag, spec.videos_flag)] for flag in LOCATION_FLAGS}
   for flag, specs in flag_users.items():
@@ -669,13 +674,14 @@ def add_dataset_flags(parser: argparse.ArgumentParser) -> None:
                              f"or https://{default_text}")
 
 
-def resolve_dataset(name: str, locations: dict[str, str | None]
+def resolve_dataset(name: str, locations: dict[str, str | None], recipe: str | None = None
                     ) -> tuple[datasets.DatasetSpec, str | None, str | None]:
-  """(dataset, splits location, videos location) from --dataset and the location flags.
+  """(dataset, splits location, videos location) from --dataset, the location flags, --recipe.
 
   Args:
     name: the --dataset value.
     locations: the value of each of `LOCATION_FLAGS` (None: not given).
+    recipe: the --recipe value; None keeps the dataset's.
 
   Raises:
     UsageError: an unknown dataset, or a location flag that another dataset takes.
@@ -684,6 +690,8 @@ def resolve_dataset(name: str, locations: dict[str, str | None]
     spec = datasets.get(name)
   except datasets.UnknownDatasetError as e:
     raise UsageError(str(e)) from e
+  if recipe is not None:
+    spec = dataclasses.replace(spec, recipe=recipe)
   foreign = [flag for flag, value in sorted(locations.items())
              if value is not None and flag not in (spec.splits_flag, spec.videos_flag)]
   if foreign:
@@ -693,25 +701,39 @@ def resolve_dataset(name: str, locations: dict[str, str | None]
           locations[spec.videos_flag] or spec.default_videos)
 
 
+PROG = "python -m pipelines.ingest"
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, int]:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+  """Ingests the dataset into the video cache; prints the counts and the failures."""
+  parser = argparse.ArgumentParser(
+      prog=PROG, description=__doc__.split("\n", 1)[0],
+      epilog="Other flags are Beam pipeline options (e.g. --direct_num_workers).",
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   add_dataset_flags(parser)
-  parser.add_argument("--work_dir", required=True)
+  parser.add_argument("--work_dir", required=True, default=argparse.SUPPRESS,
+                      help="the video cache (local or gs://); required")
   parser.add_argument("--classes", default="",
-                      help="comma-separated class names (default: all)")
-  parser.add_argument("--max_videos", type=int, default=None)
-  parser.add_argument("--videos_per_shard", type=int, default=DEFAULT_VIDEOS_PER_SHARD)
+                      help="comma-separated class names (empty: all)")
+  parser.add_argument("--max_videos", type=int, default=None, help="limit the run, for trials")
+  parser.add_argument("--videos_per_shard", type=int, default=DEFAULT_VIDEOS_PER_SHARD,
+                      help="videos per cache shard")
   parser.add_argument("--failures", default=None,
-                      help=f"JSON-lines failure file (default: WORK_DIR/{FAILURES_FILE})")
+                      help=f"JSON-lines failure file (None: WORK_DIR/{FAILURES_FILE})")
   parser.add_argument("--no_count_check", action="store_true",
                       help="skip the check against the official per-split counts")
+  parser.add_argument("--verbose", action="store_true", help="show Beam's INFO logs")
   args, beam_args = parser.parse_known_args(argv)
+  check_beam_flags(beam_args, PROG)
+  logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                      format="%(asctime)s %(message)s")
   dataset, splits_location, videos_location = resolve_dataset(
-      args.dataset, {flag: getattr(args, flag) for flag in LOCATION_FLAGS})
+      args.dataset, {flag: getattr(args, flag) for flag in LOCATION_FLAGS}, args.recipe)
   failures_path = args.failures or FileSystems.join(args.work_dir, FAILURES_FILE)
   classes = [c for c in args.classes.split(",") if c]
   listing = load_listing(dataset, splits_location, videos_location)
-  logging.info("%d videos listed", count_videos(listing, classes or None, args.max_videos))
+  print(f"[ingest] {count_videos(listing, classes or None, args.max_videos)} videos listed",
+        flush=True)
 
   pipeline = beam.Pipeline(options=PipelineOptions(with_local_runner(beam_args)))
   result = pipeline | "Ingest" >> Ingest(
@@ -733,8 +755,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, int]:
 
 
 if __name__ == "__main__":
-  logging.getLogger().setLevel(logging.INFO)
   # Run the imported module, not __main__, so that workers in other processes
   # can unpickle this module's classes by their real name.
   from pipelines import ingest
-  run_main(ingest.main, "python -m pipelines.ingest", sys.argv[1:])
+  run_main(ingest.main, ingest.PROG, sys.argv[1:])

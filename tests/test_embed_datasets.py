@@ -17,6 +17,7 @@ from mmv_core import checkpoints
 from mmv_core import dataset_listing
 from mmv_core import datasets
 from mmv_core import embedding_schema as schema
+from mmv_core import encoding_recipes
 from mmv_core import linear_eval as linear_eval_lib
 from mmv_core import synthetic
 from mmv_core import synthetic_hmdb51
@@ -141,6 +142,27 @@ def test_sampling_defaults_come_from_the_dataset_unless_given():
   assert (ucf.stride, ucf.crop_size, ucf.video_zip, ucf.splits_dir) == (
       datasets.UCF101.protocol.stride, datasets.UCF101.protocol.crop_size,
       datasets.UCF101.default_videos, None)
+
+
+def test_recipe_flag_chooses_the_re_encoding_and_keys_the_cache_apart():
+  required = ["--checkpoint_path=c.pkl", "--work_dir=w", "--output_dir=o"]
+  csv_default, _ = embed.parse_args(required + ["--dataset=csv", "--csv_dir=c"])
+  csv_hmdb, _ = embed.parse_args(required + ["--dataset=csv", "--csv_dir=c", "--recipe=hmdb51"])
+  ucf_hmdb, _ = embed.parse_args(required + ["--recipe=hmdb51"])
+  assert csv_default.recipe == "ucf101"  # Recorded in run.json: a resume must repeat it.
+  assert csv_hmdb.dataset_spec.encoding_recipe == encoding_recipes.HMDB51
+  assert "recipe" in embed.RESUME_SETTINGS
+
+  video = dataset_listing.ListedVideo(
+      video_id="v_Archery_g01_c01", name="v_Archery_g01_c01.avi",
+      location="UCF101/v_Archery_g01_c01.avi", label=0, label_name="Archery",
+      roles=((1, "train"),), group="01")
+  ucf_default = embed.parse_args(required)[0].dataset_spec
+  assert ingest.cache_key(ucf_default, video) == "v_Archery_g01_c01"  # Today's keys.
+  other = ingest.cache_key(ucf_hmdb.dataset_spec, video)
+  assert other != "v_Archery_g01_c01" and encoding_recipes.HMDB51.key in other
+  assert ingest.cache_key(csv_hmdb.dataset_spec, video) != ingest.cache_key(
+      csv_default.dataset_spec, video)
 
 
 @pytest.mark.parametrize("flags, message", [

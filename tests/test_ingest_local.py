@@ -6,6 +6,7 @@ import os
 import apache_beam as beam
 from apache_beam.testing.util import assert_that, equal_to
 
+import cli_checks
 from ingest_fixtures import expected_videos, frame_digest, run_ingest, zip_members
 from mmv_core import synthetic
 from mmv_core import video_cache
@@ -91,3 +92,10 @@ def test_reused_videos_take_labels_from_the_current_lists_and_bad_shards_fail_al
     if v.video_id in second.videos:
       assert (second.videos[v.video_id]["label"], second.videos[v.video_id]["label_name"]) == (
           v.label, names[v.label])
+
+
+def test_help_is_python_dash_m_with_every_flag_documented():
+  text, imported = cli_checks.run_help("pipelines.ingest")
+  assert text.startswith(f"usage: {ingest.PROG} ")
+  assert cli_checks.undocumented_options(text) == []
+  assert not {"jax", "tensorflow"} & imported
