@@ -224,6 +224,44 @@ def test_csv_segments_give_frames_of_their_segment_only(tmp_path):
   assert abs(len(dark.frames) - 0.9 * 25) <= 2 and abs(len(light.frames) - 0.9 * 25) <= 2
 
 
+def test_csv_dataset_through_both_jobs_every_segment_embedded_and_scored(
+    checkpoint_path, tmp_path):
+  # One video, dark then light: four segments, two per class, in split 1's
+  # train and test lists; a fifth row names a file that does not exist.
+  videos = tmp_path / "videos"
+  videos.mkdir()
+  _two_halves_video(videos / "Amélie's walk, take #2.avi")
+  name = '"Amélie\'s walk, take #2.avi"'
+  csv_dir = tmp_path / "csv"
+  csv_dir.mkdir()
+  header = "video_path,start,end,label\n"
+  (csv_dir / "train_1.csv").write_text(
+      header + f"{name},0,0.4,dark\n{name},1.1,1.5,light\nno such file.avi,,,light\n", "utf-8")
+  (csv_dir / "test_1.csv").write_text(header + f"{name},0.5,0.9,dark\n{name},1.6,2.0,light\n",
+                                      "utf-8")
+  out, evaluation = tmp_path / "out", tmp_path / "eval"
+
+  embed.run(["--dataset=csv", f"--csv_dir={csv_dir}", f"--video_root={videos}",
+             *_flags(checkpoint_path, tmp_path / "work", out)]).wait_until_finish()
+  linear_eval_job.main([f"--embeddings_dir={out}", f"--output_dir={evaluation}",
+                        "--allow_missing", *IN_PROCESS])
+
+  clips = collections.Counter((urllib.parse.unquote(r[schema.VIDEO_ID]), r[schema.LABEL_NAME])
+                              for r in _read_embeddings(out))
+  segments = {f"Amélie's walk, take #2.avi#t={span}": label for span, label in (
+      ("0.0,0.4", "dark"), ("1.1,1.5", "light"), ("0.5,0.9", "dark"), ("1.6,2.0", "light"))}
+  assert clips == {(video, label): NUM_TRAIN_CLIPS + NUM_TEST_WINDOWS
+                   for video, label in segments.items()}
+  failures = [json.loads(line) for line in (out / "failures" / "failures.jsonl").read_text(
+      "utf-8").splitlines()]
+  assert [(urllib.parse.unquote(f["video_id"]), f["stage"]) for f in failures] == [
+      ("no such file.avi", ingest.STAGE_FETCH)]
+  metrics = json.loads((evaluation / "metrics.json").read_text())
+  assert sorted(metrics["splits"]) == ["1"] and metrics["settings"]["dataset"] == "csv"
+  assert metrics["splits"]["1"]["input_check"]["num_test_clips"] == 2 * NUM_TEST_WINDOWS
+  assert 0 <= metrics["splits"]["1"]["test_top1"] <= 1
+
+
 # ---- Linear evaluation of the HMDB51 embeddings ----
 
 def test_linear_eval_follows_the_hmdb51_run_every_split_with_its_protocol_c(hmdb, hmdb_job):
