@@ -109,7 +109,8 @@ def embed_argv(args: argparse.Namespace, extra: Sequence[str]) -> list[str]:
   profile = PROFILES[args.accelerator]
   return [
       *dataflow_options(args.project, args.region, args.bucket, args.image,
-                        f"mmv-embed-{backbone.replace('_', '-')}-{args.accelerator}", args.dry_run),
+                        f"mmv-embed-{args.dataset}-{backbone.replace('_', '-')}-{args.accelerator}",
+                        args.dry_run),
       *profile.worker_options,
       f"--checkpoint_path={args.checkpoint_path}", f"--backbone={backbone}",
       f"--work_dir={args.bucket}/work", f"--dataset={args.dataset}",
@@ -120,7 +121,7 @@ def linear_eval_argv(args: argparse.Namespace, extra: Sequence[str]) -> list[str
   backbone = _backbone(args)
   return [
       *dataflow_options(args.project, args.region, args.bucket, args.image,
-                        f"mmv-linear-eval-{backbone.replace('_', '-')}", args.dry_run),
+                        f"mmv-linear-eval-{args.dataset}-{backbone.replace('_', '-')}", args.dry_run),
       # One split per VM at a time: its solver's matrix products use every
       # core, and it needs about twice the split's features in memory (4 GB
       # for TSM-ResNet-50x2's 95,370 x 4,096; bench/README.md).

@@ -308,3 +308,9 @@ def test_dataflow_launcher_keeps_each_datasets_results_apart():
       ["linear_eval", *common_flags, "--backbone", "s3d", "--dataset=hmdb51"]))
   assert "--embeddings_dir=gs://my-mmv-bucket/embeddings/hmdb51/s3d" in eval_flags
   assert "--output_dir=gs://my-mmv-bucket/linear_eval/hmdb51/s3d" in eval_flags
+  # Dataflow refuses a job whose name a running job has: the dataset is in it.
+  embed_flags = dataflow.embed_argv(*dataflow.parse_args(
+      ["embed", *common_flags, "--checkpoint_path", "gs://my-mmv-bucket/ckpt/mmv_s3d.pkl",
+       "--dataset=hmdb51", "--splits_dir=s", "--video_root=v"]))
+  assert "--job_name=mmv-embed-hmdb51-s3d-gpu" in embed_flags
+  assert "--job_name=mmv-linear-eval-hmdb51-s3d" in eval_flags

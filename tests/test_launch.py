@@ -44,7 +44,7 @@ def test_gpu_job_puts_only_the_embedding_step_on_gpu_workers():
                        "--checkpoint_path", "gs://my-mmv-bucket/ckpt/mmv_tsm_resnet_x1.pkl",
                        "--max_num_workers=7"]).job
   env = _environment(job)
-  assert job.proto.name == "mmv-embed-tsm-resnet-x1-gpu"
+  assert job.proto.name == "mmv-embed-ucf101-tsm-resnet-x1-gpu"
   assert "use_runner_v2" in env.proto.experiments
   pool = env.proto.worker_pools[0]
   assert pool.machine_type == "n2-standard-8"
@@ -87,7 +87,7 @@ def test_linear_eval_job_reads_the_embedding_jobs_output():
   assert "--embeddings_dir=gs://my-mmv-bucket/embeddings/s3d" in job_flags
   assert "--output_dir=gs://my-mmv-bucket/linear_eval/s3d" in job_flags
   job = dataflow.main(argv).job  # Built offline: the split lists and run.json are not read.
-  assert job.proto.name == "mmv-linear-eval-s3d"
+  assert job.proto.name == "mmv-linear-eval-ucf101-s3d"
   env = _environment(job)
   assert env.proto.worker_pools[0].machine_type == "n2-standard-8"
   assert "no_use_multiple_sdk_containers" in env.proto.experiments
