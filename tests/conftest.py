@@ -5,14 +5,24 @@ import socket
 import pytest
 
 from ingest_fixtures import TINY, RangeServer
+from mmv_core import checkpoints
 from mmv_core import sources
 from mmv_core import synthetic
+from mmv_core.models import mmv
 
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> synthetic.SyntheticDataset:
   """3 classes x 3 videos of 64x48 at 10 fps for 1 s, in UCF101's layout."""
   return synthetic.write_dataset(str(tmp_path_factory.mktemp("tiny_ucf101")), **TINY)
+
+
+@pytest.fixture(scope="session")
+def checkpoint_path(tmp_path_factory) -> str:
+  """A random S3D-G checkpoint in the released pickle format (mmv_s3d.pkl)."""
+  path = tmp_path_factory.mktemp("ckpt") / "mmv_s3d.pkl"
+  checkpoints.write_random_checkpoint(path, *mmv.param_shapes("s3d"), seed=3)
+  return str(path)
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import pytest
 import simplejpeg
 import tensorflow as tf
 
-from mmv_core import checkpoints
 from mmv_core import dataset_listing
 from mmv_core import datasets
 from mmv_core import embedding_schema as schema
@@ -22,7 +21,6 @@ from mmv_core import linear_eval as linear_eval_lib
 from mmv_core import synthetic
 from mmv_core import synthetic_hmdb51
 from mmv_core import video_cache
-from mmv_core.models import mmv
 from launch import dataflow
 from pipelines import common
 from pipelines import embed
@@ -52,13 +50,6 @@ def hmdb(tmp_path_factory):
 
 def _video_id(file_name: str) -> str:
   return dataset_listing.safe_video_id(file_name.removesuffix(".avi"))
-
-
-@pytest.fixture(scope="module")
-def checkpoint_path(tmp_path_factory) -> str:
-  path = tmp_path_factory.mktemp("ckpt") / "mmv_s3d.pkl"
-  checkpoints.write_random_checkpoint(path, *mmv.param_shapes("s3d"), seed=3)
-  return str(path)
 
 
 def _flags(checkpoint_path, work_dir, output_dir) -> list[str]:

@@ -48,13 +48,6 @@ def dataset(tmp_path_factory):
   return data, pathlib.PurePath(bad_member).stem
 
 
-@pytest.fixture(scope="module")
-def checkpoint_path(tmp_path_factory) -> str:
-  path = tmp_path_factory.mktemp("ckpt") / "mmv_s3d.pkl"
-  checkpoints.write_random_checkpoint(path, *mmv.param_shapes("s3d"), seed=3)
-  return str(path)
-
-
 def _flags(dataset, checkpoint_path, work_dir, output_dir) -> list[str]:
   data, _ = dataset
   return [f"--checkpoint_path={checkpoint_path}", f"--work_dir={work_dir}",
