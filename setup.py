@@ -1,4 +1,5 @@
 """Installs `mmv_core` and `pipelines`; Dataflow workers install it via --setup_file."""
+
 import pathlib
 
 import setuptools
@@ -19,11 +20,20 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.11,<3.12",
-    packages=setuptools.find_packages(include=["mmv_core", "mmv_core.*", "pipelines", "pipelines.*"]),
+    packages=setuptools.find_packages(
+        include=["mmv_core", "mmv_core.*", "pipelines", "pipelines.*"]
+    ),
     install_requires=_requirements(),
     # TensorFlow is the reference the tests check the decoder and the resize
     # against, and the original's baseline in bench/; the jobs never import it.
-    extras_require={"test": ["pytest==9.2.0", "gcp-storage-emulator==2026.7.19",
-                             "cryptography==50.0.2", "tensorflow-cpu==2.21.0",
-                             "ruff==0.17.6"]},
+    extras_require={
+        "test": [
+            "pytest==9.2.0",
+            "gcp-storage-emulator==2026.7.19",
+            "cryptography==50.0.2",
+            "tensorflow-cpu==2.21.0",
+            "ruff==0.17.6",
+            "pyink==26.5.1",
+        ]
+    },
 )

@@ -33,7 +33,6 @@ from mmv_core.embedder import EmbedderConfig, VideoEmbedder
 from mmv_core.models import mmv
 
 
-
 def _timed(fn, repeats: int = 1) -> float:
   fn()  # Compile and warm up.
   start = time.perf_counter()
@@ -44,21 +43,25 @@ def _timed(fn, repeats: int = 1) -> float:
 
 def synthetic_jpegs(num_frames: int) -> list[bytes]:
   """A 320x240 synthetic video through the protocol's own ffmpeg re-encoding."""
-  frames = synthetic.render_frames(0, 5, np.random.default_rng(0), width=320, height=240,
-                                   num_frames=num_frames, fps=25.0)
+  frames = synthetic.render_frames(
+      0, 5, np.random.default_rng(0), width=320, height=240, num_frames=num_frames, fps=25.0
+  )
   return encode.encode_jpeg_frames(synthetic.encode_avi(frames, 25.0), name="bench.avi")
 
 
 def bench_backbone(backbone: str, args, jpegs: list[bytes]) -> dict:
   params, state = checkpoints.random_trees(*mmv.param_shapes(backbone), seed=0)
-  clip_kwargs = dict(num_frames=args.num_frames, stride=2, min_resize=args.size,
-                     crop_size=args.size)
+  clip_kwargs = dict(
+      num_frames=args.num_frames, stride=2, min_resize=args.size, crop_size=args.size
+  )
   n = args.num_clips
-  batched = VideoEmbedder(params, state, backbone,
-                          EmbedderConfig(args.batch_size, args.compute_dtype))
+  batched = VideoEmbedder(
+      params, state, backbone, EmbedderConfig(args.batch_size, args.compute_dtype)
+  )
   single = VideoEmbedder(params, state, backbone, EmbedderConfig(1, args.compute_dtype))
-  train, test = video.clips_from_jpegs(jpegs, num_train_clips=n // 2, num_test_windows=n - n // 2,
-                                       seed=0, **clip_kwargs)
+  train, test = video.clips_from_jpegs(
+      jpegs, num_train_clips=n // 2, num_test_windows=n - n // 2, seed=0, **clip_kwargs
+  )
   clips = np.concatenate([train, test])
 
   def original_loop():
@@ -67,8 +70,9 @@ def bench_backbone(backbone: str, args, jpegs: list[bytes]) -> dict:
       single.embed_clips(original.test_clip(jpegs, window, args.size)[None])
 
   def pipeline_path():
-    tr, te = video.clips_from_jpegs(jpegs, num_train_clips=n // 2, num_test_windows=n - n // 2,
-                                    seed=0, **clip_kwargs)
+    tr, te = video.clips_from_jpegs(
+        jpegs, num_train_clips=n // 2, num_test_windows=n - n // 2, seed=0, **clip_kwargs
+    )
     batched.embed_clips(np.concatenate([tr, te]))
 
   flops = mmv.vid_repr_flops(backbone, args.num_frames, args.size)
@@ -80,7 +84,9 @@ def bench_backbone(backbone: str, args, jpegs: list[bytes]) -> dict:
   }
   model_s = seconds["batched"]
   result = {
-      "backbone": backbone, "clips": n, "batch_size": args.batch_size,
+      "backbone": backbone,
+      "clips": n,
+      "batch_size": args.batch_size,
       "compute_dtype": args.compute_dtype,
       "clip_shape": [args.num_frames, args.size, args.size, 3],
       "gflops_per_clip_xla": flops / 1e9,
@@ -103,15 +109,21 @@ def main():
   parser.add_argument("--num_frames", type=int, default=32)
   parser.add_argument("--size", type=int, default=224)
   parser.add_argument("--compute_dtype", choices=("float32", "bfloat16"), default="float32")
-  parser.add_argument("--peak_tflops", type=float, default=None,
-                      help="the device's peak TFLOP/s in --compute_dtype, for FLOP utilisation")
+  parser.add_argument(
+      "--peak_tflops",
+      type=float,
+      default=None,
+      help="the device's peak TFLOP/s in --compute_dtype, for FLOP utilisation",
+  )
   parser.add_argument("--json_out", default=None)
   args = parser.parse_args()
 
   jpegs = synthetic_jpegs(175)  # 7 s at 25 fps, UCF101's mean length.
-  results = {"devices": [d.device_kind for d in jax.local_devices()],
-             "host": f"{platform.machine()}, {os.cpu_count()} CPUs",
-             "backbones": [bench_backbone(b, args, jpegs) for b in args.backbones.split(",")]}
+  results = {
+      "devices": [d.device_kind for d in jax.local_devices()],
+      "host": f"{platform.machine()}, {os.cpu_count()} CPUs",
+      "backbones": [bench_backbone(b, args, jpegs) for b in args.backbones.split(",")],
+  }
   print_results(results, args.json_out)
 
 

@@ -45,8 +45,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 _TIMINGS_PREFIX = "[embed] timings "
 
 
-def original_loop(cached: list[video_cache.CachedVideo], embedder: VideoEmbedder,
-                  args) -> int:
+def original_loop(cached: list[video_cache.CachedVideo], embedder: VideoEmbedder, args) -> int:
   """The original evaluation's loop (TensorFlow's kernels); returns the number of clips embedded."""
   clips = 0
   for v in cached:
@@ -66,9 +65,13 @@ def run_original_loop(root: pathlib.Path, args) -> None:
   """The loop over the job's video cache, in this (fresh) process; prints JSON."""
   embedder = VideoEmbedder.from_checkpoint(
       str(root / f"mmv_{args.backbone}.pkl"),
-      config=EmbedderConfig(batch_size=1, compute_dtype=args.compute_dtype))
-  cached = [v for shard in sorted((root / "work").rglob("*.tfrecord"))
-            for v in video_cache.read_shard(str(shard))]
+      config=EmbedderConfig(batch_size=1, compute_dtype=args.compute_dtype),
+  )
+  cached = [
+      v
+      for shard in sorted((root / "work").rglob("*.tfrecord"))
+      for v in video_cache.read_shard(str(shard))
+  ]
   start = time.perf_counter()
   clips = original_loop(cached, embedder, args)
   print(json.dumps({"clips": clips, "loop_s": time.perf_counter() - start}))
@@ -77,23 +80,31 @@ def run_original_loop(root: pathlib.Path, args) -> None:
 def run_job(flags: list[str], output_dir: pathlib.Path) -> dict:
   """Runs the job once; returns its wall seconds, seconds to the first batch and timings."""
   start = time.perf_counter()
-  job = subprocess.Popen([sys.executable, "-m", "pipelines.embed", *flags,
-                          f"--output_dir={output_dir}"], cwd=REPO_ROOT, text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+  job = subprocess.Popen(
+      [sys.executable, "-m", "pipelines.embed", *flags, f"--output_dir={output_dir}"],
+      cwd=REPO_ROOT,
+      text=True,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+  )
   startup_s, timings, lines = None, None, []
   for line in job.stdout:
     lines.append(line)
     if startup_s is None and "clips embedded" in line:
       startup_s = time.perf_counter() - start
     if line.startswith(_TIMINGS_PREFIX):
-      timings = json.loads(line[len(_TIMINGS_PREFIX):])
+      timings = json.loads(line[len(_TIMINGS_PREFIX) :])
   if job.wait():
     raise RuntimeError(f"the job failed:\n{''.join(lines[-40:])}")
   wall_s = time.perf_counter() - start
   counts = json.loads((output_dir / "run.json").read_text())["counts"]
-  return {"seconds": wall_s, "startup_s": startup_s,
-          "clips": counts["clips_written_train"] + counts["clips_written_test"], **timings}
+  return {
+      "seconds": wall_s,
+      "startup_s": startup_s,
+      "clips": counts["clips_written_train"] + counts["clips_written_test"],
+      **timings,
+  }
 
 
 def summarize(run: dict, flops_per_clip: float, peak_tflops: float | None) -> dict:
@@ -103,8 +114,9 @@ def summarize(run: dict, flops_per_clip: float, peak_tflops: float | None) -> di
   run["clips_per_s_after_startup"] = run["clips"] / steady_s
   run["host_wait_share"] = run["host_wait_s"] / (run["host_wait_s"] + run["inference_s"])
   if peak_tflops:
-    run["device_utilisation"] = run["clips_per_s_after_startup"] * flops_per_clip / (
-        peak_tflops * 1e12)
+    run["device_utilisation"] = (
+        run["clips_per_s_after_startup"] * flops_per_clip / (peak_tflops * 1e12)
+    )
   return run
 
 
@@ -119,11 +131,18 @@ def main():
   parser.add_argument("--num_test_windows", type=int, default=4)
   parser.add_argument("--batch_size", type=int, default=4)
   parser.add_argument("--compute_dtype", choices=("float32", "bfloat16"), default="float32")
-  parser.add_argument("--runner_args", default="",
-                      help='local runner flags, e.g. "--direct_running_mode=multi_threading '
-                           '--direct_num_workers=8" (one process, threads: a GPU host)')
-  parser.add_argument("--peak_tflops", type=float, default=None,
-                      help="the device's peak TFLOP/s in --compute_dtype, for utilisation")
+  parser.add_argument(
+      "--runner_args",
+      default="",
+      help='local runner flags, e.g. "--direct_running_mode=multi_threading '
+      '--direct_num_workers=8" (one process, threads: a GPU host)',
+  )
+  parser.add_argument(
+      "--peak_tflops",
+      type=float,
+      default=None,
+      help="the device's peak TFLOP/s in --compute_dtype, for utilisation",
+  )
   parser.add_argument("--skip_loop", action="store_true", help="time only the job")
   parser.add_argument("--json_out", default=None)
   parser.add_argument("--loop_only", default=None, help=argparse.SUPPRESS)
@@ -133,44 +152,83 @@ def main():
     return
 
   root = pathlib.Path(tempfile.mkdtemp(prefix="mmv_bench_"))
-  data = synthetic.write_dataset(str(root / "data"), num_classes=args.classes,
-                                 videos_per_class=args.videos_per_class, clips_per_group=1,
-                                 duration_s=3.0)
+  data = synthetic.write_dataset(
+      str(root / "data"),
+      num_classes=args.classes,
+      videos_per_class=args.videos_per_class,
+      clips_per_group=1,
+      duration_s=3.0,
+  )
   checkpoint = root / f"mmv_{args.backbone}.pkl"
   checkpoints.write_random_checkpoint(checkpoint, *mmv.param_shapes(args.backbone))
-  common = [f"--checkpoint_path={checkpoint}", f"--work_dir={root / 'work'}",
-            f"--video_zip={data.video_zip}", f"--splits_zip={data.splits_zip}",
-            f"--jax_cache_dir={root / 'jax_cache'}", *shlex.split(args.runner_args)]
+  common = [
+      f"--checkpoint_path={checkpoint}",
+      f"--work_dir={root / 'work'}",
+      f"--video_zip={data.video_zip}",
+      f"--splits_zip={data.splits_zip}",
+      f"--jax_cache_dir={root / 'jax_cache'}",
+      *shlex.split(args.runner_args),
+  ]
   # Fills the video cache: ingestion is not what is compared.
-  run_job([*common, "--num_frames=2", "--min_resize=32", "--crop_size=32",
-           "--num_train_clips=1", "--num_test_windows=1", "--batch_size=1",
-           f"--jax_cache_dir={root / 'warmup_jax_cache'}"], root / "warmup")
-  flags = [*common, f"--num_frames={args.num_frames}", f"--min_resize={args.size}",
-           f"--crop_size={args.size}", f"--num_train_clips={args.num_train_clips}",
-           f"--num_test_windows={args.num_test_windows}", f"--batch_size={args.batch_size}",
-           f"--compute_dtype={args.compute_dtype}"]
-  flops_per_clip = (mmv.SPEC_GFLOPS[args.backbone] * 1e9
-                    if (args.num_frames, args.size) == (32, 224)
-                    else mmv.vid_repr_flops(args.backbone, args.num_frames, args.size))
+  run_job(
+      [
+          *common,
+          "--num_frames=2",
+          "--min_resize=32",
+          "--crop_size=32",
+          "--num_train_clips=1",
+          "--num_test_windows=1",
+          "--batch_size=1",
+          f"--jax_cache_dir={root / 'warmup_jax_cache'}",
+      ],
+      root / "warmup",
+  )
+  flags = [
+      *common,
+      f"--num_frames={args.num_frames}",
+      f"--min_resize={args.size}",
+      f"--crop_size={args.size}",
+      f"--num_train_clips={args.num_train_clips}",
+      f"--num_test_windows={args.num_test_windows}",
+      f"--batch_size={args.batch_size}",
+      f"--compute_dtype={args.compute_dtype}",
+  ]
+  flops_per_clip = (
+      mmv.SPEC_GFLOPS[args.backbone] * 1e9
+      if (args.num_frames, args.size) == (32, 224)
+      else mmv.vid_repr_flops(args.backbone, args.num_frames, args.size)
+  )
   result = {
-      "backbone": args.backbone, "compute_dtype": args.compute_dtype,
+      "backbone": args.backbone,
+      "compute_dtype": args.compute_dtype,
       "videos": args.classes * args.videos_per_class,
-      "clip_shape": [args.num_frames, args.size, args.size, 3], "batch_size": args.batch_size,
-      "cores": os.cpu_count(), "runner_args": args.runner_args,
+      "clip_shape": [args.num_frames, args.size, args.size, 3],
+      "batch_size": args.batch_size,
+      "cores": os.cpu_count(),
+      "runner_args": args.runner_args,
       "gflops_per_clip": flops_per_clip / 1e9,
-      "pipeline": {name: summarize(run_job(flags, root / name), flops_per_clip, args.peak_tflops)
-                   for name in ("cold", "warm")},
+      "pipeline": {
+          name: summarize(run_job(flags, root / name), flops_per_clip, args.peak_tflops)
+          for name in ("cold", "warm")
+      },
   }
   if not args.skip_loop:
     start = time.perf_counter()
-    loop = json.loads(subprocess.run(
-        [sys.executable, *sys.argv, f"--loop_only={root}"], check=True, capture_output=True,
-        text=True, cwd=REPO_ROOT).stdout.splitlines()[-1])
+    loop = json.loads(
+        subprocess.run(
+            [sys.executable, *sys.argv, f"--loop_only={root}"],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=REPO_ROOT,
+        ).stdout.splitlines()[-1]
+    )
     seconds = time.perf_counter() - start
     result["original_loop"] = loop | {"seconds": seconds, "clips_per_s": loop["clips"] / seconds}
     result["pipeline_vs_original"] = {
         name: run["clips_per_s"] / result["original_loop"]["clips_per_s"]
-        for name, run in result["pipeline"].items()}
+        for name, run in result["pipeline"].items()
+    }
   print(json.dumps(result, indent=2))
   if args.json_out:
     pathlib.Path(args.json_out).write_text(json.dumps(result, indent=2))

@@ -69,26 +69,31 @@ def _per_clip_s(fn, batch: np.ndarray, repeats: int) -> float:
 
 def _through_shared_memory(memory: shared_memory.SharedMemory, batch: np.ndarray):
   """A batch copied into `memory` and out again, as a shared-memory transfer would."""
+
   def transfer(b):
     shared = np.ndarray(batch.shape, batch.dtype, buffer=memory.buf)
     shared[...] = b
     np.array(shared)
+
   return transfer
 
 
 def transfer_costs(batch: np.ndarray, repeats: int) -> dict[str, float]:
   """Seconds per clip of each way of getting `batch` to another process."""
-  costs = {"pickle": _per_clip_s(lambda b: pickle.loads(pickle.dumps(b, protocol=5)),
-                                 batch, repeats)}
+  costs = {
+      "pickle": _per_clip_s(lambda b: pickle.loads(pickle.dumps(b, protocol=5)), batch, repeats)
+  }
 
   ours, theirs = multiprocessing.Pipe()
   receiver = multiprocessing.get_context("spawn").Process(
-      target=_receive, args=(theirs, repeats + 1))
+      target=_receive, args=(theirs, repeats + 1)
+  )
   receiver.start()
 
   def through_pipe(b):
     ours.send_bytes(pickle.dumps(b, protocol=5))
     ours.recv_bytes()
+
   costs["pipe"] = _per_clip_s(through_pipe, batch, repeats)
   receiver.join()
 
@@ -100,19 +105,31 @@ def transfer_costs(batch: np.ndarray, repeats: int) -> dict[str, float]:
     memory.unlink()
 
   handle = multi_process_shared.MultiProcessShared(
-      StandInModel, tag=f"gpu_worker_bench_{uuid.uuid4().hex}", path=tempfile.gettempdir(),
-      always_proxy=True, spawn_process=True)
+      StandInModel,
+      tag=f"gpu_worker_bench_{uuid.uuid4().hex}",
+      path=tempfile.gettempdir(),
+      always_proxy=True,
+      spawn_process=True,
+  )
   model = handle.acquire()
   costs["beam_proxy"] = _per_clip_s(lambda b: model.embed_clips(b, ("vid_repr",)), batch, repeats)
   return costs
 
 
-def host_ms_per_clip(jpegs: list[bytes], threads: int, num_frames: int, size: int,
-                     videos_per_thread: int = 2) -> float:
+def host_ms_per_clip(
+    jpegs: list[bytes], threads: int, num_frames: int, size: int, videos_per_thread: int = 2
+) -> float:
   """Wall ms per clip of cutting each video's 20 clips on `threads` threads at once."""
   cut = lambda seed: video.clips_from_jpegs(
-      jpegs, num_train_clips=10, num_test_windows=10, num_frames=num_frames, stride=2,
-      min_resize=size, crop_size=size, seed=seed)
+      jpegs,
+      num_train_clips=10,
+      num_test_windows=10,
+      num_frames=num_frames,
+      stride=2,
+      min_resize=size,
+      crop_size=size,
+      seed=seed,
+  )
   cut(0)  # Warm up TensorFlow's kernels.
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
     start = time.perf_counter()
@@ -122,11 +139,17 @@ def host_ms_per_clip(jpegs: list[bytes], threads: int, num_frames: int, size: in
 
 def device_s_per_clip(utilisation: float) -> list[dict]:
   """Rows of (backbone, GPU, dtype, seconds per 32x224x224 clip) at `utilisation` of peak."""
-  return [{"backbone": backbone, "gpu": gpu, "dtype": dtype,
-           "device_ms_per_clip": 1e3 * mmv.SPEC_GFLOPS[backbone] * 1e9
-                                 / (utilisation * peak * 1e12)}
-          for backbone in mmv.BACKBONES for gpu, peaks in PEAK_TFLOPS.items()
-          for dtype, peak in zip(("float32", "bfloat16"), peaks)]
+  return [
+      {
+          "backbone": backbone,
+          "gpu": gpu,
+          "dtype": dtype,
+          "device_ms_per_clip": 1e3 * mmv.SPEC_GFLOPS[backbone] * 1e9 / (utilisation * peak * 1e12),
+      }
+      for backbone in mmv.BACKBONES
+      for gpu, peaks in PEAK_TFLOPS.items()
+      for dtype, peak in zip(("float32", "bfloat16"), peaks)
+  ]
 
 
 def main():
@@ -140,16 +163,21 @@ def main():
   args = parser.parse_args()
 
   batch = np.random.default_rng(0).integers(
-      0, 256, (args.batch_size, args.num_frames, args.size, args.size, 3), dtype=np.uint8)
+      0, 256, (args.batch_size, args.num_frames, args.size, args.size, 3), dtype=np.uint8
+  )
   costs = transfer_costs(batch, args.repeats)
   jpegs = synthetic_jpegs(175)  # 7 s at 25 fps, UCF101's mean length.
-  result = {"batch_shape": list(batch.shape), "batch_mb": batch.nbytes / 1e6,
-            "transfer_ms_per_clip": {name: 1e3 * s for name, s in costs.items()},
-            "host_ms_per_clip": {f"{n}_threads": host_ms_per_clip(jpegs, n, args.num_frames,
-                                                                  args.size)
-                                 for n in sorted({1, os.cpu_count()})},
-            "utilisation": args.utilisation,
-            "device": device_s_per_clip(args.utilisation)}
+  result = {
+      "batch_shape": list(batch.shape),
+      "batch_mb": batch.nbytes / 1e6,
+      "transfer_ms_per_clip": {name: 1e3 * s for name, s in costs.items()},
+      "host_ms_per_clip": {
+          f"{n}_threads": host_ms_per_clip(jpegs, n, args.num_frames, args.size)
+          for n in sorted({1, os.cpu_count()})
+      },
+      "utilisation": args.utilisation,
+      "device": device_s_per_clip(args.utilisation),
+  }
   print(json.dumps(result, indent=2))
   if args.json_out:
     pathlib.Path(args.json_out).write_text(json.dumps(result, indent=2))

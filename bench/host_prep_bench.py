@@ -20,8 +20,13 @@ OpenBLAS), so CPU time is time on one core; the figure is the fastest of
 import os
 
 # Read by TensorFlow and the BLAS libraries when they load, so set first.
-for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                  "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+for _variable in (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "TF_NUM_INTRAOP_THREADS",
+    "TF_NUM_INTEROP_THREADS",
+):
   os.environ[_variable] = "1"
 
 # pylint: disable=wrong-import-position
@@ -53,19 +58,23 @@ class _Before:
     return gather
 
   @staticmethod
-  def test_clips(gather, num_video_frames, num_windows, num_frames, stride, min_resize,
-                 crop_size):
+  def test_clips(gather, num_video_frames, num_windows, num_frames, stride, min_resize, crop_size):
     indices = video.test_window_indices(num_video_frames, num_frames, stride, num_windows)
     needed, positions = np.unique(indices, return_inverse=True)
     processed = video.central_crop(original.resize(gather(needed), min_resize), crop_size)
     return processed[positions.reshape(indices.shape)]
 
   @staticmethod
-  def train_clips(gather, num_video_frames, num_clips, num_frames, stride, min_resize,
-                  crop_size, seed):
+  def train_clips(
+      gather, num_video_frames, num_clips, num_frames, stride, min_resize, crop_size, seed
+  ):
     rng = np.random.default_rng(seed)
-    indices = np.stack([video.train_clip_indices(num_video_frames, num_frames, stride, rng)
-                        for _ in range(num_clips)])
+    indices = np.stack(
+        [
+            video.train_clip_indices(num_video_frames, num_frames, stride, rng)
+            for _ in range(num_clips)
+        ]
+    )
     needed, positions = np.unique(indices, return_inverse=True)
     frames = gather(needed)
     clips = []
@@ -75,13 +84,16 @@ class _Before:
     return np.stack(clips)
 
   @staticmethod
-  def clips_from_jpegs(jpegs, *, num_train_clips, num_test_windows, num_frames, stride,
-                       min_resize, crop_size, seed):
+  def clips_from_jpegs(
+      jpegs, *, num_train_clips, num_test_windows, num_frames, stride, min_resize, crop_size, seed
+  ):
     gather = _Before.gatherer(jpegs)
-    train = _Before.train_clips(gather, len(jpegs), num_train_clips, num_frames, stride,
-                                min_resize, crop_size, seed)
-    test = _Before.test_clips(gather, len(jpegs), num_test_windows, num_frames, stride,
-                              min_resize, crop_size)
+    train = _Before.train_clips(
+        gather, len(jpegs), num_train_clips, num_frames, stride, min_resize, crop_size, seed
+    )
+    test = _Before.test_clips(
+        gather, len(jpegs), num_test_windows, num_frames, stride, min_resize, crop_size
+    )
     return train, test
 
 
@@ -112,9 +124,15 @@ def main():
 
   num_video_frames = 175  # 7 s at 25 fps, UCF101's mean length.
   jpegs = synthetic_jpegs(num_video_frames)
-  clip_kwargs = dict(num_train_clips=args.num_train_clips,
-                     num_test_windows=args.num_test_windows, num_frames=32, stride=2,
-                     min_resize=224, crop_size=224, seed=0)
+  clip_kwargs = dict(
+      num_train_clips=args.num_train_clips,
+      num_test_windows=args.num_test_windows,
+      num_frames=32,
+      stride=2,
+      min_resize=224,
+      crop_size=224,
+      seed=0,
+  )
   builders = {
       "before": lambda: _Before.clips_from_jpegs(jpegs, **clip_kwargs),
       "fast": lambda: video.clips_from_jpegs(jpegs, **clip_kwargs),
@@ -122,20 +140,27 @@ def main():
   }
   clips = {name: build() for name, build in builders.items()}  # Also the warm-up.
   num_clips = args.num_train_clips + args.num_test_windows
-  modes = {name: {**seconds, "ms_per_clip_per_core": 1000 * seconds["cpu_s"] / num_clips}
-           for name, seconds in _fastest(builders, args.repeats).items()}
+  modes = {
+      name: {**seconds, "ms_per_clip_per_core": 1000 * seconds["cpu_s"] / num_clips}
+      for name, seconds in _fastest(builders, args.repeats).items()
+  }
   flipped_difference = np.abs(clips["fast"][0].astype(np.int16) - clips["exact"][0])
   results = {
       "host": f"{platform.machine()}, {os.cpu_count()} CPUs, load average "
-              f"{os.getloadavg()[0]:.1f}",
+      f"{os.getloadavg()[0]:.1f}",
       "threads": 1,
       "video": {"frames": num_video_frames, "height": 240, "width": 320, "fps": 25},
-      "clips": {"train": args.num_train_clips, "test": args.num_test_windows,
-                "shape": [32, 224, 224, 3], "dtype": "uint8"},
+      "clips": {
+          "train": args.num_train_clips,
+          "test": args.num_test_windows,
+          "shape": [32, 224, 224, 3],
+          "dtype": "uint8",
+      },
       "modes": modes,
       "before_vs_fast": modes["before"]["cpu_s"] / modes["fast"]["cpu_s"],
-      "test_windows_identical": all(np.array_equal(clips["before"][1], clips[name][1])
-                                    for name in ("fast", "exact")),
+      "test_windows_identical": all(
+          np.array_equal(clips["before"][1], clips[name][1]) for name in ("fast", "exact")
+      ),
       "exact_train_identical": np.array_equal(clips["before"][0], clips["exact"][0]),
       "fast_train_max_abs_difference": int(flipped_difference.max()),
   }

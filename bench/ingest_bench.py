@@ -29,8 +29,7 @@ from mmv_core import ucf101
 from mmv_core import video_cache
 from pipelines import ingest
 
-_RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                        "ingest_bench.json")
+_RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "ingest_bench.json")
 
 
 def serial_baseline(dataset: synthetic.SyntheticDataset, work_dir: str) -> int:
@@ -40,8 +39,11 @@ def serial_baseline(dataset: synthetic.SyntheticDataset, work_dir: str) -> int:
   for record in ucf101.load_split_lists(dataset.splits_zip).videos:
     info = archive.getinfo(record.member_name)
     frames = encode.encode_jpeg_frames(archive.read(info), info.filename)
-    videos.append(video_cache.CachedVideo(record.video_id, record.label, record.label_name,
-                                          tuple(frames), info.CRC))
+    videos.append(
+        video_cache.CachedVideo(
+            record.video_id, record.label, record.label_name, tuple(frames), info.CRC
+        )
+    )
   video_cache.write_shard(work_dir, videos)
   return len(videos)
 
@@ -52,9 +54,14 @@ def beam_ingest(dataset: synthetic.SyntheticDataset, work_dir: str, workers: int
   if workers > 1:
     args.append("--direct_running_mode=multi_processing")
   pipeline = beam.Pipeline(options=PipelineOptions(args))
-  _ = pipeline | ingest.Ingest(dataset.video_zip, dataset.splits_zip, work_dir,
-                               expected_split_counts=None, read_cached_videos=False,
-                               videos_per_shard=8)
+  _ = pipeline | ingest.Ingest(
+      dataset.video_zip,
+      dataset.splits_zip,
+      work_dir,
+      expected_split_counts=None,
+      read_cached_videos=False,
+      videos_per_shard=8,
+  )
   result = pipeline.run()
   result.wait_until_finish()
   return ingest.counters(result).get("videos_cached", 0)
@@ -70,33 +77,53 @@ def main() -> None:
   args = parser.parse_args()
   with tempfile.TemporaryDirectory(prefix="mmv_ingest_bench_") as tmp:
     dataset = synthetic.write_dataset(
-        os.path.join(tmp, "data"), num_classes=args.classes,
-        videos_per_class=args.videos_per_class, width=args.width, height=args.height,
-        duration_s=args.duration_s)
+        os.path.join(tmp, "data"),
+        num_classes=args.classes,
+        videos_per_class=args.videos_per_class,
+        width=args.width,
+        height=args.height,
+        duration_s=args.duration_s,
+    )
     with zipfile.ZipFile(dataset.video_zip) as archive:
       source_mb = sum(i.file_size for i in archive.infolist()) / 1e6
-    runs = {"serial baseline": lambda d: serial_baseline(dataset, d),
-            "beam, 1 worker": lambda d: beam_ingest(dataset, d, 1),
-            "beam, 2 workers": lambda d: beam_ingest(dataset, d, 2)}
+    runs = {
+        "serial baseline": lambda d: serial_baseline(dataset, d),
+        "beam, 1 worker": lambda d: beam_ingest(dataset, d, 1),
+        "beam, 2 workers": lambda d: beam_ingest(dataset, d, 2),
+    }
     results = []
     for name, run in runs.items():
       start = time.perf_counter()
       cached = run(os.path.join(tmp, name.replace(" ", "_").replace(",", "")))
       seconds = time.perf_counter() - start
-      results.append({"run": name, "videos": cached, "seconds": round(seconds, 2),
-                      "videos_per_s": round(cached / seconds, 2),
-                      "source_mb_per_s": round(source_mb / seconds, 2)})
+      results.append(
+          {
+              "run": name,
+              "videos": cached,
+              "seconds": round(seconds, 2),
+              "videos_per_s": round(cached / seconds, 2),
+              "source_mb_per_s": round(source_mb / seconds, 2),
+          }
+      )
 
-  report = {"setup": {**vars(args), "videos": len(dataset.videos),
-                      "source_mb": round(source_mb, 2), "cpus": os.cpu_count()},
-            "results": results}
+  report = {
+      "setup": {
+          **vars(args),
+          "videos": len(dataset.videos),
+          "source_mb": round(source_mb, 2),
+          "cpus": os.cpu_count(),
+      },
+      "results": results,
+  }
   os.makedirs(os.path.dirname(_RESULTS), exist_ok=True)
   with open(_RESULTS, "w") as f:
     json.dump(report, f, indent=2)
   print(f"{'run':<18}{'videos':>7}{'s':>8}{'videos/s':>10}{'MB/s':>8}")
   for r in results:
-    print(f"{r['run']:<18}{r['videos']:>7}{r['seconds']:>8}{r['videos_per_s']:>10}"
-          f"{r['source_mb_per_s']:>8}")
+    print(
+        f"{r['run']:<18}{r['videos']:>7}{r['seconds']:>8}{r['videos_per_s']:>10}"
+        f"{r['source_mb_per_s']:>8}"
+    )
 
 
 if __name__ == "__main__":

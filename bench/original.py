@@ -61,8 +61,9 @@ def test_clip(jpegs: Sequence[bytes], indices: Sequence[int], size: int) -> np.n
   return video.central_crop(resize(decode(jpegs, indices), size), size)
 
 
-def train_clip(jpegs: Sequence[bytes], indices: Sequence[int], size: int,
-               rng: np.random.Generator) -> np.ndarray:
+def train_clip(
+    jpegs: Sequence[bytes], indices: Sequence[int], size: int, rng: np.random.Generator
+) -> np.ndarray:
   """uint8 [T, size, size, 3]: one training clip decoded, flipped with p=1/2, resized, cropped."""
   frames = decode(jpegs, indices)
   if rng.random() < 0.5:

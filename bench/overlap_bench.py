@@ -73,9 +73,13 @@ class SleepingSampler:
     time.sleep(self._seconds)
     index = video_index(cached.video_id)
     record_event(self._events_path, HOST, [index], start)
-    return [(embed.ClipKey(cached.video_id, 0, "bench", "train", i), np.full((1, 1, 1, 3), index,
-                                                                             np.uint8))
-            for i in range(config.num_train_clips)]
+    return [
+        (
+            embed.ClipKey(cached.video_id, 0, "bench", "train", i),
+            np.full((1, 1, 1, 3), index, np.uint8),
+        )
+        for i in range(config.num_train_clips)
+    ]
 
 
 class RealSampler:
@@ -118,16 +122,21 @@ class SleepingHandler(ModelHandler[np.ndarray, dict, None]):
 
 def bench_videos(num_videos: int) -> list[CachedVideo]:
   """Videos without frames: the samplers bring their own."""
-  return [CachedVideo(f"v_Bench_g01_c{i:02d}", 0, "Bench", (), source_crc32=0)
-          for i in range(num_videos)]
+  return [
+      CachedVideo(f"v_Bench_g01_c{i:02d}", 0, "Bench", (), source_crc32=0)
+      for i in range(num_videos)
+  ]
 
 
-def run_job(videos: Sequence[CachedVideo], config: embed.EmbedJobConfig,
-            handler: ModelHandler, sample: embed.SampleFn) -> float:
+def run_job(
+    videos: Sequence[CachedVideo],
+    config: embed.EmbedJobConfig,
+    handler: ModelHandler,
+    sample: embed.SampleFn,
+) -> float:
   """Seconds of `EmbedClips` over `videos` on the in-process runner (building excluded)."""
   pipeline = beam.Pipeline(options=PipelineOptions(IN_PROCESS))
-  _ = (pipeline | beam.Create(videos, reshuffle=False)
-       | embed.EmbedClips(config, handler, sample))
+  _ = pipeline | beam.Create(videos, reshuffle=False) | embed.EmbedClips(config, handler, sample)
   start = time.perf_counter()
   pipeline.run().wait_until_finish()
   return time.perf_counter() - start
@@ -147,9 +156,16 @@ def main():
 
   videos = bench_videos(args.videos)
   config = embed.EmbedJobConfig(
-      checkpoint_path="", work_dir="", output_dir="", num_frames=args.num_frames,
-      min_resize=args.size, crop_size=args.size, num_train_clips=args.clips_per_video,
-      num_test_windows=0, batch_size=args.clips_per_video)
+      checkpoint_path="",
+      work_dir="",
+      output_dir="",
+      num_frames=args.num_frames,
+      min_resize=args.size,
+      crop_size=args.size,
+      num_train_clips=args.clips_per_video,
+      num_test_windows=0,
+      batch_size=args.clips_per_video,
+  )
   if args.host == "sleep":
     sample = SleepingSampler(args.host_s)
   else:
@@ -166,12 +182,22 @@ def main():
     handler.run_inference(batch, None)
   device_s = time.perf_counter() - start
   run_job(videos[:1], config, handler, sample)  # Beam's one-time costs, not the job's.
-  job_s = {f"prefetch_videos={n}": run_job(videos, dataclasses.replace(config, prefetch_videos=n),
-                                           handler, sample)
-           for n in (0, 1)}
-  result = {"videos": args.videos, "clips_per_batch": args.clips_per_video, "host": args.host,
-            "host_only_s": host_s, "device_only_s": device_s, "sum_s": host_s + device_s,
-            "max_s": max(host_s, device_s), "job_s": job_s}
+  job_s = {
+      f"prefetch_videos={n}": run_job(
+          videos, dataclasses.replace(config, prefetch_videos=n), handler, sample
+      )
+      for n in (0, 1)
+  }
+  result = {
+      "videos": args.videos,
+      "clips_per_batch": args.clips_per_video,
+      "host": args.host,
+      "host_only_s": host_s,
+      "device_only_s": device_s,
+      "sum_s": host_s + device_s,
+      "max_s": max(host_s, device_s),
+      "job_s": job_s,
+  }
   print(json.dumps(result, indent=2))
   if args.json_out:
     pathlib.Path(args.json_out).write_text(json.dumps(result, indent=2))

@@ -34,13 +34,16 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # A bucket name as Cloud Storage allows it. Beam answers an invalid one by
 # looking for a default bucket in the cloud, which a dry run must not do.
 _BUCKET_PATH = re.compile(r"gs://[a-z0-9][-_.a-z0-9]{1,220}[a-z0-9](/.*)?")
-_JOBS = {"embed": "UCF101 videos in, clip embeddings out (pipelines.embed)",
-         "linear_eval": "Linear evaluation of the embeddings (pipelines.linear_eval)"}
+_JOBS = {
+    "embed": "UCF101 videos in, clip embeddings out (pipelines.embed)",
+    "linear_eval": "Linear evaluation of the embeddings (pipelines.linear_eval)",
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class AcceleratorProfile:
   """Where the embedding step runs, as Dataflow wants it said."""
+
   worker_options: tuple[str, ...]
   job_flags: tuple[str, ...] = ()
 
@@ -59,28 +62,43 @@ GPU_HOST_THREADS = 8
 TPU_ACCELERATOR = "type:tpu-v5-lite-podslice;topology:1x1"
 PROFILES = {
     "gpu": AcceleratorProfile(
-        worker_options=("--machine_type=n2-standard-8",
-                        "--experiments=no_use_multiple_sdk_containers",
-                        f"--number_of_worker_harness_threads={GPU_HOST_THREADS}"),
-        job_flags=(f"--embed_accelerator={GPU_ACCELERATOR}", "--embed_min_ram=32GB",
-                   "--batch_size=16")),
+        worker_options=(
+            "--machine_type=n2-standard-8",
+            "--experiments=no_use_multiple_sdk_containers",
+            f"--number_of_worker_harness_threads={GPU_HOST_THREADS}",
+        ),
+        job_flags=(
+            f"--embed_accelerator={GPU_ACCELERATOR}",
+            "--embed_min_ram=32GB",
+            "--batch_size=16",
+        ),
+    ),
     "tpu": AcceleratorProfile(
-        worker_options=(f"--dataflow_service_options=worker_accelerator={TPU_ACCELERATOR}",
-                        "--worker_machine_type=ct5lp-hightpu-1t",
-                        "--experiments=no_use_multiple_sdk_containers"),
-        job_flags=("--batch_size=32",)),
+        worker_options=(
+            f"--dataflow_service_options=worker_accelerator={TPU_ACCELERATOR}",
+            "--worker_machine_type=ct5lp-hightpu-1t",
+            "--experiments=no_use_multiple_sdk_containers",
+        ),
+        job_flags=("--batch_size=32",),
+    ),
     "cpu": AcceleratorProfile(worker_options=("--machine_type=n2-standard-8",)),
 }
 
 
-def dataflow_options(project: str, region: str, bucket: str, image: str, job_name: str,
-                     dry_run: bool) -> list[str]:
+def dataflow_options(
+    project: str, region: str, bucket: str, image: str, job_name: str, dry_run: bool
+) -> list[str]:
   """Options every job of ours needs on Dataflow."""
   options = [
-      "--runner=DataflowRunner", f"--project={project}", f"--region={region}",
-      f"--job_name={job_name}", f"--temp_location={bucket}/tmp",
-      f"--staging_location={bucket}/staging", f"--sdk_container_image={image}",
-      "--sdk_location=container", "--experiments=use_runner_v2",
+      "--runner=DataflowRunner",
+      f"--project={project}",
+      f"--region={region}",
+      f"--job_name={job_name}",
+      f"--temp_location={bucket}/tmp",
+      f"--staging_location={bucket}/staging",
+      f"--sdk_container_image={image}",
+      "--sdk_location=container",
+      "--experiments=use_runner_v2",
       f"--setup_file={REPO_ROOT / 'setup.py'}",
   ]
   if dry_run:
@@ -93,6 +111,7 @@ def _backbone(args: argparse.Namespace) -> str:
   # Imported here: they import JAX, which --help should not wait for.
   from mmv_core import checkpoints
   from mmv_core.models import mmv
+
   if args.backbone is None:
     try:
       return checkpoints.infer_backbone(args.checkpoint_path)
@@ -100,7 +119,8 @@ def _backbone(args: argparse.Namespace) -> str:
       raise common.UsageError(f"{e}; pass --backbone") from e
   if args.backbone not in mmv.BACKBONES:
     raise common.UsageError(
-        f"--backbone: no backbone {args.backbone!r}; there are {', '.join(mmv.BACKBONES)}")
+        f"--backbone: no backbone {args.backbone!r}; there are {', '.join(mmv.BACKBONES)}"
+    )
   return args.backbone
 
 
@@ -108,27 +128,46 @@ def embed_argv(args: argparse.Namespace, extra: Sequence[str]) -> list[str]:
   backbone = _backbone(args)
   profile = PROFILES[args.accelerator]
   return [
-      *dataflow_options(args.project, args.region, args.bucket, args.image,
-                        f"mmv-embed-{args.dataset}-{backbone.replace('_', '-')}-{args.accelerator}",
-                        args.dry_run),
+      *dataflow_options(
+          args.project,
+          args.region,
+          args.bucket,
+          args.image,
+          f"mmv-embed-{args.dataset}-{backbone.replace('_', '-')}-{args.accelerator}",
+          args.dry_run,
+      ),
       *profile.worker_options,
-      f"--checkpoint_path={args.checkpoint_path}", f"--backbone={backbone}",
-      f"--work_dir={args.bucket}/work", f"--dataset={args.dataset}",
-      f"--output_dir={results_dir(args, 'embeddings')}", *profile.job_flags, *extra]
+      f"--checkpoint_path={args.checkpoint_path}",
+      f"--backbone={backbone}",
+      f"--work_dir={args.bucket}/work",
+      f"--dataset={args.dataset}",
+      f"--output_dir={results_dir(args, 'embeddings')}",
+      *profile.job_flags,
+      *extra,
+  ]
 
 
 def linear_eval_argv(args: argparse.Namespace, extra: Sequence[str]) -> list[str]:
   backbone = _backbone(args)
   return [
-      *dataflow_options(args.project, args.region, args.bucket, args.image,
-                        f"mmv-linear-eval-{args.dataset}-{backbone.replace('_', '-')}", args.dry_run),
+      *dataflow_options(
+          args.project,
+          args.region,
+          args.bucket,
+          args.image,
+          f"mmv-linear-eval-{args.dataset}-{backbone.replace('_', '-')}",
+          args.dry_run,
+      ),
       # One split per VM at a time: its solver's matrix products use every
       # core, and it needs about twice the split's features in memory (4 GB
       # for TSM-ResNet-50x2's 95,370 x 4,096; bench/README.md).
-      "--machine_type=n2-standard-8", "--experiments=no_use_multiple_sdk_containers",
+      "--machine_type=n2-standard-8",
+      "--experiments=no_use_multiple_sdk_containers",
       "--number_of_worker_harness_threads=1",
       f"--embeddings_dir={results_dir(args, 'embeddings')}",
-      f"--output_dir={results_dir(args, 'linear_eval')}", *extra]
+      f"--output_dir={results_dir(args, 'linear_eval')}",
+      *extra,
+  ]
 
 
 def results_dir(args: argparse.Namespace, kind: str) -> str:
@@ -144,70 +183,124 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     common.UsageError: --bucket is not a gs:// path to a valid bucket name.
   """
   formatter = argparse.ArgumentDefaultsHelpFormatter
-  parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n", 1)[0],
-                                   formatter_class=formatter,
-                                   epilog="JOB --help lists the job's launch flags.")
+  parser = argparse.ArgumentParser(
+      prog=PROG,
+      description=__doc__.split("\n", 1)[0],
+      formatter_class=formatter,
+      epilog="JOB --help lists the job's launch flags.",
+  )
   jobs = parser.add_subparsers(dest="job", required=True, metavar="JOB")
   for name, description in _JOBS.items():
     job = jobs.add_parser(
-        name, help=description, description=f"{description}.", formatter_class=formatter,
+        name,
+        help=description,
+        description=f"{description}.",
+        formatter_class=formatter,
         epilog=f"Further flags go to the job (python -m pipelines.{name} --help) or to "
-        "Beam (e.g. --max_num_workers); a flag that neither takes is an error.")
+        "Beam (e.g. --max_num_workers); a flag that neither takes is an error.",
+    )
     # A required flag has no default for --help to show.
-    job.add_argument("--project", required=True, default=argparse.SUPPRESS,
-                     help="Google Cloud project ID; required")
-    job.add_argument("--region", required=True, default=argparse.SUPPRESS,
-                     help="Dataflow region, e.g. us-central1; required")
-    job.add_argument("--bucket", required=True, default=argparse.SUPPRESS,
-                     help="gs://BUCKET[/prefix] for work, output, staging and temp files; "
-                     "required")
-    job.add_argument("--image", required=True, default=argparse.SUPPRESS,
-                     help="worker container image built from the Dockerfile; required")
-    job.add_argument("--dry_run", action="store_true",
-                     help="build the job and print the options it would run with; submit "
-                     "nothing, contact no Google Cloud service")
+    job.add_argument(
+        "--project",
+        required=True,
+        default=argparse.SUPPRESS,
+        help="Google Cloud project ID; required",
+    )
+    job.add_argument(
+        "--region",
+        required=True,
+        default=argparse.SUPPRESS,
+        help="Dataflow region, e.g. us-central1; required",
+    )
+    job.add_argument(
+        "--bucket",
+        required=True,
+        default=argparse.SUPPRESS,
+        help="gs://BUCKET[/prefix] for work, output, staging and temp files; " "required",
+    )
+    job.add_argument(
+        "--image",
+        required=True,
+        default=argparse.SUPPRESS,
+        help="worker container image built from the Dockerfile; required",
+    )
+    job.add_argument(
+        "--dry_run",
+        action="store_true",
+        help="build the job and print the options it would run with; submit "
+        "nothing, contact no Google Cloud service",
+    )
   embed, linear_eval = jobs.choices["embed"], jobs.choices["linear_eval"]
-  embed.add_argument("--accelerator", choices=sorted(PROFILES), default="gpu",
-                     help="gpu: L4 workers for the embedding step only; tpu: TPU v5e "
-                     "workers for the whole job; cpu: no accelerator")
-  embed.add_argument("--checkpoint_path", required=True, default=argparse.SUPPRESS,
-                     help="MMV checkpoint, e.g. gs://BUCKET/checkpoints/mmv_s3d.pkl; required")
-  embed.add_argument("--backbone", default=None,
-                     help="the checkpoint's backbone; None: read from its file name")
-  location_flags = sorted({f"--{flag}" for spec in datasets.DATASETS.values()
-                           for flag in (spec.splits_flag, spec.videos_flag)})
+  embed.add_argument(
+      "--accelerator",
+      choices=sorted(PROFILES),
+      default="gpu",
+      help="gpu: L4 workers for the embedding step only; tpu: TPU v5e "
+      "workers for the whole job; cpu: no accelerator",
+  )
+  embed.add_argument(
+      "--checkpoint_path",
+      required=True,
+      default=argparse.SUPPRESS,
+      help="MMV checkpoint, e.g. gs://BUCKET/checkpoints/mmv_s3d.pkl; required",
+  )
+  embed.add_argument(
+      "--backbone", default=None, help="the checkpoint's backbone; None: read from its file name"
+  )
+  location_flags = sorted(
+      {
+          f"--{flag}"
+          for spec in datasets.DATASETS.values()
+          for flag in (spec.splits_flag, spec.videos_flag)
+      }
+  )
   for job in (embed, linear_eval):
-    job.add_argument("--dataset", choices=sorted(datasets.DATASETS), default=datasets.UCF101.name,
-                     help="the dataset; results go under BUCKET/embeddings/DATASET/ and "
-                     "BUCKET/linear_eval/DATASET/ (UCF101's directly under embeddings/ and "
-                     "linear_eval/); the embedding job takes its locations: "
-                     + ", ".join(location_flags))
-  linear_eval.add_argument("--backbone", required=True, default=argparse.SUPPRESS,
-                           help="backbone of the embeddings to evaluate "
-                           "(gs://BUCKET/embeddings/BACKBONE); required")
+    job.add_argument(
+        "--dataset",
+        choices=sorted(datasets.DATASETS),
+        default=datasets.UCF101.name,
+        help="the dataset; results go under BUCKET/embeddings/DATASET/ and "
+        "BUCKET/linear_eval/DATASET/ (UCF101's directly under embeddings/ and "
+        "linear_eval/); the embedding job takes its locations: " + ", ".join(location_flags),
+    )
+  linear_eval.add_argument(
+      "--backbone",
+      required=True,
+      default=argparse.SUPPRESS,
+      help="backbone of the embeddings to evaluate " "(gs://BUCKET/embeddings/BACKBONE); required",
+  )
   args, extra = parser.parse_known_args(argv)
   if not _BUCKET_PATH.fullmatch(args.bucket):
     raise common.UsageError(
-        f"--bucket must be gs://BUCKET[/prefix] with a valid bucket name, not {args.bucket!r}")
+        f"--bucket must be gs://BUCKET[/prefix] with a valid bucket name, not {args.bucket!r}"
+    )
   return args, extra
 
 
 def _job_paths(job: str, config) -> dict[str, str]:
   """The inputs and outputs of a job's config (`pipelines.JOB.parse_args`)."""
   if job == "embed":
-    return {"checkpoint": f"{config.checkpoint_path} ({config.resolved_backbone})",
-            "videos": config.videos_location, "split lists": config.splits_location,
-            "video cache": config.work_dir, "output": config.output_dir}
-  return {"embeddings": config.embeddings_dir,
-          "split lists": config.splits_location or "those the embedding job used (its run.json)",
-          "output": config.output_dir}
+    return {
+        "checkpoint": f"{config.checkpoint_path} ({config.resolved_backbone})",
+        "videos": config.videos_location,
+        "split lists": config.splits_location,
+        "video cache": config.work_dir,
+        "output": config.output_dir,
+    }
+  return {
+      "embeddings": config.embeddings_dir,
+      "split lists": config.splits_location or "those the embedding job used (its run.json)",
+      "output": config.output_dir,
+  }
 
 
 def _accelerator(job: str, config, dataflow_service_options: Sequence[str]) -> str:
   """The accelerator of a job's workers, and which workers have it."""
   if job == "embed" and config.embed_accelerator:
-    return (f"{config.embed_accelerator}, for the embedding step only "
-            f"(min RAM {config.embed_min_ram})")
+    return (
+        f"{config.embed_accelerator}, for the embedding step only "
+        f"(min RAM {config.embed_min_ram})"
+    )
   for option in dataflow_service_options:
     if option.startswith("worker_accelerator="):
       return f"{option.removeprefix('worker_accelerator=')}, on every worker"
@@ -232,10 +325,14 @@ def resolved_options(job: str, config, pipeline_options: PipelineOptions) -> dic
       "machine type": options["machine_type"] or unset,
       "workers at start": str(options["num_workers"] or unset),
       "workers at most": str(options["max_num_workers"] or unset),
-      "SDK processes": ("one per VM" if "no_use_multiple_sdk_containers" in experiments
-                        else "one per vCPU"),
-      "harness threads": (f"{options['number_of_worker_harness_threads']} per SDK process"
-                          if options["number_of_worker_harness_threads"] else unset),
+      "SDK processes": (
+          "one per VM" if "no_use_multiple_sdk_containers" in experiments else "one per vCPU"
+      ),
+      "harness threads": (
+          f"{options['number_of_worker_harness_threads']} per SDK process"
+          if options["number_of_worker_harness_threads"]
+          else unset
+      ),
       "accelerator": _accelerator(job, config, options["dataflow_service_options"] or []),
       "container image": options["sdk_container_image"],
       "staging": options["staging_location"],
@@ -259,15 +356,19 @@ def main(argv: Sequence[str] | None = None):
   # Imported once the flags are parsed: the embedding job imports JAX.
   if args.job == "embed":
     from pipelines import embed as job
+
     job_argv = embed_argv(args, extra)
   else:
     from pipelines import linear_eval as job
+
     job_argv = linear_eval_argv(args, extra)
   config, _ = job.parse_args(job_argv)  # Refuses flags that neither the job nor Beam takes.
   result = job.run(job_argv)
   if args.dry_run:
-    print(f"dry run: built job {result.job.proto.name!r}; nothing submitted, no Google "
-          "Cloud service contacted")
+    print(
+        f"dry run: built job {result.job.proto.name!r}; nothing submitted, no Google "
+        "Cloud service contacted"
+    )
     options = resolved_options(args.job, config, result.job.options)
     width = max(map(len, options))
     print("\n".join(f"  {label:<{width}}  {value}" for label, value in options.items()))

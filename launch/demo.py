@@ -30,13 +30,29 @@ from mmv_core.models import mmv
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "demo_output"
 # Enough videos for three splits (three groups per class), small enough for minutes on 2 cores.
-DATASET = dict(num_classes=8, videos_per_class=6, clips_per_group=2, width=320, height=240,
-               fps=25.0, duration_s=3.0, include_handstand_pushups=True)
-HMDB51_DATASET = dict(num_classes=8, videos_per_class=6, width=320, height=240, fps=25.0,
-                      duration_s=3.0)
+DATASET = dict(
+    num_classes=8,
+    videos_per_class=6,
+    clips_per_group=2,
+    width=320,
+    height=240,
+    fps=25.0,
+    duration_s=3.0,
+    include_handstand_pushups=True,
+)
+HMDB51_DATASET = dict(
+    num_classes=8, videos_per_class=6, width=320, height=240, fps=25.0, duration_s=3.0
+)
 # The protocol's sampling with small clips: 8 frames at 64x64 instead of 32 at 224x224.
-CLIP_FLAGS = ["--num_frames=8", "--stride=2", "--min_resize=64", "--crop_size=64",
-              "--num_train_clips=10", "--num_test_windows=10", "--batch_size=8"]
+CLIP_FLAGS = [
+    "--num_frames=8",
+    "--stride=2",
+    "--min_resize=64",
+    "--crop_size=64",
+    "--num_train_clips=10",
+    "--num_test_windows=10",
+    "--batch_size=8",
+]
 
 _WHY_MODEST = """\
 The checkpoint holds random weights, so the features are random projections of
@@ -54,8 +70,11 @@ def write_dataset(name: str, data_dir: pathlib.Path) -> list[str]:
   """Writes the synthetic dataset `name`; returns the embedding job's dataset flags."""
   if name == "hmdb51":
     hmdb = synthetic_hmdb51.write_dataset(str(data_dir), **HMDB51_DATASET)
-    return ["--dataset=hmdb51", f"--splits_dir={hmdb.splits_dir}",
-            f"--video_root={hmdb.video_root}"]
+    return [
+        "--dataset=hmdb51",
+        f"--splits_dir={hmdb.splits_dir}",
+        f"--video_root={hmdb.video_root}",
+    ]
   ucf = synthetic.write_dataset(str(data_dir), **DATASET)
   return [f"--video_zip={ucf.video_zip}", f"--splits_zip={ucf.splits_zip}"]
 
@@ -63,8 +82,12 @@ def write_dataset(name: str, data_dir: pathlib.Path) -> list[str]:
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
   parser.add_argument("--out", default=str(DEFAULT_OUT), help="where everything goes")
-  parser.add_argument("--dataset", choices=("ucf101", "hmdb51"), default="ucf101",
-                      help="the synthetic dataset's layout")
+  parser.add_argument(
+      "--dataset",
+      choices=("ucf101", "hmdb51"),
+      default="ucf101",
+      help="the synthetic dataset's layout",
+  )
   args = parser.parse_args(argv)
   # Log lines relayed from every worker would bury the demo's progress lines
   # (which workers print themselves); errors still show.
@@ -79,17 +102,27 @@ def main(argv=None) -> None:
   for previous in (embeddings_dir, eval_dir):
     shutil.rmtree(previous, ignore_errors=True)
 
-  _stage(f"writing a synthetic {args.dataset.upper()} ({DATASET['num_classes']} classes x "
-         f"{DATASET['videos_per_class']} videos, 320x240 AVI) to {data_dir}")
+  _stage(
+      f"writing a synthetic {args.dataset.upper()} ({DATASET['num_classes']} classes x "
+      f"{DATASET['videos_per_class']} videos, 320x240 AVI) to {data_dir}"
+  )
   dataset_flags = write_dataset(args.dataset, data_dir)
   if not checkpoint.exists():
     _stage(f"writing a random S3D-G checkpoint in the released format to {checkpoint}")
     checkpoints.write_random_checkpoint(checkpoint, *mmv.param_shapes("s3d"), seed=0)
 
   from pipelines import embed, linear_eval  # pylint: disable=import-outside-toplevel
+
   _stage("running pipelines.embed on the local runner (fetch, re-encode, sample, embed)")
-  embed.run([f"--checkpoint_path={checkpoint}", f"--work_dir={work_dir}",
-             f"--output_dir={embeddings_dir}", *dataset_flags, *CLIP_FLAGS]).wait_until_finish()
+  embed.run(
+      [
+          f"--checkpoint_path={checkpoint}",
+          f"--work_dir={work_dir}",
+          f"--output_dir={embeddings_dir}",
+          *dataset_flags,
+          *CLIP_FLAGS,
+      ]
+  ).wait_until_finish()
   counts = json.loads((embeddings_dir / "run.json").read_text())["counts"]
   _stage(f"embeddings written: {counts}")
 

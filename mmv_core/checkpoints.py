@@ -73,6 +73,7 @@ class CheckpointError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class ArraySpec:
   """Expected shape and dtype of one checkpoint array."""
+
   shape: tuple[int, ...]
   dtype: np.dtype
 
@@ -88,6 +89,7 @@ class Checkpoint:
     path: where it was read from.
     sha256: hex digest of the file's bytes.
   """
+
   params: Tree
   state: Tree
   path: str
@@ -114,8 +116,7 @@ class _LegacyHaikuMapping(dict):
       if isinstance(fields.get(storage_field), collections.abc.Mapping):
         self.update(fields[storage_field])
         return
-    raise pickle.UnpicklingError(
-        f'unrecognised state of a haiku mapping (fields {sorted(fields)})')
+    raise pickle.UnpicklingError(f'unrecognised state of a haiku mapping (fields {sorted(fields)})')
 
 
 # numpy's array `_reconstruct`, whichever private module holds it.
@@ -126,7 +127,8 @@ def _dill_create_array(reconstruct, args, state, npdict=None) -> np.ndarray:
   """Stand-in for `dill._dill._create_array`, limited to plain ndarrays."""
   if reconstruct is not _RECONSTRUCT_ARRAY:
     raise pickle.UnpicklingError(
-        f'dill array helper called with {reconstruct!r}, not numpy _reconstruct')
+        f'dill array helper called with {reconstruct!r}, not numpy _reconstruct'
+    )
   if npdict:
     raise pickle.UnpicklingError('arrays with instance attributes are refused')
   array = reconstruct(*args)
@@ -192,15 +194,17 @@ def _safe_unpickle(data: bytes, path: str) -> Any:
     raise CheckpointError(
         f'{path}: refused to unpickle global {e.qualified_name!r}: only numpy '
         'arrays, plain containers and haiku mappings are allowed in a '
-        'checkpoint') from None
+        'checkpoint'
+    ) from None
   except EOFError:
     raise CheckpointError(
-        f'{path}: truncated pickle ({len(data)} bytes end before its STOP '
-        'opcode)') from None
+        f'{path}: truncated pickle ({len(data)} bytes end before its STOP ' 'opcode)'
+    ) from None
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(
         f'{path}: not a readable checkpoint pickle ({type(e).__name__}: {e}); '
-        f'file starts with {data[:16]!r}') from None
+        f'file starts with {data[:16]!r}'
+    ) from None
 
 
 # ---------------------------------------------------------------------------
@@ -216,27 +220,33 @@ def _as_tree(value: Any, path: str, collection: str) -> Tree:
   if not isinstance(value, collections.abc.Mapping):
     raise CheckpointError(
         f'{path}: {collection!r} is a {type(value).__name__}, expected a '
-        'mapping module path -> {name -> array}')
+        'mapping module path -> {name -> array}'
+    )
   tree = {}
   for module, leaves in value.items():
-    is_module = (isinstance(module, str) and
-                 isinstance(leaves, collections.abc.Mapping) and
-                 all(isinstance(name, str) for name in leaves))
+    is_module = (
+        isinstance(module, str)
+        and isinstance(leaves, collections.abc.Mapping)
+        and all(isinstance(name, str) for name in leaves)
+    )
     if not is_module:
       raise CheckpointError(
           f'{path}: {collection}[{module!r}] is a {type(leaves).__name__}, '
-          'expected a mapping name (str) -> array')
+          'expected a mapping name (str) -> array'
+      )
     tree[module] = {}
     for name, leaf in leaves.items():
       if not isinstance(leaf, (np.ndarray, np.generic)):
         raise CheckpointError(
             f'{path}: {collection} {_flat_name(module, name)} is a '
-            f'{type(leaf).__name__}, expected a numpy array')
+            f'{type(leaf).__name__}, expected a numpy array'
+        )
       array = np.asarray(leaf)
       if array.dtype.kind not in 'biuf':
         raise CheckpointError(
             f'{path}: {collection} {_flat_name(module, name)} has dtype '
-            f'{array.dtype}, expected a numeric dtype')
+            f'{array.dtype}, expected a numeric dtype'
+        )
       tree[module][str(name)] = array
   return tree
 
@@ -246,11 +256,11 @@ def _split_collections(raw: Any, path: str) -> tuple[Tree, Tree]:
   if not isinstance(raw, collections.abc.Mapping):
     raise CheckpointError(
         f'{path}: top level is a {type(raw).__name__}, expected a mapping '
-        "with 'params' and 'state'")
+        "with 'params' and 'state'"
+    )
   missing = [c for c in COLLECTIONS if c not in raw]
   if missing:
-    raise CheckpointError(
-        f'{path}: top level lacks {missing}; it has keys {sorted(map(str, raw))}')
+    raise CheckpointError(f'{path}: top level lacks {missing}; it has keys {sorted(map(str, raw))}')
   return _as_tree(raw[PARAMS], path, PARAMS), _as_tree(raw[STATE], path, STATE)
 
 
@@ -271,7 +281,8 @@ def _flatten(params: Tree, state: Tree) -> dict[str, np.ndarray]:
         if NAME_SEPARATOR in name:
           raise CheckpointError(
               f'cannot flatten {collection} {module!r}: name {name!r} contains '
-              f'{NAME_SEPARATOR!r}')
+              f'{NAME_SEPARATOR!r}'
+          )
         flat[_npz_key(collection, module, name)] = array
   return flat
 
@@ -283,8 +294,7 @@ def _unflatten(flat: Mapping[str, np.ndarray], path: str) -> tuple[Tree, Tree]:
     collection, _, flat_name = key.partition('/')
     module, separator, name = flat_name.rpartition(NAME_SEPARATOR)
     if collection not in trees or not separator or not module:
-      raise CheckpointError(
-          f'{path}: npz key {key!r} is not <params|state>/<module path>:<name>')
+      raise CheckpointError(f'{path}: npz key {key!r} is not <params|state>/<module path>:<name>')
     trees[collection].setdefault(module, {})[name] = array
   return trees[PARAMS], trees[STATE]
 
@@ -329,8 +339,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
   try:
     data = sources.read_bytes(path)
   except sources.SourceError as e:
-    raise CheckpointError(
-        f'cannot read checkpoint {path}: {e.__cause__ or e}') from None
+    raise CheckpointError(f'cannot read checkpoint {path}: {e.__cause__ or e}') from None
   digest = hashlib.sha256(data).hexdigest()
   if data.startswith(_ZIP_MAGIC):
     params, state = _load_npz(data, path)
@@ -349,7 +358,8 @@ def infer_backbone(path: str | os.PathLike[str]) -> str:
       return backbone
   raise CheckpointError(
       f'{path}: cannot infer the visual backbone: the file name contains none '
-      f'of {", ".join(mmv.BACKBONES)}')
+      f'of {", ".join(mmv.BACKBONES)}'
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -380,6 +390,7 @@ class TreeProblems:
     non_finite: present and expected, holding NaN or infinite values (a model
       run with them gives nothing usable).
   """
+
   missing: list[str]
   unexpected: list[str]
   mismatched: list[str]
@@ -391,8 +402,9 @@ class TreeProblems:
     return len(self.missing) + len(self.unexpected) + len(self.mismatched)
 
 
-def tree_problems(params: Tree, state: Tree, expected_params: SpecTree,
-                  expected_state: SpecTree) -> TreeProblems:
+def tree_problems(
+    params: Tree, state: Tree, expected_params: SpecTree, expected_state: SpecTree
+) -> TreeProblems:
   """Every path, shape and dtype in which the trees differ from the expected.
 
   Args:
@@ -402,38 +414,40 @@ def tree_problems(params: Tree, state: Tree, expected_params: SpecTree,
     expected_state: likewise.
   """
   problems = TreeProblems([], [], [], [])
-  for collection, actual, expected in ((PARAMS, params, expected_params),
-                                       (STATE, state, expected_state)):
-    actual_flat = {_flat_name(m, n): a for m, leaves in actual.items()
-                   for n, a in leaves.items()}
-    expected_flat = {_flat_name(m, n): s for m, leaves in expected.items()
-                     for n, s in leaves.items()}
+  for collection, actual, expected in (
+      (PARAMS, params, expected_params),
+      (STATE, state, expected_state),
+  ):
+    actual_flat = {_flat_name(m, n): a for m, leaves in actual.items() for n, a in leaves.items()}
+    expected_flat = {
+        _flat_name(m, n): s for m, leaves in expected.items() for n, s in leaves.items()
+    }
     for key in sorted(expected_flat.keys() - actual_flat.keys()):
       spec = expected_flat[key]
-      problems.missing.append(
-          f'{collection} {key} {_describe(spec.shape, spec.dtype)}')
+      problems.missing.append(f'{collection} {key} {_describe(spec.shape, spec.dtype)}')
     for key in sorted(actual_flat.keys() - expected_flat.keys()):
       array = actual_flat[key]
-      problems.unexpected.append(
-          f'{collection} {key} {_describe(array.shape, array.dtype)}')
+      problems.unexpected.append(f'{collection} {key} {_describe(array.shape, array.dtype)}')
     for key in sorted(actual_flat.keys() & expected_flat.keys()):
       array, spec = actual_flat[key], expected_flat[key]
-      if (tuple(array.shape) != tuple(spec.shape) or
-          array.dtype != np.dtype(spec.dtype)):
+      if tuple(array.shape) != tuple(spec.shape) or array.dtype != np.dtype(spec.dtype):
         problems.mismatched.append(
             f'{collection} {key}: checkpoint has '
             f'{_describe(array.shape, array.dtype)}, model expects '
-            f'{_describe(spec.shape, spec.dtype)}')
+            f'{_describe(spec.shape, spec.dtype)}'
+        )
       elif isinstance(array, np.ndarray) and np.issubdtype(array.dtype, np.floating):
         bad = array.size - np.count_nonzero(np.isfinite(array))
         if bad:
           problems.non_finite.append(
-              f'{collection} {key}: {bad} of {array.size} values are NaN or infinite')
+              f'{collection} {key}: {bad} of {array.size} values are NaN or infinite'
+          )
   return problems
 
 
-def validate_tree(params: Tree, state: Tree, expected_params: SpecTree,
-                  expected_state: SpecTree, *, source: str) -> None:
+def validate_tree(
+    params: Tree, state: Tree, expected_params: SpecTree, expected_state: SpecTree, *, source: str
+) -> None:
   """Checks both trees hold exactly the expected paths, shapes and dtypes.
 
   Args:
@@ -450,10 +464,12 @@ def validate_tree(params: Tree, state: Tree, expected_params: SpecTree,
   """
   problems = tree_problems(params, state, expected_params, expected_state)
   if problems.count or problems.non_finite:
-    lines = [f'{source}: checkpoint does not match the model '
-             f'({len(problems.missing)} missing, {len(problems.unexpected)} '
-             f'unexpected, {len(problems.mismatched)} mismatched, '
-             f'{len(problems.non_finite)} non-finite):']
+    lines = [
+        f'{source}: checkpoint does not match the model '
+        f'({len(problems.missing)} missing, {len(problems.unexpected)} '
+        f'unexpected, {len(problems.mismatched)} mismatched, '
+        f'{len(problems.non_finite)} non-finite):'
+    ]
     lines += _listed('missing from the checkpoint', problems.missing)
     lines += _listed('unexpected in the checkpoint', problems.unexpected)
     lines += _listed('wrong shape or dtype', problems.mismatched)
@@ -469,13 +485,15 @@ def problems_per_backbone(params: Tree, state: Tree) -> dict[str, int]:
   0 is the one the trees are; at most one can be, since the three models'
   trees differ.
   """
-  return {backbone: tree_problems(params, state, *mmv.param_shapes(backbone)).count
-          for backbone in mmv.BACKBONES}
+  return {
+      backbone: tree_problems(params, state, *mmv.param_shapes(backbone)).count
+      for backbone in mmv.BACKBONES
+  }
 
 
-def manifest_shapes(manifest_path: str | os.PathLike[str]
-                    ) -> tuple[dict[str, dict[str, ArraySpec]],
-                               dict[str, dict[str, ArraySpec]]]:
+def manifest_shapes(
+    manifest_path: str | os.PathLike[str],
+) -> tuple[dict[str, dict[str, ArraySpec]], dict[str, dict[str, ArraySpec]]]:
   """(params, state) specs from a `param_manifest_<config>.json` file."""
   with open(manifest_path) as f:
     manifest = json.load(f)
@@ -483,10 +501,15 @@ def manifest_shapes(manifest_path: str | os.PathLike[str]
   for collection in COLLECTIONS:
     if collection not in manifest:
       raise CheckpointError(f'{manifest_path}: manifest has no {collection!r}')
-    trees.append({
-        module: {name: ArraySpec(tuple(leaf['shape']), np.dtype(leaf['dtype']))
-                 for name, leaf in leaves.items()}
-        for module, leaves in manifest[collection].items()})
+    trees.append(
+        {
+            module: {
+                name: ArraySpec(tuple(leaf['shape']), np.dtype(leaf['dtype']))
+                for name, leaf in leaves.items()
+            }
+            for module, leaves in manifest[collection].items()
+        }
+    )
   return trees[0], trees[1]
 
 
@@ -499,8 +522,7 @@ def count_values(tree: Tree) -> int:
 # Random checkpoints in the released format.
 
 
-def _random_array(rng: np.random.Generator, module: str, name: str,
-                  spec: Any) -> np.ndarray:
+def _random_array(rng: np.random.Generator, module: str, name: str, spec: Any) -> np.ndarray:
   """A value for one leaf that keeps activations bounded through a deep net.
 
   Weights (rank >= 2) ~ N(0, 1/fan_in), fan_in = product of all dims but the
@@ -527,16 +549,22 @@ def _random_array(rng: np.random.Generator, module: str, name: str,
   return normal(0.01)
 
 
-def random_trees(expected_params: SpecTree, expected_state: SpecTree,
-                 seed: int = 0) -> tuple[Tree, Tree]:
+def random_trees(
+    expected_params: SpecTree, expected_state: SpecTree, seed: int = 0
+) -> tuple[Tree, Tree]:
   """(params, state) of random arrays with the expected shapes and dtypes."""
   rng = np.random.default_rng(seed)
   trees = []
   for expected in (expected_params, expected_state):
-    trees.append({
-        module: {name: _random_array(rng, module, name, expected[module][name])
-                 for name in sorted(expected[module])}
-        for module in sorted(expected)})
+    trees.append(
+        {
+            module: {
+                name: _random_array(rng, module, name, expected[module][name])
+                for name in sorted(expected[module])
+            }
+            for module in sorted(expected)
+        }
+    )
   return trees[0], trees[1]
 
 
@@ -562,7 +590,8 @@ class _FlatMappingToPickle(dict):
 
 def _as_flat_mappings(tree: Tree) -> _FlatMappingToPickle:
   return _FlatMappingToPickle(
-      {module: _FlatMappingToPickle(leaves) for module, leaves in tree.items()})
+      {module: _FlatMappingToPickle(leaves) for module, leaves in tree.items()}
+  )
 
 
 class _CheckpointPickler(dill.Pickler):
@@ -570,18 +599,19 @@ class _CheckpointPickler(dill.Pickler):
 
   def save(self, obj, save_persistent_id=True):
     if isinstance(obj, _HaikuGlobal):
-      self.write(pickle.GLOBAL +
-                 f'{HAIKU_DATA_STRUCTURES}\n{obj.name}\n'.encode('ascii'))
+      self.write(pickle.GLOBAL + f'{HAIKU_DATA_STRUCTURES}\n{obj.name}\n'.encode('ascii'))
       return
     super().save(obj, save_persistent_id)
 
 
-def write_random_checkpoint(path: str | os.PathLike[str],
-                            expected_params: SpecTree,
-                            expected_state: SpecTree,
-                            seed: int = 0,
-                            *,
-                            legacy_containers: bool = False) -> None:
+def write_random_checkpoint(
+    path: str | os.PathLike[str],
+    expected_params: SpecTree,
+    expected_state: SpecTree,
+    seed: int = 0,
+    *,
+    legacy_containers: bool = False,
+) -> None:
   """Writes a random checkpoint as a dill pickle of `{'params', 'state'}`.
 
   Args:
@@ -630,9 +660,11 @@ def _backbone_report(checkpoint: Checkpoint) -> tuple[list[str], str | None]:
     lines = [f'backbone: {tree_backbone} (the parameter tree is exactly its model)']
   else:
     nearest = min(problems, key=problems.get)
-    lines = [f'backbone: none: the parameter tree matches none of '
-             f'{", ".join(mmv.BACKBONES)} (nearest: {nearest}, '
-             f'{problems[nearest]} arrays missing, unexpected or misshapen)']
+    lines = [
+        f'backbone: none: the parameter tree matches none of '
+        f'{", ".join(mmv.BACKBONES)} (nearest: {nearest}, '
+        f'{problems[nearest]} arrays missing, unexpected or misshapen)'
+    ]
   problem = None
   if named_backbone is None:
     lines.append('file name: names no backbone')
@@ -641,46 +673,51 @@ def _backbone_report(checkpoint: Checkpoint) -> tuple[list[str], str | None]:
   elif named_backbone == tree_backbone:
     lines.append(f'file name: names {named_backbone}, in agreement')
   else:
-    problem = (f'{checkpoint.path}: the file name names {named_backbone}, but '
-               'the parameter tree ' + (f'is that of {tree_backbone}' if tree_backbone
-                                        else 'matches no backbone'))
-    lines.append(f'file name: names {named_backbone}, which DISAGREES with the '
-                 'parameter tree' + (f'; load it with --backbone {tree_backbone}'
-                                     if tree_backbone else ''))
+    problem = (
+        f'{checkpoint.path}: the file name names {named_backbone}, but '
+        'the parameter tree '
+        + (f'is that of {tree_backbone}' if tree_backbone else 'matches no backbone')
+    )
+    lines.append(
+        f'file name: names {named_backbone}, which DISAGREES with the '
+        'parameter tree' + (f'; load it with --backbone {tree_backbone}' if tree_backbone else '')
+    )
   return lines, problem
 
 
-def _describe_checkpoint(checkpoint: Checkpoint,
-                         backbone_lines: Sequence[str]) -> list[str]:
-  lines = [f'path: {checkpoint.path}', f'sha256: {checkpoint.sha256}',
-           *backbone_lines]
-  for collection, tree in zip(COLLECTIONS, (checkpoint.params,
-                                            checkpoint.state)):
+def _describe_checkpoint(checkpoint: Checkpoint, backbone_lines: Sequence[str]) -> list[str]:
+  lines = [f'path: {checkpoint.path}', f'sha256: {checkpoint.sha256}', *backbone_lines]
+  for collection, tree in zip(COLLECTIONS, (checkpoint.params, checkpoint.state)):
     arrays = sum(len(leaves) for leaves in tree.values())
-    lines.append(f'{collection}: {len(tree)} modules, {arrays} arrays, '
-                 f'{count_values(tree):,} values')
+    lines.append(
+        f'{collection}: {len(tree)} modules, {arrays} arrays, ' f'{count_values(tree):,} values'
+    )
   return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
-      prog='python -m mmv_core.checkpoints', description=__doc__.split('\n')[0])
+      prog='python -m mmv_core.checkpoints', description=__doc__.split('\n')[0]
+  )
   commands = parser.add_subparsers(dest='command', required=True)
   convert = commands.add_parser('convert', help='pickle -> npz')
   convert.add_argument('source')
   convert.add_argument('destination')
   random_ = commands.add_parser('random', help='write a random checkpoint')
   random_.add_argument('--backbone', choices=mmv.BACKBONES, required=True)
-  random_.add_argument('--manifest', help='param_manifest_<config>.json to use '
-                       'instead of building the model')
+  random_.add_argument(
+      '--manifest', help='param_manifest_<config>.json to use ' 'instead of building the model'
+  )
   random_.add_argument('--seed', type=int, default=0)
-  random_.add_argument('--legacy-containers', action='store_true',
-                       help="use haiku's old FlatMapping containers")
+  random_.add_argument(
+      '--legacy-containers', action='store_true', help="use haiku's old FlatMapping containers"
+  )
   random_.add_argument('destination')
   inspect_ = commands.add_parser('inspect', help='describe a checkpoint')
   inspect_.add_argument('source')
-  inspect_.add_argument('--manifest', help='validate against this manifest '
-                        'instead of the backbones\' models')
+  inspect_.add_argument(
+      '--manifest', help='validate against this manifest ' "instead of the backbones' models"
+  )
   args = parser.parse_args(argv)
 
   try:
@@ -691,19 +728,23 @@ def main(argv: Sequence[str] | None = None) -> int:
       print('\n'.join(_describe_checkpoint(checkpoint, backbone_lines)))
       print(f'written: {args.destination}')
     elif args.command == 'random':
-      expected_params, expected_state = _expected_trees(args.backbone,
-                                                        args.manifest)
-      write_random_checkpoint(args.destination, expected_params, expected_state,
-                              args.seed,
-                              legacy_containers=args.legacy_containers)
+      expected_params, expected_state = _expected_trees(args.backbone, args.manifest)
+      write_random_checkpoint(
+          args.destination,
+          expected_params,
+          expected_state,
+          args.seed,
+          legacy_containers=args.legacy_containers,
+      )
       print(f'written: {args.destination}')
     else:
       checkpoint = load_checkpoint(args.source)
       backbone_lines, backbone_problem = _backbone_report(checkpoint)
       print('\n'.join(_describe_checkpoint(checkpoint, backbone_lines)))
       if args.manifest:
-        validate_tree(checkpoint.params, checkpoint.state,
-                      *manifest_shapes(args.manifest), source=args.source)
+        validate_tree(
+            checkpoint.params, checkpoint.state, *manifest_shapes(args.manifest), source=args.source
+        )
         print(f'matches {args.manifest}')
       elif backbone_problem:
         raise CheckpointError(backbone_problem)

@@ -47,6 +47,7 @@ class CsvRow:
     start_s, end_s: segment bounds in seconds; None where the cell is empty.
     label_name: class name.
   """
+
   where: str
   video_path: str
   start_s: float | None
@@ -91,8 +92,10 @@ def parse_csv(data: bytes, path: str) -> list[CsvRow]:
   header = [name.strip() for name in next(reader, [])]
   missing = [c for c in REQUIRED_COLUMNS if c not in header]
   if missing:
-    raise ListingError(f"{path}:1: header {header} lacks columns {missing} "
-                       f"(expected {','.join(REQUIRED_COLUMNS)})")
+    raise ListingError(
+        f"{path}:1: header {header} lacks columns {missing} "
+        f"(expected {','.join(REQUIRED_COLUMNS)})"
+    )
   column = {name: header.index(name) for name in REQUIRED_COLUMNS}
   rows = []
   for cells in reader:
@@ -109,8 +112,11 @@ def parse_csv(data: bytes, path: str) -> list[CsvRow]:
     end_s = _seconds(cells[column["end"]], "end", where)
     if start_s is not None and end_s is not None and end_s <= start_s:
       raise ListingError(f"{where}: end {end_s:g} s is not after start {start_s:g} s")
-    rows.append(CsvRow(where=where, video_path=video_path, start_s=start_s, end_s=end_s,
-                       label_name=label_name))
+    rows.append(
+        CsvRow(
+            where=where, video_path=video_path, start_s=start_s, end_s=end_s, label_name=label_name
+        )
+    )
   return rows
 
 
@@ -132,9 +138,12 @@ def parse_classes(data: bytes, path: str) -> list[str]:
   return list(names)
 
 
-def listing_from_rows(rows: dict[tuple[str, int], list[CsvRow]], *,
-                      class_names: Sequence[str] | None = None,
-                      video_root: str | None = None) -> dataset_listing.DatasetListing:
+def listing_from_rows(
+    rows: dict[tuple[str, int], list[CsvRow]],
+    *,
+    class_names: Sequence[str] | None = None,
+    video_root: str | None = None,
+) -> dataset_listing.DatasetListing:
   """The dataset listed by parsed split CSVs.
 
   Args:
@@ -171,27 +180,40 @@ def listing_from_rows(rows: dict[tuple[str, int], list[CsvRow]], *,
       elif video_root:
         location = dataset_listing.join_location(video_root, row.video_path)
       else:
-        raise ListingError(f"{row.where}: relative video_path {row.video_path!r} "
-                           "needs a video root")
+        raise ListingError(
+            f"{row.where}: relative video_path {row.video_path!r} " "needs a video root"
+        )
       video = (location, row.start_s, row.end_s)
       first = first_row.setdefault(video, row)
       if first.label_name != row.label_name:
-        raise ListingError(f"{row.where}: {row.video_path!r} is labelled {row.label_name!r} "
-                           f"here and {first.label_name!r} at {first.where}")
+        raise ListingError(
+            f"{row.where}: {row.video_path!r} is labelled {row.label_name!r} "
+            f"here and {first.label_name!r} at {first.where}"
+        )
       first_role, first_role_row = roles.setdefault(video, {}).setdefault(split, (role, row))
       if first_role != role:
-        raise ListingError(f"{row.where}: {row.video_path!r} is {role} in split {split} here "
-                           f"and {first_role} at {first_role_row.where}")
+        raise ListingError(
+            f"{row.where}: {row.video_path!r} is {role} in split {split} here "
+            f"and {first_role} at {first_role_row.where}"
+        )
 
   videos = []
   for video, row in first_row.items():
     location, start_s, end_s = video
     name = segment_name(row.video_path, start_s, end_s)
-    videos.append(dataset_listing.ListedVideo(
-        video_id=dataset_listing.safe_video_id(name), name=name, location=location,
-        label=label_of[row.label_name], label_name=row.label_name,
-        roles=tuple(sorted((split, role) for split, (role, _) in roles[video].items())),
-        group=dataset_listing.safe_video_id(row.video_path), start_s=start_s, end_s=end_s))
+    videos.append(
+        dataset_listing.ListedVideo(
+            video_id=dataset_listing.safe_video_id(name),
+            name=name,
+            location=location,
+            label=label_of[row.label_name],
+            label_name=row.label_name,
+            roles=tuple(sorted((split, role) for split, (role, _) in roles[video].items())),
+            group=dataset_listing.safe_video_id(row.video_path),
+            start_s=start_s,
+            end_s=end_s,
+        )
+    )
   return dataset_listing.make_listing(class_names, videos)
 
 
@@ -217,6 +239,9 @@ def list_videos(csv_dir: str, video_root: str | None = None) -> dataset_listing.
   if not rows:
     raise ListingError(f"{csv_dir}: no train_<N>.csv or test_<N>.csv")
   classes_paths = dataset_listing.files_in(csv_dir, CLASSES_FILE)
-  class_names = (parse_classes(sources.read_bytes(classes_paths[0]), classes_paths[0])
-                 if classes_paths else None)
+  class_names = (
+      parse_classes(sources.read_bytes(classes_paths[0]), classes_paths[0])
+      if classes_paths
+      else None
+  )
   return listing_from_rows(rows, class_names=class_names, video_root=video_root)

@@ -45,8 +45,9 @@ def files_in(folder: str, pattern: str) -> list[str]:
     ListingError: the folder cannot be listed (a missing folder lists nothing).
   """
   try:
-    return sorted(m.path for m in
-                  FileSystems.match([f"{folder.rstrip('/')}/{pattern}"])[0].metadata_list)
+    return sorted(
+        m.path for m in FileSystems.match([f"{folder.rstrip('/')}/{pattern}"])[0].metadata_list
+    )
   except BeamIOError as e:
     raise ListingError(f"{folder}: cannot list files ({e})") from e
 
@@ -60,7 +61,7 @@ def decode_text(data: bytes, path: str) -> str:
   try:
     return data.decode("utf-8-sig")
   except UnicodeDecodeError as e:
-    line_number = data[:e.start].count(b"\n") + 1
+    line_number = data[: e.start].count(b"\n") + 1
     raise ListingError(f"{path}:{line_number}: not UTF-8 ({e.reason})") from None
 
 
@@ -115,6 +116,7 @@ class ListedVideo:
       the beginning.
     end_s: segment end in seconds; None: to the video's end.
   """
+
   video_id: str
   name: str
   location: str
@@ -133,6 +135,7 @@ class ListedVideo:
 @dataclasses.dataclass(frozen=True)
 class DatasetListing:
   """A dataset's classes, splits and every video some split uses, sorted by id."""
+
   class_names: tuple[str, ...]
   splits: tuple[int, ...]
   videos: tuple[ListedVideo, ...]
@@ -142,8 +145,7 @@ class DatasetListing:
 
   def split_counts(self) -> dict[int, tuple[int, int]]:
     """(train videos, test videos) of each split."""
-    return {s: (len(self.videos_in(s, TRAIN)), len(self.videos_in(s, TEST)))
-            for s in self.splits}
+    return {s: (len(self.videos_in(s, TRAIN)), len(self.videos_in(s, TEST))) for s in self.splits}
 
 
 def make_listing(class_names: Sequence[str], videos: Sequence[ListedVideo]) -> DatasetListing:
@@ -161,5 +163,8 @@ def make_listing(class_names: Sequence[str], videos: Sequence[ListedVideo]) -> D
     video_id, names = sorted(shared.items())[0]
     raise ListingError(f"{len(shared)} video ids are shared, e.g. {video_id!r} by {names}")
   splits = sorted({split for video in videos for split, _ in video.roles})
-  return DatasetListing(class_names=tuple(class_names), splits=tuple(splits),
-                        videos=tuple(sorted(videos, key=lambda v: v.video_id)))
+  return DatasetListing(
+      class_names=tuple(class_names),
+      splits=tuple(splits),
+      videos=tuple(sorted(videos, key=lambda v: v.video_id)),
+  )

@@ -55,6 +55,7 @@ class ProtocolDefaults:
     num_test_windows: evenly spaced windows per test video (scores averaged).
     svm_c: `(backbone, C)` of the linear SVM, for every backbone.
   """
+
   num_frames: int
   stride: int
   min_resize: int
@@ -91,6 +92,7 @@ class DatasetSpec:
     expected_split_counts: `{split: (train, test)}` of the official
       dataset, to warn about incomplete copies; None where there is none.
   """
+
   name: str
   description: str
   lister: Callable[[str, str | None], dataset_listing.DatasetListing]
@@ -103,14 +105,16 @@ class DatasetSpec:
   recipe: str
   protocol: ProtocolDefaults
   expected_split_counts: dict[int, tuple[int, int]] | None = dataclasses.field(
-      default=None, hash=False)
+      default=None, hash=False
+  )
 
   @property
   def encoding_recipe(self) -> encoding_recipes.EncodingRecipe:
     return encoding_recipes.get(self.recipe)
 
-  def list_videos(self, splits_location: str | None = None,
-                  videos_location: str | None = None) -> dataset_listing.DatasetListing:
+  def list_videos(
+      self, splits_location: str | None = None, videos_location: str | None = None
+  ) -> dataset_listing.DatasetListing:
     """Lists the dataset from the given locations or the defaults.
 
     Raises:
@@ -135,13 +139,19 @@ def listing_from_ucf101(lists: ucf101.SplitLists) -> dataset_listing.DatasetList
   """
   videos = tuple(
       dataset_listing.ListedVideo(
-          video_id=v.video_id, name=posixpath.basename(v.member_name),
-          location=v.member_name, label=v.label, label_name=v.label_name,
+          video_id=v.video_id,
+          name=posixpath.basename(v.member_name),
+          location=v.member_name,
+          label=v.label,
+          label_name=v.label_name,
           roles=tuple((split, role) for split, role in zip(ucf101.SPLITS, v.roles) if role),
-          group=f"{v.group:02d}")
-      for v in lists.videos)
+          group=f"{v.group:02d}",
+      )
+      for v in lists.videos
+  )
   return dataset_listing.DatasetListing(
-      class_names=lists.class_names, splits=ucf101.SPLITS, videos=videos)
+      class_names=lists.class_names, splits=ucf101.SPLITS, videos=videos
+  )
 
 
 def _list_ucf101(splits_zip: str, _video_zip: str | None) -> dataset_listing.DatasetListing:
@@ -152,35 +162,69 @@ def _list_ucf101(splits_zip: str, _video_zip: str | None) -> dataset_listing.Dat
 # out because that module brings in numba and scipy, which the evaluation
 # job's quick --help does without.
 UCF101_PROTOCOL = ProtocolDefaults(
-    num_frames=32, stride=2, min_resize=224, crop_size=224, num_train_clips=10,
+    num_frames=32,
+    stride=2,
+    min_resize=224,
+    crop_size=224,
+    num_train_clips=10,
     num_test_windows=10,
-    svm_c=((S3D, UCF101_SVM_C), (TSM_RESNET_X1, UCF101_SVM_C), (TSM_RESNET_X2, UCF101_SVM_C)))
+    svm_c=((S3D, UCF101_SVM_C), (TSM_RESNET_X1, UCF101_SVM_C), (TSM_RESNET_X2, UCF101_SVM_C)),
+)
 
 # dmvr's HMDB51 example, published with the paper's HMDB51 numbers.
 HMDB51_PROTOCOL = ProtocolDefaults(
-    num_frames=32, stride=1, min_resize=224, crop_size=200, num_train_clips=10,
-    num_test_windows=10, svm_c=((S3D, 3e-4), (TSM_RESNET_X1, 1e-4), (TSM_RESNET_X2, 3e-4)))
+    num_frames=32,
+    stride=1,
+    min_resize=224,
+    crop_size=200,
+    num_train_clips=10,
+    num_test_windows=10,
+    svm_c=((S3D, 3e-4), (TSM_RESNET_X1, 1e-4), (TSM_RESNET_X2, 3e-4)),
+)
 
 UCF101 = DatasetSpec(
-    name="ucf101", description="UCF101 (101 classes, 3 splits) from its pinned archives",
-    lister=_list_ucf101, splits_flag="splits_zip", videos_flag="video_zip",
-    default_splits=ucf101.SPLITS_ZIP_URL, default_videos=ucf101.VIDEO_ZIP_URL,
-    videos_required=True, fetch=FETCH_ZIP_MEMBER, recipe=encoding_recipes.UCF101.name,
-    protocol=UCF101_PROTOCOL, expected_split_counts=ucf101.EXPECTED_SPLIT_COUNTS)
+    name="ucf101",
+    description="UCF101 (101 classes, 3 splits) from its pinned archives",
+    lister=_list_ucf101,
+    splits_flag="splits_zip",
+    videos_flag="video_zip",
+    default_splits=ucf101.SPLITS_ZIP_URL,
+    default_videos=ucf101.VIDEO_ZIP_URL,
+    videos_required=True,
+    fetch=FETCH_ZIP_MEMBER,
+    recipe=encoding_recipes.UCF101.name,
+    protocol=UCF101_PROTOCOL,
+    expected_split_counts=ucf101.EXPECTED_SPLIT_COUNTS,
+)
 
 HMDB51 = DatasetSpec(
     name="hmdb51",
     description="HMDB51 (51 classes, 3 splits): extracted <class>/<video>.avi tree",
-    lister=hmdb51.list_videos, splits_flag="splits_dir", videos_flag="video_root",
-    default_splits=None, default_videos=None, videos_required=True, fetch=FETCH_FILE,
-    recipe=encoding_recipes.HMDB51.name, protocol=HMDB51_PROTOCOL,
-    expected_split_counts=hmdb51.EXPECTED_SPLIT_COUNTS)
+    lister=hmdb51.list_videos,
+    splits_flag="splits_dir",
+    videos_flag="video_root",
+    default_splits=None,
+    default_videos=None,
+    videos_required=True,
+    fetch=FETCH_FILE,
+    recipe=encoding_recipes.HMDB51.name,
+    protocol=HMDB51_PROTOCOL,
+    expected_split_counts=hmdb51.EXPECTED_SPLIT_COUNTS,
+)
 
 CSV = DatasetSpec(
-    name="csv", description="your own videos, listed in train_<N>.csv / test_<N>.csv",
-    lister=csv_dataset.list_videos, splits_flag="csv_dir", videos_flag="video_root",
-    default_splits=None, default_videos=None, videos_required=False, fetch=FETCH_FILE,
-    recipe=encoding_recipes.UCF101.name, protocol=UCF101_PROTOCOL)
+    name="csv",
+    description="your own videos, listed in train_<N>.csv / test_<N>.csv",
+    lister=csv_dataset.list_videos,
+    splits_flag="csv_dir",
+    videos_flag="video_root",
+    default_splits=None,
+    default_videos=None,
+    videos_required=False,
+    fetch=FETCH_FILE,
+    recipe=encoding_recipes.UCF101.name,
+    protocol=UCF101_PROTOCOL,
+)
 
 DATASETS = {spec.name: spec for spec in (UCF101, HMDB51, CSV)}
 
@@ -191,4 +235,5 @@ def get(name: str) -> DatasetSpec:
     return DATASETS[name]
   except KeyError:
     raise UnknownDatasetError(
-        f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}") from None
+        f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}"
+    ) from None

@@ -78,6 +78,7 @@ class EmbedderConfig:
     compute_dtype: "float32" (the protocol) or "bfloat16" (accelerators only;
       see README for its effect on accuracy).
   """
+
   batch_size: int = 8
   compute_dtype: str = "float32"
 
@@ -85,9 +86,14 @@ class EmbedderConfig:
 class VideoEmbedder:
   """Computes MMV video embeddings with one backbone's weights."""
 
-  def __init__(self, params: dict, state: dict, backbone: str,
-               config: EmbedderConfig = EmbedderConfig(),
-               devices: Sequence[jax.Device] | None = None):
+  def __init__(
+      self,
+      params: dict,
+      state: dict,
+      backbone: str,
+      config: EmbedderConfig = EmbedderConfig(),
+      devices: Sequence[jax.Device] | None = None,
+  ):
     if backbone not in mmv.BACKBONES:
       raise ValueError(f"unknown backbone {backbone!r}; expected one of {mmv.BACKBONES}")
     if config.compute_dtype not in ("float32", "bfloat16"):
@@ -105,16 +111,21 @@ class VideoEmbedder:
     self._clip_sharding = NamedSharding(self._mesh, PartitionSpec(_BATCH_AXIS))
     self._forward = jax.jit(
         functools.partial(_forward, backbone=backbone, dtype=dtype),
-        out_shardings=self._clip_sharding)
+        out_shardings=self._clip_sharding,
+    )
     # Threads sharing this embedder (a worker's harness threads) run one forward
     # pass at a time: each pass in flight would hold its activations in device
     # memory (inputs, one batch per thread, are moved before the lock).
     self._device_lock = threading.Lock()
 
   @classmethod
-  def from_checkpoint(cls, path: str, backbone: str | None = None,
-                      config: EmbedderConfig = EmbedderConfig(),
-                      devices: Sequence[jax.Device] | None = None) -> "VideoEmbedder":
+  def from_checkpoint(
+      cls,
+      path: str,
+      backbone: str | None = None,
+      config: EmbedderConfig = EmbedderConfig(),
+      devices: Sequence[jax.Device] | None = None,
+  ) -> "VideoEmbedder":
     """Loads a released (or converted .npz) checkpoint and checks its tree.
 
     Args:
@@ -131,10 +142,15 @@ class VideoEmbedder:
   def num_devices(self) -> int:
     return len(self.devices)
 
-  def embed(self, frames: np.ndarray, num_windows: int = video.DEFAULT_NUM_TEST_WINDOWS,
-            num_frames: int = video.DEFAULT_NUM_FRAMES, stride: int = video.DEFAULT_STRIDE,
-            min_resize: int = video.DEFAULT_MIN_RESIZE,
-            crop_size: int = video.DEFAULT_CROP_SIZE) -> np.ndarray:
+  def embed(
+      self,
+      frames: np.ndarray,
+      num_windows: int = video.DEFAULT_NUM_TEST_WINDOWS,
+      num_frames: int = video.DEFAULT_NUM_FRAMES,
+      stride: int = video.DEFAULT_STRIDE,
+      min_resize: int = video.DEFAULT_MIN_RESIZE,
+      crop_size: int = video.DEFAULT_CROP_SIZE,
+  ) -> np.ndarray:
     """`vid_repr` of each test window of one video.
 
     Args:
@@ -145,12 +161,19 @@ class VideoEmbedder:
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
       raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
-    clips = video.test_clips(frames, num_windows=num_windows, num_frames=num_frames,
-                             stride=stride, min_resize=min_resize, crop_size=crop_size)
+    clips = video.test_clips(
+        frames,
+        num_windows=num_windows,
+        num_frames=num_frames,
+        stride=stride,
+        min_resize=min_resize,
+        crop_size=crop_size,
+    )
     return self.embed_clips(clips)[VID_REPR]
 
-  def embed_clips(self, clips: np.ndarray,
-                  outputs: Sequence[str] = (VID_REPR,)) -> dict[str, np.ndarray]:
+  def embed_clips(
+      self, clips: np.ndarray, outputs: Sequence[str] = (VID_REPR,)
+  ) -> dict[str, np.ndarray]:
     """Embeds many clips at once.
 
     Args:
@@ -170,19 +193,23 @@ class VideoEmbedder:
       raise ValueError(f"clips must be uint8 or float32, got {clips.dtype}")
     results = {name: [] for name in outputs}
     for start in range(0, len(clips), self._batch_size):
-      batch = clips[start:start + self._batch_size]
+      batch = clips[start : start + self._batch_size]
       on_device = jax.device_put(_pad_to(batch, self._batch_size), self._clip_sharding)
       with self._device_lock:
         out = self._forward(self._params, self._state, on_device)
         for name in outputs:
-          results[name].append(np.asarray(out[name])[:len(batch)])
-    return {name: (np.concatenate(parts) if parts else
-                   np.zeros((0, self.output_dim(name)), np.float32))
-            for name, parts in results.items()}
+          results[name].append(np.asarray(out[name])[: len(batch)])
+    return {
+        name: (np.concatenate(parts) if parts else np.zeros((0, self.output_dim(name)), np.float32))
+        for name, parts in results.items()
+    }
 
   def output_dim(self, name: str) -> int:
-    return {VID_REPR: mmv.REPR_DIMS[self.backbone], VIDEO_AUDIO: mmv.VIDEO_AUDIO_DIM,
-            VIDEO_TEXT: mmv.VIDEO_TEXT_DIM}[name]
+    return {
+        VID_REPR: mmv.REPR_DIMS[self.backbone],
+        VIDEO_AUDIO: mmv.VIDEO_AUDIO_DIM,
+        VIDEO_TEXT: mmv.VIDEO_TEXT_DIM,
+    }[name]
 
 
 def _pad_to(batch: np.ndarray, size: int) -> np.ndarray:

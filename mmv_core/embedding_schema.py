@@ -48,15 +48,20 @@ CLASSES = "classes"
 MAX_VIDEOS = "max_videos"
 
 
-
 class EmbeddingFormatError(ValueError):
   """An embedding file does not follow this schema."""
 
 
-def make_example(*, video_id: str, label: int, label_name: str, clip_type: str,
-                 clip_index: int, embedding: np.ndarray,
-                 extra_features: Mapping[str, np.ndarray] | None = None
-                 ) -> example_proto.Example:
+def make_example(
+    *,
+    video_id: str,
+    label: int,
+    label_name: str,
+    clip_type: str,
+    clip_index: int,
+    embedding: np.ndarray,
+    extra_features: Mapping[str, np.ndarray] | None = None,
+) -> example_proto.Example:
   """Builds the example of one clip.
 
   Args:
@@ -94,8 +99,9 @@ def make_example(*, video_id: str, label: int, label_name: str, clip_type: str,
   return example_proto.Example(features=example_proto.Features(feature=feature))
 
 
-def parse_example(serialized: bytes, *, include_floats: bool = True,
-                  source: str = "example") -> dict[str, Any]:
+def parse_example(
+    serialized: bytes, *, include_floats: bool = True, source: str = "example"
+) -> dict[str, Any]:
   """Parses one clip's example.
 
   Args:
@@ -124,7 +130,8 @@ def parse_example(serialized: bytes, *, include_floats: bool = True,
     values = getattr(features[name], kind).value
     if len(values) != 1:
       raise EmbeddingFormatError(
-          f"{source}: feature {name!r} has {len(values)} {kind} values, expected 1")
+          f"{source}: feature {name!r} has {len(values)} {kind} values, expected 1"
+      )
     return values[0]
 
   parsed = {
@@ -135,8 +142,7 @@ def parse_example(serialized: bytes, *, include_floats: bool = True,
       CLIP_INDEX: int(single(CLIP_INDEX, "int64_list")),
   }
   if parsed[CLIP_TYPE] not in CLIP_TYPES:
-    raise EmbeddingFormatError(
-        f"{source}: clip_type {parsed[CLIP_TYPE]!r} not in {CLIP_TYPES}")
+    raise EmbeddingFormatError(f"{source}: clip_type {parsed[CLIP_TYPE]!r} not in {CLIP_TYPES}")
   if include_floats:
     if EMBEDDING not in features:
       raise EmbeddingFormatError(f"{source}: feature {EMBEDDING!r} is missing")
@@ -146,7 +152,8 @@ def parse_example(serialized: bytes, *, include_floats: bool = True,
         if not np.isfinite(values).all():
           raise EmbeddingFormatError(
               f"{source}: feature {name!r} of {parsed[VIDEO_ID]} {parsed[CLIP_TYPE]} clip "
-              f"{parsed[CLIP_INDEX]} holds NaN or infinite values")
+              f"{parsed[CLIP_INDEX]} holds NaN or infinite values"
+          )
         parsed[name] = values
   return parsed
 
@@ -176,7 +183,8 @@ def read_run_config(output_dir: str) -> dict[str, Any]:
   for key in (NUM_TRAIN_CLIPS, NUM_TEST_WINDOWS):
     if not isinstance(config.get(key), int) or config[key] < 1:
       raise EmbeddingFormatError(
-          f"{path}: {key!r} must be a positive integer, got {config.get(key)!r}")
+          f"{path}: {key!r} must be a positive integer, got {config.get(key)!r}"
+      )
   return config
 
 

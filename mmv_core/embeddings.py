@@ -27,6 +27,7 @@ class Embeddings:
     clip_index: int64 [N], 0-based within the video and clip type.
     run_config: the job's `run.json` (backbone, sampling settings, counts).
   """
+
   X: np.ndarray  # pylint: disable=invalid-name  (the usual name of a design matrix)
   label: np.ndarray
   label_name: np.ndarray
@@ -51,16 +52,25 @@ class Embeddings:
     try:
       import pandas  # pylint: disable=import-outside-toplevel
     except ImportError as e:
-      raise ImportError("Embeddings.to_pandas needs pandas, which mmv_core does "
-                        "not install: pip install pandas") from e
-    return pandas.DataFrame({
-        schema.VIDEO_ID: self.video_id, schema.LABEL: self.label,
-        schema.LABEL_NAME: self.label_name, schema.CLIP_TYPE: self.clip_type,
-        schema.CLIP_INDEX: self.clip_index, "X": list(self.X)})
+      raise ImportError(
+          "Embeddings.to_pandas needs pandas, which mmv_core does "
+          "not install: pip install pandas"
+      ) from e
+    return pandas.DataFrame(
+        {
+            schema.VIDEO_ID: self.video_id,
+            schema.LABEL: self.label,
+            schema.LABEL_NAME: self.label_name,
+            schema.CLIP_TYPE: self.clip_type,
+            schema.CLIP_INDEX: self.clip_index,
+            "X": list(self.X),
+        }
+    )
 
 
-def load_embeddings(output_dir: str, *, clip_type: str | None = None,
-                    feature: str = schema.EMBEDDING) -> Embeddings:
+def load_embeddings(
+    output_dir: str, *, clip_type: str | None = None, feature: str = schema.EMBEDDING
+) -> Embeddings:
   """Reads an embedding job's output.
 
   Args:
@@ -79,8 +89,7 @@ def load_embeddings(output_dir: str, *, clip_type: str | None = None,
       sizes; the message names the file and record.
   """
   if clip_type is not None and clip_type not in schema.CLIP_TYPES:
-    raise ValueError(f"clip_type must be one of {schema.CLIP_TYPES} or None, "
-                     f"got {clip_type!r}")
+    raise ValueError(f"clip_type must be one of {schema.CLIP_TYPES} or None, " f"got {clip_type!r}")
   run_config = schema.read_run_config(output_dir)
   rows = []
   for source, record in schema.embedding_records(output_dir):
@@ -92,20 +101,27 @@ def load_embeddings(output_dir: str, *, clip_type: str | None = None,
     if rows and parsed[feature].size != rows[0][feature].size:
       raise schema.EmbeddingFormatError(
           f"{source}: {feature!r} has {parsed[feature].size} values, earlier "
-          f"clips {rows[0][feature].size}")
+          f"clips {rows[0][feature].size}"
+      )
     rows.append(parsed)
-  order = sorted(range(len(rows)), key=lambda i: (
-      rows[i][schema.VIDEO_ID], rows[i][schema.CLIP_TYPE], rows[i][schema.CLIP_INDEX]))
+  order = sorted(
+      range(len(rows)),
+      key=lambda i: (
+          rows[i][schema.VIDEO_ID],
+          rows[i][schema.CLIP_TYPE],
+          rows[i][schema.CLIP_INDEX],
+      ),
+  )
 
   def column(name: str, dtype: type) -> np.ndarray:
     return np.array([rows[i][name] for i in order], dtype=dtype)
 
   return Embeddings(
-      X=(np.stack([rows[i][feature] for i in order]) if rows
-         else np.zeros((0, 0), np.float32)),
+      X=(np.stack([rows[i][feature] for i in order]) if rows else np.zeros((0, 0), np.float32)),
       label=column(schema.LABEL, np.int64),
       label_name=column(schema.LABEL_NAME, str),
       video_id=column(schema.VIDEO_ID, str),
       clip_type=column(schema.CLIP_TYPE, str),
       clip_index=column(schema.CLIP_INDEX, np.int64),
-      run_config=run_config)
+      run_config=run_config,
+  )

@@ -46,12 +46,14 @@ def ffmpeg_executable() -> str:
     return os.environ[FFMPEG_ENV_VAR]
   try:
     import imageio_ffmpeg  # pylint: disable=import-outside-toplevel
+
     return imageio_ffmpeg.get_ffmpeg_exe()
   except (ImportError, RuntimeError):
     system_ffmpeg = shutil.which("ffmpeg")
     if system_ffmpeg is None:
-      raise EncodeError(f"no ffmpeg: set ${FFMPEG_ENV_VAR}, install imageio-ffmpeg "
-                        "or put ffmpeg on PATH") from None
+      raise EncodeError(
+          f"no ffmpeg: set ${FFMPEG_ENV_VAR}, install imageio-ffmpeg " "or put ffmpeg on PATH"
+      ) from None
     return system_ffmpeg
 
 
@@ -80,7 +82,7 @@ def split_jpeg_stream(stream: bytes) -> list[bytes]:
   start = 0
   size = len(stream)
   while start < size:
-    if stream[start:start + 2] != _SOI:
+    if stream[start : start + 2] != _SOI:
       raise EncodeError(f"JPEG stream: no start-of-image marker at byte {start}")
     position = start + 2
     while True:
@@ -103,8 +105,9 @@ def split_jpeg_stream(stream: bytes) -> list[bytes]:
         # Entropy-coded data runs to the next marker that is neither a stuffed
         # 0xFF00 nor a restart marker.
         position = _find_ff(stream, position)
-        while position + 1 < size and (stream[position + 1] == 0x00
-                                       or stream[position + 1] in _STANDALONE_MARKERS):
+        while position + 1 < size and (
+            stream[position + 1] == 0x00 or stream[position + 1] in _STANDALONE_MARKERS
+        ):
           position = _find_ff(stream, position + 2)
     frames.append(stream[start:position])
     start = position
@@ -125,12 +128,19 @@ def check_avi_container(video: bytes) -> None:
   if video[:4] == b"RIFF" and len(video) >= 12:
     (declared,) = struct.unpack_from("<I", video, 4)
     if len(video) < declared + 8:
-      raise EncodeError(f"truncated AVI: RIFF header declares {declared + 8} bytes, "
-                        f"file has {len(video)}")
+      raise EncodeError(
+          f"truncated AVI: RIFF header declares {declared + 8} bytes, " f"file has {len(video)}"
+      )
 
 
-def encode_jpeg_frames(video: bytes, name: str = "video.avi", recipe=None, *,
-                       start_s: float | None = None, end_s: float | None = None) -> list[bytes]:
+def encode_jpeg_frames(
+    video: bytes,
+    name: str = "video.avi",
+    recipe=None,
+    *,
+    start_s: float | None = None,
+    end_s: float | None = None,
+) -> list[bytes]:
   """Re-encodes a video as JPEG frames.
 
   Args:
@@ -161,14 +171,29 @@ def encode_jpeg_frames(video: bytes, name: str = "video.avi", recipe=None, *,
     with open(input_path, "wb") as f:
       f.write(video)
     if recipe is None:
-      arguments = ["-nostdin", "-hide_banner", "-loglevel", "error",
-                   "-i", input_path, *protocol_output_args(),
-                   "-f", "image2pipe", "-c:v", "mjpeg", "pipe:1"]
+      arguments = [
+          "-nostdin",
+          "-hide_banner",
+          "-loglevel",
+          "error",
+          "-i",
+          input_path,
+          *protocol_output_args(),
+          "-f",
+          "image2pipe",
+          "-c:v",
+          "mjpeg",
+          "pipe:1",
+      ]
     else:
       arguments = recipe.ffmpeg_args(input_path, start_s=start_s, end_s=end_s)
     try:
-      result = subprocess.run([ffmpeg_executable(), *arguments], capture_output=True,
-                              timeout=ENCODE_TIMEOUT_S, check=False)
+      result = subprocess.run(
+          [ffmpeg_executable(), *arguments],
+          capture_output=True,
+          timeout=ENCODE_TIMEOUT_S,
+          check=False,
+      )
     except subprocess.TimeoutExpired as e:
       raise EncodeError(f"{name}: ffmpeg ran over {ENCODE_TIMEOUT_S}s") from e
   stderr = result.stderr.decode("utf-8", "replace").strip()[-_STDERR_TAIL_CHARS:]

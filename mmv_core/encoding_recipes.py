@@ -49,6 +49,7 @@ class EncodingRecipe:
     output_args: ffmpeg options between the input and the JPEG pipe.
     description: one line for help texts and run records.
   """
+
   name: str
   output_args: tuple[str, ...]
   description: str
@@ -59,8 +60,14 @@ class EncodingRecipe:
     arguments = json.dumps([*self.output_args, *JPEG_PIPE_ARGS]).encode()
     return f"{self.name}-{hashlib.sha256(arguments).hexdigest()[:_KEY_HASH_CHARS]}"
 
-  def ffmpeg_args(self, input_path: str, output: str = "pipe:1", *,
-                  start_s: float | None = None, end_s: float | None = None) -> list[str]:
+  def ffmpeg_args(
+      self,
+      input_path: str,
+      output: str = "pipe:1",
+      *,
+      start_s: float | None = None,
+      end_s: float | None = None,
+  ) -> list[str]:
     """The ffmpeg command line after the executable.
 
     Args:
@@ -77,8 +84,7 @@ class EncodingRecipe:
       segment += ["-ss", _ffmpeg_seconds(start_s)]
     if end_s is not None:
       segment += ["-to", _ffmpeg_seconds(end_s)]
-    return [*_QUIET_ARGS, *segment, "-i", input_path, *self.output_args,
-            *JPEG_PIPE_ARGS, output]
+    return [*_QUIET_ARGS, *segment, "-i", input_path, *self.output_args, *JPEG_PIPE_ARGS, output]
 
 
 def _ffmpeg_seconds(seconds: float) -> str:
@@ -88,8 +94,10 @@ def _ffmpeg_seconds(seconds: float) -> str:
 
 
 UCF101 = EncodingRecipe(
-    name="ucf101", output_args=tuple(encode.protocol_output_args()),
-    description="MMV protocol: JPEG quality 2, 25 fps, first 20 s, native size")
+    name="ucf101",
+    output_args=tuple(encode.protocol_output_args()),
+    description="MMV protocol: JPEG quality 2, 25 fps, first 20 s, native size",
+)
 
 HMDB51 = EncodingRecipe(
     name="hmdb51",
@@ -100,8 +108,10 @@ HMDB51 = EncodingRecipe(
     output_args=(
         "-vf",
         f"trim=start=0:end={HMDB51_MAX_DURATION_S},fps=fps={HMDB51_FRAME_RATE},"
-        f"scale=(iw/min(iw\\,ih))*{HMDB51_MIN_SIDE}:-1"),
-    description="dmvr's HMDB51: first 20 s, 10 fps, smaller side 256, default JPEG quality")
+        f"scale=(iw/min(iw\\,ih))*{HMDB51_MIN_SIDE}:-1",
+    ),
+    description="dmvr's HMDB51: first 20 s, 10 fps, smaller side 256, default JPEG quality",
+)
 
 RECIPES = {recipe.name: recipe for recipe in (UCF101, HMDB51)}
 
@@ -112,4 +122,5 @@ def get(name: str) -> EncodingRecipe:
     return RECIPES[name]
   except KeyError:
     raise UnknownRecipeError(
-        f"unknown encoding recipe {name!r}; known: {', '.join(sorted(RECIPES))}") from None
+        f"unknown encoding recipe {name!r}; known: {', '.join(sorted(RECIPES))}"
+    ) from None

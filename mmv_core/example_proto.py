@@ -32,46 +32,82 @@ _Field = descriptor_pb2.FieldDescriptorProto
 
 def _schema() -> descriptor_pb2.FileDescriptorProto:
   schema = descriptor_pb2.FileDescriptorProto(
-      name="mmv_core/example.proto", package=_PACKAGE, syntax="proto3")
-  for name, value_type in (("BytesList", _Field.TYPE_BYTES), ("FloatList", _Field.TYPE_FLOAT),
-                           ("Int64List", _Field.TYPE_INT64)):
+      name="mmv_core/example.proto", package=_PACKAGE, syntax="proto3"
+  )
+  for name, value_type in (
+      ("BytesList", _Field.TYPE_BYTES),
+      ("FloatList", _Field.TYPE_FLOAT),
+      ("Int64List", _Field.TYPE_INT64),
+  ):
     schema.message_type.add(name=name).field.add(
-        name="value", number=1, label=_Field.LABEL_REPEATED, type=value_type)
+        name="value", number=1, label=_Field.LABEL_REPEATED, type=value_type
+    )
   feature = schema.message_type.add(name="Feature")
   feature.oneof_decl.add(name="kind")
-  for number, name, type_name in ((1, "bytes_list", "BytesList"), (2, "float_list", "FloatList"),
-                                  (3, "int64_list", "Int64List")):
-    feature.field.add(name=name, number=number, label=_Field.LABEL_OPTIONAL,
-                      type=_Field.TYPE_MESSAGE, type_name=f".{_PACKAGE}.{type_name}",
-                      oneof_index=0)
+  for number, name, type_name in (
+      (1, "bytes_list", "BytesList"),
+      (2, "float_list", "FloatList"),
+      (3, "int64_list", "Int64List"),
+  ):
+    feature.field.add(
+        name=name,
+        number=number,
+        label=_Field.LABEL_OPTIONAL,
+        type=_Field.TYPE_MESSAGE,
+        type_name=f".{_PACKAGE}.{type_name}",
+        oneof_index=0,
+    )
   _add_map(schema, "Features", "feature", "Feature")
   schema.message_type.add(name="Example").field.add(
-      name="features", number=1, label=_Field.LABEL_OPTIONAL, type=_Field.TYPE_MESSAGE,
-      type_name=f".{_PACKAGE}.Features")
+      name="features",
+      number=1,
+      label=_Field.LABEL_OPTIONAL,
+      type=_Field.TYPE_MESSAGE,
+      type_name=f".{_PACKAGE}.Features",
+  )
   schema.message_type.add(name="FeatureList").field.add(
-      name="feature", number=1, label=_Field.LABEL_REPEATED, type=_Field.TYPE_MESSAGE,
-      type_name=f".{_PACKAGE}.Feature")
+      name="feature",
+      number=1,
+      label=_Field.LABEL_REPEATED,
+      type=_Field.TYPE_MESSAGE,
+      type_name=f".{_PACKAGE}.Feature",
+  )
   _add_map(schema, "FeatureLists", "feature_list", "FeatureList")
   sequence = schema.message_type.add(name="SequenceExample")
   for number, name, type_name in ((1, "context", "Features"), (2, "feature_lists", "FeatureLists")):
-    sequence.field.add(name=name, number=number, label=_Field.LABEL_OPTIONAL,
-                       type=_Field.TYPE_MESSAGE, type_name=f".{_PACKAGE}.{type_name}")
+    sequence.field.add(
+        name=name,
+        number=number,
+        label=_Field.LABEL_OPTIONAL,
+        type=_Field.TYPE_MESSAGE,
+        type_name=f".{_PACKAGE}.{type_name}",
+    )
   return schema
 
 
-def _add_map(schema: descriptor_pb2.FileDescriptorProto, message: str, field: str,
-             value_type: str) -> None:
+def _add_map(
+    schema: descriptor_pb2.FileDescriptorProto, message: str, field: str, value_type: str
+) -> None:
   """Adds `message { map<string, value_type> field = 1; }` to `schema`."""
   entry_name = "".join(part.title() for part in field.split("_")) + "Entry"
   container = schema.message_type.add(name=message)
   entry = container.nested_type.add(name=entry_name)
   entry.options.map_entry = True
   entry.field.add(name="key", number=1, label=_Field.LABEL_OPTIONAL, type=_Field.TYPE_STRING)
-  entry.field.add(name="value", number=2, label=_Field.LABEL_OPTIONAL,
-                  type=_Field.TYPE_MESSAGE, type_name=f".{_PACKAGE}.{value_type}")
-  container.field.add(name=field, number=1, label=_Field.LABEL_REPEATED,
-                      type=_Field.TYPE_MESSAGE,
-                      type_name=f".{_PACKAGE}.{message}.{entry_name}")
+  entry.field.add(
+      name="value",
+      number=2,
+      label=_Field.LABEL_OPTIONAL,
+      type=_Field.TYPE_MESSAGE,
+      type_name=f".{_PACKAGE}.{value_type}",
+  )
+  container.field.add(
+      name=field,
+      number=1,
+      label=_Field.LABEL_REPEATED,
+      type=_Field.TYPE_MESSAGE,
+      type_name=f".{_PACKAGE}.{message}.{entry_name}",
+  )
 
 
 _POOL = descriptor_pool.DescriptorPool()

@@ -55,13 +55,15 @@ def parse_split_file(data: bytes, path: str) -> list[tuple[str, str | None, int]
       continue
     match = _LINE.match(stripped)
     if not match or match["split_id"] not in _ROLE_OF_SPLIT_ID:
-      raise ListingError(f"{path}:{line_number}: expected '<video file name> <0, 1 or 2>', "
-                         f"got {line!r}")
+      raise ListingError(
+          f"{path}:{line_number}: expected '<video file name> <0, 1 or 2>', " f"got {line!r}"
+      )
     file_name, role = match["file_name"], _ROLE_OF_SPLIT_ID[match["split_id"]]
     first_role, first_line = first_listing.setdefault(file_name, (role, line_number))
     if first_role != role:
-      raise ListingError(f"{path}:{line_number}: {file_name!r} has a different id "
-                         f"than on line {first_line}")
+      raise ListingError(
+          f"{path}:{line_number}: {file_name!r} has a different id " f"than on line {first_line}"
+      )
   return [(name, role, line) for name, (role, line) in first_listing.items()]
 
 
@@ -102,8 +104,10 @@ def list_videos(splits_dir: str, video_root: str) -> dataset_listing.DatasetList
       where = f"{path}:{line_number}"
       listed_class, first_where = class_of_video.setdefault(file_name, (class_name, where))
       if listed_class != class_name:
-        raise ListingError(f"{where}: {file_name!r} is listed under class {class_name!r} "
-                           f"here and under {listed_class!r} at {first_where}")
+        raise ListingError(
+            f"{where}: {file_name!r} is listed under class {class_name!r} "
+            f"here and under {listed_class!r} at {first_where}"
+        )
       if role is not None:
         roles.setdefault(file_name, []).append((split, role))
 
@@ -111,10 +115,15 @@ def list_videos(splits_dir: str, video_root: str) -> dataset_listing.DatasetList
   for file_name, video_roles in roles.items():
     class_name = class_of_video[file_name][0]
     video_id = dataset_listing.safe_video_id(file_name.removesuffix(VIDEO_SUFFIX))
-    videos.append(dataset_listing.ListedVideo(
-        video_id=video_id, name=file_name,
-        location=dataset_listing.join_location(video_root, f"{class_name}/{file_name}"),
-        label=label_of[class_name], label_name=class_name,
-        roles=tuple(sorted(video_roles)), group=video_id))
+    videos.append(
+        dataset_listing.ListedVideo(
+            video_id=video_id,
+            name=file_name,
+            location=dataset_listing.join_location(video_root, f"{class_name}/{file_name}"),
+            label=label_of[class_name],
+            label_name=class_name,
+            roles=tuple(sorted(video_roles)),
+            group=video_id,
+        )
+    )
   return dataset_listing.make_listing(class_names, videos)
-

@@ -89,6 +89,7 @@ class SvmSettings:
     max_iter: Newton iterations, or LinearSVC's `max_iter`.
     dual: LinearSVC's `dual` (liblinear only).
   """
+
   solver: str = SOLVER_NEWTON
   tol: float = NEWTON_TOL
   max_iter: int = 1000
@@ -122,6 +123,7 @@ class SplitLayout:
   Training clip `i` of training video `v` is row `v * num_train_clips + i`
   of the training arrays; test windows are laid out the same way.
   """
+
   split: int
   class_names: tuple[str, ...]
   train_videos: tuple[ucf101.VideoRecord, ...]
@@ -130,25 +132,29 @@ class SplitLayout:
   num_test_windows: int
 
   @classmethod
-  def from_lists(cls, lists: ucf101.SplitLists, split: int, *,
-                 num_train_clips: int, num_test_windows: int) -> "SplitLayout":
-    return cls(split=split, class_names=lists.class_names,
-               train_videos=tuple(lists.videos_in(split, ucf101.TRAIN)),
-               test_videos=tuple(lists.videos_in(split, ucf101.TEST)),
-               num_train_clips=num_train_clips,
-               num_test_windows=num_test_windows)
+  def from_lists(
+      cls, lists: ucf101.SplitLists, split: int, *, num_train_clips: int, num_test_windows: int
+  ) -> "SplitLayout":
+    return cls(
+        split=split,
+        class_names=lists.class_names,
+        train_videos=tuple(lists.videos_in(split, ucf101.TRAIN)),
+        test_videos=tuple(lists.videos_in(split, ucf101.TEST)),
+        num_train_clips=num_train_clips,
+        num_test_windows=num_test_windows,
+    )
 
   def videos(self, clip_type: str) -> tuple[ucf101.VideoRecord, ...]:
     return self.train_videos if clip_type == schema.CLIP_TYPE_TRAIN else self.test_videos
 
   def clips_per_video(self, clip_type: str) -> int:
-    return (self.num_train_clips if clip_type == schema.CLIP_TYPE_TRAIN
-            else self.num_test_windows)
+    return self.num_train_clips if clip_type == schema.CLIP_TYPE_TRAIN else self.num_test_windows
 
 
 @dataclasses.dataclass(frozen=True)
 class InputCheck:
   """What one split's embeddings hold, lack or hold twice; clip ids `video/type/index`."""
+
   split: int
   num_train_clips: int
   num_test_clips: int
@@ -164,13 +170,17 @@ class InputCheck:
 
   def problems(self, max_ids: int = 10) -> list[str]:
     """One line per kind of problem, naming the first `max_ids` ids."""
+
     def line(what, ids):
       shown = ", ".join(ids[:max_ids]) + (", ..." if len(ids) > max_ids else "")
       return f"split {self.split}: {len(ids)} {what}: {shown}"
-    kinds = (("videos without any clip", self.missing_videos),
-             ("missing clips", self.missing_clips),
-             ("duplicated clips (first copy kept)", self.duplicate_clips),
-             ("clips with an index beyond the expected count", self.unexpected_clips))
+
+    kinds = (
+        ("videos without any clip", self.missing_videos),
+        ("missing clips", self.missing_clips),
+        ("duplicated clips (first copy kept)", self.duplicate_clips),
+        ("clips with an index beyond the expected count", self.unexpected_clips),
+    )
     return [line(what, ids) for what, ids in kinds if ids]
 
   def summary(self, max_ids: int = 10) -> str:
@@ -191,6 +201,7 @@ class SplitFeatures:
     test_features: float32 [M, D], one row per test window.
     test_video: int64 [M], index of the window's video in `layout.test_videos`.
   """
+
   layout: SplitLayout
   train_features: np.ndarray
   train_labels: np.ndarray
@@ -234,15 +245,18 @@ class _ClipTable:
     if embedding.shape[0] != self.features.shape[1]:
       raise InconsistentInputError(
           f"{source}: embedding has {embedding.shape[0]} values, earlier clips "
-          f"have {self.features.shape[1]}")
+          f"have {self.features.shape[1]}"
+      )
     self.features[row] = embedding
 
   def missing(self) -> tuple[list[str], list[str]]:
     """Ids of videos without any clip, and of every missing clip."""
     by_video = ~self.filled.reshape(len(self.videos), self.per_video)
     videos = [v.video_id for v, row in zip(self.videos, by_video) if row.all()]
-    clips = [f"{self.videos[r // self.per_video].video_id}/{self.clip_type}/"
-             f"{r % self.per_video}" for r in np.flatnonzero(~self.filled)]
+    clips = [
+        f"{self.videos[r // self.per_video].video_id}/{self.clip_type}/" f"{r % self.per_video}"
+        for r in np.flatnonzero(~self.filled)
+    ]
     return videos, clips
 
   def found(self, embedding_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -260,8 +274,7 @@ class _SplitInventory:
   def __init__(self, layout: SplitLayout):
     self.layout = layout
     self.tables = {t: _ClipTable(layout, t) for t in schema.CLIP_TYPES}
-    self._expected_label = {v.video_id: v.label
-                            for v in layout.train_videos + layout.test_videos}
+    self._expected_label = {v.video_id: v.label for v in layout.train_videos + layout.test_videos}
     self._unexpected: list[str] = []
     self._ignored = 0
 
@@ -271,8 +284,11 @@ class _SplitInventory:
     Raises:
       InconsistentInputError: the clip's label disagrees with the split lists.
     """
-    video_id, clip_type, index = (header[schema.VIDEO_ID], header[schema.CLIP_TYPE],
-                                  header[schema.CLIP_INDEX])
+    video_id, clip_type, index = (
+        header[schema.VIDEO_ID],
+        header[schema.CLIP_TYPE],
+        header[schema.CLIP_INDEX],
+    )
     table = self.tables[clip_type]
     if video_id not in table.row_of_video:
       self._ignored += 1
@@ -281,7 +297,8 @@ class _SplitInventory:
       expected = self._expected_label[video_id]
       raise InconsistentInputError(
           f"{source}: {video_id} has label {header[schema.LABEL]}, the split "
-          f"lists give {expected} ({self.layout.class_names[expected]})")
+          f"lists give {expected} ({self.layout.class_names[expected]})"
+      )
     clip_id = f"{video_id}/{clip_type}/{index}"
     if not 0 <= index < table.per_video:
       self._unexpected.append(clip_id)
@@ -304,13 +321,17 @@ class _SplitInventory:
         split=self.layout.split,
         num_train_clips=int(self.tables[schema.CLIP_TYPE_TRAIN].filled.sum()),
         num_test_clips=int(self.tables[schema.CLIP_TYPE_TEST].filled.sum()),
-        missing_videos=tuple(missing_videos), missing_clips=tuple(missing_clips),
-        duplicate_clips=tuple(duplicates), unexpected_clips=tuple(self._unexpected),
-        num_ignored_clips=self._ignored)
+        missing_videos=tuple(missing_videos),
+        missing_clips=tuple(missing_clips),
+        duplicate_clips=tuple(duplicates),
+        unexpected_clips=tuple(self._unexpected),
+        num_ignored_clips=self._ignored,
+    )
 
 
-def check_splits(records: Iterable[tuple[str, bytes]],
-                 layouts: Sequence[SplitLayout]) -> list[InputCheck]:
+def check_splits(
+    records: Iterable[tuple[str, bytes]], layouts: Sequence[SplitLayout]
+) -> list[InputCheck]:
   """What each split's embeddings lack or hold twice, in one pass over the clips.
 
   Only the clips' headers are decoded, not their embeddings, so the pass costs
@@ -336,8 +357,9 @@ def check_splits(records: Iterable[tuple[str, bytes]],
   return [inventory.check() for inventory in inventories]
 
 
-def collect_split_features(records: Iterable[tuple[str, bytes]],
-                           layout: SplitLayout) -> tuple[SplitFeatures, InputCheck]:
+def collect_split_features(
+    records: Iterable[tuple[str, bytes]], layout: SplitLayout
+) -> tuple[SplitFeatures, InputCheck]:
   """Keeps the clips of one split from a stream of serialized examples.
 
   Only clips of the split's videos are decoded; the arrays are allocated once
@@ -358,7 +380,8 @@ def collect_split_features(records: Iterable[tuple[str, bytes]],
   inventory = _SplitInventory(layout)
   for source, serialized in records:
     placed = inventory.place(
-        schema.parse_example(serialized, include_floats=False, source=source), source)
+        schema.parse_example(serialized, include_floats=False, source=source), source
+    )
     if placed:
       table, row = placed
       table.put(row, schema.parse_example(serialized, source=source)[schema.EMBEDDING], source)
@@ -367,7 +390,8 @@ def collect_split_features(records: Iterable[tuple[str, bytes]],
   sizes = {t.features.shape[1] for t in tables.values() if t.features is not None}
   if len(sizes) > 1:
     raise InconsistentInputError(
-        f"split {layout.split}: train and test embeddings differ in size {sorted(sizes)}")
+        f"split {layout.split}: train and test embeddings differ in size {sorted(sizes)}"
+    )
   if not sizes:
     raise IncompleteSplitError(f"split {layout.split}: no clip of the split was found")
   embedding_size = sizes.pop()
@@ -377,8 +401,13 @@ def collect_split_features(records: Iterable[tuple[str, bytes]],
   test_features, test_video = test.found(embedding_size)
   train_labels = np.array([v.label for v in layout.train_videos], np.int64)[train_video]
   features = SplitFeatures(
-      layout=layout, train_features=train_features, train_labels=train_labels,
-      train_video=train_video, test_features=test_features, test_video=test_video)
+      layout=layout,
+      train_features=train_features,
+      train_labels=train_labels,
+      train_video=train_video,
+      test_features=test_features,
+      test_video=test_video,
+  )
   return features, inventory.check()
 
 
@@ -387,7 +416,8 @@ def require_complete(check: InputCheck, allow_missing: bool) -> None:
   if not check.complete and not allow_missing:
     raise IncompleteSplitError(
         f"{check.summary()}\nRefusing to score an incomplete split; pass "
-        "--allow_missing to score what is there (the report lists what was missing).")
+        "--allow_missing to score what is there (the report lists what was missing)."
+    )
 
 
 @dataclasses.dataclass
@@ -405,6 +435,7 @@ class LinearClassifier:
     relative_gradient_norm: float64 [K], each class's final gradient norm
       over its norm at zero (NaN for an absent class); None from liblinear.
   """
+
   mean: np.ndarray
   scale: np.ndarray
   coef: np.ndarray
@@ -413,8 +444,7 @@ class LinearClassifier:
   iterations: np.ndarray | None = None
   relative_gradient_norm: np.ndarray | None = None
 
-  def decision_function(self, features: np.ndarray,
-                        rows: np.ndarray | None = None) -> np.ndarray:
+  def decision_function(self, features: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
     """float [N, D] -> float64 [n, K], as `LinearSVC` after the scaler gives it.
 
     `rows` (int [n]) scores only those rows (default all). Computed in
@@ -434,15 +464,24 @@ class LinearClassifier:
     if self.iterations is None:
       return None
     present = np.isfinite(self.intercept)
-    return {"iterations": [int(n) if p else None for n, p in zip(self.iterations, present)],
-            "relative_gradient_norm": [float(g) if p else None for g, p in
-                                       zip(self.relative_gradient_norm, present)]}
+    return {
+        "iterations": [int(n) if p else None for n, p in zip(self.iterations, present)],
+        "relative_gradient_norm": [
+            float(g) if p else None for g, p in zip(self.relative_gradient_norm, present)
+        ],
+    }
 
   def save(self, path: str) -> None:
     """Writes an `.npz` (no pickle) to a local path or gs://."""
     buffer = io.BytesIO()
-    np.savez(buffer, mean=self.mean, scale=self.scale, coef=self.coef,
-             intercept=self.intercept, svm_c=np.float64(self.svm_c))
+    np.savez(
+        buffer,
+        mean=self.mean,
+        scale=self.scale,
+        coef=self.coef,
+        intercept=self.intercept,
+        svm_c=np.float64(self.svm_c),
+    )
     with FileSystems.create(path) as f:
       f.write(buffer.getvalue())
 
@@ -450,31 +489,39 @@ class LinearClassifier:
   def load(cls, path: str) -> "LinearClassifier":
     with FileSystems.open(path) as f:
       arrays = np.load(io.BytesIO(f.read()), allow_pickle=False)
-      return cls(mean=arrays["mean"], scale=arrays["scale"], coef=arrays["coef"],
-                 intercept=arrays["intercept"], svm_c=float(arrays["svm_c"]))
+      return cls(
+          mean=arrays["mean"],
+          scale=arrays["scale"],
+          coef=arrays["coef"],
+          intercept=arrays["intercept"],
+          svm_c=float(arrays["svm_c"]),
+      )
 
 
 def fit_threads(num_values: int) -> int:
   """Concurrent liblinear class fits that the cores and the available memory allow."""
   by_memory = int(psutil.virtual_memory().available * 0.8) // (
-      _LIBLINEAR_BYTES_PER_VALUE * num_values)
+      _LIBLINEAR_BYTES_PER_VALUE * num_values
+  )
   return max(1, min(os.cpu_count() or 1, by_memory))
 
 
 def _row_blocks(rows: np.ndarray) -> Iterable[tuple[slice, np.ndarray]]:
   """(slice of `rows`, the row indices in it), `_BLOCK_ROWS` at a time."""
   for start in range(0, len(rows), _BLOCK_ROWS):
-    yield slice(start, start + _BLOCK_ROWS), rows[start:start + _BLOCK_ROWS]
+    yield slice(start, start + _BLOCK_ROWS), rows[start : start + _BLOCK_ROWS]
 
 
-def standardise(features: np.ndarray, rows: np.ndarray
-                ) -> tuple["preprocessing.StandardScaler", np.ndarray]:
+def standardise(
+    features: np.ndarray, rows: np.ndarray
+) -> tuple["preprocessing.StandardScaler", np.ndarray]:
   """`StandardScaler` fitted on `features[rows]`, and those rows standardised.
 
   Gathers and scales a block of rows at a time, so memory is the float32
   result ([n, D]) and no float64 or gathered copy of all of it.
   """
   from sklearn import preprocessing
+
   scaler = preprocessing.StandardScaler()
   for _, block in _row_blocks(rows):
     scaler.partial_fit(features[block])
@@ -486,12 +533,18 @@ def standardise(features: np.ndarray, rows: np.ndarray
   return scaler, standardised
 
 
-def _fit_liblinear(features: np.ndarray, labels: np.ndarray, present: np.ndarray,
-                   svm_c: float, settings: SvmSettings, threads: int | None
-                   ) -> tuple["preprocessing.StandardScaler", np.ndarray, np.ndarray]:
+def _fit_liblinear(
+    features: np.ndarray,
+    labels: np.ndarray,
+    present: np.ndarray,
+    svm_c: float,
+    settings: SvmSettings,
+    threads: int | None,
+) -> tuple["preprocessing.StandardScaler", np.ndarray, np.ndarray]:
   """LinearSVC per present class; (scaler, coef [k, D], intercept [k])."""
   from sklearn import preprocessing
   from sklearn import svm
+
   scaler = preprocessing.StandardScaler().fit(features)
   # LinearSVC fits in float64 anyway; standardising straight into float64
   # avoids a third copy of the features.
@@ -501,8 +554,9 @@ def _fit_liblinear(features: np.ndarray, labels: np.ndarray, present: np.ndarray
   def fit_one_vs_rest(k: int) -> tuple[np.ndarray, float]:
     # The same binary problem liblinear solves for class k in its own
     # one-vs-rest loop; a fixed seed keeps the dual solver's order reproducible.
-    model = svm.LinearSVC(C=svm_c, dual=settings.dual, tol=settings.tol,
-                          max_iter=settings.max_iter, random_state=0)
+    model = svm.LinearSVC(
+        C=svm_c, dual=settings.dual, tol=settings.tol, max_iter=settings.max_iter, random_state=0
+    )
     model.fit(standardised, labels == k)
     return model.coef_[0], model.intercept_[0]
 
@@ -514,10 +568,16 @@ def _fit_liblinear(features: np.ndarray, labels: np.ndarray, present: np.ndarray
   return scaler, np.array([w for w, _ in fitted]), np.array([b for _, b in fitted])
 
 
-def fit_classifiers(features: np.ndarray, labels: np.ndarray, num_classes: int,
-                    svm_cs: Sequence[float], settings: SvmSettings = DEFAULT_SVM_SETTINGS,
-                    *, rows: np.ndarray | None = None,
-                    threads: int | None = None) -> list[LinearClassifier]:
+def fit_classifiers(
+    features: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    svm_cs: Sequence[float],
+    settings: SvmSettings = DEFAULT_SVM_SETTINGS,
+    *,
+    rows: np.ndarray | None = None,
+    threads: int | None = None,
+) -> list[LinearClassifier]:
   """`StandardScaler` then one-vs-rest linear SVMs, for each C.
 
   With the newton solver the features are standardised, and their Gram
@@ -545,23 +605,27 @@ def fit_classifiers(features: np.ndarray, labels: np.ndarray, num_classes: int,
   if settings.solver == SOLVER_LIBLINEAR:
     for svm_c in svm_cs:
       scaler, coef, intercept = _fit_liblinear(
-          features[rows], labels, present, svm_c, settings, threads)
+          features[rows], labels, present, svm_c, settings, threads
+      )
       classifiers.append(_classifier(scaler, num_classes, present, coef, intercept, svm_c))
     return classifiers
   from mmv_core import svm_solver
+
   scaler, standardised = standardise(features, rows)
   gram_matrix = svm_solver.gram(standardised)
   solver_settings = svm_solver.SolverSettings(tol=settings.tol, max_iter=settings.max_iter)
   for svm_c in svm_cs:
-    fit = svm_solver.solve(standardised, labels, present, svm_c, gram_matrix=gram_matrix,
-                           settings=solver_settings)
+    fit = svm_solver.solve(
+        standardised, labels, present, svm_c, gram_matrix=gram_matrix, settings=solver_settings
+    )
     if not fit.converged.all():
       raise NotConvergedError(
           f"C={svm_c:g}: {int((~fit.converged).sum())} of {len(present)} classes did not "
           f"converge (largest relative gradient norm {fit.relative_gradient_norm.max():.2e} "
           f"after {fit.iterations.max()} of at most {settings.max_iter} Newton iterations, "
           f"tolerance {settings.tol:g}); raise --svm_max_iter, or --svm_tol if the "
-          "iterations stopped short of the limit")
+          "iterations stopped short of the limit"
+      )
     classifier = _classifier(scaler, num_classes, present, fit.coef, fit.intercept, svm_c)
     classifier.iterations = np.zeros(num_classes, np.int64)
     classifier.iterations[present] = fit.iterations
@@ -571,26 +635,39 @@ def fit_classifiers(features: np.ndarray, labels: np.ndarray, num_classes: int,
   return classifiers
 
 
-def _classifier(scaler: "preprocessing.StandardScaler", num_classes: int, present: np.ndarray,
-                coef: np.ndarray, intercept: np.ndarray, svm_c: float) -> LinearClassifier:
+def _classifier(
+    scaler: "preprocessing.StandardScaler",
+    num_classes: int,
+    present: np.ndarray,
+    coef: np.ndarray,
+    intercept: np.ndarray,
+    svm_c: float,
+) -> LinearClassifier:
   """A classifier over all `num_classes`, from the fits of the `present` ones."""
   full_coef = np.zeros((num_classes, len(scaler.mean_)))
   full_intercept = np.full(num_classes, -np.inf)  # Classes without training clips never win.
   full_coef[present] = coef
   full_intercept[present] = intercept
-  return LinearClassifier(mean=scaler.mean_, scale=scaler.scale_, coef=full_coef,
-                          intercept=full_intercept, svm_c=svm_c)
+  return LinearClassifier(
+      mean=scaler.mean_, scale=scaler.scale_, coef=full_coef, intercept=full_intercept, svm_c=svm_c
+  )
 
 
-def fit_classifier(features: np.ndarray, labels: np.ndarray, num_classes: int,
-                   svm_c: float, settings: SvmSettings = DEFAULT_SVM_SETTINGS,
-                   **kwargs) -> LinearClassifier:
+def fit_classifier(
+    features: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    svm_c: float,
+    settings: SvmSettings = DEFAULT_SVM_SETTINGS,
+    **kwargs,
+) -> LinearClassifier:
   """`fit_classifiers` for one C."""
   return fit_classifiers(features, labels, num_classes, (svm_c,), settings, **kwargs)[0]
 
 
-def average_by_video(scores: np.ndarray, video: np.ndarray, num_videos: int
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def average_by_video(
+    scores: np.ndarray, video: np.ndarray, num_videos: int
+) -> tuple[np.ndarray, np.ndarray]:
   """Mean score of each video over its clips.
 
   Args:
@@ -625,8 +702,9 @@ def accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
   return float(top_k_correct(scores, labels, k).mean()) if len(labels) else float("nan")
 
 
-def per_class_top1(scores: np.ndarray, labels: np.ndarray, num_classes: int
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def per_class_top1(
+    scores: np.ndarray, labels: np.ndarray, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
   """(float64 [K] top-1 accuracy per true class, NaN where none; int64 [K] counts)."""
   correct = top_k_correct(scores, labels, 1)
   counts = np.bincount(labels, minlength=num_classes)
@@ -635,16 +713,16 @@ def per_class_top1(scores: np.ndarray, labels: np.ndarray, num_classes: int
     return hits / counts, counts
 
 
-def confusion_matrix(scores: np.ndarray, labels: np.ndarray, num_classes: int
-                     ) -> np.ndarray:
+def confusion_matrix(scores: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
   """int64 [K, K]: row = true class, column = highest-scoring class."""
   matrix = np.zeros((num_classes, num_classes), np.int64)
   np.add.at(matrix, (labels, scores.argmax(axis=1)), 1)
   return matrix
 
 
-def validation_partition(groups: np.ndarray, fraction: float = VALIDATION_FRACTION,
-                         seed: int = VALIDATION_SEED) -> tuple[np.ndarray, np.ndarray]:
+def validation_partition(
+    groups: np.ndarray, fraction: float = VALIDATION_FRACTION, seed: int = VALIDATION_SEED
+) -> tuple[np.ndarray, np.ndarray]:
   """Splits training clips into (fit, held-out) row indices by UCF101 group.
 
   The groups (gGG) number actors and scenes alike across classes, as the
@@ -653,30 +731,38 @@ def validation_partition(groups: np.ndarray, fraction: float = VALIDATION_FRACTI
   `groups` and `seed`, so every C of a sweep sees the same partition.
   """
   from sklearn import model_selection
-  splitter = model_selection.GroupShuffleSplit(
-      n_splits=1, test_size=fraction, random_state=seed)
+
+  splitter = model_selection.GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
   fit_rows, held_out_rows = next(splitter.split(groups, groups=groups))
   return np.sort(fit_rows), np.sort(held_out_rows)
 
 
-def sweep_c(features: SplitFeatures, svm_cs: Sequence[float],
-            settings: SvmSettings = DEFAULT_SVM_SETTINGS) -> dict[float, float]:
+def sweep_c(
+    features: SplitFeatures, svm_cs: Sequence[float], settings: SvmSettings = DEFAULT_SVM_SETTINGS
+) -> dict[float, float]:
   """{C: top-1 on held-out training videos} (clip scores averaged per video).
 
   Every C is fitted on the same held-in part of the training clips
   (`validation_partition`), in one `fit_classifiers` call.
   """
   fit_rows, held_out_rows = validation_partition(features.train_groups)
-  classifiers = fit_classifiers(features.train_features, features.train_labels[fit_rows],
-                                len(features.layout.class_names), svm_cs, settings,
-                                rows=fit_rows)
+  classifiers = fit_classifiers(
+      features.train_features,
+      features.train_labels[fit_rows],
+      len(features.layout.class_names),
+      svm_cs,
+      settings,
+      rows=fit_rows,
+  )
   videos, video_index = np.unique(features.train_video[held_out_rows], return_inverse=True)
   video_labels = np.array([features.layout.train_videos[v].label for v in videos])
   scores = {}
   for svm_c, classifier in zip(svm_cs, classifiers):
     video_scores, _ = average_by_video(
         classifier.decision_function(features.train_features, held_out_rows),
-        video_index, len(videos))
+        video_index,
+        len(videos),
+    )
     scores[svm_c] = accuracy(video_scores, video_labels, 1)
   return scores
 
@@ -698,6 +784,7 @@ class SplitResult:
     check: what the split's embeddings lacked.
     classifier: the classifier trained on every training clip.
   """
+
   split: int
   metrics: dict[str, Any]
   per_class_accuracy: np.ndarray
@@ -707,9 +794,14 @@ class SplitResult:
   classifier: LinearClassifier
 
 
-def evaluate_split(features: SplitFeatures, check: InputCheck, svm_cs: Sequence[float],
-                   settings: SvmSettings = DEFAULT_SVM_SETTINGS, *,
-                   load_seconds: float = 0.0) -> SplitResult:
+def evaluate_split(
+    features: SplitFeatures,
+    check: InputCheck,
+    svm_cs: Sequence[float],
+    settings: SvmSettings = DEFAULT_SVM_SETTINGS,
+    *,
+    load_seconds: float = 0.0,
+) -> SplitResult:
   """Chooses C, trains on every training clip, scores training clips and test videos.
 
   With one C it is used as given; with several, each is scored on held-out
@@ -730,15 +822,17 @@ def evaluate_split(features: SplitFeatures, check: InputCheck, svm_cs: Sequence[
     else:
       (svm_c,) = svm_cs
     sweep_seconds = time.perf_counter() - start
-    classifier = fit_classifier(features.train_features, features.train_labels,
-                                num_classes, svm_c, settings)
+    classifier = fit_classifier(
+        features.train_features, features.train_labels, num_classes, svm_c, settings
+    )
   except NotConvergedError as e:
     raise NotConvergedError(f"split {layout.split}, {e}") from None
   fit_seconds = time.perf_counter() - start - sweep_seconds
   train_scores = classifier.decision_function(features.train_features)
   window_scores = classifier.decision_function(features.test_features)
-  video_scores, windows = average_by_video(window_scores, features.test_video,
-                                           len(layout.test_videos))
+  video_scores, windows = average_by_video(
+      window_scores, features.test_video, len(layout.test_videos)
+  )
   scored = windows > 0
   test_scores, test_labels = video_scores[scored], features.test_labels[scored]
   per_class, per_class_videos = per_class_top1(test_scores, test_labels, num_classes)
@@ -758,15 +852,23 @@ def evaluate_split(features: SplitFeatures, check: InputCheck, svm_cs: Sequence[
       "svm_settings": dataclasses.asdict(settings),
       "convergence": classifier.convergence(),
       "input_complete": check.complete,
-      "seconds": {"c_sweep": round(sweep_seconds, 3), "load": round(load_seconds, 3),
-                  "fit": round(fit_seconds, 3),
-                  "total": round(load_seconds + time.perf_counter() - start, 3)},
+      "seconds": {
+          "c_sweep": round(sweep_seconds, 3),
+          "load": round(load_seconds, 3),
+          "fit": round(fit_seconds, 3),
+          "total": round(load_seconds + time.perf_counter() - start, 3),
+      },
   }
   metrics["caveats"] = caveats(metrics)
-  return SplitResult(split=layout.split, metrics=metrics, per_class_accuracy=per_class,
-                     per_class_videos=per_class_videos,
-                     confusion=confusion_matrix(test_scores, test_labels, num_classes),
-                     check=check, classifier=classifier)
+  return SplitResult(
+      split=layout.split,
+      metrics=metrics,
+      per_class_accuracy=per_class,
+      per_class_videos=per_class_videos,
+      confusion=confusion_matrix(test_scores, test_labels, num_classes),
+      check=check,
+      classifier=classifier,
+  )
 
 
 def caveats(metrics: Mapping[str, Any]) -> dict[str, str]:
@@ -784,8 +886,11 @@ def caveats(metrics: Mapping[str, Any]) -> dict[str, str]:
   if metrics["num_test_videos"] < MIN_TEST_VIDEOS:
     for name in ("test_top1", "test_top5"):
       reasons[name].append(f"fewer than {MIN_TEST_VIDEOS} test videos, a coarse estimate")
-  return {name: "; ".join(reasons[name]) for name in ACCURACIES
-          if reasons[name] and not math.isnan(metrics[name])}
+  return {
+      name: "; ".join(reasons[name])
+      for name in ACCURACIES
+      if reasons[name] and not math.isnan(metrics[name])
+  }
 
 
 def _mean_caveats(results: Sequence[SplitResult]) -> dict[str, str]:
@@ -799,7 +904,8 @@ def _mean_caveats(results: Sequence[SplitResult]) -> dict[str, str]:
     if splits_by_reason:
       mean_caveats[name] = "; ".join(
           f"split{'s' if len(splits) > 1 else ''} {', '.join(splits)}: {reason}"
-          for reason, splits in splits_by_reason.items())
+          for reason, splits in splits_by_reason.items()
+      )
   return mean_caveats
 
 
@@ -811,8 +917,7 @@ def summarise(results: Sequence[SplitResult]) -> dict[str, Any]:
   """
   ordered = sorted(results, key=lambda r: r.split)
   return {
-      "splits": {str(r.split): r.metrics | {"input_check": r.check.to_json()}
-                 for r in ordered},
+      "splits": {str(r.split): r.metrics | {"input_check": r.check.to_json()} for r in ordered},
       "mean": {k: float(np.mean([r.metrics[k] for r in ordered])) for k in ACCURACIES}
-              | {"splits": [r.split for r in ordered], "caveats": _mean_caveats(ordered)},
+      | {"splits": [r.split for r in ordered], "caveats": _mean_caveats(ordered)},
   }

@@ -20,8 +20,12 @@ PER_CLASS_FILE = "per_class_accuracy.csv"
 REPORT_FILE = "report.md"
 CLASSIFIERS_DIR = "classifiers"
 # The metrics table's accuracy columns: metric name -> heading.
-ACCURACY_COLUMNS = {"test_top1": "test top-1", "test_top5": "test top-5",
-                    "train_top1": "train top-1", "train_top5": "train top-5"}
+ACCURACY_COLUMNS = {
+    "test_top1": "test top-1",
+    "test_top5": "test top-5",
+    "train_top1": "train top-1",
+    "train_top5": "train top-5",
+}
 # Follows an accuracy that means little (its split's `caveats` say why).
 CAVEAT_MARK = "*"
 
@@ -63,30 +67,38 @@ def metrics_table(summary: dict[str, Any]) -> str:
 
   An accuracy that means little carries `CAVEAT_MARK` (`caveat_lines` says why).
   """
-  def accuracies(m):
-    return " | ".join(_percent(m[name]) + (CAVEAT_MARK if name in m["caveats"] else "")
-                      for name in ACCURACY_COLUMNS)
 
-  rows = ["| split | " + " | ".join(ACCURACY_COLUMNS.values()) + " | test videos (clips) | "
-          "train videos (clips) | classes | C | seconds |",
-          "|---|---|---|---|---|---|---|---|---|---|"]
+  def accuracies(m):
+    return " | ".join(
+        _percent(m[name]) + (CAVEAT_MARK if name in m["caveats"] else "")
+        for name in ACCURACY_COLUMNS
+    )
+
+  rows = [
+      "| split | " + " | ".join(ACCURACY_COLUMNS.values()) + " | test videos (clips) | "
+      "train videos (clips) | classes | C | seconds |",
+      "|---|---|---|---|---|---|---|---|---|---|",
+  ]
   for split, m in summary["splits"].items():
     rows.append(
         f"| {split} | {accuracies(m)} | {m['num_test_videos']} ({m['num_test_clips']}) | "
         f"{m['num_train_videos']} ({m['num_train_clips']}) | {m['num_classes']} | "
-        f"{m['svm_c']:g} | {m['seconds']['total']:.1f} |")
+        f"{m['svm_c']:g} | {m['seconds']['total']:.1f} |"
+    )
   rows.append(f"| mean | {accuracies(summary['mean'])} | | | | | |")
   return "\n".join(rows)
 
 
 def caveat_lines(summary: dict[str, Any]) -> list[str]:
   """Why the accuracies marked in `metrics_table` mean little, one line per metric."""
-  return [f"{ACCURACY_COLUMNS[name]}, {reasons}"
-          for name, reasons in summary["mean"]["caveats"].items()]
+  return [
+      f"{ACCURACY_COLUMNS[name]}, {reasons}" for name, reasons in summary["mean"]["caveats"].items()
+  ]
 
 
-def per_class_csv(classes: Mapping[int, str],
-                  per_split: dict[int, tuple[np.ndarray, np.ndarray]]) -> str:
+def per_class_csv(
+    classes: Mapping[int, str], per_split: dict[int, tuple[np.ndarray, np.ndarray]]
+) -> str:
   """CSV rows `split,label,class_name,test_videos,test_top1`.
 
   Args:
@@ -107,6 +119,7 @@ def confusion_png(confusion: np.ndarray, classes: Mapping[int, str], title: str)
   # Imported here: matplotlib's import is a quarter of a second that the
   # job's --help and input checks need not wait for.
   import matplotlib
+
   matplotlib.use("Agg")  # No display: draws into memory.
   from matplotlib import pyplot as plt
 
@@ -133,9 +146,13 @@ def confusion_png(confusion: np.ndarray, classes: Mapping[int, str], title: str)
   return buffer.getvalue()
 
 
-def markdown_report(summary: dict[str, Any], classes: Mapping[int, str],
-                    per_split: dict[int, tuple[np.ndarray, np.ndarray]],
-                    input_summaries: dict[int, str], settings: dict[str, Any]) -> str:
+def markdown_report(
+    summary: dict[str, Any],
+    classes: Mapping[int, str],
+    per_split: dict[int, tuple[np.ndarray, np.ndarray]],
+    input_summaries: dict[int, str],
+    settings: dict[str, Any],
+) -> str:
   """The report: settings, metrics and their caveats, inputs, confusion pictures, per class.
 
   Args:
@@ -146,9 +163,13 @@ def markdown_report(summary: dict[str, Any], classes: Mapping[int, str],
     input_summaries: split -> what its inputs lacked (`InputCheck.summary()`).
     settings: the run's settings, shown as given.
   """
-  lines = [f"# {_dataset_title(summary)} linear evaluation", "",
-           "StandardScaler + LinearSVC on every training clip; a test video's score is "
-           "the decision values averaged over its windows. Accuracies in %.", ""]
+  lines = [
+      f"# {_dataset_title(summary)} linear evaluation",
+      "",
+      "StandardScaler + LinearSVC on every training clip; a test video's score is "
+      "the decision values averaged over its windows. Accuracies in %.",
+      "",
+  ]
   lines += ["## Settings", ""] + [f"- `{k}`: `{v}`" for k, v in settings.items()] + [""]
   lines += ["## Metrics", "", metrics_table(summary), ""]
   caveats = caveat_lines(summary)
@@ -163,11 +184,18 @@ def markdown_report(summary: dict[str, Any], classes: Mapping[int, str],
   lines += [""]
   splits = sorted(per_split)
   for split in splits:
-    lines += [f"## Confusion matrix, split {split}", "",
-              f"![confusion matrix, split {split}]({confusion_png_name(split)})", ""]
-  lines += ["## Per-class test top-1", "",
-            "| label | class | " + " | ".join(f"split {s} (videos)" for s in splits) + " |",
-            "|---|---|" + "---|" * len(splits)]
+    lines += [
+        f"## Confusion matrix, split {split}",
+        "",
+        f"![confusion matrix, split {split}]({confusion_png_name(split)})",
+        "",
+    ]
+  lines += [
+      "## Per-class test top-1",
+      "",
+      "| label | class | " + " | ".join(f"split {s} (videos)" for s in splits) + " |",
+      "|---|---|" + "---|" * len(splits),
+  ]
   for label, name in classes.items():
     cells = [f"{_percent(per_split[s][0][label])} ({per_split[s][1][label]})" for s in splits]
     lines.append(f"| {label} | {name} | " + " | ".join(cells) + " |")
@@ -183,13 +211,18 @@ def console_summary(summary: dict[str, Any], output_dir: str, seconds: float) ->
   """What the job prints at its end: the metrics table, its caveats, outputs, wall time."""
   out = output_dir.rstrip("/")
   splits = ", ".join(summary["splits"])
-  lines = [f"{_dataset_title(summary)} linear evaluation, split{'s' if len(summary['splits']) > 1 else ''} "
-           f"{splits} (accuracies in %):", metrics_table(summary)]
+  lines = [
+      f"{_dataset_title(summary)} linear evaluation, split{'s' if len(summary['splits']) > 1 else ''} "
+      f"{splits} (accuracies in %):",
+      metrics_table(summary),
+  ]
   caveats = caveat_lines(summary)
   if caveats:
     lines += [f"{CAVEAT_MARK} means little:"] + [f"  {line}" for line in caveats]
-  lines += [f"metrics: {out}/{METRICS_FILE}",
-            f"report:  {out}/{REPORT_FILE} (per class: {PER_CLASS_FILE}, "
-            f"classifiers: {CLASSIFIERS_DIR}/)",
-            f"wall time: {seconds:.1f} s"]
+  lines += [
+      f"metrics: {out}/{METRICS_FILE}",
+      f"report:  {out}/{REPORT_FILE} (per class: {PER_CLASS_FILE}, "
+      f"classifiers: {CLASSIFIERS_DIR}/)",
+      f"wall time: {seconds:.1f} s",
+  ]
   return "\n".join(lines)

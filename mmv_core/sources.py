@@ -78,10 +78,14 @@ class UntrustedCertificateError(SourceError):
   """The server's TLS certificate failed verification."""
 
 
-def retry(fn: Callable[[], _T], *, description: str,
-          attempts: int | None = None,
-          initial_delay_s: float | None = None,
-          on_retry: Callable[[TransientSourceError], None] | None = None) -> _T:
+def retry(
+    fn: Callable[[], _T],
+    *,
+    description: str,
+    attempts: int | None = None,
+    initial_delay_s: float | None = None,
+    on_retry: Callable[[TransientSourceError], None] | None = None,
+) -> _T:
   """Calls `fn`, retrying `TransientSourceError` with jittered exponential backoff.
 
   `attempts` and `initial_delay_s` default to `RETRY_ATTEMPTS` and
@@ -96,12 +100,10 @@ def retry(fn: Callable[[], _T], *, description: str,
       return fn()
     except TransientSourceError as e:
       if attempt == attempts:
-        raise TransientSourceError(
-            f"{description}: gave up after {attempts} attempts ({e})") from e
+        raise TransientSourceError(f"{description}: gave up after {attempts} attempts ({e})") from e
       if on_retry is not None:
         on_retry(e)
-      logging.info("%s: attempt %d failed (%s); retrying in %.1fs",
-                   description, attempt, e, delay)
+      logging.info("%s: attempt %d failed (%s); retrying in %.1fs", description, attempt, e, delay)
       time.sleep(delay * random.uniform(0.5, 1.0))
       delay = min(delay * 2, RETRY_MAX_DELAY_S)
   raise AssertionError("unreachable")
@@ -134,8 +136,7 @@ class _Body:
       unknown; the deadline grows with what arrives past it.
   """
 
-  def __init__(self, location: str, started: float, max_bytes: int | None,
-               expected_bytes: int):
+  def __init__(self, location: str, started: float, max_bytes: int | None, expected_bytes: int):
     self._location = location
     self._started = started
     self._max_bytes = max_bytes
@@ -151,22 +152,27 @@ class _Body:
 
   def write(self, piece: bytes) -> int:
     if self._max_bytes is not None and self._received + len(piece) > self._max_bytes:
-      raise SourceError(f"{self._location}: the answer runs past the {self._max_bytes} "
-                        "bytes asked for: the server ignored the Range header")
+      raise SourceError(
+          f"{self._location}: the answer runs past the {self._max_bytes} "
+          "bytes asked for: the server ignored the Range header"
+      )
     self._pieces.append(piece)
     self._received += len(piece)
     deadline_s = _deadline_s(max(self._expected_bytes, self._received))
     if time.monotonic() - self._started > deadline_s:
       raise TransientSourceError(
           f"{self._location}: read deadline of {deadline_s:.1f} s passed with "
-          f"{self._received} bytes received (server too slow)")
+          f"{self._received} bytes received (server too slow)"
+      )
     return len(piece)
 
   def seek(self, *_):
     # The GCS client rewinds its target when the server sends the whole object
     # decompressed instead of the range (decompressive transcoding).
-    raise SourceError(f"{self._location}: the server ignored the Range header "
-                      "(it sends the whole object, decompressed)")
+    raise SourceError(
+        f"{self._location}: the server ignored the Range header "
+        "(it sends the whole object, decompressed)"
+    )
 
   def getvalue(self) -> bytes:
     return b"".join(self._pieces)
@@ -174,29 +180,27 @@ class _Body:
 
 # ---- HTTP ----
 
+
 def _http_error(location: str, e: Exception) -> SourceError:
   if isinstance(e, urllib.error.HTTPError):
     kind = TransientSourceError if e.code in _TRANSIENT_HTTP_STATUS else SourceError
     return kind(f"{location}: HTTP {e.code} {e.reason}")
-  if isinstance(e, urllib.error.URLError) and isinstance(
-      e.reason, ssl.SSLCertVerificationError):
-    return UntrustedCertificateError(
-        f"{location}: TLS certificate not trusted ({e.reason})")
-  if isinstance(e, (urllib.error.URLError, http.client.HTTPException,
-                    ConnectionError, TimeoutError)):
+  if isinstance(e, urllib.error.URLError) and isinstance(e.reason, ssl.SSLCertVerificationError):
+    return UntrustedCertificateError(f"{location}: TLS certificate not trusted ({e.reason})")
+  if isinstance(
+      e, (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
+  ):
     return TransientSourceError(f"{location}: {type(e).__name__}: {e}")
   return SourceError(f"{location}: {type(e).__name__}: {e}")
 
 
 @contextlib.contextmanager
-def _http_response(location: str, headers: dict[str, str],
-                   context: ssl.SSLContext | None = None):
+def _http_response(location: str, headers: dict[str, str], context: ssl.SSLContext | None = None):
   """The open response to a GET, its body unread; any error on the way, the
   body's included, becomes a `SourceError`."""
   request = urllib.request.Request(location, headers=headers)
   try:
-    with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S,
-                                context=context) as response:
+    with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S, context=context) as response:
       yield response
   except SourceError:
     raise
@@ -221,8 +225,7 @@ def _check_partial_content(response, location: str, start: int) -> re.Match:
   content_range = response.headers.get("Content-Range", "")
   match = _CONTENT_RANGE.fullmatch(content_range)
   if not match or int(match[1]) != start:
-    raise SourceError(
-        f"{location}: unexpected Content-Range {content_range!r} for bytes {start}-")
+    raise SourceError(f"{location}: unexpected Content-Range {content_range!r} for bytes {start}-")
   return match
 
 
@@ -230,16 +233,18 @@ def _http_get(location: str, context: ssl.SSLContext | None = None) -> bytes:
   started = time.monotonic()
   with _http_response(location, {}, context) as response:
     announced = int(response.headers.get("Content-Length") or 0)
-    return _read_http_body(response, _Body(location, started, max_bytes=None,
-                                           expected_bytes=announced))
+    return _read_http_body(
+        response, _Body(location, started, max_bytes=None, expected_bytes=announced)
+    )
 
 
 def _http_range(location: str, start: int, length: int) -> bytes:
   started = time.monotonic()
   with _http_response(location, {"Range": f"bytes={start}-{start + length - 1}"}) as response:
     _check_partial_content(response, location, start)
-    return _read_http_body(response, _Body(location, started, max_bytes=length,
-                                           expected_bytes=length))
+    return _read_http_body(
+        response, _Body(location, started, max_bytes=length, expected_bytes=length)
+    )
 
 
 def _http_size(location: str) -> int:
@@ -248,16 +253,19 @@ def _http_size(location: str) -> int:
   with _http_response(location, {"Range": "bytes=0-0"}) as response:
     match = _check_partial_content(response, location, 0)
   if match[3] == "*":
-    raise SourceError(f"{location}: server does not give the object's size "
-                      f"(Content-Range {match[0]!r})")
+    raise SourceError(
+        f"{location}: server does not give the object's size " f"(Content-Range {match[0]!r})"
+    )
   return int(match[3])
 
 
 # ---- GCS ----
 
+
 @functools.cache
 def _gcs_client(anonymous: bool):
   from google.cloud import storage  # Heavy import, only where gs:// is used.
+
   return storage.Client.create_anonymous_client() if anonymous else storage.Client()
 
 
@@ -265,6 +273,7 @@ def _gcs_call(location: str, action: Callable) -> _T:
   """Runs `action(blob)` with the anonymous client, then with credentials if denied."""
   from google.api_core import exceptions as gexc
   import requests
+
   bucket_name, _, object_name = location.removeprefix("gs://").partition("/")
   for anonymous in (True, False):
     blob = _gcs_client(anonymous).bucket(bucket_name).blob(object_name)
@@ -275,10 +284,15 @@ def _gcs_call(location: str, action: Callable) -> _T:
         raise SourceError(f"{location}: access denied ({e})") from e
     except gexc.NotFound as e:
       raise SourceError(f"{location}: not found") from e
-    except (gexc.ServerError, gexc.TooManyRequests, gexc.RequestRangeNotSatisfiable,
-            requests.exceptions.ConnectionError,
-            requests.exceptions.ChunkedEncodingError, ConnectionError,
-            TimeoutError) as e:
+    except (
+        gexc.ServerError,
+        gexc.TooManyRequests,
+        gexc.RequestRangeNotSatisfiable,
+        requests.exceptions.ConnectionError,
+        requests.exceptions.ChunkedEncodingError,
+        ConnectionError,
+        TimeoutError,
+    ) as e:
       raise TransientSourceError(f"{location}: {type(e).__name__}: {e}") from e
     except gexc.GoogleAPIError as e:
       raise SourceError(f"{location}: {e}") from e
@@ -291,8 +305,7 @@ def _gcs_range(location: str, start: int, length: int) -> bytes:
   def download(blob) -> bytes:
     body = _Body(location, started, max_bytes=length, expected_bytes=length)
     # Our own `retry` wraps this; the client's built-in retry would multiply it.
-    blob.download_to_file(body, start=start, end=start + length - 1, checksum=None,
-                          retry=None)
+    blob.download_to_file(body, start=start, end=start + length - 1, checksum=None, retry=None)
     return body.getvalue()
 
   return _gcs_call(location, download)
@@ -302,10 +315,12 @@ def _gcs_size(location: str) -> int:
   def get_size(blob):
     blob.reload(retry=None)
     return blob.size
+
   return _gcs_call(location, get_size)
 
 
 # ---- Local ----
+
 
 def _local_range(location: str, start: int, length: int) -> bytes:
   try:
@@ -325,6 +340,7 @@ def _local_size(location: str) -> int:
 
 # ---- Public API ----
 
+
 def size(location: str) -> int:
   """Size of the object at `location` in bytes (with retries)."""
   if _is_http(location):
@@ -336,9 +352,13 @@ def size(location: str) -> int:
   return retry(lambda: read_size(location), description=f"{location}: size")
 
 
-def read_range(location: str, start: int, length: int, *,
-               on_retry: Callable[[TransientSourceError], None] | None = None
-               ) -> bytes:
+def read_range(
+    location: str,
+    start: int,
+    length: int,
+    *,
+    on_retry: Callable[[TransientSourceError], None] | None = None,
+) -> bytes:
   """Returns `length` bytes of `location` from offset `start`.
 
   Retries transient failures, including responses shorter than asked for (a
@@ -366,8 +386,7 @@ def read_range(location: str, start: int, length: int, *,
       raise error(f"{location}: got {len(data)} of {length} bytes at offset {start}")
     return data
 
-  return retry(read_checked, description=f"{location}[{start}:{start + length}]",
-               on_retry=on_retry)
+  return retry(read_checked, description=f"{location}[{start}:{start + length}]", on_retry=on_retry)
 
 
 def _read_whole(location: str, verify_tls: bool = True) -> bytes:
@@ -393,18 +412,21 @@ def read_bytes(location: str, *, expected_sha256: str | None = None) -> bytes:
   except UntrustedCertificateError as e:
     if expected_sha256 is None:
       raise
-    logging.warning("%s; retrying without certificate verification, "
-                    "the content is checked against its pinned sha256", e)
+    logging.warning(
+        "%s; retrying without certificate verification, "
+        "the content is checked against its pinned sha256",
+        e,
+    )
     data = _read_whole(location, verify_tls=False)
   if expected_sha256 is not None:
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected_sha256:
-      raise SourceError(
-          f"{location}: sha256 is {actual}, expected {expected_sha256}")
+      raise SourceError(f"{location}: sha256 is {actual}, expected {expected_sha256}")
   return data
 
 
 # ---- Exclusive creation ----
+
 
 def create_new(location: str, data: bytes) -> None:
   """Writes `data` to a new file or `gs://` object; FileExistsError if it exists.
@@ -415,6 +437,7 @@ def create_new(location: str, data: bytes) -> None:
   """
   if location.startswith("gs://"):
     from google.api_core import exceptions as gexc
+
     bucket_name, _, object_name = location.removeprefix("gs://").partition("/")
     blob = _gcs_client(anonymous=False).bucket(bucket_name).blob(object_name)
     try:

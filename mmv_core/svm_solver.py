@@ -68,6 +68,7 @@ class SolverSettings:
       `cg_tol` times the gradient norm (liblinear's inexact Newton uses 0.1).
     max_cg_iter: conjugate-gradient iterations per Newton iteration at most.
   """
+
   tol: float = 1e-5
   max_iter: int = 1000
   cg_tol: float = 0.1
@@ -86,6 +87,7 @@ class OneVsRestFit:
     converged: bool [K].
     objective: float64 [K], each class's f_k at the solution.
   """
+
   coef: np.ndarray
   intercept: np.ndarray
   iterations: np.ndarray
@@ -171,9 +173,13 @@ def _apply(preconditioner: np.ndarray, residual: np.ndarray) -> np.ndarray:
   return (preconditioner @ residual.astype(np.float32)).astype(np.float64)
 
 
-def _newton_direction(problem: _Problem, gradient: np.ndarray, active: np.ndarray,
-                      preconditioner: np.ndarray, settings: SolverSettings
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def _newton_direction(
+    problem: _Problem,
+    gradient: np.ndarray,
+    active: np.ndarray,
+    preconditioner: np.ndarray,
+    settings: SolverSettings,
+) -> tuple[np.ndarray, np.ndarray]:
   """Solves H_k s_k = -g_k for every column by preconditioned CG.
 
   H_k = I + 2C X~' diag(active_k) X~, the generalised Hessian of class k.
@@ -212,9 +218,15 @@ def _newton_direction(problem: _Problem, gradient: np.ndarray, active: np.ndarra
   return step, step_margins
 
 
-def _line_search(problem: _Problem, w: np.ndarray, z: np.ndarray, step: np.ndarray,
-                 step_margins: np.ndarray, gradient: np.ndarray,
-                 objective: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _line_search(
+    problem: _Problem,
+    w: np.ndarray,
+    z: np.ndarray,
+    step: np.ndarray,
+    step_margins: np.ndarray,
+    gradient: np.ndarray,
+    objective: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
   """Step lengths satisfying Armijo's condition, per class.
 
   The objective along a direction needs only the margins, so each trial is
@@ -235,17 +247,24 @@ def _line_search(problem: _Problem, w: np.ndarray, z: np.ndarray, step: np.ndarr
       break
     e = eta[cols]
     slack = problem.slack(z[:, cols] + e * step_margins[:, cols], cols)
-    trial = (0.5 * (ww[cols] + 2 * e * ws[cols] + e * e * ss[cols])
-             + problem.c * _column_dot(slack, slack))
+    trial = 0.5 * (ww[cols] + 2 * e * ws[cols] + e * e * ss[cols]) + problem.c * _column_dot(
+        slack, slack
+    )
     ok = trial <= objective[cols] + _ARMIJO * e * slope[cols]
     pending[cols[ok]] = False
     eta[cols[~ok]] *= _BACKTRACK
   return eta, ~pending
 
 
-def solve(features: np.ndarray, labels: np.ndarray, classes: np.ndarray, svm_c: float, *,
-          gram_matrix: np.ndarray | None = None,
-          settings: SolverSettings = SolverSettings()) -> OneVsRestFit:
+def solve(
+    features: np.ndarray,
+    labels: np.ndarray,
+    classes: np.ndarray,
+    svm_c: float,
+    *,
+    gram_matrix: np.ndarray | None = None,
+    settings: SolverSettings = SolverSettings(),
+) -> OneVsRestFit:
   """Fits one-vs-rest squared-hinge SVMs for `classes`, all at once, from zero.
 
   Args:
@@ -257,12 +276,10 @@ def solve(features: np.ndarray, labels: np.ndarray, classes: np.ndarray, svm_c: 
     settings: stopping rules.
   """
   features = np.asarray(features, np.float32)
-  targets = np.where(labels[:, None] == np.asarray(classes)[None, :],
-                     np.float32(1), np.float32(-1))
+  targets = np.where(labels[:, None] == np.asarray(classes)[None, :], np.float32(1), np.float32(-1))
   problem = _Problem(features, targets, svm_c)
   num_classes = len(classes)
-  preconditioner = _preconditioner(gram(features) if gram_matrix is None else gram_matrix,
-                                   svm_c)
+  preconditioner = _preconditioner(gram(features) if gram_matrix is None else gram_matrix, svm_c)
   w = np.zeros((features.shape[1] + 1, num_classes))
   z = np.zeros(targets.shape)
   slack = problem.slack(z)
@@ -274,8 +291,7 @@ def solve(features: np.ndarray, labels: np.ndarray, classes: np.ndarray, svm_c: 
   stalled = np.zeros(num_classes, dtype=bool)
   verified = False
   while True:
-    cols = np.flatnonzero((relative > settings.tol) & ~stalled
-                          & (iterations < settings.max_iter))
+    cols = np.flatnonzero((relative > settings.tol) & ~stalled & (iterations < settings.max_iter))
     if not len(cols):
       if verified:
         break
@@ -291,14 +307,18 @@ def solve(features: np.ndarray, labels: np.ndarray, classes: np.ndarray, svm_c: 
     verified = False
     sub = _Problem(features, targets[:, cols], svm_c)
     active = slack[:, cols] > 0
-    step, step_margins = _newton_direction(sub, gradient[:, cols], active, preconditioner,
-                                           settings)
-    eta, moved = _line_search(sub, w[:, cols], z[:, cols], step, step_margins,
-                              gradient[:, cols], objective[cols])
+    step, step_margins = _newton_direction(sub, gradient[:, cols], active, preconditioner, settings)
+    eta, moved = _line_search(
+        sub, w[:, cols], z[:, cols], step, step_margins, gradient[:, cols], objective[cols]
+    )
     if not moved.all():
       stalled[cols[~moved]] = True
-      cols, eta, step, step_margins = (cols[moved], eta[moved], step[:, moved],
-                                       step_margins[:, moved])
+      cols, eta, step, step_margins = (
+          cols[moved],
+          eta[moved],
+          step[:, moved],
+          step_margins[:, moved],
+      )
       sub = _Problem(features, targets[:, cols], svm_c)
     w[:, cols] += eta * step
     z[:, cols] += eta * step_margins
@@ -307,6 +327,11 @@ def solve(features: np.ndarray, labels: np.ndarray, classes: np.ndarray, svm_c: 
     gradient[:, cols] = sub.gradient(w[:, cols], slack[:, cols])
     relative[cols] = np.linalg.norm(gradient[:, cols], axis=0) / initial_norm[cols]
     iterations[cols] += 1
-  return OneVsRestFit(coef=w[:-1].T.copy(), intercept=w[-1].copy(), iterations=iterations,
-                      relative_gradient_norm=relative, converged=relative <= settings.tol,
-                      objective=objective)
+  return OneVsRestFit(
+      coef=w[:-1].T.copy(),
+      intercept=w[-1].copy(),
+      iterations=iterations,
+      relative_gradient_norm=relative,
+      converged=relative <= settings.tol,
+      objective=objective,
+  )

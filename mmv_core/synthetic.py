@@ -51,6 +51,7 @@ _SPLIT_LINE_ENDING = "\r\n"
 @dataclasses.dataclass(frozen=True)
 class SyntheticVideo:
   """One planned video: its id in the video ZIP and its line in the split lists."""
+
   video_id: str
   label: int
   label_name: str
@@ -68,6 +69,7 @@ class SyntheticVideo:
 @dataclasses.dataclass(frozen=True)
 class SyntheticDataset:
   """Paths of a written dataset and what it contains."""
+
   video_zip: str
   splits_zip: str
   class_names: tuple[str, ...]
@@ -75,9 +77,13 @@ class SyntheticDataset:
 
   def split_counts(self) -> dict[int, tuple[int, int]]:
     """(train, test) videos per split, as `EXPECTED_SPLIT_COUNTS` gives them."""
-    return {s: (sum(v.role(s) == ucf101.TRAIN for v in self.videos),
-                sum(v.role(s) == ucf101.TEST for v in self.videos))
-            for s in ucf101.SPLITS}
+    return {
+        s: (
+            sum(v.role(s) == ucf101.TRAIN for v in self.videos),
+            sum(v.role(s) == ucf101.TEST for v in self.videos),
+        )
+        for s in ucf101.SPLITS
+    }
 
 
 def class_names(num_classes: int, include_handstand_pushups: bool = False) -> list[str]:
@@ -98,8 +104,16 @@ def _motion(label: int, num_classes: int) -> tuple[int, float, float]:
   return label % len(SHAPES), heading, speed
 
 
-def render_frames(label: int, num_classes: int, rng: np.random.Generator, *,
-                  width: int, height: int, num_frames: int, fps: float) -> np.ndarray:
+def render_frames(
+    label: int,
+    num_classes: int,
+    rng: np.random.Generator,
+    *,
+    width: int,
+    height: int,
+    num_frames: int,
+    fps: float,
+) -> np.ndarray:
   """Draws one video of class `label`: uint8 RGB frames [num_frames, height, width, 3]."""
   shape, heading, speed = _motion(label, num_classes)
   background = rng.integers(40, 120, size=3)
@@ -135,22 +149,53 @@ def encode_avi(frames: np.ndarray, fps: float) -> bytes:
   with tempfile.TemporaryDirectory(prefix="mmv_synthetic_") as tmp:
     # The AVI muxer seeks back to finish its header, so it cannot write to a pipe.
     path = os.path.join(tmp, "video.avi")
-    command = [encode.ffmpeg_executable(), "-nostdin", "-hide_banner", "-loglevel", "error",
-               "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
-               "-r", str(fps), "-i", "pipe:0", "-frames:v", str(num_frames),
-               "-c:v", "mpeg4", "-vtag", "XVID", "-qscale:v", "4", "-pix_fmt", "yuv420p",
-               "-threads", "1", "-fflags", "+bitexact", "-flags", "+bitexact", path]
-    result = subprocess.run(command, input=frames.tobytes(), capture_output=True,
-                            check=False)
+    command = [
+        encode.ffmpeg_executable(),
+        "-nostdin",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-s",
+        f"{width}x{height}",
+        "-r",
+        str(fps),
+        "-i",
+        "pipe:0",
+        "-frames:v",
+        str(num_frames),
+        "-c:v",
+        "mpeg4",
+        "-vtag",
+        "XVID",
+        "-qscale:v",
+        "4",
+        "-pix_fmt",
+        "yuv420p",
+        "-threads",
+        "1",
+        "-fflags",
+        "+bitexact",
+        "-flags",
+        "+bitexact",
+        path,
+    ]
+    result = subprocess.run(command, input=frames.tobytes(), capture_output=True, check=False)
     if result.returncode != 0:
-      raise RuntimeError(f"ffmpeg failed to encode a synthetic video: "
-                         f"{result.stderr.decode('utf-8', 'replace')[-600:]}")
+      raise RuntimeError(
+          f"ffmpeg failed to encode a synthetic video: "
+          f"{result.stderr.decode('utf-8', 'replace')[-600:]}"
+      )
     with open(path, "rb") as f:
       return f.read()
 
 
-def plan_videos(names: Sequence[str], videos_per_class: int,
-                clips_per_group: int = 2) -> list[SyntheticVideo]:
+def plan_videos(
+    names: Sequence[str], videos_per_class: int, clips_per_group: int = 2
+) -> list[SyntheticVideo]:
   """Names every video: `videos_per_class` clips per class, in groups of `clips_per_group`."""
   videos = []
   for label, name in enumerate(names):
@@ -158,21 +203,28 @@ def plan_videos(names: Sequence[str], videos_per_class: int,
     for index in range(videos_per_class):
       group, clip = index // clips_per_group + 1, index % clips_per_group + 1
       suffix = f"g{group:02d}_c{clip:02d}"
-      videos.append(SyntheticVideo(
-          video_id=f"v_{name}_{suffix}", label=label, label_name=name,
-          list_entry=f"{name}/v_{list_spelling}_{suffix}.avi", group=group))
+      videos.append(
+          SyntheticVideo(
+              video_id=f"v_{name}_{suffix}",
+              label=label,
+              label_name=name,
+              list_entry=f"{name}/v_{list_spelling}_{suffix}.avi",
+              group=group,
+          )
+      )
   return videos
 
 
-def splits_zip_bytes(names: Sequence[str], videos: Sequence[SyntheticVideo],
-                     line_ending: str = _SPLIT_LINE_ENDING) -> bytes:
+def splits_zip_bytes(
+    names: Sequence[str], videos: Sequence[SyntheticVideo], line_ending: str = _SPLIT_LINE_ENDING
+) -> bytes:
   """The split-list zip: classInd.txt and train/test lists of the three splits."""
   files = {"classInd.txt": [f"{i + 1} {name}" for i, name in enumerate(names)]}
   for split in ucf101.SPLITS:
     files[f"trainlist0{split}.txt"] = [
-        f"{v.list_entry} {v.label + 1}" for v in videos if v.role(split) == ucf101.TRAIN]
-    files[f"testlist0{split}.txt"] = [
-        v.list_entry for v in videos if v.role(split) == ucf101.TEST]
+        f"{v.list_entry} {v.label + 1}" for v in videos if v.role(split) == ucf101.TRAIN
+    ]
+    files[f"testlist0{split}.txt"] = [v.list_entry for v in videos if v.role(split) == ucf101.TEST]
   buffer = io.BytesIO()
   with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
     for file_name, lines in files.items():
@@ -182,8 +234,9 @@ def splits_zip_bytes(names: Sequence[str], videos: Sequence[SyntheticVideo],
   return buffer.getvalue()
 
 
-def write_video_zip(path: str, members: Mapping[str, bytes],
-                    compression: int = zipfile.ZIP_DEFLATED) -> None:
+def write_video_zip(
+    path: str, members: Mapping[str, bytes], compression: int = zipfile.ZIP_DEFLATED
+) -> None:
   """Writes `members` (name -> content) to a ZIP at `path`, in the given order."""
   with zipfile.ZipFile(path, "w") as archive:
     for name, content in members.items():
@@ -192,12 +245,20 @@ def write_video_zip(path: str, members: Mapping[str, bytes],
       archive.writestr(info, content)
 
 
-def write_dataset(out_dir: str, *, num_classes: int = 5, videos_per_class: int = 6,
-                  clips_per_group: int = 2, width: int = 320, height: int = 240,
-                  fps: float = 25.0, duration_s: float = 3.0,
-                  include_handstand_pushups: bool = False,
-                  compression: int = zipfile.ZIP_DEFLATED,
-                  seed: int = 0) -> SyntheticDataset:
+def write_dataset(
+    out_dir: str,
+    *,
+    num_classes: int = 5,
+    videos_per_class: int = 6,
+    clips_per_group: int = 2,
+    width: int = 320,
+    height: int = 240,
+    fps: float = 25.0,
+    duration_s: float = 3.0,
+    include_handstand_pushups: bool = False,
+    compression: int = zipfile.ZIP_DEFLATED,
+    seed: int = 0,
+) -> SyntheticDataset:
   """Writes the video ZIP and the split-list zip to `out_dir`.
 
   Args:
@@ -218,16 +279,27 @@ def write_dataset(out_dir: str, *, num_classes: int = 5, videos_per_class: int =
   num_frames = max(1, round(fps * duration_s))
   members = {
       video.member_name: encode_avi(
-          render_frames(video.label, len(names), rng, width=width, height=height,
-                        num_frames=num_frames, fps=fps), fps)
-      for video in videos}
+          render_frames(
+              video.label,
+              len(names),
+              rng,
+              width=width,
+              height=height,
+              num_frames=num_frames,
+              fps=fps,
+          ),
+          fps,
+      )
+      for video in videos
+  }
   video_zip = os.path.join(out_dir, VIDEO_ZIP_NAME)
   write_video_zip(video_zip, members, compression)
   splits_zip = os.path.join(out_dir, SPLITS_ZIP_NAME)
   with open(splits_zip, "wb") as f:
     f.write(splits_zip_bytes(names, videos))
-  return SyntheticDataset(video_zip=video_zip, splits_zip=splits_zip,
-                          class_names=tuple(names), videos=tuple(videos))
+  return SyntheticDataset(
+      video_zip=video_zip, splits_zip=splits_zip, class_names=tuple(names), videos=tuple(videos)
+  )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -240,22 +312,41 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--height", type=int, default=240)
   parser.add_argument("--fps", type=float, default=25.0)
   parser.add_argument("--duration_s", type=float, default=3.0)
-  parser.add_argument("--handstand_pushups", action="store_true",
-                      help="include HandstandPushups with its file-name quirk")
-  parser.add_argument("--stored", action="store_true",
-                      help="store videos uncompressed instead of deflating them")
+  parser.add_argument(
+      "--handstand_pushups",
+      action="store_true",
+      help="include HandstandPushups with its file-name quirk",
+  )
+  parser.add_argument(
+      "--stored", action="store_true", help="store videos uncompressed instead of deflating them"
+  )
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
   dataset = write_dataset(
-      args.out_dir, num_classes=args.classes, videos_per_class=args.videos_per_class,
-      clips_per_group=args.clips_per_group, width=args.width, height=args.height,
-      fps=args.fps, duration_s=args.duration_s,
+      args.out_dir,
+      num_classes=args.classes,
+      videos_per_class=args.videos_per_class,
+      clips_per_group=args.clips_per_group,
+      width=args.width,
+      height=args.height,
+      fps=args.fps,
+      duration_s=args.duration_s,
       include_handstand_pushups=args.handstand_pushups,
       compression=zipfile.ZIP_STORED if args.stored else zipfile.ZIP_DEFLATED,
-      seed=args.seed)
-  print(json.dumps({"video_zip": dataset.video_zip, "splits_zip": dataset.splits_zip,
-                    "classes": list(dataset.class_names), "videos": len(dataset.videos),
-                    "split_counts": dataset.split_counts()}, indent=2))
+      seed=args.seed,
+  )
+  print(
+      json.dumps(
+          {
+              "video_zip": dataset.video_zip,
+              "splits_zip": dataset.splits_zip,
+              "classes": list(dataset.class_names),
+              "videos": len(dataset.videos),
+              "split_counts": dataset.split_counts(),
+          },
+          indent=2,
+      )
+  )
 
 
 if __name__ == "__main__":

@@ -34,7 +34,12 @@ VIDEO_DIR = "videos"
 TRAIN_ID, TEST_ID, UNUSED_ID = 1, 2, 0
 # Each video name starts with one of these, in turn.
 AWKWARD_NAME_PARTS = (
-    "Amélie's walk", "Rock & Roll!", "(take 2) [HD]", "No#1+2; Ça va", "Größe_Ärger")
+    "Amélie's walk",
+    "Rock & Roll!",
+    "(take 2) [HD]",
+    "No#1+2; Ça va",
+    "Größe_Ärger",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +52,7 @@ class SyntheticHmdbVideo:
     label_name: class folder name.
     split_ids: id in splits 1, 2, 3: 1 train, 2 test, 0 unused.
   """
+
   file_name: str
   label: int
   label_name: str
@@ -56,6 +62,7 @@ class SyntheticHmdbVideo:
 @dataclasses.dataclass(frozen=True)
 class SyntheticHmdb51:
   """Paths of a written dataset and what it contains."""
+
   video_root: str
   splits_dir: str
   class_names: tuple[str, ...]
@@ -64,8 +71,9 @@ class SyntheticHmdb51:
 
 def class_names(num_classes: int) -> list[str]:
   """Sorted HMDB51-style names: lower case with underscores."""
-  return sorted(f"synth_class_{string.ascii_lowercase[i % 26] * (i // 26 + 1)}"
-                for i in range(num_classes))
+  return sorted(
+      f"synth_class_{string.ascii_lowercase[i % 26] * (i // 26 + 1)}" for i in range(num_classes)
+  )
 
 
 def plan_videos(names: Sequence[str], videos_per_class: int) -> list[SyntheticHmdbVideo]:
@@ -75,30 +83,54 @@ def plan_videos(names: Sequence[str], videos_per_class: int) -> list[SyntheticHm
     for index in range(videos_per_class):
       part = AWKWARD_NAME_PARTS[(label + index) % len(AWKWARD_NAME_PARTS)]
       split_ids = tuple(
-          UNUSED_ID if split == 1 and index == videos_per_class - 1
-          else TEST_ID if index % len(hmdb51.SPLITS) == split - 1 else TRAIN_ID
-          for split in hmdb51.SPLITS)
-      videos.append(SyntheticHmdbVideo(file_name=f"{part}_{name}_{index}.avi", label=label,
-                                       label_name=name, split_ids=split_ids))
+          UNUSED_ID
+          if split == 1 and index == videos_per_class - 1
+          else TEST_ID
+          if index % len(hmdb51.SPLITS) == split - 1
+          else TRAIN_ID
+          for split in hmdb51.SPLITS
+      )
+      videos.append(
+          SyntheticHmdbVideo(
+              file_name=f"{part}_{name}_{index}.avi",
+              label=label,
+              label_name=name,
+              split_ids=split_ids,
+          )
+      )
   return videos
 
 
-def write_split_files(splits_dir: str, names: Sequence[str],
-                      videos: Sequence[SyntheticHmdbVideo]) -> None:
+def write_split_files(
+    splits_dir: str, names: Sequence[str], videos: Sequence[SyntheticHmdbVideo]
+) -> None:
   """Writes `<class>_test_split<N>.txt` for every class and split (UTF-8)."""
   os.makedirs(splits_dir, exist_ok=True)
   for name in names:
     for split_index, split in enumerate(hmdb51.SPLITS):
-      lines = [f"{v.file_name} {v.split_ids[split_index]} \n"
-               for v in videos if v.label_name == name]
-      with open(os.path.join(splits_dir, hmdb51.split_file_name(name, split)), "w",
-                encoding="utf-8", newline="") as f:
+      lines = [
+          f"{v.file_name} {v.split_ids[split_index]} \n" for v in videos if v.label_name == name
+      ]
+      with open(
+          os.path.join(splits_dir, hmdb51.split_file_name(name, split)),
+          "w",
+          encoding="utf-8",
+          newline="",
+      ) as f:
         f.writelines(lines)
 
 
-def write_dataset(out_dir: str, *, num_classes: int = 3, videos_per_class: int = 4,
-                  width: int = 320, height: int = 240, fps: float = 30.0,
-                  duration_s: float = 2.0, seed: int = 0) -> SyntheticHmdb51:
+def write_dataset(
+    out_dir: str,
+    *,
+    num_classes: int = 3,
+    videos_per_class: int = 4,
+    width: int = 320,
+    height: int = 240,
+    fps: float = 30.0,
+    duration_s: float = 2.0,
+    seed: int = 0,
+) -> SyntheticHmdb51:
   """Writes the video tree and the split folder under `out_dir`.
 
   Args:
@@ -115,15 +147,17 @@ def write_dataset(out_dir: str, *, num_classes: int = 3, videos_per_class: int =
   num_frames = max(1, round(fps * duration_s))
   video_root = os.path.join(out_dir, VIDEO_DIR)
   for planned in videos:
-    frames = synthetic.render_frames(planned.label, len(names), rng, width=width,
-                                     height=height, num_frames=num_frames, fps=fps)
+    frames = synthetic.render_frames(
+        planned.label, len(names), rng, width=width, height=height, num_frames=num_frames, fps=fps
+    )
     os.makedirs(os.path.join(video_root, planned.label_name), exist_ok=True)
     with open(os.path.join(video_root, planned.label_name, planned.file_name), "wb") as f:
       f.write(synthetic.encode_avi(frames, fps))
   splits_dir = os.path.join(out_dir, hmdb51.SPLITS_DIR_NAME)
   write_split_files(splits_dir, names, videos)
-  return SyntheticHmdb51(video_root=video_root, splits_dir=splits_dir,
-                         class_names=tuple(names), videos=tuple(videos))
+  return SyntheticHmdb51(
+      video_root=video_root, splits_dir=splits_dir, class_names=tuple(names), videos=tuple(videos)
+  )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -138,12 +172,27 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
   dataset = write_dataset(
-      args.out_dir, num_classes=args.classes, videos_per_class=args.videos_per_class,
-      width=args.width, height=args.height, fps=args.fps, duration_s=args.duration_s,
-      seed=args.seed)
-  print(json.dumps({"video_root": dataset.video_root, "splits_dir": dataset.splits_dir,
-                    "classes": list(dataset.class_names), "videos": len(dataset.videos)},
-                   indent=2, ensure_ascii=False))
+      args.out_dir,
+      num_classes=args.classes,
+      videos_per_class=args.videos_per_class,
+      width=args.width,
+      height=args.height,
+      fps=args.fps,
+      duration_s=args.duration_s,
+      seed=args.seed,
+  )
+  print(
+      json.dumps(
+          {
+              "video_root": dataset.video_root,
+              "splits_dir": dataset.splits_dir,
+              "classes": list(dataset.class_names),
+              "videos": len(dataset.videos),
+          },
+          indent=2,
+          ensure_ascii=False,
+      )
+  )
 
 
 if __name__ == "__main__":

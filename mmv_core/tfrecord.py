@@ -47,7 +47,7 @@ def iter_records(path: str, error: type[Exception] = TFRecordError) -> Iterator[
       if len(header) < _LENGTH.size + _CRC.size:
         raise error(f"{path}#{index}: truncated record header")
       (length,) = _LENGTH.unpack_from(header)
-      if _masked_crc(header[:_LENGTH.size]) != _CRC.unpack_from(header, _LENGTH.size)[0]:
+      if _masked_crc(header[: _LENGTH.size]) != _CRC.unpack_from(header, _LENGTH.size)[0]:
         raise error(f"{path}#{index}: corrupt record length")
       data = f.read(length)
       footer = f.read(_CRC.size)

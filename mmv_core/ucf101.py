@@ -20,9 +20,7 @@ from mmv_core import sources
 # ZIP is checked by size and by every member's CRC-32, not by a whole-file hash.
 VIDEO_ZIP_URL = "gs://thumos14_files/UCF101_videos.zip"
 VIDEO_ZIP_BYTES = 6_960_400_115
-SPLITS_ZIP_URL = (
-    "https://www.crcv.ucf.edu/data/UCF101/"
-    "UCF101TrainTestSplits-RecognitionTask.zip")
+SPLITS_ZIP_URL = "https://www.crcv.ucf.edu/data/UCF101/" "UCF101TrainTestSplits-RecognitionTask.zip"
 SPLITS_ZIP_SHA256 = "5c0d1a53b8ed364a2ac830a73f405e51bece7d98ce1254fd19ed4a36b224bd27"
 
 VIDEO_MEMBER_DIR = "UCF101"
@@ -49,6 +47,7 @@ class VideoRecord:
     label_name: class name, e.g. `ApplyEyeMakeup`.
     roles: role (`TRAIN`, `TEST` or None when absent) in splits 1, 2, 3.
   """
+
   video_id: str
   label: int
   label_name: str
@@ -71,6 +70,7 @@ class VideoRecord:
 @dataclasses.dataclass(frozen=True)
 class SplitLists:
   """The parsed split-list zip: classes and every listed video, sorted by id."""
+
   class_names: tuple[str, ...]
   videos: tuple[VideoRecord, ...]
 
@@ -78,11 +78,9 @@ class SplitLists:
     return [v for v in self.videos if v.role(split) == role]
 
   def split_counts(self) -> dict[int, tuple[int, int]]:
-    return {s: (len(self.videos_in(s, TRAIN)), len(self.videos_in(s, TEST)))
-            for s in SPLITS}
+    return {s: (len(self.videos_in(s, TRAIN)), len(self.videos_in(s, TEST))) for s in SPLITS}
 
-  def count_differences(
-      self, expected=EXPECTED_SPLIT_COUNTS) -> list[str]:
+  def count_differences(self, expected=EXPECTED_SPLIT_COUNTS) -> list[str]:
     """Human-readable differences from the official per-split counts."""
     differences = []
     for split, (train, test) in self.split_counts().items():
@@ -90,7 +88,8 @@ class SplitLists:
       if (train, test) != (want_train, want_test):
         differences.append(
             f"split {split}: {train} train / {test} test videos, "
-            f"official UCF101 has {want_train} / {want_test}")
+            f"official UCF101 has {want_train} / {want_test}"
+        )
     return differences
 
 
@@ -116,8 +115,9 @@ def _lines(archive: zipfile.ZipFile, name: str, source: str) -> list[tuple[int, 
   if not matches:
     raise SplitListError(f"{source}: no {name} in the split-list zip")
   text = archive.read(matches[0]).decode("utf-8-sig")
-  return [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1)
-          if line.strip()]
+  return [
+      (number, line.strip()) for number, line in enumerate(text.splitlines(), 1) if line.strip()
+  ]
 
 
 def parse_split_zip(data: bytes, source: str = "split-list zip") -> SplitLists:
@@ -149,28 +149,34 @@ def parse_split_zip(data: bytes, source: str = "split-list zip") -> SplitLists:
           class_name = entry.split("/")[0]
           if class_name not in label_of:
             raise SplitListError(
-                f"{source}: {list_name} lists {entry!r} of unknown class {class_name!r}")
+                f"{source}: {list_name} lists {entry!r} of unknown class {class_name!r}"
+            )
           if listed_label and int(listed_label[0]) != label_of[class_name] + 1:
             raise SplitListError(
                 f"{source}: {list_name} gives {entry!r} label {listed_label[0]}, "
-                f"but classInd.txt numbers {class_name} {label_of[class_name] + 1}")
+                f"but classInd.txt numbers {class_name} {label_of[class_name] + 1}"
+            )
           video_id = video_id_from_entry(entry, class_name)
           here = f"{list_name} line {number}"
           first_class, first_place = class_given.setdefault(video_id, (class_name, here))
           if first_class != class_name:
             raise SplitListError(
                 f"{source}: {video_id} is listed under two classes: "
-                f"{first_class} ({first_place}) and {class_name} ({here})")
+                f"{first_class} ({first_place}) and {class_name} ({here})"
+            )
           if roles.setdefault(video_id, {}).get(split) not in (None, role):
-            raise SplitListError(
-                f"{source}: {video_id} is both train and test in split {split}")
+            raise SplitListError(f"{source}: {video_id} is both train and test in split {split}")
           roles[video_id][split] = role
 
   videos = tuple(
-      VideoRecord(video_id=vid, label=label_of[class_given[vid][0]],
-                  label_name=class_given[vid][0],
-                  roles=tuple(roles[vid].get(s) for s in SPLITS))
-      for vid in sorted(roles))
+      VideoRecord(
+          video_id=vid,
+          label=label_of[class_given[vid][0]],
+          label_name=class_given[vid][0],
+          roles=tuple(roles[vid].get(s) for s in SPLITS),
+      )
+      for vid in sorted(roles)
+  )
   return SplitLists(class_names=tuple(class_names), videos=videos)
 
 
@@ -181,12 +187,12 @@ def load_split_lists(location: str = SPLITS_ZIP_URL) -> SplitLists:
   failures, so the checksum, not the certificate, is what we trust).
   """
   expected = SPLITS_ZIP_SHA256 if location == SPLITS_ZIP_URL else None
-  return parse_split_zip(sources.read_bytes(location, expected_sha256=expected),
-                         source=location)
+  return parse_split_zip(sources.read_bytes(location, expected_sha256=expected), source=location)
 
 
-def select_videos(split_lists: SplitLists, classes: Sequence[str] | None = None,
-                  max_videos: int | None = None) -> list[VideoRecord]:
+def select_videos(
+    split_lists: SplitLists, classes: Sequence[str] | None = None, max_videos: int | None = None
+) -> list[VideoRecord]:
   """Videos of `classes` (all when None), at most `max_videos` of them.
 
   The limit takes videos round-robin over classes (each class's in id
@@ -206,6 +212,10 @@ def select_videos(split_lists: SplitLists, classes: Sequence[str] | None = None,
   for video in split_lists.videos:
     if video.label_name in wanted:
       per_class.setdefault(video.label_name, []).append(video)
-  round_robin = [video for rank in itertools.zip_longest(*per_class.values())
-                 for video in rank if video is not None]
+  round_robin = [
+      video
+      for rank in itertools.zip_longest(*per_class.values())
+      for video in rank
+      if video is not None
+  ]
   return sorted(round_robin[:max_videos], key=lambda v: v.video_id)

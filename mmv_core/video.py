@@ -62,10 +62,12 @@ def _check_frames(frames: np.ndarray) -> None:
 # Sampling.
 
 
-def test_window_indices(num_video_frames: int,
-                        num_frames: int = DEFAULT_NUM_FRAMES,
-                        stride: int = DEFAULT_STRIDE,
-                        num_windows: int = DEFAULT_NUM_TEST_WINDOWS) -> np.ndarray:
+def test_window_indices(
+    num_video_frames: int,
+    num_frames: int = DEFAULT_NUM_FRAMES,
+    stride: int = DEFAULT_STRIDE,
+    num_windows: int = DEFAULT_NUM_TEST_WINDOWS,
+) -> np.ndarray:
   """Frame indices of the evenly spaced test windows of a video.
 
   Window offsets are `int32(linspace(0, float32(max(0, L - T*s)), W))`,
@@ -81,8 +83,12 @@ def test_window_indices(num_video_frames: int,
   Returns:
     int64 [W, T] frame indices in [0, L).
   """
-  _check_positive(num_video_frames=num_video_frames, num_frames=num_frames,
-                  stride=stride, num_windows=num_windows)
+  _check_positive(
+      num_video_frames=num_video_frames,
+      num_frames=num_frames,
+      stride=stride,
+      num_windows=num_windows,
+  )
   max_offset = np.float32(max(0, num_video_frames - num_frames * stride))
   # tf.linspace: start, then start + delta * i in float32, then stop itself.
   delta = max_offset / np.float32(max(num_windows - 1, 1))
@@ -94,8 +100,9 @@ def test_window_indices(num_video_frames: int,
   return (offsets[:, None] + steps[None, :]) % num_video_frames
 
 
-def train_clip_indices(num_video_frames: int, num_frames: int, stride: int,
-                       rng: np.random.Generator) -> np.ndarray:
+def train_clip_indices(
+    num_video_frames: int, num_frames: int, stride: int, rng: np.random.Generator
+) -> np.ndarray:
   """Frame indices of one random training clip.
 
   The offset is uniform in [0, M), M = L - (T-1)*s when L > (T-1)*s, else
@@ -110,8 +117,7 @@ def train_clip_indices(num_video_frames: int, num_frames: int, stride: int,
   Returns:
     int64 [T] frame indices in [0, L).
   """
-  _check_positive(num_video_frames=num_video_frames, num_frames=num_frames,
-                  stride=stride)
+  _check_positive(num_video_frames=num_video_frames, num_frames=num_frames, stride=stride)
   span = (num_frames - 1) * stride
   num_offsets = num_video_frames - span if num_video_frames > span else num_video_frames
   offset = rng.integers(0, num_offsets)
@@ -135,8 +141,9 @@ def video_seed(video_id: str, base_seed: int) -> int:
 # Decoding.
 
 
-def decode_jpeg_frames(jpegs: Sequence[bytes],
-                       indices: Optional[Sequence[int]] = None) -> np.ndarray:
+def decode_jpeg_frames(
+    jpegs: Sequence[bytes], indices: Optional[Sequence[int]] = None
+) -> np.ndarray:
   """Decodes JPEG frames to exactly the pixels of `tf.io.decode_jpeg(channels=3)`.
 
   libjpeg-turbo with TensorFlow's default settings: the integer fast DCT and
@@ -164,18 +171,22 @@ def decode_jpeg_frames(jpegs: Sequence[bytes],
   frames = None
   for position, index in enumerate(indices):
     if not 0 <= index < len(jpegs):
-      raise ValueError(f'Frame index {index} is out of range for a video of '
-                       f'{len(jpegs)} frames.')
+      raise ValueError(
+          f'Frame index {index} is out of range for a video of ' f'{len(jpegs)} frames.'
+      )
     try:
-      frame = simplejpeg.decode_jpeg(jpegs[index], colorspace='RGB', fastdct=True,
-                                     fastupsample=False)
+      frame = simplejpeg.decode_jpeg(
+          jpegs[index], colorspace='RGB', fastdct=True, fastupsample=False
+      )
     except ValueError as error:
       raise ValueError(f'Frame {index} is not a valid JPEG: {error}') from error
     if frames is None:
       frames = np.empty((len(indices), *frame.shape), np.uint8)
     elif frame.shape != frames.shape[1:]:
-      raise ValueError(f'Frame {index} has shape {frame.shape}, unlike frame '
-                       f'{indices[0]} with shape {frames.shape[1:]}.')
+      raise ValueError(
+          f'Frame {index} has shape {frame.shape}, unlike frame '
+          f'{indices[0]} with shape {frames.shape[1:]}.'
+      )
     frames[position] = frame
   return frames
 
@@ -194,7 +205,8 @@ def _check_decoded_size(jpegs: Sequence[bytes], indices: Sequence[int]) -> None:
     raise ValueError(
         f'{len(indices)} frames of {width}x{height} would take {decoded / 2**30:.1f} GiB '
         f'decoded, more than the {MAX_DECODED_BYTES / 2**30:.0f} GiB a video may use; '
-        're-encode the video at a lower resolution')
+        're-encode the video at a lower resolution'
+    )
 
 
 # Spatial processing.
@@ -207,8 +219,10 @@ def resized_size(height: int, width: int, min_resize: int) -> tuple[int, int]:
   and `out_w = max(min_resize, w*min_resize // h)`.
   """
   _check_positive(height=height, width=width, min_resize=min_resize)
-  return (max(min_resize, (height * min_resize) // width),
-          max(min_resize, (width * min_resize) // height))
+  return (
+      max(min_resize, (height * min_resize) // width),
+      max(min_resize, (width * min_resize) // height),
+  )
 
 
 def resize_frames(frames: np.ndarray, min_resize: int) -> np.ndarray:
@@ -261,17 +275,21 @@ def _resize_to(frames: np.ndarray, size: tuple[int, int], mirrored: bool = False
   # Columns of the [H, W*3] view of a frame, so one index serves all channels.
   channel = np.arange(channels)
   out = np.empty((num, out_h, out_w * channels), np.uint8)
-  _bilinear_kernel(np.ascontiguousarray(frames).reshape(num, height, width * channels),
-                   row_low, row_high, row_weight,
-                   (col_low[:, None] * channels + channel).ravel(),
-                   (col_high[:, None] * channels + channel).ravel(),
-                   np.repeat(col_weight, channels), out)
+  _bilinear_kernel(
+      np.ascontiguousarray(frames).reshape(num, height, width * channels),
+      row_low,
+      row_high,
+      row_weight,
+      (col_low[:, None] * channels + channel).ravel(),
+      (col_high[:, None] * channels + channel).ravel(),
+      np.repeat(col_weight, channels),
+      out,
+  )
   return out.reshape(num, out_h, out_w, channels)
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
-def _bilinear_kernel(frames, row_low, row_high, row_weight, left_cols, right_cols, col_weight,
-                     out):
+def _bilinear_kernel(frames, row_low, row_high, row_weight, left_cols, right_cols, col_weight, out):
   """TensorFlow's bilinear kernel, operation for operation, in float32.
 
   Each output row interpolates two source rows, each first interpolated
@@ -325,25 +343,27 @@ def central_crop(frames: np.ndarray, crop_size: int) -> np.ndarray:
   crop_y, crop_x = max(0, (height - crop_size) // 2), max(0, (width - crop_size) // 2)
   pad_y, pad_x = max(0, (crop_size - height) // 2), max(0, (crop_size - width) // 2)
   kept_h, kept_w = min(height, crop_size), min(width, crop_size)
-  out[:, pad_y:pad_y + kept_h, pad_x:pad_x + kept_w] = (
-      frames[:, crop_y:crop_y + kept_h, crop_x:crop_x + kept_w])
+  out[:, pad_y : pad_y + kept_h, pad_x : pad_x + kept_w] = frames[
+      :, crop_y : crop_y + kept_h, crop_x : crop_x + kept_w
+  ]
   return out
 
 
-def _draw_crop_offset(height: int, width: int, crop_size: int,
-                      rng: np.random.Generator) -> tuple[int, int]:
+def _draw_crop_offset(
+    height: int, width: int, crop_size: int, rng: np.random.Generator
+) -> tuple[int, int]:
   """(top, left) of a random `crop_size` square, uniform over valid positions."""
   _check_positive(crop_size=crop_size)
   if height < crop_size or width < crop_size:
-    raise ValueError(f'Cannot crop {crop_size}x{crop_size} from frames of size '
-                     f'{height}x{width}.')
+    raise ValueError(
+        f'Cannot crop {crop_size}x{crop_size} from frames of size ' f'{height}x{width}.'
+    )
   top = int(rng.integers(0, height - crop_size + 1))
   left = int(rng.integers(0, width - crop_size + 1))
   return top, left
 
 
-def random_crop(frames: np.ndarray, crop_size: int,
-                rng: np.random.Generator) -> np.ndarray:
+def random_crop(frames: np.ndarray, crop_size: int, rng: np.random.Generator) -> np.ndarray:
   """Random `crop_size` square, at the same place in every frame.
 
   Args:
@@ -355,7 +375,7 @@ def random_crop(frames: np.ndarray, crop_size: int,
     [N, crop_size, crop_size, C], the dtype of `frames`; a view of it.
   """
   top, left = _draw_crop_offset(*frames.shape[1:3], crop_size, rng)
-  return frames[:, top:top + crop_size, left:left + crop_size]
+  return frames[:, top : top + crop_size, left : left + crop_size]
 
 
 def _draw_flip(rng: np.random.Generator) -> bool:
@@ -363,8 +383,7 @@ def _draw_flip(rng: np.random.Generator) -> bool:
   return bool(rng.random() < 0.5)
 
 
-def random_flip_left_right(frames: np.ndarray,
-                           rng: np.random.Generator) -> np.ndarray:
+def random_flip_left_right(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   """All frames flipped left-right together, with probability 1/2.
 
   Args:
@@ -391,15 +410,21 @@ def to_float(frames: np.ndarray) -> np.ndarray:
 _FrameGatherer = Callable[[np.ndarray], np.ndarray]
 
 
-def _train_indices(num_video_frames: int, num_clips: int, num_frames: int,
-                   stride: int, rng: np.random.Generator) -> np.ndarray:
+def _train_indices(
+    num_video_frames: int, num_clips: int, num_frames: int, stride: int, rng: np.random.Generator
+) -> np.ndarray:
   """int64 [num_clips, T] frame indices, one `train_clip_indices` draw per clip."""
-  return np.stack([train_clip_indices(num_video_frames, num_frames, stride, rng)
-                   for _ in range(num_clips)])
+  return np.stack(
+      [train_clip_indices(num_video_frames, num_frames, stride, rng) for _ in range(num_clips)]
+  )
 
 
-def _cut_clips(sources: Sequence[np.ndarray], rows: np.ndarray,
-               offsets: Sequence[tuple[int, int]], crop_size: int) -> np.ndarray:
+def _cut_clips(
+    sources: Sequence[np.ndarray],
+    rows: np.ndarray,
+    offsets: Sequence[tuple[int, int]],
+    crop_size: int,
+) -> np.ndarray:
   """Assembles clips from square crops of prepared frames.
 
   Args:
@@ -414,15 +439,14 @@ def _cut_clips(sources: Sequence[np.ndarray], rows: np.ndarray,
   """
   clips = np.empty((*rows.shape, crop_size, crop_size, _RGB_CHANNELS), np.uint8)
   for clip, source, clip_rows, (top, left) in zip(clips, sources, rows, offsets):
-    crops = source[:, top:top + crop_size, left:left + crop_size]
+    crops = source[:, top : top + crop_size, left : left + crop_size]
     # Frame by frame: indexing the whole clip would copy it twice.
     for frame, row in zip(clip, clip_rows):
       frame[...] = crops[row]
   return clips
 
 
-def _test_clips_of(resized: np.ndarray, rows: np.ndarray,
-                   crop_size: int) -> np.ndarray:
+def _test_clips_of(resized: np.ndarray, rows: np.ndarray, crop_size: int) -> np.ndarray:
   """uint8 [W, T, crop, crop, 3] central crops of `resized` [F, H, W, 3] at `rows` [W, T]."""
   height, width = resized.shape[1:3]
   if height < crop_size or width < crop_size:
@@ -433,8 +457,9 @@ def _test_clips_of(resized: np.ndarray, rows: np.ndarray,
   return _cut_clips([resized] * len(rows), rows, [offset] * len(rows), crop_size)
 
 
-def _mirrored_frames(frames: np.ndarray, resized: np.ndarray, rows: np.ndarray,
-                     exact: bool) -> np.ndarray:
+def _mirrored_frames(
+    frames: np.ndarray, resized: np.ndarray, rows: np.ndarray, exact: bool
+) -> np.ndarray:
   """uint8 [R, H, W, 3]: the frames at `rows` [R] flipped left-right and resized.
 
   Exact: `frames` (F decoded frames) flipped, then resized, as the protocol.
@@ -464,9 +489,14 @@ def _flip_left_right(frames):
   return mirrored
 
 
-def _train_clips_of(frames: np.ndarray, resized: np.ndarray, rows: np.ndarray,
-                    crop_size: int, rng: np.random.Generator,
-                    exact: bool) -> np.ndarray:
+def _train_clips_of(
+    frames: np.ndarray,
+    resized: np.ndarray,
+    rows: np.ndarray,
+    crop_size: int,
+    rng: np.random.Generator,
+    exact: bool,
+) -> np.ndarray:
   """Training clips: per clip a flip, then a random crop, drawn from `rng`.
 
   Frames are prepared once per orientation and the clips cut from them, with
@@ -488,8 +518,7 @@ def _train_clips_of(frames: np.ndarray, resized: np.ndarray, rows: np.ndarray,
   height, width = resized.shape[1:3]
   # A clip's flip is drawn before its crop offset, as the protocol's order
   # of operations draws them.
-  draws = [(_draw_flip(rng), _draw_crop_offset(height, width, crop_size, rng))
-           for _ in rows]
+  draws = [(_draw_flip(rng), _draw_crop_offset(height, width, crop_size, rng)) for _ in rows]
   flipped = np.array([flip for flip, _ in draws])
   offsets = [offset for _, offset in draws]
   sources = [resized] * len(rows)
@@ -502,10 +531,19 @@ def _train_clips_of(frames: np.ndarray, resized: np.ndarray, rows: np.ndarray,
   return _cut_clips(sources, source_rows, offsets, crop_size)
 
 
-def _clips(gather: _FrameGatherer, num_video_frames: int, *, num_train_clips: int,
-           num_test_windows: int, num_frames: int, stride: int, min_resize: int,
-           crop_size: int, seed: int,
-           exact_train_clips: bool) -> tuple[np.ndarray, np.ndarray]:
+def _clips(
+    gather: _FrameGatherer,
+    num_video_frames: int,
+    *,
+    num_train_clips: int,
+    num_test_windows: int,
+    num_frames: int,
+    stride: int,
+    min_resize: int,
+    crop_size: int,
+    seed: int,
+    exact_train_clips: bool,
+) -> tuple[np.ndarray, np.ndarray]:
   """(uint8 [N, T, crop, crop, 3] training clips, uint8 [W, T, crop, crop, 3] test clips).
 
   Every frame either kind needs is fetched and resized once. The training
@@ -514,10 +552,16 @@ def _clips(gather: _FrameGatherer, num_video_frames: int, *, num_train_clips: in
   """
   rng = np.random.default_rng(seed)
   no_clips = np.zeros((0, num_frames), np.int64)
-  train_indices = (_train_indices(num_video_frames, num_train_clips, num_frames, stride, rng)
-                   if num_train_clips else no_clips)
-  test_indices = (test_window_indices(num_video_frames, num_frames, stride, num_test_windows)
-                  if num_test_windows else no_clips)
+  train_indices = (
+      _train_indices(num_video_frames, num_train_clips, num_frames, stride, rng)
+      if num_train_clips
+      else no_clips
+  )
+  test_indices = (
+      test_window_indices(num_video_frames, num_frames, stride, num_test_windows)
+      if num_test_windows
+      else no_clips
+  )
   needed, rows = np.unique(np.concatenate([train_indices, test_indices]), return_inverse=True)
   rows = rows.reshape(-1, num_frames)
   empty = np.zeros((0, num_frames, crop_size, crop_size, _RGB_CHANNELS), np.uint8)
@@ -526,10 +570,12 @@ def _clips(gather: _FrameGatherer, num_video_frames: int, *, num_train_clips: in
   frames = gather(needed)
   resized = resize_frames(frames, min_resize)
   train_rows, test_rows = rows[:num_train_clips], rows[num_train_clips:]
-  train = (_train_clips_of(frames, resized, train_rows, crop_size, rng,
-                           exact_train_clips) if num_train_clips else empty)
-  test = (_test_clips_of(resized, test_rows, crop_size) if num_test_windows
-          else empty)
+  train = (
+      _train_clips_of(frames, resized, train_rows, crop_size, rng, exact_train_clips)
+      if num_train_clips
+      else empty
+  )
+  test = _test_clips_of(resized, test_rows, crop_size) if num_test_windows else empty
   return train, test
 
 
@@ -542,22 +588,38 @@ def _array_gatherer(frames: np.ndarray) -> _FrameGatherer:
   return lambda needed: frames[needed]
 
 
-def _scaled_clips(gather: _FrameGatherer, num_video_frames: int, *, num_train_clips: int = 0,
-                  num_test_windows: int = 0, seed: int = 0, exact_train_clips: bool = False,
-                  **sampling) -> np.ndarray:
+def _scaled_clips(
+    gather: _FrameGatherer,
+    num_video_frames: int,
+    *,
+    num_train_clips: int = 0,
+    num_test_windows: int = 0,
+    seed: int = 0,
+    exact_train_clips: bool = False,
+    **sampling,
+) -> np.ndarray:
   """float32 [N, T, crop, crop, 3] in [0, 1]: one kind of clip, the other's count 0."""
-  train, test = _clips(gather, num_video_frames, num_train_clips=num_train_clips,
-                       num_test_windows=num_test_windows, seed=seed,
-                       exact_train_clips=exact_train_clips, **sampling)
+  train, test = _clips(
+      gather,
+      num_video_frames,
+      num_train_clips=num_train_clips,
+      num_test_windows=num_test_windows,
+      seed=seed,
+      exact_train_clips=exact_train_clips,
+      **sampling,
+  )
   return to_float(train if num_train_clips else test)
 
 
-def test_clips(frames: np.ndarray, *,
-               num_windows: int = DEFAULT_NUM_TEST_WINDOWS,
-               num_frames: int = DEFAULT_NUM_FRAMES,
-               stride: int = DEFAULT_STRIDE,
-               min_resize: int = DEFAULT_MIN_RESIZE,
-               crop_size: int = DEFAULT_CROP_SIZE) -> np.ndarray:
+def test_clips(
+    frames: np.ndarray,
+    *,
+    num_windows: int = DEFAULT_NUM_TEST_WINDOWS,
+    num_frames: int = DEFAULT_NUM_FRAMES,
+    stride: int = DEFAULT_STRIDE,
+    min_resize: int = DEFAULT_MIN_RESIZE,
+    crop_size: int = DEFAULT_CROP_SIZE,
+) -> np.ndarray:
   """The evaluation clips of a video: W windows, resized, centrally cropped.
 
   Args:
@@ -572,17 +634,26 @@ def test_clips(frames: np.ndarray, *,
     float32 [W, T, crop_size, crop_size, 3] in [0, 1].
   """
   _check_positive(num_windows=num_windows)
-  return _scaled_clips(_array_gatherer(frames), len(frames), num_test_windows=num_windows,
-                       num_frames=num_frames, stride=stride, min_resize=min_resize,
-                       crop_size=crop_size)
+  return _scaled_clips(
+      _array_gatherer(frames),
+      len(frames),
+      num_test_windows=num_windows,
+      num_frames=num_frames,
+      stride=stride,
+      min_resize=min_resize,
+      crop_size=crop_size,
+  )
 
 
-def test_clips_from_jpegs(jpegs: Sequence[bytes], *,
-                          num_windows: int = DEFAULT_NUM_TEST_WINDOWS,
-                          num_frames: int = DEFAULT_NUM_FRAMES,
-                          stride: int = DEFAULT_STRIDE,
-                          min_resize: int = DEFAULT_MIN_RESIZE,
-                          crop_size: int = DEFAULT_CROP_SIZE) -> np.ndarray:
+def test_clips_from_jpegs(
+    jpegs: Sequence[bytes],
+    *,
+    num_windows: int = DEFAULT_NUM_TEST_WINDOWS,
+    num_frames: int = DEFAULT_NUM_FRAMES,
+    stride: int = DEFAULT_STRIDE,
+    min_resize: int = DEFAULT_MIN_RESIZE,
+    crop_size: int = DEFAULT_CROP_SIZE,
+) -> np.ndarray:
   """`test_clips` of JPEG frames, decoding only the frames the windows use.
 
   Args:
@@ -593,14 +664,28 @@ def test_clips_from_jpegs(jpegs: Sequence[bytes], *,
     float32 [W, T, crop_size, crop_size, 3] in [0, 1].
   """
   _check_positive(num_windows=num_windows)
-  return _scaled_clips(_jpeg_gatherer(jpegs), len(jpegs), num_test_windows=num_windows,
-                       num_frames=num_frames, stride=stride, min_resize=min_resize,
-                       crop_size=crop_size)
+  return _scaled_clips(
+      _jpeg_gatherer(jpegs),
+      len(jpegs),
+      num_test_windows=num_windows,
+      num_frames=num_frames,
+      stride=stride,
+      min_resize=min_resize,
+      crop_size=crop_size,
+  )
 
 
-def train_clips(frames: np.ndarray, *, num_clips: int, num_frames: int,
-                stride: int, min_resize: int, crop_size: int, seed: int,
-                exact_train_clips: bool = False) -> np.ndarray:
+def train_clips(
+    frames: np.ndarray,
+    *,
+    num_clips: int,
+    num_frames: int,
+    stride: int,
+    min_resize: int,
+    crop_size: int,
+    seed: int,
+    exact_train_clips: bool = False,
+) -> np.ndarray:
   """Random training clips of a video, reproducible from `seed`.
 
   Each clip: random offset, flip with probability 1/2, resize, random crop.
@@ -623,15 +708,30 @@ def train_clips(frames: np.ndarray, *, num_clips: int, num_frames: int,
     float32 [N, T, crop_size, crop_size, 3] in [0, 1].
   """
   _check_positive(num_clips=num_clips)
-  return _scaled_clips(_array_gatherer(frames), len(frames), num_train_clips=num_clips,
-                       num_frames=num_frames, stride=stride, min_resize=min_resize,
-                       crop_size=crop_size, seed=seed, exact_train_clips=exact_train_clips)
+  return _scaled_clips(
+      _array_gatherer(frames),
+      len(frames),
+      num_train_clips=num_clips,
+      num_frames=num_frames,
+      stride=stride,
+      min_resize=min_resize,
+      crop_size=crop_size,
+      seed=seed,
+      exact_train_clips=exact_train_clips,
+  )
 
 
-def train_clips_from_jpegs(jpegs: Sequence[bytes], *, num_clips: int,
-                           num_frames: int, stride: int, min_resize: int,
-                           crop_size: int, seed: int,
-                           exact_train_clips: bool = False) -> np.ndarray:
+def train_clips_from_jpegs(
+    jpegs: Sequence[bytes],
+    *,
+    num_clips: int,
+    num_frames: int,
+    stride: int,
+    min_resize: int,
+    crop_size: int,
+    seed: int,
+    exact_train_clips: bool = False,
+) -> np.ndarray:
   """`train_clips` of JPEG frames, decoding only the frames the clips use.
 
   Gives the same clips as `train_clips` of the decoded frames for a seed.
@@ -644,15 +744,31 @@ def train_clips_from_jpegs(jpegs: Sequence[bytes], *, num_clips: int,
     float32 [N, T, crop_size, crop_size, 3] in [0, 1].
   """
   _check_positive(num_clips=num_clips)
-  return _scaled_clips(_jpeg_gatherer(jpegs), len(jpegs), num_train_clips=num_clips,
-                       num_frames=num_frames, stride=stride, min_resize=min_resize,
-                       crop_size=crop_size, seed=seed, exact_train_clips=exact_train_clips)
+  return _scaled_clips(
+      _jpeg_gatherer(jpegs),
+      len(jpegs),
+      num_train_clips=num_clips,
+      num_frames=num_frames,
+      stride=stride,
+      min_resize=min_resize,
+      crop_size=crop_size,
+      seed=seed,
+      exact_train_clips=exact_train_clips,
+  )
 
 
-def clips_from_jpegs(jpegs: Sequence[bytes], *, num_train_clips: int,
-                     num_test_windows: int, num_frames: int, stride: int,
-                     min_resize: int, crop_size: int, seed: int,
-                     exact_train_clips: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def clips_from_jpegs(
+    jpegs: Sequence[bytes],
+    *,
+    num_train_clips: int,
+    num_test_windows: int,
+    num_frames: int,
+    stride: int,
+    min_resize: int,
+    crop_size: int,
+    seed: int,
+    exact_train_clips: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
   """Both kinds of clip of one video, each needed frame decoded and resized once.
 
   The clips equal `train_clips_from_jpegs` and `test_clips_from_jpegs`
@@ -669,7 +785,15 @@ def clips_from_jpegs(jpegs: Sequence[bytes], *, num_train_clips: int,
     (uint8 [N, T, crop, crop, 3] training clips,
      uint8 [W, T, crop, crop, 3] test clips).
   """
-  return _clips(_jpeg_gatherer(jpegs), len(jpegs), num_train_clips=num_train_clips,
-                num_test_windows=num_test_windows, num_frames=num_frames, stride=stride,
-                min_resize=min_resize, crop_size=crop_size, seed=seed,
-                exact_train_clips=exact_train_clips)
+  return _clips(
+      _jpeg_gatherer(jpegs),
+      len(jpegs),
+      num_train_clips=num_train_clips,
+      num_test_windows=num_test_windows,
+      num_frames=num_frames,
+      stride=stride,
+      min_resize=min_resize,
+      crop_size=crop_size,
+      seed=seed,
+      exact_train_clips=exact_train_clips,
+  )

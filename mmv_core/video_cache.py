@@ -49,7 +49,6 @@ SOURCE_CRC32_KEY = "video/source_crc32"
 FRAMES_KEY = "image/encoded"
 
 
-
 class CacheError(IOError):
   """A cache file is corrupt or inconsistent with its index."""
 
@@ -65,6 +64,7 @@ class CachedVideo:
     frames: JPEG images as ffmpeg wrote them, one per frame at 25 fps.
     source_crc32: CRC-32 of the source video file.
   """
+
   video_id: str
   label: int
   label_name: str
@@ -79,6 +79,7 @@ class CachedVideo:
 @dataclasses.dataclass(frozen=True)
 class IndexEntry:
   """What the index records of one cached video, and its shard's path."""
+
   video_id: str
   label: int
   label_name: str
@@ -92,6 +93,7 @@ def cache_dir(work_dir: str) -> str:
 
 
 # ---- SequenceExample ----
+
 
 def to_sequence_example(video: CachedVideo) -> bytes:
   """Serializes a video as a `tf.train.SequenceExample`."""
@@ -116,23 +118,28 @@ def from_sequence_example(record: bytes) -> CachedVideo:
     raise CacheError(f"not a SequenceExample ({e})") from e
   context = example.context.feature
   try:
-    frames = tuple(f.bytes_list.value[0]
-                   for f in example.feature_lists.feature_list[FRAMES_KEY].feature)
+    frames = tuple(
+        f.bytes_list.value[0] for f in example.feature_lists.feature_list[FRAMES_KEY].feature
+    )
     video = CachedVideo(
         video_id=context[VIDEO_ID_KEY].bytes_list.value[0].decode(),
         label=context[LABEL_KEY].int64_list.value[0],
         label_name=context[LABEL_NAME_KEY].bytes_list.value[0].decode(),
         frames=frames,
-        source_crc32=context[SOURCE_CRC32_KEY].int64_list.value[0])
+        source_crc32=context[SOURCE_CRC32_KEY].int64_list.value[0],
+    )
   except (KeyError, IndexError) as e:
     raise CacheError(f"a cached video lacks feature {e}") from e
   if context[NUM_FRAMES_KEY].int64_list.value[0] != len(frames):
-    raise CacheError(f"{video.video_id}: record says "
-                     f"{context[NUM_FRAMES_KEY].int64_list.value[0]} frames, holds {len(frames)}")
+    raise CacheError(
+        f"{video.video_id}: record says "
+        f"{context[NUM_FRAMES_KEY].int64_list.value[0]} frames, holds {len(frames)}"
+    )
   return video
 
 
 # ---- Shards and index ----
+
 
 def _write_atomically(path: str, content: bytes, tmp_dir: str) -> None:
   """Writes `content` under a temporary name in `tmp_dir`, then renames it to `path`."""
@@ -165,14 +172,26 @@ def write_shard(work_dir: str, videos: Sequence[CachedVideo]) -> str:
   shard_id = uuid.uuid4().hex
   shard_path = FileSystems.join(root, SHARDS_DIR, shard_id + SHARD_SUFFIX)
   _write_atomically(
-      shard_path, b"".join(tfrecord.encode_record(to_sequence_example(v)) for v in videos),
-      tmp_dir)
-  index = {"shard": shard_id + SHARD_SUFFIX,
-           "videos": [{"video_id": v.video_id, "label": v.label,
-                       "label_name": v.label_name, "num_frames": v.num_frames,
-                       "source_crc32": v.source_crc32} for v in videos]}
-  _write_atomically(FileSystems.join(root, INDEX_DIR, shard_id + INDEX_SUFFIX),
-                    json.dumps(index).encode(), tmp_dir)
+      shard_path, b"".join(tfrecord.encode_record(to_sequence_example(v)) for v in videos), tmp_dir
+  )
+  index = {
+      "shard": shard_id + SHARD_SUFFIX,
+      "videos": [
+          {
+              "video_id": v.video_id,
+              "label": v.label,
+              "label_name": v.label_name,
+              "num_frames": v.num_frames,
+              "source_crc32": v.source_crc32,
+          }
+          for v in videos
+      ],
+  }
+  _write_atomically(
+      FileSystems.join(root, INDEX_DIR, shard_id + INDEX_SUFFIX),
+      json.dumps(index).encode(),
+      tmp_dir,
+  )
   return shard_path
 
 
@@ -217,8 +236,11 @@ def discard_shard(shard_path: str) -> None:
   worker may have discarded the same shard.
   """
   shards_dir, shard_name = FileSystems.split(shard_path)
-  index_path = FileSystems.join(FileSystems.split(shards_dir)[0], INDEX_DIR,
-                                shard_name.removesuffix(SHARD_SUFFIX) + INDEX_SUFFIX)
+  index_path = FileSystems.join(
+      FileSystems.split(shards_dir)[0],
+      INDEX_DIR,
+      shard_name.removesuffix(SHARD_SUFFIX) + INDEX_SUFFIX,
+  )
   for path in (index_path, shard_path):
     try:
       FileSystems.delete([path])
@@ -227,8 +249,7 @@ def discard_shard(shard_path: str) -> None:
         raise
 
 
-def read_shard(shard_path: str, video_ids: Iterable[str] | None = None
-               ) -> Iterator[CachedVideo]:
+def read_shard(shard_path: str, video_ids: Iterable[str] | None = None) -> Iterator[CachedVideo]:
   """Yields the videos of a shard, only those in `video_ids` when given.
 
   Raises:

@@ -53,7 +53,6 @@ def load_video(location: str | os.PathLike[str]) -> np.ndarray:
     data = sources.read_bytes(location)
   except sources.SourceError as e:
     # The reason is kept, the URL's query (a signed URL's secret) is not.
-    raise sources.SourceError(
-        str(e).replace(location, _name_for_errors(location))) from None
+    raise sources.SourceError(str(e).replace(location, _name_for_errors(location))) from None
   jpegs = encode.encode_jpeg_frames(data, name=_name_for_errors(location))
   return video.decode_jpeg_frames(jpegs)

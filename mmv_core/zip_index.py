@@ -73,6 +73,7 @@ class ZipMember:
     file_size: bytes of uncompressed content.
     header_offset: offset of the member's local file header.
   """
+
   name: str
   method: int
   crc32: int
@@ -92,6 +93,7 @@ class ZipIndex:
       archive and the entry), by name; a name that is not valid UTF-8 has its
       bad bytes replaced by U+FFFD.
   """
+
   archive_size: int
   members: dict[str, ZipMember]
   unreadable: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -118,44 +120,48 @@ def _parse_zip64_extra(extra: bytes, needed: list[str], where: str) -> dict[str,
     if field_id == _ZIP64_EXTRA_ID:
       held = len(extra) - position - 4
       if field_size > held:
-        raise ZipFormatError(
-            f"{where}: ZIP64 extra field claims {field_size} bytes, holds {held}")
+        raise ZipFormatError(f"{where}: ZIP64 extra field claims {field_size} bytes, holds {held}")
       if field_size < 8 * len(needed):
-        raise ZipFormatError(f"{where}: ZIP64 extra field too short "
-                             f"({field_size} bytes for {len(needed)} values)")
+        raise ZipFormatError(
+            f"{where}: ZIP64 extra field too short "
+            f"({field_size} bytes for {len(needed)} values)"
+        )
       values = struct.unpack_from(f"<{len(needed)}Q", extra, position + 4)
       return dict(zip(needed, values))
     position += 4 + field_size
   raise ZipFormatError(f"{where}: sizes need a ZIP64 extra field, none found")
 
 
-def _central_directory_location(read_range: ReadRange, archive_size: int,
-                                source: str) -> tuple[int, int, int]:
+def _central_directory_location(
+    read_range: ReadRange, archive_size: int, source: str
+) -> tuple[int, int, int]:
   """(offset, size, number of entries) of the central directory."""
   tail_size = min(archive_size, _EOCD.size + _MAX_COMMENT + _ZIP64_LOCATOR.size)
   tail_start = archive_size - tail_size
   tail = read_range(tail_start, tail_size)
   eocd_position = _find_eocd(tail, source)
-  (_, disk, cd_disk, _, entries, cd_size, cd_offset, _) = _EOCD.unpack_from(
-      tail, eocd_position)
+  _, disk, cd_disk, _, entries, cd_size, cd_offset, _ = _EOCD.unpack_from(tail, eocd_position)
   locator_position = eocd_position - _ZIP64_LOCATOR.size
-  if locator_position >= 0 and _ZIP64_LOCATOR.unpack_from(
-      tail, locator_position)[0] == _ZIP64_LOCATOR_SIGNATURE:
+  if (
+      locator_position >= 0
+      and _ZIP64_LOCATOR.unpack_from(tail, locator_position)[0] == _ZIP64_LOCATOR_SIGNATURE
+  ):
     _, _, zip64_eocd_offset, disks = _ZIP64_LOCATOR.unpack_from(tail, locator_position)
     if disks > 1:
       raise ZipFormatError(f"{source}: multi-disk archives are not supported")
     record = read_range(zip64_eocd_offset, _ZIP64_EOCD.size)
-    (signature, _, _, _, disk, cd_disk, _, entries, cd_size,
-     cd_offset) = _ZIP64_EOCD.unpack(record)
+    signature, _, _, _, disk, cd_disk, _, entries, cd_size, cd_offset = _ZIP64_EOCD.unpack(record)
     if signature != _ZIP64_EOCD_SIGNATURE:
       raise ZipFormatError(
-          f"{source}: no ZIP64 end of central directory record at {zip64_eocd_offset}")
+          f"{source}: no ZIP64 end of central directory record at {zip64_eocd_offset}"
+      )
   if disk != 0 or cd_disk != 0:
     raise ZipFormatError(f"{source}: multi-disk archives are not supported")
   if cd_offset + cd_size > archive_size:
     raise ZipFormatError(
         f"{source}: central directory ({cd_size} bytes at {cd_offset}) lies past "
-        f"the end of the {archive_size}-byte archive")
+        f"the end of the {archive_size}-byte archive"
+    )
   return cd_offset, cd_size, entries
 
 
@@ -169,8 +175,9 @@ def _decode_name(raw_name: bytes, flags: int) -> tuple[str, bool]:
     return raw_name.decode("utf-8", "replace"), False
 
 
-def parse_central_directory(directory: bytes, entries: int, source: str = "zip"
-                            ) -> tuple[dict[str, ZipMember], dict[str, str]]:
+def parse_central_directory(
+    directory: bytes, entries: int, source: str = "zip"
+) -> tuple[dict[str, ZipMember], dict[str, str]]:
   """Parses `entries` central directory headers from `directory`.
 
   Returns:
@@ -187,24 +194,46 @@ def parse_central_directory(directory: bytes, entries: int, source: str = "zip"
   position = 0
   for parsed in range(entries):
     if position + _CENTRAL_HEADER.size > len(directory):
-      raise ZipFormatError(f"{source}: central directory ends after {parsed} "
-                           f"of {entries} entries")
-    (signature, _, _, flags, method, _, _, crc32, compressed_size, file_size,
-     name_length, extra_length, comment_length, _, _, _,
-     header_offset) = _CENTRAL_HEADER.unpack_from(directory, position)
+      raise ZipFormatError(
+          f"{source}: central directory ends after {parsed} " f"of {entries} entries"
+      )
+    (
+        signature,
+        _,
+        _,
+        flags,
+        method,
+        _,
+        _,
+        crc32,
+        compressed_size,
+        file_size,
+        name_length,
+        extra_length,
+        comment_length,
+        _,
+        _,
+        _,
+        header_offset,
+    ) = _CENTRAL_HEADER.unpack_from(directory, position)
     if signature != _CENTRAL_HEADER_SIGNATURE:
       raise ZipFormatError(f"{source}: bad central directory entry at byte {position}")
     position += _CENTRAL_HEADER.size
-    raw_name = directory[position:position + name_length]
-    extra = directory[position + name_length:position + name_length + extra_length]
+    raw_name = directory[position : position + name_length]
+    extra = directory[position + name_length : position + name_length + extra_length]
     position += name_length + extra_length + comment_length
     name, name_is_valid = _decode_name(raw_name, flags)
     name_counts[name] += 1
     where = f"{source}: {name}"
-    needed = [field for field, value in (("file_size", file_size),
-                                         ("compressed_size", compressed_size),
-                                         ("header_offset", header_offset))
-              if value == 0xFFFFFFFF]
+    needed = [
+        field
+        for field, value in (
+            ("file_size", file_size),
+            ("compressed_size", compressed_size),
+            ("header_offset", header_offset),
+        )
+        if value == 0xFFFFFFFF
+    ]
     try:
       if not name_is_valid:
         raise ZipFormatError(f"{where}: name flagged UTF-8 is not valid UTF-8 ({raw_name!r})")
@@ -215,20 +244,24 @@ def parse_central_directory(directory: bytes, entries: int, source: str = "zip"
       unreadable[name] = str(e)
       continue
     members[name] = ZipMember(
-        name=name, method=method, crc32=crc32,
+        name=name,
+        method=method,
+        crc32=crc32,
         compressed_size=zip64.get("compressed_size", compressed_size),
         file_size=zip64.get("file_size", file_size),
-        header_offset=zip64.get("header_offset", header_offset))
+        header_offset=zip64.get("header_offset", header_offset),
+    )
   for name, count in name_counts.items():
     if count > 1:
       members.pop(name, None)
-      unreadable[name] = (f"{source}: {name}: {count} entries named so in the central "
-                          "directory; which one is the video is ambiguous")
+      unreadable[name] = (
+          f"{source}: {name}: {count} entries named so in the central "
+          "directory; which one is the video is ambiguous"
+      )
   return members, unreadable
 
 
-def read_index(read_range: ReadRange, archive_size: int,
-               source: str = "zip") -> ZipIndex:
+def read_index(read_range: ReadRange, archive_size: int, source: str = "zip") -> ZipIndex:
   """Reads the central directory (two or three ranged reads) into a `ZipIndex`.
 
   Args:
@@ -240,10 +273,8 @@ def read_index(read_range: ReadRange, archive_size: int,
     ZipFormatError: the archive has no readable central directory. Entries
       that cannot be read go to `ZipIndex.unreadable` instead.
   """
-  cd_offset, cd_size, entries = _central_directory_location(
-      read_range, archive_size, source)
-  members, unreadable = parse_central_directory(
-      read_range(cd_offset, cd_size), entries, source)
+  cd_offset, cd_size, entries = _central_directory_location(read_range, archive_size, source)
+  members, unreadable = parse_central_directory(read_range(cd_offset, cd_size), entries, source)
   return ZipIndex(archive_size=archive_size, members=members, unreadable=unreadable)
 
 
@@ -252,11 +283,13 @@ def _check_declared_sizes(member: ZipMember, where: str) -> None:
   if largest > MAX_MEMBER_BYTES:
     raise ZipFormatError(
         f"{where}: declares {largest} bytes, over the {MAX_MEMBER_BYTES}-byte limit "
-        "per member (zip_index.MAX_MEMBER_BYTES)")
+        "per member (zip_index.MAX_MEMBER_BYTES)"
+    )
 
 
-def read_member_data(read_range: ReadRange, index: ZipIndex, member: ZipMember,
-                     source: str = "zip") -> bytes:
+def read_member_data(
+    read_range: ReadRange, index: ZipIndex, member: ZipMember, source: str = "zip"
+) -> bytes:
   """Returns the member's compressed bytes, usually with a single ranged read.
 
   The local header's extra field may differ from the central directory's, so
@@ -270,14 +303,19 @@ def read_member_data(read_range: ReadRange, index: ZipIndex, member: ZipMember,
   where = f"{source}: {member.name}"
   _check_declared_sizes(member, where)
   if member.header_offset + _LOCAL_HEADER.size > index.archive_size:
-    raise ZipFormatError(f"{where}: local header offset {member.header_offset} lies past "
-                         f"the end of the {index.archive_size}-byte archive")
+    raise ZipFormatError(
+        f"{where}: local header offset {member.header_offset} lies past "
+        f"the end of the {index.archive_size}-byte archive"
+    )
   name_length = len(member.name.encode("utf-8"))
-  guess = min(_LOCAL_HEADER.size + name_length + _LOCAL_EXTRA_SLACK + member.compressed_size,
-              index.archive_size - member.header_offset)
+  guess = min(
+      _LOCAL_HEADER.size + name_length + _LOCAL_EXTRA_SLACK + member.compressed_size,
+      index.archive_size - member.header_offset,
+  )
   chunk = read_range(member.header_offset, guess)
-  (signature, _, _, _, _, _, _, _, _, local_name_length,
-   local_extra_length) = _LOCAL_HEADER.unpack_from(chunk)
+  signature, _, _, _, _, _, _, _, _, local_name_length, local_extra_length = (
+      _LOCAL_HEADER.unpack_from(chunk)
+  )
   if signature != _LOCAL_HEADER_SIGNATURE:
     raise ZipFormatError(f"{where}: no local file header at offset {member.header_offset}")
   data_start = _LOCAL_HEADER.size + local_name_length + local_extra_length
@@ -286,8 +324,7 @@ def read_member_data(read_range: ReadRange, index: ZipIndex, member: ZipMember,
     raise ZipFormatError(f"{where}: data runs past the archive end")
   if data_end <= len(chunk):
     return chunk[data_start:data_end]
-  return chunk[data_start:] + read_range(member.header_offset + len(chunk),
-                                         data_end - len(chunk))
+  return chunk[data_start:] + read_range(member.header_offset + len(chunk), data_end - len(chunk))
 
 
 def _inflate(data: bytes, declared_size: int, where: str) -> bytes:
@@ -298,8 +335,10 @@ def _inflate(data: bytes, declared_size: int, where: str) -> bytes:
   except zlib.error as e:
     raise ZipFormatError(f"{where}: corrupt deflate data ({e})") from e
   if len(content) > declared_size:
-    raise ZipFormatError(f"{where}: inflates to more than the {declared_size} bytes "
-                         "the central directory declares")
+    raise ZipFormatError(
+        f"{where}: inflates to more than the {declared_size} bytes "
+        "the central directory declares"
+    )
   # Short of its output limit, decompress consumed all of `data`: without an
   # end-of-stream marker the stream was cut.
   if not inflater.eof:
@@ -327,9 +366,11 @@ def extract(member: ZipMember, data: bytes, source: str = "zip") -> bytes:
     raise ZipFormatError(f"{where}: unsupported compression method {member.method}")
   if len(content) != member.file_size:
     raise ZipFormatError(
-        f"{where}: {len(content)} bytes after extraction, directory says {member.file_size}")
+        f"{where}: {len(content)} bytes after extraction, directory says {member.file_size}"
+    )
   crc32 = zlib.crc32(content)
   if crc32 != member.crc32:
     raise ZipFormatError(
-        f"{where}: CRC-32 mismatch (content {crc32:08x}, directory {member.crc32:08x})")
+        f"{where}: CRC-32 mismatch (content {crc32:08x}, directory {member.crc32:08x})"
+    )
   return content

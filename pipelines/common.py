@@ -29,13 +29,19 @@ FAILURES = "failures"
 # Beam 2.77's DirectRunner first tries to download the Prism runner, which
 # fails offline; the FnApiRunner works offline and, in multi-processing mode,
 # uses every core (0 workers: one per core).
-LOCAL_RUNNER_ARGS = ("--runner=FnApiRunner", "--direct_num_workers=0",
-                     "--direct_running_mode=multi_processing")
+LOCAL_RUNNER_ARGS = (
+    "--runner=FnApiRunner",
+    "--direct_num_workers=0",
+    "--direct_running_mode=multi_processing",
+)
 # For a job whose work uses every core by itself (BLAS, XLA): no worker
 # processes to start, each importing the job's modules, loading the model and
 # compiling again, and contending for the same cores.
-IN_PROCESS_RUNNER_ARGS = ("--runner=FnApiRunner", "--direct_num_workers=1",
-                          "--direct_running_mode=in_memory")
+IN_PROCESS_RUNNER_ARGS = (
+    "--runner=FnApiRunner",
+    "--direct_num_workers=1",
+    "--direct_running_mode=in_memory",
+)
 
 
 USAGE_ERROR_STATUS = 2
@@ -45,8 +51,9 @@ class UsageError(Exception):
   """What the user asked for cannot be done; the message says what and how to fix it."""
 
 
-def run_main(main: Callable[[Sequence[str] | None], object], prog: str,
-             argv: Sequence[str] | None = None) -> None:
+def run_main(
+    main: Callable[[Sequence[str] | None], object], prog: str, argv: Sequence[str] | None = None
+) -> None:
   """Runs a job's `main`; a `UsageError` becomes one line on stderr and exit status 2."""
   try:
     main(argv)
@@ -74,14 +81,20 @@ def claim_output_dir(output_dir: str, owner: dict, attempt: int = 1) -> None:
   same directory is refused too, unless it resumes (the next attempt).
   """
   path = owner_path(output_dir, attempt)
-  record = {**owner, "host": socket.gethostname(), "pid": os.getpid(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+  record = {
+      **owner,
+      "host": socket.gethostname(),
+      "pid": os.getpid(),
+      "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+  }
   try:
     sources.create_new(path, json.dumps(record, indent=2, sort_keys=True).encode())
   except FileExistsError:
-    raise UsageError(f"{output_dir} belongs to another run ({_describe_owner(path)}); choose a "
-                     "new --output_dir, pass --resume to complete it, or --overwrite to delete "
-                     "it and start again") from None
+    raise UsageError(
+        f"{output_dir} belongs to another run ({_describe_owner(path)}); choose a "
+        "new --output_dir, pass --resume to complete it, or --overwrite to delete "
+        "it and start again"
+    ) from None
   except (OSError, sources.SourceError) as e:
     raise UsageError(f"cannot write to --output_dir {output_dir}: {e}") from e
 
@@ -116,14 +129,18 @@ def check_beam_flags(beam_args: Sequence[str], prog: str) -> None:
   unknown = []
   PipelineOptions(beam_args).get_all_options(
       add_extra_args_fn=lambda parser: unknown.extend(parser.parse_known_args(beam_args)[1]),
-      retain_unknown_options=True)
+      retain_unknown_options=True,
+  )
   if unknown:
-    raise UsageError(f"unrecognized arguments: {' '.join(unknown)} (neither a flag of {prog} "
-                     "nor a Beam pipeline option)")
+    raise UsageError(
+        f"unrecognized arguments: {' '.join(unknown)} (neither a flag of {prog} "
+        "nor a Beam pipeline option)"
+    )
 
 
-def with_local_runner(beam_args: Sequence[str],
-                      local_args: Sequence[str] = LOCAL_RUNNER_ARGS) -> list[str]:
+def with_local_runner(
+    beam_args: Sequence[str], local_args: Sequence[str] = LOCAL_RUNNER_ARGS
+) -> list[str]:
   """Beam options, run on the local runner (`local_args`) unless they name a runner."""
   if any(arg.startswith("--runner") for arg in beam_args):
     return list(beam_args)
@@ -157,8 +174,7 @@ def failure(video_id: str, stage: str, reason: str) -> dict[str, str]:
 
 def counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
   """Committed values of the jobs' counters, once the pipeline has finished."""
-  query = result.metrics().query(
-      beam.metrics.MetricsFilter().with_namespace(METRICS_NAMESPACE))
+  query = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(METRICS_NAMESPACE))
   totals: dict[str, int] = collections.Counter()
   for metric in query["counters"]:
     totals[metric.key.metric.name] += metric.committed
@@ -173,9 +189,11 @@ class WriteFailures(beam.PTransform):
     self._path = path
 
   def expand(self, failures):
-    return (failures
-            | "ToJson" >> beam.Map(lambda record: json.dumps(record, sort_keys=True))
-            | "Write" >> beam.io.WriteToText(self._path, shard_name_template=""))
+    return (
+        failures
+        | "ToJson" >> beam.Map(lambda record: json.dumps(record, sort_keys=True))
+        | "Write" >> beam.io.WriteToText(self._path, shard_name_template="")
+    )
 
 
 def summarize_failures(records: Iterable[dict[str, str]], max_examples: int = 5) -> str:
@@ -184,10 +202,11 @@ def summarize_failures(records: Iterable[dict[str, str]], max_examples: int = 5)
   if not records:
     return "no failures"
   by_stage = collections.Counter(r["stage"] for r in records)
-  lines = [f"{len(records)} videos failed: "
-           + ", ".join(f"{stage} {n}" for stage, n in sorted(by_stage.items()))]
-  lines += [f"  {r['video_id']} [{r['stage']}]: {r['reason']}"
-            for r in records[:max_examples]]
+  lines = [
+      f"{len(records)} videos failed: "
+      + ", ".join(f"{stage} {n}" for stage, n in sorted(by_stage.items()))
+  ]
+  lines += [f"  {r['video_id']} [{r['stage']}]: {r['reason']}" for r in records[:max_examples]]
   if len(records) > max_examples:
     lines.append(f"  ... and {len(records) - max_examples} more")
   return "\n".join(lines)

@@ -67,13 +67,23 @@ FAILURES_FILE = "failures.jsonl"
 STAGE_SAMPLE = "sample"
 STAGE_EMBED = "embed"
 WRITTEN = "written"
-_PACKAGES = ("apache-beam", "jax", "jaxlib", "dm-haiku", "simplejpeg", "numpy",
-             "scikit-learn", "imageio-ffmpeg", "mmv-pipeline")
+_PACKAGES = (
+    "apache-beam",
+    "jax",
+    "jaxlib",
+    "dm-haiku",
+    "simplejpeg",
+    "numpy",
+    "scikit-learn",
+    "imageio-ffmpeg",
+    "mmv-pipeline",
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class EmbedJobConfig:
   """Every setting of the embedding job (the flags of `parse_args`)."""
+
   checkpoint_path: str
   work_dir: str
   output_dir: str
@@ -134,6 +144,7 @@ class EmbedJobConfig:
 
 class ClipKey(typing.NamedTuple):
   """What identifies one clip through inference."""
+
   video_id: str
   label: int
   label_name: str
@@ -143,18 +154,25 @@ class ClipKey(typing.NamedTuple):
 
 # ---- Clip sampling ----
 
-def sample_clips(cached: CachedVideo, config: EmbedJobConfig
-                 ) -> Iterator[tuple[ClipKey, np.ndarray]]:
+
+def sample_clips(
+    cached: CachedVideo, config: EmbedJobConfig
+) -> Iterator[tuple[ClipKey, np.ndarray]]:
   """All clips of one video: uint8 [T, crop, crop, 3] each, with its key.
 
   Training clips are seeded by video id, so a re-run cuts the same clips.
   """
   train, test = video.clips_from_jpegs(
-      cached.frames, num_train_clips=config.num_train_clips,
-      num_test_windows=config.num_test_windows, num_frames=config.num_frames,
-      stride=config.stride, min_resize=config.min_resize, crop_size=config.crop_size,
+      cached.frames,
+      num_train_clips=config.num_train_clips,
+      num_test_windows=config.num_test_windows,
+      num_frames=config.num_frames,
+      stride=config.stride,
+      min_resize=config.min_resize,
+      crop_size=config.crop_size,
       seed=video.video_seed(cached.video_id, config.seed),
-      exact_train_clips=config.exact_train_clips)
+      exact_train_clips=config.exact_train_clips,
+  )
   for clip_type, clips in ((schema.CLIP_TYPE_TRAIN, train), (schema.CLIP_TYPE_TEST, test)):
     for index, clip in enumerate(clips):
       yield ClipKey(cached.video_id, cached.label, cached.label_name, clip_type, index), clip
@@ -163,8 +181,9 @@ def sample_clips(cached: CachedVideo, config: EmbedJobConfig
 SampleFn = Callable[[CachedVideo, EmbedJobConfig], Iterable[tuple[ClipKey, np.ndarray]]]
 
 
-def sample_video(cached: CachedVideo, config: EmbedJobConfig, sample: SampleFn = sample_clips
-                 ) -> list[tuple[ClipKey, np.ndarray]] | dict:
+def sample_video(
+    cached: CachedVideo, config: EmbedJobConfig, sample: SampleFn = sample_clips
+) -> list[tuple[ClipKey, np.ndarray]] | dict:
   """One video's (ClipKey, clip) pairs, or its failure record if it cannot be sampled."""
   try:
     return list(sample(cached, config))
@@ -193,8 +212,9 @@ class SampleClipsFn(beam.DoFn):
   def start_bundle(self):
     self._in_flight = collections.deque()
 
-  def process(self, cached: CachedVideo, timestamp=beam.DoFn.TimestampParam,
-              window=beam.DoFn.WindowParam):
+  def process(
+      self, cached: CachedVideo, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam
+  ):
     self._in_flight.append((self._sampler.submit(self._timed_sample, cached), timestamp, window))
     while len(self._in_flight) > self._config.prefetch_videos:
       yield from self._emit_oldest()
@@ -231,12 +251,17 @@ class SampleClipsFn(beam.DoFn):
 
 # ---- Embedding ----
 
+
 def embedding_handler(config: EmbedJobConfig) -> JaxEmbeddingHandler:
   """The job's model handler: clips uint8 [T, crop, crop, 3] -> {output: float32 [dim]}."""
   return JaxEmbeddingHandler(
-      config.checkpoint_path, config.resolved_backbone,
+      config.checkpoint_path,
+      config.resolved_backbone,
       EmbedderConfig(batch_size=config.batch_size, compute_dtype=config.compute_dtype),
-      config.outputs, model_copies=config.model_copies, jax_cache_dir=config.jax_cache_dir)
+      config.outputs,
+      model_copies=config.model_copies,
+      jax_cache_dir=config.jax_cache_dir,
+  )
 
 
 class EmbedClips(beam.PTransform):
@@ -249,8 +274,12 @@ class EmbedClips(beam.PTransform):
   and tests give ones of known cost).
   """
 
-  def __init__(self, config: EmbedJobConfig, handler: ModelHandler | None = None,
-               sample: SampleFn = sample_clips):
+  def __init__(
+      self,
+      config: EmbedJobConfig,
+      handler: ModelHandler | None = None,
+      sample: SampleFn = sample_clips,
+  ):
     super().__init__()
     self._config = config
     self._handler = handler
@@ -259,14 +288,17 @@ class EmbedClips(beam.PTransform):
   def expand(self, videos):
     config = self._config
     sampled = videos | "SampleClips" >> beam.ParDo(
-        SampleClipsFn(config, self._sample)).with_outputs(FAILURES, main="clips")
+        SampleClipsFn(config, self._sample)
+    ).with_outputs(FAILURES, main="clips")
     handler = KeyedModelHandler(self._handler or embedding_handler(config))
-    embedded, errors = sampled.clips | "RunInference" >> RunInference(
-        handler).with_exception_handling()
-    failed_batches = errors.failed_inferences | "FailedBatches" >> beam.FlatMap(
-        inference_failures)
-    return {"embedded": embedded | "Inference" >> beam.MapTuple(lambda key, r: (key, r.inference)),
-            FAILURES: (sampled[FAILURES], failed_batches) | "Failures" >> beam.Flatten()}
+    embedded, errors = (
+        sampled.clips | "RunInference" >> RunInference(handler).with_exception_handling()
+    )
+    failed_batches = errors.failed_inferences | "FailedBatches" >> beam.FlatMap(inference_failures)
+    return {
+        "embedded": embedded | "Inference" >> beam.MapTuple(lambda key, r: (key, r.inference)),
+        FAILURES: (sampled[FAILURES], failed_batches) | "Failures" >> beam.Flatten(),
+    }
 
 
 def inference_failures(failed) -> Iterator[dict]:
@@ -281,9 +313,15 @@ def inference_failures(failed) -> Iterator[dict]:
 
 # ---- Embeddings out ----
 
-def assemble_video(video_id: str, clips: Iterable[tuple[ClipKey, dict]],
-                   embed_failures: Iterable[dict], *, expected_clips: int,
-                   outputs: Sequence[str]) -> list[bytes] | dict:
+
+def assemble_video(
+    video_id: str,
+    clips: Iterable[tuple[ClipKey, dict]],
+    embed_failures: Iterable[dict],
+    *,
+    expected_clips: int,
+    outputs: Sequence[str],
+) -> list[bytes] | dict:
   """A video's serialized examples, all of them, or its failure record.
 
   A video is written whole or not at all: a failed sampling or batch, a
@@ -295,17 +333,26 @@ def assemble_video(video_id: str, clips: Iterable[tuple[ClipKey, dict]],
     return embed_failures[0]
   by_key = {(key.clip_type, key.clip_index): (key, embeddings) for key, embeddings in clips}
   if len(by_key) != expected_clips:
-    return failure_record(video_id, STAGE_EMBED, f"{len(by_key)} of {expected_clips} clips embedded")
+    return failure_record(
+        video_id, STAGE_EMBED, f"{len(by_key)} of {expected_clips} clips embedded"
+    )
   examples = []
   for (clip_type, clip_index), (key, embeddings) in sorted(by_key.items()):
     if not all(np.isfinite(embeddings[name]).all() for name in outputs):
-      return failure_record(video_id, STAGE_EMBED,
-                            f"non-finite embedding in {clip_type} clip {clip_index}")
-    examples.append(schema.make_example(
-        video_id=key.video_id, label=key.label, label_name=key.label_name,
-        clip_type=clip_type, clip_index=clip_index, embedding=embeddings[VID_REPR],
-        extra_features={name: embeddings[name] for name in outputs if name != VID_REPR},
-    ).SerializeToString())
+      return failure_record(
+          video_id, STAGE_EMBED, f"non-finite embedding in {clip_type} clip {clip_index}"
+      )
+    examples.append(
+        schema.make_example(
+            video_id=key.video_id,
+            label=key.label,
+            label_name=key.label_name,
+            clip_type=clip_type,
+            clip_index=clip_index,
+            embedding=embeddings[VID_REPR],
+            extra_features={name: embeddings[name] for name in outputs if name != VID_REPR},
+        ).SerializeToString()
+    )
   return examples
 
 
@@ -321,17 +368,24 @@ class AssembleVideoFn(beam.DoFn):
 
   def process(self, grouped):
     video_id, parts = grouped
-    result = assemble_video(video_id, parts["clips"], parts["failures"],
-                            expected_clips=self._expected, outputs=self._outputs)
+    result = assemble_video(
+        video_id,
+        parts["clips"],
+        parts["failures"],
+        expected_clips=self._expected,
+        outputs=self._outputs,
+    )
     if isinstance(result, dict):
       yield beam.pvalue.TaggedOutput(FAILURES, count_failure(result))
       return
     counter("videos_embedded").inc()
     counter("clips_embedded").inc(len(result))
-    clip_types = [clip_type for clip_type, _ in {(key.clip_type, key.clip_index)
-                                                 for key, _ in parts["clips"]}]
-    yield beam.pvalue.TaggedOutput(WRITTEN, (clip_types.count(schema.CLIP_TYPE_TRAIN),
-                                             clip_types.count(schema.CLIP_TYPE_TEST)))
+    clip_types = [
+        clip_type for clip_type, _ in {(key.clip_type, key.clip_index) for key, _ in parts["clips"]}
+    ]
+    yield beam.pvalue.TaggedOutput(
+        WRITTEN, (clip_types.count(schema.CLIP_TYPE_TRAIN), clip_types.count(schema.CLIP_TYPE_TEST))
+    )
     yield from result
 
 
@@ -374,8 +428,9 @@ def progress_line(done: int, expected: int | None, since_first_s: float, what: s
   The rate counts from the first element, so the start-up before it (model
   loading, compiling) does not skew the time left; the first line has none.
   """
-  line = f"{done}/{expected} {what} ({100 * done / expected:.0f}%)" if expected else (
-      f"{done} {what}")
+  line = (
+      f"{done}/{expected} {what} ({100 * done / expected:.0f}%)" if expected else (f"{done} {what}")
+  )
   if done < 2 or since_first_s <= 0:
     return line
   rate = (done - 1) / since_first_s
@@ -388,10 +443,28 @@ def progress_line(done: int, expected: int | None, since_first_s: float, what: s
 # ---- Output directory: ownership and resuming ----
 
 # The settings that decide the embeddings: a resumed run must repeat them.
-RESUME_SETTINGS = ("dataset", "recipe", "video_zip", "splits_zip", "splits_dir", "csv_dir", "video_root",
-                   "backbone", "num_frames", "stride", "min_resize",
-                   "crop_size", "num_train_clips", "num_test_windows", "exact_train_clips",
-                   "compute_dtype", "joint_embeddings", "seed", "classes", "max_videos")
+RESUME_SETTINGS = (
+    "dataset",
+    "recipe",
+    "video_zip",
+    "splits_zip",
+    "splits_dir",
+    "csv_dir",
+    "video_root",
+    "backbone",
+    "num_frames",
+    "stride",
+    "min_resize",
+    "crop_size",
+    "num_train_clips",
+    "num_test_windows",
+    "exact_train_clips",
+    "compute_dtype",
+    "joint_embeddings",
+    "seed",
+    "classes",
+    "max_videos",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -403,6 +476,7 @@ class PriorOutput:
     train_clips, test_clips: their clips of each kind.
     attempt: this run's number in the directory, 1 for its first run.
   """
+
   video_ids: frozenset[str] = frozenset()
   train_clips: int = 0
   test_clips: int = 0
@@ -425,8 +499,9 @@ def prior_output(output_dir: str, attempt: int) -> PriorOutput:
     clip = schema.parse_example(record, include_floats=False, source=source)
     video_ids.add(clip[schema.VIDEO_ID])
     clips[clip[schema.CLIP_TYPE]] += 1
-  return PriorOutput(frozenset(video_ids), clips[schema.CLIP_TYPE_TRAIN],
-                     clips[schema.CLIP_TYPE_TEST], attempt)
+  return PriorOutput(
+      frozenset(video_ids), clips[schema.CLIP_TYPE_TRAIN], clips[schema.CLIP_TYPE_TEST], attempt
+  )
 
 
 def resume_output_dir(config: EmbedJobConfig, owner: dict) -> PriorOutput:
@@ -435,14 +510,18 @@ def resume_output_dir(config: EmbedJobConfig, owner: dict) -> PriorOutput:
   if not owners:
     raise UsageError(f"--resume: no earlier run owns {config.output_dir}")
   first = owners[0]
-  differences = [f"{name} {first.get('settings', {}).get(name)!r} -> {value!r}"
-                 for name, value in owner["settings"].items()
-                 if first.get("settings", {}).get(name) != value]
+  differences = [
+      f"{name} {first.get('settings', {}).get(name)!r} -> {value!r}"
+      for name, value in owner["settings"].items()
+      if first.get("settings", {}).get(name) != value
+  ]
   if first.get("checkpoint_sha256") != owner["checkpoint_sha256"]:
     differences.append("the checkpoint (sha256)")
   if differences:
-    raise UsageError(f"--resume: these settings differ from those of the run that wrote "
-                     f"{config.output_dir}: {'; '.join(differences)}")
+    raise UsageError(
+        f"--resume: these settings differ from those of the run that wrote "
+        f"{config.output_dir}: {'; '.join(differences)}"
+    )
   attempt = len(owners) + 1
   claim_output_dir(config.output_dir, owner, attempt)
   # Beam's sinks of a killed run leave their uncommitted files behind.
@@ -454,6 +533,7 @@ def resume_output_dir(config: EmbedJobConfig, owner: dict) -> PriorOutput:
 
 # ---- Run record ----
 
+
 def _package_versions() -> dict[str, str]:
   versions = {"python": platform.python_version()}
   for name in _PACKAGES:
@@ -464,27 +544,38 @@ def _package_versions() -> dict[str, str]:
   return versions
 
 
-def dataset_record(config: EmbedJobConfig,
-                   listing: dataset_listing.DatasetListing | None) -> dict:
+def dataset_record(config: EmbedJobConfig, listing: dataset_listing.DatasetListing | None) -> dict:
   """run.json's account of the dataset: name, recipe, locations, classes and splits.
 
   The classes and splits are those of the whole listing (None in a dry run,
   which reads no listing), so the evaluation numbers labels as this job did.
   """
   spec = config.dataset_spec
-  return {"name": spec.name, "recipe": spec.encoding_recipe.key,
-          "splits_location": config.splits_location,
-          "videos_location": config.videos_location,
-          "class_names": None if listing is None else list(listing.class_names),
-          "splits": None if listing is None else list(listing.splits)}
+  return {
+      "name": spec.name,
+      "recipe": spec.encoding_recipe.key,
+      "splits_location": config.splits_location,
+      "videos_location": config.videos_location,
+      "class_names": None if listing is None else list(listing.class_names),
+      "splits": None if listing is None else list(listing.splits),
+  }
 
 
-def write_run_record(counts: dict, *, config: EmbedJobConfig, checkpoint_sha256: str,
-                     prior: PriorOutput, dataset: dict) -> None:
+def write_run_record(
+    counts: dict,
+    *,
+    config: EmbedJobConfig,
+    checkpoint_sha256: str,
+    prior: PriorOutput,
+    dataset: dict,
+) -> None:
   """Writes run.json; its counts include what earlier runs into the directory wrote."""
-  counts = {**counts, "videos_written": counts["videos_written"] + len(prior.video_ids),
-            "clips_written_train": counts["clips_written_train"] + prior.train_clips,
-            "clips_written_test": counts["clips_written_test"] + prior.test_clips}
+  counts = {
+      **counts,
+      "videos_written": counts["videos_written"] + len(prior.video_ids),
+      "clips_written_train": counts["clips_written_train"] + prior.train_clips,
+      "clips_written_test": counts["clips_written_test"] + prior.test_clips,
+  }
   record = {
       schema.SETTINGS: dataclasses.asdict(config),
       "dataset": dataset,
@@ -529,16 +620,26 @@ class _CountsCombineFn(beam.CombineFn):
     by_stage: dict[str, int] = {}
     for stage in acc["failed"].values():
       by_stage[stage] = by_stage.get(stage, 0) + 1
-    return {"videos_written": acc["videos"], "clips_written_train": acc["train"],
-            "clips_written_test": acc["test"], "videos_failed": len(acc["failed"]),
-            "videos_failed_by_stage": by_stage}
+    return {
+        "videos_written": acc["videos"],
+        "clips_written_train": acc["train"],
+        "clips_written_test": acc["test"],
+        "videos_failed": len(acc["failed"]),
+        "videos_failed_by_stage": by_stage,
+    }
 
 
 # ---- The pipeline ----
 
-def build(pipeline: beam.Pipeline, config: EmbedJobConfig, checkpoint_sha256: str,
-          expected_videos: int | None = None, prior: PriorOutput = PriorOutput(),
-          listing: dataset_listing.DatasetListing | None = None) -> None:
+
+def build(
+    pipeline: beam.Pipeline,
+    config: EmbedJobConfig,
+    checkpoint_sha256: str,
+    expected_videos: int | None = None,
+    prior: PriorOutput = PriorOutput(),
+    listing: dataset_listing.DatasetListing | None = None,
+) -> None:
   """Adds the whole job to `pipeline`.
 
   `expected_videos` (if known) is for progress lines; videos of `prior` are
@@ -546,21 +647,31 @@ def build(pipeline: beam.Pipeline, config: EmbedJobConfig, checkpoint_sha256: st
   `listing`, read before the job, gives run.json its classes and splits.
   """
   ingested = pipeline | "Ingest" >> ingest.Ingest(
-      config.videos_location, config.splits_location, config.work_dir,
-      classes=config.classes or None, max_videos=config.max_videos,
-      dataset=config.dataset_spec)
-  _ = ((ingested.videos, ingested.failures)
-       | "IngestedOrFailed" >> beam.Flatten()
-       | "IngestProgress" >> beam.ParDo(ProgressLogger(
-           "videos fetched and re-encoded or read from the cache", expected_videos)))
+      config.videos_location,
+      config.splits_location,
+      config.work_dir,
+      classes=config.classes or None,
+      max_videos=config.max_videos,
+      dataset=config.dataset_spec,
+  )
+  _ = (
+      (ingested.videos, ingested.failures)
+      | "IngestedOrFailed" >> beam.Flatten()
+      | "IngestProgress"
+      >> beam.ParDo(
+          ProgressLogger("videos fetched and re-encoded or read from the cache", expected_videos)
+      )
+  )
   expected_clips = None
   if expected_videos is not None:
-    expected_clips = ((expected_videos - len(prior.video_ids))
-                      * (config.num_train_clips + config.num_test_windows))
+    expected_clips = (expected_videos - len(prior.video_ids)) * (
+        config.num_train_clips + config.num_test_windows
+    )
   videos = ingested.videos
   if prior.video_ids:
     videos = videos | "SkipWritten" >> beam.Filter(
-        lambda cached, written: cached.video_id not in written, prior.video_ids)
+        lambda cached, written: cached.video_id not in written, prior.video_ids
+    )
 
   embed_clips = EmbedClips(config)
   if config.embed_accelerator:
@@ -570,107 +681,182 @@ def build(pipeline: beam.Pipeline, config: EmbedJobConfig, checkpoint_sha256: st
     embed_clips = embed_clips.with_resource_hints(**hints)
   # The reshuffle spreads videos over workers and keeps ingestion (CPU
   # workers) from fusing with the accelerator step.
-  embedded = (videos
-              | "SpreadVideos" >> beam.Reshuffle()
-              | "Embed" >> embed_clips)
+  embedded = videos | "SpreadVideos" >> beam.Reshuffle() | "Embed" >> embed_clips
 
   _ = embedded["embedded"] | "EmbedProgress" >> beam.ParDo(
-      ProgressLogger("clips embedded", expected_clips))
-  by_video = ({"clips": embedded["embedded"]
-                        | "ClipsByVideo" >> beam.Map(lambda kv: (kv[0].video_id, kv)),
-               "failures": embedded[FAILURES]
-                           | "EmbedFailuresByVideo" >> beam.Map(lambda f: (f["video_id"], f))}
-              | "GroupByVideo" >> beam.CoGroupByKey()
-              | "AssembleVideos" >> beam.ParDo(AssembleVideoFn(config)).with_outputs(
-                  FAILURES, WRITTEN, main="examples"))
+      ProgressLogger("clips embedded", expected_clips)
+  )
+  by_video = (
+      {
+          "clips": embedded["embedded"]
+          | "ClipsByVideo" >> beam.Map(lambda kv: (kv[0].video_id, kv)),
+          "failures": embedded[FAILURES]
+          | "EmbedFailuresByVideo" >> beam.Map(lambda f: (f["video_id"], f)),
+      }
+      | "GroupByVideo" >> beam.CoGroupByKey()
+      | "AssembleVideos"
+      >> beam.ParDo(AssembleVideoFn(config)).with_outputs(FAILURES, WRITTEN, main="examples")
+  )
   _ = by_video.examples | "WriteEmbeddings" >> beam.io.WriteToTFRecord(
-      FileSystems.join(config.output_dir, schema.SHARDS_DIR,
-                       "part" if prior.attempt == 1 else f"part-run{prior.attempt}"),
-      file_name_suffix=schema.SHARD_SUFFIX)
+      FileSystems.join(
+          config.output_dir,
+          schema.SHARDS_DIR,
+          "part" if prior.attempt == 1 else f"part-run{prior.attempt}",
+      ),
+      file_name_suffix=schema.SHARD_SUFFIX,
+  )
 
   failures = (ingested.failures, by_video[FAILURES]) | "AllFailures" >> beam.Flatten()
   _ = failures | "WriteFailures" >> WriteFailures(
-      FileSystems.join(config.output_dir, FAILURES_DIR, FAILURES_FILE))
+      FileSystems.join(config.output_dir, FAILURES_DIR, FAILURES_FILE)
+  )
 
-  _ = ((by_video[WRITTEN] | "WrittenItems" >> beam.Map(lambda counts: (WRITTEN, counts)),
-        failures | "FailedItems" >> beam.Map(lambda record: ("failed", record)))
-       | "CountItems" >> beam.Flatten()
-       | "Counts" >> beam.CombineGlobally(_CountsCombineFn())
-       | "WriteRunRecord" >> beam.Map(write_run_record, config=config,
-                                      checkpoint_sha256=checkpoint_sha256, prior=prior,
-                                      dataset=dataset_record(config, listing)))
+  _ = (
+      (
+          by_video[WRITTEN] | "WrittenItems" >> beam.Map(lambda counts: (WRITTEN, counts)),
+          failures | "FailedItems" >> beam.Map(lambda record: ("failed", record)),
+      )
+      | "CountItems" >> beam.Flatten()
+      | "Counts" >> beam.CombineGlobally(_CountsCombineFn())
+      | "WriteRunRecord"
+      >> beam.Map(
+          write_run_record,
+          config=config,
+          checkpoint_sha256=checkpoint_sha256,
+          prior=prior,
+          dataset=dataset_record(config, listing),
+      )
+  )
 
 
 PROG = "python -m pipelines.embed"
 # Sampling flags whose defaults are the dataset's (`datasets.ProtocolDefaults`).
-_PROTOCOL_FLAGS = (("num_frames", "frames per clip (T)"),
-                   ("stride", "step between a clip's frames"),
-                   ("min_resize", "frames are resized so their smaller side is this"),
-                   ("crop_size", "side of the square crop (at most --min_resize)"),
-                   ("num_train_clips", "random training clips per video (0: none)"),
-                   ("num_test_windows", "evenly spaced test windows per video (0: none)"))
+_PROTOCOL_FLAGS = (
+    ("num_frames", "frames per clip (T)"),
+    ("stride", "step between a clip's frames"),
+    ("min_resize", "frames are resized so their smaller side is this"),
+    ("crop_size", "side of the square crop (at most --min_resize)"),
+    ("num_train_clips", "random training clips per video (0: none)"),
+    ("num_test_windows", "evenly spaced test windows per video (0: none)"),
+)
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[EmbedJobConfig, list[str]]:
   """Flags -> (job config, remaining Beam pipeline options)."""
   defaults = EmbedJobConfig(checkpoint_path="", work_dir="", output_dir="")
   p = argparse.ArgumentParser(
-      prog=PROG, description=__doc__.split("\n", 1)[0],
+      prog=PROG,
+      description=__doc__.split("\n", 1)[0],
       epilog="Other flags are Beam pipeline options (e.g. --runner, --direct_num_workers, "
-             "Dataflow's --project, --region, --temp_location).",
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+      "Dataflow's --project, --region, --temp_location).",
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+  )
   # A required flag has no default for --help to show.
-  p.add_argument("--checkpoint_path", required=True, default=argparse.SUPPRESS,
-                 help="released MMV checkpoint (.pkl) or converted .npz; local, gs:// or "
-                      "https://; required")
-  p.add_argument("--work_dir", required=True, default=argparse.SUPPRESS,
-                 help="video cache (local or gs://), reused across runs; required")
-  p.add_argument("--output_dir", required=True, default=argparse.SUPPRESS,
-                 help="embeddings, failures and run.json; one run per directory; required")
+  p.add_argument(
+      "--checkpoint_path",
+      required=True,
+      default=argparse.SUPPRESS,
+      help="released MMV checkpoint (.pkl) or converted .npz; local, gs:// or "
+      "https://; required",
+  )
+  p.add_argument(
+      "--work_dir",
+      required=True,
+      default=argparse.SUPPRESS,
+      help="video cache (local or gs://), reused across runs; required",
+  )
+  p.add_argument(
+      "--output_dir",
+      required=True,
+      default=argparse.SUPPRESS,
+      help="embeddings, failures and run.json; one run per directory; required",
+  )
   ingest.add_dataset_flags(p)
-  p.add_argument("--backbone", default=None, choices=mmv.BACKBONES,
-                 help="default: inferred from the checkpoint's file name")
+  p.add_argument(
+      "--backbone",
+      default=None,
+      choices=mmv.BACKBONES,
+      help="default: inferred from the checkpoint's file name",
+  )
   for name, text in _PROTOCOL_FLAGS:
-    p.add_argument(f"--{name}", type=int, default=None,
-                   help=f"{text}; default: the dataset's protocol")
-  for name, text in (("batch_size", "clips per forward pass (a multiple of the devices)"),
-                     ("seed", "seed of the training clips' draws")):
+    p.add_argument(
+        f"--{name}", type=int, default=None, help=f"{text}; default: the dataset's protocol"
+    )
+  for name, text in (
+      ("batch_size", "clips per forward pass (a multiple of the devices)"),
+      ("seed", "seed of the training clips' draws"),
+  ):
     p.add_argument(f"--{name}", type=int, default=getattr(defaults, name), help=text)
-  p.add_argument("--exact_train_clips", action="store_true",
-                 help="flip training clips before resizing them, bit-exactly as the protocol; "
-                      "by default they are flipped after it (each frame resized once), which "
-                      "draws the same clips but leaves flipped ones within 1 grey level of the "
-                      "protocol's (bilinear resizing is not exactly flip-equivariant)")
-  p.add_argument("--compute_dtype", choices=("float32", "bfloat16"), default=defaults.compute_dtype,
-                 help="bfloat16 only pays on accelerators; float32 is the protocol")
-  p.add_argument("--joint_embeddings", action="store_true",
-                 help="also write the video-audio and video-text joint-space embeddings")
+  p.add_argument(
+      "--exact_train_clips",
+      action="store_true",
+      help="flip training clips before resizing them, bit-exactly as the protocol; "
+      "by default they are flipped after it (each frame resized once), which "
+      "draws the same clips but leaves flipped ones within 1 grey level of the "
+      "protocol's (bilinear resizing is not exactly flip-equivariant)",
+  )
+  p.add_argument(
+      "--compute_dtype",
+      choices=("float32", "bfloat16"),
+      default=defaults.compute_dtype,
+      help="bfloat16 only pays on accelerators; float32 is the protocol",
+  )
+  p.add_argument(
+      "--joint_embeddings",
+      action="store_true",
+      help="also write the video-audio and video-text joint-space embeddings",
+  )
   p.add_argument("--classes", default="", help="comma-separated class names, for trials")
   p.add_argument("--max_videos", type=int, default=None, help="limit the run, for trials")
-  p.add_argument("--embed_accelerator", default=None,
-                 help='Dataflow resource hint for the embedding step only, e.g. '
-                      '"type:nvidia-l4;count:1;install-nvidia-driver"')
+  p.add_argument(
+      "--embed_accelerator",
+      default=None,
+      help="Dataflow resource hint for the embedding step only, e.g. "
+      '"type:nvidia-l4;count:1;install-nvidia-driver"',
+  )
   p.add_argument("--embed_min_ram", default=None, help='resource hint, e.g. "16GB"')
-  p.add_argument("--model_copies", type=int, default=None,
-                 help="models per worker VM shared across its SDK processes; each batch is "
-                      "then pickled to the model's process (bench/README.md: GPU workers)")
-  p.add_argument("--prefetch_videos", type=int, default=defaults.prefetch_videos,
-                 help="videos whose clips are cut ahead, while the device embeds (0: one after "
-                      "the other); each holds (train clips + test windows) x T x crop x crop x 3 "
-                      "bytes")
-  p.add_argument("--jax_cache_dir", default=None,
-                 help=f"compiled programs kept across runs; default ${CACHE_DIR_ENV}, "
-                      "else $XDG_CACHE_HOME/mmv/jax, else ~/.cache/mmv/jax")
-  p.add_argument("--overwrite", action="store_true",
-                 help="delete what --output_dir holds and start again; without it or "
-                      "--resume a used --output_dir is refused")
-  p.add_argument("--resume", action="store_true",
-                 help="complete the run that owns --output_dir (same settings): its written "
-                      "videos are kept and skipped, the others (failed ones too) embedded")
-  p.add_argument("--max_failed_share", type=float, default=defaults.max_failed_share,
-                 help="the run ends with status 1 if more than this share of its videos fail")
-  p.add_argument("--verbose", action="store_true",
-                 help="show Beam's, JAX's and the workers' INFO logs")
+  p.add_argument(
+      "--model_copies",
+      type=int,
+      default=None,
+      help="models per worker VM shared across its SDK processes; each batch is "
+      "then pickled to the model's process (bench/README.md: GPU workers)",
+  )
+  p.add_argument(
+      "--prefetch_videos",
+      type=int,
+      default=defaults.prefetch_videos,
+      help="videos whose clips are cut ahead, while the device embeds (0: one after "
+      "the other); each holds (train clips + test windows) x T x crop x crop x 3 "
+      "bytes",
+  )
+  p.add_argument(
+      "--jax_cache_dir",
+      default=None,
+      help=f"compiled programs kept across runs; default ${CACHE_DIR_ENV}, "
+      "else $XDG_CACHE_HOME/mmv/jax, else ~/.cache/mmv/jax",
+  )
+  p.add_argument(
+      "--overwrite",
+      action="store_true",
+      help="delete what --output_dir holds and start again; without it or "
+      "--resume a used --output_dir is refused",
+  )
+  p.add_argument(
+      "--resume",
+      action="store_true",
+      help="complete the run that owns --output_dir (same settings): its written "
+      "videos are kept and skipped, the others (failed ones too) embedded",
+  )
+  p.add_argument(
+      "--max_failed_share",
+      type=float,
+      default=defaults.max_failed_share,
+      help="the run ends with status 1 if more than this share of its videos fail",
+  )
+  p.add_argument(
+      "--verbose", action="store_true", help="show Beam's, JAX's and the workers' INFO logs"
+  )
   args, beam_args = p.parse_known_args(argv)
   check_beam_flags(beam_args, PROG)
   values = vars(args)
@@ -686,35 +872,48 @@ def resolve_dataset_defaults(config: EmbedJobConfig) -> EmbedJobConfig:
     UsageError: an unknown dataset, or a location flag of another dataset.
   """
   spec, splits_location, videos_location = ingest.resolve_dataset(
-      config.dataset, {flag: getattr(config, flag) for flag in ingest.LOCATION_FLAGS},
-      config.recipe)
-  protocol = {name: getattr(spec.protocol, name) for name, _ in _PROTOCOL_FLAGS
-              if getattr(config, name) is None}
-  return dataclasses.replace(config, **protocol, recipe=spec.recipe,
-                             **{spec.splits_flag: splits_location,
-                                spec.videos_flag: videos_location})
+      config.dataset, {flag: getattr(config, flag) for flag in ingest.LOCATION_FLAGS}, config.recipe
+  )
+  protocol = {
+      name: getattr(spec.protocol, name)
+      for name, _ in _PROTOCOL_FLAGS
+      if getattr(config, name) is None
+  }
+  return dataclasses.replace(
+      config,
+      **protocol,
+      recipe=spec.recipe,
+      **{spec.splits_flag: splits_location, spec.videos_flag: videos_location},
+  )
 
 
 def settings_problems(config: EmbedJobConfig) -> list[str]:
   """What makes the settings unusable, before any work; empty when they are fine."""
-  problems = [f"--{name} must be positive, got {getattr(config, name)}"
-              for name in ("num_frames", "stride", "min_resize", "crop_size", "batch_size")
-              if getattr(config, name) < 1]
-  problems += [f"--{name} must be 0 or more, got {getattr(config, name)}"
-               for name in ("num_train_clips", "num_test_windows", "prefetch_videos")
-               if getattr(config, name) < 0]
+  problems = [
+      f"--{name} must be positive, got {getattr(config, name)}"
+      for name in ("num_frames", "stride", "min_resize", "crop_size", "batch_size")
+      if getattr(config, name) < 1
+  ]
+  problems += [
+      f"--{name} must be 0 or more, got {getattr(config, name)}"
+      for name in ("num_train_clips", "num_test_windows", "prefetch_videos")
+      if getattr(config, name) < 0
+  ]
   if config.num_train_clips == 0 and config.num_test_windows == 0:
     problems.append("--num_train_clips and --num_test_windows are both 0: nothing to embed")
   if config.crop_size > config.min_resize > 0:
-    problems.append(f"--crop_size {config.crop_size} is larger than --min_resize "
-                    f"{config.min_resize}: training crops would not fit in the frames")
+    problems.append(
+        f"--crop_size {config.crop_size} is larger than --min_resize "
+        f"{config.min_resize}: training crops would not fit in the frames"
+    )
   if config.max_videos is not None and config.max_videos < 1:
     problems.append(f"--max_videos must be positive, got {config.max_videos}")
   if config.model_copies is not None and config.model_copies < 1:
     problems.append(f"--model_copies must be positive, got {config.model_copies}")
   if config.resume and config.overwrite:
-    problems.append("--resume keeps what --output_dir holds and --overwrite deletes it: "
-                    "choose one")
+    problems.append(
+        "--resume keeps what --output_dir holds and --overwrite deletes it: " "choose one"
+    )
   if not 0 <= config.max_failed_share <= 1:
     problems.append(f"--max_failed_share must be in [0, 1], got {config.max_failed_share}")
   return problems
@@ -724,9 +923,12 @@ def checkpoint_sha256(config: EmbedJobConfig) -> str:
   """The checkpoint's sha256, once it is known to be readable, of the backbone and finite."""
   try:
     checkpoint = checkpoints.load_checkpoint(config.checkpoint_path)
-    checkpoints.validate_tree(checkpoint.params, checkpoint.state,
-                              *mmv.param_shapes(config.resolved_backbone),
-                              source=config.checkpoint_path)
+    checkpoints.validate_tree(
+        checkpoint.params,
+        checkpoint.state,
+        *mmv.param_shapes(config.resolved_backbone),
+        source=config.checkpoint_path,
+    )
   except checkpoints.CheckpointError as e:
     raise UsageError(str(e)) from e
   return checkpoint.sha256
@@ -743,8 +945,10 @@ def prepare_output_dir(config: EmbedJobConfig, checkpoint_sha256: str) -> PriorO
   # A directory written before owner files existed holds shards but no owner.
   existing = FileSystems.match([schema.shard_pattern(config.output_dir)])[0].metadata_list
   if existing:
-    raise UsageError(f"{config.output_dir} already holds {len(existing)} embedding shards; "
-                     "choose a new --output_dir, or pass --overwrite")
+    raise UsageError(
+        f"{config.output_dir} already holds {len(existing)} embedding shards; "
+        "choose a new --output_dir, or pass --overwrite"
+    )
   return PriorOutput()
 
 
@@ -776,8 +980,9 @@ def run(argv: Sequence[str] | None = None) -> beam.runners.runner.PipelineResult
   if options.view_as(TestOptions).dry_run:
     sha256 = "not read in a dry run"
   else:
-    listing = ingest.load_listing(config.dataset_spec, config.splits_location,
-                                  config.videos_location)
+    listing = ingest.load_listing(
+        config.dataset_spec, config.splits_location, config.videos_location
+    )
     num_videos = ingest.count_videos(listing, config.classes or None, config.max_videos)
     # The checkpoint is read before the output directory is claimed, so that
     # a wrong checkpoint leaves no owned, empty directory behind.
@@ -803,9 +1008,13 @@ def job_timings(result: beam.runners.runner.PipelineResult) -> dict[str, float]:
     sums[metric.key.metric.name] += metric.committed.sum
     if metric.key.metric.name == "inference_batch_latency_micro_secs":
       batches += metric.committed.count
-  return {"sample_s": sums["sample_video_ms"] / 1e3, "host_wait_s": sums["host_wait_ms"] / 1e3,
-          "inference_s": sums["inference_batch_latency_micro_secs"] / 1e6,
-          "load_model_s": sums["load_model_latency_milli_secs"] / 1e3, "batches": batches}
+  return {
+      "sample_s": sums["sample_video_ms"] / 1e3,
+      "host_wait_s": sums["host_wait_ms"] / 1e3,
+      "inference_s": sums["inference_batch_latency_micro_secs"] / 1e6,
+      "load_model_s": sums["load_model_latency_milli_secs"] / 1e3,
+      "batches": batches,
+  }
 
 
 def summary(config: EmbedJobConfig, counts: dict, seconds: float) -> list[str]:
@@ -813,13 +1022,20 @@ def summary(config: EmbedJobConfig, counts: dict, seconds: float) -> list[str]:
   failed = counts["videos_failed"]
   failed_text = f"{failed} failed"
   if failed:
-    failed_text += " (" + ", ".join(f"{stage}: {n}" for stage, n in
-                                    sorted(counts["videos_failed_by_stage"].items())) + ")"
-  lines = [f"finished in {seconds:.0f} s: {counts['videos_written']} videos embedded "
-           f"({counts['clips_written_train']} training clips, "
-           f"{counts['clips_written_test']} test windows), {failed_text}",
-           f"embeddings: {schema.shard_pattern(config.output_dir)}",
-           f"run record: {FileSystems.join(config.output_dir, schema.RUN_CONFIG_FILE)}"]
+    failed_text += (
+        " ("
+        + ", ".join(
+            f"{stage}: {n}" for stage, n in sorted(counts["videos_failed_by_stage"].items())
+        )
+        + ")"
+    )
+  lines = [
+      f"finished in {seconds:.0f} s: {counts['videos_written']} videos embedded "
+      f"({counts['clips_written_train']} training clips, "
+      f"{counts['clips_written_test']} test windows), {failed_text}",
+      f"embeddings: {schema.shard_pattern(config.output_dir)}",
+      f"run record: {FileSystems.join(config.output_dir, schema.RUN_CONFIG_FILE)}",
+  ]
   if failed:
     lines.append(f"failures:   {FileSystems.join(config.output_dir, FAILURES_DIR, FAILURES_FILE)}")
   return lines
@@ -831,8 +1047,10 @@ def outcome_problem(config: EmbedJobConfig, counts: dict) -> str | None:
   if not written:
     return f"no video was embedded ({failed} failed)"
   if failed > config.max_failed_share * (written + failed):
-    return (f"{failed} of {written + failed} videos failed, more than --max_failed_share "
-            f"{config.max_failed_share:g}")
+    return (
+        f"{failed} of {written + failed} videos failed, more than --max_failed_share "
+        f"{config.max_failed_share:g}"
+    )
   return None
 
 
@@ -840,12 +1058,14 @@ def main(argv: Sequence[str] | None = None) -> None:
   """Runs the job, prints its summary; exits 1 if it embedded nothing or too little."""
   started = time.monotonic()
   verbose = "--verbose" in (sys.argv[1:] if argv is None else argv)
-  logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                      format="%(asctime)s %(message)s")
+  logging.basicConfig(
+      level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s"
+  )
   # Beam 2.77's RunInference warns this at every model load when one of its
   # optional imports fails; the memory figure it cannot get is not used here.
   logging.getLogger().addFilter(
-      lambda record: not record.getMessage().startswith("Resource module is not available"))
+      lambda record: not record.getMessage().startswith("Resource module is not available")
+  )
   result = run(argv)
   result.wait_until_finish()
   if result.state != beam.runners.runner.PipelineState.DONE:
@@ -867,4 +1087,5 @@ if __name__ == "__main__":
   # Run the imported module, not __main__, so that workers in other processes
   # can unpickle this module's classes by their real name.
   from pipelines import embed
+
   run_main(embed.main, embed.PROG, sys.argv[1:])

@@ -84,8 +84,12 @@ FAILURES_FILE = "ingest_failures.jsonl"
 # Hex digits of the location's sha256 in a file's cache key.
 _KEY_DIGEST_CHARS = 16
 # Errors our own code raises with a message that says it all.
-_EXPLAINED_ERRORS = (sources.SourceError, zip_index.ZipFormatError, encode.EncodeError,
-                     video_cache.CacheError)
+_EXPLAINED_ERRORS = (
+    sources.SourceError,
+    zip_index.ZipFormatError,
+    encode.EncodeError,
+    video_cache.CacheError,
+)
 
 
 class StageFailure(Exception):
@@ -119,8 +123,10 @@ def at_stage(stage: str):
 
 # ---- Listing ----
 
-def load_listing(dataset: datasets.DatasetSpec, splits_location: str | None,
-                 videos_location: str | None) -> dataset_listing.DatasetListing:
+
+def load_listing(
+    dataset: datasets.DatasetSpec, splits_location: str | None, videos_location: str | None
+) -> dataset_listing.DatasetListing:
   """The dataset's listing, from the given locations or the dataset's defaults.
 
   Raises:
@@ -133,8 +139,9 @@ def load_listing(dataset: datasets.DatasetSpec, splits_location: str | None,
     raise UsageError(str(e)) from e
 
 
-def select_videos(listing: dataset_listing.DatasetListing, classes: Sequence[str] | None,
-                  max_videos: int | None) -> list[dataset_listing.ListedVideo]:
+def select_videos(
+    listing: dataset_listing.DatasetListing, classes: Sequence[str] | None, max_videos: int | None
+) -> list[dataset_listing.ListedVideo]:
   """Videos of `classes`, at most `max_videos`, round-robin over classes.
 
   Raises:
@@ -145,8 +152,9 @@ def select_videos(listing: dataset_listing.DatasetListing, classes: Sequence[str
   return ucf101.select_videos(listing, classes, max_videos)
 
 
-def count_videos(listing: dataset_listing.DatasetListing, classes: Sequence[str] | None,
-                 max_videos: int | None) -> int:
+def count_videos(
+    listing: dataset_listing.DatasetListing, classes: Sequence[str] | None, max_videos: int | None
+) -> int:
   """How many videos a run of `listing` (`load_listing`) selects, before the job starts.
 
   Raises:
@@ -159,19 +167,26 @@ def count_videos(listing: dataset_listing.DatasetListing, classes: Sequence[str]
     raise UsageError(str(e)) from e
 
 
-def split_count_differences(listing: dataset_listing.DatasetListing, dataset_name: str,
-                            expected: dict[int, tuple[int, int]]) -> list[str]:
+def split_count_differences(
+    listing: dataset_listing.DatasetListing, dataset_name: str, expected: dict[int, tuple[int, int]]
+) -> list[str]:
   """Human-readable differences from the official per-split counts."""
-  return [f"split {split}: {train} train / {test} test videos, official {dataset_name} has "
-          f"{expected[split][0]} / {expected[split][1]}"
-          for split, (train, test) in listing.split_counts().items()
-          if split in expected and (train, test) != expected[split]]
+  return [
+      f"split {split}: {train} train / {test} test videos, official {dataset_name} has "
+      f"{expected[split][0]} / {expected[split][1]}"
+      for split, (train, test) in listing.split_counts().items()
+      if split in expected and (train, test) != expected[split]
+  ]
 
 
-def list_videos(dataset: datasets.DatasetSpec, splits_location: str | None,
-                videos_location: str | None, classes: Sequence[str] | None,
-                max_videos: int | None, expected_split_counts: dict | None
-                ) -> Iterator[dataset_listing.ListedVideo]:
+def list_videos(
+    dataset: datasets.DatasetSpec,
+    splits_location: str | None,
+    videos_location: str | None,
+    classes: Sequence[str] | None,
+    max_videos: int | None,
+    expected_split_counts: dict | None,
+) -> Iterator[dataset_listing.ListedVideo]:
   """The videos to ingest; logs and counts differences from the official split sizes."""
   listing = dataset.list_videos(splits_location, videos_location)
   if expected_split_counts is not None:
@@ -201,10 +216,15 @@ class ListVideos(beam.PTransform):
       check (subsets, synthetic data).
   """
 
-  def __init__(self, dataset: datasets.DatasetSpec, splits_location: str | None,
-               videos_location: str | None, classes: Sequence[str] | None = None,
-               max_videos: int | None = None,
-               expected_split_counts: dict | str | None = OFFICIAL_SPLIT_COUNTS):
+  def __init__(
+      self,
+      dataset: datasets.DatasetSpec,
+      splits_location: str | None,
+      videos_location: str | None,
+      classes: Sequence[str] | None = None,
+      max_videos: int | None = None,
+      expected_split_counts: dict | str | None = OFFICIAL_SPLIT_COUNTS,
+  ):
     super().__init__()
     self._dataset = dataset
     self._locations = (splits_location, videos_location)
@@ -215,13 +235,18 @@ class ListVideos(beam.PTransform):
     self._expected = expected_split_counts
 
   def expand(self, pbegin):
-    return (pbegin
-            | "Dataset" >> beam.Create([self._dataset])
-            | "Parse" >> beam.FlatMap(list_videos, *self._locations, self._classes,
-                                      self._max_videos, self._expected))
+    return (
+        pbegin
+        | "Dataset" >> beam.Create([self._dataset])
+        | "Parse"
+        >> beam.FlatMap(
+            list_videos, *self._locations, self._classes, self._max_videos, self._expected
+        )
+    )
 
 
 # ---- Fetch and encode ----
+
 
 def cache_key(dataset: datasets.DatasetSpec, video: dataset_listing.ListedVideo) -> str:
   """The id under which `video`'s frames are cached.
@@ -234,8 +259,10 @@ def cache_key(dataset: datasets.DatasetSpec, video: dataset_listing.ListedVideo)
   under different roots) share a work directory without collisions. The id is the
   last `/`-separated part (ids never hold `/`), see `video_id_of`.
   """
-  if (dataset.fetch == datasets.FETCH_ZIP_MEMBER
-      and dataset.encoding_recipe == encoding_recipes.UCF101):
+  if (
+      dataset.fetch == datasets.FETCH_ZIP_MEMBER
+      and dataset.encoding_recipe == encoding_recipes.UCF101
+  ):
     return video.video_id
   location_digest = hashlib.sha256(video.location.encode()).hexdigest()[:_KEY_DIGEST_CHARS]
   return f"{dataset.name}/{dataset.encoding_recipe.key}/{location_digest}/{video.video_id}"
@@ -260,23 +287,32 @@ class ZipMemberFetcher:
   def prepare(self) -> zip_index.ZipIndex | str:
     return read_zip_index_or_reason(self.location)
 
-  def is_current(self, video: dataset_listing.ListedVideo, entry: video_cache.IndexEntry,
-                 index: zip_index.ZipIndex | str) -> bool:
+  def is_current(
+      self,
+      video: dataset_listing.ListedVideo,
+      entry: video_cache.IndexEntry,
+      index: zip_index.ZipIndex | str,
+  ) -> bool:
     if isinstance(index, str):
       counter("videos_reused_unverified").inc()
       return True
     member = index.members.get(video.location)
     return member is not None and member.crc32 == entry.source_crc32
 
-  def fetch(self, video: dataset_listing.ListedVideo,
-            index: zip_index.ZipIndex | str) -> tuple[bytes, int]:
+  def fetch(
+      self, video: dataset_listing.ListedVideo, index: zip_index.ZipIndex | str
+  ) -> tuple[bytes, int]:
     """(the member's inflated bytes, its CRC-32); StageFailure at fetch or extract."""
     if isinstance(index, str):
       raise StageFailure(STAGE_FETCH, index)
     member = index.members.get(video.location)
     if member is None:
-      raise StageFailure(STAGE_FETCH, index.unreadable.get(
-          video.location, f"listed in the splits but {video.location} is not in {self.location}"))
+      raise StageFailure(
+          STAGE_FETCH,
+          index.unreadable.get(
+              video.location, f"listed in the splits but {video.location} is not in {self.location}"
+          ),
+      )
     with at_stage(STAGE_FETCH):
       data = fetch_member(self.location, index, member)
     counter("videos_fetched").inc()
@@ -318,9 +354,11 @@ def read_zip_index(video_zip: str) -> zip_index.ZipIndex:
   size = sources.size(video_zip)
   if video_zip == ucf101.VIDEO_ZIP_URL and size != ucf101.VIDEO_ZIP_BYTES:
     raise zip_index.ZipFormatError(
-        f"{video_zip}: {size} bytes, the pinned mirror has {ucf101.VIDEO_ZIP_BYTES}")
-  return zip_index.read_index(lambda start, length: sources.read_range(video_zip, start, length),
-                              size, source=video_zip)
+        f"{video_zip}: {size} bytes, the pinned mirror has {ucf101.VIDEO_ZIP_BYTES}"
+    )
+  return zip_index.read_index(
+      lambda start, length: sources.read_range(video_zip, start, length), size, source=video_zip
+  )
 
 
 def read_zip_index_or_reason(video_zip: str) -> zip_index.ZipIndex | str:
@@ -337,14 +375,16 @@ def read_zip_index_or_reason(video_zip: str) -> zip_index.ZipIndex | str:
     return f"cannot read the video ZIP's central directory: {reason}"
 
 
-def fetch_member(video_zip: str, index: zip_index.ZipIndex,
-                 member: zip_index.ZipMember) -> bytes:
+def fetch_member(video_zip: str, index: zip_index.ZipIndex, member: zip_index.ZipMember) -> bytes:
   """The member's compressed bytes; transient errors are retried and counted."""
+
   def read(start: int, length: int) -> bytes:
-    data = sources.read_range(video_zip, start, length,
-                              on_retry=lambda _: counter("fetch_retries").inc())
+    data = sources.read_range(
+        video_zip, start, length, on_retry=lambda _: counter("fetch_retries").inc()
+    )
     counter("bytes_fetched").inc(len(data))
     return data
+
   return zip_index.read_member_data(read, index, member, source=video_zip)
 
 
@@ -354,14 +394,16 @@ def fetch_file(location: str) -> bytes:
   Read as one range, so that it gets the retries and the size-scaled
   deadline of `sources.read_range`, and a short read is an error.
   """
-  data = sources.read_range(location, 0, sources.size(location),
-                            on_retry=lambda _: counter("fetch_retries").inc())
+  data = sources.read_range(
+      location, 0, sources.size(location), on_retry=lambda _: counter("fetch_retries").inc()
+  )
   counter("bytes_fetched").inc(len(data))
   return data
 
 
-def encode_options(recipe: encoding_recipes.EncodingRecipe,
-                   video: dataset_listing.ListedVideo) -> dict:
+def encode_options(
+    recipe: encoding_recipes.EncodingRecipe, video: dataset_listing.ListedVideo
+) -> dict:
   """`encode.encode_jpeg_frames`'s keyword arguments for `video` under `recipe`.
 
   Empty for the whole video under the protocol's recipe, which is encode's
@@ -372,8 +414,9 @@ def encode_options(recipe: encoding_recipes.EncodingRecipe,
   return {"recipe": recipe, "start_s": video.start_s, "end_s": video.end_s}
 
 
-def fetch_and_encode(dataset: datasets.DatasetSpec, fetcher, context,
-                     video: dataset_listing.ListedVideo) -> video_cache.CachedVideo:
+def fetch_and_encode(
+    dataset: datasets.DatasetSpec, fetcher, context, video: dataset_listing.ListedVideo
+) -> video_cache.CachedVideo:
   """Fetches one video and re-encodes it with the dataset's recipe.
 
   Args:
@@ -390,13 +433,18 @@ def fetch_and_encode(dataset: datasets.DatasetSpec, fetcher, context,
   """
   content, source_crc32 = fetcher.fetch(video, context)
   with at_stage(STAGE_ENCODE):
-    frames = encode.encode_jpeg_frames(content, video.location,
-                                       **encode_options(dataset.encoding_recipe, video))
+    frames = encode.encode_jpeg_frames(
+        content, video.location, **encode_options(dataset.encoding_recipe, video)
+    )
   counter("videos_encoded").inc()
   counter("frames_encoded").inc(len(frames))
   return video_cache.CachedVideo(
-      video_id=cache_key(dataset, video), label=video.label, label_name=video.label_name,
-      frames=tuple(frames), source_crc32=source_crc32)
+      video_id=cache_key(dataset, video),
+      label=video.label,
+      label_name=video.label_name,
+      frames=tuple(frames),
+      source_crc32=source_crc32,
+  )
 
 
 class _FetchAndEncodeFn(beam.DoFn):
@@ -435,15 +483,19 @@ class FetchAndEncode(beam.PTransform):
     self._context = context
 
   def expand(self, videos):
-    outputs = (videos
-               | "Spread" >> beam.Reshuffle()
-               | "FetchEncode" >> beam.ParDo(_FetchAndEncodeFn(self._dataset, self._fetcher),
-                                             beam.pvalue.AsSingleton(self._context))
-               .with_outputs(FAILURES, main="videos"))
+    outputs = (
+        videos
+        | "Spread" >> beam.Reshuffle()
+        | "FetchEncode"
+        >> beam.ParDo(
+            _FetchAndEncodeFn(self._dataset, self._fetcher), beam.pvalue.AsSingleton(self._context)
+        ).with_outputs(FAILURES, main="videos")
+    )
     return outputs["videos"], outputs[FAILURES]
 
 
 # ---- Cache ----
+
 
 class _WriteShardFn(beam.DoFn):
   """A batch of CachedVideo -> one committed shard; yields the videos once committed."""
@@ -467,10 +519,14 @@ class WriteVideoCache(beam.PTransform):
     self._videos_per_shard = videos_per_shard
 
   def expand(self, videos):
-    return (videos
-            | "Batch" >> beam.BatchElements(min_batch_size=self._videos_per_shard,
-                                            max_batch_size=self._videos_per_shard)
-            | "WriteShard" >> beam.ParDo(_WriteShardFn(self._work_dir)))
+    return (
+        videos
+        | "Batch"
+        >> beam.BatchElements(
+            min_batch_size=self._videos_per_shard, max_batch_size=self._videos_per_shard
+        )
+        | "WriteShard" >> beam.ParDo(_WriteShardFn(self._work_dir))
+    )
 
 
 def _drop_damaged_shard(shard: str, damage: str) -> str:
@@ -483,8 +539,9 @@ def _drop_damaged_shard(shard: str, damage: str) -> str:
   return f"{damage}; shard dropped from the cache, its videos are fetched again next run"
 
 
-def read_cached_videos(shard: str, listed: dict[str, dataset_listing.ListedVideo]
-                       ) -> tuple[list[video_cache.CachedVideo], dict[str, str]]:
+def read_cached_videos(
+    shard: str, listed: dict[str, dataset_listing.ListedVideo]
+) -> tuple[list[video_cache.CachedVideo], dict[str, str]]:
   """Reads the `listed` videos (by cache key) from one cache shard.
 
   Ids and labels come from the current listing, not from the cache, so a
@@ -508,17 +565,24 @@ def read_cached_videos(shard: str, listed: dict[str, dataset_listing.ListedVideo
   if lacking:
     reason = _drop_damaged_shard(shard, f"{shard}: the cache index lists videos the shard lacks")
     reasons = {listed[key].video_id: reason for key in lacking}
-  videos = [dataclasses.replace(video, video_id=listed[video.video_id].video_id,
-                                label=listed[video.video_id].label,
-                                label_name=listed[video.video_id].label_name)
-            for video in cached]
+  videos = [
+      dataclasses.replace(
+          video,
+          video_id=listed[video.video_id].video_id,
+          label=listed[video.video_id].label,
+          label_name=listed[video.video_id].label_name,
+      )
+      for video in cached
+  ]
   return videos, reasons
 
 
 class _ReadCachedFn(beam.DoFn):
   """(shard path, (cache key, ListedVideo) cached in it) -> CachedVideo, or failures."""
 
-  def process(self, shard_and_videos: tuple[str, Iterable[tuple[str, dataset_listing.ListedVideo]]]):
+  def process(
+      self, shard_and_videos: tuple[str, Iterable[tuple[str, dataset_listing.ListedVideo]]]
+  ):
     shard, keyed_videos = shard_and_videos
     cached, reasons = read_cached_videos(shard, dict(keyed_videos))
     yield from cached
@@ -534,16 +598,22 @@ class ReadVideoCache(beam.PTransform):
     self._work_dir = work_dir
 
   def expand(self, pbegin):
-    return (pbegin
-            | "WorkDir" >> beam.Create([self._work_dir])
-            | "Index" >> beam.FlatMap(
-                lambda work_dir: [(e.shard, e.video_id)
-                                  for e in video_cache.read_index(work_dir).values()])
-            | "ByShard" >> beam.GroupByKey()
-            | "ReadShard" >> beam.FlatMap(lambda kv: video_cache.read_shard(*kv)))
+    return (
+        pbegin
+        | "WorkDir" >> beam.Create([self._work_dir])
+        | "Index"
+        >> beam.FlatMap(
+            lambda work_dir: [
+                (e.shard, e.video_id) for e in video_cache.read_index(work_dir).values()
+            ]
+        )
+        | "ByShard" >> beam.GroupByKey()
+        | "ReadShard" >> beam.FlatMap(lambda kv: video_cache.read_shard(*kv))
+    )
 
 
 # ---- Everything together ----
+
 
 class IngestResult(typing.NamedTuple):
   videos: beam.PCollection
@@ -553,8 +623,13 @@ class IngestResult(typing.NamedTuple):
 _REUSE, _FETCH = 0, 1
 
 
-def reuse_or_fetch(keyed_video: tuple[str, dataset_listing.ListedVideo], _,
-                   cached: dict[str, video_cache.IndexEntry], fetcher, context) -> int:
+def reuse_or_fetch(
+    keyed_video: tuple[str, dataset_listing.ListedVideo],
+    _,
+    cached: dict[str, video_cache.IndexEntry],
+    fetcher,
+    context,
+) -> int:
   """`_REUSE` a cached video that is still current, else `_FETCH` it.
 
   Current as `fetcher.is_current` says: for ZIP members, the archive holds
@@ -589,56 +664,75 @@ class Ingest(beam.PTransform):
     dataset: the dataset, UCF101 by default.
   """
 
-  def __init__(self, videos_location: str | None = None, splits_location: str | None = None,
-               work_dir: str = "", classes: Sequence[str] | None = None,
-               max_videos: int | None = None,
-               expected_split_counts: dict | str | None = OFFICIAL_SPLIT_COUNTS,
-               videos_per_shard: int = DEFAULT_VIDEOS_PER_SHARD,
-               read_cached_videos: bool = True,
-               dataset: datasets.DatasetSpec = datasets.UCF101):
+  def __init__(
+      self,
+      videos_location: str | None = None,
+      splits_location: str | None = None,
+      work_dir: str = "",
+      classes: Sequence[str] | None = None,
+      max_videos: int | None = None,
+      expected_split_counts: dict | str | None = OFFICIAL_SPLIT_COUNTS,
+      videos_per_shard: int = DEFAULT_VIDEOS_PER_SHARD,
+      read_cached_videos: bool = True,
+      dataset: datasets.DatasetSpec = datasets.UCF101,
+  ):
     super().__init__()
     if not work_dir:
       raise ValueError("Ingest needs a work_dir for its video cache")
     self._dataset = dataset
     self._fetcher = FETCHERS[dataset.fetch](videos_location or dataset.default_videos)
     self._work_dir = work_dir
-    self._list = ListVideos(dataset, splits_location, videos_location, classes, max_videos,
-                            expected_split_counts)
+    self._list = ListVideos(
+        dataset, splits_location, videos_location, classes, max_videos, expected_split_counts
+    )
     self._videos_per_shard = videos_per_shard
     self._read_cached_videos = read_cached_videos
 
   def expand(self, pbegin):
     work_dir = self._work_dir
     dataset = self._dataset
-    listed = (pbegin
-              | "List" >> self._list
-              | "KeyByCacheKey" >> beam.Map(lambda video: (cache_key(dataset, video), video)))
-    cached_index = (pbegin
-                    | "WorkDir" >> beam.Create([work_dir])
-                    | "ReadCacheIndex" >> beam.FlatMap(
-                        lambda d: video_cache.read_index(d).items()))
-    fetch_context = (pbegin
-                     | "Fetcher" >> beam.Create([self._fetcher])
-                     | "PrepareFetch" >> beam.Map(lambda fetcher: fetcher.prepare()))
+    listed = (
+        pbegin
+        | "List" >> self._list
+        | "KeyByCacheKey" >> beam.Map(lambda video: (cache_key(dataset, video), video))
+    )
+    cached_index = (
+        pbegin
+        | "WorkDir" >> beam.Create([work_dir])
+        | "ReadCacheIndex" >> beam.FlatMap(lambda d: video_cache.read_index(d).items())
+    )
+    fetch_context = (
+        pbegin
+        | "Fetcher" >> beam.Create([self._fetcher])
+        | "PrepareFetch" >> beam.Map(lambda fetcher: fetcher.prepare())
+    )
     cached, to_fetch = listed | "SplitCached" >> beam.Partition(
-        reuse_or_fetch, 2, beam.pvalue.AsDict(cached_index), self._fetcher,
-        beam.pvalue.AsSingleton(fetch_context))
-    encoded, failures = (to_fetch
-                         | "Unkey" >> beam.Values()
-                         | "FetchAndEncode" >> FetchAndEncode(dataset, self._fetcher,
-                                                              fetch_context))
-    written = (encoded
-               | "WriteCache" >> WriteVideoCache(work_dir, self._videos_per_shard)
-               | "AsListed" >> beam.Map(
-                   lambda v: dataclasses.replace(v, video_id=video_id_of(v.video_id))))
+        reuse_or_fetch,
+        2,
+        beam.pvalue.AsDict(cached_index),
+        self._fetcher,
+        beam.pvalue.AsSingleton(fetch_context),
+    )
+    encoded, failures = (
+        to_fetch
+        | "Unkey" >> beam.Values()
+        | "FetchAndEncode" >> FetchAndEncode(dataset, self._fetcher, fetch_context)
+    )
+    written = (
+        encoded
+        | "WriteCache" >> WriteVideoCache(work_dir, self._videos_per_shard)
+        | "AsListed" >> beam.Map(lambda v: dataclasses.replace(v, video_id=video_id_of(v.video_id)))
+    )
     if not self._read_cached_videos:
       return IngestResult(videos=written, failures=failures)
-    reused = (cached
-              | "CountReused" >> beam.Map(_count_reused)
-              | "ShardOf" >> beam.Map(lambda kv, index: (index[kv[0]].shard, kv),
-                                      beam.pvalue.AsDict(cached_index))
-              | "ByShard" >> beam.GroupByKey()
-              | "ReadCached" >> beam.ParDo(_ReadCachedFn()).with_outputs(FAILURES, main="videos"))
+    reused = (
+        cached
+        | "CountReused" >> beam.Map(_count_reused)
+        | "ShardOf"
+        >> beam.Map(lambda kv, index: (index[kv[0]].shard, kv), beam.pvalue.AsDict(cached_index))
+        | "ByShard" >> beam.GroupByKey()
+        | "ReadCached" >> beam.ParDo(_ReadCachedFn()).with_outputs(FAILURES, main="videos")
+    )
     videos = (reused.videos, written) | "AllVideos" >> beam.Flatten()
     failures = (failures, reused[FAILURES]) | "AllFailures" >> beam.Flatten()
     return IngestResult(videos=videos, failures=failures)
@@ -652,30 +746,52 @@ def _count_reused(keyed_video):
 # ---- Command line ----
 
 # Every dataset's location flags (`DatasetSpec.splits_flag`, `.videos_flag`).
-LOCATION_FLAGS = tuple(sorted({flag for spec in datasets.DATASETS.values()
-                               for flag in (spec.splits_flag, spec.videos_flag)}))
+LOCATION_FLAGS = tuple(
+    sorted(
+        {
+            flag
+            for spec in datasets.DATASETS.values()
+            for flag in (spec.splits_flag, spec.videos_flag)
+        }
+    )
+)
 
 
 def add_dataset_flags(parser: argparse.ArgumentParser) -> None:
   """Adds --dataset, --recipe and every dataset's location flags (None: the dataset's)."""
   names = ", ".join(f"{spec.name}: {spec.description}" for spec in datasets.DATASETS.values())
   parser.add_argument("--dataset", default=datasets.UCF101.name, help=names)
-  parser.add_argument("--recipe", default=None, choices=sorted(encoding_recipes.RECIPES),
-                      help="how videos are re-encoded into frames (docs/datasets.md); default: "
-                           "the dataset's (csv: ucf101's)")
-  flag_users = {flag: [spec for spec in datasets.DATASETS.values()
-                       if flag in (spec.splits_flag, spec.videos_flag)] for flag in LOCATION_FLAGS}
+  parser.add_argument(
+      "--recipe",
+      default=None,
+      choices=sorted(encoding_recipes.RECIPES),
+      help="how videos are re-encoded into frames (docs/datasets.md); default: "
+      "the dataset's (csv: ucf101's)",
+  )
+  flag_users = {
+      flag: [
+          spec
+          for spec in datasets.DATASETS.values()
+          if flag in (spec.splits_flag, spec.videos_flag)
+      ]
+      for flag in LOCATION_FLAGS
+  }
   for flag, specs in flag_users.items():
-    defaults = {spec.default_splits if flag == spec.splits_flag else spec.default_videos
-                for spec in specs} - {None}
+    defaults = {
+        spec.default_splits if flag == spec.splits_flag else spec.default_videos for spec in specs
+    } - {None}
     default_text = f"; default {defaults.pop()}" if defaults else ""
-    parser.add_argument(f"--{flag}", default=None,
-                        help=f"for --dataset={'/'.join(s.name for s in specs)}: local, gs:// "
-                             f"or https://{default_text}")
+    parser.add_argument(
+        f"--{flag}",
+        default=None,
+        help=f"for --dataset={'/'.join(s.name for s in specs)}: local, gs:// "
+        f"or https://{default_text}",
+    )
 
 
-def resolve_dataset(name: str, locations: dict[str, str | None], recipe: str | None = None
-                    ) -> tuple[datasets.DatasetSpec, str | None, str | None]:
+def resolve_dataset(
+    name: str, locations: dict[str, str | None], recipe: str | None = None
+) -> tuple[datasets.DatasetSpec, str | None, str | None]:
   """(dataset, splits location, videos location) from --dataset, the location flags, --recipe.
 
   Args:
@@ -692,13 +808,21 @@ def resolve_dataset(name: str, locations: dict[str, str | None], recipe: str | N
     raise UsageError(str(e)) from e
   if recipe is not None:
     spec = dataclasses.replace(spec, recipe=recipe)
-  foreign = [flag for flag, value in sorted(locations.items())
-             if value is not None and flag not in (spec.splits_flag, spec.videos_flag)]
+  foreign = [
+      flag
+      for flag, value in sorted(locations.items())
+      if value is not None and flag not in (spec.splits_flag, spec.videos_flag)
+  ]
   if foreign:
-    raise UsageError(f"--{foreign[0]} is not a flag of --dataset={spec.name}, which takes "
-                     f"--{spec.splits_flag} and --{spec.videos_flag}")
-  return (spec, locations[spec.splits_flag] or spec.default_splits,
-          locations[spec.videos_flag] or spec.default_videos)
+    raise UsageError(
+        f"--{foreign[0]} is not a flag of --dataset={spec.name}, which takes "
+        f"--{spec.splits_flag} and --{spec.videos_flag}"
+    )
+  return (
+      spec,
+      locations[spec.splits_flag] or spec.default_splits,
+      locations[spec.videos_flag] or spec.default_videos,
+  )
 
 
 PROG = "python -m pipelines.ingest"
@@ -707,40 +831,63 @@ PROG = "python -m pipelines.ingest"
 def main(argv: Sequence[str] | None = None) -> dict[str, int]:
   """Ingests the dataset into the video cache; prints the counts and the failures."""
   parser = argparse.ArgumentParser(
-      prog=PROG, description=__doc__.split("\n", 1)[0],
+      prog=PROG,
+      description=__doc__.split("\n", 1)[0],
       epilog="Other flags are Beam pipeline options (e.g. --direct_num_workers).",
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+  )
   add_dataset_flags(parser)
-  parser.add_argument("--work_dir", required=True, default=argparse.SUPPRESS,
-                      help="the video cache (local or gs://); required")
-  parser.add_argument("--classes", default="",
-                      help="comma-separated class names (empty: all)")
+  parser.add_argument(
+      "--work_dir",
+      required=True,
+      default=argparse.SUPPRESS,
+      help="the video cache (local or gs://); required",
+  )
+  parser.add_argument("--classes", default="", help="comma-separated class names (empty: all)")
   parser.add_argument("--max_videos", type=int, default=None, help="limit the run, for trials")
-  parser.add_argument("--videos_per_shard", type=int, default=DEFAULT_VIDEOS_PER_SHARD,
-                      help="videos per cache shard")
-  parser.add_argument("--failures", default=None,
-                      help=f"JSON-lines failure file (None: WORK_DIR/{FAILURES_FILE})")
-  parser.add_argument("--no_count_check", action="store_true",
-                      help="skip the check against the official per-split counts")
+  parser.add_argument(
+      "--videos_per_shard",
+      type=int,
+      default=DEFAULT_VIDEOS_PER_SHARD,
+      help="videos per cache shard",
+  )
+  parser.add_argument(
+      "--failures", default=None, help=f"JSON-lines failure file (None: WORK_DIR/{FAILURES_FILE})"
+  )
+  parser.add_argument(
+      "--no_count_check",
+      action="store_true",
+      help="skip the check against the official per-split counts",
+  )
   parser.add_argument("--verbose", action="store_true", help="show Beam's INFO logs")
   args, beam_args = parser.parse_known_args(argv)
   check_beam_flags(beam_args, PROG)
-  logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                      format="%(asctime)s %(message)s")
+  logging.basicConfig(
+      level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s"
+  )
   dataset, splits_location, videos_location = resolve_dataset(
-      args.dataset, {flag: getattr(args, flag) for flag in LOCATION_FLAGS}, args.recipe)
+      args.dataset, {flag: getattr(args, flag) for flag in LOCATION_FLAGS}, args.recipe
+  )
   failures_path = args.failures or FileSystems.join(args.work_dir, FAILURES_FILE)
   classes = [c for c in args.classes.split(",") if c]
   listing = load_listing(dataset, splits_location, videos_location)
-  print(f"[ingest] {count_videos(listing, classes or None, args.max_videos)} videos listed",
-        flush=True)
+  print(
+      f"[ingest] {count_videos(listing, classes or None, args.max_videos)} videos listed",
+      flush=True,
+  )
 
   pipeline = beam.Pipeline(options=PipelineOptions(with_local_runner(beam_args)))
   result = pipeline | "Ingest" >> Ingest(
-      videos_location, splits_location, args.work_dir, classes=classes or None,
+      videos_location,
+      splits_location,
+      args.work_dir,
+      classes=classes or None,
       max_videos=args.max_videos,
       expected_split_counts=None if args.no_count_check else OFFICIAL_SPLIT_COUNTS,
-      videos_per_shard=args.videos_per_shard, read_cached_videos=False, dataset=dataset)
+      videos_per_shard=args.videos_per_shard,
+      read_cached_videos=False,
+      dataset=dataset,
+  )
   _ = result.failures | "WriteFailures" >> WriteFailures(failures_path)
   run = pipeline.run()
   run.wait_until_finish()
@@ -758,4 +905,5 @@ if __name__ == "__main__":
   # Run the imported module, not __main__, so that workers in other processes
   # can unpickle this module's classes by their real name.
   from pipelines import ingest
+
   run_main(ingest.main, ingest.PROG, sys.argv[1:])

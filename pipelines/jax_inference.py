@@ -29,11 +29,21 @@ WORKER_ENV = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
 class JaxEmbeddingHandler(ModelHandler[np.ndarray, dict, VideoEmbedder]):
   """Clips uint8 [T, H, W, 3] in, {output name: float32 [dim]} out."""
 
-  def __init__(self, checkpoint_path: str, backbone: str | None,
-               config: EmbedderConfig, outputs: Sequence[str],
-               model_copies: int | None = None, jax_cache_dir: str | None = None):
-    super().__init__(min_batch_size=config.batch_size, max_batch_size=config.batch_size,
-                     model_copies=model_copies, env_vars=WORKER_ENV)
+  def __init__(
+      self,
+      checkpoint_path: str,
+      backbone: str | None,
+      config: EmbedderConfig,
+      outputs: Sequence[str],
+      model_copies: int | None = None,
+      jax_cache_dir: str | None = None,
+  ):
+    super().__init__(
+        min_batch_size=config.batch_size,
+        max_batch_size=config.batch_size,
+        model_copies=model_copies,
+        env_vars=WORKER_ENV,
+    )
     self._checkpoint_path = checkpoint_path
     self._backbone = backbone
     self._config = config
@@ -44,13 +54,18 @@ class JaxEmbeddingHandler(ModelHandler[np.ndarray, dict, VideoEmbedder]):
     enable_compilation_cache(self._jax_cache_dir)
     return VideoEmbedder.from_checkpoint(self._checkpoint_path, self._backbone, self._config)
 
-  def run_inference(self, batch: Sequence[np.ndarray], model: VideoEmbedder,
-                    inference_args: Mapping[str, Any] | None = None
-                    ) -> Iterable[PredictionResult]:
+  def run_inference(
+      self,
+      batch: Sequence[np.ndarray],
+      model: VideoEmbedder,
+      inference_args: Mapping[str, Any] | None = None,
+  ) -> Iterable[PredictionResult]:
     out = model.embed_clips(np.stack(batch), self._outputs)
     # The clip itself is not carried on: it is megabytes, and nothing downstream reads it.
-    return [PredictionResult(None, {name: out[name][i] for name in self._outputs})
-            for i in range(len(batch))]
+    return [
+        PredictionResult(None, {name: out[name][i] for name in self._outputs})
+        for i in range(len(batch))
+    ]
 
   def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
     return sum(clip.nbytes for clip in batch)

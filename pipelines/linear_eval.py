@@ -68,6 +68,7 @@ class IncompleteInputError(common.UsageError, linear_eval.IncompleteSplitError):
 @dataclasses.dataclass(frozen=True)
 class LinearEvalConfig:
   """Everything the job's tasks need; built once from the flags."""
+
   embeddings_dir: str
   output_dir: str
   dataset: str | None  # None: the one the embedding job used (its run.json).
@@ -91,6 +92,7 @@ def _comma_list(kind):
     if not values:
       raise argparse.ArgumentTypeError("empty list")
     return values
+
   return parse
 
 
@@ -113,50 +115,92 @@ def parse_args(argv: Sequence[str] | None) -> tuple[LinearEvalConfig, list[str]]
   """
   defaults = linear_eval.DEFAULT_SVM_SETTINGS
   parser = argparse.ArgumentParser(
-      prog=PROG, description=__doc__.split("\n", 1)[0],
+      prog=PROG,
+      description=__doc__.split("\n", 1)[0],
       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
       epilog="Other flags are Beam's pipeline options (e.g. --runner); by default the "
-      "job runs in this process on Beam's local runner.")
+      "job runs in this process on Beam's local runner.",
+  )
   # A required flag has no default for --help to show.
-  parser.add_argument("--embeddings_dir", required=True, default=argparse.SUPPRESS,
-                      help="the embedding job's --output_dir (local or gs://); required")
-  parser.add_argument("--output_dir", required=True, default=argparse.SUPPRESS,
-                      help="where metrics.json, report.md, per_class_accuracy.csv, the "
-                      "confusion PNGs and classifiers/ go; it must not hold a metrics.json "
-                      "already; required")
-  parser.add_argument("--dataset", default=None,
-                      help="None: the one the embedding job recorded in its run.json")
+  parser.add_argument(
+      "--embeddings_dir",
+      required=True,
+      default=argparse.SUPPRESS,
+      help="the embedding job's --output_dir (local or gs://); required",
+  )
+  parser.add_argument(
+      "--output_dir",
+      required=True,
+      default=argparse.SUPPRESS,
+      help="where metrics.json, report.md, per_class_accuracy.csv, the "
+      "confusion PNGs and classifiers/ go; it must not hold a metrics.json "
+      "already; required",
+  )
+  parser.add_argument(
+      "--dataset", default=None, help="None: the one the embedding job recorded in its run.json"
+  )
   for flag in _SPLITS_FLAGS:
-    parser.add_argument(f"--{flag}", default=None,
-                        help="the split definitions (local, gs:// or https://) for --dataset="
-                        + "/".join(s.name for s in datasets.DATASETS.values()
-                                   if s.splits_flag == flag)
-                        + "; None: those the embedding job recorded in its run.json")
-  parser.add_argument("--splits", type=_comma_list(int), default=None,
-                      help="comma-separated splits to evaluate; None: every split of the dataset")
-  parser.add_argument("--svm_c", type=_comma_list(float), default=None,
-                      help="C of the SVM; a comma-separated list runs a sweep, choosing C by "
-                      "top-1 on held-out training groups; None: the dataset's protocol C for "
-                      f"the backbone ({linear_eval.DEFAULT_SVM_C:g} for UCF101)")
-  parser.add_argument("--solver", choices=linear_eval.SOLVERS, default=defaults.solver,
-                      help="newton: every class at once by matrix products; liblinear: "
-                      "scikit-learn's LinearSVC, one class at a time, as the original "
-                      "evaluation ran it. Same objective.")
-  parser.add_argument("--svm_dual", type=_dual, default=str(defaults.dual).lower(),
-                      help="liblinear only: LinearSVC's dual (true, false or auto)")
-  parser.add_argument("--svm_tol", type=float, default=None,
-                      help="newton: stop when each class's gradient norm falls to this "
-                      "fraction of its norm at zero; liblinear: LinearSVC's tol. None: "
-                      f"{defaults.tol:g} for newton, {linear_eval.ORIGINAL_SVM_SETTINGS.tol:g} "
-                      "(the original's) for liblinear")
-  parser.add_argument("--svm_max_iter", type=int, default=defaults.max_iter,
-                      help="newton: Newton iterations at most (a split that needs more "
-                      "is an error); liblinear: LinearSVC's max_iter")
-  parser.add_argument("--allow_missing", action="store_true",
-                      help="score splits whose videos lack clips; the report lists what "
-                      "was missing")
-  parser.add_argument("--verbose", action="store_true",
-                      help="show Beam's INFO logs and each split's result as it comes")
+    parser.add_argument(
+        f"--{flag}",
+        default=None,
+        help="the split definitions (local, gs:// or https://) for --dataset="
+        + "/".join(s.name for s in datasets.DATASETS.values() if s.splits_flag == flag)
+        + "; None: those the embedding job recorded in its run.json",
+    )
+  parser.add_argument(
+      "--splits",
+      type=_comma_list(int),
+      default=None,
+      help="comma-separated splits to evaluate; None: every split of the dataset",
+  )
+  parser.add_argument(
+      "--svm_c",
+      type=_comma_list(float),
+      default=None,
+      help="C of the SVM; a comma-separated list runs a sweep, choosing C by "
+      "top-1 on held-out training groups; None: the dataset's protocol C for "
+      f"the backbone ({linear_eval.DEFAULT_SVM_C:g} for UCF101)",
+  )
+  parser.add_argument(
+      "--solver",
+      choices=linear_eval.SOLVERS,
+      default=defaults.solver,
+      help="newton: every class at once by matrix products; liblinear: "
+      "scikit-learn's LinearSVC, one class at a time, as the original "
+      "evaluation ran it. Same objective.",
+  )
+  parser.add_argument(
+      "--svm_dual",
+      type=_dual,
+      default=str(defaults.dual).lower(),
+      help="liblinear only: LinearSVC's dual (true, false or auto)",
+  )
+  parser.add_argument(
+      "--svm_tol",
+      type=float,
+      default=None,
+      help="newton: stop when each class's gradient norm falls to this "
+      "fraction of its norm at zero; liblinear: LinearSVC's tol. None: "
+      f"{defaults.tol:g} for newton, {linear_eval.ORIGINAL_SVM_SETTINGS.tol:g} "
+      "(the original's) for liblinear",
+  )
+  parser.add_argument(
+      "--svm_max_iter",
+      type=int,
+      default=defaults.max_iter,
+      help="newton: Newton iterations at most (a split that needs more "
+      "is an error); liblinear: LinearSVC's max_iter",
+  )
+  parser.add_argument(
+      "--allow_missing",
+      action="store_true",
+      help="score splits whose videos lack clips; the report lists what " "was missing",
+  )
+  parser.add_argument(
+      "--verbose",
+      action="store_true",
+      help="show Beam's INFO logs and each split's result as it comes",
+  )
   args, beam_args = parser.parse_known_args(argv)
   common.check_beam_flags(beam_args, PROG)
 
@@ -166,23 +210,32 @@ def parse_args(argv: Sequence[str] | None) -> tuple[LinearEvalConfig, list[str]]
   bad_cs = [c for c in args.svm_c or () if not _positive(c)]
   if bad_cs:
     raise common.UsageError(
-        f"--svm_c: C must be a positive number, got {', '.join(f'{c:g}' for c in bad_cs)}")
+        f"--svm_c: C must be a positive number, got {', '.join(f'{c:g}' for c in bad_cs)}"
+    )
   if args.svm_tol is not None and not _positive(args.svm_tol):
     raise common.UsageError(f"--svm_tol must be a positive number, got {args.svm_tol:g}")
   if args.svm_max_iter < 1:
     raise common.UsageError(f"--svm_max_iter must be at least 1, got {args.svm_max_iter}")
-  default_tol = (linear_eval.ORIGINAL_SVM_SETTINGS.tol
-                 if args.solver == linear_eval.SOLVER_LIBLINEAR else defaults.tol)
+  default_tol = (
+      linear_eval.ORIGINAL_SVM_SETTINGS.tol
+      if args.solver == linear_eval.SOLVER_LIBLINEAR
+      else defaults.tol
+  )
   config = LinearEvalConfig(
-      embeddings_dir=args.embeddings_dir, output_dir=args.output_dir,
+      embeddings_dir=args.embeddings_dir,
+      output_dir=args.output_dir,
       dataset=args.dataset,
       splits_location=getattr(args, given_splits_flags[0]) if given_splits_flags else None,
       splits=tuple(sorted(set(args.splits))) if args.splits else None,
       svm_cs=tuple(sorted(set(args.svm_c))) if args.svm_c else None,
       svm_settings=linear_eval.SvmSettings(
-          solver=args.solver, dual=args.svm_dual, tol=args.svm_tol or default_tol,
-          max_iter=args.svm_max_iter),
-      allow_missing=args.allow_missing)
+          solver=args.solver,
+          dual=args.svm_dual,
+          tol=args.svm_tol or default_tol,
+          max_iter=args.svm_max_iter,
+      ),
+      allow_missing=args.allow_missing,
+  )
   return config, beam_args
 
 
@@ -197,6 +250,7 @@ class Inputs:
     classes: the classes of those videos, label -> name, in label order.
     svm_cs: the C values to evaluate (the flag's, else the protocol's).
   """
+
   dataset: str
   layouts: dict[int, linear_eval.SplitLayout]
   classes: dict[int, str]
@@ -218,36 +272,54 @@ def read_inputs(config: LinearEvalConfig) -> Inputs:
     run_config = schema.read_run_config(config.embeddings_dir)
   except schema.EmbeddingFormatError as e:
     raise common.UsageError(
-        f"--embeddings_dir {config.embeddings_dir} is not an embedding job's output: {e}") from e
+        f"--embeddings_dir {config.embeddings_dir} is not an embedding job's output: {e}"
+    ) from e
   settings = run_config.get(schema.SETTINGS, {})
   recorded = run_config.get("dataset") or {}
   spec = _dataset(config.dataset or recorded.get("name") or datasets.UCF101.name)
   same_dataset = spec.name == recorded.get("name", datasets.UCF101.name)
-  recorded_splits = (recorded.get("splits_location") or settings.get(spec.splits_flag)
-                     if same_dataset else None)
-  recorded_videos = (recorded.get("videos_location") or settings.get(spec.videos_flag)
-                     if same_dataset else None)
+  recorded_splits = (
+      recorded.get("splits_location") or settings.get(spec.splits_flag) if same_dataset else None
+  )
+  recorded_videos = (
+      recorded.get("videos_location") or settings.get(spec.videos_flag) if same_dataset else None
+  )
   try:
     listing = spec.list_videos(config.splits_location or recorded_splits, recorded_videos)
-    videos = ingest.select_videos(listing, settings.get(schema.CLASSES),
-                                  settings.get(schema.MAX_VIDEOS))
+    videos = ingest.select_videos(
+        listing, settings.get(schema.CLASSES), settings.get(schema.MAX_VIDEOS)
+    )
   except (sources.SourceError, ValueError) as e:  # ValueError: listing errors, unknown classes.
-    given_by = (f"--{spec.splits_flag}" if config.splits_location
-                else f"the split lists of {config.embeddings_dir}/{schema.RUN_CONFIG_FILE}")
+    given_by = (
+        f"--{spec.splits_flag}"
+        if config.splits_location
+        else f"the split lists of {config.embeddings_dir}/{schema.RUN_CONFIG_FILE}"
+    )
     raise common.UsageError(f"{given_by}: {e}") from e
   unknown_splits = sorted(set(config.splits or ()) - set(listing.splits))
   if unknown_splits:
-    raise common.UsageError(f"--splits: no split {unknown_splits}; {spec.name.upper()} has splits "
-                            f"{', '.join(map(str, listing.splits))}")
+    raise common.UsageError(
+        f"--splits: no split {unknown_splits}; {spec.name.upper()} has splits "
+        f"{', '.join(map(str, listing.splits))}"
+    )
   asked_for = dataclasses.replace(listing, videos=tuple(videos))
-  layouts = {s: linear_eval.SplitLayout.from_lists(
-      asked_for, s, num_train_clips=run_config[schema.NUM_TRAIN_CLIPS],
-      num_test_windows=run_config[schema.NUM_TEST_WINDOWS])
-             for s in config.splits or listing.splits}
+  layouts = {
+      s: linear_eval.SplitLayout.from_lists(
+          asked_for,
+          s,
+          num_train_clips=run_config[schema.NUM_TRAIN_CLIPS],
+          num_test_windows=run_config[schema.NUM_TEST_WINDOWS],
+      )
+      for s in config.splits or listing.splits
+  }
   labels = sorted({v.label for v in videos})
   svm_cs = config.svm_cs or (protocol_svm_c(spec, run_config.get("backbone")),)
-  return Inputs(dataset=spec.name, layouts=layouts,
-                classes={label: listing.class_names[label] for label in labels}, svm_cs=svm_cs)
+  return Inputs(
+      dataset=spec.name,
+      layouts=layouts,
+      classes={label: listing.class_names[label] for label in labels},
+      svm_cs=svm_cs,
+  )
 
 
 def protocol_svm_c(spec: datasets.DatasetSpec, backbone: str | None) -> float:
@@ -260,8 +332,10 @@ def protocol_svm_c(spec: datasets.DatasetSpec, backbone: str | None) -> float:
     return spec.protocol.svm_c_for(backbone)
   cs = {c for _, c in spec.protocol.svm_c}
   if len(cs) > 1:
-    raise common.UsageError(f"the embeddings' run.json names no backbone, and {spec.name}'s "
-                            "protocol C depends on it: pass --svm_c")
+    raise common.UsageError(
+        f"the embeddings' run.json names no backbone, and {spec.name}'s "
+        "protocol C depends on it: pass --svm_c"
+    )
   return cs.pop()
 
 
@@ -276,8 +350,10 @@ def check_output_dir(output_dir: str) -> None:
   """Refuses an output directory that holds an earlier evaluation's metrics."""
   metrics = f"{output_dir.rstrip('/')}/{report.METRICS_FILE}"
   if FileSystems.exists(metrics):
-    raise common.UsageError(f"--output_dir {output_dir} already holds {report.METRICS_FILE}; "
-                            "choose a new --output_dir or delete it")
+    raise common.UsageError(
+        f"--output_dir {output_dir} already holds {report.METRICS_FILE}; "
+        "choose a new --output_dir or delete it"
+    )
 
 
 def check_clips(config: LinearEvalConfig, inputs: Inputs) -> None:
@@ -300,18 +376,21 @@ def check_clips(config: LinearEvalConfig, inputs: Inputs) -> None:
     if not check.num_train_clips:
       raise common.UsageError(
           f"--embeddings_dir {config.embeddings_dir}: split {check.split}: none of its "
-          f"{len(layout.train_videos)} training videos has a clip")
+          f"{len(layout.train_videos)} training videos has a clip"
+      )
   problems = [line for check in checks for line in check.problems(max_ids=3)]
   if problems and not config.allow_missing:
     raise IncompleteInputError(
         f"--embeddings_dir {config.embeddings_dir}: {'; '.join(problems)}; pass "
-        "--allow_missing to score what is there (the report lists what was missing)")
+        "--allow_missing to score what is there (the report lists what was missing)"
+    )
 
 
 def _load_split(config: LinearEvalConfig, layout: linear_eval.SplitLayout):
   start = time.perf_counter()
   features, check = linear_eval.collect_split_features(
-      schema.embedding_records(config.embeddings_dir), layout)
+      schema.embedding_records(config.embeddings_dir), layout
+  )
   linear_eval.require_complete(check, config.allow_missing)
   if not check.complete:
     logging.warning("Scoring an incomplete split:\n%s", check.summary())
@@ -327,35 +406,47 @@ class EvaluateSplit(beam.DoFn):
   def process(self, split: int, inputs: Inputs):
     features, check, load_seconds = _load_split(self._config, inputs.layouts[split])
     result = linear_eval.evaluate_split(
-        features, check, inputs.svm_cs, self._config.svm_settings,
-        load_seconds=load_seconds)
-    result.classifier.save(
-        f"{self._config.output_dir.rstrip('/')}/{report.classifier_name(split)}")
-    logging.info("split %d: C=%g test top-1 %.4f", split, result.metrics["svm_c"],
-                 result.metrics["test_top1"])
+        features, check, inputs.svm_cs, self._config.svm_settings, load_seconds=load_seconds
+    )
+    result.classifier.save(f"{self._config.output_dir.rstrip('/')}/{report.classifier_name(split)}")
+    logging.info(
+        "split %d: C=%g test top-1 %.4f",
+        split,
+        result.metrics["svm_c"],
+        result.metrics["test_top1"],
+    )
     yield result
 
 
-def write_outputs(results: Sequence[linear_eval.SplitResult], config: LinearEvalConfig,
-                  inputs: Inputs) -> None:
+def write_outputs(
+    results: Sequence[linear_eval.SplitResult], config: LinearEvalConfig, inputs: Inputs
+) -> None:
   """metrics.json, per-class CSV, confusion PNGs and report.md in --output_dir."""
   out = config.output_dir.rstrip("/")
-  settings = config.to_json() | {"dataset": inputs.dataset, "splits": sorted(inputs.layouts),
-                                 "svm_cs": list(inputs.svm_cs)}
+  settings = config.to_json() | {
+      "dataset": inputs.dataset,
+      "splits": sorted(inputs.layouts),
+      "svm_cs": list(inputs.svm_cs),
+  }
   summary = linear_eval.summarise(results) | {"settings": settings}
   per_split = {r.split: (r.per_class_accuracy, r.per_class_videos) for r in results}
-  report.write_bytes(f"{out}/{report.METRICS_FILE}",
-                     json.dumps(report.strict_json(summary), indent=2, sort_keys=True,
-                                allow_nan=False).encode())
-  report.write_bytes(f"{out}/{report.PER_CLASS_FILE}",
-                     report.per_class_csv(inputs.classes, per_split).encode())
+  report.write_bytes(
+      f"{out}/{report.METRICS_FILE}",
+      json.dumps(report.strict_json(summary), indent=2, sort_keys=True, allow_nan=False).encode(),
+  )
+  report.write_bytes(
+      f"{out}/{report.PER_CLASS_FILE}", report.per_class_csv(inputs.classes, per_split).encode()
+  )
   for r in results:
-    report.write_bytes(f"{out}/{report.confusion_png_name(r.split)}",
-                       report.confusion_png(r.confusion, inputs.classes,
-                                            f"{inputs.dataset.upper()} split {r.split}, test videos"))
+    report.write_bytes(
+        f"{out}/{report.confusion_png_name(r.split)}",
+        report.confusion_png(
+            r.confusion, inputs.classes, f"{inputs.dataset.upper()} split {r.split}, test videos"
+        ),
+    )
   markdown = report.markdown_report(
-      summary, inputs.classes, per_split, {r.split: r.check.summary() for r in results},
-      settings)
+      summary, inputs.classes, per_split, {r.split: r.check.summary() for r in results}, settings
+  )
   report.write_bytes(f"{out}/{report.REPORT_FILE}", markdown.encode())
 
 
@@ -366,13 +457,16 @@ def build_pipeline(pipeline: beam.Pipeline, config: LinearEvalConfig) -> None:
   built where they cannot be read (a dry run).
   """
   inputs = beam.pvalue.AsSingleton(
-      pipeline | "Config" >> beam.Create([config]) | "ReadInputs" >> beam.Map(read_inputs))
-  _ = (inputs.pvalue
-       | "Splits" >> beam.FlatMap(lambda read: sorted(read.layouts))
-       | "SpreadSplits" >> beam.Reshuffle()
-       | "EvaluateSplit" >> beam.ParDo(EvaluateSplit(config), inputs)
-       | "AllSplits" >> beam.combiners.ToList()
-       | "WriteOutputs" >> beam.Map(write_outputs, config, inputs))
+      pipeline | "Config" >> beam.Create([config]) | "ReadInputs" >> beam.Map(read_inputs)
+  )
+  _ = (
+      inputs.pvalue
+      | "Splits" >> beam.FlatMap(lambda read: sorted(read.layouts))
+      | "SpreadSplits" >> beam.Reshuffle()
+      | "EvaluateSplit" >> beam.ParDo(EvaluateSplit(config), inputs)
+      | "AllSplits" >> beam.combiners.ToList()
+      | "WriteOutputs" >> beam.Map(write_outputs, config, inputs)
+  )
 
 
 def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
@@ -382,8 +476,7 @@ def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
   return options
 
 
-def start(config: LinearEvalConfig,
-          options: PipelineOptions) -> beam.runners.runner.PipelineResult:
+def start(config: LinearEvalConfig, options: PipelineOptions) -> beam.runners.runner.PipelineResult:
   """Checks what it can read before any work, then builds and runs the pipeline.
 
   A dry run reads nothing: the job is built where its inputs may not be
@@ -409,8 +502,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   """Runs the job to its end, then prints its summary (`report.console_summary`)."""
   started = time.monotonic()
   verbose = "--verbose" in (sys.argv[1:] if argv is None else argv)
-  logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                      format="%(asctime)s %(message)s")
+  logging.basicConfig(
+      level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s"
+  )
   config, beam_args = parse_args(argv)
   options = pipeline_options(beam_args)
   start(config, options).wait_until_finish()
@@ -418,12 +512,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     return
   with FileSystems.open(f"{config.output_dir.rstrip('/')}/{report.METRICS_FILE}") as f:
     summary = json.loads(f.read())
-  print(report.console_summary(summary, config.output_dir, time.monotonic() - started),
-        flush=True)
+  print(report.console_summary(summary, config.output_dir, time.monotonic() - started), flush=True)
 
 
 if __name__ == "__main__":
   # Run the imported module, not __main__, so that workers in other processes
   # can unpickle this module's classes by their real name.
   from pipelines import linear_eval
+
   common.run_main(linear_eval.main, linear_eval.PROG, sys.argv[1:])

@@ -16,10 +16,18 @@ HEAVY_MODULES = ("sklearn", "scipy", "matplotlib", "jax", "tensorflow")
 
 def run_help(*command: str) -> tuple[str, set[str]]:
   """`python -m COMMAND --help`: its text, and the top-level packages it imported."""
-  result = subprocess.run([sys.executable, "-X", "importtime", "-m", *command, "--help"],
-                          cwd=REPO_ROOT, capture_output=True, text=True, check=True)
-  imported = {line.rsplit("|", 1)[1].strip().split(".")[0]
-              for line in result.stderr.splitlines() if line.startswith("import time:")}
+  result = subprocess.run(
+      [sys.executable, "-X", "importtime", "-m", *command, "--help"],
+      cwd=REPO_ROOT,
+      capture_output=True,
+      text=True,
+      check=True,
+  )
+  imported = {
+      line.rsplit("|", 1)[1].strip().split(".")[0]
+      for line in result.stderr.splitlines()
+      if line.startswith("import time:")
+  }
   return result.stdout, imported
 
 

@@ -39,6 +39,7 @@ def gcs_emulator(monkeypatch):
   Beam's gs:// filesystem use."""
   from gcp_storage_emulator import server as emulator  # pylint: disable=import-outside-toplevel
   from apache_beam.internal.gcp import auth  # pylint: disable=import-outside-toplevel
+
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]

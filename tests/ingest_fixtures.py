@@ -27,8 +27,16 @@ from mmv_core import encode
 from pipelines import ingest
 
 # Tiny videos keep ffmpeg fast: 3 classes x 3 videos of 64x48 at 10 fps for 1 s.
-TINY = dict(num_classes=3, videos_per_class=3, clips_per_group=1, width=64, height=48,
-            fps=10.0, duration_s=1.0, include_handstand_pushups=True)
+TINY = dict(
+    num_classes=3,
+    videos_per_class=3,
+    clips_per_group=1,
+    width=64,
+    height=48,
+    fps=10.0,
+    duration_s=1.0,
+    include_handstand_pushups=True,
+)
 
 
 # A trickled body arrives at 2 KB/s, in pieces small and frequent enough that
@@ -61,7 +69,7 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
     if fault == "503":
       self.send_error(503, "Service Unavailable")
       return
-    body = content[start:end + 1]
+    body = content[start : end + 1]
     self.send_response(206 if match else 200)
     if match:
       self.send_header("Content-Range", f"bytes {start}-{end}/{len(content)}")
@@ -69,7 +77,7 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
     self.end_headers()
     if fault == "drop":
       # Headers promise the whole range; half of it arrives, then the connection dies.
-      self.wfile.write(body[:len(body) // 2])
+      self.wfile.write(body[: len(body) // 2])
       self.wfile.flush()
       self.connection.shutdown(socket.SHUT_RDWR)
       self.close_connection = True
@@ -78,7 +86,7 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
       self.close_connection = True
       try:
         for start in range(0, len(body), TRICKLE_PIECE_BYTES):
-          self.wfile.write(body[start:start + TRICKLE_PIECE_BYTES])
+          self.wfile.write(body[start : start + TRICKLE_PIECE_BYTES])
           self.wfile.flush()
           time.sleep(TRICKLE_PIECE_INTERVAL_S)
       except OSError:  # The client gave up.
@@ -117,6 +125,7 @@ class RangeServer:
 
 def upload_to_gcs(bucket: str, name: str, content: bytes) -> str:
   from google.cloud import storage  # pylint: disable=import-outside-toplevel
+
   client = storage.Client.create_anonymous_client()
   client.bucket(bucket).blob(name).upload_from_string(content)
   return f"gs://{bucket}/{name}"
@@ -133,8 +142,11 @@ def zip_members(path: str) -> dict[str, bytes]:
 
 
 def directory_listing(path: str) -> list[str]:
-  return sorted(os.path.relpath(os.path.join(root, f), path)
-                for root, _, files in os.walk(path) for f in files)
+  return sorted(
+      os.path.relpath(os.path.join(root, f), path)
+      for root, _, files in os.walk(path)
+      for f in files
+  )
 
 
 def frame_digest(frames) -> str:
@@ -143,14 +155,22 @@ def frame_digest(frames) -> str:
 
 def expected_videos(members: dict[str, bytes]) -> dict[str, str]:
   """Video id -> digest of the protocol's JPEG frames, encoded straight from the AVIs."""
-  return {name.split("/")[-1].removesuffix(".avi"): frame_digest(encode.encode_jpeg_frames(avi))
-          for name, avi in members.items()}
+  return {
+      name.split("/")[-1].removesuffix(".avi"): frame_digest(encode.encode_jpeg_frames(avi))
+      for name, avi in members.items()
+  }
 
 
 def _video_row(video) -> str:
-  return json.dumps({"video_id": video.video_id, "label": video.label,
-                     "label_name": video.label_name, "digest": frame_digest(video.frames),
-                     "num_frames": video.num_frames})
+  return json.dumps(
+      {
+          "video_id": video.video_id,
+          "label": video.label,
+          "label_name": video.label_name,
+          "digest": frame_digest(video.frames),
+          "num_frames": video.num_frames,
+      }
+  )
 
 
 def _read_rows(prefix: str) -> list[dict]:
@@ -168,16 +188,22 @@ class IngestRun:
   counters: dict[str, int]
 
 
-def run_ingest(video_zip: str, splits_zip: str, work_dir: str, out_dir: str,
-               beam_args: tuple[str, ...] = ("--runner=FnApiRunner",), **ingest_kwargs
-               ) -> IngestRun:
+def run_ingest(
+    video_zip: str,
+    splits_zip: str,
+    work_dir: str,
+    out_dir: str,
+    beam_args: tuple[str, ...] = ("--runner=FnApiRunner",),
+    **ingest_kwargs,
+) -> IngestRun:
   """Runs `Ingest` and collects its outputs through text files in `out_dir`."""
   os.makedirs(out_dir, exist_ok=True)
   videos_prefix = os.path.join(out_dir, "videos")
   failures_path = os.path.join(out_dir, "failures.jsonl")
   pipeline = beam.Pipeline(options=PipelineOptions(list(beam_args)))
-  result = pipeline | ingest.Ingest(video_zip, splits_zip, work_dir,
-                                    expected_split_counts=None, **ingest_kwargs)
+  result = pipeline | ingest.Ingest(
+      video_zip, splits_zip, work_dir, expected_split_counts=None, **ingest_kwargs
+  )
   _ = result.videos | "Rows" >> beam.Map(_video_row) | beam.io.WriteToText(videos_prefix)
   _ = result.failures | ingest.WriteFailures(failures_path)
   run = pipeline.run()
@@ -192,9 +218,14 @@ def run_ingest(video_zip: str, splits_zip: str, work_dir: str, out_dir: str,
 # ---- Crafted archives ----
 
 # Central directory header fields: name -> (offset in the header, struct format).
-_CENTRAL_FIELDS = {"flags": (8, "<H"), "method": (10, "<H"), "crc32": (16, "<I"),
-                   "compressed_size": (20, "<I"), "file_size": (24, "<I"),
-                   "header_offset": (42, "<I")}
+_CENTRAL_FIELDS = {
+    "flags": (8, "<H"),
+    "method": (10, "<H"),
+    "crc32": (16, "<I"),
+    "compressed_size": (20, "<I"),
+    "file_size": (24, "<I"),
+    "header_offset": (42, "<I"),
+}
 _CENTRAL_SIGNATURE = b"PK\x01\x02"
 
 
@@ -204,10 +235,11 @@ def central_entry_offsets(data: bytes, name: str) -> list[int]:
   position = data.find(_CENTRAL_SIGNATURE)
   while position >= 0:
     name_length, extra_length, comment_length = struct.unpack_from("<HHH", data, position + 28)
-    if data[position + 46:position + 46 + name_length] == name.encode():
+    if data[position + 46 : position + 46 + name_length] == name.encode():
       offsets.append(position)
-    position = data.find(_CENTRAL_SIGNATURE,
-                         position + 46 + name_length + extra_length + comment_length)
+    position = data.find(
+        _CENTRAL_SIGNATURE, position + 46 + name_length + extra_length + comment_length
+    )
   return offsets
 
 
@@ -233,8 +265,11 @@ def deflate_zeros(num_mib: int) -> bytes:
   return one_mib * num_mib + compressor.flush()
 
 
-def zip_bytes(members: list[tuple[str, bytes]], compression: int = zipfile.ZIP_STORED,
-              extra: dict[str, bytes] | None = None) -> bytes:
+def zip_bytes(
+    members: list[tuple[str, bytes]],
+    compression: int = zipfile.ZIP_STORED,
+    extra: dict[str, bytes] | None = None,
+) -> bytes:
   """A ZIP of `members` (name, content) in order; repeated names are kept.
 
   `extra` gives members' extra fields, written as they are (both headers).

@@ -28,14 +28,15 @@ BN = 'text_audio_video/visual_module/~/S3D/Conv2d_1a_7x7/__cross_replica_batch_n
 HEAD = 'text_audio_video/~_get_pair_embedding_heads/vid2audio_embd/final_projection'
 SMALL_PARAMS = {
     CONV: {'w': ArraySpec((2, 4, 4, 24, 64), F32)},
-    BN: {'scale': ArraySpec((1, 1, 1, 1, 64), F32),
-         'offset': ArraySpec((1, 1, 1, 1, 64), F32)},
+    BN: {'scale': ArraySpec((1, 1, 1, 1, 64), F32), 'offset': ArraySpec((1, 1, 1, 1, 64), F32)},
     HEAD: {'w': ArraySpec((1024, 512), F32), 'b': ArraySpec((512,), F32)},
 }
 SMALL_STATE = {
-    f'{BN}/~/{ema}': {'average': ArraySpec((1, 1, 1, 1, 64), F32),
-                      'hidden': ArraySpec((1, 1, 1, 1, 64), F32),
-                      'counter': ArraySpec((), I32)}
+    f'{BN}/~/{ema}': {
+        'average': ArraySpec((1, 1, 1, 1, 64), F32),
+        'hidden': ArraySpec((1, 1, 1, 1, 64), F32),
+        'counter': ArraySpec((), I32),
+    }
     for ema in ('mean_ema', 'var_ema')
 }
 
@@ -76,8 +77,9 @@ def test_random_checkpoint_round_trips_with_expected_shapes(tmp_path):
   checkpoint = checkpoints.load_checkpoint(path)
   assert checkpoint.path == str(path)
   assert checkpoint.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
-  checkpoints.validate_tree(checkpoint.params, checkpoint.state, SMALL_PARAMS,
-                            SMALL_STATE, source=str(path))
+  checkpoints.validate_tree(
+      checkpoint.params, checkpoint.state, SMALL_PARAMS, SMALL_STATE, source=str(path)
+  )
   for tree in (checkpoint.params, checkpoint.state):
     assert type(tree) is dict
     assert all(type(leaves) is dict for leaves in tree.values())
@@ -102,8 +104,7 @@ def test_random_values_suit_a_deep_network(tmp_path):
   # Unit-variance input keeps roughly unit variance through 20 such layers.
   x = np.random.default_rng(0).standard_normal((64, 512)).astype(F32)
   for seed in range(20):
-    layer, _ = checkpoints.random_trees(
-        {'m': {'w': ArraySpec((512, 512), F32)}}, {}, seed=seed)
+    layer, _ = checkpoints.random_trees({'m': {'w': ArraySpec((512, 512), F32)}}, {}, seed=seed)
     x = x @ layer['m']['w']
   assert 0.1 < x.std() < 10
 
@@ -119,14 +120,15 @@ def test_random_values_depend_on_seed_only(tmp_path):
 def test_legacy_flatmapping_checkpoint_loads_without_haiku(tmp_path, monkeypatch):
   legacy = _write_small(tmp_path / 'legacy.pkl', seed=5, legacy_containers=True)
   plain = _write_small(tmp_path / 'plain.pkl', seed=5)
-  assert 'haiku._src.data_structures.FlatMapping' in _globals_named(
-      legacy.read_bytes())
+  assert 'haiku._src.data_structures.FlatMapping' in _globals_named(legacy.read_bytes())
   # Any import of haiku while loading would now fail.
   monkeypatch.setitem(sys.modules, 'haiku', None)
   loaded = checkpoints.load_checkpoint(legacy)
   expected = checkpoints.load_checkpoint(plain)
-  for actual_tree, expected_tree in ((loaded.params, expected.params),
-                                     (loaded.state, expected.state)):
+  for actual_tree, expected_tree in (
+      (loaded.params, expected.params),
+      (loaded.state, expected.state),
+  ):
     assert type(actual_tree) is dict
     assert all(type(leaves) is dict for leaves in actual_tree.values())
     _assert_same_trees(actual_tree, expected_tree)
@@ -144,25 +146,40 @@ def _embedded(obj) -> bytes:
 _MODULES = {'net/~/linear': {'w': np.arange(6, dtype=F32).reshape(2, 3)}}
 
 
-@pytest.mark.parametrize('construction', [
-    'frozendict_reduce', 'to_immutable_dict', 'frozendict_slots',
-    'flatmapping_slots'])
+@pytest.mark.parametrize(
+    'construction',
+    ['frozendict_reduce', 'to_immutable_dict', 'frozendict_slots', 'flatmapping_slots'],
+)
 def test_handmade_legacy_haiku_pickles(tmp_path, construction):
   """Each way haiku 0.0.1-0.0.3 may have pickled its mappings."""
   if construction == 'frozendict_reduce':
     params = _haiku_global('frozendict') + _embedded((_MODULES,)) + pickle.REDUCE
   elif construction == 'to_immutable_dict':
-    params = (_haiku_global('to_immutable_dict') + _embedded((_MODULES,)) +
-              pickle.REDUCE)
+    params = _haiku_global('to_immutable_dict') + _embedded((_MODULES,)) + pickle.REDUCE
   else:  # Default protocol-2 reduction of a __slots__ class: NEWOBJ, BUILD.
-    name, field = {'frozendict_slots': ('frozendict', '_storage'),
-                   'flatmapping_slots': ('FlatMapping', '_mapping')}[construction]
-    params = (_haiku_global(name) + pickle.EMPTY_TUPLE + pickle.NEWOBJ +
-              _embedded((None, {field: _MODULES, '_keys': ('net/~/linear',)})) +
-              pickle.BUILD)
-  data = (pickle.PROTO + b'\x02' + pickle.EMPTY_DICT + _embedded('params') +
-          params + pickle.SETITEM + _embedded('state') + pickle.EMPTY_DICT +
-          pickle.SETITEM + pickle.STOP)
+    name, field = {
+        'frozendict_slots': ('frozendict', '_storage'),
+        'flatmapping_slots': ('FlatMapping', '_mapping'),
+    }[construction]
+    params = (
+        _haiku_global(name)
+        + pickle.EMPTY_TUPLE
+        + pickle.NEWOBJ
+        + _embedded((None, {field: _MODULES, '_keys': ('net/~/linear',)}))
+        + pickle.BUILD
+    )
+  data = (
+      pickle.PROTO
+      + b'\x02'
+      + pickle.EMPTY_DICT
+      + _embedded('params')
+      + params
+      + pickle.SETITEM
+      + _embedded('state')
+      + pickle.EMPTY_DICT
+      + pickle.SETITEM
+      + pickle.STOP
+  )
   path = tmp_path / 'legacy.pkl'
   path.write_bytes(data)
   checkpoint = checkpoints.load_checkpoint(path)
@@ -210,24 +227,32 @@ def test_malicious_pickle_is_refused_and_not_run(tmp_path, label, placement):
   target = tmp_path / 'pwned'
   payload = _payloads(target)[label]
   if placement == 'inside_params':
-    payload = {'params': {'m': {'w': np.zeros(2, F32), 'v': payload}},
-               'state': {}}
+    payload = {'params': {'m': {'w': np.zeros(2, F32), 'v': payload}}, 'state': {}}
   path = tmp_path / 'mmv_s3d.pkl'
   path.write_bytes(pickle.dumps(payload))
   with pytest.raises(CheckpointError, match='refused') as error:
     checkpoints.load_checkpoint(path)
   assert str(path) in str(error.value)
-  refused = [name for name in _globals_named(path.read_bytes())
-             if name.endswith(label.split('.')[1])]
+  refused = [
+      name for name in _globals_named(path.read_bytes()) if name.endswith(label.split('.')[1])
+  ]
   assert refused and refused[0] in str(error.value)
   assert not target.exists()
 
 
 def test_dill_array_helper_cannot_call_other_functions(tmp_path):
   """`_create_array(f, args, ...)` is allowed, but only with numpy's f."""
-  data = (pickle.PROTO + b'\x02' + b'cdill._dill\n_create_array\n' +
-          b'cnumpy\ndtype\n' + _embedded(('f4',)) + pickle.NONE + pickle.TUPLE3 +
-          pickle.REDUCE + pickle.STOP)
+  data = (
+      pickle.PROTO
+      + b'\x02'
+      + b'cdill._dill\n_create_array\n'
+      + b'cnumpy\ndtype\n'
+      + _embedded(('f4',))
+      + pickle.NONE
+      + pickle.TUPLE3
+      + pickle.REDUCE
+      + pickle.STOP
+  )
   path = tmp_path / 'x.pkl'
   path.write_bytes(data)
   with pytest.raises(CheckpointError, match='_reconstruct'):
@@ -236,30 +261,43 @@ def test_dill_array_helper_cannot_call_other_functions(tmp_path):
 
 def _truncated_checkpoint(path):
   data = _write_small(path).read_bytes()
-  path.write_bytes(data[:len(data) // 2])
+  path.write_bytes(data[: len(data) // 2])
 
 
-@pytest.mark.parametrize('make, problem', [
-    (lambda path: None, 'cannot read'),
-    (_truncated_checkpoint, 'truncated'),
-    (lambda path: path.write_bytes(b'\xff\xd8\xff\xe0\x00\x10JFIF' + bytes(64)),
-     'not a readable checkpoint pickle'),
-    (lambda path: path.write_text('w: [1, 2, 3]\nname: not a pickle\n'),
-     'not a readable checkpoint pickle'),
-    (lambda path: path.write_bytes(b''), 'truncated'),
-    (lambda path: path.write_bytes(pickle.dumps([1, 2])),
-     'top level is a list'),
-    (lambda path: path.write_bytes(pickle.dumps({'params': {}})),
-     r"lacks \['state'\]"),
-    (lambda path: path.write_bytes(pickle.dumps({'params': [], 'state': {}})),
-     "'params' is a list"),
-    (lambda path: path.write_bytes(
-        pickle.dumps({'params': {'m': {'w': 'text'}}, 'state': {}})),
-     'params m:w is a str, expected a numpy array'),
-    (lambda path: path.write_bytes(
-        pickle.dumps({'params': {'m': np.zeros(2)}, 'state': {}})),
-     r"params\['m'\] is a ndarray"),
-])
+@pytest.mark.parametrize(
+    'make, problem',
+    [
+        (lambda path: None, 'cannot read'),
+        (_truncated_checkpoint, 'truncated'),
+        (
+            lambda path: path.write_bytes(b'\xff\xd8\xff\xe0\x00\x10JFIF' + bytes(64)),
+            'not a readable checkpoint pickle',
+        ),
+        (
+            lambda path: path.write_text('w: [1, 2, 3]\nname: not a pickle\n'),
+            'not a readable checkpoint pickle',
+        ),
+        (lambda path: path.write_bytes(b''), 'truncated'),
+        (lambda path: path.write_bytes(pickle.dumps([1, 2])), 'top level is a list'),
+        (lambda path: path.write_bytes(pickle.dumps({'params': {}})), r"lacks \['state'\]"),
+        (
+            lambda path: path.write_bytes(pickle.dumps({'params': [], 'state': {}})),
+            "'params' is a list",
+        ),
+        (
+            lambda path: path.write_bytes(
+                pickle.dumps({'params': {'m': {'w': 'text'}}, 'state': {}})
+            ),
+            'params m:w is a str, expected a numpy array',
+        ),
+        (
+            lambda path: path.write_bytes(
+                pickle.dumps({'params': {'m': np.zeros(2)}, 'state': {}})
+            ),
+            r"params\['m'\] is a ndarray",
+        ),
+    ],
+)
 def test_unreadable_file_names_path_and_problem(tmp_path, make, problem):
   path = tmp_path / 'mmv_s3d.pkl'
   make(path)
@@ -279,7 +317,8 @@ def test_validation_refuses_nan_or_infinite_weights_naming_them():
     checkpoints.validate_tree(params, state, SMALL_PARAMS, SMALL_STATE, source='mmv_s3d.pkl')
   assert '1 non-finite' in str(error.value)
   assert f'params {CONV}:w: 3 of {params[CONV]["w"].size} values are NaN or infinite' in str(
-      error.value)
+      error.value
+  )
 
 
 def test_validation_lists_every_problem_in_one_error():
@@ -289,17 +328,20 @@ def test_validation_lists_every_problem_in_one_error():
   params[CONV]['w'] = np.zeros((2, 4, 4, 24, 32), F32)
   state[f'{BN}/~/var_ema']['counter'] = np.zeros((), np.int64)
   with pytest.raises(CheckpointError) as error:
-    checkpoints.validate_tree(params, state, SMALL_PARAMS, SMALL_STATE,
-                              source='gs://bucket/mmv_s3d.pkl')
+    checkpoints.validate_tree(
+        params, state, SMALL_PARAMS, SMALL_STATE, source='gs://bucket/mmv_s3d.pkl'
+    )
   message = str(error.value)
   assert message.startswith('gs://bucket/mmv_s3d.pkl')
   assert '1 missing, 1 unexpected, 2 mismatched' in message
   assert f'params {HEAD}:b float32[512]' in message
   assert 'params extra/~/module:w float32[3,3]' in message
-  assert (f'params {CONV}:w: checkpoint has float32[2,4,4,24,32], model '
-          'expects float32[2,4,4,24,64]') in message
-  assert (f'state {BN}/~/var_ema:counter: checkpoint has int64[], model '
-          'expects int32[]') in message
+  assert (
+      f'params {CONV}:w: checkpoint has float32[2,4,4,24,32], model ' 'expects float32[2,4,4,24,64]'
+  ) in message
+  assert (
+      f'state {BN}/~/var_ema:counter: checkpoint has int64[], model ' 'expects int32[]'
+  ) in message
 
 
 def test_validation_truncates_long_lists():
@@ -317,22 +359,26 @@ def test_validation_truncates_long_lists():
 def test_validation_accepts_jax_shape_dtype_structs():
   params, state = checkpoints.random_trees(SMALL_PARAMS, SMALL_STATE)
   as_jax = lambda tree: jax.tree.map(
-      lambda spec: jax.ShapeDtypeStruct(spec.shape, jnp.dtype(spec.dtype)), tree)
-  checkpoints.validate_tree(params, state, as_jax(SMALL_PARAMS),
-                            as_jax(SMALL_STATE), source='ckpt')
+      lambda spec: jax.ShapeDtypeStruct(spec.shape, jnp.dtype(spec.dtype)), tree
+  )
+  checkpoints.validate_tree(params, state, as_jax(SMALL_PARAMS), as_jax(SMALL_STATE), source='ckpt')
   params[CONV]['w'] = params[CONV]['w'].astype(np.float16)
   with pytest.raises(CheckpointError, match='float16'):
-    checkpoints.validate_tree(params, state, as_jax(SMALL_PARAMS),
-                              as_jax(SMALL_STATE), source='ckpt')
+    checkpoints.validate_tree(
+        params, state, as_jax(SMALL_PARAMS), as_jax(SMALL_STATE), source='ckpt'
+    )
 
 
-@pytest.mark.parametrize('path, backbone', [
-    ('mmv_s3d.pkl', 's3d'),
-    ('/ckpts/mmv_tsm_resnet_x1.pkl', 'tsm_resnet_x1'),
-    ('gs://bucket/MMV_TSM_RESNET_X2.npz', 'tsm_resnet_x2'),
-    ('https://host/s3d_vs_tsm_resnet_x2.pkl', 'tsm_resnet_x2'),
-    ('/s3d_runs/mmv_tsm_resnet_x1.pkl', 'tsm_resnet_x1'),
-])
+@pytest.mark.parametrize(
+    'path, backbone',
+    [
+        ('mmv_s3d.pkl', 's3d'),
+        ('/ckpts/mmv_tsm_resnet_x1.pkl', 'tsm_resnet_x1'),
+        ('gs://bucket/MMV_TSM_RESNET_X2.npz', 'tsm_resnet_x2'),
+        ('https://host/s3d_vs_tsm_resnet_x2.pkl', 'tsm_resnet_x2'),
+        ('/s3d_runs/mmv_tsm_resnet_x1.pkl', 'tsm_resnet_x1'),
+    ],
+)
 def test_infer_backbone_from_file_name(path, backbone):
   assert checkpoints.infer_backbone(path) == backbone
 
@@ -381,11 +427,11 @@ def test_npz_with_foreign_keys_is_refused(tmp_path):
 def test_full_size_s3d_checkpoint_matches_manifest(tmp_path):
   expected_params, expected_state = checkpoints.manifest_shapes(S3D_MANIFEST)
   path = tmp_path / 'mmv_s3d.pkl'
-  checkpoints.write_random_checkpoint(path, expected_params, expected_state,
-                                      legacy_containers=True)
+  checkpoints.write_random_checkpoint(path, expected_params, expected_state, legacy_containers=True)
   checkpoint = checkpoints.load_checkpoint(path)
-  checkpoints.validate_tree(checkpoint.params, checkpoint.state,
-                            expected_params, expected_state, source=str(path))
+  checkpoints.validate_tree(
+      checkpoint.params, checkpoint.state, expected_params, expected_state, source=str(path)
+  )
   manifest = json.loads(S3D_MANIFEST.read_text())
   assert checkpoints.count_values(checkpoint.params) == manifest['param_count']
   assert checkpoints.count_values(checkpoint.state) == manifest['state_count']
@@ -394,11 +440,15 @@ def test_full_size_s3d_checkpoint_matches_manifest(tmp_path):
 
 def _write_manifest(path):
   manifest = {
-      collection: {module: {name: {'shape': list(spec.shape),
-                                   'dtype': spec.dtype.name}
-                            for name, spec in leaves.items()}
-                   for module, leaves in tree.items()}
-      for collection, tree in (('params', SMALL_PARAMS), ('state', SMALL_STATE))}
+      collection: {
+          module: {
+              name: {'shape': list(spec.shape), 'dtype': spec.dtype.name}
+              for name, spec in leaves.items()
+          }
+          for module, leaves in tree.items()
+      }
+      for collection, tree in (('params', SMALL_PARAMS), ('state', SMALL_STATE))
+  }
   path.write_text(json.dumps(manifest))
   return path
 
@@ -406,16 +456,33 @@ def _write_manifest(path):
 def test_command_line_random_convert_inspect(tmp_path, capsys):
   manifest = _write_manifest(tmp_path / 'manifest.json')
   pkl = tmp_path / 'mmv_tsm_resnet_x1.pkl'
-  assert checkpoints.main(['random', '--backbone', 'tsm_resnet_x1', '--manifest',
-                           str(manifest), '--legacy-containers', str(pkl)]) == 0
+  assert (
+      checkpoints.main(
+          [
+              'random',
+              '--backbone',
+              'tsm_resnet_x1',
+              '--manifest',
+              str(manifest),
+              '--legacy-containers',
+              str(pkl),
+          ]
+      )
+      == 0
+  )
   npz = tmp_path / 'mmv_tsm_resnet_x1.npz'
   completed = subprocess.run(
-      [sys.executable, '-m', 'mmv_core.checkpoints', 'convert', str(pkl),
-       str(npz)], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+      [sys.executable, '-m', 'mmv_core.checkpoints', 'convert', str(pkl), str(npz)],
+      cwd=REPO_ROOT,
+      capture_output=True,
+      text=True,
+      check=False,
+  )
   assert completed.returncode == 0, completed.stderr
   assert hashlib.sha256(pkl.read_bytes()).hexdigest() in completed.stdout
-  _assert_same_trees(checkpoints.load_checkpoint(npz).params,
-                     checkpoints.load_checkpoint(pkl).params)
+  _assert_same_trees(
+      checkpoints.load_checkpoint(npz).params, checkpoints.load_checkpoint(pkl).params
+  )
   capsys.readouterr()
   assert checkpoints.main(['inspect', str(npz), '--manifest', str(manifest)]) == 0
   out = capsys.readouterr().out
@@ -423,8 +490,9 @@ def test_command_line_random_convert_inspect(tmp_path, capsys):
   assert 'backbone: none: the parameter tree matches none of' in out
   assert 'file name: names tsm_resnet_x1, which DISAGREES' in out
   assert hashlib.sha256(npz.read_bytes()).hexdigest() in out
-  total = sum(np.prod(s.shape, dtype=int) for leaves in SMALL_PARAMS.values()
-              for s in leaves.values())
+  total = sum(
+      np.prod(s.shape, dtype=int) for leaves in SMALL_PARAMS.values() for s in leaves.values()
+  )
   assert f'params: 3 modules, 5 arrays, {total:,} values' in out
   assert f'matches {manifest}' in out
   assert checkpoints.main(['inspect', str(tmp_path / 'missing.pkl')]) == 1
@@ -451,20 +519,25 @@ def s3d_checkpoint_named_tsm_resnet_x2(tmp_path_factory):
 
 
 def test_inspect_reports_the_trees_backbone_not_the_file_names(
-    s3d_checkpoint_named_tsm_resnet_x2, capsys):
+    s3d_checkpoint_named_tsm_resnet_x2, capsys
+):
   path = s3d_checkpoint_named_tsm_resnet_x2
   assert checkpoints.main(['inspect', str(path)]) == 1
   captured = capsys.readouterr()
   assert 'backbone: s3d (the parameter tree is exactly its model)' in captured.out
   assert 'backbone: tsm_resnet_x2' not in captured.out
-  assert ('file name: names tsm_resnet_x2, which DISAGREES with the parameter '
-          'tree; load it with --backbone s3d') in captured.out
-  assert (f'{path}: the file name names tsm_resnet_x2, but the parameter tree is '
-          'that of s3d') in captured.err
+  assert (
+      'file name: names tsm_resnet_x2, which DISAGREES with the parameter '
+      'tree; load it with --backbone s3d'
+  ) in captured.out
+  assert (
+      f'{path}: the file name names tsm_resnet_x2, but the parameter tree is ' 'that of s3d'
+  ) in captured.err
 
 
 def test_inspect_accepts_a_checkpoint_whose_name_agrees_with_its_tree(
-    s3d_checkpoint_named_tsm_resnet_x2, tmp_path, capsys):
+    s3d_checkpoint_named_tsm_resnet_x2, tmp_path, capsys
+):
   path = tmp_path / 'mmv_s3d.pkl'
   os.link(s3d_checkpoint_named_tsm_resnet_x2, path)
   assert checkpoints.main(['inspect', str(path)]) == 0
@@ -479,8 +552,7 @@ def test_numpy1_era_protocol2_dill_pickle_loads(tmp_path):
   params, state = checkpoints.random_trees(SMALL_PARAMS, SMALL_STATE)
   data = dill.dumps({'params': params, 'state': state}, protocol=2)
   data = data.replace(b'cnumpy._core.multiarray\n', b'cnumpy.core.multiarray\n')
-  assert {'numpy.core.multiarray._reconstruct', '_codecs.encode'} <= (
-      _globals_named(data))
+  assert {'numpy.core.multiarray._reconstruct', '_codecs.encode'} <= (_globals_named(data))
   path = tmp_path / 'mmv_s3d.pkl'
   path.write_bytes(data)
   checkpoint = checkpoints.load_checkpoint(path)

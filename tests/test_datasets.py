@@ -30,11 +30,14 @@ def test_registry_names_every_dataset_and_rejects_unknown_names():
 
 def test_importing_the_registry_loads_no_model_or_classifier_library():
   # Ingestion workers import it; JAX, TensorFlow and scikit-learn cost them seconds.
-  script = ("import sys, mmv_core.datasets; "
-            "print(sorted({m.split('.')[0] for m in sys.modules} "
-            "& {'jax', 'tensorflow', 'sklearn'}))")
-  result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True,
-                          text=True, check=True)
+  script = (
+      "import sys, mmv_core.datasets; "
+      "print(sorted({m.split('.')[0] for m in sys.modules} "
+      "& {'jax', 'tensorflow', 'sklearn'}))"
+  )
+  result = subprocess.run(
+      [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+  )
   assert result.stdout.strip() == "[]"
 
 
@@ -48,22 +51,40 @@ def test_each_dataset_names_a_recipe_and_a_c_for_every_backbone():
 
 def test_ucf101_defaults_are_todays():
   protocol = datasets.UCF101.protocol
-  assert (protocol.num_frames, protocol.stride, protocol.min_resize, protocol.crop_size,
-          protocol.num_train_clips, protocol.num_test_windows) == (
-              video.DEFAULT_NUM_FRAMES, video.DEFAULT_STRIDE, video.DEFAULT_MIN_RESIZE,
-              video.DEFAULT_CROP_SIZE, video.DEFAULT_NUM_TRAIN_CLIPS,
-              video.DEFAULT_NUM_TEST_WINDOWS)
+  assert (
+      protocol.num_frames,
+      protocol.stride,
+      protocol.min_resize,
+      protocol.crop_size,
+      protocol.num_train_clips,
+      protocol.num_test_windows,
+  ) == (
+      video.DEFAULT_NUM_FRAMES,
+      video.DEFAULT_STRIDE,
+      video.DEFAULT_MIN_RESIZE,
+      video.DEFAULT_CROP_SIZE,
+      video.DEFAULT_NUM_TRAIN_CLIPS,
+      video.DEFAULT_NUM_TEST_WINDOWS,
+  )
   assert {c for _, c in protocol.svm_c} == {linear_eval.DEFAULT_SVM_C}
   assert datasets.UCF101.recipe == "ucf101"
   assert (datasets.UCF101.default_splits, datasets.UCF101.default_videos) == (
-      ucf101.SPLITS_ZIP_URL, ucf101.VIDEO_ZIP_URL)
+      ucf101.SPLITS_ZIP_URL,
+      ucf101.VIDEO_ZIP_URL,
+  )
   assert datasets.UCF101.fetch == datasets.FETCH_ZIP_MEMBER
 
 
 def test_hmdb51_defaults_are_dmvrs_published_recipe():
   protocol = datasets.HMDB51.protocol
-  assert (protocol.num_frames, protocol.stride, protocol.min_resize, protocol.crop_size,
-          protocol.num_train_clips, protocol.num_test_windows) == (32, 1, 224, 200, 10, 10)
+  assert (
+      protocol.num_frames,
+      protocol.stride,
+      protocol.min_resize,
+      protocol.crop_size,
+      protocol.num_train_clips,
+      protocol.num_test_windows,
+  ) == (32, 1, 224, 200, 10, 10)
   assert [protocol.svm_c_for(b) for b in mmv.BACKBONES] == [3e-4, 1e-4, 3e-4]
   assert datasets.HMDB51.recipe == "hmdb51"
   assert datasets.HMDB51.fetch == datasets.FETCH_FILE
@@ -98,8 +119,7 @@ def test_ucf101_maps_onto_the_common_record(tmp_path):
 def test_hmdb51_and_csv_list_through_their_specs(tmp_path):
   splits_dir = str(tmp_path / "splits")
   names = synthetic_hmdb51.class_names(3)
-  synthetic_hmdb51.write_split_files(splits_dir, names,
-                                     synthetic_hmdb51.plan_videos(names, 3))
+  synthetic_hmdb51.write_split_files(splits_dir, names, synthetic_hmdb51.plan_videos(names, 3))
   csv_dir = tmp_path / "csv"
   csv_dir.mkdir()
   (csv_dir / "train_1.csv").write_text("video_path,start,end,label\n/v/a.mp4,,,x\n")
@@ -129,28 +149,46 @@ def test_safe_video_ids_are_reversible_and_distinct():
   assert all(set(i) <= safe for i in ids)
 
 
-@pytest.mark.parametrize("root, relative, expected", [
-    ("/data/", "cls/a b.avi", "/data/cls/a b.avi"),
-    ("gs://bucket/hmdb", "cls/#1.avi", "gs://bucket/hmdb/cls/#1.avi"),
-    ("https://host/v", "cls/a b#1?.avi", "https://host/v/cls/a%20b%231%3F.avi"),
-])
+@pytest.mark.parametrize(
+    "root, relative, expected",
+    [
+        ("/data/", "cls/a b.avi", "/data/cls/a b.avi"),
+        ("gs://bucket/hmdb", "cls/#1.avi", "gs://bucket/hmdb/cls/#1.avi"),
+        ("https://host/v", "cls/a b#1?.avi", "https://host/v/cls/a%20b%231%3F.avi"),
+    ],
+)
 def test_join_location(root, relative, expected):
   assert dataset_listing.join_location(root, relative) == expected
 
 
 def test_listing_rejects_two_videos_with_one_id():
   def listed(name):
-    return dataset_listing.ListedVideo(video_id="a", name=name, location=name, label=0,
-                                       label_name="x", roles=((1, "train"),), group="a")
+    return dataset_listing.ListedVideo(
+        video_id="a",
+        name=name,
+        location=name,
+        label=0,
+        label_name="x",
+        roles=((1, "train"),),
+        group="a",
+    )
 
   with pytest.raises(dataset_listing.ListingError, match=r"'a' by \['a.avi', 'a'\]"):
     dataset_listing.make_listing(["x"], [listed("a.avi"), listed("a")])
 
 
 def test_records_and_specs_survive_pickling_for_beam():
-  video = dataset_listing.ListedVideo(video_id="a", name="a", location="/v/a", label=0,
-                                      label_name="x", roles=((1, "train"),), group="a",
-                                      start_s=1.5, end_s=None)
+  video = dataset_listing.ListedVideo(
+      video_id="a",
+      name="a",
+      location="/v/a",
+      label=0,
+      label_name="x",
+      roles=((1, "train"),),
+      group="a",
+      start_s=1.5,
+      end_s=None,
+  )
 
   assert pickle.loads(pickle.dumps(video)) == video
   assert pickle.loads(pickle.dumps(datasets.HMDB51)) == datasets.HMDB51

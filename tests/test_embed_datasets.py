@@ -37,15 +37,23 @@ def hmdb(tmp_path_factory):
   """2 classes x 4 tiny videos with awkward names; one replaced by bytes that are no
   video, one deleted. Returns (dataset, {video id: the stage it must fail at})."""
   data = synthetic_hmdb51.write_dataset(
-      str(tmp_path_factory.mktemp("hmdb")), num_classes=2, videos_per_class=4,
-      width=64, height=48, fps=10.0, duration_s=1.0)
+      str(tmp_path_factory.mktemp("hmdb")),
+      num_classes=2,
+      videos_per_class=4,
+      width=64,
+      height=48,
+      fps=10.0,
+      duration_s=1.0,
+  )
   bad = data.videos[1]
   with open(os.path.join(data.video_root, bad.label_name, bad.file_name), "wb") as f:
     f.write(b"this is not a video\n" * 50)
   gone = data.videos[6]
   os.remove(os.path.join(data.video_root, gone.label_name, gone.file_name))
-  return data, {_video_id(bad.file_name): ingest.STAGE_ENCODE,
-                _video_id(gone.file_name): ingest.STAGE_FETCH}
+  return data, {
+      _video_id(bad.file_name): ingest.STAGE_ENCODE,
+      _video_id(gone.file_name): ingest.STAGE_FETCH,
+  }
 
 
 def _video_id(file_name: str) -> str:
@@ -53,11 +61,17 @@ def _video_id(file_name: str) -> str:
 
 
 def _flags(checkpoint_path, work_dir, output_dir) -> list[str]:
-  return [f"--checkpoint_path={checkpoint_path}", f"--work_dir={work_dir}",
-          f"--output_dir={output_dir}", f"--num_train_clips={NUM_TRAIN_CLIPS}",
-          f"--num_test_windows={NUM_TEST_WINDOWS}", "--batch_size=4",
-          f"--jax_cache_dir={pathlib.Path(work_dir) / 'jax_cache'}",
-          *(f"--{k}={v}" for k, v in CLIPS.items()), *IN_PROCESS]
+  return [
+      f"--checkpoint_path={checkpoint_path}",
+      f"--work_dir={work_dir}",
+      f"--output_dir={output_dir}",
+      f"--num_train_clips={NUM_TRAIN_CLIPS}",
+      f"--num_test_windows={NUM_TEST_WINDOWS}",
+      "--batch_size=4",
+      f"--jax_cache_dir={pathlib.Path(work_dir) / 'jax_cache'}",
+      *(f"--{k}={v}" for k, v in CLIPS.items()),
+      *IN_PROCESS,
+  ]
 
 
 def _read_embeddings(output_dir) -> list[dict]:
@@ -69,9 +83,14 @@ def _read_embeddings(output_dir) -> list[dict]:
 def hmdb_job(hmdb, checkpoint_path, tmp_path_factory):
   data, _ = hmdb
   root = tmp_path_factory.mktemp("hmdb_job")
-  embed.run(["--dataset=hmdb51", f"--splits_dir={data.splits_dir}",
-             f"--video_root={data.video_root}",
-             *_flags(checkpoint_path, root / "work", root / "out")]).wait_until_finish()
+  embed.run(
+      [
+          "--dataset=hmdb51",
+          f"--splits_dir={data.splits_dir}",
+          f"--video_root={data.video_root}",
+          *_flags(checkpoint_path, root / "work", root / "out"),
+      ]
+  ).wait_until_finish()
   return root
 
 
@@ -92,8 +111,11 @@ def test_hmdb51_every_video_is_embedded_under_its_awkward_name_or_fails_alone(hm
   assert any(set(name) & set("'&!()[]#+;") for name in names)
   assert any(not name.isascii() for name in names)
 
-  failures = [json.loads(line) for line in
-              open(hmdb_job / "out" / "failures" / "failures.jsonl") if line.strip()]
+  failures = [
+      json.loads(line)
+      for line in open(hmdb_job / "out" / "failures" / "failures.jsonl")
+      if line.strip()
+  ]
   assert {f["video_id"]: f["stage"] for f in failures} == failing
   assert len(failures) == len(failing) and all(f["reason"] for f in failures)
 
@@ -102,9 +124,13 @@ def test_hmdb51_run_record_names_the_dataset_and_its_recipe(hmdb, hmdb_job):
   data, _ = hmdb
   record = json.loads((hmdb_job / "out" / "run.json").read_text())
   assert record["dataset"] == {
-      "name": "hmdb51", "recipe": datasets.HMDB51.encoding_recipe.key,
-      "splits_location": data.splits_dir, "videos_location": data.video_root,
-      "class_names": list(data.class_names), "splits": [1, 2, 3]}
+      "name": "hmdb51",
+      "recipe": datasets.HMDB51.encoding_recipe.key,
+      "splits_location": data.splits_dir,
+      "videos_location": data.video_root,
+      "class_names": list(data.class_names),
+      "splits": [1, 2, 3],
+  }
   assert record["settings"]["dataset"] == "hmdb51"
   assert record["settings"]["stride"] == CLIPS["stride"]
 
@@ -124,15 +150,29 @@ def test_sampling_defaults_come_from_the_dataset_unless_given():
   hmdb_flags = ["--dataset=hmdb51", "--splits_dir=s", "--video_root=v"]
   config, _ = embed.parse_args(required + hmdb_flags)
   protocol = datasets.HMDB51.protocol
-  assert (config.num_frames, config.stride, config.min_resize, config.crop_size,
-          config.num_train_clips, config.num_test_windows) == (
-              protocol.num_frames, protocol.stride, protocol.min_resize, protocol.crop_size,
-              protocol.num_train_clips, protocol.num_test_windows)
+  assert (
+      config.num_frames,
+      config.stride,
+      config.min_resize,
+      config.crop_size,
+      config.num_train_clips,
+      config.num_test_windows,
+  ) == (
+      protocol.num_frames,
+      protocol.stride,
+      protocol.min_resize,
+      protocol.crop_size,
+      protocol.num_train_clips,
+      protocol.num_test_windows,
+  )
   assert embed.parse_args(required + hmdb_flags + ["--stride=3"])[0].stride == 3
   ucf, _ = embed.parse_args(required)
   assert (ucf.stride, ucf.crop_size, ucf.video_zip, ucf.splits_dir) == (
-      datasets.UCF101.protocol.stride, datasets.UCF101.protocol.crop_size,
-      datasets.UCF101.default_videos, None)
+      datasets.UCF101.protocol.stride,
+      datasets.UCF101.protocol.crop_size,
+      datasets.UCF101.default_videos,
+      None,
+  )
 
 
 def test_recipe_flag_chooses_the_re_encoding_and_keys_the_cache_apart():
@@ -145,22 +185,31 @@ def test_recipe_flag_chooses_the_re_encoding_and_keys_the_cache_apart():
   assert "recipe" in embed.RESUME_SETTINGS
 
   video = dataset_listing.ListedVideo(
-      video_id="v_Archery_g01_c01", name="v_Archery_g01_c01.avi",
-      location="UCF101/v_Archery_g01_c01.avi", label=0, label_name="Archery",
-      roles=((1, "train"),), group="01")
+      video_id="v_Archery_g01_c01",
+      name="v_Archery_g01_c01.avi",
+      location="UCF101/v_Archery_g01_c01.avi",
+      label=0,
+      label_name="Archery",
+      roles=((1, "train"),),
+      group="01",
+  )
   ucf_default = embed.parse_args(required)[0].dataset_spec
   assert ingest.cache_key(ucf_default, video) == "v_Archery_g01_c01"  # Today's keys.
   other = ingest.cache_key(ucf_hmdb.dataset_spec, video)
   assert other != "v_Archery_g01_c01" and encoding_recipes.HMDB51.key in other
   assert ingest.cache_key(csv_hmdb.dataset_spec, video) != ingest.cache_key(
-      csv_default.dataset_spec, video)
+      csv_default.dataset_spec, video
+  )
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--dataset=kinetics"], "unknown dataset 'kinetics'"),
-    (["--splits_dir=s"], "--splits_dir is not a flag of --dataset=ucf101"),
-    (["--dataset=csv", "--video_zip=v.zip"], "--video_zip is not a flag of --dataset=csv"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--dataset=kinetics"], "unknown dataset 'kinetics'"),
+        (["--splits_dir=s"], "--splits_dir is not a flag of --dataset=ucf101"),
+        (["--dataset=csv", "--video_zip=v.zip"], "--video_zip is not a flag of --dataset=csv"),
+    ],
+)
 def test_dataset_flag_mistakes_are_usage_errors(flags, message):
   with pytest.raises(common.UsageError, match=message):
     embed.parse_args(["--checkpoint_path=c.pkl", "--work_dir=w", "--output_dir=o", *flags])
@@ -168,12 +217,18 @@ def test_dataset_flag_mistakes_are_usage_errors(flags, message):
 
 def test_hmdb51_without_its_split_folder_is_refused_before_any_work(checkpoint_path, tmp_path):
   with pytest.raises(common.UsageError, match="--dataset=hmdb51 needs --splits_dir"):
-    embed.run(["--dataset=hmdb51", "--video_root=v",
-               *_flags(checkpoint_path, tmp_path / "work", tmp_path / "out")])
+    embed.run(
+        [
+            "--dataset=hmdb51",
+            "--video_root=v",
+            *_flags(checkpoint_path, tmp_path / "work", tmp_path / "out"),
+        ]
+    )
   assert not (tmp_path / "out").exists()
 
 
 # ---- CSV ----
+
 
 def _two_halves_video(path) -> None:
   """2 s at 10 fps: black for the first second, white for the second."""
@@ -192,13 +247,17 @@ def test_csv_segments_give_frames_of_their_segment_only(tmp_path):
   _two_halves_video(videos / "Amélie's walk, take #2.avi")
   csv_dir = tmp_path / "csv"
   csv_dir.mkdir()
-  rows = ['"Amélie\'s walk, take #2.avi",0,0.9,dark\n', '"Amélie\'s walk, take #2.avi",1.1,,light\n']
+  rows = [
+      '"Amélie\'s walk, take #2.avi",0,0.9,dark\n',
+      '"Amélie\'s walk, take #2.avi",1.1,,light\n',
+  ]
   (csv_dir / "train_1.csv").write_text("video_path,start,end,label\n" + rows[0], "utf-8")
   (csv_dir / "test_1.csv").write_text("video_path,start,end,label\n" + rows[1], "utf-8")
   work_dir = str(tmp_path / "work")
 
-  totals = ingest.main(["--dataset=csv", f"--csv_dir={csv_dir}", f"--video_root={videos}",
-                        f"--work_dir={work_dir}"])
+  totals = ingest.main(
+      ["--dataset=csv", f"--csv_dir={csv_dir}", f"--video_root={videos}", f"--work_dir={work_dir}"]
+  )
 
   assert totals["videos_cached"] == 2
   by_name = {}
@@ -215,8 +274,7 @@ def test_csv_segments_give_frames_of_their_segment_only(tmp_path):
   assert abs(len(dark.frames) - 0.9 * 25) <= 2 and abs(len(light.frames) - 0.9 * 25) <= 2
 
 
-def test_csv_dataset_through_both_jobs_every_segment_embedded_and_scored(
-    checkpoint_path, tmp_path):
+def test_csv_dataset_through_both_jobs_every_segment_embedded_and_scored(checkpoint_path, tmp_path):
   # One video, dark then light: four segments, two per class, in split 1's
   # train and test lists; a fifth row names a file that does not exist.
   videos = tmp_path / "videos"
@@ -227,26 +285,48 @@ def test_csv_dataset_through_both_jobs_every_segment_embedded_and_scored(
   csv_dir.mkdir()
   header = "video_path,start,end,label\n"
   (csv_dir / "train_1.csv").write_text(
-      header + f"{name},0,0.4,dark\n{name},1.1,1.5,light\nno such file.avi,,,light\n", "utf-8")
-  (csv_dir / "test_1.csv").write_text(header + f"{name},0.5,0.9,dark\n{name},1.6,2.0,light\n",
-                                      "utf-8")
+      header + f"{name},0,0.4,dark\n{name},1.1,1.5,light\nno such file.avi,,,light\n", "utf-8"
+  )
+  (csv_dir / "test_1.csv").write_text(
+      header + f"{name},0.5,0.9,dark\n{name},1.6,2.0,light\n", "utf-8"
+  )
   out, evaluation = tmp_path / "out", tmp_path / "eval"
 
-  embed.run(["--dataset=csv", f"--csv_dir={csv_dir}", f"--video_root={videos}",
-             *_flags(checkpoint_path, tmp_path / "work", out)]).wait_until_finish()
-  linear_eval_job.main([f"--embeddings_dir={out}", f"--output_dir={evaluation}",
-                        "--allow_missing", *IN_PROCESS])
+  embed.run(
+      [
+          "--dataset=csv",
+          f"--csv_dir={csv_dir}",
+          f"--video_root={videos}",
+          *_flags(checkpoint_path, tmp_path / "work", out),
+      ]
+  ).wait_until_finish()
+  linear_eval_job.main(
+      [f"--embeddings_dir={out}", f"--output_dir={evaluation}", "--allow_missing", *IN_PROCESS]
+  )
 
-  clips = collections.Counter((urllib.parse.unquote(r[schema.VIDEO_ID]), r[schema.LABEL_NAME])
-                              for r in _read_embeddings(out))
-  segments = {f"Amélie's walk, take #2.avi#t={span}": label for span, label in (
-      ("0.0,0.4", "dark"), ("1.1,1.5", "light"), ("0.5,0.9", "dark"), ("1.6,2.0", "light"))}
-  assert clips == {(video, label): NUM_TRAIN_CLIPS + NUM_TEST_WINDOWS
-                   for video, label in segments.items()}
-  failures = [json.loads(line) for line in (out / "failures" / "failures.jsonl").read_text(
-      "utf-8").splitlines()]
+  clips = collections.Counter(
+      (urllib.parse.unquote(r[schema.VIDEO_ID]), r[schema.LABEL_NAME])
+      for r in _read_embeddings(out)
+  )
+  segments = {
+      f"Amélie's walk, take #2.avi#t={span}": label
+      for span, label in (
+          ("0.0,0.4", "dark"),
+          ("1.1,1.5", "light"),
+          ("0.5,0.9", "dark"),
+          ("1.6,2.0", "light"),
+      )
+  }
+  assert clips == {
+      (video, label): NUM_TRAIN_CLIPS + NUM_TEST_WINDOWS for video, label in segments.items()
+  }
+  failures = [
+      json.loads(line)
+      for line in (out / "failures" / "failures.jsonl").read_text("utf-8").splitlines()
+  ]
   assert [(urllib.parse.unquote(f["video_id"]), f["stage"]) for f in failures] == [
-      ("no such file.avi", ingest.STAGE_FETCH)]
+      ("no such file.avi", ingest.STAGE_FETCH)
+  ]
   metrics = json.loads((evaluation / "metrics.json").read_text())
   assert sorted(metrics["splits"]) == ["1"] and metrics["settings"]["dataset"] == "csv"
   assert metrics["splits"]["1"]["input_check"]["num_test_clips"] == 2 * NUM_TEST_WINDOWS
@@ -255,11 +335,18 @@ def test_csv_dataset_through_both_jobs_every_segment_embedded_and_scored(
 
 # ---- Linear evaluation of the HMDB51 embeddings ----
 
+
 def test_linear_eval_follows_the_hmdb51_run_every_split_with_its_protocol_c(hmdb, hmdb_job):
   data, failing = hmdb
   out = hmdb_job / "eval"
-  linear_eval_job.main([f"--embeddings_dir={hmdb_job / 'out'}", f"--output_dir={out}",
-                        "--allow_missing", *IN_PROCESS])
+  linear_eval_job.main(
+      [
+          f"--embeddings_dir={hmdb_job / 'out'}",
+          f"--output_dir={out}",
+          "--allow_missing",
+          *IN_PROCESS,
+      ]
+  )
 
   metrics = json.loads((out / "metrics.json").read_text())
   assert sorted(metrics["splits"]) == ["1", "2", "3"]
@@ -271,37 +358,71 @@ def test_linear_eval_follows_the_hmdb51_run_every_split_with_its_protocol_c(hmdb
     missing = {_video_id(v.file_name) for v in planned} & set(failing)
     assert result["svm_c"] == datasets.HMDB51.protocol.svm_c_for("s3d")
     assert result["input_check"]["num_test_clips"] == (
-        (len(planned) - len(missing)) * NUM_TEST_WINDOWS)
+        (len(planned) - len(missing)) * NUM_TEST_WINDOWS
+    )
 
 
 def test_string_groups_keep_ucf101s_held_out_partition():
   numbers = np.repeat(np.arange(1, 26), 4)
   by_number = linear_eval_lib.validation_partition(numbers)
-  by_padded_string = linear_eval_lib.validation_partition(
-      np.array([f"{n:02d}" for n in numbers]))
+  by_padded_string = linear_eval_lib.validation_partition(np.array([f"{n:02d}" for n in numbers]))
   for ints, strings in zip(by_number, by_padded_string):
     np.testing.assert_array_equal(ints, strings)
 
 
 # ---- Launcher ----
 
+
 def test_dataflow_launcher_keeps_each_datasets_results_apart():
-  common_flags = ["--project", "my-project-123", "--region", "us-central1",
-                  "--bucket", "gs://my-mmv-bucket", "--image", "img:gpu"]
-  embed_config, _ = embed.parse_args(dataflow.embed_argv(*dataflow.parse_args(
-      ["embed", *common_flags, "--checkpoint_path", "gs://my-mmv-bucket/ckpt/mmv_s3d.pkl",
-       "--dataset=hmdb51", "--splits_dir=gs://my-mmv-bucket/hmdb51/splits",
-       "--video_root=gs://my-mmv-bucket/hmdb51/videos"])))
+  common_flags = [
+      "--project",
+      "my-project-123",
+      "--region",
+      "us-central1",
+      "--bucket",
+      "gs://my-mmv-bucket",
+      "--image",
+      "img:gpu",
+  ]
+  embed_config, _ = embed.parse_args(
+      dataflow.embed_argv(
+          *dataflow.parse_args(
+              [
+                  "embed",
+                  *common_flags,
+                  "--checkpoint_path",
+                  "gs://my-mmv-bucket/ckpt/mmv_s3d.pkl",
+                  "--dataset=hmdb51",
+                  "--splits_dir=gs://my-mmv-bucket/hmdb51/splits",
+                  "--video_root=gs://my-mmv-bucket/hmdb51/videos",
+              ]
+          )
+      )
+  )
   assert (embed_config.dataset, embed_config.output_dir, embed_config.work_dir) == (
-      "hmdb51", "gs://my-mmv-bucket/embeddings/hmdb51/s3d", "gs://my-mmv-bucket/work")
+      "hmdb51",
+      "gs://my-mmv-bucket/embeddings/hmdb51/s3d",
+      "gs://my-mmv-bucket/work",
+  )
   assert embed_config.splits_location == "gs://my-mmv-bucket/hmdb51/splits"
-  eval_flags = dataflow.linear_eval_argv(*dataflow.parse_args(
-      ["linear_eval", *common_flags, "--backbone", "s3d", "--dataset=hmdb51"]))
+  eval_flags = dataflow.linear_eval_argv(
+      *dataflow.parse_args(["linear_eval", *common_flags, "--backbone", "s3d", "--dataset=hmdb51"])
+  )
   assert "--embeddings_dir=gs://my-mmv-bucket/embeddings/hmdb51/s3d" in eval_flags
   assert "--output_dir=gs://my-mmv-bucket/linear_eval/hmdb51/s3d" in eval_flags
   # Dataflow refuses a job whose name a running job has: the dataset is in it.
-  embed_flags = dataflow.embed_argv(*dataflow.parse_args(
-      ["embed", *common_flags, "--checkpoint_path", "gs://my-mmv-bucket/ckpt/mmv_s3d.pkl",
-       "--dataset=hmdb51", "--splits_dir=s", "--video_root=v"]))
+  embed_flags = dataflow.embed_argv(
+      *dataflow.parse_args(
+          [
+              "embed",
+              *common_flags,
+              "--checkpoint_path",
+              "gs://my-mmv-bucket/ckpt/mmv_s3d.pkl",
+              "--dataset=hmdb51",
+              "--splits_dir=s",
+              "--video_root=v",
+          ]
+      )
+  )
   assert "--job_name=mmv-embed-hmdb51-s3d-gpu" in embed_flags
   assert "--job_name=mmv-linear-eval-hmdb51-s3d" in eval_flags

@@ -19,17 +19,26 @@ HOST_S, DEVICE_S = 0.2, 0.2
 
 def _config(prefetch_videos: int) -> embed.EmbedJobConfig:
   # One video's clips make one batch, so batch n holds video n.
-  return embed.EmbedJobConfig(checkpoint_path="", work_dir="", output_dir="",
-                              num_train_clips=CLIPS_PER_VIDEO, num_test_windows=0,
-                              batch_size=CLIPS_PER_VIDEO, prefetch_videos=prefetch_videos)
+  return embed.EmbedJobConfig(
+      checkpoint_path="",
+      work_dir="",
+      output_dir="",
+      num_train_clips=CLIPS_PER_VIDEO,
+      num_test_windows=0,
+      batch_size=CLIPS_PER_VIDEO,
+      prefetch_videos=prefetch_videos,
+  )
 
 
 def _intervals(tmp_path, prefetch_videos: int):
   """(video -> its sampling interval, video -> its batch's device interval)."""
   events_path = str(tmp_path / "events.jsonl")
-  overlap_bench.run_job(overlap_bench.bench_videos(NUM_VIDEOS), _config(prefetch_videos),
-                        overlap_bench.SleepingHandler(DEVICE_S, CLIPS_PER_VIDEO, events_path),
-                        overlap_bench.SleepingSampler(HOST_S, events_path))
+  overlap_bench.run_job(
+      overlap_bench.bench_videos(NUM_VIDEOS),
+      _config(prefetch_videos),
+      overlap_bench.SleepingHandler(DEVICE_S, CLIPS_PER_VIDEO, events_path),
+      overlap_bench.SleepingSampler(HOST_S, events_path),
+  )
   events = overlap_bench.read_events(events_path)
   host = {e["videos"][0]: (e["start"], e["end"]) for e in events if e["kind"] == overlap_bench.HOST}
   device_batches = [e for e in events if e["kind"] == overlap_bench.DEVICE]
@@ -59,6 +68,7 @@ def test_without_prefetch_sampling_and_inference_take_turns(tmp_path):
 
 
 class _FailingSampler(overlap_bench.SleepingSampler):
+
   def __call__(self, cached, config):
     if overlap_bench.video_index(cached.video_id) == 1:
       raise ValueError("corrupt frame")
@@ -66,6 +76,7 @@ class _FailingSampler(overlap_bench.SleepingSampler):
 
 
 class _FailingHandler(overlap_bench.SleepingHandler):
+
   def run_inference(self, batch, model, inference_args=None):
     if any(clip.flat[0] == 3 for clip in batch):
       raise MemoryError("out of device memory")
@@ -75,15 +86,36 @@ class _FailingHandler(overlap_bench.SleepingHandler):
 def test_a_failed_sampling_or_batch_fails_its_videos_once_and_spares_the_others():
   videos = overlap_bench.bench_videos(NUM_VIDEOS)
   with beam.Pipeline(options=PipelineOptions(overlap_bench.IN_PROCESS)) as pipeline:
-    embedded = (pipeline | beam.Create(videos, reshuffle=False)
-                | embed.EmbedClips(_config(prefetch_videos=2),
-                                   _FailingHandler(0.0, CLIPS_PER_VIDEO), _FailingSampler(0.0)))
-    assert_that(embedded["embedded"] | beam.MapTuple(lambda key, _: key.video_id),
-                equal_to([v.video_id for v in videos for _ in range(CLIPS_PER_VIDEO)
-                          if overlap_bench.video_index(v.video_id) not in (1, 3)]),
-                label="EmbeddedVideos")
-    assert_that(embedded[FAILURES] | beam.Map(lambda f: (f["video_id"], f["stage"], f["reason"])),
-                equal_to([(videos[1].video_id, embed.STAGE_SAMPLE, "ValueError: corrupt frame"),
-                          (videos[3].video_id, embed.STAGE_EMBED,
-                           "MemoryError: MemoryError('out of device memory')")]),
-                label="Failures")
+    embedded = (
+        pipeline
+        | beam.Create(videos, reshuffle=False)
+        | embed.EmbedClips(
+            _config(prefetch_videos=2), _FailingHandler(0.0, CLIPS_PER_VIDEO), _FailingSampler(0.0)
+        )
+    )
+    assert_that(
+        embedded["embedded"] | beam.MapTuple(lambda key, _: key.video_id),
+        equal_to(
+            [
+                v.video_id
+                for v in videos
+                for _ in range(CLIPS_PER_VIDEO)
+                if overlap_bench.video_index(v.video_id) not in (1, 3)
+            ]
+        ),
+        label="EmbeddedVideos",
+    )
+    assert_that(
+        embedded[FAILURES] | beam.Map(lambda f: (f["video_id"], f["stage"], f["reason"])),
+        equal_to(
+            [
+                (videos[1].video_id, embed.STAGE_SAMPLE, "ValueError: corrupt frame"),
+                (
+                    videos[3].video_id,
+                    embed.STAGE_EMBED,
+                    "MemoryError: MemoryError('out of device memory')",
+                ),
+            ]
+        ),
+        label="Failures",
+    )

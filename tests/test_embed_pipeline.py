@@ -38,8 +38,15 @@ IN_PROCESS = list(common.IN_PROCESS_RUNNER_ARGS)
 def dataset(tmp_path_factory):
   """3 classes x 3 tiny videos; one of them replaced by bytes that are no video."""
   data = synthetic.write_dataset(
-      str(tmp_path_factory.mktemp("ucf")), num_classes=3, videos_per_class=3,
-      clips_per_group=1, width=64, height=48, fps=10.0, duration_s=1.0)
+      str(tmp_path_factory.mktemp("ucf")),
+      num_classes=3,
+      videos_per_class=3,
+      clips_per_group=1,
+      width=64,
+      height=48,
+      fps=10.0,
+      duration_s=1.0,
+  )
   with zipfile.ZipFile(data.video_zip) as archive:
     members = {name: archive.read(name) for name in archive.namelist()}
   bad_member = sorted(members)[4]
@@ -50,20 +57,25 @@ def dataset(tmp_path_factory):
 
 def _flags(dataset, checkpoint_path, work_dir, output_dir) -> list[str]:
   data, _ = dataset
-  return [f"--checkpoint_path={checkpoint_path}", f"--work_dir={work_dir}",
-          f"--output_dir={output_dir}", f"--video_zip={data.video_zip}",
-          f"--splits_zip={data.splits_zip}", f"--num_train_clips={NUM_TRAIN_CLIPS}",
-          f"--num_test_windows={NUM_TEST_WINDOWS}", "--batch_size=4",
-          f"--jax_cache_dir={pathlib.Path(work_dir) / 'jax_cache'}",  # Not the user's cache.
-          *(f"--{k}={v}" for k, v in CLIPS.items())]
+  return [
+      f"--checkpoint_path={checkpoint_path}",
+      f"--work_dir={work_dir}",
+      f"--output_dir={output_dir}",
+      f"--video_zip={data.video_zip}",
+      f"--splits_zip={data.splits_zip}",
+      f"--num_train_clips={NUM_TRAIN_CLIPS}",
+      f"--num_test_windows={NUM_TEST_WINDOWS}",
+      "--batch_size=4",
+      f"--jax_cache_dir={pathlib.Path(work_dir) / 'jax_cache'}",  # Not the user's cache.
+      *(f"--{k}={v}" for k, v in CLIPS.items()),
+  ]
 
 
 def _read_embeddings(output_dir) -> list[dict]:
   """Reads the output back with tf.data, as a user of the embeddings would."""
   paths = sorted(glob.glob(os.path.join(output_dir, "embeddings", "*.tfrecord")))
   assert paths, f"no embeddings under {output_dir}"
-  return [schema.parse_example(record.numpy())
-          for record in tf.data.TFRecordDataset(paths)]
+  return [schema.parse_example(record.numpy()) for record in tf.data.TFRecordDataset(paths)]
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +108,12 @@ def test_every_good_video_has_its_clips_and_labels(dataset, job_output):
 
 def test_bad_video_is_in_failures_and_nowhere_else(dataset, job_output):
   _, bad_id = dataset
-  lines = [json.loads(line) for path in glob.glob(str(job_output / "out" / "failures" / "*.jsonl"))
-           for line in open(path) if line.strip()]
+  lines = [
+      json.loads(line)
+      for path in glob.glob(str(job_output / "out" / "failures" / "*.jsonl"))
+      for line in open(path)
+      if line.strip()
+  ]
   assert [f["video_id"] for f in lines] == [bad_id]
   assert lines[0]["stage"] == "encode" and lines[0]["reason"]
   assert bad_id not in {r[schema.VIDEO_ID] for r in _read_embeddings(job_output / "out")}
@@ -108,9 +124,12 @@ def test_run_record_counts_and_settings(dataset, checkpoint_path, job_output):
   record = json.loads((job_output / "out" / "run.json").read_text())
   good = len(data.videos) - 1
   assert record["counts"] == {
-      "videos_written": good, "clips_written_train": good * NUM_TRAIN_CLIPS,
-      "clips_written_test": good * NUM_TEST_WINDOWS, "videos_failed": 1,
-      "videos_failed_by_stage": {"encode": 1}}
+      "videos_written": good,
+      "clips_written_train": good * NUM_TRAIN_CLIPS,
+      "clips_written_test": good * NUM_TEST_WINDOWS,
+      "videos_failed": 1,
+      "videos_failed_by_stage": {"encode": 1},
+  }
   assert record["backbone"] == "s3d"
   assert record["checkpoint_sha256"] == checkpoints.load_checkpoint(checkpoint_path).sha256
   assert record["settings"]["num_frames"] == CLIPS["num_frames"]
@@ -128,11 +147,15 @@ def test_embeddings_equal_video_embedder_on_the_same_frames(checkpoint_path, job
   video_id = sorted(cached)[0]
   frames = video.decode_jpeg_frames(cached[video_id].frames)
   test = embedder.embed(frames, num_windows=NUM_TEST_WINDOWS, **CLIPS)
-  train_clips = video.train_clips(frames, num_clips=NUM_TRAIN_CLIPS, seed=video.video_seed(video_id, 0),
-                                  **CLIPS)
+  train_clips = video.train_clips(
+      frames, num_clips=NUM_TRAIN_CLIPS, seed=video.video_seed(video_id, 0), **CLIPS
+  )
   train = embedder.embed_clips(train_clips)[VID_REPR]
-  got = {(r[schema.CLIP_TYPE], r[schema.CLIP_INDEX]): r[schema.EMBEDDING]
-         for r in records if r[schema.VIDEO_ID] == video_id}
+  got = {
+      (r[schema.CLIP_TYPE], r[schema.CLIP_INDEX]): r[schema.EMBEDDING]
+      for r in records
+      if r[schema.VIDEO_ID] == video_id
+  }
   for i in range(NUM_TEST_WINDOWS):
     assert_features_close(got[("test", i)], test[i])
   for i in range(NUM_TRAIN_CLIPS):
@@ -140,7 +163,8 @@ def test_embeddings_equal_video_embedder_on_the_same_frames(checkpoint_path, job
 
 
 def test_rerun_on_four_devices_reuses_the_cache_and_gives_the_same_embeddings(
-    dataset, checkpoint_path, job_output):
+    dataset, checkpoint_path, job_output
+):
   """A second run (4 forced host devices, other output dir) fetches nothing."""
   data, _ = dataset
   os.rename(data.video_zip, data.video_zip + ".moved")  # Any fetch would now fail.
@@ -148,10 +172,20 @@ def test_rerun_on_four_devices_reuses_the_cache_and_gives_the_same_embeddings(
     out = job_output / "out_4dev"
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     # One video of nine fails: more than the default --max_failed_share.
-    subprocess.run([sys.executable, "-m", "pipelines.embed",
-                    *_flags(dataset, checkpoint_path, job_output / "work", out), *IN_PROCESS,
-                    "--max_failed_share=0.2"],
-                   check=True, env=env, cwd=REPO_ROOT, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.embed",
+            *_flags(dataset, checkpoint_path, job_output / "work", out),
+            *IN_PROCESS,
+            "--max_failed_share=0.2",
+        ],
+        check=True,
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+    )
   finally:
     os.rename(data.video_zip + ".moved", data.video_zip)
   rerun = json.loads((out / "run.json").read_text())["counts"]
@@ -165,20 +199,25 @@ def test_rerun_on_four_devices_reuses_the_cache_and_gives_the_same_embeddings(
     assert_features_close(four[k], one[k])
 
 
-def test_a_new_run_refuses_an_output_dir_that_another_run_wrote(dataset, checkpoint_path,
-                                                                 job_output):
+def test_a_new_run_refuses_an_output_dir_that_another_run_wrote(
+    dataset, checkpoint_path, job_output
+):
   before = sorted(p.name for p in (job_output / "out").rglob("*"))
   with pytest.raises(common.UsageError, match="belongs to another run .*--overwrite"):
-    embed.run([*_flags(dataset, checkpoint_path, job_output / "work", job_output / "out"),
-               *IN_PROCESS])
+    embed.run(
+        [*_flags(dataset, checkpoint_path, job_output / "work", job_output / "out"), *IN_PROCESS]
+    )
   assert sorted(p.name for p in (job_output / "out").rglob("*")) == before
 
 
 def test_overwrite_replaces_the_previous_output(dataset, checkpoint_path, job_output, tmp_path):
   out = tmp_path / "out"
-  flags = [*_flags(dataset, checkpoint_path, job_output / "work", out), *IN_PROCESS,
-           "--classes=" + ",".join(sorted({r[schema.LABEL_NAME]
-                                           for r in _read_embeddings(job_output / "out")})[:1])]
+  flags = [
+      *_flags(dataset, checkpoint_path, job_output / "work", out),
+      *IN_PROCESS,
+      "--classes="
+      + ",".join(sorted({r[schema.LABEL_NAME] for r in _read_embeddings(job_output / "out")})[:1]),
+  ]
   embed.run(flags).wait_until_finish()
   (out / "stale.txt").write_text("from the first run")
   embed.run([*flags, "--overwrite"]).wait_until_finish()
@@ -190,97 +229,159 @@ def test_overwrite_replaces_the_previous_output(dataset, checkpoint_path, job_ou
 
 
 def test_two_runs_started_together_on_one_output_dir_one_is_refused(
-    dataset, checkpoint_path, job_output, tmp_path):
+    dataset, checkpoint_path, job_output, tmp_path
+):
   out = tmp_path / "out"
-  command = [sys.executable, "-m", "pipelines.embed",
-             *_flags(dataset, checkpoint_path, job_output / "work", out), *IN_PROCESS,
-             "--max_videos=2"]
-  runs = [subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True) for _ in range(2)]
+  command = [
+      sys.executable,
+      "-m",
+      "pipelines.embed",
+      *_flags(dataset, checkpoint_path, job_output / "work", out),
+      *IN_PROCESS,
+      "--max_videos=2",
+  ]
+  runs = [
+      subprocess.Popen(
+          command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+      )
+      for _ in range(2)
+  ]
   outcomes = sorted((run.wait(timeout=600), run.stderr.read()) for run in runs)
 
   (ok_status, _), (refused_status, refused_stderr) = outcomes
   assert (ok_status, refused_status) == (0, 2)
-  assert refused_stderr.strip().splitlines()[-1].startswith(
-      f"{embed.PROG}: error: {out} belongs to another run")
-  keys = [(r[schema.VIDEO_ID], r[schema.CLIP_TYPE], r[schema.CLIP_INDEX])
-          for r in _read_embeddings(out)]
+  assert (
+      refused_stderr.strip()
+      .splitlines()[-1]
+      .startswith(f"{embed.PROG}: error: {out} belongs to another run")
+  )
+  keys = [
+      (r[schema.VIDEO_ID], r[schema.CLIP_TYPE], r[schema.CLIP_INDEX]) for r in _read_embeddings(out)
+  ]
   assert len(keys) == len(set(keys)) == 2 * (NUM_TRAIN_CLIPS + NUM_TEST_WINDOWS)
   counts = json.loads((out / "run.json").read_text())["counts"]
   assert counts["clips_written_train"] + counts["clips_written_test"] == len(keys)
 
 
 def _clip_keys(output_dir) -> list[tuple]:
-  return [(r[schema.VIDEO_ID], r[schema.CLIP_TYPE], r[schema.CLIP_INDEX])
-          for r in _read_embeddings(output_dir)]
+  return [
+      (r[schema.VIDEO_ID], r[schema.CLIP_TYPE], r[schema.CLIP_INDEX])
+      for r in _read_embeddings(output_dir)
+  ]
 
 
 def test_a_killed_run_is_completed_by_resume_each_clip_once(
-    dataset, checkpoint_path, job_output, tmp_path):
+    dataset, checkpoint_path, job_output, tmp_path
+):
   out = tmp_path / "out"
-  flags = [*_flags(dataset, checkpoint_path, job_output / "work", out), *IN_PROCESS,
-           "--max_failed_share=0.5"]
-  killed = subprocess.Popen([sys.executable, "-m", "pipelines.embed", *flags], cwd=REPO_ROOT,
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+  flags = [
+      *_flags(dataset, checkpoint_path, job_output / "work", out),
+      *IN_PROCESS,
+      "--max_failed_share=0.5",
+  ]
+  killed = subprocess.Popen(
+      [sys.executable, "-m", "pipelines.embed", *flags],
+      cwd=REPO_ROOT,
+      stderr=subprocess.PIPE,
+      stdout=subprocess.DEVNULL,
+      text=True,
+  )
   for line in killed.stderr:  # Killed once it is embedding.
     if "clips embedded" in line:
       killed.kill()
       break
   assert killed.wait() != 0
 
-  subprocess.run([sys.executable, "-m", "pipelines.embed", *flags, "--resume"], cwd=REPO_ROOT,
-                 check=True, capture_output=True)
+  subprocess.run(
+      [sys.executable, "-m", "pipelines.embed", *flags, "--resume"],
+      cwd=REPO_ROOT,
+      check=True,
+      capture_output=True,
+  )
 
   keys = _clip_keys(out)
   assert len(keys) == len(set(keys))
   assert sorted(keys) == sorted(_clip_keys(job_output / "out"))
   record = json.loads((out / "run.json").read_text())
   assert record["runs"] == 2
-  assert record["counts"]["clips_written_train"] + record["counts"]["clips_written_test"] == len(keys)
+  assert record["counts"]["clips_written_train"] + record["counts"]["clips_written_test"] == len(
+      keys
+  )
 
 
 def test_resume_of_a_finished_run_keeps_its_videos_and_retries_the_failed_one(
-    dataset, checkpoint_path, job_output, tmp_path):
+    dataset, checkpoint_path, job_output, tmp_path
+):
   out = tmp_path / "out"
   shutil.copytree(job_output / "out", out)
   before = sorted(p.name for p in (out / "embeddings").iterdir())
 
-  embed.run([*_flags(dataset, checkpoint_path, job_output / "work", out), *IN_PROCESS,
-             "--resume"]).wait_until_finish()
+  embed.run(
+      [*_flags(dataset, checkpoint_path, job_output / "work", out), *IN_PROCESS, "--resume"]
+  ).wait_until_finish()
 
   assert sorted(_clip_keys(out)) == sorted(_clip_keys(job_output / "out"))
   assert set(before) <= {p.name for p in (out / "embeddings").iterdir()}
   failures = [json.loads(l) for l in (out / "failures" / "failures.jsonl").read_text().splitlines()]
   assert [f["video_id"] for f in failures] == [dataset[1]]  # Tried again, failed again.
-  assert (json.loads((out / "run.json").read_text())["counts"]
-          == json.loads((job_output / "out" / "run.json").read_text())["counts"])
+  assert (
+      json.loads((out / "run.json").read_text())["counts"]
+      == json.loads((job_output / "out" / "run.json").read_text())["counts"]
+  )
 
 
 def test_resume_with_other_settings_is_refused_naming_them(
-    dataset, checkpoint_path, job_output, tmp_path):
+    dataset, checkpoint_path, job_output, tmp_path
+):
   out = tmp_path / "out"
   shutil.copytree(job_output / "out", out)
   with pytest.raises(common.UsageError, match="num_test_windows 3 -> 2"):
-    embed.run([*_flags(dataset, checkpoint_path, job_output / "work", out), *IN_PROCESS,
-               "--resume", "--num_test_windows=2"])
+    embed.run(
+        [
+            *_flags(dataset, checkpoint_path, job_output / "work", out),
+            *IN_PROCESS,
+            "--resume",
+            "--num_test_windows=2",
+        ]
+    )
   with pytest.raises(common.UsageError, match="no earlier run owns"):
-    embed.run([*_flags(dataset, checkpoint_path, job_output / "work", tmp_path / "new"),
-               *IN_PROCESS, "--resume"])
+    embed.run(
+        [
+            *_flags(dataset, checkpoint_path, job_output / "work", tmp_path / "new"),
+            *IN_PROCESS,
+            "--resume",
+        ]
+    )
 
 
-@pytest.mark.parametrize("flag, message", [
-    ("--num_frames=0", "--num_frames must be positive, got 0"),
-    ("--batch_size=-1", "--batch_size must be positive"),
-    ("--crop_size=64", "--crop_size 64 is larger than --min_resize 32"),
-    ("--max_videos=-1", "--max_videos must be positive"),
-    ("--classes=NoSuchClass", "unknown classes ['NoSuchClass']"),
-])
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--num_frames=0", "--num_frames must be positive, got 0"),
+        ("--batch_size=-1", "--batch_size must be positive"),
+        ("--crop_size=64", "--crop_size 64 is larger than --min_resize 32"),
+        ("--max_videos=-1", "--max_videos must be positive"),
+        ("--classes=NoSuchClass", "unknown classes ['NoSuchClass']"),
+    ],
+)
 def test_unusable_settings_are_one_line_and_status_2_before_any_work(
-    dataset, checkpoint_path, tmp_path, flag, message):
+    dataset, checkpoint_path, tmp_path, flag, message
+):
   work, out = tmp_path / "work", tmp_path / "out"
-  result = subprocess.run([sys.executable, "-m", "pipelines.embed",
-                           *_flags(dataset, checkpoint_path, work, out), *IN_PROCESS, flag],
-                          cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+  result = subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "pipelines.embed",
+          *_flags(dataset, checkpoint_path, work, out),
+          *IN_PROCESS,
+          flag,
+      ],
+      cwd=REPO_ROOT,
+      capture_output=True,
+      text=True,
+      check=False,
+  )
   assert result.returncode == 2
   assert result.stderr.startswith(f"{embed.PROG}: error: ")
   assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
@@ -290,7 +391,8 @@ def test_unusable_settings_are_one_line_and_status_2_before_any_work(
 def test_both_clip_counts_zero_is_refused_as_nothing_to_embed():
   config = embed.EmbedJobConfig("c.pkl", "w", "o", num_train_clips=0, num_test_windows=0)
   assert embed.settings_problems(config) == [
-      "--num_train_clips and --num_test_windows are both 0: nothing to embed"]
+      "--num_train_clips and --num_test_windows are both 0: nothing to embed"
+  ]
 
 
 def test_a_checkpoint_with_nan_weights_is_refused_before_any_work(dataset, tmp_path):
@@ -313,13 +415,16 @@ def test_an_unwritable_work_dir_is_refused_before_any_work(dataset, checkpoint_p
   assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("written, failed, share, problem", [
-    (0, 0, 0.1, "no video was embedded (0 failed)"),
-    (0, 3, 1.0, "no video was embedded (3 failed)"),
-    (8, 1, 0.1, "1 of 9 videos failed, more than --max_failed_share 0.1"),
-    (9, 1, 0.1, None),
-    (5, 0, 0.0, None),
-])
+@pytest.mark.parametrize(
+    "written, failed, share, problem",
+    [
+        (0, 0, 0.1, "no video was embedded (0 failed)"),
+        (0, 3, 1.0, "no video was embedded (3 failed)"),
+        (8, 1, 0.1, "1 of 9 videos failed, more than --max_failed_share 0.1"),
+        (9, 1, 0.1, None),
+        (5, 0, 0.0, None),
+    ],
+)
 def test_a_run_that_embeds_nothing_or_too_little_is_a_failure(written, failed, share, problem):
   config = embed.EmbedJobConfig("c.pkl", "w", "o", max_failed_share=share)
   counts = {"videos_written": written, "videos_failed": failed}
@@ -327,26 +432,44 @@ def test_a_run_that_embeds_nothing_or_too_little_is_a_failure(written, failed, s
 
 
 def test_the_command_ends_with_its_summary_and_status_1_when_too_many_fail(
-    dataset, checkpoint_path, job_output, tmp_path):
+    dataset, checkpoint_path, job_output, tmp_path
+):
   out = tmp_path / "out"
-  result = subprocess.run([sys.executable, "-m", "pipelines.embed",
-                           *_flags(dataset, checkpoint_path, job_output / "work", out),
-                           *IN_PROCESS, "--max_failed_share=0"],
-                          cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+  result = subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "pipelines.embed",
+          *_flags(dataset, checkpoint_path, job_output / "work", out),
+          *IN_PROCESS,
+          "--max_failed_share=0",
+      ],
+      cwd=REPO_ROOT,
+      capture_output=True,
+      text=True,
+      check=False,
+  )
   counts = json.loads((out / "run.json").read_text())["counts"]
-  summary = [l for l in result.stdout.splitlines() if l.startswith("[embed] ")
-             and not l.startswith("[embed] timings")]
+  summary = [
+      l
+      for l in result.stdout.splitlines()
+      if l.startswith("[embed] ") and not l.startswith("[embed] timings")
+  ]
   assert summary[0].startswith("[embed] finished in ")
-  assert (f"{counts['videos_written']} videos embedded ({counts['clips_written_train']} "
-          f"training clips, {counts['clips_written_test']} test windows), 1 failed (encode: 1)"
-          ) in summary[0]
-  assert summary[1:] == [f"[embed] embeddings: {out}/embeddings/*.tfrecord*",
-                         f"[embed] run record: {out}/run.json",
-                         f"[embed] failures:   {out}/failures/failures.jsonl"]
+  assert (
+      f"{counts['videos_written']} videos embedded ({counts['clips_written_train']} "
+      f"training clips, {counts['clips_written_test']} test windows), 1 failed (encode: 1)"
+  ) in summary[0]
+  assert summary[1:] == [
+      f"[embed] embeddings: {out}/embeddings/*.tfrecord*",
+      f"[embed] run record: {out}/run.json",
+      f"[embed] failures:   {out}/failures/failures.jsonl",
+  ]
   assert result.returncode == 1
   assert result.stderr.strip().splitlines()[-1] == (
       f"{embed.PROG}: error: 1 of {counts['videos_written'] + 1} videos failed, more than "
-      "--max_failed_share 0")
+      "--max_failed_share 0"
+  )
   # Quiet by default: no INFO lines from Beam or JAX.
   assert "INFO" not in result.stderr and "Unable to initialize backend" not in result.stderr
 
@@ -354,9 +477,11 @@ def test_the_command_ends_with_its_summary_and_status_1_when_too_many_fail(
 def test_progress_lines_give_the_total_and_time_left():
   # 49 clips in the 24.5 s since the first one: 2 per second.
   assert embed.progress_line(50, 200, 24.5, "clips embedded") == (
-      "50/200 clips embedded (25%), 2.00/s, about 75 s left")
+      "50/200 clips embedded (25%), 2.00/s, about 75 s left"
+  )
   assert embed.progress_line(201, 201, 100.0, "clips embedded") == (
-      "201/201 clips embedded (100%), 2.00/s")
+      "201/201 clips embedded (100%), 2.00/s"
+  )
   assert embed.progress_line(1, 200, 0.0, "clips embedded") == "1/200 clips embedded (0%)"
   assert embed.progress_line(8, None, 2.0, "videos read") == "8 videos read, 3.50/s"
 
@@ -369,32 +494,54 @@ def test_help_is_python_dash_m_with_every_flag_documented():
 
 
 def test_a_misspelt_flag_is_an_error_naming_it(capsys):
-  error = cli_checks.usage_error(embed.main, embed.PROG, [
-      "--checkpoint_path=c.pkl", "--work_dir=w", "--output_dir=o", "--max_num_wrkers=3"], capsys)
+  error = cli_checks.usage_error(
+      embed.main,
+      embed.PROG,
+      ["--checkpoint_path=c.pkl", "--work_dir=w", "--output_dir=o", "--max_num_wrkers=3"],
+      capsys,
+  )
   assert "--max_num_wrkers=3" in error
 
 
 def _clips(video_id: str, num_train: int, num_test: int, value: float = 1.0):
-  return [(embed.ClipKey(video_id, 2, "Archery", clip_type, i),
-           {VID_REPR: np.full(4, value, np.float32)})
-          for clip_type, n in (("train", num_train), ("test", num_test)) for i in range(n)]
+  return [
+      (
+          embed.ClipKey(video_id, 2, "Archery", clip_type, i),
+          {VID_REPR: np.full(4, value, np.float32)},
+      )
+      for clip_type, n in (("train", num_train), ("test", num_test))
+      for i in range(n)
+  ]
 
 
 def test_a_complete_video_gives_all_its_examples_in_order():
-  result = embed.assemble_video("v_Archery_g01_c01", reversed(_clips("v_Archery_g01_c01", 2, 3)),
-                                [], expected_clips=5, outputs=(VID_REPR,))
+  result = embed.assemble_video(
+      "v_Archery_g01_c01",
+      reversed(_clips("v_Archery_g01_c01", 2, 3)),
+      [],
+      expected_clips=5,
+      outputs=(VID_REPR,),
+  )
   parsed = [schema.parse_example(r) for r in result]
   assert [(p[schema.CLIP_TYPE], p[schema.CLIP_INDEX]) for p in parsed] == [
-      ("test", 0), ("test", 1), ("test", 2), ("train", 0), ("train", 1)]
+      ("test", 0),
+      ("test", 1),
+      ("test", 2),
+      ("train", 0),
+      ("train", 1),
+  ]
   assert all(p[schema.LABEL] == 2 and p[schema.LABEL_NAME] == "Archery" for p in parsed)
 
 
-@pytest.mark.parametrize("clips, failures, reason", [
-    (_clips("v", 2, 2), [], "4 of 5 clips embedded"),
-    (_clips("v", 2, 3) + _clips("v", 1, 0), [], None),  # A duplicate clip counts once.
-    (_clips("v", 2, 3, value=np.nan), [], "non-finite embedding"),
-    (_clips("v", 2, 3), [{"video_id": "v", "stage": "embed", "reason": "OOM"}], "OOM"),
-])
+@pytest.mark.parametrize(
+    "clips, failures, reason",
+    [
+        (_clips("v", 2, 2), [], "4 of 5 clips embedded"),
+        (_clips("v", 2, 3) + _clips("v", 1, 0), [], None),  # A duplicate clip counts once.
+        (_clips("v", 2, 3, value=np.nan), [], "non-finite embedding"),
+        (_clips("v", 2, 3), [{"video_id": "v", "stage": "embed", "reason": "OOM"}], "OOM"),
+    ],
+)
 def test_an_incomplete_or_broken_video_is_one_failure_and_no_examples(clips, failures, reason):
   result = embed.assemble_video("v", clips, failures, expected_clips=5, outputs=(VID_REPR,))
   if reason is None:
@@ -404,46 +551,66 @@ def test_an_incomplete_or_broken_video_is_one_failure_and_no_examples(clips, fai
 
 
 def test_a_failed_inference_batch_fails_each_of_its_videos_once():
-  batch = [(key, np.zeros((4, 32, 32, 3), np.uint8))
-           for key, _ in _clips("v_a", 2, 0) + _clips("v_b", 1, 1)]
+  batch = [
+      (key, np.zeros((4, 32, 32, 3), np.uint8))
+      for key, _ in _clips("v_a", 2, 0) + _clips("v_b", 1, 1)
+  ]
   failures = list(embed.inference_failures((batch, (MemoryError, "out of memory", []))))
   assert [(f["video_id"], f["stage"]) for f in failures] == [("v_a", "embed"), ("v_b", "embed")]
   assert all(f["reason"] == "MemoryError: out of memory" for f in failures)
 
 
 def test_linear_evaluation_of_the_jobs_output_reports_all_splits_and_the_missing_video(
-    dataset, job_output):
+    dataset, job_output
+):
   data, bad_id = dataset
   eval_dir = job_output / "linear_eval"
-  flags = [f"--embeddings_dir={job_output / 'out'}", f"--output_dir={eval_dir}",
-           f"--splits_zip={data.splits_zip}", *IN_PROCESS]
+  flags = [
+      f"--embeddings_dir={job_output / 'out'}",
+      f"--output_dir={eval_dir}",
+      f"--splits_zip={data.splits_zip}",
+      *IN_PROCESS,
+  ]
   with pytest.raises(linear_eval_lib.IncompleteSplitError, match=bad_id):
     linear_eval.main(flags)  # The bad video is listed in the splits but has no embeddings.
   linear_eval.main([*flags, "--allow_missing"])
   metrics = json.loads((eval_dir / "metrics.json").read_text())
   assert sorted(metrics["splits"]) == ["1", "2", "3"]
-  assert all(metrics["splits"][s]["input_check"]["missing_videos"] in ([], [bad_id])
-             for s in "123")
+  assert all(metrics["splits"][s]["input_check"]["missing_videos"] in ([], [bad_id]) for s in "123")
   report = (eval_dir / "report.md").read_text()
   assert bad_id in report and "confusion_split3.png" in report
 
 
 def test_exact_train_clips_flag_reaches_the_clip_sampler():
   rng = np.random.default_rng(0)
-  jpegs = tuple(tf.io.encode_jpeg(frame).numpy()
-                for frame in rng.integers(0, 256, (12, 36, 48, 3), dtype=np.uint8))
+  jpegs = tuple(
+      tf.io.encode_jpeg(frame).numpy()
+      for frame in rng.integers(0, 256, (12, 36, 48, 3), dtype=np.uint8)
+  )
   cached = video_cache.CachedVideo("v_Archery_g01_c01", 2, "Archery", jpegs, 0)
   required = ["--checkpoint_path=c.pkl", "--work_dir=w", "--output_dir=o"]
   clip_flags = [f"--{name}={value}" for name, value in CLIPS.items()] + [
-      "--num_train_clips=6", "--num_test_windows=1"]
+      "--num_train_clips=6",
+      "--num_test_windows=1",
+  ]
   sampled = {}
   for exact in (False, True):
     config, _ = embed.parse_args(required + clip_flags + ["--exact_train_clips"] * exact)
     assert config.exact_train_clips == exact
-    sampled[exact] = np.stack([clip for key, clip in embed.sample_clips(cached, config)
-                               if key.clip_type == schema.CLIP_TYPE_TRAIN])
+    sampled[exact] = np.stack(
+        [
+            clip
+            for key, clip in embed.sample_clips(cached, config)
+            if key.clip_type == schema.CLIP_TYPE_TRAIN
+        ]
+    )
     expected, _ = video.clips_from_jpegs(
-        jpegs, num_train_clips=6, num_test_windows=1, **CLIPS,
-        seed=video.video_seed(cached.video_id, 0), exact_train_clips=exact)
+        jpegs,
+        num_train_clips=6,
+        num_test_windows=1,
+        **CLIPS,
+        seed=video.video_seed(cached.video_id, 0),
+        exact_train_clips=exact,
+    )
     np.testing.assert_array_equal(sampled[exact], expected)
   assert not np.array_equal(sampled[False], sampled[True])

@@ -40,12 +40,14 @@ def s3d_embedder(s3d_checkpoint) -> VideoEmbedder:
   return VideoEmbedder.from_checkpoint(str(s3d_checkpoint), config=EmbedderConfig(batch_size=2))
 
 
-def _one_clip_at_a_time(ckpt: checkpoints.Checkpoint, clips: np.ndarray, backbone: str,
-                        output: str = VID_REPR) -> np.ndarray:
+def _one_clip_at_a_time(
+    ckpt: checkpoints.Checkpoint, clips: np.ndarray, backbone: str, output: str = VID_REPR
+) -> np.ndarray:
   """The original evaluation's way: the model function on one clip at a time."""
   forward = jax.jit(lambda p, s, c: mmv.video_embeddings(p, s, c, backbone=backbone)[output])
-  return np.concatenate([np.asarray(forward(ckpt.params, ckpt.state, clip[None]))
-                         for clip in clips])
+  return np.concatenate(
+      [np.asarray(forward(ckpt.params, ckpt.state, clip[None])) for clip in clips]
+  )
 
 
 def test_from_checkpoint_infers_backbone_from_file_name(s3d_embedder):
@@ -78,8 +80,10 @@ def test_uint8_clips_are_scaled_like_the_protocol(s3d_embedder):
   float_clips = video.test_clips(frames, **SMALL)
   uint8_clips = np.round(float_clips * 255).astype(np.uint8)
   np.testing.assert_array_equal(uint8_clips.astype(np.float32) / 255, float_clips)
-  assert_features_close(s3d_embedder.embed_clips(uint8_clips)[VID_REPR],
-                             s3d_embedder.embed_clips(float_clips)[VID_REPR])
+  assert_features_close(
+      s3d_embedder.embed_clips(uint8_clips)[VID_REPR],
+      s3d_embedder.embed_clips(float_clips)[VID_REPR],
+  )
 
 
 def test_joint_space_embeddings(s3d_embedder, s3d_checkpoint):
@@ -106,10 +110,13 @@ def test_wrong_backbone_names_the_checkpoint_and_the_problem(s3d_checkpoint):
   assert "missing" in str(error.value)
 
 
-@pytest.mark.parametrize("frames, problem", [
-    (np.zeros((8, 32, 32, 3), np.float32), "uint8"),
-    (np.zeros((8, 32, 32), np.uint8), r"\[T, H, W, 3\]"),
-])
+@pytest.mark.parametrize(
+    "frames, problem",
+    [
+        (np.zeros((8, 32, 32, 3), np.float32), "uint8"),
+        (np.zeros((8, 32, 32), np.uint8), r"\[T, H, W, 3\]"),
+    ],
+)
 def test_embed_rejects_bad_frames(s3d_embedder, frames, problem):
   with pytest.raises(ValueError, match=problem):
     s3d_embedder.embed(frames, **SMALL)
@@ -119,7 +126,8 @@ def test_bfloat16_mode_is_close_to_float32(s3d_checkpoint):
   clips = video.test_clips(_random_video(5), **SMALL)
   f32 = VideoEmbedder.from_checkpoint(str(s3d_checkpoint)).embed_clips(clips)[VID_REPR]
   bf16 = VideoEmbedder.from_checkpoint(
-      str(s3d_checkpoint), config=EmbedderConfig(compute_dtype="bfloat16")).embed_clips(clips)[VID_REPR]
+      str(s3d_checkpoint), config=EmbedderConfig(compute_dtype="bfloat16")
+  ).embed_clips(clips)[VID_REPR]
   assert bf16.dtype == np.float32
   cosine = np.sum(f32 * bf16, -1) / np.linalg.norm(f32, axis=-1) / np.linalg.norm(bf16, axis=-1)
   assert (cosine > 0.99).all()
@@ -138,8 +146,11 @@ def test_four_devices_give_the_same_embeddings_as_one(s3d_checkpoint, s3d_embedd
       out = emb.embed_clips(np.load({str(tmp_path / 'clips.npy')!r}))["vid_repr"]
       np.save({str(tmp_path / 'four.npy')!r}, out)
   """)
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-         "JAX_PLATFORMS": "cpu"}
+  env = {
+      **os.environ,
+      "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+      "JAX_PLATFORMS": "cpu",
+  }
   subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=REPO_ROOT)
   four = np.load(tmp_path / "four.npy")
   one = s3d_embedder.embed_clips(clips)[VID_REPR]
@@ -162,9 +173,16 @@ def test_a_second_process_loads_the_compiled_program_from_the_cache(s3d_checkpoi
       print(json.dumps({{"hits": events.count("/jax/compilation_cache/cache_hits"),
                         "misses": events.count("/jax/compilation_cache/cache_misses")}}))
   """)
-  run = lambda: json.loads(subprocess.run(
-      [sys.executable, "-c", script], check=True, cwd=REPO_ROOT, capture_output=True,
-      text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}).stdout.splitlines()[-1])
+  run = lambda: json.loads(
+      subprocess.run(
+          [sys.executable, "-c", script],
+          check=True,
+          cwd=REPO_ROOT,
+          capture_output=True,
+          text=True,
+          env={**os.environ, "JAX_PLATFORMS": "cpu"},
+      ).stdout.splitlines()[-1]
+  )
   first = run()
   cached_files = sorted(p.name for p in cache_dir.iterdir())
   assert first["misses"] >= 1 and first["hits"] == 0 and cached_files

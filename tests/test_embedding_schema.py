@@ -11,9 +11,15 @@ from mmv_core import example_proto
 
 
 def example(**overrides):
-  fields = dict(video_id="v_Archery_g03_c02", label=1, label_name="Archery",
-                clip_type=schema.CLIP_TYPE_TEST, clip_index=7,
-                embedding=np.linspace(-1, 1, 8), extra_features={"audio_repr": [[1.5, 2.5]]})
+  fields = dict(
+      video_id="v_Archery_g03_c02",
+      label=1,
+      label_name="Archery",
+      clip_type=schema.CLIP_TYPE_TEST,
+      clip_index=7,
+      embedding=np.linspace(-1, 1, 8),
+      extra_features={"audio_repr": [[1.5, 2.5]]},
+  )
   return schema.make_example(**(fields | overrides))
 
 
@@ -36,8 +42,9 @@ def test_examples_are_tensorflows_wire_format_both_ways():
   theirs = tf.train.Example.FromString(ours.SerializeToString())
   assert theirs.features.feature[schema.VIDEO_ID].bytes_list.value == [b"v_Archery_g03_c02"]
   assert theirs.features.feature[schema.CLIP_INDEX].int64_list.value == [7]
-  np.testing.assert_allclose(theirs.features.feature[schema.EMBEDDING].float_list.value,
-                             np.linspace(-1, 1, 8), rtol=1e-6)
+  np.testing.assert_allclose(
+      theirs.features.feature[schema.EMBEDDING].float_list.value, np.linspace(-1, 1, 8), rtol=1e-6
+  )
   theirs.features.feature[schema.LABEL].int64_list.value[0] = 4
   parsed = schema.parse_example(theirs.SerializeToString())
   assert parsed[schema.LABEL] == 4 and parsed[schema.VIDEO_ID] == "v_Archery_g03_c02"
@@ -51,16 +58,20 @@ def test_bad_examples_are_named_errors():
     example(extra_features={schema.LABEL: [1.0]})
   incomplete = example()
   del incomplete.features.feature[schema.CLIP_INDEX]
-  with pytest.raises(schema.EmbeddingFormatError, match="shard-3#4: feature 'clip_index' is missing"):
+  with pytest.raises(
+      schema.EmbeddingFormatError, match="shard-3#4: feature 'clip_index' is missing"
+  ):
     schema.parse_example(incomplete.SerializeToString(), source="shard-3#4")
 
 
 def test_a_nan_embedding_is_an_error_naming_its_shard_record_and_clip():
   broken = example()
   broken.features.feature[schema.EMBEDDING].float_list.value[3] = float("nan")
-  with pytest.raises(schema.EmbeddingFormatError,
-                     match="part-00002.tfrecord#17: feature 'embedding' of v_Archery_g03_c02 "
-                           "test clip 7 holds NaN or infinite values"):
+  with pytest.raises(
+      schema.EmbeddingFormatError,
+      match="part-00002.tfrecord#17: feature 'embedding' of v_Archery_g03_c02 "
+      "test clip 7 holds NaN or infinite values",
+  ):
     schema.parse_example(broken.SerializeToString(), source="part-00002.tfrecord#17")
 
 
@@ -91,7 +102,8 @@ def test_run_config_must_give_clip_counts(tmp_path):
   with pytest.raises(schema.EmbeddingFormatError, match="num_test_windows"):
     schema.read_run_config(str(tmp_path))
   (tmp_path / schema.RUN_CONFIG_FILE).write_text(
-      json.dumps({schema.NUM_TRAIN_CLIPS: 10, schema.NUM_TEST_WINDOWS: 10}))
+      json.dumps({schema.NUM_TRAIN_CLIPS: 10, schema.NUM_TEST_WINDOWS: 10})
+  )
   assert schema.read_run_config(str(tmp_path))[schema.NUM_TEST_WINDOWS] == 10
   with pytest.raises(schema.EmbeddingFormatError, match="no embedding shards"):
     schema.shard_paths(str(tmp_path))

@@ -16,21 +16,31 @@ RUN_CONFIG = {"backbone": "s3d", "num_train_clips": 2, "num_test_windows": 1}
 
 def _clip(video_id, label, clip_type, clip_index):
   """(fields, serialized example); the embedding encodes the clip's identity."""
-  fields = dict(video_id=video_id, label=label, label_name=f"Class{label}",
-                clip_type=clip_type, clip_index=clip_index)
+  fields = dict(
+      video_id=video_id,
+      label=label,
+      label_name=f"Class{label}",
+      clip_type=clip_type,
+      clip_index=clip_index,
+  )
   embedding = np.array([label, clip_index, clip_type == "test"], np.float32)
-  example = schema.make_example(**fields, embedding=embedding,
-                                extra_features={"video_text": -embedding[:2]})
+  example = schema.make_example(
+      **fields, embedding=embedding, extra_features={"video_text": -embedding[:2]}
+  )
   return fields, embedding, example.SerializeToString()
 
 
 # Shards in no particular order, as a Beam job writes them.
 SHARDS = {
-    "part-00000-of-00002.tfrecord": [_clip("v_B_g01_c01", 1, "test", 0),
-                                     _clip("v_A_g01_c01", 0, "train", 1)],
-    "part-00001-of-00002.tfrecord": [_clip("v_A_g01_c01", 0, "test", 0),
-                                     _clip("v_B_g01_c01", 1, "train", 0),
-                                     _clip("v_A_g01_c01", 0, "train", 0)],
+    "part-00000-of-00002.tfrecord": [
+        _clip("v_B_g01_c01", 1, "test", 0),
+        _clip("v_A_g01_c01", 0, "train", 1),
+    ],
+    "part-00001-of-00002.tfrecord": [
+        _clip("v_A_g01_c01", 0, "test", 0),
+        _clip("v_B_g01_c01", 1, "train", 0),
+        _clip("v_A_g01_c01", 0, "train", 0),
+    ],
 }
 
 
@@ -45,8 +55,12 @@ def _write_output(output_dir, shards=SHARDS, run_config=RUN_CONFIG):
 
 
 def _expected(clip_type=None):
-  clips = [clip for clips in SHARDS.values() for clip in clips
-           if clip_type in (None, clip[0]["clip_type"])]
+  clips = [
+      clip
+      for clips in SHARDS.values()
+      for clip in clips
+      if clip_type in (None, clip[0]["clip_type"])
+  ]
   return sorted(clips, key=lambda c: (c[0]["video_id"], c[0]["clip_type"], c[0]["clip_index"]))
 
 
@@ -86,18 +100,27 @@ def test_to_pandas_has_a_row_per_clip_and_x_as_one_column(tmp_path):
 
 
 def test_embeddings_of_different_sizes_name_the_record(tmp_path):
-  short = schema.make_example(video_id="v_C_g01_c01", label=2, label_name="Class2",
-                              clip_type="test", clip_index=0,
-                              embedding=np.zeros(DIM - 1)).SerializeToString()
+  short = schema.make_example(
+      video_id="v_C_g01_c01",
+      label=2,
+      label_name="Class2",
+      clip_type="test",
+      clip_index=0,
+      embedding=np.zeros(DIM - 1),
+  ).SerializeToString()
   shards = {**SHARDS, "part-00002-of-00003.tfrecord": [({}, None, short)]}
-  with pytest.raises(schema.EmbeddingFormatError,
-                     match=r"part-00002-of-00003\.tfrecord#0: 'embedding' has 2 values"):
+  with pytest.raises(
+      schema.EmbeddingFormatError,
+      match=r"part-00002-of-00003\.tfrecord#0: 'embedding' has 2 values",
+  ):
     load_embeddings(_write_output(tmp_path, shards))
 
 
 def test_missing_feature_and_missing_run_config_are_errors(tmp_path):
-  with pytest.raises(schema.EmbeddingFormatError,
-                     match=r"part-00000-of-00002\.tfrecord#0: no float feature 'video_audio'"):
+  with pytest.raises(
+      schema.EmbeddingFormatError,
+      match=r"part-00000-of-00002\.tfrecord#0: no float feature 'video_audio'",
+  ):
     load_embeddings(_write_output(tmp_path / "a"), feature="video_audio")
   with pytest.raises(schema.EmbeddingFormatError, match=r"run\.json: cannot read"):
     load_embeddings(_write_output(tmp_path / "b", run_config=None))

@@ -20,13 +20,23 @@ def _write_video(path, frames: np.ndarray, fps: float) -> str:
 
 
 def _moving_shape(width: int, height: int, fps: float, duration_s: float) -> np.ndarray:
-  return synthetic.render_frames(0, 3, np.random.default_rng(0), width=width, height=height,
-                                 num_frames=round(fps * duration_s), fps=fps)
+  return synthetic.render_frames(
+      0,
+      3,
+      np.random.default_rng(0),
+      width=width,
+      height=height,
+      num_frames=round(fps * duration_s),
+      fps=fps,
+  )
 
 
 def _run(recipe, input_path, **segment) -> list[bytes]:
-  result = subprocess.run([encode.ffmpeg_executable(), *recipe.ffmpeg_args(input_path, **segment)],
-                          capture_output=True, check=True)
+  result = subprocess.run(
+      [encode.ffmpeg_executable(), *recipe.ffmpeg_args(input_path, **segment)],
+      capture_output=True,
+      check=True,
+  )
   return encode.split_jpeg_stream(result.stdout)
 
 
@@ -48,8 +58,7 @@ def test_ucf101_recipe_is_the_command_ingestion_runs_today(monkeypatch):
 
   (command,) = commands
   input_path = command[command.index("-i") + 1]
-  assert command == [encode.ffmpeg_executable(),
-                     *encoding_recipes.UCF101.ffmpeg_args(input_path)]
+  assert command == [encode.ffmpeg_executable(), *encoding_recipes.UCF101.ffmpeg_args(input_path)]
   assert encoding_recipes.UCF101.output_args == tuple(encode.protocol_output_args())
 
 
@@ -58,17 +67,19 @@ def test_keys_are_pinned_and_follow_the_arguments():
   assert encoding_recipes.UCF101.key == "ucf101-0b7435cfe6ad"
   assert encoding_recipes.HMDB51.key == "hmdb51-fb85dc9c7748"
   edited = encoding_recipes.EncodingRecipe(
-      name="ucf101", output_args=("-qscale:v", "3", "-r", "25", "-t", "00:00:20"),
-      description="")
+      name="ucf101", output_args=("-qscale:v", "3", "-r", "25", "-t", "00:00:20"), description=""
+  )
   assert edited.key.startswith("ucf101-") and edited.key != encoding_recipes.UCF101.key
 
 
-@pytest.mark.parametrize("width, height, expected_size", [
-    (64, 48, (341, 256)),  # Landscape: height 256, width (64/48)*256 truncated.
-    (48, 64, (256, 341)),  # Portrait: width 256, height following the aspect.
-])
-def test_hmdb51_recipe_gives_10_fps_with_smaller_side_256(tmp_path, width, height,
-                                                          expected_size):
+@pytest.mark.parametrize(
+    "width, height, expected_size",
+    [
+        (64, 48, (341, 256)),  # Landscape: height 256, width (64/48)*256 truncated.
+        (48, 64, (256, 341)),  # Portrait: width 256, height following the aspect.
+    ],
+)
+def test_hmdb51_recipe_gives_10_fps_with_smaller_side_256(tmp_path, width, height, expected_size):
   path = _write_video(tmp_path / "video.avi", _moving_shape(width, height, 25.0, 2.0), 25.0)
 
   frames = _run(encoding_recipes.HMDB51, path)
@@ -83,8 +94,9 @@ def test_hmdb51_recipe_keeps_the_first_20_seconds(tmp_path):
   assert len(_run(encoding_recipes.HMDB51, path)) == 200
 
 
-@pytest.mark.parametrize("recipe", list(encoding_recipes.RECIPES.values()),
-                         ids=list(encoding_recipes.RECIPES))
+@pytest.mark.parametrize(
+    "recipe", list(encoding_recipes.RECIPES.values()), ids=list(encoding_recipes.RECIPES)
+)
 def test_file_names_with_awkward_characters_reach_ffmpeg(tmp_path, recipe):
   path = _write_video(tmp_path / AWKWARD_FILE_NAME, _moving_shape(64, 48, 10.0, 1.0), 10.0)
 
@@ -94,12 +106,15 @@ def test_file_names_with_awkward_characters_reach_ffmpeg(tmp_path, recipe):
 DARK, BRIGHT = (0, 20), (200, 256)  # Mean grey level ranges of the two halves.
 
 
-@pytest.mark.parametrize("segment, grey_range", [
-    (dict(start_s=1.0), BRIGHT),
-    (dict(start_s=1.0, end_s=2.0), BRIGHT),
-    (dict(end_s=1.0), DARK),
-    (dict(start_s=0.0, end_s=1.0), DARK),
-])
+@pytest.mark.parametrize(
+    "segment, grey_range",
+    [
+        (dict(start_s=1.0), BRIGHT),
+        (dict(start_s=1.0, end_s=2.0), BRIGHT),
+        (dict(end_s=1.0), DARK),
+        (dict(start_s=0.0, end_s=1.0), DARK),
+    ],
+)
 def test_a_segment_is_cut_before_reencoding(tmp_path, segment, grey_range):
   # 2 s at 25 fps: a dark first second, a bright second one.
   frames = np.zeros((50, 48, 64, 3), np.uint8)

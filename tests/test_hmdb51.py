@@ -75,8 +75,7 @@ def test_videos_unused_in_every_split_are_left_out(splits_dir):
 
 
 def test_tolerates_bom_crlf_blank_lines_and_trailing_spaces(splits_dir):
-  _write(splits_dir, hmdb51.split_file_name(NAMES[0], 1),
-         "\ufeffa b.avi 1  \r\n\r\nc.avi\t2\r\n")
+  _write(splits_dir, hmdb51.split_file_name(NAMES[0], 1), "\ufeffa b.avi 1  \r\n\r\nc.avi\t2\r\n")
 
   listing = hmdb51.list_videos(splits_dir, ROOT)
 
@@ -133,10 +132,10 @@ def test_non_utf8_split_file_names_file_and_line(splits_dir):
 def test_lists_from_a_gcs_prefix(gcs_emulator):
   for name in NAMES:
     for split in hmdb51.SPLITS:
-      lines = "".join(f"{v.file_name} {v.split_ids[split - 1]} \n"
-                      for v in VIDEOS if v.label_name == name)
-      upload_to_gcs(gcs_emulator, f"splits/{hmdb51.split_file_name(name, split)}",
-                    lines.encode())
+      lines = "".join(
+          f"{v.file_name} {v.split_ids[split - 1]} \n" for v in VIDEOS if v.label_name == name
+      )
+      upload_to_gcs(gcs_emulator, f"splits/{hmdb51.split_file_name(name, split)}", lines.encode())
 
   listing = hmdb51.list_videos(f"gs://{gcs_emulator}/splits/", ROOT)
 
@@ -144,8 +143,15 @@ def test_lists_from_a_gcs_prefix(gcs_emulator):
 
 
 def test_synthetic_dataset_videos_are_where_the_listing_says(tmp_path):
-  dataset = synthetic_hmdb51.write_dataset(str(tmp_path), num_classes=3, videos_per_class=3,
-                                           width=64, height=48, fps=10.0, duration_s=0.5)
+  dataset = synthetic_hmdb51.write_dataset(
+      str(tmp_path),
+      num_classes=3,
+      videos_per_class=3,
+      width=64,
+      height=48,
+      fps=10.0,
+      duration_s=0.5,
+  )
 
   listing = hmdb51.list_videos(dataset.splits_dir, dataset.video_root)
 
@@ -155,5 +161,7 @@ def test_synthetic_dataset_videos_are_where_the_listing_says(tmp_path):
     # ffmpeg reads the awkward path itself, as listed.
     result = subprocess.run(
         [encode.ffmpeg_executable(), *encoding_recipes.HMDB51.ffmpeg_args(video.location)],
-        capture_output=True, check=True)
+        capture_output=True,
+        check=True,
+    )
     assert len(encode.split_jpeg_stream(result.stdout)) == 5  # 0.5 s at 10 fps.

@@ -10,11 +10,16 @@ from apache_beam.testing.util import assert_that, equal_to
 from mmv_core import video_cache
 from pipelines import ingest
 
-VIDEOS = [video_cache.CachedVideo(video_id=f"v_Synth_g0{i}_c01", label=i, label_name="Synth",
-                                  frames=tuple(b"\xff\xd8" + bytes([i, j]) + b"\xff\xd9"
-                                               for j in range(i + 1)),
-                                  source_crc32=1000 + i)
-          for i in range(3)]
+VIDEOS = [
+    video_cache.CachedVideo(
+        video_id=f"v_Synth_g0{i}_c01",
+        label=i,
+        label_name="Synth",
+        frames=tuple(b"\xff\xd8" + bytes([i, j]) + b"\xff\xd9" for j in range(i + 1)),
+        source_crc32=1000 + i,
+    )
+    for i in range(3)
+]
 
 
 def test_shards_are_tfrecords_of_sequence_examples(tmp_path):
@@ -23,10 +28,13 @@ def test_shards_are_tfrecords_of_sequence_examples(tmp_path):
   records = [r.numpy() for r in tf.data.TFRecordDataset(shard)]
   parsed_context, parsed_lists = tf.io.parse_single_sequence_example(
       records[1],
-      context_features={video_cache.VIDEO_ID_KEY: tf.io.FixedLenFeature([], tf.string),
-                        video_cache.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
-                        video_cache.NUM_FRAMES_KEY: tf.io.FixedLenFeature([], tf.int64)},
-      sequence_features={video_cache.FRAMES_KEY: tf.io.FixedLenSequenceFeature([], tf.string)})
+      context_features={
+          video_cache.VIDEO_ID_KEY: tf.io.FixedLenFeature([], tf.string),
+          video_cache.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
+          video_cache.NUM_FRAMES_KEY: tf.io.FixedLenFeature([], tf.int64),
+      },
+      sequence_features={video_cache.FRAMES_KEY: tf.io.FixedLenSequenceFeature([], tf.string)},
+  )
   assert parsed_context[video_cache.VIDEO_ID_KEY].numpy().decode() == VIDEOS[1].video_id
   assert parsed_context[video_cache.LABEL_KEY].numpy() == 1
   assert parsed_context[video_cache.NUM_FRAMES_KEY].numpy() == 2

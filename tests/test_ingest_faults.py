@@ -18,8 +18,16 @@ import zipfile
 
 import pytest
 
-from ingest_fixtures import (deflate_zeros, expected_videos, patch_central_entry, read_file,
-                             run_ingest, video_id, zip_bytes, zip_members)
+from ingest_fixtures import (
+    deflate_zeros,
+    expected_videos,
+    patch_central_entry,
+    read_file,
+    run_ingest,
+    video_id,
+    zip_bytes,
+    zip_members,
+)
 from mmv_core import encode
 from mmv_core import sources
 from mmv_core import video_cache
@@ -64,15 +72,27 @@ def test_zip_bomb_fails_its_video_in_bounded_memory(tiny_dataset, tmp_path):
   # ~1 MB of deflate data that inflates to 1 GiB, declaring the video's own size.
   bomb = deflate_zeros(1024)
   data = zip_bytes([(name, bomb if name == victim else avi) for name, avi in members.items()])
-  data = patch_central_entry(data, victim, method=zip_index.DEFLATED,
-                             file_size=len(members[victim]))
+  data = patch_central_entry(
+      data, victim, method=zip_index.DEFLATED, file_size=len(members[victim])
+  )
   video_zip = _write(tmp_path / "bomb.zip", data)
 
   result = subprocess.run(
-      [sys.executable, "-c", _MEASURED_INGEST, video_zip, tiny_dataset.splits_zip,
-       str(tmp_path / "work"), str(tmp_path / "out")],
-      capture_output=True, text=True, check=True, cwd=tmp_path,
-      env={**os.environ, "PYTHONPATH": os.pathsep.join([_REPO_ROOT, f"{_REPO_ROOT}/tests"])})
+      [
+          sys.executable,
+          "-c",
+          _MEASURED_INGEST,
+          video_zip,
+          tiny_dataset.splits_zip,
+          str(tmp_path / "work"),
+          str(tmp_path / "out"),
+      ],
+      capture_output=True,
+      text=True,
+      check=True,
+      cwd=tmp_path,
+      env={**os.environ, "PYTHONPATH": os.pathsep.join([_REPO_ROOT, f"{_REPO_ROOT}/tests"])},
+  )
   outcome = json.loads(result.stdout.splitlines()[-1])
 
   assert outcome["peak_growth_mib"] < 200, outcome
@@ -85,6 +105,7 @@ def test_zip_bomb_fails_its_video_in_bounded_memory(tiny_dataset, tmp_path):
 
 # ---- Malformed entries ----
 
+
 def test_each_malformed_entry_fails_only_its_video(tiny_dataset, tmp_path):
   members = zip_members(tiny_dataset.video_zip)
   names = sorted(members)
@@ -93,29 +114,36 @@ def test_each_malformed_entry_fails_only_its_video(tiny_dataset, tmp_path):
   short_extra = struct.pack("<HHQQ", 0x0001, 24, 1, 2)
   listed = [(name, members[name]) for name in names]
   unlisted = "UCF101/notes_XX.txt"
-  data = zip_bytes([*listed, (duplicated, members[names[-1]]), (unlisted, b"notes")],
-                   extra={short_zip64: short_extra})
+  data = zip_bytes(
+      [*listed, (duplicated, members[names[-1]]), (unlisted, b"notes")],
+      extra={short_zip64: short_extra},
+  )
   data = patch_central_entry(data, beyond_end, header_offset=len(data) + 1000)
-  data = patch_central_entry(data, short_zip64, file_size=0xFFFFFFFF,
-                             compressed_size=0xFFFFFFFF, header_offset=0xFFFFFFFF)
+  data = patch_central_entry(
+      data, short_zip64, file_size=0xFFFFFFFF, compressed_size=0xFFFFFFFF, header_offset=0xFFFFFFFF
+  )
   data = patch_central_entry(data, encrypted, flags=0x1)
   # A name flagged UTF-8 that is not UTF-8.
   data = patch_central_entry(data, unlisted, flags=0x800).replace(b"notes_XX", b"notes_\xff\xfe")
   video_zip = _write(tmp_path / "malformed.zip", data)
 
-  run = run_ingest(video_zip, tiny_dataset.splits_zip, str(tmp_path / "work"),
-                   str(tmp_path / "out"))
+  run = run_ingest(
+      video_zip, tiny_dataset.splits_zip, str(tmp_path / "work"), str(tmp_path / "out")
+  )
 
   _assert_each_listed_video_once(run, {video_id(n) for n in names})
-  reasons = {name: run.failures[video_id(name)]["reason"]
-             for name in (beyond_end, duplicated, short_zip64, encrypted)}
+  reasons = {
+      name: run.failures[video_id(name)]["reason"]
+      for name in (beyond_end, duplicated, short_zip64, encrypted)
+  }
   assert "past the end" in reasons[beyond_end]
   assert "2 entries" in reasons[duplicated]
   assert "ZIP64 extra field" in reasons[short_zip64]
   assert "encrypted" in reasons[encrypted]
   assert all(name in reason for name, reason in reasons.items())
   assert {i: r["digest"] for i, r in run.videos.items()} == expected_videos(
-      {n: members[n] for n in names[4:]})
+      {n: members[n] for n in names[4:]}
+  )
 
 
 def test_unexpected_errors_fail_only_their_video(tiny_dataset, tmp_path, monkeypatch):
@@ -135,8 +163,9 @@ def test_unexpected_errors_fail_only_their_video(tiny_dataset, tmp_path, monkeyp
   monkeypatch.setattr(zip_index, "extract", failing_extract)
   monkeypatch.setattr(encode, "encode_jpeg_frames", failing_encode)
 
-  run = run_ingest(tiny_dataset.video_zip, tiny_dataset.splits_zip, str(tmp_path / "work"),
-                   str(tmp_path / "out"))
+  run = run_ingest(
+      tiny_dataset.video_zip, tiny_dataset.splits_zip, str(tmp_path / "work"), str(tmp_path / "out")
+  )
 
   _assert_each_listed_video_once(run, {video_id(n) for n in names})
   assert set(run.failures) == {video_id(names[0]), video_id(names[1])}
@@ -204,7 +233,8 @@ def test_answers_ignoring_range_are_refused_before_their_body(ignores_range_serv
 
   size_error, sent_to_size = _refused_read(ignores_range_server, lambda: sources.size(url))
   range_error, sent_to_range = _refused_read(
-      ignores_range_server, lambda: sources.read_range(url, 5000, 1000))
+      ignores_range_server, lambda: sources.read_range(url, 5000, 1000)
+  )
 
   assert "ignored the Range header (HTTP 200)" in size_error
   assert "ignored the Range header (HTTP 200)" in range_error
@@ -213,15 +243,16 @@ def test_answers_ignoring_range_are_refused_before_their_body(ignores_range_serv
   assert time.monotonic() - started < 10
 
 
-def test_gcs_answers_ignoring_range_are_refused_within_the_range(
-    ignores_range_server, monkeypatch):
-  monkeypatch.setenv("STORAGE_EMULATOR_HOST",
-                     f"http://127.0.0.1:{ignores_range_server.server_port}")
+def test_gcs_answers_ignoring_range_are_refused_within_the_range(ignores_range_server, monkeypatch):
+  monkeypatch.setenv(
+      "STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{ignores_range_server.server_port}"
+  )
   monkeypatch.setenv("NO_GCE_CHECK", "true")
   sources._gcs_client.cache_clear()  # pylint: disable=protected-access
   try:
     error, sent = _refused_read(
-        ignores_range_server, lambda: sources.read_range("gs://bucket/videos.zip", 5000, 1000))
+        ignores_range_server, lambda: sources.read_range("gs://bucket/videos.zip", 5000, 1000)
+    )
   finally:
     sources._gcs_client.cache_clear()  # pylint: disable=protected-access
   assert "ignored the Range header" in error
@@ -249,16 +280,18 @@ def test_a_trickling_read_is_cut_off_at_its_deadline(range_server, monkeypatch):
 
 
 def test_a_trickled_member_fails_its_video_and_the_job_goes_on(
-    tiny_dataset, range_server, tmp_path, monkeypatch):
+    tiny_dataset, range_server, tmp_path, monkeypatch
+):
   _short_deadlines(monkeypatch)
   data = read_file(tiny_dataset.video_zip)
   video_zip = range_server.serve("UCF101_videos.zip", data)
-  index = zip_index.read_index(lambda start, length: data[start:start + length], len(data))
+  index = zip_index.read_index(lambda start, length: data[start : start + length], len(data))
   victim = max(index.members.values(), key=lambda m: m.header_offset)
   range_server.inject("UCF101_videos.zip", victim.header_offset, "trickle", "trickle")
 
-  run = run_ingest(video_zip, tiny_dataset.splits_zip, str(tmp_path / "work"),
-                   str(tmp_path / "out"))
+  run = run_ingest(
+      video_zip, tiny_dataset.splits_zip, str(tmp_path / "work"), str(tmp_path / "out")
+  )
 
   _assert_each_listed_video_once(run, set(expected_videos(zip_members(tiny_dataset.video_zip))))
   assert set(run.failures) == {video_id(victim.name)}
@@ -267,6 +300,7 @@ def test_a_trickled_member_fails_its_video_and_the_job_goes_on(
 
 
 # ---- The video cache ----
+
 
 def _shards_by_video(work_dir: str) -> dict[str, str]:
   return {video: entry.shard for video, entry in video_cache.read_index(work_dir).items()}
@@ -279,23 +313,32 @@ def _truncate(path: str) -> None:
 
 @pytest.mark.parametrize("damage", [_truncate, os.remove], ids=["truncated", "deleted"])
 def test_a_damaged_shard_fails_its_videos_once_then_they_are_fetched_again(
-    tiny_dataset, tmp_path, damage):
+    tiny_dataset, tmp_path, damage
+):
   work_dir = str(tmp_path / "work")
-  first = run_ingest(tiny_dataset.video_zip, tiny_dataset.splits_zip, work_dir,
-                     str(tmp_path / "out1"), videos_per_shard=4)
+  first = run_ingest(
+      tiny_dataset.video_zip,
+      tiny_dataset.splits_zip,
+      work_dir,
+      str(tmp_path / "out1"),
+      videos_per_shard=4,
+  )
   shards = _shards_by_video(work_dir)
   damaged = sorted(set(shards.values()))[0]
   in_damaged = {video for video, shard in shards.items() if shard == damaged}
   damage(damaged)
 
-  second = run_ingest(tiny_dataset.video_zip, tiny_dataset.splits_zip, work_dir,
-                      str(tmp_path / "out2"))
-  third = run_ingest(tiny_dataset.video_zip, tiny_dataset.splits_zip, work_dir,
-                     str(tmp_path / "out3"))
+  second = run_ingest(
+      tiny_dataset.video_zip, tiny_dataset.splits_zip, work_dir, str(tmp_path / "out2")
+  )
+  third = run_ingest(
+      tiny_dataset.video_zip, tiny_dataset.splits_zip, work_dir, str(tmp_path / "out3")
+  )
 
   assert set(second.failures) == in_damaged
-  assert all(f["stage"] == ingest.STAGE_CACHE and damaged in f["reason"]
-             for f in second.failures.values())
+  assert all(
+      f["stage"] == ingest.STAGE_CACHE and damaged in f["reason"] for f in second.failures.values()
+  )
   assert second.videos == {v: r for v, r in first.videos.items() if v not in in_damaged}
   assert third.failures == {}
   assert third.videos == first.videos
@@ -304,20 +347,29 @@ def test_a_damaged_shard_fails_its_videos_once_then_they_are_fetched_again(
 
 @pytest.mark.parametrize("index_content", [b"\x00not json", b'{"shard": 3}'])
 def test_a_corrupt_index_file_is_skipped_and_its_videos_fetched_again(
-    tiny_dataset, tmp_path, index_content):
+    tiny_dataset, tmp_path, index_content
+):
   work_dir = str(tmp_path / "work")
-  first = run_ingest(tiny_dataset.video_zip, tiny_dataset.splits_zip, work_dir,
-                     str(tmp_path / "out1"), videos_per_shard=4)
+  first = run_ingest(
+      tiny_dataset.video_zip,
+      tiny_dataset.splits_zip,
+      work_dir,
+      str(tmp_path / "out1"),
+      videos_per_shard=4,
+  )
   shards = _shards_by_video(work_dir)
   damaged = sorted(set(shards.values()))[0]
-  index_path = os.path.join(video_cache.cache_dir(work_dir), video_cache.INDEX_DIR,
-                            os.path.basename(damaged).replace(video_cache.SHARD_SUFFIX,
-                                                              video_cache.INDEX_SUFFIX))
+  index_path = os.path.join(
+      video_cache.cache_dir(work_dir),
+      video_cache.INDEX_DIR,
+      os.path.basename(damaged).replace(video_cache.SHARD_SUFFIX, video_cache.INDEX_SUFFIX),
+  )
   with open(index_path, "wb") as f:
     f.write(index_content)
 
-  second = run_ingest(tiny_dataset.video_zip, tiny_dataset.splits_zip, work_dir,
-                      str(tmp_path / "out2"))
+  second = run_ingest(
+      tiny_dataset.video_zip, tiny_dataset.splits_zip, work_dir, str(tmp_path / "out2")
+  )
 
   assert second.failures == {}
   assert second.videos == first.videos
@@ -343,20 +395,24 @@ def test_a_cache_filled_from_another_archive_is_not_served(tiny_dataset, tmp_pat
 
 # ---- Split lists ----
 
-def test_a_video_under_two_classes_stops_the_job_before_it_starts(
-    tiny_dataset, tmp_path, capsys):
+
+def test_a_video_under_two_classes_stops_the_job_before_it_starts(tiny_dataset, tmp_path, capsys):
   video = next(v for v in tiny_dataset.videos if v.label_name.startswith("Synth"))
   other = next(n for n in tiny_dataset.class_names if n != video.label_name)
   with zipfile.ZipFile(tiny_dataset.splits_zip) as archive:
     lists = {name: archive.read(name).decode() for name in archive.namelist()}
-  list_name = next(n for n, text in lists.items()
-                   if n.endswith(".txt") and video.list_entry in text)
+  list_name = next(
+      n for n, text in lists.items() if n.endswith(".txt") and video.list_entry in text
+  )
   twin_entry = f"{other}/{video.video_id}.avi"
   if "train" in list_name:
     twin_entry += f" {tiny_dataset.class_names.index(other) + 1}"
   lists[list_name] += twin_entry + "\r\n"
-  line_of_video = next(i for i, line in enumerate(lists[list_name].splitlines(), 1)
-                       if line.startswith(video.list_entry))
+  line_of_video = next(
+      i
+      for i, line in enumerate(lists[list_name].splitlines(), 1)
+      if line.startswith(video.list_entry)
+  )
   line_of_twin = len(lists[list_name].splitlines())
   splits_zip = tmp_path / "splits.zip"
   with zipfile.ZipFile(splits_zip, "w") as archive:
@@ -365,9 +421,19 @@ def test_a_video_under_two_classes_stops_the_job_before_it_starts(
   work_dir = tmp_path / "work"
 
   with pytest.raises(SystemExit) as exit_info:
-    common.run_main(ingest.main, "python -m pipelines.ingest",
-                    ["--video_zip", tiny_dataset.video_zip, "--splits_zip", str(splits_zip),
-                     "--work_dir", str(work_dir), "--no_count_check"])
+    common.run_main(
+        ingest.main,
+        "python -m pipelines.ingest",
+        [
+            "--video_zip",
+            tiny_dataset.video_zip,
+            "--splits_zip",
+            str(splits_zip),
+            "--work_dir",
+            str(work_dir),
+            "--no_count_check",
+        ],
+    )
 
   assert exit_info.value.code == common.USAGE_ERROR_STATUS
   (message,) = capsys.readouterr().err.splitlines()

@@ -8,8 +8,7 @@ from mmv_core import video_cache
 def test_ingest_from_gcs_with_gcs_work_dir(tiny_dataset, gcs_emulator, tmp_path):
   zip_bytes = read_file(tiny_dataset.video_zip)
   video_zip = upload_to_gcs(gcs_emulator, "mirror/UCF101_videos.zip", zip_bytes)
-  splits_zip = upload_to_gcs(gcs_emulator, "mirror/splits.zip",
-                             read_file(tiny_dataset.splits_zip))
+  splits_zip = upload_to_gcs(gcs_emulator, "mirror/splits.zip", read_file(tiny_dataset.splits_zip))
   assert sources.size(video_zip) == len(zip_bytes)
   assert sources.read_range(video_zip, 10, 100) == zip_bytes[10:110]
   work_dir = f"gs://{gcs_emulator}/work"

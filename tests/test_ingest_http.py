@@ -13,7 +13,7 @@ from mmv_core import zip_index
 
 # Bad members: video id suffix -> (content maker, expected stage, reason fragment).
 _BAD = {
-    "g01_c02": (lambda avi: avi[:len(avi) // 2], "encode", "truncated AVI"),
+    "g01_c02": (lambda avi: avi[: len(avi) // 2], "encode", "truncated AVI"),
     "g01_c03": (lambda avi: b"", "encode", "empty file"),
     "g02_c02": (lambda avi: b"not a video, just text\n" * 30, "encode", "ffmpeg exited"),
 }
@@ -26,8 +26,8 @@ def _corrupt_central_crc(data: bytes, name: str) -> bytes:
   data = bytearray(data)
   position = data.index(b"PK\x01\x02")
   while True:
-    name_length = int.from_bytes(data[position + 28:position + 30], "little")
-    if data[position + 46:position + 46 + name_length] == name.encode():
+    name_length = int.from_bytes(data[position + 28 : position + 30], "little")
+    if data[position + 46 : position + 46 + name_length] == name.encode():
       data[position + 16] ^= 0xFF
       return bytes(data)
     position = data.index(b"PK\x01\x02", position + 46)
@@ -41,9 +41,18 @@ def faulty_dataset(tmp_path_factory):
   rng = np.random.default_rng(0)
   members, good, bad = {}, {}, {}
   for video in videos:
-    avi = synthetic.encode_avi(synthetic.render_frames(
-        video.label, len(names), rng, width=TINY["width"], height=TINY["height"],
-        num_frames=10, fps=TINY["fps"]), TINY["fps"])
+    avi = synthetic.encode_avi(
+        synthetic.render_frames(
+            video.label,
+            len(names),
+            rng,
+            width=TINY["width"],
+            height=TINY["height"],
+            num_frames=10,
+            fps=TINY["fps"],
+        ),
+        TINY["fps"],
+    )
     suffix = video.video_id[-7:]
     if suffix in _BAD and video.label == 0:
       make_bad, stage, reason = _BAD[suffix]
@@ -67,19 +76,22 @@ def faulty_dataset(tmp_path_factory):
 
 
 def test_good_videos_survive_faults_and_bad_ones_are_reported(
-    faulty_dataset, range_server, tmp_path, monkeypatch):
+    faulty_dataset, range_server, tmp_path, monkeypatch
+):
   monkeypatch.setattr(sources, "RETRY_INITIAL_DELAY_S", 0.01)
   zip_bytes, splits_bytes, good, bad = faulty_dataset
   video_zip = range_server.serve("UCF101_videos.zip", zip_bytes)
   splits_zip = range_server.serve("splits.zip", splits_bytes)
-  index = zip_index.read_index(lambda s, n: zip_bytes[s:s + n], len(zip_bytes))
+  index = zip_index.read_index(lambda s, n: zip_bytes[s : s + n], len(zip_bytes))
   # Faults are keyed by range start; offset 0 would also hit the size probe.
   good_names = sorted(n for n in good if index.members[n].header_offset > 0)
   # A 503 then a connection dropped mid-member on one video, two drops on another.
-  range_server.inject("UCF101_videos.zip", index.members[good_names[0]].header_offset,
-                      "503", "drop")
-  range_server.inject("UCF101_videos.zip", index.members[good_names[1]].header_offset,
-                      "drop", "drop")
+  range_server.inject(
+      "UCF101_videos.zip", index.members[good_names[0]].header_offset, "503", "drop"
+  )
+  range_server.inject(
+      "UCF101_videos.zip", index.members[good_names[1]].header_offset, "drop", "drop"
+  )
 
   run = run_ingest(video_zip, splits_zip, str(tmp_path / "work"), str(tmp_path / "out"))
 
@@ -93,17 +105,23 @@ def test_good_videos_survive_faults_and_bad_ones_are_reported(
 
 
 def test_transient_errors_that_persist_become_failures(
-    faulty_dataset, range_server, tmp_path, monkeypatch):
+    faulty_dataset, range_server, tmp_path, monkeypatch
+):
   monkeypatch.setattr(sources, "RETRY_INITIAL_DELAY_S", 0.01)
   zip_bytes, splits_bytes, good, _ = faulty_dataset
   video_zip = range_server.serve("UCF101_videos.zip", zip_bytes)
-  index = zip_index.read_index(lambda s, n: zip_bytes[s:s + n], len(zip_bytes))
+  index = zip_index.read_index(lambda s, n: zip_bytes[s : s + n], len(zip_bytes))
   victim = sorted(n for n in good if index.members[n].header_offset > 0)[0]
-  range_server.inject("UCF101_videos.zip", index.members[victim].header_offset,
-                      *["503"] * sources.RETRY_ATTEMPTS)
+  range_server.inject(
+      "UCF101_videos.zip", index.members[victim].header_offset, *["503"] * sources.RETRY_ATTEMPTS
+  )
 
-  run = run_ingest(video_zip, range_server.serve("splits.zip", splits_bytes),
-                   str(tmp_path / "work"), str(tmp_path / "out"))
+  run = run_ingest(
+      video_zip,
+      range_server.serve("splits.zip", splits_bytes),
+      str(tmp_path / "work"),
+      str(tmp_path / "out"),
+  )
 
   victim_id = victim.split("/")[-1].removesuffix(".avi")
   assert run.failures[victim_id]["stage"] == "fetch"
@@ -125,10 +143,12 @@ def test_read_range_and_size_over_http(range_server):
 
 def test_tls_failure_falls_back_only_for_checksum_pinned_downloads(monkeypatch):
   content = b"split lists"
+
   def fake_get(location, context=None):
     if context is None:  # Verified TLS: the host's certificate is broken.
       raise sources.UntrustedCertificateError(f"{location}: TLS certificate not trusted")
     return content
+
   monkeypatch.setattr(sources, "_http_get", fake_get)
   url = "https://example.invalid/splits.zip"
 

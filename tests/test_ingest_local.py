@@ -18,19 +18,28 @@ def test_ingest_then_rerun_without_network(tiny_dataset, tmp_path):
   labels = {v.video_id: (v.label, v.label_name) for v in tiny_dataset.videos}
   work_dir = str(tmp_path / "work")
 
-  first = run_ingest(tiny_dataset.video_zip, tiny_dataset.splits_zip, work_dir,
-                     str(tmp_path / "out1"), videos_per_shard=4)
+  first = run_ingest(
+      tiny_dataset.video_zip,
+      tiny_dataset.splits_zip,
+      work_dir,
+      str(tmp_path / "out1"),
+      videos_per_shard=4,
+  )
 
   assert first.failures == {}
   assert {i: r["digest"] for i, r in first.videos.items()} == expected
   assert {i: (r["label"], r["label_name"]) for i, r in first.videos.items()} == labels
   n = len(expected)
-  assert (first.counters["videos_fetched"], first.counters["videos_encoded"],
-          first.counters["videos_cached"]) == (n, n, n)
+  assert (
+      first.counters["videos_fetched"],
+      first.counters["videos_encoded"],
+      first.counters["videos_cached"],
+  ) == (n, n, n)
 
   # The video ZIP is gone: everything must come from the cache.
-  second = run_ingest(str(tmp_path / "no_such.zip"), tiny_dataset.splits_zip, work_dir,
-                      str(tmp_path / "out2"))
+  second = run_ingest(
+      str(tmp_path / "no_such.zip"), tiny_dataset.splits_zip, work_dir, str(tmp_path / "out2")
+  )
 
   assert second.failures == {}
   assert second.videos == first.videos
@@ -41,36 +50,61 @@ def test_ingest_then_rerun_without_network(tiny_dataset, tmp_path):
 
 def test_limits_select_classes_and_count(tiny_dataset, tmp_path):
   wanted = tiny_dataset.class_names[1]
-  run = run_ingest(tiny_dataset.video_zip, tiny_dataset.splits_zip, str(tmp_path / "work"),
-                   str(tmp_path / "out"), classes=[wanted], max_videos=2)
+  run = run_ingest(
+      tiny_dataset.video_zip,
+      tiny_dataset.splits_zip,
+      str(tmp_path / "work"),
+      str(tmp_path / "out"),
+      classes=[wanted],
+      max_videos=2,
+  )
   assert len(run.videos) == 2
   assert {r["label_name"] for r in run.videos.values()} == {wanted}
 
 
 def test_cli_fills_cache_and_read_video_cache_reads_it(tiny_dataset, tmp_path):
   work_dir = str(tmp_path / "work")
-  totals = ingest.main(["--video_zip", tiny_dataset.video_zip,
-                        "--splits_zip", tiny_dataset.splits_zip, "--work_dir", work_dir,
-                        "--no_count_check"])
+  totals = ingest.main(
+      [
+          "--video_zip",
+          tiny_dataset.video_zip,
+          "--splits_zip",
+          tiny_dataset.splits_zip,
+          "--work_dir",
+          work_dir,
+          "--no_count_check",
+      ]
+  )
   assert totals["videos_cached"] == len(tiny_dataset.videos)
   assert os.path.getsize(os.path.join(work_dir, ingest.FAILURES_FILE)) == 0
 
   expected = expected_videos(zip_members(tiny_dataset.video_zip))
   with beam.Pipeline(runner="FnApiRunner") as p:
-    digests = (p | ingest.ReadVideoCache(work_dir)
-               | beam.Map(lambda v: (v.video_id, frame_digest(v.frames))))
+    digests = (
+        p
+        | ingest.ReadVideoCache(work_dir)
+        | beam.Map(lambda v: (v.video_id, frame_digest(v.frames)))
+    )
     assert_that(digests, equal_to(sorted(expected.items())))
 
 
 def test_reused_videos_take_labels_from_the_current_lists_and_bad_shards_fail_alone(
-    tiny_dataset, tmp_path):
+    tiny_dataset, tmp_path
+):
   work_dir = str(tmp_path / "work")
-  first = run_ingest(tiny_dataset.video_zip, tiny_dataset.splits_zip, work_dir,
-                     str(tmp_path / "out1"), videos_per_shard=4)
+  first = run_ingest(
+      tiny_dataset.video_zip,
+      tiny_dataset.splits_zip,
+      work_dir,
+      str(tmp_path / "out1"),
+      videos_per_shard=4,
+  )
   # Other split lists: the same classes, numbered in reverse order.
   names = list(reversed(tiny_dataset.class_names))
-  relabelled = [dataclasses.replace(v, label=names.index(tiny_dataset.class_names[v.label]))
-                for v in tiny_dataset.videos]
+  relabelled = [
+      dataclasses.replace(v, label=names.index(tiny_dataset.class_names[v.label]))
+      for v in tiny_dataset.videos
+  ]
   splits_zip = tmp_path / "other_splits.zip"
   splits_zip.write_bytes(synthetic.splits_zip_bytes(names, relabelled))
   # And one cache shard damaged on disk.
@@ -80,18 +114,23 @@ def test_reused_videos_take_labels_from_the_current_lists_and_bad_shards_fail_al
   data[len(data) // 2] ^= 0xFF
   open(bad_shard, "wb").write(bytes(data))
 
-  second = run_ingest(str(tmp_path / "no_such.zip"), str(splits_zip), work_dir,
-                      str(tmp_path / "out2"))
+  second = run_ingest(
+      str(tmp_path / "no_such.zip"), str(splits_zip), work_dir, str(tmp_path / "out2")
+  )
 
   in_bad_shard = {video_id for video_id, entry in index.items() if entry.shard == bad_shard}
   assert set(second.failures) == in_bad_shard
-  assert all(f["stage"] == ingest.STAGE_CACHE and bad_shard in f["reason"]
-             for f in second.failures.values())
+  assert all(
+      f["stage"] == ingest.STAGE_CACHE and bad_shard in f["reason"]
+      for f in second.failures.values()
+  )
   assert set(second.videos) == set(first.videos) - in_bad_shard
   for v in relabelled:
     if v.video_id in second.videos:
       assert (second.videos[v.video_id]["label"], second.videos[v.video_id]["label_name"]) == (
-          v.label, names[v.label])
+          v.label,
+          names[v.label],
+      )
 
 
 def test_help_is_python_dash_m_with_every_flag_documented():

@@ -12,8 +12,15 @@ from pipelines import embed
 
 import cli_checks
 
-COMMON = ["--project", "my-project-123", "--region", "us-central1",
-          "--bucket", "gs://my-mmv-bucket", "--dry_run"]
+COMMON = [
+    "--project",
+    "my-project-123",
+    "--region",
+    "us-central1",
+    "--bucket",
+    "gs://my-mmv-bucket",
+    "--dry_run",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -32,17 +39,30 @@ def _hinted_transforms(job) -> dict[str, dict]:
   components = job.proto_pipeline.components
   hinted = {}
   for transform in components.transforms.values():
-    hints = dict(components.environments[transform.environment_id].resource_hints) \
-        if transform.environment_id else {}
+    hints = (
+        dict(components.environments[transform.environment_id].resource_hints)
+        if transform.environment_id
+        else {}
+    )
     if hints and not transform.subtransforms:
       hinted[transform.unique_name] = hints
   return hinted
 
 
 def test_gpu_job_puts_only_the_embedding_step_on_gpu_workers():
-  job = dataflow.main(["embed", "--accelerator", "gpu", *COMMON, "--image", "img:gpu",
-                       "--checkpoint_path", "gs://my-mmv-bucket/ckpt/mmv_tsm_resnet_x1.pkl",
-                       "--max_num_workers=7"]).job
+  job = dataflow.main(
+      [
+          "embed",
+          "--accelerator",
+          "gpu",
+          *COMMON,
+          "--image",
+          "img:gpu",
+          "--checkpoint_path",
+          "gs://my-mmv-bucket/ckpt/mmv_tsm_resnet_x1.pkl",
+          "--max_num_workers=7",
+      ]
+  ).job
   env = _environment(job)
   assert job.proto.name == "mmv-embed-ucf101-tsm-resnet-x1-gpu"
   assert "use_runner_v2" in env.proto.experiments
@@ -52,7 +72,8 @@ def test_gpu_job_puts_only_the_embedding_step_on_gpu_workers():
   hinted = _hinted_transforms(job)
   assert hinted and all(name.startswith("Embed/") for name in hinted)
   assert {h["beam:resources:accelerator:v1"] for h in hinted.values()} == {
-      dataflow.GPU_ACCELERATOR.encode()}
+      dataflow.GPU_ACCELERATOR.encode()
+  }
   assert {h["beam:resources:min_ram_bytes:v1"] for h in hinted.values()} == {b"32000000000"}
   # One SDK process per VM, its threads sharing one in-process model (bench/README.md).
   assert "no_use_multiple_sdk_containers" in env.proto.experiments
@@ -64,16 +85,34 @@ def test_gpu_job_puts_only_the_embedding_step_on_gpu_workers():
 
 
 def test_gpu_job_shares_its_model_within_the_process_not_across_processes():
-  argv = ["embed", "--accelerator", "gpu", *COMMON, "--image", "img:gpu",
-          "--checkpoint_path", "gs://my-mmv-bucket/ckpt/mmv_s3d.pkl"]
+  argv = [
+      "embed",
+      "--accelerator",
+      "gpu",
+      *COMMON,
+      "--image",
+      "img:gpu",
+      "--checkpoint_path",
+      "gs://my-mmv-bucket/ckpt/mmv_s3d.pkl",
+  ]
   config, _ = embed.parse_args(dataflow.embed_argv(*dataflow.parse_args(argv)))
   assert config.model_copies is None
   assert (config.batch_size, config.prefetch_videos) == (16, 1)
 
 
 def test_tpu_job_runs_on_tpu_workers_with_one_process_per_vm():
-  job = dataflow.main(["embed", "--accelerator", "tpu", *COMMON, "--image", "img:tpu",
-                       "--checkpoint_path", "gs://my-mmv-bucket/ckpt/mmv_s3d.pkl"]).job
+  job = dataflow.main(
+      [
+          "embed",
+          "--accelerator",
+          "tpu",
+          *COMMON,
+          "--image",
+          "img:tpu",
+          "--checkpoint_path",
+          "gs://my-mmv-bucket/ckpt/mmv_s3d.pkl",
+      ]
+  ).job
   env = _environment(job)
   assert f"worker_accelerator={dataflow.TPU_ACCELERATOR}" in env.proto.service_options
   assert "no_use_multiple_sdk_containers" in env.proto.experiments
@@ -100,29 +139,74 @@ def usage_error(argv, capsys) -> str:
 
 @pytest.mark.parametrize("bucket", ["/tmp/x", "gs://b", "gs://My_Bucket"])
 def test_bucket_must_be_a_valid_gcs_bucket(bucket, capsys):
-  argv = ["embed", "--project", "p", "--region", "r", "--bucket", bucket, "--image", "i",
-          "--checkpoint_path", "mmv_s3d.pkl", "--dry_run"]
+  argv = [
+      "embed",
+      "--project",
+      "p",
+      "--region",
+      "r",
+      "--bucket",
+      bucket,
+      "--image",
+      "i",
+      "--checkpoint_path",
+      "mmv_s3d.pkl",
+      "--dry_run",
+  ]
   assert f"--bucket must be gs://BUCKET[/prefix] with a valid bucket name, not {bucket!r}" in (
-      usage_error(argv, capsys))
+      usage_error(argv, capsys)
+  )
 
 
-@pytest.mark.parametrize("argv, unknown", [
-    (["embed", *COMMON, "--image", "i", "--checkpoint_path", "gs://b/mmv_s3d.pkl",
-      "--max_num_wrkers=3"], "--max_num_wrkers=3"),
-    (["embed", *COMMON, "--image", "i", "--checkpoint_path", "gs://b/mmv_s3d.pkl",
-      "--clases", "Archery"], "--clases Archery"),
-    (["linear_eval", *COMMON, "--image", "i", "--backbone", "s3d", "--svm_cc=1"], "--svm_cc=1"),
-], ids=["Beam option", "embed flag", "linear_eval flag"])
+@pytest.mark.parametrize(
+    "argv, unknown",
+    [
+        (
+            [
+                "embed",
+                *COMMON,
+                "--image",
+                "i",
+                "--checkpoint_path",
+                "gs://b/mmv_s3d.pkl",
+                "--max_num_wrkers=3",
+            ],
+            "--max_num_wrkers=3",
+        ),
+        (
+            [
+                "embed",
+                *COMMON,
+                "--image",
+                "i",
+                "--checkpoint_path",
+                "gs://b/mmv_s3d.pkl",
+                "--clases",
+                "Archery",
+            ],
+            "--clases Archery",
+        ),
+        (["linear_eval", *COMMON, "--image", "i", "--backbone", "s3d", "--svm_cc=1"], "--svm_cc=1"),
+    ],
+    ids=["Beam option", "embed flag", "linear_eval flag"],
+)
 def test_a_flag_that_neither_the_job_nor_beam_takes_is_an_error_naming_it(argv, unknown, capsys):
   assert f"unrecognized arguments: {unknown} (" in usage_error(argv, capsys)
 
 
-@pytest.mark.parametrize("argv, problem", [
-    (["linear_eval", *COMMON, "--image", "i", "--backbone", "s3x"],
-     "--backbone: no backbone 's3x'; there are s3d, tsm_resnet_x1, tsm_resnet_x2"),
-    (["embed", *COMMON, "--image", "i", "--checkpoint_path", "gs://b/weights.pkl"],
-     "cannot infer the visual backbone"),
-])
+@pytest.mark.parametrize(
+    "argv, problem",
+    [
+        (
+            ["linear_eval", *COMMON, "--image", "i", "--backbone", "s3x"],
+            "--backbone: no backbone 's3x'; there are s3d, tsm_resnet_x1, tsm_resnet_x2",
+        ),
+        (
+            ["embed", *COMMON, "--image", "i", "--checkpoint_path", "gs://b/weights.pkl"],
+            "cannot infer the visual backbone",
+        ),
+    ],
+)
 def test_an_unknown_backbone_is_an_error(argv, problem, capsys):
   assert problem in usage_error(argv, capsys)
 
@@ -135,43 +219,87 @@ def network_attempts(monkeypatch) -> list:
   def refuse(*args, **kwargs):
     attempts.append(args)
     raise OSError("this test allows no network")
+
   monkeypatch.setattr(socket.socket, "connect", refuse)
   monkeypatch.setattr(socket, "getaddrinfo", refuse)
   return attempts
 
 
 def _printed_options(printed: str) -> dict[str, str]:
-  return dict(re.split(r"\s{2,}", line.strip(), maxsplit=1)
-              for line in printed.splitlines() if line.startswith("  "))
+  return dict(
+      re.split(r"\s{2,}", line.strip(), maxsplit=1)
+      for line in printed.splitlines()
+      if line.startswith("  ")
+  )
 
 
 UNSET = "Dataflow's default"
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["embed", "--accelerator", "gpu", "--image", "img:gpu", "--checkpoint_path",
-      "gs://my-mmv-bucket/ckpt/mmv_tsm_resnet_x1.pkl", "--max_num_workers=7"],
-     {"workers at start": UNSET, "workers at most": "7", "SDK processes": "one per VM",
-      "harness threads": f"{dataflow.GPU_HOST_THREADS} per SDK process",
-      "accelerator": f"{dataflow.GPU_ACCELERATOR}, for the embedding step only (min RAM 32GB)",
-      "checkpoint": "gs://my-mmv-bucket/ckpt/mmv_tsm_resnet_x1.pkl (tsm_resnet_x1)",
-      "video cache": "gs://my-mmv-bucket/work",
-      "output": "gs://my-mmv-bucket/embeddings/tsm_resnet_x1"}),
-    (["embed", "--accelerator", "tpu", "--image", "img:tpu", "--checkpoint_path",
-      "gs://my-mmv-bucket/ckpt/mmv_s3d.pkl", "--num_workers=2"],
-     {"workers at start": "2", "workers at most": UNSET, "SDK processes": "one per VM",
-      "harness threads": UNSET,
-      "accelerator": f"{dataflow.TPU_ACCELERATOR}, on every worker",
-      "output": "gs://my-mmv-bucket/embeddings/s3d"}),
-    (["linear_eval", "--image", "img:cpu", "--backbone", "s3d"],
-     {"workers at start": UNSET, "workers at most": UNSET, "SDK processes": "one per VM",
-      "harness threads": "1 per SDK process",
-      "accelerator": "none", "embeddings": "gs://my-mmv-bucket/embeddings/s3d",
-      "split lists": "those the embedding job used (its run.json)",
-      "output": "gs://my-mmv-bucket/linear_eval/s3d"}),
-], ids=["embed gpu", "embed tpu", "linear_eval"])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (
+            [
+                "embed",
+                "--accelerator",
+                "gpu",
+                "--image",
+                "img:gpu",
+                "--checkpoint_path",
+                "gs://my-mmv-bucket/ckpt/mmv_tsm_resnet_x1.pkl",
+                "--max_num_workers=7",
+            ],
+            {
+                "workers at start": UNSET,
+                "workers at most": "7",
+                "SDK processes": "one per VM",
+                "harness threads": f"{dataflow.GPU_HOST_THREADS} per SDK process",
+                "accelerator": f"{dataflow.GPU_ACCELERATOR}, for the embedding step only (min RAM 32GB)",
+                "checkpoint": "gs://my-mmv-bucket/ckpt/mmv_tsm_resnet_x1.pkl (tsm_resnet_x1)",
+                "video cache": "gs://my-mmv-bucket/work",
+                "output": "gs://my-mmv-bucket/embeddings/tsm_resnet_x1",
+            },
+        ),
+        (
+            [
+                "embed",
+                "--accelerator",
+                "tpu",
+                "--image",
+                "img:tpu",
+                "--checkpoint_path",
+                "gs://my-mmv-bucket/ckpt/mmv_s3d.pkl",
+                "--num_workers=2",
+            ],
+            {
+                "workers at start": "2",
+                "workers at most": UNSET,
+                "SDK processes": "one per VM",
+                "harness threads": UNSET,
+                "accelerator": f"{dataflow.TPU_ACCELERATOR}, on every worker",
+                "output": "gs://my-mmv-bucket/embeddings/s3d",
+            },
+        ),
+        (
+            ["linear_eval", "--image", "img:cpu", "--backbone", "s3d"],
+            {
+                "workers at start": UNSET,
+                "workers at most": UNSET,
+                "SDK processes": "one per VM",
+                "harness threads": "1 per SDK process",
+                "accelerator": "none",
+                "embeddings": "gs://my-mmv-bucket/embeddings/s3d",
+                "split lists": "those the embedding job used (its run.json)",
+                "output": "gs://my-mmv-bucket/linear_eval/s3d",
+            },
+        ),
+    ],
+    ids=["embed gpu", "embed tpu", "linear_eval"],
+)
 def test_a_dry_run_prints_the_options_of_the_job_it_built_and_contacts_nothing(
-    argv, expected, capsys, network_attempts):
+    argv, expected, capsys, network_attempts
+):
   job = dataflow.main([*argv, *COMMON]).job
   printed = capsys.readouterr().out
   assert printed.startswith(f"dry run: built job {job.proto.name!r}; nothing submitted")
@@ -181,8 +309,9 @@ def test_a_dry_run_prints_the_options_of_the_job_it_built_and_contacts_nothing(
   assert options["runner"] == "DataflowRunner (runner v2)"
   assert (options["project"], options["region"]) == ("my-project-123", "us-central1")
   assert options["machine type"] == pool.machine_type
-  assert options["container image"] in {c.container_image
-                                        for c in pool.sdk_harness_container_images}
+  assert options["container image"] in {
+      c.container_image for c in pool.sdk_harness_container_images
+  }
   # Dataflow gives each job folders of its own.
   assert options["staging"].startswith(f"gs://my-mmv-bucket/staging/{job.proto.name}.")
   assert options["temp"].startswith(f"gs://my-mmv-bucket/tmp/{job.proto.name}.")

@@ -49,8 +49,9 @@ def write_split_zip(path: pathlib.Path) -> pathlib.Path:
   """The split-list zip, CRLF lines as the official one has them."""
   crlf = lambda lines: "".join(f"{line}\r\n" for line in lines)
   with zipfile.ZipFile(path, "w") as archive:
-    archive.writestr("ucfTrainTestlist/classInd.txt",
-                     crlf(f"{i + 1} {c}" for i, c in enumerate(CLASSES)))
+    archive.writestr(
+        "ucfTrainTestlist/classInd.txt", crlf(f"{i + 1} {c}" for i, c in enumerate(CLASSES))
+    )
     for split in ucf101.SPLITS:
       train, test = [], []
       for label, c in enumerate(CLASSES):
@@ -65,8 +66,9 @@ def write_split_zip(path: pathlib.Path) -> pathlib.Path:
   return path
 
 
-def make_clips(seed: int, *, signal: float, video_noise: float = 0.0,
-               clip_noise: float = 1.0) -> dict[tuple[str, str, int], tuple[int, np.ndarray]]:
+def make_clips(
+    seed: int, *, signal: float, video_noise: float = 0.0, clip_noise: float = 1.0
+) -> dict[tuple[str, str, int], tuple[int, np.ndarray]]:
   """(video_id, clip_type, index) -> (label, float32 [DIM]) for every video.
 
   Features: the class's mean times `signal`, plus an offset shared by the
@@ -79,35 +81,56 @@ def make_clips(seed: int, *, signal: float, video_noise: float = 0.0,
     for group in range(1, NUM_GROUPS + 1):
       vid = video_id(c, group)
       offset = video_noise * rng.normal(size=DIM)
-      for clip_type, count in ((schema.CLIP_TYPE_TRAIN, NUM_TRAIN_CLIPS),
-                               (schema.CLIP_TYPE_TEST, NUM_TEST_WINDOWS)):
+      for clip_type, count in (
+          (schema.CLIP_TYPE_TRAIN, NUM_TRAIN_CLIPS),
+          (schema.CLIP_TYPE_TEST, NUM_TEST_WINDOWS),
+      ):
         for index in range(count):
           embedding = signal * means[label] + offset + clip_noise * rng.normal(size=DIM)
           clips[(vid, clip_type, index)] = (label, embedding.astype(np.float32))
   return clips
 
 
-def write_embeddings(directory: pathlib.Path, clips, *, num_shards: int = 2,
-                     extra_records=(), settings: dict | None = None) -> pathlib.Path:
+def write_embeddings(
+    directory: pathlib.Path,
+    clips,
+    *,
+    num_shards: int = 2,
+    extra_records=(),
+    settings: dict | None = None,
+) -> pathlib.Path:
   """Writes clips as the embedding job does: shards of examples and run.json.
 
   `settings` go into run.json as the embedding job's settings.
   """
   (directory / schema.SHARDS_DIR).mkdir(parents=True)
-  writers = [tf.io.TFRecordWriter(
-      str(directory / schema.SHARDS_DIR / f"part-{i:05d}-of-{num_shards:05d}.tfrecord"))
-             for i in range(num_shards)]
-  records = [schema.make_example(
-      video_id=vid, label=label, label_name=CLASSES[label], clip_type=clip_type,
-      clip_index=index, embedding=embedding,
-      extra_features={"audio_repr": embedding[:4]}).SerializeToString()
-             for (vid, clip_type, index), (label, embedding) in clips.items()]
+  writers = [
+      tf.io.TFRecordWriter(
+          str(directory / schema.SHARDS_DIR / f"part-{i:05d}-of-{num_shards:05d}.tfrecord")
+      )
+      for i in range(num_shards)
+  ]
+  records = [
+      schema.make_example(
+          video_id=vid,
+          label=label,
+          label_name=CLASSES[label],
+          clip_type=clip_type,
+          clip_index=index,
+          embedding=embedding,
+          extra_features={"audio_repr": embedding[:4]},
+      ).SerializeToString()
+      for (vid, clip_type, index), (label, embedding) in clips.items()
+  ]
   for i, record in enumerate(records + list(extra_records)):
     writers[i % num_shards].write(record)
   for writer in writers:
     writer.close()
-  run_config = {schema.NUM_TRAIN_CLIPS: NUM_TRAIN_CLIPS, schema.NUM_TEST_WINDOWS: NUM_TEST_WINDOWS,
-                "model": "synthetic"}
+  run_config = {
+      schema.NUM_TRAIN_CLIPS: NUM_TRAIN_CLIPS,
+      schema.NUM_TEST_WINDOWS: NUM_TEST_WINDOWS,
+      "model": "synthetic",
+  }
   if settings is not None:
     run_config[schema.SETTINGS] = settings
   (directory / schema.RUN_CONFIG_FILE).write_text(json.dumps(run_config))
@@ -116,14 +139,18 @@ def write_embeddings(directory: pathlib.Path, clips, *, num_shards: int = 2,
 
 def protocol_by_hand(clips, split: int, svm_c: float) -> dict[str, float]:
   """The protocol computed directly from the clips, independently of the code under test."""
-  train = [(label, e) for (vid, t, _), (label, e) in sorted(clips.items())
-           if t == "train" and int(vid[-6:-4]) not in held_out_groups(split)]
+  train = [
+      (label, e)
+      for (vid, t, _), (label, e) in sorted(clips.items())
+      if t == "train" and int(vid[-6:-4]) not in held_out_groups(split)
+  ]
   x = np.stack([e for _, e in train])
   y = np.array([label for label, _ in train])
   scaler = preprocessing.StandardScaler().fit(x)
   model = svm.LinearSVC(C=svm_c, dual=True).fit(scaler.transform(x), y)
-  test_videos = sorted({vid for (vid, t, _) in clips
-                        if t == "test" and int(vid[-6:-4]) in held_out_groups(split)})
+  test_videos = sorted(
+      {vid for (vid, t, _) in clips if t == "test" and int(vid[-6:-4]) in held_out_groups(split)}
+  )
   video_scores, video_labels = [], []
   for vid in test_videos:
     windows = [clips[(vid, "test", i)] for i in range(NUM_TEST_WINDOWS)]
@@ -136,10 +163,14 @@ def protocol_by_hand(clips, split: int, svm_c: float) -> dict[str, float]:
     return float(np.mean([l in row for l, row in zip(labels, best)]))
 
   train_scores = model.decision_function(scaler.transform(x))
-  return {"test_top1": top(video_scores, video_labels, 1),
-          "test_top5": top(video_scores, video_labels, 5),
-          "train_top1": top(train_scores, y, 1), "train_top5": top(train_scores, y, 5),
-          "num_test_videos": len(test_videos), "num_train_clips": len(y)}
+  return {
+      "test_top1": top(video_scores, video_labels, 1),
+      "test_top5": top(video_scores, video_labels, 5),
+      "train_top1": top(train_scores, y, 1),
+      "train_top5": top(train_scores, y, 5),
+      "num_test_videos": len(test_videos),
+      "num_train_clips": len(y),
+  }
 
 
 @pytest.fixture
@@ -149,15 +180,25 @@ def split_zip(tmp_path):
 
 def run_job(tmp_path, split_zip, embeddings, *flags) -> dict:
   out = tmp_path / "out"
-  linear_eval_job.main([f"--embeddings_dir={embeddings}", f"--output_dir={out}",
-                        f"--splits_zip={split_zip}", *flags, *RUNNER])
+  linear_eval_job.main(
+      [
+          f"--embeddings_dir={embeddings}",
+          f"--output_dir={out}",
+          f"--splits_zip={split_zip}",
+          *flags,
+          *RUNNER,
+      ]
+  )
   return json.loads((out / report.METRICS_FILE).read_text())
 
 
 def layout_of(split_zip, split):
   return linear_eval.SplitLayout.from_lists(
-      ucf101.load_split_lists(str(split_zip)), split,
-      num_train_clips=NUM_TRAIN_CLIPS, num_test_windows=NUM_TEST_WINDOWS)
+      ucf101.load_split_lists(str(split_zip)),
+      split,
+      num_train_clips=NUM_TRAIN_CLIPS,
+      num_test_windows=NUM_TEST_WINDOWS,
+  )
 
 
 def test_job_metrics_equal_the_protocol_computed_by_hand(tmp_path, split_zip):
@@ -179,7 +220,8 @@ def test_job_metrics_equal_the_protocol_computed_by_hand(tmp_path, split_zip):
   assert 0.3 < metrics["splits"]["1"]["test_top1"] < 1.0
   for key in ("test_top1", "test_top5", "train_top1", "train_top5"):
     assert metrics["mean"][key] == pytest.approx(
-        np.mean([metrics["splits"][s][key] for s in "123"]))
+        np.mean([metrics["splits"][s][key] for s in "123"])
+    )
 
   out = tmp_path / "out"
   per_class = (out / report.PER_CLASS_FILE).read_text().splitlines()
@@ -193,16 +235,26 @@ def test_separable_classes_score_perfectly_and_saved_classifier_reproduces(tmp_p
   """Also runs the job as users do: its command line, on the default local runner."""
   clips = make_clips(1, signal=10.0, clip_noise=0.1)
   embeddings = write_embeddings(tmp_path / "emb", clips)
-  subprocess.run([sys.executable, "-m", "pipelines.linear_eval", f"--embeddings_dir={embeddings}",
-                  f"--output_dir={tmp_path / 'out'}", f"--splits_zip={split_zip}", "--splits=2"],
-                 cwd=pathlib.Path(__file__).resolve().parents[1], check=True, capture_output=True)
+  subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "pipelines.linear_eval",
+          f"--embeddings_dir={embeddings}",
+          f"--output_dir={tmp_path / 'out'}",
+          f"--splits_zip={split_zip}",
+          "--splits=2",
+      ],
+      cwd=pathlib.Path(__file__).resolve().parents[1],
+      check=True,
+      capture_output=True,
+  )
   metrics = json.loads((tmp_path / "out" / report.METRICS_FILE).read_text())
 
   assert list(metrics["splits"]) == ["2"]
   assert metrics["splits"]["2"]["test_top1"] == 1.0
   assert metrics["splits"]["2"]["train_top1"] == 1.0
-  classifier = linear_eval.LinearClassifier.load(
-      str(tmp_path / "out" / report.classifier_name(2)))
+  classifier = linear_eval.LinearClassifier.load(str(tmp_path / "out" / report.classifier_name(2)))
   for label, c in enumerate(CLASSES):
     windows = np.stack([clips[(video_id(c, 3), "test", i)][1] for i in range(NUM_TEST_WINDOWS)])
     assert classifier.decision_function(windows).mean(axis=0).argmax() == label
@@ -219,9 +271,13 @@ def test_window_scores_are_averaged_per_video():
 
 
 def test_top_k_accuracy():
-  scores = np.array([[0.9, 0.5, 0.1, 0.3, 0.2, 0.0, 0.4],   # label 0: rank 1
-                     [0.9, 0.5, 0.1, 0.3, 0.2, 0.0, 0.4],   # label 4: rank 5
-                     [0.9, 0.5, 0.1, 0.3, 0.2, 0.0, 0.4]])  # label 2: rank 6
+  scores = np.array(
+      [
+          [0.9, 0.5, 0.1, 0.3, 0.2, 0.0, 0.4],  # label 0: rank 1
+          [0.9, 0.5, 0.1, 0.3, 0.2, 0.0, 0.4],  # label 4: rank 5
+          [0.9, 0.5, 0.1, 0.3, 0.2, 0.0, 0.4],
+      ]
+  )  # label 2: rank 6
   labels = np.array([0, 4, 2])
   assert linear_eval.accuracy(scores, labels, 1) == pytest.approx(1 / 3)
   assert linear_eval.accuracy(scores, labels, 5) == pytest.approx(2 / 3)
@@ -230,21 +286,32 @@ def test_top_k_accuracy():
 
 def test_split_membership_follows_the_lists(split_zip, tmp_path):
   clips = make_clips(2, signal=1.0)
-  stray = schema.make_example(video_id="v_Archery_g25_c04", label=1, label_name="Archery",
-                              clip_type="train", clip_index=0,
-                              embedding=np.zeros(DIM)).SerializeToString()
+  stray = schema.make_example(
+      video_id="v_Archery_g25_c04",
+      label=1,
+      label_name="Archery",
+      clip_type="train",
+      clip_index=0,
+      embedding=np.zeros(DIM),
+  ).SerializeToString()
   embeddings = write_embeddings(tmp_path / "emb", clips, extra_records=[stray])
   for split in ucf101.SPLITS:
     layout = layout_of(split_zip, split)
     features, check = linear_eval.collect_split_features(
-        schema.embedding_records(str(embeddings)), layout)
+        schema.embedding_records(str(embeddings)), layout
+    )
     assert check.complete and check.num_ignored_clips == 1 + len(CLASSES) * (
-        2 * NUM_TRAIN_CLIPS + (NUM_GROUPS - 2) * NUM_TEST_WINDOWS)
+        2 * NUM_TRAIN_CLIPS + (NUM_GROUPS - 2) * NUM_TEST_WINDOWS
+    )
     train_ids = {layout.train_videos[v].video_id for v in features.train_video}
     test_ids = {layout.test_videos[v].video_id for v in features.test_video}
     assert test_ids == {video_id(c, g) for c in CLASSES for g in held_out_groups(split)}
-    assert train_ids == {video_id(c, g) for c in CLASSES for g in range(1, NUM_GROUPS + 1)
-                         if g not in held_out_groups(split)}
+    assert train_ids == {
+        video_id(c, g)
+        for c in CLASSES
+        for g in range(1, NUM_GROUPS + 1)
+        if g not in held_out_groups(split)
+    }
     for row, v in enumerate(features.train_video):
       vid = layout.train_videos[v].video_id
       index = row % NUM_TRAIN_CLIPS
@@ -260,16 +327,22 @@ def test_missing_and_duplicated_clips_are_reported_by_id(tmp_path, split_zip):
   del clips[(video_id("Archery", 5), "train", 2)]
   label, embedding = clips[(video_id("Bowling", 6), "train", 0)]
   duplicate = schema.make_example(
-      video_id=video_id("Bowling", 6), label=label, label_name="Bowling", clip_type="train",
-      clip_index=0, embedding=embedding).SerializeToString()
+      video_id=video_id("Bowling", 6),
+      label=label,
+      label_name="Bowling",
+      clip_type="train",
+      clip_index=0,
+      embedding=embedding,
+  ).SerializeToString()
   embeddings = write_embeddings(tmp_path / "emb", clips, extra_records=[duplicate])
 
   _, check = linear_eval.collect_split_features(
-      schema.embedding_records(str(embeddings)), layout_of(split_zip, 1))
+      schema.embedding_records(str(embeddings)), layout_of(split_zip, 1)
+  )
   assert check.missing_videos == (gone_video,)
-  assert set(check.missing_clips) == {
-      f"{gone_video}/test/{i}" for i in range(NUM_TEST_WINDOWS)} | {
-          "v_Archery_g05_c01/train/2"}
+  assert set(check.missing_clips) == {f"{gone_video}/test/{i}" for i in range(NUM_TEST_WINDOWS)} | {
+      "v_Archery_g05_c01/train/2"
+  }
   assert check.duplicate_clips == ("v_Bowling_g06_c01/train/0",)
   assert not check.complete
 
@@ -291,7 +364,8 @@ def test_label_disagreeing_with_the_lists_is_an_error(tmp_path, split_zip):
   embeddings = write_embeddings(tmp_path / "emb", clips)
   with pytest.raises(linear_eval.InconsistentInputError, match="v_Archery_g04_c01 has label 0"):
     linear_eval.collect_split_features(
-        schema.embedding_records(str(embeddings)), layout_of(split_zip, 1))
+        schema.embedding_records(str(embeddings)), layout_of(split_zip, 1)
+    )
 
 
 def test_validation_partition_keeps_groups_on_one_side():
@@ -331,8 +405,9 @@ def test_c_sweep_picks_the_c_the_data_needs(tmp_path, split_zip):
   best_on_test = max(sweep, key=test_top1.get)
   assert test_top1[best_on_test] > max(v for c, v in test_top1.items() if c != best_on_test)
 
-  metrics = run_job(tmp_path, split_zip, embeddings, "--splits=1",
-                    "--svm_c=" + ",".join(map(str, sweep)))
+  metrics = run_job(
+      tmp_path, split_zip, embeddings, "--splits=1", "--svm_c=" + ",".join(map(str, sweep))
+  )
   got = metrics["splits"]["1"]
   assert got["svm_c"] == best_on_test
   assert set(got["validation_top1"]) == {repr(c) for c in sweep}
@@ -365,12 +440,16 @@ def test_newton_and_liblinear_jobs_agree_to_the_video(tmp_path, split_zip):
     metrics[solver] = run_job(out, split_zip, embeddings, f"--solver={solver}")
     for split in ucf101.SPLITS:
       features, _ = linear_eval.collect_split_features(
-          schema.embedding_records(str(embeddings)), layout_of(split_zip, split))
+          schema.embedding_records(str(embeddings)), layout_of(split_zip, split)
+      )
       classifier = linear_eval.LinearClassifier.load(
-          str(out / "out" / report.classifier_name(split)))
+          str(out / "out" / report.classifier_name(split))
+      )
       scores, _ = linear_eval.average_by_video(
-          classifier.decision_function(features.test_features), features.test_video,
-          len(features.layout.test_videos))
+          classifier.decision_function(features.test_features),
+          features.test_video,
+          len(features.layout.test_videos),
+      )
       predictions[solver, split] = scores.argmax(axis=1)
 
   for split in ucf101.SPLITS:
@@ -392,13 +471,17 @@ def test_unconverged_split_is_an_error_naming_split_c_and_flag(tmp_path, split_z
 
 
 def test_split_without_test_clips_gives_strict_json_with_no_accuracy(tmp_path, split_zip):
-  clips = {key: value for key, value in make_clips(9, signal=1.0).items()
-           if not (key[1] == "test" and int(key[0][-6:-4]) in held_out_groups(2))}
+  clips = {
+      key: value
+      for key, value in make_clips(9, signal=1.0).items()
+      if not (key[1] == "test" and int(key[0][-6:-4]) in held_out_groups(2))
+  }
   embeddings = write_embeddings(tmp_path / "emb", clips)
   run_job(tmp_path, split_zip, embeddings, "--splits=2", "--allow_missing")
 
   def refuse(constant):
     raise ValueError(f"metrics.json holds {constant}, which is not JSON")
+
   text = (tmp_path / "out" / report.METRICS_FILE).read_text()
   metrics = json.loads(text, parse_constant=refuse)
   got = metrics["splits"]["2"]
@@ -417,12 +500,14 @@ def test_split_lists_default_to_those_the_embedding_job_recorded(tmp_path, split
   recorded[schema.SETTINGS] = {schema.SPLITS_ZIP: str(split_zip)}
   run_json.write_text(json.dumps(recorded))
   out = tmp_path / "out"
-  linear_eval_job.main([f"--embeddings_dir={embeddings}", f"--output_dir={out}", "--splits=1",
-                        *RUNNER])
+  linear_eval_job.main(
+      [f"--embeddings_dir={embeddings}", f"--output_dir={out}", "--splits=1", *RUNNER]
+  )
   metrics = json.loads((out / report.METRICS_FILE).read_text())
   assert metrics["splits"]["1"]["num_test_videos"] == 2 * len(CLASSES)
   assert metrics["splits"]["1"]["test_top1"] == pytest.approx(
-      protocol_by_hand(clips, 1, 0.001)["test_top1"])
+      protocol_by_hand(clips, 1, 0.001)["test_top1"]
+  )
 
 
 # ---- The job's command line: user errors, its summary, limited runs, --help ----
@@ -433,8 +518,9 @@ def complete_inputs(tmp_path_factory) -> pathlib.Path:
   """An embedding job's output with every clip, whose run.json records the split lists."""
   directory = tmp_path_factory.mktemp("complete")
   split_zip = write_split_zip(directory / "splits.zip")
-  return write_embeddings(directory / "emb", make_clips(11, signal=1.0),
-                          settings={schema.SPLITS_ZIP: str(split_zip)})
+  return write_embeddings(
+      directory / "emb", make_clips(11, signal=1.0), settings={schema.SPLITS_ZIP: str(split_zip)}
+  )
 
 
 def _refuse_to_load(*args, **kwargs):
@@ -444,61 +530,100 @@ def _refuse_to_load(*args, **kwargs):
 def usage_error(argv, capsys, monkeypatch) -> str:
   """The job's one line on stderr (exit status 2), given before any split was loaded."""
   monkeypatch.setattr(linear_eval, "collect_split_features", _refuse_to_load)
-  return cli_checks.usage_error(linear_eval_job.main, linear_eval_job.PROG, [*argv, *RUNNER],
-                                capsys)
+  return cli_checks.usage_error(
+      linear_eval_job.main, linear_eval_job.PROG, [*argv, *RUNNER], capsys
+  )
 
 
-@pytest.mark.parametrize("flag, problem", [
-    ("--svm_c=0", "--svm_c: C must be a positive number, got 0"),
-    ("--svm_c=0.01,-1", "--svm_c: C must be a positive number, got -1"),
-    ("--svm_c=nan", "--svm_c: C must be a positive number, got nan"),
-    ("--svm_tol=0", "--svm_tol must be a positive number, got 0"),
-    ("--svm_max_iter=0", "--svm_max_iter must be at least 1, got 0"),
-    ("--splits=1,4", "--splits: no split [4]; UCF101 has splits 1, 2, 3"),
-    ("--splits_zip=/nonexistent/splits.zip", "--splits_zip: /nonexistent/splits.zip: cannot read"),
-])
-def test_an_invalid_flag_is_one_line_and_exit_status_2(flag, problem, complete_inputs, tmp_path,
-                                                       capsys, monkeypatch):
+@pytest.mark.parametrize(
+    "flag, problem",
+    [
+        ("--svm_c=0", "--svm_c: C must be a positive number, got 0"),
+        ("--svm_c=0.01,-1", "--svm_c: C must be a positive number, got -1"),
+        ("--svm_c=nan", "--svm_c: C must be a positive number, got nan"),
+        ("--svm_tol=0", "--svm_tol must be a positive number, got 0"),
+        ("--svm_max_iter=0", "--svm_max_iter must be at least 1, got 0"),
+        ("--splits=1,4", "--splits: no split [4]; UCF101 has splits 1, 2, 3"),
+        (
+            "--splits_zip=/nonexistent/splits.zip",
+            "--splits_zip: /nonexistent/splits.zip: cannot read",
+        ),
+    ],
+)
+def test_an_invalid_flag_is_one_line_and_exit_status_2(
+    flag, problem, complete_inputs, tmp_path, capsys, monkeypatch
+):
   argv = [f"--embeddings_dir={complete_inputs}", f"--output_dir={tmp_path / 'out'}", flag]
   assert problem in usage_error(argv, capsys, monkeypatch)
 
 
 def _without_run_json_settings(embeddings: pathlib.Path) -> None:
-  (embeddings / schema.RUN_CONFIG_FILE).write_text(json.dumps(
-      {schema.NUM_TRAIN_CLIPS: NUM_TRAIN_CLIPS, schema.NUM_TEST_WINDOWS: NUM_TEST_WINDOWS,
-       schema.SETTINGS: {schema.SPLITS_ZIP: "/nonexistent/splits.zip"}}))
+  (embeddings / schema.RUN_CONFIG_FILE).write_text(
+      json.dumps(
+          {
+              schema.NUM_TRAIN_CLIPS: NUM_TRAIN_CLIPS,
+              schema.NUM_TEST_WINDOWS: NUM_TEST_WINDOWS,
+              schema.SETTINGS: {schema.SPLITS_ZIP: "/nonexistent/splits.zip"},
+          }
+      )
+  )
 
 
-@pytest.mark.parametrize("break_inputs, problem", [
-    (shutil.rmtree, "emb is not an embedding job's output: {emb}/run.json: cannot read run "
-                    "settings ([Errno 2] No such file or directory"),
-    (lambda emb: [shutil.rmtree(emb), emb.mkdir()], "emb is not an embedding job's output"),
-    (lambda emb: (emb / schema.RUN_CONFIG_FILE).write_text("{"),
-     "{emb}/run.json: cannot read run settings"),
-    (lambda emb: shutil.rmtree(emb / schema.SHARDS_DIR), "no embedding shards"),
-    (_without_run_json_settings,
-     "the split lists of {emb}/run.json: /nonexistent/splits.zip: cannot read"),
-    (lambda emb: (emb.parent / "out").mkdir() or (emb.parent / "out" / "metrics.json").touch(),
-     "--output_dir {emb}/../out already holds metrics.json; choose a new --output_dir"),
-], ids=["no directory", "empty directory", "run.json unreadable", "no shards",
-        "recorded split lists missing", "output dir holds metrics"])
-def test_unusable_inputs_are_one_line_and_exit_status_2(break_inputs, problem, complete_inputs,
-                                                        tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize(
+    "break_inputs, problem",
+    [
+        (
+            shutil.rmtree,
+            "emb is not an embedding job's output: {emb}/run.json: cannot read run "
+            "settings ([Errno 2] No such file or directory",
+        ),
+        (lambda emb: [shutil.rmtree(emb), emb.mkdir()], "emb is not an embedding job's output"),
+        (
+            lambda emb: (emb / schema.RUN_CONFIG_FILE).write_text("{"),
+            "{emb}/run.json: cannot read run settings",
+        ),
+        (lambda emb: shutil.rmtree(emb / schema.SHARDS_DIR), "no embedding shards"),
+        (
+            _without_run_json_settings,
+            "the split lists of {emb}/run.json: /nonexistent/splits.zip: cannot read",
+        ),
+        (
+            lambda emb: (emb.parent / "out").mkdir()
+            or (emb.parent / "out" / "metrics.json").touch(),
+            "--output_dir {emb}/../out already holds metrics.json; choose a new --output_dir",
+        ),
+    ],
+    ids=[
+        "no directory",
+        "empty directory",
+        "run.json unreadable",
+        "no shards",
+        "recorded split lists missing",
+        "output dir holds metrics",
+    ],
+)
+def test_unusable_inputs_are_one_line_and_exit_status_2(
+    break_inputs, problem, complete_inputs, tmp_path, capsys, monkeypatch
+):
   embeddings = shutil.copytree(complete_inputs, tmp_path / "emb")
   break_inputs(embeddings)
   argv = [f"--embeddings_dir={embeddings}", f"--output_dir={embeddings}/../out"]
   assert problem.format(emb=embeddings) in usage_error(argv, capsys, monkeypatch)
 
 
-def test_missing_clips_are_refused_before_any_split_is_loaded(tmp_path, split_zip, capsys,
-                                                              monkeypatch):
+def test_missing_clips_are_refused_before_any_split_is_loaded(
+    tmp_path, split_zip, capsys, monkeypatch
+):
   clips = make_clips(12, signal=1.0)
   gone = video_id("Biking", 5)  # A training video of split 1, a test video of split 3.
   for index in range(NUM_TRAIN_CLIPS):
     del clips[(gone, "train", index)]
   embeddings = write_embeddings(tmp_path / "emb", clips)
-  argv = [f"--embeddings_dir={embeddings}", f"--output_dir={tmp_path / 'out'}",
-          f"--splits_zip={split_zip}"]
+  argv = [
+      f"--embeddings_dir={embeddings}",
+      f"--output_dir={tmp_path / 'out'}",
+      f"--splits_zip={split_zip}",
+  ]
   error = usage_error(argv, capsys, monkeypatch)
   for split in (1, 2):
     assert f"split {split}: {NUM_TRAIN_CLIPS} missing clips: {gone}/train/0" in error
@@ -510,25 +635,42 @@ def test_missing_clips_are_refused_before_any_split_is_loaded(tmp_path, split_zi
 
 
 def test_a_label_disagreeing_with_the_lists_is_one_line_and_exit_status_2(
-    tmp_path, split_zip, capsys, monkeypatch):
+    tmp_path, split_zip, capsys, monkeypatch
+):
   clips = make_clips(13, signal=1.0)
   key = (video_id("Archery", 4), "test", 2)
   clips[key] = (0, clips[key][1])
   embeddings = write_embeddings(tmp_path / "emb", clips)
-  argv = [f"--embeddings_dir={embeddings}", f"--output_dir={tmp_path / 'out'}",
-          f"--splits_zip={split_zip}"]
+  argv = [
+      f"--embeddings_dir={embeddings}",
+      f"--output_dir={tmp_path / 'out'}",
+      f"--splits_zip={split_zip}",
+  ]
   assert "v_Archery_g04_c01 has label 0, the split lists give 1 (Archery)" in usage_error(
-      argv, capsys, monkeypatch)
+      argv, capsys, monkeypatch
+  )
 
 
 def test_the_command_line_says_a_user_error_in_one_line_and_nothing_else(tmp_path, split_zip):
-  clips = {key: value for key, value in make_clips(14, signal=1.0).items()
-           if key[0] != video_id("Bowling", 2)}
+  clips = {
+      key: value
+      for key, value in make_clips(14, signal=1.0).items()
+      if key[0] != video_id("Bowling", 2)
+  }
   embeddings = write_embeddings(tmp_path / "emb", clips)
   result = subprocess.run(
-      [sys.executable, "-m", "pipelines.linear_eval", f"--embeddings_dir={embeddings}",
-       f"--output_dir={tmp_path / 'out'}", f"--splits_zip={split_zip}"],
-      cwd=cli_checks.REPO_ROOT, capture_output=True, text=True)
+      [
+          sys.executable,
+          "-m",
+          "pipelines.linear_eval",
+          f"--embeddings_dir={embeddings}",
+          f"--output_dir={tmp_path / 'out'}",
+          f"--splits_zip={split_zip}",
+      ],
+      cwd=cli_checks.REPO_ROOT,
+      capture_output=True,
+      text=True,
+  )
   assert result.returncode == common.USAGE_ERROR_STATUS
   assert result.stdout == ""
   assert result.stderr.startswith("python -m pipelines.linear_eval: error: --embeddings_dir ")
@@ -538,8 +680,11 @@ def test_the_command_line_says_a_user_error_in_one_line_and_nothing_else(tmp_pat
 
 def _table(printed: str) -> dict[str, dict[str, str]]:
   """The rows of the printed Markdown table: first cell -> {column: cell}."""
-  rows = [[cell.strip() for cell in line.strip("|").split("|")]
-          for line in printed.splitlines() if line.startswith("| ")]
+  rows = [
+      [cell.strip() for cell in line.strip("|").split("|")]
+      for line in printed.splitlines()
+      if line.startswith("| ")
+  ]
   header, *body = rows
   return {cells[0]: dict(zip(header, cells)) for cells in body}
 
@@ -556,7 +701,7 @@ def test_the_job_ends_with_a_summary_of_metrics_json(tmp_path, split_zip, capsys
   for split, row in table.items():
     m = metrics["splits"][split] if split != "mean" else metrics["mean"]
     for name, column in report.ACCURACY_COLUMNS.items():
-      value, mark = row[column].rstrip("*"), row[column][len(row[column].rstrip("*")):]
+      value, mark = row[column].rstrip("*"), row[column][len(row[column].rstrip("*")) :]
       assert float(value) == pytest.approx(100 * m[name], abs=0.005), (split, name)
       assert (mark == "*") == (name in m["caveats"]), (split, name)
     if split != "mean":
@@ -569,8 +714,9 @@ def test_the_job_ends_with_a_summary_of_metrics_json(tmp_path, split_zip, capsys
   assert metrics["mean"]["caveats"] == {
       "test_top1": "splits 1, 3: fewer than 30 test videos, a coarse estimate",
       "test_top5": "splits 1, 3: trivially 100% with 5 classes or fewer; fewer than 30 test "
-                   "videos, a coarse estimate",
-      "train_top5": "splits 1, 3: trivially 100% with 5 classes or fewer"}
+      "videos, a coarse estimate",
+      "train_top5": "splits 1, 3: trivially 100% with 5 classes or fewer",
+  }
   for name, reasons in metrics["mean"]["caveats"].items():
     assert f"  {report.ACCURACY_COLUMNS[name]}, {reasons}\n" in printed
   out = tmp_path / "out"
@@ -580,11 +726,15 @@ def test_the_job_ends_with_a_summary_of_metrics_json(tmp_path, split_zip, capsys
   assert 0 < wall_seconds <= seconds + 0.05
 
 
-def test_a_run_limited_to_some_classes_is_evaluated_on_those_classes(tmp_path, split_zip,
-                                                                     capsys, monkeypatch):
+def test_a_run_limited_to_some_classes_is_evaluated_on_those_classes(
+    tmp_path, split_zip, capsys, monkeypatch
+):
   kept = ("Archery", "Bowling")
-  clips = {key: (label, embedding) for key, (label, embedding)
-           in make_clips(16, signal=2.0).items() if CLASSES[label] in kept}
+  clips = {
+      key: (label, embedding)
+      for key, (label, embedding) in make_clips(16, signal=2.0).items()
+      if CLASSES[label] in kept
+  }
   settings = {schema.SPLITS_ZIP: str(split_zip), schema.CLASSES: list(kept)}
   embeddings = write_embeddings(tmp_path / "emb", clips, settings=settings)
   out = tmp_path / "out"
@@ -599,9 +749,10 @@ def test_a_run_limited_to_some_classes_is_evaluated_on_those_classes(tmp_path, s
     assert m["caveats"] == {
         "test_top1": f"fewer than {linear_eval.MIN_TEST_VIDEOS} test videos, a coarse estimate",
         "test_top5": f"trivially 100% with {linear_eval.TRIVIAL_TOP5_MAX_CLASSES} classes or "
-                     f"fewer; fewer than {linear_eval.MIN_TEST_VIDEOS} test videos, a coarse "
-                     "estimate",
-        "train_top5": "trivially 100% with 5 classes or fewer"}
+        f"fewer; fewer than {linear_eval.MIN_TEST_VIDEOS} test videos, a coarse "
+        "estimate",
+        "train_top5": "trivially 100% with 5 classes or fewer",
+    }
   printed = capsys.readouterr().out
   assert _table(printed)["mean"]["test top-5"] == "100.00*"
   assert "test top-5, splits 1, 2, 3: trivially 100% with 5 classes or fewer" in printed
@@ -611,25 +762,34 @@ def test_a_run_limited_to_some_classes_is_evaluated_on_those_classes(tmp_path, s
 
   # Without the record of --classes, the other classes' videos lack clips.
   settings.pop(schema.CLASSES)
-  (embeddings / schema.RUN_CONFIG_FILE).write_text(json.dumps(
-      {schema.NUM_TRAIN_CLIPS: NUM_TRAIN_CLIPS, schema.NUM_TEST_WINDOWS: NUM_TEST_WINDOWS,
-       schema.SETTINGS: settings}))
+  (embeddings / schema.RUN_CONFIG_FILE).write_text(
+      json.dumps(
+          {
+              schema.NUM_TRAIN_CLIPS: NUM_TRAIN_CLIPS,
+              schema.NUM_TEST_WINDOWS: NUM_TEST_WINDOWS,
+              schema.SETTINGS: settings,
+          }
+      )
+  )
   argv = [f"--embeddings_dir={embeddings}", f"--output_dir={tmp_path / 'all'}"]
   assert "v_ApplyEyeMakeup_g01_c01" in usage_error(argv, capsys, monkeypatch)
 
 
 def test_a_run_limited_by_max_videos_is_evaluated_on_the_videos_it_listed(tmp_path, split_zip):
-  listed = {v.video_id for v in ucf101.select_videos(
-      ucf101.load_split_lists(str(split_zip)), max_videos=12)}
+  listed = {
+      v.video_id
+      for v in ucf101.select_videos(ucf101.load_split_lists(str(split_zip)), max_videos=12)
+  }
   clips = {key: value for key, value in make_clips(17, signal=2.0).items() if key[0] in listed}
-  embeddings = write_embeddings(tmp_path / "emb", clips,
-                                settings={schema.SPLITS_ZIP: str(split_zip),
-                                          schema.MAX_VIDEOS: 12})
+  embeddings = write_embeddings(
+      tmp_path / "emb", clips, settings={schema.SPLITS_ZIP: str(split_zip), schema.MAX_VIDEOS: 12}
+  )
   metrics = run_job(tmp_path, split_zip, embeddings)
   # Round robin over the 5 classes' groups 1, 2, 3: 10 videos of groups 1 and 2 and two
   # of group 3. Split 3 holds out groups 5 and 6, so it has no test video.
-  assert {s: (m["num_train_videos"], m["num_test_videos"])
-          for s, m in metrics["splits"].items()} == {"1": (2, 10), "2": (10, 2), "3": (12, 0)}
+  assert {
+      s: (m["num_train_videos"], m["num_test_videos"]) for s, m in metrics["splits"].items()
+  } == {"1": (2, 10), "2": (10, 2), "3": (12, 0)}
   assert all(m["input_check"]["complete"] for m in metrics["splits"].values())
 
 

@@ -53,8 +53,7 @@ def _np_conv(x: np.ndarray, w: np.ndarray, strides: tuple[int, ...]) -> np.ndarr
   xp = np.pad(x.astype(np.float64), [(0, 0)] + pads + [(0, 0)])
   out = np.zeros((x.shape[0], *out_size, w.shape[-1]))
   for offset in itertools.product(*[range(k) for k in kernel]):
-    window = tuple(slice(d, d + (o - 1) * s + 1, s)
-                   for d, o, s in zip(offset, out_size, strides))
+    window = tuple(slice(d, d + (o - 1) * s + 1, s) for d, o, s in zip(offset, out_size, strides))
     out += np.einsum("...c,cd->...d", xp[(slice(None),) + window], w[offset])
   return out
 
@@ -86,7 +85,7 @@ def _np_space_to_depth(video: np.ndarray) -> np.ndarray:
   out = np.zeros((b, t // 2, h // 2, w // 2, 8 * c), video.dtype)
   for ti, hi, wi in itertools.product(range(t), range(h), range(w)):
     depth = ((ti % 2) * 4 + (hi % 2) * 2 + (wi % 2)) * c
-    out[:, ti // 2, hi // 2, wi // 2, depth:depth + c] = video[:, ti, hi, wi, :]
+    out[:, ti // 2, hi // 2, wi // 2, depth : depth + c] = video[:, ti, hi, wi, :]
   return out
 
 
@@ -151,7 +150,8 @@ def test_self_gating_matches_reference():
 
 def _batch_norm(axis_name=None, is_training=False):
   return hk.transform_with_state(
-      lambda x: normalization.CrossReplicaBatchNorm(axis_name)(x, is_training))
+      lambda x: normalization.CrossReplicaBatchNorm(axis_name)(x, is_training)
+  )
 
 
 def test_batch_norm_eval_init_creates_neutral_state():
@@ -216,9 +216,15 @@ def _run_block(block_fn, x, seed):
 
 
 def _bn_args(params, state, module):
-  return tuple(np.asarray(a, np.float64) for a in (
-      params[module]["scale"], params[module]["offset"],
-      state[module + "/~/mean_ema"]["average"], state[module + "/~/var_ema"]["average"]))
+  return tuple(
+      np.asarray(a, np.float64)
+      for a in (
+          params[module]["scale"],
+          params[module]["offset"],
+          state[module + "/~/mean_ema"]["average"],
+          state[module + "/~/var_ema"]["average"],
+      )
+  )
 
 
 def test_s3d_stem_unit_matches_numpy():
@@ -226,7 +232,8 @@ def test_s3d_stem_unit_matches_numpy():
   x = np.asarray(s3d.space_to_depth(jnp.asarray(clip)))
   norm = normalization.make_normalize_fn()
   got, params, state = _run_block(
-      lambda v: s3d.Unit3D(64, (2, 4, 4), norm, name="stem")(v, False), x, seed=10)
+      lambda v: s3d.Unit3D(64, (2, 4, 4), norm, name="stem")(v, False), x, seed=10
+  )
   bn = "stem/" + normalization.MODULE_NAME
   want = _np_conv(x, np.asarray(params["stem/~/conv3_d"]["w"], np.float64), (1, 1, 1))
   want = np.maximum(_np_batch_norm_eval(want, *_bn_args(params, state, bn)), 0)
@@ -247,8 +254,9 @@ def _np_max_pool_same(x, window):
   xp = np.pad(x, pads, constant_values=-np.inf)
   out = np.full(x.shape, -np.inf)
   for offset in itertools.product(*[range(k) for k in window]):
-    out = np.maximum(out, xp[(slice(None),) + tuple(
-        slice(d, d + n) for d, n in zip(offset, x.shape[1:4]))])
+    out = np.maximum(
+        out, xp[(slice(None),) + tuple(slice(d, d + n) for d, n in zip(offset, x.shape[1:4]))]
+    )
   return out
 
 
@@ -258,7 +266,8 @@ def test_s3d_inception_block_matches_numpy():
   x = np.random.default_rng(13).standard_normal((1, 4, 5, 5, 6)).astype(np.float32)
   norm = normalization.make_normalize_fn()
   got, params, state = _run_block(
-      lambda v: s3d._InceptionBlock(channels, norm, name="mix")(v, False), x, seed=14)
+      lambda v: s3d._InceptionBlock(channels, norm, name="mix")(v, False), x, seed=14
+  )
 
   def unit(v, module, gated, separable=False):
     convs = ["conv3_d", "conv3_d_1"] if separable else ["conv3_d"]
@@ -268,15 +277,29 @@ def test_s3d_inception_block_matches_numpy():
       v = np.maximum(_np_batch_norm_eval(v, *_bn_args(params, state, bn)), 0)
     return _np_self_gating(v, params, f"mix/{module}") if gated else v
 
-  want = np.concatenate([
-      unit(x, "Branch_0_Conv2d_0a_1x1", gated=True),
-      unit(unit(x, "Branch_1_Conv2d_0a_1x1", gated=False),
-           "Branch_1_Conv2d_0b_3x3", gated=True, separable=True),
-      unit(unit(x, "Branch_2_Conv2d_0a_1x1", gated=False),
-           "Branch_2_Conv2d_0b_3x3", gated=True, separable=True),
-      unit(_np_max_pool_same(x.astype(np.float64), (3, 3, 3)), "Branch_3_Conv2d_0b_1x1",
-           gated=True),
-  ], axis=-1)
+  want = np.concatenate(
+      [
+          unit(x, "Branch_0_Conv2d_0a_1x1", gated=True),
+          unit(
+              unit(x, "Branch_1_Conv2d_0a_1x1", gated=False),
+              "Branch_1_Conv2d_0b_3x3",
+              gated=True,
+              separable=True,
+          ),
+          unit(
+              unit(x, "Branch_2_Conv2d_0a_1x1", gated=False),
+              "Branch_2_Conv2d_0b_3x3",
+              gated=True,
+              separable=True,
+          ),
+          unit(
+              _np_max_pool_same(x.astype(np.float64), (3, 3, 3)),
+              "Branch_3_Conv2d_0b_1x1",
+              gated=True,
+          ),
+      ],
+      axis=-1,
+  )
   assert got.shape == (1, 4, 5, 5, channels[0] + channels[2] + channels[4] + channels[5])
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
@@ -287,10 +310,14 @@ def test_tsm_first_block_matches_numpy():
   norm = normalization.make_normalize_fn()
   got, params, state = _run_block(
       lambda v: tsm_resnet.TSMBlock(channels, stride, True, num_frames, norm, name="b")(v, False),
-      x, seed=12)
+      x,
+      seed=12,
+  )
   bns = [f"b/{normalization.MODULE_NAME}{suffix}" for suffix in ("", "_1", "_2")]
-  w = {name: np.asarray(params[f"b/{name}"]["w"], np.float64)
-       for name in ("shortcut_conv", "conv_0", "conv_1", "conv_2")}
+  w = {
+      name: np.asarray(params[f"b/{name}"]["w"], np.float64)
+      for name in ("shortcut_conv", "conv_0", "conv_1", "conv_2")
+  }
   preact = np.maximum(_np_batch_norm_eval(x, *_bn_args(params, state, bns[0])), 0)
   shortcut = _np_conv(preact, w["shortcut_conv"], (stride, stride))
   r = _np_conv(_np_temporal_shift(preact, num_frames), w["conv_0"], (1, 1))
@@ -310,13 +337,21 @@ def test_param_tree_matches_checkpoint_manifest(backbone):
   manifest = _manifest(backbone)
   ours = dict(zip(("params", "state"), mmv.param_shapes(backbone)))
   for kind, tree in ours.items():
-    want = {f"{m}:{n}": (tuple(v["shape"]), v["dtype"])
-            for m, leaves in manifest[kind].items() for n, v in leaves.items()}
-    got = {f"{m}:{n}": (tuple(v.shape), str(v.dtype))
-           for m, leaves in tree.items() for n, v in leaves.items()}
+    want = {
+        f"{m}:{n}": (tuple(v["shape"]), v["dtype"])
+        for m, leaves in manifest[kind].items()
+        for n, v in leaves.items()
+    }
+    got = {
+        f"{m}:{n}": (tuple(v.shape), str(v.dtype))
+        for m, leaves in tree.items()
+        for n, v in leaves.items()
+    }
     diff = sorted(
         f"{path}: manifest {want.get(path)} ours {got.get(path)}"
-        for path in want.keys() | got.keys() if want.get(path) != got.get(path))
+        for path in want.keys() | got.keys()
+        if want.get(path) != got.get(path)
+    )
     assert not diff, f"{backbone} {kind} differ:\n" + "\n".join(diff)
 
 
@@ -337,7 +372,8 @@ def test_vid_repr_reads_exactly_the_manifest_leaves(backbone):
   for kind in ("params", "state"):
     assert got[kind] == set(expected[kind]), (
         f"{kind}: missing {sorted(set(expected[kind]) - got[kind])}, "
-        f"extra {sorted(got[kind] - set(expected[kind]))}")
+        f"extra {sorted(got[kind] - set(expected[kind]))}"
+    )
 
 
 @pytest.mark.parametrize("backbone", mmv.BACKBONES)
@@ -374,8 +410,10 @@ def _np_video_heads(params, state, vid_repr):
   h += p("vid2audio_embd/final_projection_inner", "b")
   h = _np_batch_norm_eval(h, *_bn_args(params, state, heads + "vid2audio_embd/" + bn))
   h = np.maximum(h, 0)
-  video_audio = _np_batch_norm_eval(h @ p("vid2audio_embd/final_projection", "w"),
-                                    *_bn_args(params, state, heads + f"vid2audio_embd/{bn}_1"))
+  video_audio = _np_batch_norm_eval(
+      h @ p("vid2audio_embd/final_projection", "w"),
+      *_bn_args(params, state, heads + f"vid2audio_embd/{bn}_1"),
+  )
   t = np.maximum(video_audio, 0) @ p("vis_embd/final_projection", "w")
   t += p("vis_embd/final_projection", "b")
   video_text = _np_batch_norm_eval(t, *_bn_args(params, state, heads + "vis_embd/" + bn))
@@ -408,11 +446,17 @@ def test_audio_and_text_embeddings_shapes():
   spectrograms = jax.random.normal(jax.random.PRNGKey(2), (2, 96, 40, 1))
   audio_out = mmv.audio_embeddings(params, state, spectrograms, backbone="tsm_resnet_x1")
   assert {k: v.shape for k, v in audio_out.items()} == {
-      mmv.AUDIO_REPR: (2, 2048), mmv.AUDIO_VIDEO: (2, 512), mmv.AUDIO_TEXT: (2, 256)}
+      mmv.AUDIO_REPR: (2, 2048),
+      mmv.AUDIO_VIDEO: (2, 512),
+      mmv.AUDIO_TEXT: (2, 256),
+  }
   word_ids = jnp.array([[1, 5, 9], [65535, 0, 2]], jnp.int32)
   text_out = mmv.text_embeddings(params, state, word_ids, backbone="tsm_resnet_x1")
   assert {k: v.shape for k, v in text_out.items()} == {
-      mmv.TEXT_REPR: (2, 2048), mmv.TEXT_VIDEO: (2, 256), mmv.TEXT_AUDIO: (2, 512)}
+      mmv.TEXT_REPR: (2, 2048),
+      mmv.TEXT_VIDEO: (2, 256),
+      mmv.TEXT_AUDIO: (2, 512),
+  }
   for value in [*audio_out.values(), *text_out.values()]:
     assert value.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(value)))
 

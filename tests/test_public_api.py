@@ -23,8 +23,9 @@ def test_ingestion_imports_load_neither_jax_nor_tensorflow():
       assert mmv_core.VideoEmbedder is embedder.VideoEmbedder
       assert "jax" in sys.modules  # The first use imports it.
   """)
-  result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT,
-                          capture_output=True, text=True, check=False)
+  result = subprocess.run(
+      [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+  )
   assert result.returncode == 0, result.stderr
 
 
@@ -33,9 +34,15 @@ def test_all_and_dir_list_the_public_names():
   assert set(PUBLIC_NAMES) <= set(dir(mmv_core))
 
 
-@pytest.mark.parametrize("name, module", [
-    ("VideoEmbedder", "mmv_core.embedder"), ("EmbedderConfig", "mmv_core.embedder"),
-    ("load_video", "mmv_core.video_file"), ("load_embeddings", "mmv_core.embeddings")])
+@pytest.mark.parametrize(
+    "name, module",
+    [
+        ("VideoEmbedder", "mmv_core.embedder"),
+        ("EmbedderConfig", "mmv_core.embedder"),
+        ("load_video", "mmv_core.video_file"),
+        ("load_embeddings", "mmv_core.embeddings"),
+    ],
+)
 def test_public_names_are_the_modules_objects(name, module):
   assert getattr(mmv_core, name) is getattr(sys.modules[module], name)
 
@@ -55,7 +62,8 @@ def test_the_jobs_and_the_readme_imports_load_no_tensorflow_and_write_nothing_to
       import pipelines.embed, pipelines.ingest, pipelines.linear_eval
       assert "tensorflow" not in sys.modules
   """)
-  result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT,
-                          capture_output=True, text=True, check=False)
+  result = subprocess.run(
+      [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+  )
   assert result.returncode == 0, result.stderr
   assert result.stderr == ""

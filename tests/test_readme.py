@@ -39,14 +39,19 @@ def _python_commands() -> list[list[str]]:
     for line in block.splitlines():
       words = shlex.split(line, comments=True)
       if "-m" in words and words[0].endswith("python"):
-        commands.append(words[words.index("-m") + 1:])
+        commands.append(words[words.index("-m") + 1 :])
   return commands
 
 
 @functools.cache
 def _help_text(module_and_command: tuple[str, ...]) -> str:
-  result = subprocess.run([sys.executable, "-m", *module_and_command, "--help"], cwd=REPO_ROOT,
-                          capture_output=True, text=True, check=True)
+  result = subprocess.run(
+      [sys.executable, "-m", *module_and_command, "--help"],
+      cwd=REPO_ROOT,
+      capture_output=True,
+      text=True,
+      check=True,
+  )
   return result.stdout
 
 
@@ -80,8 +85,13 @@ def test_quick_start_is_two_commands_in_one_shell_block():
 
 def test_readme_runs_every_job():
   modules = {words[0] for words in _python_commands()}
-  assert {"pipelines.embed", "pipelines.ingest", "pipelines.linear_eval",
-          "launch.dataflow", "mmv_core.checkpoints"} <= modules
+  assert {
+      "pipelines.embed",
+      "pipelines.ingest",
+      "pipelines.linear_eval",
+      "launch.dataflow",
+      "mmv_core.checkpoints",
+  } <= modules
 
 
 @pytest.mark.parametrize("words", _python_commands(), ids=lambda w: " ".join(w[:2]))
@@ -95,19 +105,25 @@ def test_every_flag_in_the_readme_exists(words):
 
 
 def test_every_flag_named_in_the_prose_exists_somewhere():
-  helps = "\n".join(_help_text(tuple(words[:2] if len(words) > 1 and not words[1].startswith("-")
-                                     else words[:1]))
-                    for words in _python_commands())
+  helps = "\n".join(
+      _help_text(tuple(words[:2] if len(words) > 1 and not words[1].startswith("-") else words[:1]))
+      for words in _python_commands()
+  )
   for flag in sorted(set(re.findall(r"`(--[a-z_]+)", README))):
-    assert re.search(rf"{re.escape(flag)}\b", helps) or flag in _beam_flags(), (
-        f"README names {flag}, which no job accepts")
+    assert (
+        re.search(rf"{re.escape(flag)}\b", helps) or flag in _beam_flags()
+    ), f"README names {flag}, which no job accepts"
 
 
 # The README's examples spell out the protocol's sampling; the test runs them
 # with these smaller clips, which keep S3D on a CPU to seconds.
-PROTOCOL_SAMPLING = dict(num_windows=video.DEFAULT_NUM_TEST_WINDOWS,
-                         num_frames=video.DEFAULT_NUM_FRAMES, stride=video.DEFAULT_STRIDE,
-                         min_resize=video.DEFAULT_MIN_RESIZE, crop_size=video.DEFAULT_CROP_SIZE)
+PROTOCOL_SAMPLING = dict(
+    num_windows=video.DEFAULT_NUM_TEST_WINDOWS,
+    num_frames=video.DEFAULT_NUM_FRAMES,
+    stride=video.DEFAULT_STRIDE,
+    min_resize=video.DEFAULT_MIN_RESIZE,
+    crop_size=video.DEFAULT_CROP_SIZE,
+)
 SMALL_SAMPLING = dict(num_windows=3, num_frames=4, stride=2, min_resize=32, crop_size=32)
 
 
@@ -115,8 +131,9 @@ def _with_small_sampling(block: str) -> str:
   """`block` with each protocol setting `name=value` replaced by the small one."""
   for name, small in SMALL_SAMPLING.items():
     values = re.findall(rf"\b{name}=(\d+)", block)
-    assert all(int(v) == PROTOCOL_SAMPLING[name] for v in values), (
-        f"README: {name}={values} is not the protocol's {PROTOCOL_SAMPLING[name]}")
+    assert all(
+        int(v) == PROTOCOL_SAMPLING[name] for v in values
+    ), f"README: {name}={values} is not the protocol's {PROTOCOL_SAMPLING[name]}"
     block = re.sub(rf"\b{name}=\d+", f"{name}={small}", block)
   return block
 
@@ -125,16 +142,26 @@ def _write_embedding_job_output(output_dir: pathlib.Path) -> None:
   """Two videos' clips, one test window and one training clip each."""
   (output_dir / embedding_schema.SHARDS_DIR).mkdir(parents=True)
   records = [
-      embedding_schema.make_example(video_id=video_id, label=label, label_name=name,
-                                    clip_type=clip_type, clip_index=0,
-                                    embedding=np.full(1024, label, np.float32))
-      for video_id, label, name in (("v_Archery_g01_c01", 1, "Archery"),
-                                    ("v_ApplyEyeMakeup_g01_c01", 0, "ApplyEyeMakeup"))
-      for clip_type in embedding_schema.CLIP_TYPES]
+      embedding_schema.make_example(
+          video_id=video_id,
+          label=label,
+          label_name=name,
+          clip_type=clip_type,
+          clip_index=0,
+          embedding=np.full(1024, label, np.float32),
+      )
+      for video_id, label, name in (
+          ("v_Archery_g01_c01", 1, "Archery"),
+          ("v_ApplyEyeMakeup_g01_c01", 0, "ApplyEyeMakeup"),
+      )
+      for clip_type in embedding_schema.CLIP_TYPES
+  ]
   (output_dir / embedding_schema.SHARDS_DIR / "part-00000-of-00001.tfrecord").write_bytes(
-      b"".join(tfrecord.encode_record(r.SerializeToString()) for r in records))
-  (output_dir / embedding_schema.RUN_CONFIG_FILE).write_text(json.dumps(
-      {"backbone": "s3d", "num_train_clips": 1, "num_test_windows": 1}))
+      b"".join(tfrecord.encode_record(r.SerializeToString()) for r in records)
+  )
+  (output_dir / embedding_schema.RUN_CONFIG_FILE).write_text(
+      json.dumps({"backbone": "s3d", "num_train_clips": 1, "num_test_windows": 1})
+  )
 
 
 def test_python_examples_run(tmp_path, monkeypatch):
@@ -160,9 +187,13 @@ def test_python_examples_run(tmp_path, monkeypatch):
   assert namespace["features"].shape == (windows, 1024)
   assert namespace["clips"].shape == (windows, SMALL_SAMPLING["num_frames"], size, size, 3)
   assert {name: out.shape for name, out in namespace["joint"].items()} == {
-      "vid_repr": (windows, 1024), "video_audio": (windows, 512), "video_text": (windows, 256)}
-  np.testing.assert_allclose(namespace["joint"]["vid_repr"], namespace["features"],
-                             rtol=1e-5, atol=1e-5)
+      "vid_repr": (windows, 1024),
+      "video_audio": (windows, 512),
+      "video_text": (windows, 256),
+  }
+  np.testing.assert_allclose(
+      namespace["joint"]["vid_repr"], namespace["features"], rtol=1e-5, atol=1e-5
+  )
   embeddings = namespace["embeddings"]
   assert embeddings.video_id.tolist() == ["v_ApplyEyeMakeup_g01_c01", "v_Archery_g01_c01"]
   assert set(embeddings.clip_type) == {"test"}

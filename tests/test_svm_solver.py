@@ -18,7 +18,7 @@ def objective(coef, intercept, features, labels, classes, svm_c):
   y = np.where(labels[:, None] == classes[None, :], 1.0, -1.0)
   margins = features.astype(np.float64) @ coef.T + intercept
   slack = np.maximum(0.0, 1.0 - y * margins)
-  return 0.5 * ((coef ** 2).sum(axis=1) + intercept ** 2) + svm_c * (slack ** 2).sum(axis=0)
+  return 0.5 * ((coef**2).sum(axis=1) + intercept**2) + svm_c * (slack**2).sum(axis=0)
 
 
 def relative_gradient_norm(coef, intercept, features, labels, classes, svm_c):
@@ -62,8 +62,10 @@ def make_problem(kind: str, seed: int = 0):
   return features.astype(np.float32), labels, svm_c
 
 
-@pytest.mark.parametrize("kind", ["balanced", "imbalanced", "nearly_separable",
-                                  "overlapping", "d_greater_than_n", "large_c"])
+@pytest.mark.parametrize(
+    "kind",
+    ["balanced", "imbalanced", "nearly_separable", "overlapping", "d_greater_than_n", "large_c"],
+)
 def test_same_optimum_as_liblinear(kind):
   features, labels, svm_c = make_problem(kind)
   classes = np.unique(labels)
@@ -74,8 +76,7 @@ def test_same_optimum_as_liblinear(kind):
   assert fit.converged.all() and (fit.relative_gradient_norm <= 1e-5).all()
   # The reported convergence is the solution's (to float32 rounding, a tenth
   # of the tolerance), not the solver's running estimate.
-  true_relative = relative_gradient_norm(fit.coef, fit.intercept, features, labels, classes,
-                                         svm_c)
+  true_relative = relative_gradient_norm(fit.coef, fit.intercept, features, labels, classes, svm_c)
   np.testing.assert_allclose(true_relative, fit.relative_gradient_norm, rtol=0.02, atol=1e-6)
   assert (true_relative <= 1e-5).all()
   ref_objective = objective(ref_coef, ref_intercept, features, labels, classes, svm_c)
@@ -89,13 +90,15 @@ def test_same_optimum_as_liblinear(kind):
   probe = np.concatenate([features, rng.standard_normal(features.shape).astype(np.float32)])
   np.testing.assert_array_equal(
       (probe @ fit.coef.T + fit.intercept).argmax(axis=1),
-      (probe @ ref_coef.T + ref_intercept).argmax(axis=1))
+      (probe @ ref_coef.T + ref_intercept).argmax(axis=1),
+  )
 
 
 def test_iteration_limit_leaves_classes_unconverged():
   features, labels, _ = make_problem("large_c")
-  fit = svm_solver.solve(features, labels, np.unique(labels), 10.0,
-                         settings=svm_solver.SolverSettings(max_iter=1))
+  fit = svm_solver.solve(
+      features, labels, np.unique(labels), 10.0, settings=svm_solver.SolverSettings(max_iter=1)
+  )
   assert (fit.iterations <= 1).all()
   assert not fit.converged.all()
   assert (fit.relative_gradient_norm[~fit.converged] > 1e-5).all()
@@ -105,10 +108,13 @@ def test_classifier_matches_linearsvc_and_gives_absent_classes_no_score():
   rng = np.random.default_rng(3)
   labels = rng.integers(0, 4, 500)  # Class 4 of 5 has no training clips.
   # Raw (unstandardised) features with offsets and scales of their own.
-  features = ((rng.standard_normal((500, 10)) + labels[:, None] * 0.4) * rng.uniform(0.1, 5, 10)
-              + rng.uniform(-3, 3, 10)).astype(np.float32)
-  liblinear = linear_eval.SvmSettings(solver=linear_eval.SOLVER_LIBLINEAR, dual=False, tol=1e-8,
-                                      max_iter=100_000)
+  features = (
+      (rng.standard_normal((500, 10)) + labels[:, None] * 0.4) * rng.uniform(0.1, 5, 10)
+      + rng.uniform(-3, 3, 10)
+  ).astype(np.float32)
+  liblinear = linear_eval.SvmSettings(
+      solver=linear_eval.SOLVER_LIBLINEAR, dual=False, tol=1e-8, max_iter=100_000
+  )
   reference = linear_eval.fit_classifier(features, labels, 5, 0.01, liblinear)
   ours = linear_eval.fit_classifier(features, labels, 5, 0.01)
 
@@ -116,8 +122,10 @@ def test_classifier_matches_linearsvc_and_gives_absent_classes_no_score():
   np.testing.assert_allclose(ours.mean, reference.mean, rtol=1e-6)
   np.testing.assert_allclose(ours.scale, reference.scale, rtol=1e-6)
   np.testing.assert_allclose(ours.coef, reference.coef, atol=1e-3 * np.abs(reference.coef).max())
-  np.testing.assert_array_equal(ours.decision_function(features).argmax(axis=1),
-                                reference.decision_function(features).argmax(axis=1))
+  np.testing.assert_array_equal(
+      ours.decision_function(features).argmax(axis=1),
+      reference.decision_function(features).argmax(axis=1),
+  )
   convergence = ours.convergence()
   assert convergence["iterations"][4] is None and convergence["iterations"][0] >= 1
   assert all(g <= 1e-5 for g in convergence["relative_gradient_norm"][:4])
@@ -130,8 +138,10 @@ def test_sweep_fits_each_c_as_a_separate_fit_would():
   assert [c.svm_c for c in swept] == [0.1, 0.001, 0.01]
   for classifier in swept:
     alone = linear_eval.fit_classifier(features[rows], labels[rows], 6, classifier.svm_c)
-    np.testing.assert_array_equal(classifier.decision_function(features).argmax(axis=1),
-                                  alone.decision_function(features).argmax(axis=1))
+    np.testing.assert_array_equal(
+        classifier.decision_function(features).argmax(axis=1),
+        alone.decision_function(features).argmax(axis=1),
+    )
     np.testing.assert_allclose(classifier.coef, alone.coef, atol=1e-3 * np.abs(alone.coef).max())
 
 

@@ -18,7 +18,8 @@ def test_layout_matches_the_real_archives(tiny_dataset):
   with zipfile.ZipFile(tiny_dataset.splits_zip) as archive:
     assert sorted(archive.namelist()) == sorted(
         ["ucfTrainTestlist/classInd.txt"]
-        + [f"ucfTrainTestlist/{r}list0{s}.txt" for r in ("train", "test") for s in (1, 2, 3)])
+        + [f"ucfTrainTestlist/{r}list0{s}.txt" for r in ("train", "test") for s in (1, 2, 3)]
+    )
     class_ind = archive.read("ucfTrainTestlist/classInd.txt").decode()
   assert class_ind.startswith("1 HandstandPushups\r\n2 Synth")
   lists = ucf101.load_split_lists(tiny_dataset.splits_zip)
@@ -33,8 +34,10 @@ def test_videos_have_the_requested_size(tiny_dataset):
   assert len(frames) == 25  # 1 s at the protocol's 25 fps.
   # SOF0 segment: precision, height, width.
   sof = frames[0].index(b"\xff\xc0")
-  assert (int.from_bytes(frames[0][sof + 5:sof + 7], "big"),
-          int.from_bytes(frames[0][sof + 7:sof + 9], "big")) == (48, 64)
+  assert (
+      int.from_bytes(frames[0][sof + 5 : sof + 7], "big"),
+      int.from_bytes(frames[0][sof + 7 : sof + 9], "big"),
+  ) == (48, 64)
 
 
 def _mean_velocity(frames: np.ndarray) -> np.ndarray:
@@ -55,10 +58,16 @@ def _mean_velocity(frames: np.ndarray) -> np.ndarray:
 def test_classes_differ_in_motion_not_in_per_video_randomness():
   num_classes, rng = 4, np.random.default_rng(1)
   velocities = {
-      label: [_mean_velocity(synthetic.render_frames(
-          label, num_classes, rng, width=64, height=48, num_frames=8, fps=10.0))
-              for _ in range(3)]
-      for label in range(num_classes)}
+      label: [
+          _mean_velocity(
+              synthetic.render_frames(
+                  label, num_classes, rng, width=64, height=48, num_frames=8, fps=10.0
+              )
+          )
+          for _ in range(3)
+      ]
+      for label in range(num_classes)
+  }
   centroids = {label: np.mean(v, axis=0) for label, v in velocities.items()}
   for label, samples in velocities.items():
     for velocity in samples:

@@ -72,8 +72,9 @@ def test_select_videos_round_robin_over_classes():
 def test_a_video_listed_under_two_classes_is_an_error_naming_both_lines():
   video = next(v for v in VIDEOS if v.label_name.startswith("Synth") and v.role(1) == ucf101.TRAIN)
   other = next(n for n in NAMES if n != video.label_name)
-  twin = dataclasses.replace(video, label=NAMES.index(other), label_name=other,
-                             list_entry=f"{other}/{video.video_id}.avi")
+  twin = dataclasses.replace(
+      video, label=NAMES.index(other), label_name=other, list_entry=f"{other}/{video.video_id}.avi"
+  )
   data = synthetic.splits_zip_bytes(NAMES, [*VIDEOS, twin])
   lines = _list_text(data).decode().splitlines()
   line_of_video = 1 + next(i for i, line in enumerate(lines) if line.startswith(video.list_entry))

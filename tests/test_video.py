@@ -17,8 +17,7 @@ from mmv_core import video
 
 
 def _random_frames(num: int, height: int, width: int, seed: int = 0) -> np.ndarray:
-  return np.random.default_rng(seed).integers(
-      0, 256, (num, height, width, 3), dtype=np.uint8)
+  return np.random.default_rng(seed).integers(0, 256, (num, height, width, 3), dtype=np.uint8)
 
 
 def _encode_jpegs(frames: np.ndarray) -> list[bytes]:
@@ -72,13 +71,16 @@ def _crop_or_pad_reference(frames: np.ndarray, crop: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize('num_video_frames', [1, 5, 63, 64, 65, 100, 175, 333, 500])
-@pytest.mark.parametrize('num_frames,stride,num_windows',
-                         [(32, 2, 10), (32, 1, 10), (8, 3, 7), (16, 2, 1), (4, 1, 2)])
-def test_test_window_offsets_match_tf_linspace_and_cast(num_video_frames, num_frames,
-                                                        stride, num_windows):
+@pytest.mark.parametrize(
+    'num_frames,stride,num_windows', [(32, 2, 10), (32, 1, 10), (8, 3, 7), (16, 2, 1), (4, 1, 2)]
+)
+def test_test_window_offsets_match_tf_linspace_and_cast(
+    num_video_frames, num_frames, stride, num_windows
+):
   max_offset = max(0, num_video_frames - num_frames * stride)
   offsets = tf.cast(
-      tf.linspace(0.0, tf.cast(max_offset, tf.float32), num_windows), tf.int32).numpy()
+      tf.linspace(0.0, tf.cast(max_offset, tf.float32), num_windows), tf.int32
+  ).numpy()
   expected = (offsets[:, None] + np.arange(num_frames) * stride) % num_video_frames
 
   indices = video.test_window_indices(num_video_frames, num_frames, stride, num_windows)
@@ -120,12 +122,15 @@ def test_single_frame_video_repeats_its_frame():
   np.testing.assert_array_equal(video.train_clip_indices(1, 32, 2, rng), np.zeros(32))
 
 
-@pytest.mark.parametrize('num_video_frames,num_offsets', [
-    (100, 100 - 31 * 2),  # Long enough: offsets keep the clip inside the video.
-    (63, 1),  # L == (T-1)*s + 1: a single clip fits.
-    (62, 62),  # L == (T-1)*s: does not fit, so any start, and the clip loops.
-    (20, 20),  # Short video.
-])
+@pytest.mark.parametrize(
+    'num_video_frames,num_offsets',
+    [
+        (100, 100 - 31 * 2),  # Long enough: offsets keep the clip inside the video.
+        (63, 1),  # L == (T-1)*s + 1: a single clip fits.
+        (62, 62),  # L == (T-1)*s: does not fit, so any start, and the clip loops.
+        (20, 20),  # Short video.
+    ],
+)
 def test_train_offsets_cover_exactly_the_spec_range(num_video_frames, num_offsets):
   rng = np.random.default_rng(1)
   starts = set()
@@ -137,9 +142,16 @@ def test_train_offsets_cover_exactly_the_spec_range(num_video_frames, num_offset
   assert starts == set(range(num_offsets))
 
 
-@pytest.mark.parametrize('kwargs', [
-    dict(num_video_frames=0), dict(num_video_frames=-3), dict(num_frames=0),
-    dict(stride=0), dict(num_windows=0)])
+@pytest.mark.parametrize(
+    'kwargs',
+    [
+        dict(num_video_frames=0),
+        dict(num_video_frames=-3),
+        dict(num_frames=0),
+        dict(stride=0),
+        dict(num_windows=0),
+    ],
+)
 def test_sampling_rejects_non_positive_sizes(kwargs):
   args = dict(num_video_frames=10, num_frames=4, stride=1, num_windows=2) | kwargs
   with pytest.raises(ValueError, match=next(iter(kwargs))):
@@ -163,9 +175,14 @@ def test_video_seed_is_stable_and_distinguishes_videos_and_seeds():
 def test_video_seed_is_the_same_in_another_python_process():
   # Another process with another string-hash seed must derive the same seed.
   code = 'from mmv_core import video; print(video.video_seed("v_Biking_g01_c03", 7))'
-  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                          check=True, cwd=pathlib.Path(__file__).parents[1],
-                          env=dict(os.environ, PYTHONHASHSEED='12345'))
+  result = subprocess.run(
+      [sys.executable, '-c', code],
+      capture_output=True,
+      text=True,
+      check=True,
+      cwd=pathlib.Path(__file__).parents[1],
+      env=dict(os.environ, PYTHONHASHSEED='12345'),
+  )
   assert int(result.stdout.split()[-1]) == video.video_seed('v_Biking_g01_c03', 7)
 
 
@@ -185,9 +202,17 @@ def test_decode_matches_tf_decoder_and_selects_frames():
   np.testing.assert_array_equal(some_frames, expected[[3, 0, 3]])
 
 
-@pytest.mark.parametrize('height,width,quality,subsampling,mode', [
-    (240, 320, 90, 0, 'RGB'), (240, 320, 75, 2, 'RGB'), (101, 77, 50, 1, 'RGB'),
-    (13, 17, 30, 2, 'RGB'), (256, 340, 95, 2, 'L'), (720, 1280, 85, 2, 'RGB')])
+@pytest.mark.parametrize(
+    'height,width,quality,subsampling,mode',
+    [
+        (240, 320, 90, 0, 'RGB'),
+        (240, 320, 75, 2, 'RGB'),
+        (101, 77, 50, 1, 'RGB'),
+        (13, 17, 30, 2, 'RGB'),
+        (256, 340, 95, 2, 'L'),
+        (720, 1280, 85, 2, 'RGB'),
+    ],
+)
 def test_decode_equals_tf_decoder_across_encodings(height, width, quality, subsampling, mode):
   # Smooth content, as in video frames, where decoders' choices (DCT, chroma
   # upsampling) show; TensorFlow's are the integer fast DCT and fancy
@@ -196,8 +221,9 @@ def test_decode_equals_tf_decoder_across_encodings(height, width, quality, subsa
   cols = np.linspace(0, 255, width)[None, :, None]
   frame = ((rows + cols * np.array([1, -1, 0.5])) % 256).astype(np.uint8)
   buffer = io.BytesIO()
-  Image.fromarray(frame).convert(mode).save(buffer, 'JPEG', quality=quality,
-                                            subsampling=subsampling)
+  Image.fromarray(frame).convert(mode).save(
+      buffer, 'JPEG', quality=quality, subsampling=subsampling
+  )
 
   decoded = video.decode_jpeg_frames([buffer.getvalue()])
 
@@ -214,8 +240,16 @@ def test_frames_too_large_to_decode_are_refused_before_decoding(monkeypatch):
   with pytest.raises(ValueError, match=r'4 frames of 40x30 would take .* GiB decoded, more than'):
     video.decode_jpeg_frames(jpegs)
   with pytest.raises(ValueError, match='more than'):
-    video.clips_from_jpegs(jpegs, num_train_clips=0, num_test_windows=2, num_frames=2, stride=1,
-                           min_resize=30, crop_size=30, seed=0)
+    video.clips_from_jpegs(
+        jpegs,
+        num_train_clips=0,
+        num_test_windows=2,
+        num_frames=2,
+        stride=1,
+        min_resize=30,
+        crop_size=30,
+        seed=0,
+    )
 
 
 def test_decode_skips_frames_not_asked_for():
@@ -246,20 +280,25 @@ def test_decode_rejects_bad_indices_and_mixed_sizes():
 # Resizing.
 
 
-@pytest.mark.parametrize('height,width,min_resize,expected', [
-    (240, 320, 224, (224, 298)),  # 320*224//240 = 298.67 -> 298.
-    (320, 240, 224, (298, 224)),
-    (240, 240, 224, (224, 224)),
-    (30, 40, 16, (16, 21)),
-    (100, 1000, 224, (224, 2240)),  # The formula only grows the long side.
-    (240, 320, 240, (240, 320)),
-])
+@pytest.mark.parametrize(
+    'height,width,min_resize,expected',
+    [
+        (240, 320, 224, (224, 298)),  # 320*224//240 = 298.67 -> 298.
+        (320, 240, 224, (298, 224)),
+        (240, 240, 224, (224, 224)),
+        (30, 40, 16, (16, 21)),
+        (100, 1000, 224, (224, 2240)),  # The formula only grows the long side.
+        (240, 320, 240, (240, 320)),
+    ],
+)
 def test_resized_size_follows_integer_formula(height, width, min_resize, expected):
   assert video.resized_size(height, width, min_resize) == expected
 
 
-@pytest.mark.parametrize('height,width,min_resize', [
-    (30, 40, 16), (40, 30, 16), (30, 40, 45), (17, 23, 9), (9, 9, 20), (240, 320, 224)])
+@pytest.mark.parametrize(
+    'height,width,min_resize',
+    [(30, 40, 16), (40, 30, 16), (30, 40, 45), (17, 23, 9), (9, 9, 20), (240, 320, 224)],
+)
 def test_resize_is_tf_bilinear_half_pixel_truncated(height, width, min_resize):
   frames = _random_frames(3, height, width, seed=height * width)
   out_h, out_w = video.resized_size(height, width, min_resize)
@@ -281,8 +320,9 @@ def test_resize_equals_tf_for_every_width_and_target():
     frames = rng.integers(0, 256, (1, 2, width, 3), dtype=np.uint8)
     for out_w in (1, 7, 112, 149, 224, 298, 299, 341):
       expected = tf.cast(tf.image.resize(frames, (2, out_w)), tf.uint8).numpy()
-      np.testing.assert_array_equal(video._resize_to(frames, (2, out_w)), expected,
-                                    err_msg=f'{width} -> {out_w}')
+      np.testing.assert_array_equal(
+          video._resize_to(frames, (2, out_w)), expected, err_msg=f'{width} -> {out_w}'
+      )
 
 
 def test_resize_truncates_rather_than_rounds():
@@ -313,8 +353,10 @@ def test_resize_rejects_non_uint8_rgb():
 # Cropping, flipping, scaling.
 
 
-@pytest.mark.parametrize('height,width,crop', [
-    (16, 21, 16), (17, 23, 10), (16, 16, 16), (7, 9, 12), (5, 20, 10), (20, 5, 11)])
+@pytest.mark.parametrize(
+    'height,width,crop',
+    [(16, 21, 16), (17, 23, 10), (16, 16, 16), (7, 9, 12), (5, 20, 10), (20, 5, 11)],
+)
 def test_central_crop_matches_tf_crop_or_pad(height, width, crop):
   frames = _random_frames(2, height, width)
 
@@ -339,7 +381,7 @@ def test_random_crop_is_uniform_and_the_same_for_all_frames():
     assert crop.shape == (2, 4, 4, 1)
     np.testing.assert_array_equal(crop[1], crop[0] + 100)
     top, left = divmod(int(crop[0, 0, 0, 0]), 10)
-    np.testing.assert_array_equal(crop[0], frame[top:top + 4, left:left + 4])
+    np.testing.assert_array_equal(crop[0], frame[top : top + 4, left : left + 4])
     corners.add((top, left))
   assert corners == {(t, l) for t in range(3) for l in range(5)}
 
@@ -366,7 +408,7 @@ def test_to_float_divides_by_255_in_float32():
   frames = np.array([0, 1, 128, 255], np.uint8).reshape(1, 1, 4, 1)
   scaled = video.to_float(frames)
   assert scaled.dtype == np.float32
-  np.testing.assert_array_equal(scaled, (tf.cast(frames, tf.float32) / 255.).numpy())
+  np.testing.assert_array_equal(scaled, (tf.cast(frames, tf.float32) / 255.0).numpy())
   assert scaled.max() == 1.0
 
 
@@ -402,8 +444,9 @@ def test_test_clips_follow_the_protocol_end_to_end():
 
 def test_test_clips_of_a_short_video_loop():
   frames = _random_frames(5, 30, 40)
-  clips = video.test_clips(frames, num_windows=2, num_frames=8, stride=2,
-                           min_resize=16, crop_size=16)
+  clips = video.test_clips(
+      frames, num_windows=2, num_frames=8, stride=2, min_resize=16, crop_size=16
+  )
   # Frames 0, 2, 4, 1, 3, 0, ...: position 5 shows frame 0 again.
   np.testing.assert_array_equal(clips[:, 5], clips[:, 0])
   np.testing.assert_array_equal(clips[0], clips[1])
@@ -415,8 +458,9 @@ def test_test_clips_from_jpegs_decode_only_the_needed_frames():
   # stride 2 from offset 0 with 1 window: odd frames are never used.
   for odd in range(1, 30, 2):
     jpegs[odd] = b'corrupt'
-  clips = video.test_clips_from_jpegs(jpegs, num_windows=1, num_frames=8, stride=2,
-                                      min_resize=16, crop_size=16)
+  clips = video.test_clips_from_jpegs(
+      jpegs, num_windows=1, num_frames=8, stride=2, min_resize=16, crop_size=16
+  )
   assert clips.shape == (1, 8, 16, 16, 3)
 
 
@@ -440,7 +484,8 @@ def test_train_clips_from_jpegs_equal_train_clips_of_decoded_frames():
 
   np.testing.assert_array_equal(
       video.train_clips_from_jpegs(jpegs, **_TRAIN_KWARGS, seed=5),
-      video.train_clips(decoded, **_TRAIN_KWARGS, seed=5))
+      video.train_clips(decoded, **_TRAIN_KWARGS, seed=5),
+  )
 
 
 def test_train_clips_are_strided_clips_flipped_about_half_the_time():
@@ -449,18 +494,23 @@ def test_train_clips_are_strided_clips_flipped_about_half_the_time():
   # At 16x21 with min_resize 16 there is no resize.
   num_video_frames, height, width, crop, stride = 20, 16, 21, 16, 3
   columns = np.arange(width)
-  frames = np.stack([
-      np.broadcast_to((f * 10 + columns)[None, :, None], (height, width, 3))
-      for f in range(num_video_frames)]).astype(np.uint8)
+  frames = np.stack(
+      [
+          np.broadcast_to((f * 10 + columns)[None, :, None], (height, width, 3))
+          for f in range(num_video_frames)
+      ]
+  ).astype(np.uint8)
   num_flipped = 0
   for seed in range(50):
-    clips = video.train_clips(frames, num_clips=4, num_frames=5, stride=stride,
-                              min_resize=16, crop_size=crop, seed=seed)
+    clips = video.train_clips(
+        frames, num_clips=4, num_frames=5, stride=stride, min_resize=16, crop_size=crop, seed=seed
+    )
     for clip in np.rint(clips * 255).astype(np.int64):
       rows = clip[:, 0, :, 0]  # [T, crop]
       frame_ids = rows.min(axis=1) // 10
       np.testing.assert_array_equal(
-          frame_ids, (frame_ids[0] + stride * np.arange(5)) % num_video_frames)
+          frame_ids, (frame_ids[0] + stride * np.arange(5)) % num_video_frames
+      )
       within_frame = rows - frame_ids[:, None] * 10
       np.testing.assert_array_equal(within_frame, np.broadcast_to(within_frame[0], rows.shape))
       np.testing.assert_array_equal(clip, np.broadcast_to(clip[:, :1, :, :1], clip.shape))
@@ -480,9 +530,16 @@ def test_exact_train_clips_flip_before_resizing():
   assert not np.array_equal(flipped_then_resized, resized[:, :, ::-1])
   seen_flipped = seen_unflipped = False
   for seed in range(20):
-    clips = video.train_clips(frame, num_clips=1, num_frames=2, stride=1,
-                              min_resize=12, crop_size=12, seed=seed,
-                              exact_train_clips=True)
+    clips = video.train_clips(
+        frame,
+        num_clips=1,
+        num_frames=2,
+        stride=1,
+        min_resize=12,
+        crop_size=12,
+        seed=seed,
+        exact_train_clips=True,
+    )
     pixels = np.rint(clips[0, 0] * 255).astype(np.uint8)
     if np.array_equal(pixels, flipped_then_resized[0]):
       seen_flipped = True
@@ -492,8 +549,9 @@ def test_exact_train_clips_flip_before_resizing():
   assert seen_flipped and seen_unflipped
 
 
-def _reference_train_clips(frames, num_clips, num_frames, stride, min_resize, crop, seed,
-                           flip_after_resize=False):
+def _reference_train_clips(
+    frames, num_clips, num_frames, stride, min_resize, crop, seed, flip_after_resize=False
+):
   """Protocol order on every clip separately, with the draws of the seed.
 
   All clip offsets are drawn first, then per clip the flip and the crop
@@ -517,20 +575,22 @@ def _reference_train_clips(frames, num_clips, num_frames, stride, min_resize, cr
       clip = clip[:, :, ::-1]
     top = rng.integers(0, size[0] - crop + 1)
     left = rng.integers(0, size[1] - crop + 1)
-    clips.append(clip[:, top:top + crop, left:left + crop])
+    clips.append(clip[:, top : top + crop, left : left + crop])
     draws.append((flipped, top, left))
   return np.stack(clips), draws
 
 
 def _synthetic_video_jpegs(num_frames: int) -> list[bytes]:
   """A small video of the project's generator through the protocol's ffmpeg re-encoding."""
-  frames = synthetic.render_frames(0, 3, np.random.default_rng(0), width=64, height=48,
-                                   num_frames=num_frames, fps=25.0)
+  frames = synthetic.render_frames(
+      0, 3, np.random.default_rng(0), width=64, height=48, num_frames=num_frames, fps=25.0
+  )
   return encode.encode_jpeg_frames(synthetic.encode_avi(frames, 25.0), name='v.avi')
 
 
-_CLIPS_KWARGS = dict(num_train_clips=8, num_test_windows=5, num_frames=8, stride=2,
-                     min_resize=36, crop_size=32)
+_CLIPS_KWARGS = dict(
+    num_train_clips=8, num_test_windows=5, num_frames=8, stride=2, min_resize=36, crop_size=32
+)
 
 
 def test_clips_from_jpegs_equal_the_protocol_on_a_reencoded_video():
@@ -539,12 +599,14 @@ def test_clips_from_jpegs_equal_the_protocol_on_a_reencoded_video():
   args = [_CLIPS_KWARGS[k] for k in ('num_frames', 'stride', 'min_resize', 'crop_size')]
   reference_test = _reference_test_clips(decoded, _CLIPS_KWARGS['num_test_windows'], *args)
   reference_train, draws = _reference_train_clips(
-      decoded, _CLIPS_KWARGS['num_train_clips'], *args, seed=4)
+      decoded, _CLIPS_KWARGS['num_train_clips'], *args, seed=4
+  )
   assert {flipped for flipped, _, _ in draws} == {False, True}
 
   _, fast_test = video.clips_from_jpegs(jpegs, **_CLIPS_KWARGS, seed=4)
-  exact_train, exact_test = video.clips_from_jpegs(jpegs, **_CLIPS_KWARGS, seed=4,
-                                                   exact_train_clips=True)
+  exact_train, exact_test = video.clips_from_jpegs(
+      jpegs, **_CLIPS_KWARGS, seed=4, exact_train_clips=True
+  )
 
   for test in (fast_test, exact_test):
     assert test.dtype == np.uint8 and test.shape == (5, 8, 32, 32, 3)
@@ -560,27 +622,45 @@ def test_exact_train_clips_equal_the_protocol_from_arrays_and_jpegs():
   reference, draws = _reference_train_clips(decoded, 6, 6, 2, 16, 14, seed=9)
   assert {flipped for flipped, _, _ in draws} == {False, True}
 
-  from_jpegs = video.train_clips_from_jpegs(jpegs, num_clips=6, num_frames=6, stride=2,
-                                            min_resize=16, crop_size=14, seed=9,
-                                            exact_train_clips=True)
-  from_arrays = video.train_clips(decoded, num_clips=6, num_frames=6, stride=2,
-                                  min_resize=16, crop_size=14, seed=9,
-                                  exact_train_clips=True)
+  from_jpegs = video.train_clips_from_jpegs(
+      jpegs,
+      num_clips=6,
+      num_frames=6,
+      stride=2,
+      min_resize=16,
+      crop_size=14,
+      seed=9,
+      exact_train_clips=True,
+  )
+  from_arrays = video.train_clips(
+      decoded,
+      num_clips=6,
+      num_frames=6,
+      stride=2,
+      min_resize=16,
+      crop_size=14,
+      seed=9,
+      exact_train_clips=True,
+  )
 
   np.testing.assert_array_equal(from_jpegs, video.to_float(reference))
   np.testing.assert_array_equal(from_arrays, video.to_float(reference))
 
 
-@pytest.mark.parametrize('height,width,min_resize,crop', [
-    (30, 40, 16, 14), (17, 23, 9, 9), (48, 64, 56, 50), (240, 320, 224, 224)])
-def test_fast_train_clips_mirror_resized_frames_with_the_same_draws(height, width,
-                                                                     min_resize, crop):
+@pytest.mark.parametrize(
+    'height,width,min_resize,crop',
+    [(30, 40, 16, 14), (17, 23, 9, 9), (48, 64, 56, 50), (240, 320, 224, 224)],
+)
+def test_fast_train_clips_mirror_resized_frames_with_the_same_draws(
+    height, width, min_resize, crop
+):
   # Random pixels make the resize's rounding show as often as it can.
   frames = _random_frames(12, height, width, seed=height)
   kwargs = dict(num_frames=4, stride=2, min_resize=min_resize, crop_size=crop)
   exact, draws = _reference_train_clips(frames, 6, *kwargs.values(), seed=3)
-  mirrored_after, _ = _reference_train_clips(frames, 6, *kwargs.values(), seed=3,
-                                             flip_after_resize=True)
+  mirrored_after, _ = _reference_train_clips(
+      frames, 6, *kwargs.values(), seed=3, flip_after_resize=True
+  )
   flipped = np.array([flip for flip, _, _ in draws])
   assert flipped.any() and not flipped.all()
 

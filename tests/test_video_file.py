@@ -28,12 +28,25 @@ LOCALHOST = "127.0.0.1"
 def ingested(tiny_dataset, tmp_path_factory):
   """(source AVI path, frames the ingestion and embedding path decode) of one video."""
   work_dir = str(tmp_path_factory.mktemp("work"))
-  ingest.main(["--video_zip", tiny_dataset.video_zip, "--splits_zip", tiny_dataset.splits_zip,
-               "--work_dir", work_dir, "--max_videos=1", "--no_count_check"])
+  ingest.main(
+      [
+          "--video_zip",
+          tiny_dataset.video_zip,
+          "--splits_zip",
+          tiny_dataset.splits_zip,
+          "--work_dir",
+          work_dir,
+          "--max_videos=1",
+          "--no_count_check",
+      ]
+  )
   [(video_id, entry)] = video_cache.read_index(work_dir).items()
   [cached] = video_cache.read_shard(entry.shard, [video_id])
-  [(member, avi)] = [(name, data) for name, data in zip_members(tiny_dataset.video_zip).items()
-                     if name.endswith(f"/{video_id}.avi")]
+  [(member, avi)] = [
+      (name, data)
+      for name, data in zip_members(tiny_dataset.video_zip).items()
+      if name.endswith(f"/{video_id}.avi")
+  ]
   path = tmp_path_factory.mktemp("videos") / member.rsplit("/", 1)[-1]
   path.write_bytes(avi)
   return path, video.decode_jpeg_frames(cached.frames)
@@ -90,19 +103,29 @@ def _write_self_signed_certificate(directory):
   name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, LOCALHOST)])
   now = datetime.datetime.now(datetime.timezone.utc)
   certificate = (
-      x509.CertificateBuilder().subject_name(name).issuer_name(name)
-      .public_key(key.public_key()).serial_number(x509.random_serial_number())
+      x509.CertificateBuilder()
+      .subject_name(name)
+      .issuer_name(name)
+      .public_key(key.public_key())
+      .serial_number(x509.random_serial_number())
       .not_valid_before(now - datetime.timedelta(minutes=5))
       .not_valid_after(now + datetime.timedelta(days=1))
-      .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(LOCALHOST))]),
-                     critical=False)
+      .add_extension(
+          x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(LOCALHOST))]),
+          critical=False,
+      )
       .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-      .sign(key, hashes.SHA256()))
+      .sign(key, hashes.SHA256())
+  )
   cert_path, key_path = directory / "cert.pem", directory / "key.pem"
   cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-  key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                         serialization.PrivateFormat.PKCS8,
-                                         serialization.NoEncryption()))
+  key_path.write_bytes(
+      key.private_bytes(
+          serialization.Encoding.PEM,
+          serialization.PrivateFormat.PKCS8,
+          serialization.NoEncryption(),
+      )
+  )
   return cert_path, key_path
 
 
@@ -136,11 +159,14 @@ def test_url_errors_name_the_url_but_not_its_query(https_server):
   assert "SECRET" not in str(error.value)
 
 
-@pytest.mark.parametrize("content, problem", [
-    (None, "No such file"),
-    (b"", "empty file"),
-    (b"just some text\n" * 100, "ffmpeg exited with"),
-])
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (None, "No such file"),
+        (b"", "empty file"),
+        (b"just some text\n" * 100, "ffmpeg exited with"),
+    ],
+)
 def test_local_errors_name_the_file_and_the_problem(tmp_path, content, problem):
   path = tmp_path / "video.avi"
   if content is not None:

@@ -29,20 +29,23 @@ def _archive(compression: int, *, comment: bytes = b"", force_zip64: bool = Fals
 
 
 class _CountingReader:
+
   def __init__(self, data: bytes):
     self.data = data
     self.calls = 0
 
   def __call__(self, start: int, length: int) -> bytes:
     self.calls += 1
-    return self.data[start:start + length]
+    return self.data[start : start + length]
 
 
 def _extract_all(data: bytes) -> dict[str, bytes]:
   reader = _CountingReader(data)
   index = zip_index.read_index(reader, len(data))
-  return {name: zip_index.extract(m, zip_index.read_member_data(reader, index, m))
-          for name, m in index.members.items()}
+  return {
+      name: zip_index.extract(m, zip_index.read_member_data(reader, index, m))
+      for name, m in index.members.items()
+  }
 
 
 @pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
@@ -57,7 +60,11 @@ def test_index_agrees_with_zipfile():
     for info in archive.infolist():
       member = index.members[info.filename]
       assert (member.crc32, member.compressed_size, member.file_size, member.header_offset) == (
-          info.CRC, info.compress_size, info.file_size, info.header_offset)
+          info.CRC,
+          info.compress_size,
+          info.file_size,
+          info.header_offset,
+      )
 
 
 def test_zip64_archive(monkeypatch):
@@ -95,11 +102,16 @@ def test_truncated_deflate_stream_is_reported():
   content = MEMBERS["UCF101/v_A_g01_c01.avi"]
   compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
   deflated = compressor.compress(content) + compressor.flush()
-  member = zip_index.ZipMember(name="x.avi", method=zip_index.DEFLATED,
-                               crc32=zlib.crc32(content), compressed_size=len(deflated),
-                               file_size=len(content), header_offset=0)
+  member = zip_index.ZipMember(
+      name="x.avi",
+      method=zip_index.DEFLATED,
+      crc32=zlib.crc32(content),
+      compressed_size=len(deflated),
+      file_size=len(content),
+      header_offset=0,
+  )
   with pytest.raises(zip_index.ZipFormatError, match="truncated"):
-    zip_index.extract(member, deflated[:len(deflated) // 2])
+    zip_index.extract(member, deflated[: len(deflated) // 2])
 
 
 def test_not_a_zip_names_the_source():
@@ -110,10 +122,17 @@ def test_not_a_zip_names_the_source():
 
 def test_inflating_stops_just_past_the_declared_size():
   bomb = deflate_zeros(64)  # 64 KiB that inflate to 64 MiB.
-  member = zip_index.ZipMember(name="x.avi", method=zip_index.DEFLATED, crc32=0,
-                               compressed_size=len(bomb), file_size=1000, header_offset=0)
-  with pytest.raises(zip_index.ZipFormatError,
-                     match="mirror.zip: x.avi: inflates to more than the 1000 bytes"):
+  member = zip_index.ZipMember(
+      name="x.avi",
+      method=zip_index.DEFLATED,
+      crc32=0,
+      compressed_size=len(bomb),
+      file_size=1000,
+      header_offset=0,
+  )
+  with pytest.raises(
+      zip_index.ZipFormatError, match="mirror.zip: x.avi: inflates to more than the 1000 bytes"
+  ):
     zip_index.extract(member, bomb, source="mirror.zip")
 
 
@@ -130,10 +149,13 @@ def test_members_over_the_size_limit_are_refused_before_any_read(monkeypatch):
 
 def test_malformed_entries_are_set_aside_with_their_reasons():
   names = sorted(MEMBERS)
-  data = zip_bytes([*MEMBERS.items(), (names[0], b"second copy"), ("UCF101/x_XX.avi", b"")],
-                   extra={names[1]: struct.pack("<HHQQ", 0x0001, 24, 1, 2)})
-  data = patch_central_entry(data, names[1], file_size=0xFFFFFFFF,
-                             compressed_size=0xFFFFFFFF, header_offset=0xFFFFFFFF)
+  data = zip_bytes(
+      [*MEMBERS.items(), (names[0], b"second copy"), ("UCF101/x_XX.avi", b"")],
+      extra={names[1]: struct.pack("<HHQQ", 0x0001, 24, 1, 2)},
+  )
+  data = patch_central_entry(
+      data, names[1], file_size=0xFFFFFFFF, compressed_size=0xFFFFFFFF, header_offset=0xFFFFFFFF
+  )
   data = patch_central_entry(data, "UCF101/x_XX.avi", flags=0x800).replace(b"x_XX", b"x_\xff\xfe")
 
   index = zip_index.read_index(_CountingReader(data), len(data), source="mirror.zip")

@@ -25,16 +25,23 @@ class _Bottleneck(hk.Module):
   stride sits on the 3x3 `conv_1` and on the projection.
   """
 
-  def __init__(self, channels: int, stride: int, use_projection: bool,
-               normalize_fn: normalization.NormalizeFn, name: str):
+  def __init__(
+      self,
+      channels: int,
+      stride: int,
+      use_projection: bool,
+      normalize_fn: normalization.NormalizeFn,
+      name: str,
+  ):
     super().__init__(name=name)
     self._projection = (
-        hk.Conv2D(channels, 1, stride=stride, with_bias=False, padding="SAME",
-                  name="shortcut_conv") if use_projection else None)
+        hk.Conv2D(channels, 1, stride=stride, with_bias=False, padding="SAME", name="shortcut_conv")
+        if use_projection
+        else None
+    )
     self._convs = [
         hk.Conv2D(channels // 4, 1, with_bias=False, padding="SAME", name="conv_0"),
-        hk.Conv2D(channels // 4, 3, stride=stride, with_bias=False, padding="SAME",
-                  name="conv_1"),
+        hk.Conv2D(channels // 4, 3, stride=stride, with_bias=False, padding="SAME", name="conv_1"),
         hk.Conv2D(channels, 1, with_bias=False, padding="SAME", name="conv_2"),
     ]
     self._normalize_fn = normalize_fn
@@ -53,8 +60,14 @@ class _Bottleneck(hk.Module):
 class _BlockGroup(hk.Module):
   """Bottlenecks of one width; the first strides and projects if widths differ."""
 
-  def __init__(self, channels: int, num_blocks: int, stride: int,
-               normalize_fn: normalization.NormalizeFn, name: str):
+  def __init__(
+      self,
+      channels: int,
+      num_blocks: int,
+      stride: int,
+      normalize_fn: normalization.NormalizeFn,
+      name: str,
+  ):
     super().__init__(name=name)
     self._channels = channels
     self._num_blocks = num_blocks
@@ -64,9 +77,13 @@ class _BlockGroup(hk.Module):
   def __call__(self, x: jax.Array, is_training: bool) -> jax.Array:
     for i in range(self._num_blocks):
       first = i == 0
-      x = _Bottleneck(self._channels, self._stride if first else 1,
-                      first and x.shape[-1] != self._channels, self._normalize_fn,
-                      name=f"block_{i}")(x, is_training)
+      x = _Bottleneck(
+          self._channels,
+          self._stride if first else 1,
+          first and x.shape[-1] != self._channels,
+          self._normalize_fn,
+          name=f"block_{i}",
+      )(x, is_training)
     return x
 
 
@@ -76,12 +93,15 @@ class AudioResNetV2(hk.Module):
   def __init__(self, normalize_fn: normalization.NormalizeFn, name: str = "res_net_v2"):
     super().__init__(name=name)
     self._normalize_fn = normalize_fn
-    self._initial_conv = hk.Conv2D(_STEM_CHANNELS, 7, stride=2, with_bias=False,
-                                   padding="SAME", name="initial_conv")
+    self._initial_conv = hk.Conv2D(
+        _STEM_CHANNELS, 7, stride=2, with_bias=False, padding="SAME", name="initial_conv"
+    )
     self._groups = [
         _BlockGroup(channels, blocks, stride, normalize_fn, name=f"block_group_{i}")
         for i, (channels, blocks, stride) in enumerate(
-            zip(_GROUP_CHANNELS, _GROUP_BLOCKS, _GROUP_STRIDES))]
+            zip(_GROUP_CHANNELS, _GROUP_BLOCKS, _GROUP_STRIDES)
+        )
+    ]
 
   def __call__(self, spectrograms: jax.Array, is_training: bool) -> jax.Array:
     """float32 [B, frames, bins, 1] -> float32 [B, 2048]."""

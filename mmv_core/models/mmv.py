@@ -68,8 +68,15 @@ def _check_backbone(backbone: str) -> None:
 class _EmbeddingHead(hk.Module):
   """Projection into a joint space: Linear, or Linear-BN-ReLU-Linear; opt. BN after."""
 
-  def __init__(self, dim: int, normalize_fn: normalization.NormalizeFn, name: str, *,
-               hidden_dim: int | None = None, bn_after: bool = False):
+  def __init__(
+      self,
+      dim: int,
+      normalize_fn: normalization.NormalizeFn,
+      name: str,
+      *,
+      hidden_dim: int | None = None,
+      bn_after: bool = False,
+  ):
     super().__init__(name=name)
     self._dim = dim
     self._hidden_dim = hidden_dim
@@ -143,8 +150,9 @@ class MMVModel(hk.Module):
     # `~_get_pair_embedding_heads/`, where the checkpoints store them.
     norm = self._normalize_fn
     return {
-        "vid2audio": _EmbeddingHead(VIDEO_AUDIO_DIM, norm, "vid2audio_embd",
-                                    hidden_dim=_HEAD_HIDDEN_DIM, bn_after=True),
+        "vid2audio": _EmbeddingHead(
+            VIDEO_AUDIO_DIM, norm, "vid2audio_embd", hidden_dim=_HEAD_HIDDEN_DIM, bn_after=True
+        ),
         "vid2txt": _EmbeddingHead(VIDEO_TEXT_DIM, norm, "vis_embd", bn_after=True),
         "audio2vid": _EmbeddingHead(VIDEO_AUDIO_DIM, norm, "audio_embd"),
         "audio2txt": _EmbeddingHead(AUDIO_TEXT_DIM, norm, "audio2txt_embd"),
@@ -152,8 +160,14 @@ class MMVModel(hk.Module):
         "txt2audio": _EmbeddingHead(AUDIO_TEXT_DIM, norm, "txt2audio_embd"),
     }
 
-  def __call__(self, clips: jax.Array | None = None, spectrograms: jax.Array | None = None,
-               word_ids: jax.Array | None = None, *, is_training: bool) -> dict[str, jax.Array]:
+  def __call__(
+      self,
+      clips: jax.Array | None = None,
+      spectrograms: jax.Array | None = None,
+      word_ids: jax.Array | None = None,
+      *,
+      is_training: bool,
+  ) -> dict[str, jax.Array]:
     """Embeds whichever modalities are given.
 
     Args:
@@ -197,29 +211,41 @@ class MMVModel(hk.Module):
     return outputs
 
 
-def _forward(clips=None, spectrograms=None, word_ids=None, *, backbone: str, is_training: bool,
-             bn_axis_name: str | None = None):
-  return MMVModel(backbone, bn_axis_name)(clips, spectrograms, word_ids,
-                                          is_training=is_training)
+def _forward(
+    clips=None,
+    spectrograms=None,
+    word_ids=None,
+    *,
+    backbone: str,
+    is_training: bool,
+    bn_axis_name: str | None = None,
+):
+  return MMVModel(backbone, bn_axis_name)(clips, spectrograms, word_ids, is_training=is_training)
 
 
 @functools.lru_cache(maxsize=None)
-def transformed(backbone: str, is_training: bool = False,
-                bn_axis_name: str | None = None) -> hk.TransformedWithState:
+def transformed(
+    backbone: str, is_training: bool = False, bn_axis_name: str | None = None
+) -> hk.TransformedWithState:
   """The haiku transform of `MMVModel(backbone)(clips, spectrograms, word_ids)`.
 
   For fine-tuning (`is_training=True`); evaluation users want the functions
   below. `apply(params, state, None, clips, spectrograms, word_ids)`.
   """
   _check_backbone(backbone)
-  return hk.transform_with_state(functools.partial(
-      _forward, backbone=backbone, is_training=is_training, bn_axis_name=bn_axis_name))
+  return hk.transform_with_state(
+      functools.partial(
+          _forward, backbone=backbone, is_training=is_training, bn_axis_name=bn_axis_name
+      )
+  )
 
 
 def _init_inputs() -> tuple[jax.Array, jax.Array, jax.Array]:
-  return (jnp.zeros(_INIT_CLIP_SHAPE, jnp.float32),
-          jnp.zeros(_INIT_SPECTROGRAM_SHAPE, jnp.float32),
-          jnp.zeros((1, _INIT_WORDS), jnp.int32))
+  return (
+      jnp.zeros(_INIT_CLIP_SHAPE, jnp.float32),
+      jnp.zeros(_INIT_SPECTROGRAM_SHAPE, jnp.float32),
+      jnp.zeros((1, _INIT_WORDS), jnp.int32),
+  )
 
 
 def init(backbone: str, rng: jax.Array) -> tuple[Params, State]:
@@ -249,8 +275,9 @@ def _apply(backbone: str, params: Params, state: State, **inputs) -> dict[str, j
   return outputs
 
 
-def video_embeddings(params: Params, state: State, clips: jax.Array, *,
-                     backbone: str) -> dict[str, jax.Array]:
+def video_embeddings(
+    params: Params, state: State, clips: jax.Array, *, backbone: str
+) -> dict[str, jax.Array]:
   """Evaluation-mode video features; pure, jit-able (backbone static).
 
   Args:
@@ -266,8 +293,9 @@ def video_embeddings(params: Params, state: State, clips: jax.Array, *,
   return _apply(backbone, params, state, clips=clips)
 
 
-def audio_embeddings(params: Params, state: State, spectrograms: jax.Array, *,
-                     backbone: str) -> dict[str, jax.Array]:
+def audio_embeddings(
+    params: Params, state: State, spectrograms: jax.Array, *, backbone: str
+) -> dict[str, jax.Array]:
   """Evaluation-mode audio features of float32 [B, 96, 40, 1] log-mel spectrograms.
 
   Returns {AUDIO_REPR: [B, 2048], AUDIO_VIDEO: [B, 512], AUDIO_TEXT: [B, 256]}.
@@ -275,8 +303,9 @@ def audio_embeddings(params: Params, state: State, spectrograms: jax.Array, *,
   return _apply(backbone, params, state, spectrograms=spectrograms)
 
 
-def text_embeddings(params: Params, state: State, word_ids: jax.Array, *,
-                    backbone: str) -> dict[str, jax.Array]:
+def text_embeddings(
+    params: Params, state: State, word_ids: jax.Array, *, backbone: str
+) -> dict[str, jax.Array]:
   """Evaluation-mode text features of int32 [B, N] word ids.
 
   Returns {TEXT_REPR: [B, 2048], TEXT_VIDEO: [B, 256], TEXT_AUDIO: [B, 512]}.
@@ -284,8 +313,9 @@ def text_embeddings(params: Params, state: State, word_ids: jax.Array, *,
   return _apply(backbone, params, state, word_ids=word_ids)
 
 
-def vid_repr_flops(backbone: str, num_frames: int = 32, size: int = 224,
-                   batch_size: int = 1) -> float:
+def vid_repr_flops(
+    backbone: str, num_frames: int = 32, size: int = 224, batch_size: int = 1
+) -> float:
   """XLA's cost-analysis FLOPs of `vid_repr` for a clip batch, compiled not run."""
   params, state = param_shapes(backbone)
   clips = jax.ShapeDtypeStruct((batch_size, num_frames, size, size, 3), jnp.float32)

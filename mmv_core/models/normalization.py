@@ -28,8 +28,7 @@ NormalizeFn = Callable[[jax.Array, bool], jax.Array]
 class _MovingAverage(hk.ExponentialMovingAverage):
   """`hk.ExponentialMovingAverage` whose state can be created without an update."""
 
-  def ensure_state(self, shape: tuple[int, ...], dtype: jnp.dtype,
-                   initial_average: float) -> None:
+  def ensure_state(self, shape: tuple[int, ...], dtype: jnp.dtype, initial_average: float) -> None:
     """Creates the state if missing: no updates seen, average `initial_average`.
 
     With zero-debiasing the first update overwrites `average` with the observed
@@ -39,8 +38,7 @@ class _MovingAverage(hk.ExponentialMovingAverage):
     """
     hk.get_state("counter", (), jnp.int32, init=jnp.zeros)
     hk.get_state("hidden", shape, dtype, init=jnp.zeros)
-    hk.get_state("average", shape, dtype,
-                 init=lambda s, d: jnp.full(s, initial_average, d))
+    hk.get_state("average", shape, dtype, init=lambda s, d: jnp.full(s, initial_average, d))
 
 
 class CrossReplicaBatchNorm(hk.Module):
@@ -89,6 +87,8 @@ class CrossReplicaBatchNorm(hk.Module):
 
 def make_normalize_fn(axis_name: str | None = None) -> NormalizeFn:
   """Returns `normalize(x, is_training)` adding a new BatchNorm layer per call."""
+
   def normalize(x: jax.Array, is_training: bool) -> jax.Array:
     return CrossReplicaBatchNorm(axis_name=axis_name)(x, is_training)
+
   return normalize

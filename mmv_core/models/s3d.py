@@ -49,8 +49,7 @@ def space_to_depth(video: jax.Array) -> jax.Array:
     raise ValueError(f"space_to_depth expects [B, T, H, W, C], got shape {video.shape}")
   b, t, h, w, c = video.shape
   if t % 2 or h % 2 or w % 2:
-    raise ValueError(
-        f"space_to_depth needs even T, H and W, got T={t}, H={h}, W={w}")
+    raise ValueError(f"space_to_depth needs even T, H and W, got T={t}, H={h}, W={w}")
   x = jnp.reshape(video, (b, t // 2, 2, h // 2, 2, w // 2, 2, c))
   x = jnp.transpose(x, (0, 1, 3, 5, 2, 4, 6, 7))
   return jnp.reshape(x, (b, t // 2, h // 2, w // 2, 8 * c))
@@ -67,8 +66,7 @@ def self_gating(x: jax.Array) -> jax.Array:
 
 
 def _max_pool(x: jax.Array, window: Triple, stride: Triple) -> jax.Array:
-  return hk.max_pool(x, window_shape=(1, *window, 1), strides=(1, *stride, 1),
-                     padding="SAME")
+  return hk.max_pool(x, window_shape=(1, *window, 1), strides=(1, *stride, 1), padding="SAME")
 
 
 class Unit3D(hk.Module):
@@ -89,18 +87,29 @@ class Unit3D(hk.Module):
     name: haiku module name.
   """
 
-  def __init__(self, channels: int, kernel: Triple, normalize_fn: normalization.NormalizeFn,
-               *, stride: Triple = (1, 1, 1), separable: bool = False,
-               gated: bool = False, name: str):
+  def __init__(
+      self,
+      channels: int,
+      kernel: Triple,
+      normalize_fn: normalization.NormalizeFn,
+      *,
+      stride: Triple = (1, 1, 1),
+      separable: bool = False,
+      gated: bool = False,
+      name: str,
+  ):
     super().__init__(name=name)
     if separable:
-      shapes = [((1, kernel[1], kernel[2]), (1, stride[1], stride[2])),
-                ((kernel[0], 1, 1), (stride[0], 1, 1))]
+      shapes = [
+          ((1, kernel[1], kernel[2]), (1, stride[1], stride[2])),
+          ((kernel[0], 1, 1), (stride[0], 1, 1)),
+      ]
     else:
       shapes = [(kernel, stride)]
     self._convs = [
         hk.Conv3D(channels, kernel_shape=k, stride=s, padding="SAME", with_bias=False)
-        for k, s in shapes]
+        for k, s in shapes
+    ]
     self._normalize_fn = normalize_fn
     self._gated = gated
 
@@ -113,8 +122,7 @@ class Unit3D(hk.Module):
 class _InceptionBlock(hk.Module):
   """S3D-G Inception block; the four branches concatenated on channels."""
 
-  def __init__(self, channels: tuple[int, ...], normalize_fn: normalization.NormalizeFn,
-               name: str):
+  def __init__(self, channels: tuple[int, ...], normalize_fn: normalization.NormalizeFn, name: str):
     super().__init__(name=name)
     self._channels = channels
     self._normalize_fn = normalize_fn
@@ -123,17 +131,21 @@ class _InceptionBlock(hk.Module):
     c0, c1, c2, c3, c4, c5 = self._channels
     norm = self._normalize_fn
     spatiotemporal = (TEMPORAL_KERNEL, 3, 3)
-    branch_0 = Unit3D(c0, (1, 1, 1), norm, gated=True,
-                      name="Branch_0_Conv2d_0a_1x1")(x, is_training)
+    branch_0 = Unit3D(c0, (1, 1, 1), norm, gated=True, name="Branch_0_Conv2d_0a_1x1")(
+        x, is_training
+    )
     branch_1 = Unit3D(c1, (1, 1, 1), norm, name="Branch_1_Conv2d_0a_1x1")(x, is_training)
-    branch_1 = Unit3D(c2, spatiotemporal, norm, separable=True, gated=True,
-                      name="Branch_1_Conv2d_0b_3x3")(branch_1, is_training)
+    branch_1 = Unit3D(
+        c2, spatiotemporal, norm, separable=True, gated=True, name="Branch_1_Conv2d_0b_3x3"
+    )(branch_1, is_training)
     branch_2 = Unit3D(c3, (1, 1, 1), norm, name="Branch_2_Conv2d_0a_1x1")(x, is_training)
-    branch_2 = Unit3D(c4, spatiotemporal, norm, separable=True, gated=True,
-                      name="Branch_2_Conv2d_0b_3x3")(branch_2, is_training)
+    branch_2 = Unit3D(
+        c4, spatiotemporal, norm, separable=True, gated=True, name="Branch_2_Conv2d_0b_3x3"
+    )(branch_2, is_training)
     branch_3 = _max_pool(x, (3, 3, 3), (1, 1, 1))
-    branch_3 = Unit3D(c5, (1, 1, 1), norm, gated=True,
-                      name="Branch_3_Conv2d_0b_1x1")(branch_3, is_training)
+    branch_3 = Unit3D(c5, (1, 1, 1), norm, gated=True, name="Branch_3_Conv2d_0b_1x1")(
+        branch_3, is_training
+    )
     return jnp.concatenate([branch_0, branch_1, branch_2, branch_3], axis=-1)
 
 
@@ -151,8 +163,9 @@ class S3D(hk.Module):
     x = Unit3D(64, (2, 4, 4), norm, name="Conv2d_1a_7x7")(x, is_training)
     x = _max_pool(x, (1, 3, 3), (1, 2, 2))
     x = Unit3D(64, (1, 1, 1), norm, name="Conv2d_2b_1x1")(x, is_training)
-    x = Unit3D(192, (TEMPORAL_KERNEL, 3, 3), norm, separable=True, gated=True,
-                name="Conv2d_2c_3x3")(x, is_training)
+    x = Unit3D(
+        192, (TEMPORAL_KERNEL, 3, 3), norm, separable=True, gated=True, name="Conv2d_2c_3x3"
+    )(x, is_training)
     x = _max_pool(x, (1, 3, 3), (1, 2, 2))
     for name in ("Mixed_3b", "Mixed_3c"):
       x = _InceptionBlock(_INCEPTION_CHANNELS[name], norm, name=name)(x, is_training)

@@ -43,16 +43,17 @@ def temporal_shift(x: jax.Array, num_frames: int, fraction: float = SHIFT_FRACTI
   """
   if x.shape[0] % num_frames:
     raise ValueError(
-        f"temporal_shift: leading dim {x.shape[0]} is not a multiple of num_frames={num_frames}")
+        f"temporal_shift: leading dim {x.shape[0]} is not a multiple of num_frames={num_frames}"
+    )
   channels = x.shape[-1]
   n = int(channels * fraction)
   if n == 0:
     return x
   videos = jnp.reshape(x, (-1, num_frames) + x.shape[1:])
   no_time_pad = [(0, 0)] * (videos.ndim - 2)
-  from_next = jnp.pad(videos[:, 1:, ..., channels - n:], [(0, 0), (0, 1)] + no_time_pad)
+  from_next = jnp.pad(videos[:, 1:, ..., channels - n :], [(0, 0), (0, 1)] + no_time_pad)
   from_previous = jnp.pad(videos[:, :-1, ..., :n], [(0, 0), (1, 0)] + no_time_pad)
-  shifted = jnp.concatenate([from_next, videos[..., n:channels - n], from_previous], axis=-1)
+  shifted = jnp.concatenate([from_next, videos[..., n : channels - n], from_previous], axis=-1)
   return jnp.reshape(shifted, x.shape)
 
 
@@ -64,8 +65,15 @@ class TSMBlock(hk.Module):
   The stride sits on `conv_1` (3x3) and on the projection.
   """
 
-  def __init__(self, channels: int, stride: int, use_projection: bool, num_frames: int,
-               normalize_fn: normalization.NormalizeFn, name: str):
+  def __init__(
+      self,
+      channels: int,
+      stride: int,
+      use_projection: bool,
+      num_frames: int,
+      normalize_fn: normalization.NormalizeFn,
+      name: str,
+  ):
     super().__init__(name=name)
     self._channels = channels
     self._stride = stride
@@ -78,27 +86,41 @@ class TSMBlock(hk.Module):
     bottleneck = self._channels // 4
     preact = jax.nn.relu(self._normalize_fn(x, is_training))
     if self._use_projection:
-      shortcut = hk.Conv2D(self._channels, 1, stride=self._stride, with_bias=False,
-                           padding="SAME", name="shortcut_conv")(preact)
+      shortcut = hk.Conv2D(
+          self._channels,
+          1,
+          stride=self._stride,
+          with_bias=False,
+          padding="SAME",
+          name="shortcut_conv",
+      )(preact)
     else:
       shortcut = x
     residual = temporal_shift(preact, self._num_frames)
-    residual = hk.Conv2D(bottleneck, 1, with_bias=False, padding="SAME",
-                         name="conv_0")(residual)
+    residual = hk.Conv2D(bottleneck, 1, with_bias=False, padding="SAME", name="conv_0")(residual)
     residual = jax.nn.relu(self._normalize_fn(residual, is_training))
-    residual = hk.Conv2D(bottleneck, 3, stride=self._stride, with_bias=False,
-                         padding="SAME", name="conv_1")(residual)
+    residual = hk.Conv2D(
+        bottleneck, 3, stride=self._stride, with_bias=False, padding="SAME", name="conv_1"
+    )(residual)
     residual = jax.nn.relu(self._normalize_fn(residual, is_training))
-    residual = hk.Conv2D(self._channels, 1, with_bias=False, padding="SAME",
-                         name="conv_2")(residual)
+    residual = hk.Conv2D(self._channels, 1, with_bias=False, padding="SAME", name="conv_2")(
+        residual
+    )
     return shortcut + residual
 
 
 class _Unit(hk.Module):
   """Blocks sharing an output width; the first one strides and projects."""
 
-  def __init__(self, channels: int, num_blocks: int, stride: int, num_frames: int,
-               normalize_fn: normalization.NormalizeFn, name: str):
+  def __init__(
+      self,
+      channels: int,
+      num_blocks: int,
+      stride: int,
+      num_frames: int,
+      normalize_fn: normalization.NormalizeFn,
+      name: str,
+  ):
     super().__init__(name=name)
     self._channels = channels
     self._num_blocks = num_blocks
@@ -108,16 +130,23 @@ class _Unit(hk.Module):
 
   def __call__(self, x: jax.Array, is_training: bool) -> jax.Array:
     for i in range(self._num_blocks):
-      x = TSMBlock(self._channels, self._stride if i == 0 else 1, i == 0, self._num_frames,
-                   self._normalize_fn, name=f"block_{i}")(x, is_training)
+      x = TSMBlock(
+          self._channels,
+          self._stride if i == 0 else 1,
+          i == 0,
+          self._num_frames,
+          self._normalize_fn,
+          name=f"block_{i}",
+      )(x, is_training)
     return x
 
 
 class TSMResNetV2(hk.Module):
   """TSM-ResNet-50 (V2), width 1 or 2, as in the released MMV checkpoints."""
 
-  def __init__(self, normalize_fn: normalization.NormalizeFn, width_mult: int = 1,
-               name: str = "TSMResNetV2"):
+  def __init__(
+      self, normalize_fn: normalization.NormalizeFn, width_mult: int = 1, name: str = "TSMResNetV2"
+  ):
     super().__init__(name=name)
     self._normalize_fn = normalize_fn
     self._width_mult = width_mult
@@ -126,13 +155,26 @@ class TSMResNetV2(hk.Module):
     """float32 [B, T, H, W, 3] in [0, 1] -> float32 [B, 2048 * width_mult]."""
     batch, num_frames = clips.shape[:2]
     x = jnp.reshape(clips, (batch * num_frames,) + clips.shape[2:])
-    x = hk.Conv2D(STEM_CHANNELS * self._width_mult, 7, stride=2, with_bias=False,
-                  padding="SAME", name="tsm_resnet_stem")(x)
+    x = hk.Conv2D(
+        STEM_CHANNELS * self._width_mult,
+        7,
+        stride=2,
+        with_bias=False,
+        padding="SAME",
+        name="tsm_resnet_stem",
+    )(x)
     x = hk.max_pool(x, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding="SAME")
     for i, (channels, num_blocks, stride) in enumerate(
-        zip(UNIT_CHANNELS, UNIT_BLOCKS, UNIT_STRIDES)):
-      x = _Unit(channels * self._width_mult, num_blocks, stride, num_frames,
-                self._normalize_fn, name=f"tsm_resnet_unit_{i}")(x, is_training)
+        zip(UNIT_CHANNELS, UNIT_BLOCKS, UNIT_STRIDES)
+    ):
+      x = _Unit(
+          channels * self._width_mult,
+          num_blocks,
+          stride,
+          num_frames,
+          self._normalize_fn,
+          name=f"tsm_resnet_unit_{i}",
+      )(x, is_training)
     x = jax.nn.relu(self._normalize_fn(x, is_training))
     per_frame = jnp.mean(x, axis=(1, 2))
     return jnp.mean(jnp.reshape(per_frame, (batch, num_frames, -1)), axis=1)
