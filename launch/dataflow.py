@@ -199,31 +199,12 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         epilog=f"Further flags go to the job (python -m pipelines.{name} --help) or to "
         "Beam (e.g. --max_num_workers); a flag that neither takes is an error.",
     )
-    # A required flag has no default for --help to show.
-    job.add_argument(
-        "--project",
-        required=True,
-        default=argparse.SUPPRESS,
-        help="Google Cloud project ID; required",
+    common.add_required_flag(job, "--project", "Google Cloud project ID")
+    common.add_required_flag(job, "--region", "Dataflow region, e.g. us-central1")
+    common.add_required_flag(
+        job, "--bucket", "gs://BUCKET[/prefix] for work, output, staging and temp files"
     )
-    job.add_argument(
-        "--region",
-        required=True,
-        default=argparse.SUPPRESS,
-        help="Dataflow region, e.g. us-central1; required",
-    )
-    job.add_argument(
-        "--bucket",
-        required=True,
-        default=argparse.SUPPRESS,
-        help="gs://BUCKET[/prefix] for work, output, staging and temp files; " "required",
-    )
-    job.add_argument(
-        "--image",
-        required=True,
-        default=argparse.SUPPRESS,
-        help="worker container image built from the Dockerfile; required",
-    )
+    common.add_required_flag(job, "--image", "worker container image built from the Dockerfile")
     job.add_argument(
         "--dry_run",
         action="store_true",
@@ -238,11 +219,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
       help="gpu: L4 workers for the embedding step only; tpu: TPU v5e "
       "workers for the whole job; cpu: no accelerator",
   )
-  embed.add_argument(
-      "--checkpoint_path",
-      required=True,
-      default=argparse.SUPPRESS,
-      help="MMV checkpoint, e.g. gs://BUCKET/checkpoints/mmv_s3d.pkl; required",
+  common.add_required_flag(
+      embed, "--checkpoint_path", "MMV checkpoint, e.g. gs://BUCKET/checkpoints/mmv_s3d.pkl"
   )
   embed.add_argument(
       "--backbone", default=None, help="the checkpoint's backbone; None: read from its file name"
@@ -263,11 +241,10 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         "BUCKET/linear_eval/DATASET/ (UCF101's directly under embeddings/ and "
         "linear_eval/); the embedding job takes its locations: " + ", ".join(location_flags),
     )
-  linear_eval.add_argument(
+  common.add_required_flag(
+      linear_eval,
       "--backbone",
-      required=True,
-      default=argparse.SUPPRESS,
-      help="backbone of the embeddings to evaluate " "(gs://BUCKET/embeddings/BACKBONE); required",
+      "backbone of the embeddings to evaluate (gs://BUCKET/embeddings/BACKBONE)",
   )
   args, extra = parser.parse_known_args(argv)
   if not _BUCKET_PATH.fullmatch(args.bucket):

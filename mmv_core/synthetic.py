@@ -141,6 +141,29 @@ def render_frames(
   return frames
 
 
+def video_bytes(
+    label: int,
+    num_classes: int,
+    rng: np.random.Generator,
+    *,
+    width: int,
+    height: int,
+    fps: float,
+    duration_s: float,
+) -> bytes:
+  """One synthetic video of class `label`, `duration_s` long at `fps`, as AVI bytes."""
+  frames = render_frames(
+      label,
+      num_classes,
+      rng,
+      width=width,
+      height=height,
+      num_frames=max(1, round(fps * duration_s)),
+      fps=fps,
+  )
+  return encode_avi(frames, fps)
+
+
 def encode_avi(frames: np.ndarray, fps: float) -> bytes:
   """Encodes uint8 RGB frames [T, H, W, 3] (H, W even) as an MPEG-4 AVI."""
   num_frames, height, width, _ = frames.shape
@@ -276,19 +299,9 @@ def write_dataset(
   names = class_names(num_classes, include_handstand_pushups)
   videos = plan_videos(names, videos_per_class, clips_per_group)
   rng = np.random.default_rng(seed)
-  num_frames = max(1, round(fps * duration_s))
   members = {
-      video.member_name: encode_avi(
-          render_frames(
-              video.label,
-              len(names),
-              rng,
-              width=width,
-              height=height,
-              num_frames=num_frames,
-              fps=fps,
-          ),
-          fps,
+      video.member_name: video_bytes(
+          video.label, len(names), rng, width=width, height=height, fps=fps, duration_s=duration_s
       )
       for video in videos
   }

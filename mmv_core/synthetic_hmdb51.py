@@ -144,15 +144,21 @@ def write_dataset(
   names = class_names(num_classes)
   videos = plan_videos(names, videos_per_class)
   rng = np.random.default_rng(seed)
-  num_frames = max(1, round(fps * duration_s))
   video_root = os.path.join(out_dir, VIDEO_DIR)
   for planned in videos:
-    frames = synthetic.render_frames(
-        planned.label, len(names), rng, width=width, height=height, num_frames=num_frames, fps=fps
-    )
     os.makedirs(os.path.join(video_root, planned.label_name), exist_ok=True)
     with open(os.path.join(video_root, planned.label_name, planned.file_name), "wb") as f:
-      f.write(synthetic.encode_avi(frames, fps))
+      f.write(
+          synthetic.video_bytes(
+              planned.label,
+              len(names),
+              rng,
+              width=width,
+              height=height,
+              fps=fps,
+              duration_s=duration_s,
+          )
+      )
   splits_dir = os.path.join(out_dir, hmdb51.SPLITS_DIR_NAME)
   write_split_files(splits_dir, names, videos)
   return SyntheticHmdb51(

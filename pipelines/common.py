@@ -9,8 +9,10 @@ on stderr and exits with status 2, as argparse does for a bad flag. Any
 other exception is a bug or an outage and keeps its traceback.
 """
 
+import argparse
 import collections
 import json
+import logging
 import os
 import socket
 import sys
@@ -45,6 +47,43 @@ IN_PROCESS_RUNNER_ARGS = (
 
 
 USAGE_ERROR_STATUS = 2
+VERBOSE_FLAG = "--verbose"
+
+
+def job_parser(prog: str, description: str, epilog: str) -> argparse.ArgumentParser:
+  """A job's command line: `python -m` usage, and every flag's default in --help."""
+  return argparse.ArgumentParser(
+      prog=prog,
+      description=description,
+      epilog=epilog,
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+  )
+
+
+def add_required_flag(parser: argparse.ArgumentParser, flag: str, help_text: str) -> None:
+  """A flag without which the job cannot run; --help says "required", having no default."""
+  parser.add_argument(flag, required=True, default=argparse.SUPPRESS, help=f"{help_text}; required")
+
+
+def add_verbose_flag(parser: argparse.ArgumentParser, what: str) -> None:
+  parser.add_argument(VERBOSE_FLAG, action="store_true", help=f"show {what}")
+
+
+def configure_logging(argv: Sequence[str] | None) -> None:
+  """Warnings and errors only, unless `--verbose` is among `argv` (default sys.argv).
+
+  Read from the raw arguments, before parsing, so that what parsing logs
+  follows the choice too.
+  """
+  verbose = VERBOSE_FLAG in (sys.argv[1:] if argv is None else argv)
+  logging.basicConfig(
+      level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s"
+  )
+  # Beam 2.77's RunInference warns this at every model load when one of its
+  # optional imports fails; the memory figure it cannot get is not used here.
+  logging.getLogger().addFilter(
+      lambda record: not record.getMessage().startswith("Resource module is not available")
+  )
 
 
 class UsageError(Exception):

@@ -25,13 +25,11 @@ commit a bundle's output only once, so a retried bundle never duplicates
 clips; a run refuses an output directory that already holds embeddings.
 """
 
-import argparse
 import collections
 import concurrent.futures
 import dataclasses
 import importlib.metadata
 import json
-import logging
 import platform
 import sys
 import time
@@ -59,7 +57,8 @@ from pipelines.common import FAILURES, WriteFailures, count_failure, counter, di
 from pipelines.common import failure_record
 from pipelines.common import IN_PROCESS_RUNNER_ARGS, UsageError, claim_output_dir, read_owners
 from pipelines.common import run_main
-from pipelines.common import check_beam_flags, with_local_runner
+from pipelines.common import add_required_flag, add_verbose_flag, check_beam_flags
+from pipelines.common import configure_logging, job_parser, with_local_runner
 from pipelines.jax_inference import JaxEmbeddingHandler
 
 FAILURES_DIR = "failures"
@@ -744,33 +743,19 @@ _PROTOCOL_FLAGS = (
 def parse_args(argv: Sequence[str] | None) -> tuple[EmbedJobConfig, list[str]]:
   """Flags -> (job config, remaining Beam pipeline options)."""
   defaults = EmbedJobConfig(checkpoint_path="", work_dir="", output_dir="")
-  p = argparse.ArgumentParser(
-      prog=PROG,
-      description=__doc__.split("\n", 1)[0],
-      epilog="Other flags are Beam pipeline options (e.g. --runner, --direct_num_workers, "
+  p = job_parser(
+      PROG,
+      __doc__.split("\n", 1)[0],
+      "Other flags are Beam pipeline options (e.g. --runner, --direct_num_workers, "
       "Dataflow's --project, --region, --temp_location).",
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
   )
-  # A required flag has no default for --help to show.
-  p.add_argument(
+  add_required_flag(
+      p,
       "--checkpoint_path",
-      required=True,
-      default=argparse.SUPPRESS,
-      help="released MMV checkpoint (.pkl) or converted .npz; local, gs:// or "
-      "https://; required",
+      "released MMV checkpoint (.pkl) or converted .npz; local, gs:// or https://",
   )
-  p.add_argument(
-      "--work_dir",
-      required=True,
-      default=argparse.SUPPRESS,
-      help="video cache (local or gs://), reused across runs; required",
-  )
-  p.add_argument(
-      "--output_dir",
-      required=True,
-      default=argparse.SUPPRESS,
-      help="embeddings, failures and run.json; one run per directory; required",
-  )
+  add_required_flag(p, "--work_dir", "video cache (local or gs://), reused across runs")
+  add_required_flag(p, "--output_dir", "embeddings, failures and run.json; one run per directory")
   ingest.add_dataset_flags(p)
   p.add_argument(
       "--backbone",
@@ -854,9 +839,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[EmbedJobConfig, list[str]]:
       default=defaults.max_failed_share,
       help="the run ends with status 1 if more than this share of its videos fail",
   )
-  p.add_argument(
-      "--verbose", action="store_true", help="show Beam's, JAX's and the workers' INFO logs"
-  )
+  add_verbose_flag(p, "Beam's, JAX's and the workers' INFO logs")
   args, beam_args = p.parse_known_args(argv)
   check_beam_flags(beam_args, PROG)
   values = vars(args)
@@ -964,6 +947,11 @@ def check_writable(directory: str, flag: str) -> None:
 
 
 def run(argv: Sequence[str] | None = None) -> beam.runners.runner.PipelineResult:
+  """Builds and runs the job from its flags; returns Beam's result (see `start`)."""
+  return start(*parse_args(argv))
+
+
+def start(config: EmbedJobConfig, beam_args: Sequence[str]) -> beam.runners.runner.PipelineResult:
   """Builds and runs the job; returns Beam's result (finished unless the runner is async).
 
   Raises:
@@ -971,7 +959,6 @@ def run(argv: Sequence[str] | None = None) -> beam.runners.runner.PipelineResult
       checkpoint, or an output directory that another run owns; all before
       any work starts.
   """
-  config, beam_args = parse_args(argv)
   problems = settings_problems(config)
   if problems:
     raise UsageError("; ".join(problems))
@@ -1057,20 +1044,12 @@ def outcome_problem(config: EmbedJobConfig, counts: dict) -> str | None:
 def main(argv: Sequence[str] | None = None) -> None:
   """Runs the job, prints its summary; exits 1 if it embedded nothing or too little."""
   started = time.monotonic()
-  verbose = "--verbose" in (sys.argv[1:] if argv is None else argv)
-  logging.basicConfig(
-      level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s"
-  )
-  # Beam 2.77's RunInference warns this at every model load when one of its
-  # optional imports fails; the memory figure it cannot get is not used here.
-  logging.getLogger().addFilter(
-      lambda record: not record.getMessage().startswith("Resource module is not available")
-  )
-  result = run(argv)
+  configure_logging(argv)
+  config, beam_args = parse_args(argv)
+  result = start(config, beam_args)
   result.wait_until_finish()
   if result.state != beam.runners.runner.PipelineState.DONE:
     return  # A dry run, or an async runner: no results yet.
-  config, _ = parse_args(argv)
   # One line a benchmark can read.
   print(f"[embed] timings {json.dumps(job_timings(result), sort_keys=True)}", flush=True)
   with FileSystems.open(FileSystems.join(config.output_dir, schema.RUN_CONFIG_FILE)) as f:

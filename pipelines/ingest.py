@@ -73,7 +73,9 @@ from mmv_core import ucf101
 from mmv_core import video_cache
 from mmv_core import zip_index
 from pipelines.common import FAILURES, UsageError, WriteFailures, counter, counters, failure
-from pipelines.common import check_beam_flags, run_main, summarize_failures, with_local_runner
+from pipelines.common import add_required_flag, add_verbose_flag, check_beam_flags
+from pipelines.common import configure_logging, job_parser, run_main, summarize_failures
+from pipelines.common import with_local_runner
 
 STAGE_FETCH = "fetch"
 STAGE_EXTRACT = "extract"
@@ -830,19 +832,13 @@ PROG = "python -m pipelines.ingest"
 
 def main(argv: Sequence[str] | None = None) -> dict[str, int]:
   """Ingests the dataset into the video cache; prints the counts and the failures."""
-  parser = argparse.ArgumentParser(
-      prog=PROG,
-      description=__doc__.split("\n", 1)[0],
-      epilog="Other flags are Beam pipeline options (e.g. --direct_num_workers).",
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+  parser = job_parser(
+      PROG,
+      __doc__.split("\n", 1)[0],
+      "Other flags are Beam pipeline options (e.g. --direct_num_workers).",
   )
   add_dataset_flags(parser)
-  parser.add_argument(
-      "--work_dir",
-      required=True,
-      default=argparse.SUPPRESS,
-      help="the video cache (local or gs://); required",
-  )
+  add_required_flag(parser, "--work_dir", "the video cache (local or gs://)")
   parser.add_argument("--classes", default="", help="comma-separated class names (empty: all)")
   parser.add_argument("--max_videos", type=int, default=None, help="limit the run, for trials")
   parser.add_argument(
@@ -859,12 +855,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, int]:
       action="store_true",
       help="skip the check against the official per-split counts",
   )
-  parser.add_argument("--verbose", action="store_true", help="show Beam's INFO logs")
+  add_verbose_flag(parser, "Beam's INFO logs")
   args, beam_args = parser.parse_known_args(argv)
   check_beam_flags(beam_args, PROG)
-  logging.basicConfig(
-      level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s"
-  )
+  configure_logging(argv)
   dataset, splits_location, videos_location = resolve_dataset(
       args.dataset, {flag: getattr(args, flag) for flag in LOCATION_FLAGS}, args.recipe
   )

@@ -114,27 +114,19 @@ def parse_args(argv: Sequence[str] | None) -> tuple[LinearEvalConfig, list[str]]
     common.UsageError: a flag's value is out of range.
   """
   defaults = linear_eval.DEFAULT_SVM_SETTINGS
-  parser = argparse.ArgumentParser(
-      prog=PROG,
-      description=__doc__.split("\n", 1)[0],
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-      epilog="Other flags are Beam's pipeline options (e.g. --runner); by default the "
+  parser = common.job_parser(
+      PROG,
+      __doc__.split("\n", 1)[0],
+      "Other flags are Beam's pipeline options (e.g. --runner); by default the "
       "job runs in this process on Beam's local runner.",
   )
-  # A required flag has no default for --help to show.
-  parser.add_argument(
-      "--embeddings_dir",
-      required=True,
-      default=argparse.SUPPRESS,
-      help="the embedding job's --output_dir (local or gs://); required",
+  common.add_required_flag(
+      parser, "--embeddings_dir", "the embedding job's --output_dir (local or gs://)"
   )
-  parser.add_argument(
+  common.add_required_flag(
+      parser,
       "--output_dir",
-      required=True,
-      default=argparse.SUPPRESS,
-      help="where metrics.json, report.md, per_class_accuracy.csv, the "
-      "confusion PNGs and classifiers/ go; it must not hold a metrics.json "
-      "already; required",
+      "where metrics.json, report.md, per_class_accuracy.csv, the confusion PNGs and classifiers/ go; it must not hold a metrics.json already",
   )
   parser.add_argument(
       "--dataset", default=None, help="None: the one the embedding job recorded in its run.json"
@@ -196,11 +188,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[LinearEvalConfig, list[str]]
       action="store_true",
       help="score splits whose videos lack clips; the report lists what " "was missing",
   )
-  parser.add_argument(
-      "--verbose",
-      action="store_true",
-      help="show Beam's INFO logs and each split's result as it comes",
-  )
+  common.add_verbose_flag(parser, "Beam's INFO logs and each split's result as it comes")
   args, beam_args = parser.parse_known_args(argv)
   common.check_beam_flags(beam_args, PROG)
 
@@ -501,10 +489,7 @@ def run(argv: Sequence[str] | None = None) -> beam.runners.runner.PipelineResult
 def main(argv: Sequence[str] | None = None) -> None:
   """Runs the job to its end, then prints its summary (`report.console_summary`)."""
   started = time.monotonic()
-  verbose = "--verbose" in (sys.argv[1:] if argv is None else argv)
-  logging.basicConfig(
-      level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s"
-  )
+  common.configure_logging(argv)
   config, beam_args = parse_args(argv)
   options = pipeline_options(beam_args)
   start(config, options).wait_until_finish()
