@@ -29,7 +29,8 @@ from mmv_core import checkpoints
 from mmv_core import encode
 from mmv_core import synthetic
 from mmv_core import video
-from mmv_core.embedder import EmbedderConfig, VideoEmbedder
+from mmv_core.embedder import VideoEmbedder
+from mmv_core.embedder_config import EmbedderConfig
 from mmv_core.models import mmv
 
 

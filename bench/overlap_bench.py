@@ -32,7 +32,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from bench.embed_bench import synthetic_jpegs
-from mmv_core.embedder import VID_REPR
+from mmv_core.models.names import VID_REPR
 from mmv_core.video_cache import CachedVideo
 from pipelines import common
 from pipelines import embed

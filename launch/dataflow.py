@@ -26,7 +26,9 @@ from collections.abc import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from mmv_core import checkpoints
 from mmv_core import datasets
+from mmv_core.models.names import BACKBONES
 from pipelines import common
 
 PROG = "python -m launch.dataflow"
@@ -108,18 +110,14 @@ def dataflow_options(
 
 def _backbone(args: argparse.Namespace) -> str:
   """--backbone, checked, or the one the checkpoint's file name says."""
-  # Imported here: they import JAX, which --help should not wait for.
-  from mmv_core import checkpoints
-  from mmv_core.models import mmv
-
   if args.backbone is None:
     try:
       return checkpoints.infer_backbone(args.checkpoint_path)
     except checkpoints.CheckpointError as e:
       raise common.UsageError(f"{e}; pass --backbone") from e
-  if args.backbone not in mmv.BACKBONES:
+  if args.backbone not in BACKBONES:
     raise common.UsageError(
-        f"--backbone: no backbone {args.backbone!r}; there are {', '.join(mmv.BACKBONES)}"
+        f"--backbone: no backbone {args.backbone!r}; there are {', '.join(BACKBONES)}"
     )
   return args.backbone
 

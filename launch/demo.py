@@ -25,7 +25,7 @@ import time
 from mmv_core import checkpoints
 from mmv_core import synthetic
 from mmv_core import synthetic_hmdb51
-from mmv_core.models import mmv
+from mmv_core.models.names import S3D
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "demo_output"
@@ -109,7 +109,7 @@ def main(argv=None) -> None:
   dataset_flags = write_dataset(args.dataset, data_dir)
   if not checkpoint.exists():
     _stage(f"writing a random S3D-G checkpoint in the released format to {checkpoint}")
-    checkpoints.write_random_checkpoint(checkpoint, *mmv.param_shapes("s3d"), seed=0)
+    checkpoints.write_random_checkpoint(checkpoint, *checkpoints.model_shapes(S3D), seed=0)
 
   from pipelines import embed, linear_eval  # pylint: disable=import-outside-toplevel
 

@@ -3,7 +3,7 @@
 The public API, for notebooks and scripts:
 
   `VideoEmbedder`, `EmbedderConfig`  a checkpoint in, video embeddings out
-                                     (`mmv_core.embedder`);
+                                     (`mmv_core.embedder`, `.embedder_config`);
   `load_video`                       a video file or URL -> the protocol's
                                      frames (`mmv_core.video_file`);
   `load_embeddings`                  an embedding job's output -> numpy arrays
@@ -18,7 +18,7 @@ import importlib
 # Public name -> module that defines it.
 _PUBLIC_API = {
     "VideoEmbedder": "mmv_core.embedder",
-    "EmbedderConfig": "mmv_core.embedder",
+    "EmbedderConfig": "mmv_core.embedder_config",
     "load_video": "mmv_core.video_file",
     "load_embeddings": "mmv_core.embeddings",
 }

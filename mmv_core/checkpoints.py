@@ -40,7 +40,7 @@ import dill
 import numpy as np
 
 from mmv_core import sources
-from mmv_core.models import mmv
+from mmv_core.models.names import BACKBONES
 
 PARAMS = 'params'
 STATE = 'state'
@@ -349,16 +349,16 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
 
 
 def infer_backbone(path: str | os.PathLike[str]) -> str:
-  """One of `mmv.BACKBONES`, read from the checkpoint's file name."""
+  """One of `BACKBONES`, read from the checkpoint's file name."""
   file_name = os.path.basename(os.fspath(path)).lower()
-  # A name holding several tags takes the last in `mmv.BACKBONES`, the
+  # A name holding several tags takes the last in `BACKBONES`, the
   # largest model.
-  for backbone in reversed(mmv.BACKBONES):
+  for backbone in reversed(BACKBONES):
     if backbone in file_name:
       return backbone
   raise CheckpointError(
       f'{path}: cannot infer the visual backbone: the file name contains none '
-      f'of {", ".join(mmv.BACKBONES)}'
+      f'of {", ".join(BACKBONES)}'
   )
 
 
@@ -477,17 +477,28 @@ def validate_tree(
     raise CheckpointError('\n'.join(lines))
 
 
+def model_shapes(backbone: str) -> tuple[SpecTree, SpecTree]:
+  """The (params, state) specs of `backbone`'s model: `mmv.param_shapes`.
+
+  The model is imported here, on first need: it loads JAX and haiku, which
+  loading, converting and faking checkpoints do without.
+  """
+  from mmv_core.models import mmv
+
+  return mmv.param_shapes(backbone)
+
+
 def problems_per_backbone(params: Tree, state: Tree) -> dict[str, int]:
   """Backbone -> number of arrays in which the trees differ from its model.
 
-  The expected trees are the models' own (`mmv.param_shapes`), which the
+  The expected trees are the models' own (`model_shapes`), which the
   tests check against the released checkpoints' manifests. A backbone with
   0 is the one the trees are; at most one can be, since the three models'
   trees differ.
   """
   return {
-      backbone: tree_problems(params, state, *mmv.param_shapes(backbone)).count
-      for backbone in mmv.BACKBONES
+      backbone: tree_problems(params, state, *model_shapes(backbone)).count
+      for backbone in BACKBONES
   }
 
 
@@ -636,7 +647,7 @@ def write_random_checkpoint(
 def _expected_trees(backbone: str, manifest: str | None):
   if manifest:
     return manifest_shapes(manifest)
-  return mmv.param_shapes(backbone)
+  return model_shapes(backbone)
 
 
 def _backbone_report(checkpoint: Checkpoint) -> tuple[list[str], str | None]:
@@ -662,7 +673,7 @@ def _backbone_report(checkpoint: Checkpoint) -> tuple[list[str], str | None]:
     nearest = min(problems, key=problems.get)
     lines = [
         f'backbone: none: the parameter tree matches none of '
-        f'{", ".join(mmv.BACKBONES)} (nearest: {nearest}, '
+        f'{", ".join(BACKBONES)} (nearest: {nearest}, '
         f'{problems[nearest]} arrays missing, unexpected or misshapen)'
     ]
   problem = None
@@ -704,7 +715,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   convert.add_argument('source')
   convert.add_argument('destination')
   random_ = commands.add_parser('random', help='write a random checkpoint')
-  random_.add_argument('--backbone', choices=mmv.BACKBONES, required=True)
+  random_.add_argument('--backbone', choices=BACKBONES, required=True)
   random_.add_argument(
       '--manifest', help='param_manifest_<config>.json to use ' 'instead of building the model'
   )

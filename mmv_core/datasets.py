@@ -17,16 +17,11 @@ from mmv_core import dataset_listing
 from mmv_core import encoding_recipes
 from mmv_core import hmdb51
 from mmv_core import ucf101
+from mmv_core.models.names import S3D, TSM_RESNET_X1, TSM_RESNET_X2
 
 # How a dataset's `ListedVideo.location` is fetched.
 FETCH_ZIP_MEMBER = "zip_member"  # a member of the ZIP the videos flag names
 FETCH_FILE = "file"  # a whole file: local path, gs:// or http(s):// URL
-
-# The names of `mmv_core.models.mmv.BACKBONES`, spelled out because importing
-# that module brings in JAX, which ingestion workers do without.
-S3D = "s3d"
-TSM_RESNET_X1 = "tsm_resnet_x1"
-TSM_RESNET_X2 = "tsm_resnet_x2"
 
 # C of the UCF101 protocol (`LinearSVC(C=0.001)`, docs/protocol.md), equal to
 # `mmv_core.linear_eval.DEFAULT_SVM_C`; not imported from there so that the

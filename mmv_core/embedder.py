@@ -13,9 +13,7 @@ that runs shapes compiled before (a second run, another worker process on the
 same machine) loads them instead of compiling again.
 """
 
-import dataclasses
 import functools
-import os
 import threading
 from typing import Sequence
 
@@ -26,26 +24,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mmv_core import checkpoints
 from mmv_core import video
+from mmv_core.embedder_config import EmbedderConfig, compilation_cache_dir
 from mmv_core.models import mmv
-
-VID_REPR, VIDEO_AUDIO, VIDEO_TEXT = mmv.VID_REPR, mmv.VIDEO_AUDIO, mmv.VIDEO_TEXT
-OUTPUTS = (VID_REPR, VIDEO_AUDIO, VIDEO_TEXT)
+from mmv_core.models.names import VID_REPR, VIDEO_AUDIO, VIDEO_OUTPUTS, VIDEO_TEXT
 
 # Only these subtrees take part in video embeddings; the audio and text
 # towers (about 44 M parameters) stay on the host.
 _VIDEO_MODULES = ("text_audio_video/visual_module", "text_audio_video/~_get_pair_embedding_heads")
 _BATCH_AXIS = "batch"
-# Overrides the default compilation cache directory (see `compilation_cache_dir`).
-CACHE_DIR_ENV = "MMV_JAX_CACHE_DIR"
-
-
-def compilation_cache_dir(cache_dir: str | None = None) -> str:
-  """`cache_dir`, else $MMV_JAX_CACHE_DIR, else $XDG_CACHE_HOME/mmv/jax (~/.cache/mmv/jax)."""
-  explicit = cache_dir or os.environ.get(CACHE_DIR_ENV)
-  if explicit:
-    return explicit
-  user_cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(user_cache, "mmv", "jax")
 
 
 def enable_compilation_cache(cache_dir: str | None = None) -> str:
@@ -66,21 +52,6 @@ def enable_compilation_cache(cache_dir: str | None = None) -> str:
 def video_subtree(tree: dict) -> dict:
   """The part of a params or state tree that video embeddings read."""
   return {path: leaves for path, leaves in tree.items() if path.startswith(_VIDEO_MODULES)}
-
-
-@dataclasses.dataclass(frozen=True)
-class EmbedderConfig:
-  """How clips are run through the network.
-
-  Attributes:
-    batch_size: clips per compiled call; rounded up to a multiple of the
-      number of devices. Partial batches are padded, so XLA compiles once.
-    compute_dtype: "float32" (the protocol) or "bfloat16" (accelerators only;
-      see README for its effect on accuracy).
-  """
-
-  batch_size: int = 8
-  compute_dtype: str = "float32"
 
 
 class VideoEmbedder:
@@ -179,13 +150,13 @@ class VideoEmbedder:
     Args:
       clips: [N, T, H, W, 3], uint8 (scaled by 1/255 on the device, which is
         the protocol's own scaling) or float32 in [0, 1]. T, H, W even for S3D.
-      outputs: any of `OUTPUTS`.
+      outputs: any of `VIDEO_OUTPUTS`.
     Returns:
       {name: float32 [N, dim]} for each requested output.
     """
-    unknown = set(outputs) - set(OUTPUTS)
+    unknown = set(outputs) - set(VIDEO_OUTPUTS)
     if unknown:
-      raise ValueError(f"unknown outputs {sorted(unknown)}; choose from {OUTPUTS}")
+      raise ValueError(f"unknown outputs {sorted(unknown)}; choose from {VIDEO_OUTPUTS}")
     clips = np.asarray(clips)
     if clips.ndim != 5 or clips.shape[-1] != 3:
       raise ValueError(f"clips must be [N, T, H, W, 3], got {clips.shape}")
@@ -228,4 +199,4 @@ def _forward(params, state, clips, *, backbone: str, dtype) -> dict:
   precision = "highest" if dtype == jnp.float32 else "default"
   with jax.default_matmul_precision(precision):
     out = mmv.video_embeddings(params, state, clips.astype(dtype), backbone=backbone)
-  return {name: out[name].astype(jnp.float32) for name in OUTPUTS}
+  return {name: out[name].astype(jnp.float32) for name in VIDEO_OUTPUTS}

@@ -49,8 +49,8 @@ from mmv_core import dataset_listing
 from mmv_core import datasets
 from mmv_core import embedding_schema as schema
 from mmv_core import video
-from mmv_core.models import mmv
-from mmv_core.embedder import CACHE_DIR_ENV, EmbedderConfig, VID_REPR, VIDEO_AUDIO, VIDEO_TEXT
+from mmv_core.embedder_config import CACHE_DIR_ENV, EmbedderConfig
+from mmv_core.models.names import BACKBONES, VID_REPR, VIDEO_OUTPUTS
 from mmv_core.video_cache import CachedVideo
 from pipelines import ingest
 from pipelines.common import FAILURES, WriteFailures, count_failure, counter, distribution
@@ -120,7 +120,7 @@ class EmbedJobConfig:
 
   @property
   def outputs(self) -> tuple[str, ...]:
-    return (VID_REPR, VIDEO_AUDIO, VIDEO_TEXT) if self.joint_embeddings else (VID_REPR,)
+    return VIDEO_OUTPUTS if self.joint_embeddings else (VID_REPR,)
 
   @property
   def resolved_backbone(self) -> str:
@@ -760,7 +760,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[EmbedJobConfig, list[str]]:
   p.add_argument(
       "--backbone",
       default=None,
-      choices=mmv.BACKBONES,
+      choices=BACKBONES,
       help="default: inferred from the checkpoint's file name",
   )
   for name, text in _PROTOCOL_FLAGS:
@@ -909,7 +909,7 @@ def checkpoint_sha256(config: EmbedJobConfig) -> str:
     checkpoints.validate_tree(
         checkpoint.params,
         checkpoint.state,
-        *mmv.param_shapes(config.resolved_backbone),
+        *checkpoints.model_shapes(config.resolved_backbone),
         source=config.checkpoint_path,
     )
   except checkpoints.CheckpointError as e:

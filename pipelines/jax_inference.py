@@ -15,18 +15,21 @@ Each process keeps its compiled programs in a persistent compilation cache
 them instead of compiling.
 """
 
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from mmv_core.embedder import EmbedderConfig, VideoEmbedder, enable_compilation_cache
+from mmv_core.embedder_config import EmbedderConfig
+
+if TYPE_CHECKING:
+  from mmv_core.embedder import VideoEmbedder
 
 # Set in each worker before JAX initialises its backend (see module docstring).
 WORKER_ENV = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
 
 
-class JaxEmbeddingHandler(ModelHandler[np.ndarray, dict, VideoEmbedder]):
+class JaxEmbeddingHandler(ModelHandler[np.ndarray, dict, "VideoEmbedder"]):
   """Clips uint8 [T, H, W, 3] in, {output name: float32 [dim]} out."""
 
   def __init__(
@@ -50,14 +53,20 @@ class JaxEmbeddingHandler(ModelHandler[np.ndarray, dict, VideoEmbedder]):
     self._outputs = tuple(outputs)
     self._jax_cache_dir = jax_cache_dir
 
-  def load_model(self) -> VideoEmbedder:
-    enable_compilation_cache(self._jax_cache_dir)
-    return VideoEmbedder.from_checkpoint(self._checkpoint_path, self._backbone, self._config)
+  def load_model(self) -> "VideoEmbedder":
+    # JAX loads here, in the process that runs the model, not in the one that
+    # builds the pipeline.
+    from mmv_core import embedder
+
+    embedder.enable_compilation_cache(self._jax_cache_dir)
+    return embedder.VideoEmbedder.from_checkpoint(
+        self._checkpoint_path, self._backbone, self._config
+    )
 
   def run_inference(
       self,
       batch: Sequence[np.ndarray],
-      model: VideoEmbedder,
+      model: "VideoEmbedder",
       inference_args: Mapping[str, Any] | None = None,
   ) -> Iterable[PredictionResult]:
     out = model.embed_clips(np.stack(batch), self._outputs)

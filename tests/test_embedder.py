@@ -13,10 +13,12 @@ import pytest
 from numerics import assert_features_close
 
 from mmv_core import checkpoints
-from mmv_core import embedder
+from mmv_core import embedder_config
 from mmv_core import video
-from mmv_core.embedder import EmbedderConfig, VideoEmbedder, VID_REPR, VIDEO_AUDIO, VIDEO_TEXT
+from mmv_core.embedder import VideoEmbedder
+from mmv_core.embedder_config import EmbedderConfig
 from mmv_core.models import mmv
+from mmv_core.models.names import VID_REPR, VIDEO_AUDIO, VIDEO_TEXT
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Small clips keep a forward pass to a fraction of a second on a CPU.
@@ -192,9 +194,9 @@ def test_a_second_process_loads_the_compiled_program_from_the_cache(s3d_checkpoi
 
 
 def test_compilation_cache_dir_defaults_to_the_user_cache(monkeypatch):
-  monkeypatch.delenv(embedder.CACHE_DIR_ENV, raising=False)
+  monkeypatch.delenv(embedder_config.CACHE_DIR_ENV, raising=False)
   monkeypatch.setenv("XDG_CACHE_HOME", "/xdg")
-  assert embedder.compilation_cache_dir() == "/xdg/mmv/jax"
-  monkeypatch.setenv(embedder.CACHE_DIR_ENV, "/env/jax")
-  assert embedder.compilation_cache_dir() == "/env/jax"
-  assert embedder.compilation_cache_dir("/flag/jax") == "/flag/jax"
+  assert embedder_config.compilation_cache_dir() == "/xdg/mmv/jax"
+  monkeypatch.setenv(embedder_config.CACHE_DIR_ENV, "/env/jax")
+  assert embedder_config.compilation_cache_dir() == "/env/jax"
+  assert embedder_config.compilation_cache_dir("/flag/jax") == "/flag/jax"

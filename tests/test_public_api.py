@@ -38,7 +38,7 @@ def test_all_and_dir_list_the_public_names():
     "name, module",
     [
         ("VideoEmbedder", "mmv_core.embedder"),
-        ("EmbedderConfig", "mmv_core.embedder"),
+        ("EmbedderConfig", "mmv_core.embedder_config"),
         ("load_video", "mmv_core.video_file"),
         ("load_embeddings", "mmv_core.embeddings"),
     ],

@@ -24,32 +24,23 @@ from mmv_core.models import normalization
 from mmv_core.models import s3d
 from mmv_core.models import text
 from mmv_core.models import tsm_resnet
+from mmv_core.models.names import AUDIO_REPR, AUDIO_TEXT, AUDIO_VIDEO, BACKBONES, S3D
+from mmv_core.models.names import TEXT_AUDIO, TEXT_REPR, TEXT_VIDEO, TSM_RESNET_X1, TSM_RESNET_X2
+from mmv_core.models.names import VID_REPR, VIDEO_AUDIO, VIDEO_TEXT
 
-BACKBONES = ("s3d", "tsm_resnet_x1", "tsm_resnet_x2")
 REPR_DIMS = {
-    "s3d": s3d.OUTPUT_DIM,
-    "tsm_resnet_x1": tsm_resnet.output_dim(1),
-    "tsm_resnet_x2": tsm_resnet.output_dim(2),
+    S3D: s3d.OUTPUT_DIM,
+    TSM_RESNET_X1: tsm_resnet.output_dim(1),
+    TSM_RESNET_X2: tsm_resnet.output_dim(2),
 }
 MODEL_NAME = "text_audio_video"
 # Joint embedding spaces.
 VIDEO_AUDIO_DIM = 512
 # XLA cost analysis of `vid_repr` for one 32x224x224 clip (docs/models.md).
-SPEC_GFLOPS = {"s3d": 70.0, "tsm_resnet_x1": 254.0, "tsm_resnet_x2": 1000.0}
+SPEC_GFLOPS = {S3D: 70.0, TSM_RESNET_X1: 254.0, TSM_RESNET_X2: 1000.0}
 VIDEO_TEXT_DIM = 256
 AUDIO_TEXT_DIM = 512
 _HEAD_HIDDEN_DIM = 512  # Inner width of the video->audio 'mlp@512' head.
-
-# Output keys.
-VID_REPR = "vid_repr"
-VIDEO_AUDIO = "video_audio"
-VIDEO_TEXT = "video_text"
-AUDIO_REPR = "audio_repr"
-AUDIO_VIDEO = "audio_video"
-AUDIO_TEXT = "audio_text"
-TEXT_REPR = "text_repr"
-TEXT_VIDEO = "text_video"
-TEXT_AUDIO = "text_audio"
 
 Params = Mapping[str, Mapping[str, jax.Array]]
 State = Mapping[str, Mapping[str, jax.Array]]
@@ -102,10 +93,10 @@ class _VisualModule(hk.Module):
 
   def __init__(self, backbone: str, normalize_fn: normalization.NormalizeFn):
     super().__init__(name="visual_module")
-    if backbone == "s3d":
+    if backbone == S3D:
       self._cnn = s3d.S3D(normalize_fn)
     else:
-      width = 2 if backbone == "tsm_resnet_x2" else 1
+      width = 2 if backbone == TSM_RESNET_X2 else 1
       self._cnn = tsm_resnet.TSMResNetV2(normalize_fn, width_mult=width)
 
   def __call__(self, clips: jax.Array, is_training: bool) -> jax.Array:
