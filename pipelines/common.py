@@ -110,15 +110,21 @@ def owner_path(output_dir: str, attempt: int = 1) -> str:
   return FileSystems.join(output_dir, name)
 
 
-def claim_output_dir(output_dir: str, owner: dict, attempt: int = 1) -> None:
+def claim_output_dir(
+    output_dir: str, owner: dict, *, remedy: str, attempt: int = 1, overwrite: bool = False
+) -> None:
   """Makes this run the one owner of `output_dir` (its `attempt`th run), or raises UsageError.
 
   The claim is the creation of `owner_path(output_dir, attempt)`, holding
   `owner` plus who, where and when, which succeeds for one creator only,
   locally and on GCS: of two runs started together, one proceeds and the
   other is refused before any work. The file stays, so a later run into the
-  same directory is refused too, unless it resumes (the next attempt).
+  same directory is refused too (its error ends with `remedy`, what the job's
+  flags offer), unless it resumes (the next attempt). With `overwrite`, the
+  directory and everything in it is deleted first.
   """
+  if overwrite and FileSystems.exists(output_dir):
+    FileSystems.delete([output_dir])
   path = owner_path(output_dir, attempt)
   record = {
       **owner,
@@ -130,9 +136,7 @@ def claim_output_dir(output_dir: str, owner: dict, attempt: int = 1) -> None:
     sources.create_new(path, json.dumps(record, indent=2, sort_keys=True).encode())
   except FileExistsError:
     raise UsageError(
-        f"{output_dir} belongs to another run ({_describe_owner(path)}); choose a "
-        "new --output_dir, pass --resume to complete it, or --overwrite to delete "
-        "it and start again"
+        f"{output_dir} belongs to another run ({_describe_owner(path)}); {remedy}"
     ) from None
   except (OSError, sources.SourceError) as e:
     raise UsageError(f"cannot write to --output_dir {output_dir}: {e}") from e

@@ -466,6 +466,13 @@ RESUME_SETTINGS = (
 )
 
 
+# What a run refused an output directory that another run owns can do.
+_OWNED_DIR_REMEDY = (
+    "choose a new --output_dir, pass --resume to complete it, or --overwrite to delete it "
+    "and start again"
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class PriorOutput:
   """What earlier runs into the output directory wrote (nothing, for a new directory).
@@ -522,7 +529,7 @@ def resume_output_dir(config: EmbedJobConfig, owner: dict) -> PriorOutput:
         f"{config.output_dir}: {'; '.join(differences)}"
     )
   attempt = len(owners) + 1
-  claim_output_dir(config.output_dir, owner, attempt)
+  claim_output_dir(config.output_dir, owner, remedy=_OWNED_DIR_REMEDY, attempt=attempt)
   # Beam's sinks of a killed run leave their uncommitted files behind.
   stale = FileSystems.match([FileSystems.join(config.output_dir, "*", "beam-temp-*", "*")])[0]
   if stale.metadata_list:
@@ -894,9 +901,7 @@ def settings_problems(config: EmbedJobConfig) -> list[str]:
   if config.model_copies is not None and config.model_copies < 1:
     problems.append(f"--model_copies must be positive, got {config.model_copies}")
   if config.resume and config.overwrite:
-    problems.append(
-        "--resume keeps what --output_dir holds and --overwrite deletes it: " "choose one"
-    )
+    problems.append("--resume keeps what --output_dir holds and --overwrite deletes it: choose one")
   if not 0 <= config.max_failed_share <= 1:
     problems.append(f"--max_failed_share must be in [0, 1], got {config.max_failed_share}")
   return problems
@@ -922,9 +927,7 @@ def prepare_output_dir(config: EmbedJobConfig, checkpoint_sha256: str) -> PriorO
   owner = owner_record(config, checkpoint_sha256)
   if config.resume:
     return resume_output_dir(config, owner)
-  if config.overwrite and FileSystems.exists(config.output_dir):
-    FileSystems.delete([config.output_dir])
-  claim_output_dir(config.output_dir, owner)
+  claim_output_dir(config.output_dir, owner, remedy=_OWNED_DIR_REMEDY, overwrite=config.overwrite)
   # A directory written before owner files existed holds shards but no owner.
   existing = FileSystems.match([schema.shard_pattern(config.output_dir)])[0].metadata_list
   if existing:

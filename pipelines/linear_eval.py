@@ -2,7 +2,7 @@
 
   python -m pipelines.linear_eval --embeddings_dir=EMB --output_dir=OUT \
       [--splits=1,2,3] [--svm_c=0.001 | --svm_c=0.0001,0.0003,0.001] \
-      [--solver=newton | --solver=liblinear] [--allow_missing]
+      [--solver=newton | --solver=liblinear] [--allow_missing] [--overwrite]
 
 The dataset, its split definitions and its classes are those the embedding
 job recorded in its run.json (--dataset and its split flag override them),
@@ -13,7 +13,9 @@ protocol for the embeddings' backbone. Before any work the job checks its
 flags, that --output_dir holds no earlier metrics, run.json, the split lists
 and, on a local runner, that every clip of those videos is there (one pass
 over the clips' headers); each problem is one line on stderr and exit
-status 2.
+status 2. Then it claims --output_dir as the embedding job does (its
+`run.owner`, created by one run only): one evaluation per directory, and
+--overwrite deletes an earlier one's.
 
 Each split is one task: it streams every shard keeping only its split's
 clips, scores each C of a sweep on held-out training groups (all C values
@@ -78,6 +80,7 @@ class LinearEvalConfig:
   svm_cs: tuple[float, ...] | None  # None: the protocol's C for the backbone.
   svm_settings: linear_eval.SvmSettings
   allow_missing: bool
+  overwrite: bool = False
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
@@ -126,7 +129,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[LinearEvalConfig, list[str]]
   common.add_required_flag(
       parser,
       "--output_dir",
-      "where metrics.json, report.md, per_class_accuracy.csv, the confusion PNGs and classifiers/ go; it must not hold a metrics.json already",
+      "where metrics.json, report.md, per_class_accuracy.csv, the confusion PNGs and "
+      "classifiers/ go; one evaluation per directory",
   )
   parser.add_argument(
       "--dataset", default=None, help="None: the one the embedding job recorded in its run.json"
@@ -186,7 +190,12 @@ def parse_args(argv: Sequence[str] | None) -> tuple[LinearEvalConfig, list[str]]
   parser.add_argument(
       "--allow_missing",
       action="store_true",
-      help="score splits whose videos lack clips; the report lists what " "was missing",
+      help="score splits whose videos lack clips; the report lists what was missing",
+  )
+  parser.add_argument(
+      "--overwrite",
+      action="store_true",
+      help="delete --output_dir and everything in it, then evaluate into it",
   )
   common.add_verbose_flag(parser, "Beam's INFO logs and each split's result as it comes")
   args, beam_args = parser.parse_known_args(argv)
@@ -223,6 +232,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[LinearEvalConfig, list[str]]
           max_iter=args.svm_max_iter,
       ),
       allow_missing=args.allow_missing,
+      overwrite=args.overwrite,
   )
   return config, beam_args
 
@@ -334,14 +344,31 @@ def _dataset(name: str) -> datasets.DatasetSpec:
     raise common.UsageError(str(e)) from e
 
 
+_OWNED_DIR_REMEDY = "choose a new --output_dir, or pass --overwrite to delete it and start again"
+
+
 def check_output_dir(output_dir: str) -> None:
-  """Refuses an output directory that holds an earlier evaluation's metrics."""
+  """Refuses an output directory that holds an earlier evaluation's metrics.
+
+  Evaluations claim their directory (`claim_output_dir`) once their inputs
+  are checked; this catches, before that, directories the claim would
+  refuse anyway and those written before claims existed.
+  """
   metrics = f"{output_dir.rstrip('/')}/{report.METRICS_FILE}"
   if FileSystems.exists(metrics):
     raise common.UsageError(
-        f"--output_dir {output_dir} already holds {report.METRICS_FILE}; "
-        "choose a new --output_dir or delete it"
+        f"--output_dir {output_dir} already holds {report.METRICS_FILE}; {_OWNED_DIR_REMEDY}"
     )
+
+
+def claim_output_dir(config: LinearEvalConfig) -> None:
+  """Makes this evaluation the one owner of --output_dir (`common.claim_output_dir`)."""
+  common.claim_output_dir(
+      config.output_dir,
+      {"job": PROG, "settings": config.to_json()},
+      remedy=_OWNED_DIR_REMEDY,
+      overwrite=config.overwrite,
+  )
 
 
 def check_clips(config: LinearEvalConfig, inputs: Inputs) -> None:
@@ -471,10 +498,13 @@ def start(config: LinearEvalConfig, options: PipelineOptions) -> beam.runners.ru
   readable.
   """
   if not options.view_as(TestOptions).dry_run:
-    check_output_dir(config.output_dir)
+    if not config.overwrite:
+      check_output_dir(config.output_dir)
     inputs = read_inputs(config)
     if options.view_as(StandardOptions).runner not in _REMOTE_RUNNERS:
       check_clips(config, inputs)
+    # Claimed once the inputs are known good, so a refused run leaves nothing behind.
+    claim_output_dir(config)
   pipeline = beam.Pipeline(options=options)
   build_pipeline(pipeline, config)
   return pipeline.run()

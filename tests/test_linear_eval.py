@@ -678,6 +678,59 @@ def test_the_command_line_says_a_user_error_in_one_line_and_nothing_else(tmp_pat
   assert not (tmp_path / "out").exists()
 
 
+def test_two_evaluations_started_together_into_one_output_dir_one_is_refused(
+    complete_inputs, tmp_path
+):
+  out = tmp_path / "out"
+  command = [
+      sys.executable,
+      "-m",
+      "pipelines.linear_eval",
+      f"--embeddings_dir={complete_inputs}",
+      f"--output_dir={out}",
+      "--splits=1",
+  ]
+  runs = [
+      subprocess.Popen(
+          command,
+          cwd=cli_checks.REPO_ROOT,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE,
+          text=True,
+      )
+      for _ in range(2)
+  ]
+  outcomes = sorted((run.wait(timeout=300), run.stderr.read()) for run in runs)
+
+  (ok_status, _), (refused_status, refused_stderr) = outcomes
+  assert (ok_status, refused_status) == (0, common.USAGE_ERROR_STATUS)
+  # Refused by the claim, or, had the other finished first, by its metrics.
+  assert re.fullmatch(
+      rf"{re.escape(linear_eval_job.PROG)}: error: (--output_dir )?{re.escape(str(out))} "
+      r"(belongs to another run|already holds metrics.json).*--overwrite.*\n",
+      refused_stderr,
+  )
+  assert set(json.loads((out / report.METRICS_FILE).read_text())["splits"]) == {"1"}
+
+
+def test_an_interrupted_evaluation_is_restarted_with_overwrite(
+    complete_inputs, tmp_path, capsys, monkeypatch
+):
+  out = tmp_path / "out"
+  argv = [f"--embeddings_dir={complete_inputs}", f"--output_dir={out}", "--splits=2"]
+  linear_eval_job.main([*argv, *RUNNER])
+  (out / report.METRICS_FILE).unlink()  # As if it had been killed before writing them.
+  (out / "stale.txt").write_text("from the first evaluation")
+
+  refused = usage_error(argv, capsys, monkeypatch)
+  assert f"{out} belongs to another run" in refused and "--overwrite" in refused
+
+  monkeypatch.undo()
+  linear_eval_job.main([*argv, "--overwrite", *RUNNER])
+  assert not (out / "stale.txt").exists()
+  assert set(json.loads((out / report.METRICS_FILE).read_text())["splits"]) == {"2"}
+
+
 def _table(printed: str) -> dict[str, dict[str, str]]:
   """The rows of the printed Markdown table: first cell -> {column: cell}."""
   rows = [
