@@ -645,12 +645,14 @@ def build(
     expected_videos: int | None = None,
     prior: PriorOutput = PriorOutput(),
     listing: dataset_listing.DatasetListing | None = None,
+    handler: ModelHandler | None = None,
 ) -> None:
   """Adds the whole job to `pipeline`.
 
   `expected_videos` (if known) is for progress lines; videos of `prior` are
   not embedded again, and this run's shards are named apart from theirs.
   `listing`, read before the job, gives run.json its classes and splits.
+  `handler` replaces the model (see `EmbedClips`).
   """
   ingested = pipeline | "Ingest" >> ingest.Ingest(
       config.videos_location,
@@ -679,7 +681,7 @@ def build(
         lambda cached, written: cached.video_id not in written, prior.video_ids
     )
 
-  embed_clips = EmbedClips(config)
+  embed_clips = EmbedClips(config, handler)
   if config.embed_accelerator:
     hints = {"accelerator": config.embed_accelerator}
     if config.embed_min_ram:
@@ -949,13 +951,19 @@ def check_writable(directory: str, flag: str) -> None:
     raise UsageError(f"cannot write to {flag} {directory}: {e}") from e
 
 
-def run(argv: Sequence[str] | None = None) -> beam.runners.runner.PipelineResult:
+def run(
+    argv: Sequence[str] | None = None, handler: ModelHandler | None = None
+) -> beam.runners.runner.PipelineResult:
   """Builds and runs the job from its flags; returns Beam's result (see `start`)."""
-  return start(*parse_args(argv))
+  return start(*parse_args(argv), handler)
 
 
-def start(config: EmbedJobConfig, beam_args: Sequence[str]) -> beam.runners.runner.PipelineResult:
+def start(
+    config: EmbedJobConfig, beam_args: Sequence[str], handler: ModelHandler | None = None
+) -> beam.runners.runner.PipelineResult:
   """Builds and runs the job; returns Beam's result (finished unless the runner is async).
+
+  `handler` replaces the model (see `EmbedClips`); the checkpoint is checked all the same.
 
   Raises:
     UsageError: settings no run can use, unreadable inputs, an unusable
@@ -980,7 +988,7 @@ def start(config: EmbedJobConfig, beam_args: Sequence[str]) -> beam.runners.runn
     check_writable(config.work_dir, "--work_dir")
     prior = prepare_output_dir(config, sha256)
   pipeline = beam.Pipeline(options=options)
-  build(pipeline, config, sha256, num_videos, prior, listing)
+  build(pipeline, config, sha256, num_videos, prior, listing, handler)
   return pipeline.run()
 
 
@@ -1044,12 +1052,15 @@ def outcome_problem(config: EmbedJobConfig, counts: dict) -> str | None:
   return None
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-  """Runs the job, prints its summary; exits 1 if it embedded nothing or too little."""
+def main(argv: Sequence[str] | None = None, handler: ModelHandler | None = None) -> None:
+  """Runs the job, prints its summary; exits 1 if it embedded nothing or too little.
+
+  `handler` replaces the model (see `EmbedClips`).
+  """
   started = time.monotonic()
   configure_logging(argv)
   config, beam_args = parse_args(argv)
-  result = start(config, beam_args)
+  result = start(config, beam_args, handler)
   result.wait_until_finish()
   if result.state != beam.runners.runner.PipelineState.DONE:
     return  # A dry run, or an async runner: no results yet.

@@ -1,4 +1,10 @@
-"""End to end: synthetic UCF101 + random official-format checkpoint -> TFRecord embeddings."""
+"""The embedding job: synthetic UCF101 + random official-format checkpoint -> TFRecord embeddings.
+
+`job_output`, the job run on the real model, is the end-to-end test: its
+embeddings equal `VideoEmbedder`'s on the same frames, on one device or four.
+Tests of the job's wiring (overwrite, two runs at once, resume) replace the
+model with `fake_model.PixelStatsHandler`.
+"""
 
 import collections
 import glob
@@ -12,6 +18,7 @@ import zipfile
 
 import numpy as np
 import cli_checks
+import fake_model
 import pytest
 from numerics import assert_features_close
 import tensorflow as tf
@@ -220,9 +227,9 @@ def test_overwrite_replaces_the_previous_output(dataset, checkpoint_path, job_ou
       "--classes="
       + ",".join(sorted({r[schema.LABEL_NAME] for r in _read_embeddings(job_output / "out")})[:1]),
   ]
-  embed.run(flags).wait_until_finish()
+  embed.run(flags, fake_model.PixelStatsHandler()).wait_until_finish()
   (out / "stale.txt").write_text("from the first run")
-  embed.run([*flags, "--overwrite"]).wait_until_finish()
+  embed.run([*flags, "--overwrite"], fake_model.PixelStatsHandler()).wait_until_finish()
 
   assert not (out / "stale.txt").exists()
   records = _read_embeddings(out)
@@ -235,9 +242,7 @@ def test_two_runs_started_together_on_one_output_dir_one_is_refused(
 ):
   out = tmp_path / "out"
   command = [
-      sys.executable,
-      "-m",
-      "pipelines.embed",
+      *fake_model.COMMAND,
       *_flags(dataset, checkpoint_path, job_output / "work", out),
       *IN_PROCESS,
       "--max_videos=2",
@@ -282,7 +287,7 @@ def test_a_killed_run_is_completed_by_resume_each_clip_once(
       "--max_failed_share=0.5",
   ]
   killed = subprocess.Popen(
-      [sys.executable, "-m", "pipelines.embed", *flags],
+      [*fake_model.COMMAND, "--seconds_per_batch=0.2", *flags],
       cwd=REPO_ROOT,
       stderr=subprocess.PIPE,
       stdout=subprocess.DEVNULL,
@@ -295,7 +300,7 @@ def test_a_killed_run_is_completed_by_resume_each_clip_once(
   assert killed.wait() != 0
 
   subprocess.run(
-      [sys.executable, "-m", "pipelines.embed", *flags, "--resume"],
+      [*fake_model.COMMAND, *flags, "--resume"],
       cwd=REPO_ROOT,
       check=True,
       capture_output=True,
@@ -319,7 +324,8 @@ def test_resume_of_a_finished_run_keeps_its_videos_and_retries_the_failed_one(
   before = sorted(p.name for p in (out / "embeddings").iterdir())
 
   embed.run(
-      [*_flags(dataset, checkpoint_path, job_output / "work", out), *IN_PROCESS, "--resume"]
+      [*_flags(dataset, checkpoint_path, job_output / "work", out), *IN_PROCESS, "--resume"],
+      fake_model.PixelStatsHandler(),
   ).wait_until_finish()
 
   assert sorted(_clip_keys(out)) == sorted(_clip_keys(job_output / "out"))
