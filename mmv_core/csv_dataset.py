@@ -181,7 +181,7 @@ def listing_from_rows(
         location = dataset_listing.join_location(video_root, row.video_path)
       else:
         raise ListingError(
-            f"{row.where}: relative video_path {row.video_path!r} " "needs a video root"
+            f"{row.where}: relative video_path {row.video_path!r} needs a video root"
         )
       video = (location, row.start_s, row.end_s)
       first = first_row.setdefault(video, row)

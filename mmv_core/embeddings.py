@@ -89,7 +89,7 @@ def load_embeddings(
       sizes; the message names the file and record.
   """
   if clip_type is not None and clip_type not in schema.CLIP_TYPES:
-    raise ValueError(f"clip_type must be one of {schema.CLIP_TYPES} or None, " f"got {clip_type!r}")
+    raise ValueError(f"clip_type must be one of {schema.CLIP_TYPES} or None, got {clip_type!r}")
   run_config = schema.read_run_config(output_dir)
   rows = []
   for source, record in schema.embedding_records(output_dir):

@@ -52,7 +52,7 @@ def ffmpeg_executable() -> str:
     system_ffmpeg = shutil.which("ffmpeg")
     if system_ffmpeg is None:
       raise EncodeError(
-          f"no ffmpeg: set ${FFMPEG_ENV_VAR}, install imageio-ffmpeg " "or put ffmpeg on PATH"
+          f"no ffmpeg: set ${FFMPEG_ENV_VAR}, install imageio-ffmpeg or put ffmpeg on PATH"
       ) from None
     return system_ffmpeg
 
@@ -129,7 +129,7 @@ def check_avi_container(video: bytes) -> None:
     (declared,) = struct.unpack_from("<I", video, 4)
     if len(video) < declared + 8:
       raise EncodeError(
-          f"truncated AVI: RIFF header declares {declared + 8} bytes, " f"file has {len(video)}"
+          f"truncated AVI: RIFF header declares {declared + 8} bytes, file has {len(video)}"
       )
 
 

@@ -56,13 +56,13 @@ def parse_split_file(data: bytes, path: str) -> list[tuple[str, str | None, int]
     match = _LINE.match(stripped)
     if not match or match["split_id"] not in _ROLE_OF_SPLIT_ID:
       raise ListingError(
-          f"{path}:{line_number}: expected '<video file name> <0, 1 or 2>', " f"got {line!r}"
+          f"{path}:{line_number}: expected '<video file name> <0, 1 or 2>', got {line!r}"
       )
     file_name, role = match["file_name"], _ROLE_OF_SPLIT_ID[match["split_id"]]
     first_role, first_line = first_listing.setdefault(file_name, (role, line_number))
     if first_role != role:
       raise ListingError(
-          f"{path}:{line_number}: {file_name!r} has a different id " f"than on line {first_line}"
+          f"{path}:{line_number}: {file_name!r} has a different id than on line {first_line}"
       )
   return [(name, role, line) for name, (role, line) in first_listing.items()]
 

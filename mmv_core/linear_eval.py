@@ -254,7 +254,7 @@ class _ClipTable:
     by_video = ~self.filled.reshape(len(self.videos), self.per_video)
     videos = [v.video_id for v, row in zip(self.videos, by_video) if row.all()]
     clips = [
-        f"{self.videos[r // self.per_video].video_id}/{self.clip_type}/" f"{r % self.per_video}"
+        f"{self.videos[r // self.per_video].video_id}/{self.clip_type}/{r % self.per_video}"
         for r in np.flatnonzero(~self.filled)
     ]
     return videos, clips

@@ -254,7 +254,7 @@ def _http_size(location: str) -> int:
     match = _check_partial_content(response, location, 0)
   if match[3] == "*":
     raise SourceError(
-        f"{location}: server does not give the object's size " f"(Content-Range {match[0]!r})"
+        f"{location}: server does not give the object's size (Content-Range {match[0]!r})"
     )
   return int(match[3])
 

@@ -20,7 +20,7 @@ from mmv_core import sources
 # ZIP is checked by size and by every member's CRC-32, not by a whole-file hash.
 VIDEO_ZIP_URL = "gs://thumos14_files/UCF101_videos.zip"
 VIDEO_ZIP_BYTES = 6_960_400_115
-SPLITS_ZIP_URL = "https://www.crcv.ucf.edu/data/UCF101/" "UCF101TrainTestSplits-RecognitionTask.zip"
+SPLITS_ZIP_URL = "https://www.crcv.ucf.edu/data/UCF101/UCF101TrainTestSplits-RecognitionTask.zip"
 SPLITS_ZIP_SHA256 = "5c0d1a53b8ed364a2ac830a73f405e51bece7d98ce1254fd19ed4a36b224bd27"
 
 VIDEO_MEMBER_DIR = "UCF101"

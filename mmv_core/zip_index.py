@@ -194,9 +194,7 @@ def parse_central_directory(
   position = 0
   for parsed in range(entries):
     if position + _CENTRAL_HEADER.size > len(directory):
-      raise ZipFormatError(
-          f"{source}: central directory ends after {parsed} " f"of {entries} entries"
-      )
+      raise ZipFormatError(f"{source}: central directory ends after {parsed} of {entries} entries")
     (
         signature,
         _,

@@ -185,7 +185,7 @@ def test_errors_name_the_file_and_line(tmp_path, files, message):
 
 def test_relative_path_without_video_root(tmp_path):
   with pytest.raises(
-      ListingError, match="train_1.csv:2: relative video_path 'a.mp4' needs a " "video root"
+      ListingError, match="train_1.csv:2: relative video_path 'a.mp4' needs a video root"
   ):
     _list(
         tmp_path,
