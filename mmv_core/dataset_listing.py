@@ -15,6 +15,7 @@ distinct names give distinct ids; the record keeps the name for display too.
 
 import collections
 import dataclasses
+import itertools
 import re
 import urllib.parse
 from collections.abc import Sequence
@@ -146,6 +147,36 @@ class DatasetListing:
   def split_counts(self) -> dict[int, tuple[int, int]]:
     """(train videos, test videos) of each split."""
     return {s: (len(self.videos_in(s, TRAIN)), len(self.videos_in(s, TEST))) for s in self.splits}
+
+  def select(
+      self, classes: Sequence[str] | None = None, max_videos: int | None = None
+  ) -> list[ListedVideo]:
+    """Videos of `classes` (all when None), at most `max_videos` of them, sorted by id.
+
+    The limit takes videos round-robin over classes (each class's in id
+    order), so a small trial still covers every selected class.
+
+    Raises:
+      ListingError: a class in `classes` is not among `class_names`.
+      ValueError: `max_videos` is below 1.
+    """
+    if max_videos is not None and max_videos < 1:
+      raise ValueError(f"max_videos must be at least 1, got {max_videos}")
+    unknown = sorted(set(classes or ()) - set(self.class_names))
+    if unknown:
+      raise ListingError(f"unknown classes {unknown}; known: {list(self.class_names)}")
+    wanted = set(classes) if classes else set(self.class_names)
+    per_class: dict[str, list[ListedVideo]] = {}
+    for video in self.videos:
+      if video.label_name in wanted:
+        per_class.setdefault(video.label_name, []).append(video)
+    round_robin = [
+        video
+        for rank in itertools.zip_longest(*per_class.values())
+        for video in rank
+        if video is not None
+    ]
+    return sorted(round_robin[:max_videos], key=lambda v: v.video_id)
 
 
 def make_listing(class_names: Sequence[str], videos: Sequence[ListedVideo]) -> DatasetListing:

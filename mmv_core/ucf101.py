@@ -9,10 +9,8 @@ The split-list zip (`ucfTrainTestlist/`) holds `classInd.txt`
 
 import dataclasses
 import io
-import itertools
 import re
 import zipfile
-from collections.abc import Sequence
 
 from mmv_core import sources
 
@@ -79,18 +77,6 @@ class SplitLists:
 
   def split_counts(self) -> dict[int, tuple[int, int]]:
     return {s: (len(self.videos_in(s, TRAIN)), len(self.videos_in(s, TEST))) for s in SPLITS}
-
-  def count_differences(self, expected=EXPECTED_SPLIT_COUNTS) -> list[str]:
-    """Human-readable differences from the official per-split counts."""
-    differences = []
-    for split, (train, test) in self.split_counts().items():
-      want_train, want_test = expected[split]
-      if (train, test) != (want_train, want_test):
-        differences.append(
-            f"split {split}: {train} train / {test} test videos, "
-            f"official UCF101 has {want_train} / {want_test}"
-        )
-    return differences
 
 
 def video_id_from_entry(entry: str, class_name: str) -> str:
@@ -188,34 +174,3 @@ def load_split_lists(location: str = SPLITS_ZIP_URL) -> SplitLists:
   """
   expected = SPLITS_ZIP_SHA256 if location == SPLITS_ZIP_URL else None
   return parse_split_zip(sources.read_bytes(location, expected_sha256=expected), source=location)
-
-
-def select_videos(
-    split_lists: SplitLists, classes: Sequence[str] | None = None, max_videos: int | None = None
-) -> list[VideoRecord]:
-  """Videos of `classes` (all when None), at most `max_videos` of them.
-
-  The limit takes videos round-robin over classes (each class's in id
-  order), so a small trial still covers every selected class.
-
-  Raises:
-    SplitListError: a class in `classes` is not in `classInd.txt`.
-    ValueError: `max_videos` is below 1.
-  """
-  if max_videos is not None and max_videos < 1:
-    raise ValueError(f"max_videos must be at least 1, got {max_videos}")
-  unknown = sorted(set(classes or ()) - set(split_lists.class_names))
-  if unknown:
-    raise SplitListError(f"unknown classes {unknown}; known: {list(split_lists.class_names)}")
-  wanted = set(classes) if classes else set(split_lists.class_names)
-  per_class: dict[str, list[VideoRecord]] = {}
-  for video in split_lists.videos:
-    if video.label_name in wanted:
-      per_class.setdefault(video.label_name, []).append(video)
-  round_robin = [
-      video
-      for rank in itertools.zip_longest(*per_class.values())
-      for video in rank
-      if video is not None
-  ]
-  return sorted(round_robin[:max_videos], key=lambda v: v.video_id)

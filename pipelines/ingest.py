@@ -141,19 +141,6 @@ def load_listing(
     raise UsageError(str(e)) from e
 
 
-def select_videos(
-    listing: dataset_listing.DatasetListing, classes: Sequence[str] | None, max_videos: int | None
-) -> list[dataset_listing.ListedVideo]:
-  """Videos of `classes`, at most `max_videos`, round-robin over classes.
-
-  Raises:
-    ValueError: an unknown class or a max_videos below 1.
-  """
-  # UCF101's selection reads only `class_names`, `videos` and their
-  # `label_name` and `video_id`, which every listing has.
-  return ucf101.select_videos(listing, classes, max_videos)
-
-
 def count_videos(
     listing: dataset_listing.DatasetListing, classes: Sequence[str] | None, max_videos: int | None
 ) -> int:
@@ -164,7 +151,7 @@ def count_videos(
       below 1).
   """
   try:
-    return len(select_videos(listing, classes, max_videos))
+    return len(listing.select(classes, max_videos))
   except ValueError as e:
     raise UsageError(str(e)) from e
 
@@ -195,7 +182,7 @@ def list_videos(
     for difference in split_count_differences(listing, dataset.name, expected_split_counts):
       logging.warning("%s: %s", splits_location or dataset.default_splits, difference)
       counter("split_count_differences").inc()
-  for video in select_videos(listing, classes, max_videos):
+  for video in listing.select(classes, max_videos):
     counter("videos_listed").inc()
     yield video
 

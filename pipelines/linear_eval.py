@@ -49,7 +49,6 @@ from mmv_core import linear_eval
 from mmv_core import report
 from mmv_core import sources
 from pipelines import common
-from pipelines import ingest
 
 PROG = "python -m pipelines.linear_eval"
 # The flags that locate a dataset's split definitions, one or more datasets each.
@@ -284,9 +283,7 @@ def read_inputs(config: LinearEvalConfig) -> Inputs:
   )
   try:
     listing = spec.list_videos(config.splits_location or recorded_splits, recorded_videos)
-    videos = ingest.select_videos(
-        listing, settings.get(schema.CLASSES), settings.get(schema.MAX_VIDEOS)
-    )
+    videos = listing.select(settings.get(schema.CLASSES), settings.get(schema.MAX_VIDEOS))
   except (sources.SourceError, ValueError) as e:  # ValueError: listing errors, unknown classes.
     given_by = (
         f"--{spec.splits_flag}"

@@ -16,7 +16,7 @@ from mmv_core import synthetic
 from mmv_core import synthetic_hmdb51
 from mmv_core import ucf101
 from mmv_core import video
-from mmv_core.models import mmv
+from mmv_core.models.names import BACKBONES
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -44,7 +44,7 @@ def test_importing_the_registry_loads_no_model_or_classifier_library():
 def test_each_dataset_names_a_recipe_and_a_c_for_every_backbone():
   for spec in datasets.DATASETS.values():
     assert spec.encoding_recipe is encoding_recipes.get(spec.recipe)
-    assert [backbone for backbone, _ in spec.protocol.svm_c] == list(mmv.BACKBONES)
+    assert [backbone for backbone, _ in spec.protocol.svm_c] == list(BACKBONES)
   with pytest.raises(ValueError, match="no C for backbone 'vit'"):
     datasets.UCF101.protocol.svm_c_for("vit")
 
@@ -85,7 +85,7 @@ def test_hmdb51_defaults_are_dmvrs_published_recipe():
       protocol.num_train_clips,
       protocol.num_test_windows,
   ) == (32, 1, 224, 200, 10, 10)
-  assert [protocol.svm_c_for(b) for b in mmv.BACKBONES] == [3e-4, 1e-4, 3e-4]
+  assert [protocol.svm_c_for(b) for b in BACKBONES] == [3e-4, 1e-4, 3e-4]
   assert datasets.HMDB51.recipe == "hmdb51"
   assert datasets.HMDB51.fetch == datasets.FETCH_FILE
 
@@ -192,3 +192,33 @@ def test_records_and_specs_survive_pickling_for_beam():
 
   assert pickle.loads(pickle.dumps(video)) == video
   assert pickle.loads(pickle.dumps(datasets.HMDB51)) == datasets.HMDB51
+
+
+def _small_ucf101_listing() -> dataset_listing.DatasetListing:
+  """3 classes x 4 videos, one group each."""
+  names = synthetic.class_names(3, include_handstand_pushups=True)
+  planned = synthetic.plan_videos(names, videos_per_class=4, clips_per_group=1)
+  return datasets.listing_from_ucf101(
+      ucf101.parse_split_zip(synthetic.splits_zip_bytes(names, planned))
+  )
+
+
+def test_select_takes_videos_round_robin_over_classes():
+  listing = _small_ucf101_listing()
+
+  chosen = listing.select(max_videos=4)
+  assert len(chosen) == 4
+  assert {v.label_name for v in chosen} == set(listing.class_names)
+  assert [v.video_id for v in chosen] == sorted(v.video_id for v in chosen)
+
+  only = listing.select(classes=[listing.class_names[1]])
+  assert {v.label_name for v in only} == {listing.class_names[1]} and len(only) == 4
+
+  with pytest.raises(dataset_listing.ListingError, match="NoSuchClass"):
+    listing.select(classes=["NoSuchClass"])
+
+
+@pytest.mark.parametrize("max_videos", [0, -1])
+def test_select_refuses_a_max_videos_below_one(max_videos):
+  with pytest.raises(ValueError, match=f"max_videos must be at least 1, got {max_videos}"):
+    _small_ucf101_listing().select(max_videos=max_videos)

@@ -8,6 +8,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 import cli_checks
 from ingest_fixtures import expected_videos, frame_digest, run_ingest, zip_members
+from mmv_core import datasets
 from mmv_core import synthetic
 from mmv_core import video_cache
 from pipelines import ingest
@@ -60,6 +61,18 @@ def test_limits_select_classes_and_count(tiny_dataset, tmp_path):
   )
   assert len(run.videos) == 2
   assert {r["label_name"] for r in run.videos.values()} == {wanted}
+
+
+def test_split_sizes_that_differ_from_the_official_ones_are_named(tiny_dataset):
+  listing = datasets.UCF101.list_videos(tiny_dataset.splits_zip)
+  counts = listing.split_counts()
+  assert ingest.split_count_differences(listing, "UCF101", counts) == []
+
+  official = {**counts, 2: (counts[2][0] + 1, counts[2][1])}
+  assert ingest.split_count_differences(listing, "UCF101", official) == [
+      f"split 2: {counts[2][0]} train / {counts[2][1]} test videos, official UCF101 has "
+      f"{counts[2][0] + 1} / {counts[2][1]}"
+  ]
 
 
 def test_cli_fills_cache_and_read_video_cache_reads_it(tiny_dataset, tmp_path):

@@ -20,6 +20,7 @@ from sklearn import preprocessing
 from sklearn import svm
 import tensorflow as tf
 
+from mmv_core import datasets
 from mmv_core import embedding_schema as schema
 from mmv_core import linear_eval
 from mmv_core import report
@@ -829,10 +830,7 @@ def test_a_run_limited_to_some_classes_is_evaluated_on_those_classes(
 
 
 def test_a_run_limited_by_max_videos_is_evaluated_on_the_videos_it_listed(tmp_path, split_zip):
-  listed = {
-      v.video_id
-      for v in ucf101.select_videos(ucf101.load_split_lists(str(split_zip)), max_videos=12)
-  }
+  listed = {v.video_id for v in datasets.UCF101.list_videos(str(split_zip)).select(max_videos=12)}
   clips = {key: value for key, value in make_clips(17, signal=2.0).items() if key[0] in listed}
   embeddings = write_embeddings(
       tmp_path / "emb", clips, settings={schema.SPLITS_ZIP: str(split_zip), schema.MAX_VIDEOS: 12}

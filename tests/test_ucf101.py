@@ -1,4 +1,4 @@
-"""Split lists: parsing, labels, the HandStandPushups quirk, counts, selection."""
+"""Split lists: parsing, labels, the HandStandPushups quirk."""
 
 import dataclasses
 import io
@@ -43,32 +43,6 @@ def _list_text(split_zip: bytes) -> bytes:
     return archive.read("ucfTrainTestlist/trainlist01.txt")
 
 
-def test_count_differences_name_each_split_that_differs():
-  lists = ucf101.parse_split_zip(synthetic.splits_zip_bytes(NAMES, VIDEOS))
-  counts = lists.split_counts()
-
-  assert lists.count_differences(counts) == []
-  expected = dict(counts)
-  expected[2] = (counts[2][0] + 1, counts[2][1])
-  differences = lists.count_differences(expected)
-  assert len(differences) == 1 and differences[0].startswith("split 2:")
-  assert len(lists.count_differences()) == 3  # Nowhere near the real UCF101.
-
-
-def test_select_videos_round_robin_over_classes():
-  lists = ucf101.parse_split_zip(synthetic.splits_zip_bytes(NAMES, VIDEOS))
-
-  chosen = ucf101.select_videos(lists, max_videos=4)
-  assert len(chosen) == 4
-  assert {v.label_name for v in chosen} == set(NAMES)
-
-  only = ucf101.select_videos(lists, classes=[NAMES[1]])
-  assert {v.label_name for v in only} == {NAMES[1]} and len(only) == 4
-
-  with pytest.raises(ucf101.SplitListError, match="NoSuchClass"):
-    ucf101.select_videos(lists, classes=["NoSuchClass"])
-
-
 def test_a_video_listed_under_two_classes_is_an_error_naming_both_lines():
   video = next(v for v in VIDEOS if v.label_name.startswith("Synth") and v.role(1) == ucf101.TRAIN)
   other = next(n for n in NAMES if n != video.label_name)
@@ -87,10 +61,3 @@ def test_a_video_listed_under_two_classes_is_an_error_naming_both_lines():
   assert message.startswith(f"splits.zip: {video.video_id}")
   assert f"{video.label_name} (trainlist01.txt line {line_of_video})" in message
   assert f"{other} (trainlist01.txt line {line_of_twin})" in message
-
-
-@pytest.mark.parametrize("max_videos", [0, -1])
-def test_a_max_videos_below_one_is_refused(max_videos):
-  lists = ucf101.parse_split_zip(synthetic.splits_zip_bytes(NAMES, VIDEOS))
-  with pytest.raises(ValueError, match=f"max_videos must be at least 1, got {max_videos}"):
-    ucf101.select_videos(lists, max_videos=max_videos)
