@@ -180,11 +180,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   Raises:
     common.UsageError: --bucket is not a gs:// path to a valid bucket name.
   """
-  formatter = argparse.ArgumentDefaultsHelpFormatter
-  parser = argparse.ArgumentParser(
+  parser = common.JobArgumentParser(
       prog=PROG,
       description=__doc__.split("\n", 1)[0],
-      formatter_class=formatter,
       epilog="JOB --help lists the job's launch flags.",
   )
   jobs = parser.add_subparsers(dest="job", required=True, metavar="JOB")
@@ -193,7 +191,6 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         name,
         help=description,
         description=f"{description}.",
-        formatter_class=formatter,
         epilog=f"Further flags go to the job (python -m pipelines.{name} --help) or to "
         "Beam (e.g. --max_num_workers); a flag that neither takes is an error.",
     )

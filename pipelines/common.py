@@ -11,6 +11,7 @@ other exception is a bug or an outage and keeps its traceback.
 
 import argparse
 import collections
+import difflib
 import json
 import logging
 import os
@@ -50,14 +51,43 @@ USAGE_ERROR_STATUS = 2
 VERBOSE_FLAG = "--verbose"
 
 
-def job_parser(prog: str, description: str, epilog: str) -> argparse.ArgumentParser:
-  """A job's command line: `python -m` usage, and every flag's default in --help."""
-  return argparse.ArgumentParser(
-      prog=prog,
-      description=description,
-      epilog=epilog,
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-  )
+class JobArgumentParser(argparse.ArgumentParser):
+  """A job's command line: every flag's default in --help, and errors as `UsageError`.
+
+  argparse would print its whole usage block before the error; through
+  `run_main` the error is one line. A flag that is not this parser's but
+  close to one of its flags is named with the flag it may mean, so that a
+  misspelt required flag is not reported only as missing. Subparsers
+  (`add_subparsers`) are of this class too.
+  """
+
+  def __init__(self, **kwargs):
+    kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+    super().__init__(**kwargs)
+    self._given: list[str] = []
+
+  def parse_known_args(self, args=None, namespace=None):
+    self._given = list(sys.argv[1:] if args is None else args)
+    return super().parse_known_args(args, namespace)
+
+  def error(self, message: str):
+    raise UsageError(f"{message}{self._misspelling_hint()} (see {self.prog} --help)")
+
+  def _misspelling_hint(self) -> str:
+    own_flags = [flag for flag in self._option_string_actions if flag.startswith("--")]
+    hints = []
+    for arg in self._given:
+      flag = arg.split("=", 1)[0]
+      if flag.startswith("--") and flag not in self._option_string_actions:
+        near = difflib.get_close_matches(flag, own_flags, n=1)
+        if near:
+          hints.append(f"{flag} (did you mean {near[0]}?)")
+    return f"; unrecognized: {', '.join(hints)}" if hints else ""
+
+
+def job_parser(prog: str, description: str, epilog: str) -> JobArgumentParser:
+  """A job's command line, with `python -m` usage (`prog`)."""
+  return JobArgumentParser(prog=prog, description=description, epilog=epilog)
 
 
 def add_required_flag(parser: argparse.ArgumentParser, flag: str, help_text: str) -> None:

@@ -511,6 +511,30 @@ def test_a_misspelt_flag_is_an_error_naming_it(capsys):
   assert "--max_num_wrkers=3" in error
 
 
+@pytest.mark.parametrize(
+    "argv, problem",
+    [
+        ([], "the following arguments are required: --checkpoint_path, --work_dir, --output_dir"),
+        (
+            ["--chekpoint_path=c.pkl", "--work_dir=w", "--output_dir=o"],
+            "required: --checkpoint_path; unrecognized: --chekpoint_path (did you mean "
+            "--checkpoint_path?)",
+        ),
+        (
+            ["--checkpoint_path=c.pkl", "--work_dir=w", "--output_dir=o", "--max_videos=abc"],
+            "argument --max_videos: invalid int value: 'abc'",
+        ),
+        (
+            ["--checkpoint_path=c.pkl", "--work_dir=w", "--output_dir=o", "--backbone=s3"],
+            "argument --backbone: invalid choice: 's3'",
+        ),
+    ],
+)
+def test_a_flag_argparse_refuses_is_one_line_naming_it(argv, problem, capsys):
+  error = cli_checks.usage_error(embed.main, embed.PROG, argv, capsys)
+  assert problem in error and error.rstrip().endswith(f"(see {embed.PROG} --help)")
+
+
 def _clips(video_id: str, num_train: int, num_test: int, value: float = 1.0):
   return [
       (

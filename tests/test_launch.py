@@ -211,6 +211,21 @@ def test_an_unknown_backbone_is_an_error(argv, problem, capsys):
   assert problem in usage_error(argv, capsys)
 
 
+@pytest.mark.parametrize(
+    "argv, problem",
+    [
+        ([], "the following arguments are required: JOB"),
+        (["embd"], "argument JOB: invalid choice: 'embd'"),
+        (
+            ["embed", "--project", "p"],
+            "the following arguments are required: --region, --bucket, --image, --checkpoint_path",
+        ),
+    ],
+)
+def test_a_flag_argparse_refuses_is_one_line(argv, problem, capsys):
+  assert problem in usage_error(argv, capsys)
+
+
 @pytest.fixture
 def network_attempts(monkeypatch) -> list:
   """Connections and name look-ups tried, each refused."""

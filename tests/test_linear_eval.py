@@ -549,6 +549,8 @@ def usage_error(argv, capsys, monkeypatch) -> str:
             "--splits_zip=/nonexistent/splits.zip",
             "--splits_zip: /nonexistent/splits.zip: cannot read",
         ),
+        ("--solver=newtn", "argument --solver: invalid choice: 'newtn'"),
+        ("--svm_max_iter=many", "argument --svm_max_iter: invalid int value: 'many'"),
     ],
 )
 def test_an_invalid_flag_is_one_line_and_exit_status_2(
@@ -556,6 +558,16 @@ def test_an_invalid_flag_is_one_line_and_exit_status_2(
 ):
   argv = [f"--embeddings_dir={complete_inputs}", f"--output_dir={tmp_path / 'out'}", flag]
   assert problem in usage_error(argv, capsys, monkeypatch)
+
+
+def test_a_misspelt_required_flag_is_named_with_the_flag_it_may_mean(
+    complete_inputs, tmp_path, capsys, monkeypatch
+):
+  argv = [f"--embedings_dir={complete_inputs}", f"--output_dir={tmp_path / 'out'}"]
+  assert (
+      "the following arguments are required: --embeddings_dir; unrecognized: "
+      "--embedings_dir (did you mean --embeddings_dir?)"
+  ) in usage_error(argv, capsys, monkeypatch)
 
 
 def _without_run_json_settings(embeddings: pathlib.Path) -> None:
