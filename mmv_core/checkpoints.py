@@ -706,9 +706,16 @@ def _describe_checkpoint(checkpoint: Checkpoint, backbone_lines: Sequence[str]) 
   return lines
 
 
+# As the jobs' (`pipelines.common.USAGE_ERROR_STATUS`) and argparse's.
+_USAGE_ERROR_STATUS = 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+  """The command line; returns its exit status: 0, or 2 for a checkpoint that is unreadable
+  or does not match (the reason is one line on stderr, as the jobs give it)."""
   parser = argparse.ArgumentParser(
-      prog='python -m mmv_core.checkpoints', description=__doc__.split('\n')[0]
+      prog='python -m mmv_core.checkpoints',
+      description='MMV checkpoints: convert, inspect and validate, or write random ones.',
   )
   commands = parser.add_subparsers(dest='command', required=True)
   convert = commands.add_parser('convert', help='pickle -> npz')
@@ -717,7 +724,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   random_ = commands.add_parser('random', help='write a random checkpoint')
   random_.add_argument('--backbone', choices=BACKBONES, required=True)
   random_.add_argument(
-      '--manifest', help='param_manifest_<config>.json to use ' 'instead of building the model'
+      '--manifest', help='param_manifest_<config>.json to use instead of building the model'
   )
   random_.add_argument('--seed', type=int, default=0)
   random_.add_argument(
@@ -727,7 +734,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   inspect_ = commands.add_parser('inspect', help='describe a checkpoint')
   inspect_.add_argument('source')
   inspect_.add_argument(
-      '--manifest', help='validate against this manifest ' "instead of the backbones' models"
+      '--manifest', help="validate against this manifest instead of the backbones' models"
   )
   args = parser.parse_args(argv)
 
@@ -760,8 +767,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       elif backbone_problem:
         raise CheckpointError(backbone_problem)
   except CheckpointError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
+    print(f'{parser.prog}: error: {e}', file=sys.stderr)
+    return _USAGE_ERROR_STATUS
   return 0
 
 

@@ -495,10 +495,11 @@ def test_command_line_random_convert_inspect(tmp_path, capsys):
   )
   assert f'params: 3 modules, 5 arrays, {total:,} values' in out
   assert f'matches {manifest}' in out
-  assert checkpoints.main(['inspect', str(tmp_path / 'missing.pkl')]) == 1
-  assert 'missing.pkl' in capsys.readouterr().err
+  assert checkpoints.main(['inspect', str(tmp_path / 'missing.pkl')]) == 2
+  error = capsys.readouterr().err
+  assert error.startswith('python -m mmv_core.checkpoints: error: ') and 'missing.pkl' in error
   # Without a manifest the backbones' models are the reference: it fits none.
-  assert checkpoints.main(['inspect', str(npz)]) == 1
+  assert checkpoints.main(['inspect', str(npz)]) == 2
   assert 'parameter tree matches no backbone' in capsys.readouterr().err
 
 
@@ -522,7 +523,7 @@ def test_inspect_reports_the_trees_backbone_not_the_file_names(
     s3d_checkpoint_named_tsm_resnet_x2, capsys
 ):
   path = s3d_checkpoint_named_tsm_resnet_x2
-  assert checkpoints.main(['inspect', str(path)]) == 1
+  assert checkpoints.main(['inspect', str(path)]) == 2
   captured = capsys.readouterr()
   assert 'backbone: s3d (the parameter tree is exactly its model)' in captured.out
   assert 'backbone: tsm_resnet_x2' not in captured.out
