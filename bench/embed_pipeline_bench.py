@@ -41,9 +41,9 @@ from mmv_core import video_cache
 from mmv_core.embedder import VideoEmbedder
 from mmv_core.embedder_config import EmbedderConfig
 from mmv_core.models import mmv
+from pipelines import embed
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-_TIMINGS_PREFIX = "[embed] timings "
 
 
 def original_loop(cached: list[video_cache.CachedVideo], embedder: VideoEmbedder, args) -> int:
@@ -82,7 +82,7 @@ def run_job(flags: list[str], output_dir: pathlib.Path) -> dict:
   """Runs the job once; returns its wall seconds, seconds to the first batch and timings."""
   start = time.perf_counter()
   job = subprocess.Popen(
-      [sys.executable, "-m", "pipelines.embed", *flags, f"--output_dir={output_dir}"],
+      [sys.executable, "-m", "pipelines.embed", *flags, f"--output_dir={output_dir}", "--verbose"],
       cwd=REPO_ROOT,
       text=True,
       stdout=subprocess.PIPE,
@@ -94,8 +94,8 @@ def run_job(flags: list[str], output_dir: pathlib.Path) -> dict:
     lines.append(line)
     if startup_s is None and "clips embedded" in line:
       startup_s = time.perf_counter() - start
-    if line.startswith(_TIMINGS_PREFIX):
-      timings = json.loads(line[len(_TIMINGS_PREFIX) :])
+    if embed.TIMINGS_PREFIX in line:
+      timings = json.loads(line.split(embed.TIMINGS_PREFIX, 1)[1])
   if job.wait():
     raise RuntimeError(f"the job failed:\n{''.join(lines[-40:])}")
   wall_s = time.perf_counter() - start

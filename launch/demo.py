@@ -16,7 +16,6 @@
 """
 
 import argparse
-import json
 import logging
 import pathlib
 import shutil
@@ -80,7 +79,9 @@ def write_dataset(name: str, data_dir: pathlib.Path) -> list[str]:
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+  parser = argparse.ArgumentParser(
+      prog="bash launch/demo_local.sh", description=__doc__.split("\n", 1)[0]
+  )
   parser.add_argument("--out", default=str(DEFAULT_OUT), help="where everything goes")
   parser.add_argument(
       "--dataset",
@@ -93,9 +94,10 @@ def main(argv=None) -> None:
   # (which workers print themselves); errors still show.
   logging.basicConfig(level=logging.ERROR, format="%(message)s")
   out = pathlib.Path(args.out)
-  data_dir, work_dir = out / args.dataset, out / "work"
-  embeddings_dir, eval_dir = out / "embeddings", out / "linear_eval"
-  checkpoint = out / "mmv_s3d.pkl"
+  # Each dataset's videos and results apart; the video cache and checkpoint shared.
+  dataset_dir, work_dir, checkpoint = out / args.dataset, out / "work", out / "mmv_s3d.pkl"
+  data_dir = dataset_dir / "videos"
+  embeddings_dir, eval_dir = dataset_dir / "embed", dataset_dir / "linear_eval"
   started = time.monotonic()
   # A new run replaces the demo's results; the video cache and checkpoint stay,
   # so a second run shows that nothing is fetched or re-encoded again.
@@ -114,7 +116,8 @@ def main(argv=None) -> None:
   from pipelines import embed, linear_eval  # pylint: disable=import-outside-toplevel
 
   _stage("running pipelines.embed on the local runner (fetch, re-encode, sample, embed)")
-  embed.run(
+  # It ends by printing what it embedded and where.
+  embed.main(
       [
           f"--checkpoint_path={checkpoint}",
           f"--work_dir={work_dir}",
@@ -122,9 +125,7 @@ def main(argv=None) -> None:
           *dataset_flags,
           *CLIP_FLAGS,
       ]
-  ).wait_until_finish()
-  counts = json.loads((embeddings_dir / "run.json").read_text())["counts"]
-  _stage(f"embeddings written: {counts}")
+  )
 
   _stage("running pipelines.linear_eval on splits 1, 2, 3")
   # No dataset flags: the job evaluates every split of the dataset that the

@@ -18,7 +18,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -141,19 +141,28 @@ def owner_path(output_dir: str, attempt: int = 1) -> str:
 
 
 def claim_output_dir(
-    output_dir: str, owner: dict, *, remedy: str, attempt: int = 1, overwrite: bool = False
+    output_dir: str,
+    owner: dict,
+    *,
+    remedy: str,
+    attempt: int = 1,
+    overwrite: bool = False,
+    inputs: Mapping[str, str | None] | None = None,
 ) -> None:
   """Makes this run the one owner of `output_dir` (its `attempt`th run), or raises UsageError.
 
   The claim is the creation of `owner_path(output_dir, attempt)`, holding
-  `owner` plus who, where and when, which succeeds for one creator only,
-  locally and on GCS: of two runs started together, one proceeds and the
-  other is refused before any work. The file stays, so a later run into the
-  same directory is refused too (its error ends with `remedy`, what the job's
-  flags offer), unless it resumes (the next attempt). With `overwrite`, the
-  directory and everything in it is deleted first.
+  `owner` (with its "job", the command) plus who, where and when, which
+  succeeds for one creator only, locally and on GCS: of two runs started
+  together, one proceeds and the other is refused before any work. The file
+  stays, so a later run into the same directory is refused too (its error
+  ends with `remedy`, what the job's flags offer), unless it resumes (the
+  next attempt). With `overwrite`, the directory and everything in it is
+  deleted first, if `check_overwritable` allows it (`inputs`: flag ->
+  location, what this run reads).
   """
   if overwrite and FileSystems.exists(output_dir):
+    check_overwritable(output_dir, owner["job"], inputs or {})
     FileSystems.delete([output_dir])
   path = owner_path(output_dir, attempt)
   record = {
@@ -165,11 +174,53 @@ def claim_output_dir(
   try:
     sources.create_new(path, json.dumps(record, indent=2, sort_keys=True).encode())
   except FileExistsError:
+    earlier = _read_owner(path)
+    if earlier and earlier.get("job") != owner["job"]:
+      remedy = "it is not this job's output: choose a new --output_dir"
     raise UsageError(
-        f"{output_dir} belongs to another run ({_describe_owner(path)}); {remedy}"
+        f"{output_dir} belongs to another run ({_describe_owner(earlier, path)}); {remedy}"
     ) from None
   except (OSError, sources.SourceError) as e:
     raise UsageError(f"cannot write to --output_dir {output_dir}: {e}") from e
+
+
+def check_overwritable(output_dir: str, job: str, inputs: Mapping[str, str | None]) -> None:
+  """Raises UsageError unless `--overwrite` may delete `output_dir`.
+
+  It may if an earlier run of `job` claimed it (or it holds no file) and it
+  holds none of `inputs` (flag -> location). A folder that no run claimed
+  may hold anything, and deleting a run's own inputs (its checkpoint, its
+  video cache, the embeddings it evaluates) would lose them before it reads
+  them.
+  """
+  for flag, location in inputs.items():
+    if location and is_within(location, output_dir):
+      raise UsageError(
+          f"--overwrite would delete {flag} {location}, which is inside --output_dir "
+          f"{output_dir}; choose another --output_dir"
+      )
+  earlier = _read_owner(owner_path(output_dir))
+  if earlier is None:
+    files = FileSystems.match([FileSystems.join(output_dir, "**")])[0].metadata_list
+    if files:
+      raise UsageError(
+          f"--overwrite deletes only a directory that an earlier run claimed; {output_dir} "
+          f"holds {len(files)} files (e.g. {files[0].path}) but no {OWNER_FILE}: choose "
+          "another --output_dir, or empty it yourself"
+      )
+  elif earlier.get("job") != job:
+    raise UsageError(
+        f"--overwrite: {output_dir} holds the output of {earlier.get('job')}, not of {job}; "
+        "choose another --output_dir"
+    )
+
+
+def is_within(location: str, directory: str) -> bool:
+  """Whether `location` is `directory` or under it: local paths (links resolved) or URLs."""
+  if "://" in location or "://" in directory:
+    return f"{location.rstrip('/')}/".startswith(f"{directory.rstrip('/')}/")
+  location, directory = os.path.realpath(location), os.path.realpath(directory)
+  return os.path.commonpath([location, directory]) == directory
 
 
 def read_owners(output_dir: str) -> list[dict]:
@@ -181,12 +232,19 @@ def read_owners(output_dir: str) -> list[dict]:
   return owners
 
 
-def _describe_owner(path: str) -> str:
+def _read_owner(path: str) -> dict | None:
+  """The owner record at `path`; None if there is none or it cannot be read."""
   try:
     with FileSystems.open(path) as f:
-      owner = json.loads(f.read())
+      return json.loads(f.read())
+  except Exception:  # Missing, unreadable or not JSON: no owner to go by.
+    return None
+
+
+def _describe_owner(owner: dict | None, path: str) -> str:
+  try:
     return f"{owner['job']} started {owner['started']} on {owner['host']}, pid {owner['pid']}"
-  except Exception:  # pylint: disable=broad-except  # Only for the message.
+  except (TypeError, KeyError):
     return f"see {path}"
 
 

@@ -30,6 +30,7 @@ import concurrent.futures
 import dataclasses
 import importlib.metadata
 import json
+import logging
 import platform
 import sys
 import time
@@ -62,6 +63,8 @@ from pipelines.common import configure_logging, job_parser, with_local_runner
 from pipelines.jax_inference import JaxEmbeddingHandler
 
 FAILURES_DIR = "failures"
+# Starts the log line of a finished run's `job_timings`, as JSON.
+TIMINGS_PREFIX = "[embed] timings "
 FAILURES_FILE = "failures.jsonl"
 STAGE_SAMPLE = "sample"
 STAGE_EMBED = "embed"
@@ -929,7 +932,19 @@ def prepare_output_dir(config: EmbedJobConfig, checkpoint_sha256: str) -> PriorO
   owner = owner_record(config, checkpoint_sha256)
   if config.resume:
     return resume_output_dir(config, owner)
-  claim_output_dir(config.output_dir, owner, remedy=_OWNED_DIR_REMEDY, overwrite=config.overwrite)
+  spec = config.dataset_spec
+  claim_output_dir(
+      config.output_dir,
+      owner,
+      remedy=_OWNED_DIR_REMEDY,
+      overwrite=config.overwrite,
+      inputs={
+          "--checkpoint_path": config.checkpoint_path,
+          "--work_dir": config.work_dir,
+          f"--{spec.videos_flag}": config.videos_location,
+          f"--{spec.splits_flag}": config.splits_location,
+      },
+  )
   # A directory written before owner files existed holds shards but no owner.
   existing = FileSystems.match([schema.shard_pattern(config.output_dir)])[0].metadata_list
   if existing:
@@ -1064,8 +1079,8 @@ def main(argv: Sequence[str] | None = None, handler: ModelHandler | None = None)
   result.wait_until_finish()
   if result.state != beam.runners.runner.PipelineState.DONE:
     return  # A dry run, or an async runner: no results yet.
-  # One line a benchmark can read.
-  print(f"[embed] timings {json.dumps(job_timings(result), sort_keys=True)}", flush=True)
+  # For benchmarks (bench/embed_pipeline_bench.py runs the job with --verbose).
+  logging.info("%s%s", TIMINGS_PREFIX, json.dumps(job_timings(result), sort_keys=True))
   with FileSystems.open(FileSystems.join(config.output_dir, schema.RUN_CONFIG_FILE)) as f:
     counts = json.loads(f.read())["counts"]
   for line in summary(config, counts, time.monotonic() - started):

@@ -365,6 +365,10 @@ def claim_output_dir(config: LinearEvalConfig) -> None:
       {"job": PROG, "settings": config.to_json()},
       remedy=_OWNED_DIR_REMEDY,
       overwrite=config.overwrite,
+      inputs={
+          "--embeddings_dir": config.embeddings_dir,
+          "the split definitions": config.splits_location,
+      },
   )
 
 

@@ -237,6 +237,33 @@ def test_overwrite_replaces_the_previous_output(dataset, checkpoint_path, job_ou
   assert len(keys) == len(set(keys)) > 0
 
 
+def _listing(directory: pathlib.Path) -> list[str]:
+  return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
+
+
+def test_overwrite_refuses_a_directory_holding_the_runs_inputs_or_no_runs_output(
+    dataset, checkpoint_path, job_output, tmp_path
+):
+  # The checkpoint, inside the directory --overwrite would delete.
+  holder = tmp_path / "holder"
+  holder.mkdir()
+  inside = shutil.copy(checkpoint_path, holder / "mmv_s3d.pkl")
+  before = _listing(holder)
+  with pytest.raises(common.UsageError, match=f"would delete --checkpoint_path {inside}, which"):
+    embed.run([*_flags(dataset, inside, job_output / "work", holder), *IN_PROCESS, "--overwrite"])
+  assert _listing(holder) == before
+
+  # A directory that no run claimed: it may hold anything.
+  notes = tmp_path / "notes"
+  notes.mkdir()
+  (notes / "results.txt").write_text("a week of work")
+  with pytest.raises(common.UsageError, match="deletes only a directory that an earlier run"):
+    embed.run(
+        [*_flags(dataset, checkpoint_path, job_output / "work", notes), *IN_PROCESS, "--overwrite"]
+    )
+  assert (notes / "results.txt").read_text() == "a week of work"
+
+
 def test_two_runs_started_together_on_one_output_dir_one_is_refused(
     dataset, checkpoint_path, job_output, tmp_path
 ):
@@ -458,11 +485,7 @@ def test_the_command_ends_with_its_summary_and_status_1_when_too_many_fail(
       check=False,
   )
   counts = json.loads((out / "run.json").read_text())["counts"]
-  summary = [
-      l
-      for l in result.stdout.splitlines()
-      if l.startswith("[embed] ") and not l.startswith("[embed] timings")
-  ]
+  summary = [l for l in result.stdout.splitlines() if l.startswith("[embed] ")]
   assert summary[0].startswith("[embed] finished in ")
   assert (
       f"{counts['videos_written']} videos embedded ({counts['clips_written_train']} "

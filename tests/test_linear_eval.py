@@ -744,6 +744,21 @@ def test_an_interrupted_evaluation_is_restarted_with_overwrite(
   assert set(json.loads((out / report.METRICS_FILE).read_text())["splits"]) == {"2"}
 
 
+def test_the_embeddings_dir_is_neither_an_output_dir_nor_overwritten(
+    complete_inputs, tmp_path, capsys, monkeypatch
+):
+  embeddings = shutil.copytree(complete_inputs, tmp_path / "emb")
+  common.claim_output_dir(str(embeddings), {"job": "python -m pipelines.embed"}, remedy="")
+  before = sorted(p.name for p in embeddings.rglob("*"))
+  argv = [f"--embeddings_dir={embeddings}", f"--output_dir={embeddings}"]
+
+  refused = usage_error(argv, capsys, monkeypatch)
+  assert "it is not this job's output: choose a new --output_dir" in refused
+  refused = usage_error([*argv, "--overwrite"], capsys, monkeypatch)
+  assert f"--overwrite would delete --embeddings_dir {embeddings}, which is inside" in refused
+  assert sorted(p.name for p in embeddings.rglob("*")) == before
+
+
 def _table(printed: str) -> dict[str, dict[str, str]]:
   """The rows of the printed Markdown table: first cell -> {column: cell}."""
   rows = [
