@@ -17,7 +17,9 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import apache_beam as beam
@@ -277,6 +279,86 @@ def with_local_runner(
     return list(beam_args)
   given = {arg.split("=", 1)[0] for arg in beam_args}
   return [*(a for a in local_args if a.split("=", 1)[0] not in given), *beam_args]
+
+
+class ProgressLogger(beam.DoFn):
+  """Prints progress lines per worker process: at the first element, then every 10 s.
+
+  Each element is one `what` done (e.g. "clips embedded") of `expected` in
+  the job; the line starts with `prefix` (e.g. "[embed]"). With one worker
+  (the local default) the line is the job's progress; with several, each
+  counts its own against that total, and the job's sum is in the runner's
+  counters. Emits nothing.
+
+  Apply it directly to the step that does the work: it then runs in that
+  step's fused stage as each element comes. After a Flatten or a grouping,
+  elements would reach it all at once, when the stage before had finished.
+  One logger may be applied to several such steps (a step's results and its
+  failures): its copies in a process share one tally.
+  """
+
+  _INTERVAL_S = 10.0
+  # Tally of each logger (by id), shared by its copies in this process.
+  _tallies: dict[str, "_Tally"] = {}
+  _tallies_lock = threading.Lock()
+
+  def __init__(self, prefix: str, what: str, expected: int | None):
+    self._id = uuid.uuid4().hex
+    self._prefix = prefix
+    self._what = what
+    self._expected = expected
+
+  def setup(self):
+    with self._tallies_lock:
+      self._tally = self._tallies.setdefault(self._id, _Tally())
+
+  def process(self, element):
+    del element
+    line = self._tally.count(self._expected, self._what, self._INTERVAL_S)
+    if line:
+      # Printed, not logged: local runners relay worker logs in a form hard to read.
+      print(f"{self._prefix} {line}", file=sys.stderr, flush=True)
+    return ()
+
+
+class _Tally:
+  """Elements done, and when the first and the last line were, under a lock."""
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self._done = 0
+    self._first = self._last_line = None
+
+  def count(self, expected: int | None, what: str, interval_s: float) -> str | None:
+    """Counts one element; returns the line to print now, if one is due."""
+    with self._lock:
+      self._done += 1
+      now = time.monotonic()
+      if self._first is None:
+        self._first = now
+      due = self._last_line is None or now - self._last_line >= interval_s
+      if not (due or self._done == expected):
+        return None
+      self._last_line = now
+      return progress_line(self._done, expected, now - self._first, what)
+
+
+def progress_line(done: int, expected: int | None, since_first_s: float, what: str) -> str:
+  """E.g. "120/200 clips embedded (60%), 1.60/s, about 50 s left".
+
+  The rate counts from the first element, so the start-up before it (model
+  loading, compiling) does not skew the time left; the first line has none.
+  """
+  line = (
+      f"{done}/{expected} {what} ({100 * done / expected:.0f}%)" if expected else f"{done} {what}"
+  )
+  if done < 2 or since_first_s <= 0:
+    return line
+  rate = (done - 1) / since_first_s
+  line += f", {rate:.2f}/s"
+  if expected and done < expected:
+    line += f", about {(expected - done) / rate:.0f} s left"
+  return line
 
 
 def counter(name: str):

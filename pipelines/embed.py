@@ -59,12 +59,13 @@ from pipelines.common import failure_record
 from pipelines.common import IN_PROCESS_RUNNER_ARGS, UsageError, claim_output_dir, read_owners
 from pipelines.common import run_main
 from pipelines.common import add_required_flag, add_verbose_flag, check_beam_flags
-from pipelines.common import configure_logging, job_parser, with_local_runner
+from pipelines.common import ProgressLogger, configure_logging, job_parser, with_local_runner
 from pipelines.jax_inference import JaxEmbeddingHandler
 
 FAILURES_DIR = "failures"
 # Starts the log line of a finished run's `job_timings`, as JSON.
-TIMINGS_PREFIX = "[embed] timings "
+LOG_PREFIX = "[embed]"
+TIMINGS_PREFIX = f"{LOG_PREFIX} timings "
 FAILURES_FILE = "failures.jsonl"
 STAGE_SAMPLE = "sample"
 STAGE_EMBED = "embed"
@@ -391,57 +392,6 @@ class AssembleVideoFn(beam.DoFn):
     yield from result
 
 
-class ProgressLogger(beam.DoFn):
-  """Prints a progress line per worker process: first element, then every few seconds.
-
-  Each element is one `what` done (e.g. "clips embedded") of `expected` in
-  the job. With one worker (the local default) the line is the job's
-  progress; with several, each counts its own against that total, and the
-  job's sum is in the runner's counters. Emits nothing.
-  """
-
-  _INTERVAL_S = 10.0
-
-  def __init__(self, what: str, expected: int | None):
-    self._what = what
-    self._expected = expected
-
-  def setup(self):
-    self._first = self._last = None
-    self._done = 0
-
-  def process(self, element):
-    del element
-    self._done += 1
-    now = time.monotonic()
-    if self._first is None:
-      self._first = now
-    if self._last is None or now - self._last >= self._INTERVAL_S or self._done == self._expected:
-      self._last = now
-      # Printed, not logged: local runners relay worker logs in a form hard to read.
-      line = progress_line(self._done, self._expected, now - self._first, self._what)
-      print(f"[embed] {line}", file=sys.stderr, flush=True)
-    return ()
-
-
-def progress_line(done: int, expected: int | None, since_first_s: float, what: str) -> str:
-  """E.g. "120/200 clips embedded (60%), 1.60/s, about 50 s left".
-
-  The rate counts from the first element, so the start-up before it (model
-  loading, compiling) does not skew the time left; the first line has none.
-  """
-  line = (
-      f"{done}/{expected} {what} ({100 * done / expected:.0f}%)" if expected else (f"{done} {what}")
-  )
-  if done < 2 or since_first_s <= 0:
-    return line
-  rate = (done - 1) / since_first_s
-  line += f", {rate:.2f}/s"
-  if expected and done < expected:
-    line += f", about {(expected - done) / rate:.0f} s left"
-  return line
-
-
 # ---- Output directory: ownership and resuming ----
 
 # The settings that decide the embeddings: a resumed run must repeat them.
@@ -664,14 +614,9 @@ def build(
       classes=config.classes or None,
       max_videos=config.max_videos,
       dataset=config.dataset_spec,
-  )
-  _ = (
-      (ingested.videos, ingested.failures)
-      | "IngestedOrFailed" >> beam.Flatten()
-      | "IngestProgress"
-      >> beam.ParDo(
-          ProgressLogger("videos fetched and re-encoded or read from the cache", expected_videos)
-      )
+      progress=ProgressLogger(
+          LOG_PREFIX, "videos fetched and re-encoded or read from the cache", expected_videos
+      ),
   )
   expected_clips = None
   if expected_videos is not None:
@@ -695,7 +640,7 @@ def build(
   embedded = videos | "SpreadVideos" >> beam.Reshuffle() | "Embed" >> embed_clips
 
   _ = embedded["embedded"] | "EmbedProgress" >> beam.ParDo(
-      ProgressLogger("clips embedded", expected_clips)
+      ProgressLogger(LOG_PREFIX, "clips embedded", expected_clips)
   )
   by_video = (
       {
@@ -1084,7 +1029,7 @@ def main(argv: Sequence[str] | None = None, handler: ModelHandler | None = None)
   with FileSystems.open(FileSystems.join(config.output_dir, schema.RUN_CONFIG_FILE)) as f:
     counts = json.loads(f.read())["counts"]
   for line in summary(config, counts, time.monotonic() - started):
-    print(f"[embed] {line}", flush=True)
+    print(f"{LOG_PREFIX} {line}", flush=True)
   problem = outcome_problem(config, counts)
   if problem:
     print(f"{PROG}: error: {problem}", file=sys.stderr, flush=True)

@@ -74,7 +74,8 @@ from mmv_core import video_cache
 from mmv_core import zip_index
 from pipelines.common import FAILURES, UsageError, WriteFailures, counter, counters, failure
 from pipelines.common import add_required_flag, add_verbose_flag, check_beam_flags
-from pipelines.common import configure_logging, job_parser, run_main, summarize_failures
+from pipelines.common import ProgressLogger, configure_logging, job_parser, run_main
+from pipelines.common import summarize_failures
 from pipelines.common import with_local_runner
 
 STAGE_FETCH = "fetch"
@@ -651,6 +652,8 @@ class Ingest(beam.PTransform):
     read_cached_videos: also read videos that were already cached into
       `videos`; False when the run only fills the cache.
     dataset: the dataset, UCF101 by default.
+    progress: counts each video as its fate is settled: fetched and
+      re-encoded, failed, or found in the cache.
   """
 
   def __init__(
@@ -664,6 +667,7 @@ class Ingest(beam.PTransform):
       videos_per_shard: int = DEFAULT_VIDEOS_PER_SHARD,
       read_cached_videos: bool = True,
       dataset: datasets.DatasetSpec = datasets.UCF101,
+      progress: ProgressLogger | None = None,
   ):
     super().__init__()
     if not work_dir:
@@ -676,6 +680,7 @@ class Ingest(beam.PTransform):
     )
     self._videos_per_shard = videos_per_shard
     self._read_cached_videos = read_cached_videos
+    self._progress = progress
 
   def expand(self, pbegin):
     work_dir = self._work_dir
@@ -707,6 +712,10 @@ class Ingest(beam.PTransform):
         | "Unkey" >> beam.Values()
         | "FetchAndEncode" >> FetchAndEncode(dataset, self._fetcher, fetch_context)
     )
+    if self._progress:
+      # On the steps that settle each video, so that the lines come as they do.
+      for settled, label in ((encoded, "Encoded"), (failures, "Failed"), (cached, "Cached")):
+        _ = settled | f"Progress{label}" >> beam.ParDo(self._progress)
     written = (
         encoded
         | "WriteCache" >> WriteVideoCache(work_dir, self._videos_per_shard)
@@ -733,6 +742,8 @@ def _count_reused(keyed_video):
 
 
 # ---- Command line ----
+
+LOG_PREFIX = "[ingest]"
 
 # Every dataset's location flags (`DatasetSpec.splits_flag`, `.videos_flag`).
 LOCATION_FLAGS = tuple(
@@ -852,10 +863,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, int]:
   failures_path = args.failures or FileSystems.join(args.work_dir, FAILURES_FILE)
   classes = [c for c in args.classes.split(",") if c]
   listing = load_listing(dataset, splits_location, videos_location)
-  print(
-      f"[ingest] {count_videos(listing, classes or None, args.max_videos)} videos listed",
-      flush=True,
-  )
+  num_videos = count_videos(listing, classes or None, args.max_videos)
+  print(f"{LOG_PREFIX} {num_videos} videos listed", flush=True)
 
   pipeline = beam.Pipeline(options=PipelineOptions(with_local_runner(beam_args)))
   result = pipeline | "Ingest" >> Ingest(
@@ -868,6 +877,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, int]:
       videos_per_shard=args.videos_per_shard,
       read_cached_videos=False,
       dataset=dataset,
+      progress=ProgressLogger(
+          LOG_PREFIX, "videos fetched and re-encoded or found in the cache", num_videos
+      ),
   )
   _ = result.failures | "WriteFailures" >> WriteFailures(failures_path)
   run = pipeline.run()

@@ -1,5 +1,6 @@
 """What the jobs share: output directories and their claims."""
 
+import apache_beam as beam
 import pytest
 
 from pipelines import common
@@ -19,3 +20,27 @@ from pipelines import common
 )
 def test_is_within_tells_what_deleting_a_directory_would_delete(location, directory, within):
   assert common.is_within(location, directory) == within
+
+
+def test_progress_lines_give_the_total_and_time_left():
+  # 49 clips in the 24.5 s since the first one: 2 per second.
+  assert common.progress_line(50, 200, 24.5, "clips embedded") == (
+      "50/200 clips embedded (25%), 2.00/s, about 75 s left"
+  )
+  assert common.progress_line(201, 201, 100.0, "clips embedded") == (
+      "201/201 clips embedded (100%), 2.00/s"
+  )
+  assert common.progress_line(1, 200, 0.0, "clips embedded") == "1/200 clips embedded (0%)"
+  assert common.progress_line(8, None, 2.0, "videos read") == "8 videos read, 3.50/s"
+
+
+def test_a_logger_applied_to_several_steps_counts_them_together(capsys):
+  progress = common.ProgressLogger("[test]", "videos settled", 5)
+  with beam.Pipeline(
+      options=beam.options.pipeline_options.PipelineOptions(list(common.IN_PROCESS_RUNNER_ARGS))
+  ) as pipeline:
+    for label, values in (("Encoded", [1, 2, 3]), ("Failed", [4]), ("Cached", [5])):
+      _ = pipeline | label >> beam.Create(values) | f"Progress{label}" >> beam.ParDo(progress)
+  lines = capsys.readouterr().err.splitlines()
+  assert lines[0] == "[test] 1/5 videos settled (20%)"
+  assert lines[-1].startswith("[test] 5/5 videos settled (100%)")

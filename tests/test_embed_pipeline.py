@@ -505,18 +505,6 @@ def test_the_command_ends_with_its_summary_and_status_1_when_too_many_fail(
   assert "INFO" not in result.stderr and "Unable to initialize backend" not in result.stderr
 
 
-def test_progress_lines_give_the_total_and_time_left():
-  # 49 clips in the 24.5 s since the first one: 2 per second.
-  assert embed.progress_line(50, 200, 24.5, "clips embedded") == (
-      "50/200 clips embedded (25%), 2.00/s, about 75 s left"
-  )
-  assert embed.progress_line(201, 201, 100.0, "clips embedded") == (
-      "201/201 clips embedded (100%), 2.00/s"
-  )
-  assert embed.progress_line(1, 200, 0.0, "clips embedded") == "1/200 clips embedded (0%)"
-  assert embed.progress_line(8, None, 2.0, "videos read") == "8 videos read, 3.50/s"
-
-
 def test_help_is_quick_and_python_dash_m_with_every_flag_documented():
   text, imported = cli_checks.run_help("pipelines.embed")
   assert text.startswith(f"usage: {embed.PROG} ")
