@@ -941,7 +941,11 @@ def start(
     listing = ingest.load_listing(
         config.dataset_spec, config.splits_location, config.videos_location
     )
-    num_videos = ingest.count_videos(listing, config.classes or None, config.max_videos)
+    selected = ingest.select_videos(listing, config.classes or None, config.max_videos)
+    num_videos = len(selected)
+    ingest.check_videos_readable(
+        config.dataset_spec, config.videos_location, config.work_dir, selected
+    )
     # The checkpoint is read before the output directory is claimed, so that
     # a wrong checkpoint leaves no owned, empty directory behind.
     sha256 = checkpoint_sha256(config)

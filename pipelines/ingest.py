@@ -142,19 +142,51 @@ def load_listing(
     raise UsageError(str(e)) from e
 
 
-def count_videos(
+def select_videos(
     listing: dataset_listing.DatasetListing, classes: Sequence[str] | None, max_videos: int | None
-) -> int:
-  """How many videos a run of `listing` (`load_listing`) selects, before the job starts.
+) -> list[dataset_listing.ListedVideo]:
+  """The videos a run of `listing` (`load_listing`) selects, known before the job starts.
 
   Raises:
     UsageError: the selection is impossible (an unknown class, a max_videos
       below 1).
   """
   try:
-    return len(listing.select(classes, max_videos))
+    return listing.select(classes, max_videos)
   except ValueError as e:
     raise UsageError(str(e)) from e
+
+
+def check_videos_readable(
+    dataset: datasets.DatasetSpec,
+    videos_location: str | None,
+    work_dir: str,
+    videos: Sequence[dataset_listing.ListedVideo],
+) -> None:
+  """Refuses, before any work, a video archive that cannot be read when no video is cached.
+
+  An archive that cannot be read fails every video the cache does not hold
+  (`read_zip_index_or_reason`); when the cache holds none of `videos`, the
+  run could only fail them all: a wrong flag, or storage out of reach. A run
+  with cached videos goes on, serving those, as an offline rerun does.
+  Datasets of whole files are not checked here: a missing file fails its
+  video alone.
+
+  Raises:
+    UsageError: the archive cannot be read and none of `videos` is cached.
+  """
+  if dataset.fetch != datasets.FETCH_ZIP_MEMBER or not videos:
+    return
+  location = videos_location or dataset.default_videos
+  try:
+    sources.size(location)
+  except sources.SourceError as e:
+    cached = video_cache.read_index(work_dir)
+    if not any(cache_key(dataset, v) in cached for v in videos):
+      raise UsageError(
+          f"--{dataset.videos_flag}: {e}; the video cache in --work_dir {work_dir} holds none "
+          f"of the {len(videos)} videos either"
+      ) from e
 
 
 def split_count_differences(
@@ -863,8 +895,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, int]:
   failures_path = args.failures or FileSystems.join(args.work_dir, FAILURES_FILE)
   classes = [c for c in args.classes.split(",") if c]
   listing = load_listing(dataset, splits_location, videos_location)
-  num_videos = count_videos(listing, classes or None, args.max_videos)
-  print(f"{LOG_PREFIX} {num_videos} videos listed", flush=True)
+  selected = select_videos(listing, classes or None, args.max_videos)
+  check_videos_readable(dataset, videos_location, args.work_dir, selected)
+  print(f"{LOG_PREFIX} {len(selected)} videos listed", flush=True)
 
   pipeline = beam.Pipeline(options=PipelineOptions(with_local_runner(beam_args)))
   result = pipeline | "Ingest" >> Ingest(
@@ -878,7 +911,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, int]:
       read_cached_videos=False,
       dataset=dataset,
       progress=ProgressLogger(
-          LOG_PREFIX, "videos fetched and re-encoded or found in the cache", num_videos
+          LOG_PREFIX, "videos fetched and re-encoded or found in the cache", len(selected)
       ),
   )
   _ = result.failures | "WriteFailures" >> WriteFailures(failures_path)

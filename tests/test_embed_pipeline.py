@@ -24,6 +24,7 @@ from numerics import assert_features_close
 import tensorflow as tf
 
 from mmv_core import checkpoints
+from mmv_core import datasets
 from mmv_core import embedding_schema as schema
 from mmv_core import linear_eval as linear_eval_lib
 from mmv_core import synthetic
@@ -35,6 +36,7 @@ from mmv_core.models.names import VID_REPR
 from mmv_core.models import mmv
 from pipelines import common
 from pipelines import embed
+from pipelines import ingest
 from pipelines import linear_eval
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -206,6 +208,23 @@ def test_rerun_on_four_devices_reuses_the_cache_and_gives_the_same_embeddings(
   assert one.keys() == four.keys()
   for k in one:
     assert_features_close(four[k], one[k])
+
+
+def test_an_unreadable_video_zip_is_no_error_when_the_cache_holds_videos(
+    dataset, checkpoint_path, job_output, tmp_path
+):
+  data, _ = dataset
+  moved = pathlib.Path(data.video_zip + ".moved")
+  selected = ingest.select_videos(datasets.UCF101.list_videos(data.splits_zip), None, None)
+  os.rename(data.video_zip, moved)
+  try:
+    ingest.check_videos_readable(
+        datasets.UCF101, data.video_zip, str(job_output / "work"), selected
+    )
+    with pytest.raises(common.UsageError, match="holds none of the 9 videos"):
+      ingest.check_videos_readable(datasets.UCF101, data.video_zip, str(tmp_path), selected)
+  finally:
+    os.rename(moved, data.video_zip)
 
 
 def test_a_new_run_refuses_an_output_dir_that_another_run_wrote(
@@ -397,6 +416,10 @@ def test_resume_with_other_settings_is_refused_naming_them(
         ("--crop_size=64", "--crop_size 64 is larger than --min_resize 32"),
         ("--max_videos=-1", "--max_videos must be positive"),
         ("--classes=NoSuchClass", "unknown classes ['NoSuchClass']"),
+        (
+            "--video_zip=/nonexistent/videos.zip",
+            "--video_zip: /nonexistent/videos.zip: cannot stat",
+        ),
     ],
 )
 def test_unusable_settings_are_one_line_and_status_2_before_any_work(
