@@ -132,7 +132,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[LinearEvalConfig, list[str]]
       "classifiers/ go; one evaluation per directory",
   )
   parser.add_argument(
-      "--dataset", default=None, help="None: the one the embedding job recorded in its run.json"
+      "--dataset",
+      default=None,
+      help="the embeddings' dataset, for a run.json that does not record it (runs before "
+      "datasets were recorded: UCF101); None: the one run.json records",
   )
   for flag in _SPLITS_FLAGS:
     parser.add_argument(
@@ -273,6 +276,12 @@ def read_inputs(config: LinearEvalConfig) -> Inputs:
     ) from e
   settings = run_config.get(schema.SETTINGS, {})
   recorded = run_config.get("dataset") or {}
+  if config.dataset and recorded.get("name") not in (None, config.dataset):
+    # Its video ids are another dataset's: no split list of this one names them.
+    raise common.UsageError(
+        f"--dataset={config.dataset}, but the embeddings in {config.embeddings_dir} are of "
+        f"{recorded['name']} ({schema.RUN_CONFIG_FILE}); leave --dataset out"
+    )
   spec = _dataset(config.dataset or recorded.get("name") or datasets.UCF101.name)
   same_dataset = spec.name == recorded.get("name", datasets.UCF101.name)
   recorded_splits = (

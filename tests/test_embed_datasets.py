@@ -364,6 +364,19 @@ def test_linear_eval_follows_the_hmdb51_run_every_split_with_its_protocol_c(hmdb
     )
 
 
+def test_linear_eval_refuses_a_dataset_other_than_the_embeddings_one(hmdb_job, tmp_path):
+  with pytest.raises(common.UsageError, match="are of hmdb51 .run.json.; leave --dataset out"):
+    linear_eval_job.main(
+        [
+            f"--embeddings_dir={hmdb_job / 'out'}",
+            f"--output_dir={tmp_path / 'eval'}",
+            "--dataset=ucf101",
+            *IN_PROCESS,
+        ]
+    )
+  assert not (tmp_path / "eval").exists()
+
+
 def test_string_groups_keep_ucf101s_held_out_partition():
   numbers = np.repeat(np.arange(1, 26), 4)
   by_number = linear_eval_lib.validation_partition(numbers)
