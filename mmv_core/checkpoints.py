@@ -70,6 +70,14 @@ class CheckpointError(ValueError):
   """A checkpoint cannot be read, is unsafe, or does not fit the model."""
 
 
+class WrongBackboneError(CheckpointError):
+  """The checkpoint is exactly another backbone's (`actual`)."""
+
+  def __init__(self, message: str, actual: str):
+    super().__init__(message)
+    self.actual = actual
+
+
 @dataclasses.dataclass(frozen=True)
 class ArraySpec:
   """Expected shape and dtype of one checkpoint array."""
@@ -500,6 +508,31 @@ def problems_per_backbone(params: Tree, state: Tree) -> dict[str, int]:
       backbone: tree_problems(params, state, *model_shapes(backbone)).count
       for backbone in BACKBONES
   }
+
+
+def validate_backbone(params: Tree, state: Tree, backbone: str, *, source: str) -> None:
+  """`validate_tree` against `backbone`'s model, saying so when the trees are another's.
+
+  A checkpoint of another backbone (a wrong `--backbone`, a renamed file)
+  differs in hundreds of paths; naming the backbone it is says more in one
+  line than listing them.
+
+  Raises:
+    WrongBackboneError: the trees are exactly another backbone's model's.
+    CheckpointError: as `validate_tree`.
+  """
+  try:
+    validate_tree(params, state, *model_shapes(backbone), source=source)
+  except CheckpointError:
+    problems = problems_per_backbone(params, state)
+    matching = [other for other, count in problems.items() if count == 0 and other != backbone]
+    if matching:
+      raise WrongBackboneError(
+          f'{source}: a {matching[0]} checkpoint (its parameter tree is exactly that '
+          f"model's), not {backbone}",
+          actual=matching[0],
+      ) from None
+    raise
 
 
 def manifest_shapes(

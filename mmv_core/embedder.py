@@ -106,7 +106,7 @@ class VideoEmbedder:
     """
     backbone = backbone or checkpoints.infer_backbone(path)
     ckpt = checkpoints.load_checkpoint(path)
-    checkpoints.validate_tree(ckpt.params, ckpt.state, *mmv.param_shapes(backbone), source=path)
+    checkpoints.validate_backbone(ckpt.params, ckpt.state, backbone, source=path)
     return cls(ckpt.params, ckpt.state, backbone, config, devices)
 
   @property

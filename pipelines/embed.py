@@ -861,12 +861,15 @@ def checkpoint_sha256(config: EmbedJobConfig) -> str:
   """The checkpoint's sha256, once it is known to be readable, of the backbone and finite."""
   try:
     checkpoint = checkpoints.load_checkpoint(config.checkpoint_path)
-    checkpoints.validate_tree(
+    checkpoints.validate_backbone(
         checkpoint.params,
         checkpoint.state,
-        *checkpoints.model_shapes(config.resolved_backbone),
+        config.resolved_backbone,
         source=config.checkpoint_path,
     )
+  except checkpoints.WrongBackboneError as e:
+    named_by = "--backbone" if config.backbone else "its file name"
+    raise UsageError(f"{e}, which {named_by} names; pass --backbone={e.actual}") from e
   except checkpoints.CheckpointError as e:
     raise UsageError(str(e)) from e
   return checkpoint.sha256

@@ -559,3 +559,15 @@ def test_numpy1_era_protocol2_dill_pickle_loads(tmp_path):
   checkpoint = checkpoints.load_checkpoint(path)
   _assert_same_trees(checkpoint.params, params)
   _assert_same_trees(checkpoint.state, state)
+
+
+def test_validating_against_another_backbone_names_the_one_it_is(
+    s3d_checkpoint_named_tsm_resnet_x2,
+):
+  checkpoint = checkpoints.load_checkpoint(s3d_checkpoint_named_tsm_resnet_x2)
+  with pytest.raises(checkpoints.WrongBackboneError, match='a s3d checkpoint') as error:
+    checkpoints.validate_backbone(
+        checkpoint.params, checkpoint.state, 'tsm_resnet_x2', source='renamed.pkl'
+    )
+  assert error.value.actual == 's3d' and '\n' not in str(error.value)
+  checkpoints.validate_backbone(checkpoint.params, checkpoint.state, 's3d', source='renamed.pkl')

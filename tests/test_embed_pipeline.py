@@ -420,6 +420,11 @@ def test_resume_with_other_settings_is_refused_naming_them(
             "--video_zip=/nonexistent/videos.zip",
             "--video_zip: /nonexistent/videos.zip: cannot stat",
         ),
+        (
+            "--backbone=tsm_resnet_x1",
+            "a s3d checkpoint (its parameter tree is exactly that model's), not tsm_resnet_x1, "
+            "which --backbone names; pass --backbone=s3d",
+        ),
     ],
 )
 def test_unusable_settings_are_one_line_and_status_2_before_any_work(
