@@ -316,7 +316,9 @@ def write_dataset(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+  parser = argparse.ArgumentParser(
+      prog="python -m mmv_core.synthetic", description=__doc__.split("\n", 1)[0]
+  )
   parser.add_argument("out_dir")
   parser.add_argument("--classes", type=int, default=5)
   parser.add_argument("--videos_per_class", type=int, default=6)
@@ -334,6 +336,11 @@ def main(argv: Sequence[str] | None = None) -> None:
       "--stored", action="store_true", help="store videos uncompressed instead of deflating them"
   )
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument(
+      "--loose_videos",
+      action="store_true",
+      help="also write each video as OUT_DIR/<video id>.avi, e.g. for mmv_core.load_video",
+  )
   args = parser.parse_args(argv)
   dataset = write_dataset(
       args.out_dir,
@@ -348,6 +355,11 @@ def main(argv: Sequence[str] | None = None) -> None:
       compression=zipfile.ZIP_STORED if args.stored else zipfile.ZIP_DEFLATED,
       seed=args.seed,
   )
+  if args.loose_videos:
+    with zipfile.ZipFile(dataset.video_zip) as archive:
+      for video in dataset.videos:
+        with open(os.path.join(args.out_dir, f"{video.video_id}.avi"), "wb") as f:
+          f.write(archive.read(video.member_name))
   print(
       json.dumps(
           {

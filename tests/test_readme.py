@@ -171,7 +171,7 @@ def test_python_examples_run(tmp_path, monkeypatch):
   # The files the examples name, in the directory they run in.
   rng = np.random.default_rng(0)
   frames = synthetic.render_frames(0, 2, rng, width=64, height=48, num_frames=10, fps=10.0)
-  (tmp_path / "v_ApplyEyeMakeup_g08_c01.avi").write_bytes(synthetic.encode_avi(frames, 10.0))
+  (tmp_path / "v_SynthDiskA_g01_c01.avi").write_bytes(synthetic.encode_avi(frames, 10.0))
   checkpoints.write_random_checkpoint(tmp_path / "mmv_s3d.pkl", *mmv.param_shapes("s3d"))
   _write_embedding_job_output(tmp_path / "embeddings" / "s3d")
   monkeypatch.chdir(tmp_path)
@@ -186,6 +186,7 @@ def test_python_examples_run(tmp_path, monkeypatch):
   assert namespace["features"].dtype == np.float32
   assert namespace["features"].shape == (windows, 1024)
   assert namespace["clips"].shape == (windows, SMALL_SAMPLING["num_frames"], size, size, 3)
+  assert namespace["clips"].dtype == np.float32
   assert {name: out.shape for name, out in namespace["joint"].items()} == {
       "vid_repr": (windows, 1024),
       "video_audio": (windows, 512),

@@ -75,3 +75,15 @@ def test_classes_differ_in_motion_not_in_per_video_randomness():
       assert nearest == label
   headings = {label: math.atan2(c[1], c[0]) % (2 * math.pi) for label, c in centroids.items()}
   assert len({round(h, 1) for h in headings.values()}) == num_classes
+
+
+def test_command_line_writes_loose_videos_equal_to_the_zips_members(tmp_path):
+  out = tmp_path / "try"
+  synthetic.main(
+      [str(out), "--classes=2", "--videos_per_class=1", "--duration_s=0.5", "--loose_videos"]
+  )
+  with zipfile.ZipFile(out / synthetic.VIDEO_ZIP_NAME) as archive:
+    members = {name.rsplit("/", 1)[1]: archive.read(name) for name in archive.namelist()}
+  assert len(members) == 2
+  for name, data in members.items():
+    assert (out / name).read_bytes() == data
