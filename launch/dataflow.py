@@ -37,7 +37,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # looking for a default bucket in the cloud, which a dry run must not do.
 _BUCKET_PATH = re.compile(r"gs://[a-z0-9][-_.a-z0-9]{1,220}[a-z0-9](/.*)?")
 _JOBS = {
-    "embed": "UCF101 videos in, clip embeddings out (pipelines.embed)",
+    "embed": "Videos of a dataset in, clip embeddings out (pipelines.embed)",
     "linear_eval": "Linear evaluation of the embeddings (pipelines.linear_eval)",
 }
 

@@ -53,6 +53,15 @@ USAGE_ERROR_STATUS = 2
 VERBOSE_FLAG = "--verbose"
 
 
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+  """Appends each flag's default to its help, unless the help says it in words."""
+
+  def _get_help_string(self, action):
+    if action.default is None and "default" in (action.help or ""):
+      return action.help
+    return super()._get_help_string(action)
+
+
 class JobArgumentParser(argparse.ArgumentParser):
   """A job's command line: every flag's default in --help, and errors as `UsageError`.
 
@@ -64,7 +73,7 @@ class JobArgumentParser(argparse.ArgumentParser):
   """
 
   def __init__(self, **kwargs):
-    kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+    kwargs.setdefault("formatter_class", _DefaultsHelpFormatter)
     super().__init__(**kwargs)
     self._given: list[str] = []
 

@@ -34,7 +34,7 @@ def run_help(*command: str) -> tuple[str, set[str]]:
 
 
 def undocumented_options(help_text: str) -> list[str]:
-  """The options of a --help that lack help text, or show neither their default
+  """The options of a --help that lack help text, or say neither their default
   nor that they are required and are not boolean flags (which have no value)."""
   section = help_text.split("\noptions:\n", 1)[1].split("\n\n", 1)[0]
   undocumented = []
@@ -43,7 +43,8 @@ def undocumented_options(help_text: str) -> list[str]:
     flags, *first_words = re.split(r"\s{2,}", first_line, maxsplit=1)
     description = " ".join([*first_words, *(line.strip() for line in more_lines)])
     is_boolean = re.fullmatch(r"(-\w, )?--\w+", flags)
-    shows_default = "(default: " in description or description.endswith("; required")
+    # "(default: X)", or the help's own words where the default is None.
+    shows_default = "default" in description or description.endswith("; required")
     said = re.sub(r"\(default: [^)]*\)$|; required$", "", description).strip()
     if not said or not (shows_default or is_boolean):
       undocumented.append(" ".join(entry.split()))
