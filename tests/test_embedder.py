@@ -107,9 +107,9 @@ def test_tsm_backbones_embed(tmp_path, backbone):
 
 
 def test_wrong_backbone_names_the_checkpoint_and_the_problem(s3d_checkpoint):
-  with pytest.raises(checkpoints.CheckpointError, match="mmv_s3d.pkl") as error:
+  with pytest.raises(checkpoints.WrongBackboneError, match="mmv_s3d.pkl") as error:
     VideoEmbedder.from_checkpoint(str(s3d_checkpoint), backbone="tsm_resnet_x1")
-  assert "missing" in str(error.value)
+  assert "a s3d checkpoint" in str(error.value) and "not tsm_resnet_x1" in str(error.value)
 
 
 @pytest.mark.parametrize(
