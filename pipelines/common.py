@@ -169,12 +169,11 @@ def claim_output_dir(
   stays, so a later run into the same directory is refused too (its error
   ends with `remedy`, what the job's flags offer), unless it resumes (the
   next attempt). With `overwrite`, the directory and everything in it is
-  deleted first, if `check_overwritable` allows it (`inputs`: flag ->
-  location, what this run reads).
+  deleted first (`delete_output_dir`; `inputs`: flag -> location, what this
+  run reads).
   """
-  if overwrite and FileSystems.exists(output_dir):
-    check_overwritable(output_dir, owner["job"], inputs or {})
-    FileSystems.delete([output_dir])
+  if overwrite:
+    delete_output_dir(output_dir, owner["job"], inputs or {})
   path = owner_path(output_dir, attempt)
   record = {
       **owner,
@@ -195,14 +194,36 @@ def claim_output_dir(
     raise UsageError(f"cannot write to --output_dir {output_dir}: {e}") from e
 
 
-def check_overwritable(output_dir: str, job: str, inputs: Mapping[str, str | None]) -> None:
-  """Raises UsageError unless `--overwrite` may delete `output_dir`.
+def delete_output_dir(output_dir: str, job: str, inputs: Mapping[str, str | None]) -> None:
+  """`--overwrite`: deletes every file under `output_dir`, if `check_overwritable` allows it.
 
-  It may if an earlier run of `job` claimed it (or it holds no file) and it
-  holds none of `inputs` (flag -> location). A folder that no run claimed
-  may hold anything, and deleting a run's own inputs (its checkpoint, its
-  video cache, the embeddings it evaluates) would lose them before it reads
-  them.
+  Works on a local folder and on a `gs://` prefix alike (where the "folder"
+  is no object of its own, only the objects under it).
+
+  Raises:
+    UsageError: `output_dir` is a local file, or must not be deleted.
+  """
+  if "://" not in output_dir and os.path.lexists(output_dir) and not os.path.isdir(output_dir):
+    raise UsageError(f"--output_dir {output_dir} is a file, not a directory")
+  files = [m.path for m in FileSystems.match([FileSystems.join(output_dir, "**")])[0].metadata_list]
+  if not files:
+    return
+  check_overwritable(output_dir, job, inputs, len(files))
+  # A local folder goes whole, subfolders too; a gs:// prefix is its objects.
+  FileSystems.delete(files if "://" in output_dir else [output_dir])
+
+
+def check_overwritable(
+    output_dir: str, job: str, inputs: Mapping[str, str | None], num_files: int
+) -> None:
+  """Raises UsageError unless `--overwrite` may delete `output_dir`, which holds `num_files`.
+
+  It may if an earlier run of `job` claimed it and it holds none of
+  `inputs` (flag -> location). A folder that no run claimed may hold
+  anything, and deleting a run's own inputs (its checkpoint, its video
+  cache, the embeddings it evaluates) would lose them before it reads them.
+  Nothing tells whether the earlier run still runs: `--overwrite` is for
+  runs that ended.
   """
   for flag, location in inputs.items():
     if location and is_within(location, output_dir):
@@ -212,14 +233,12 @@ def check_overwritable(output_dir: str, job: str, inputs: Mapping[str, str | Non
       )
   earlier = _read_owner(owner_path(output_dir))
   if earlier is None:
-    files = FileSystems.match([FileSystems.join(output_dir, "**")])[0].metadata_list
-    if files:
-      raise UsageError(
-          f"--overwrite deletes only a directory that an earlier run claimed; {output_dir} "
-          f"holds {len(files)} files (e.g. {files[0].path}) but no {OWNER_FILE}: choose "
-          "another --output_dir, or empty it yourself"
-      )
-  elif earlier.get("job") != job:
+    raise UsageError(
+        f"--overwrite deletes only a directory that an earlier run claimed; {output_dir} "
+        f"holds {num_files} file(s) but no readable {OWNER_FILE}: choose another "
+        "--output_dir, or empty it yourself"
+    )
+  if earlier.get("job") != job:
     raise UsageError(
         f"--overwrite: {output_dir} holds the output of {earlier.get('job')}, not of {job}; "
         "choose another --output_dir"

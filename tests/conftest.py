@@ -1,5 +1,6 @@
 """Fixtures shared by the test files: pytest finds them here, no import needed."""
 
+import http
 import socket
 
 import pytest
@@ -33,12 +34,42 @@ def range_server():
   server.close()
 
 
+def _create_only_if_absent(insert):
+  """The emulator's upload handler, honouring `ifGenerationMatch=0` as GCS does.
+
+  GCS refuses such an upload with 412 when the object exists (our claims of
+  output directories rely on it); the emulator ignores the parameter.
+  """
+  from gcp_storage_emulator.exceptions import NotFound  # pylint: disable=import-outside-toplevel
+
+  def upload(request, response, storage, *args, **kwargs):
+    if request.query.get("ifGenerationMatch") == ["0"]:
+      name = request.query["name"][0] if "name" in request.query else request.data["meta"]["name"]
+      try:
+        storage.get_file_obj(request.params["bucket_name"], name)
+      except NotFound:
+        pass
+      else:
+        response.status = http.HTTPStatus.PRECONDITION_FAILED
+        return None
+    return insert(request, response, storage, *args, **kwargs)
+
+  return upload
+
+
 @pytest.fixture
 def gcs_emulator(monkeypatch):
   """Yields a bucket name on an in-process GCS emulator that both our client and
   Beam's gs:// filesystem use."""
   from gcp_storage_emulator import server as emulator  # pylint: disable=import-outside-toplevel
+  from gcp_storage_emulator.handlers import objects  # pylint: disable=import-outside-toplevel
   from apache_beam.internal.gcp import auth  # pylint: disable=import-outside-toplevel
+
+  upload = _create_only_if_absent(objects.insert)
+  for _, handlers in emulator.HANDLERS:
+    if handlers.get("POST") is objects.insert:
+      monkeypatch.setitem(handlers, "POST", upload)
+  monkeypatch.setattr(objects, "insert", upload)
 
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))

@@ -2,6 +2,7 @@
 
 import apache_beam as beam
 import pytest
+from apache_beam.io.filesystems import FileSystems
 
 from pipelines import common
 
@@ -44,3 +45,52 @@ def test_a_logger_applied_to_several_steps_counts_them_together(capsys):
   lines = capsys.readouterr().err.splitlines()
   assert lines[0] == "[test] 1/5 videos settled (20%)"
   assert lines[-1].startswith("[test] 5/5 videos settled (100%)")
+
+
+JOB = {"job": "python -m pipelines.embed"}
+
+
+def _write(path: str, data: bytes = b"x") -> None:
+  with FileSystems.create(path) as f:
+    f.write(data)
+
+
+def _files(directory: str) -> list[str]:
+  return sorted(m.path for m in FileSystems.match([f"{directory}/**"])[0].metadata_list)
+
+
+@pytest.mark.parametrize("where", ["local", "gcs"])
+def test_overwrite_deletes_an_earlier_runs_output_locally_and_on_gcs(where, tmp_path, request):
+  root = f"gs://{request.getfixturevalue('gcs_emulator')}" if where == "gcs" else str(tmp_path)
+  out = f"{root}/out"
+  common.claim_output_dir(out, JOB, remedy="")
+  _write(f"{out}/embeddings/part-0.tfrecord")
+  with pytest.raises(common.UsageError, match="belongs to another run .*; try again"):
+    common.claim_output_dir(out, JOB, remedy="try again")
+
+  common.claim_output_dir(out, JOB, remedy="", overwrite=True)
+  assert _files(out) == [f"{out}/run.owner"]
+
+
+@pytest.mark.parametrize(
+    "prepare, problem",
+    [
+        (lambda out: _write(out), "is a file, not a directory"),
+        (
+            lambda out: _write(f"{out}/results.txt"),
+            "deletes only a directory that an earlier run claimed; .* holds 1 file",
+        ),
+        (
+            lambda out: common.claim_output_dir(out, {"job": "another job"}, remedy=""),
+            "holds the output of another job, not of python -m pipelines.embed",
+        ),
+    ],
+    ids=["a file", "no run claimed it", "another job's output"],
+)
+def test_overwrite_refuses_what_is_not_an_earlier_runs_output(prepare, problem, tmp_path):
+  out = str(tmp_path / "out")
+  prepare(out)
+  before = _files(out) if (tmp_path / "out").is_dir() else [out]
+  with pytest.raises(common.UsageError, match=problem):
+    common.claim_output_dir(out, JOB, remedy="", overwrite=True)
+  assert (_files(out) if (tmp_path / "out").is_dir() else [out]) == before
