@@ -880,6 +880,13 @@ def prepare_output_dir(config: EmbedJobConfig, checkpoint_sha256: str) -> PriorO
   owner = owner_record(config, checkpoint_sha256)
   if config.resume:
     return resume_output_dir(config, owner)
+  # A directory written before runs claimed theirs holds shards but no owner.
+  existing = FileSystems.match([schema.shard_pattern(config.output_dir)])[0].metadata_list
+  if existing and not read_owners(config.output_dir):
+    raise UsageError(
+        f"{config.output_dir} already holds {len(existing)} embedding shards, of a run that "
+        "did not claim it; choose a new --output_dir"
+    )
   spec = config.dataset_spec
   claim_output_dir(
       config.output_dir,
@@ -893,13 +900,6 @@ def prepare_output_dir(config: EmbedJobConfig, checkpoint_sha256: str) -> PriorO
           f"--{spec.splits_flag}": config.splits_location,
       },
   )
-  # A directory written before owner files existed holds shards but no owner.
-  existing = FileSystems.match([schema.shard_pattern(config.output_dir)])[0].metadata_list
-  if existing:
-    raise UsageError(
-        f"{config.output_dir} already holds {len(existing)} embedding shards; "
-        "choose a new --output_dir, or pass --overwrite"
-    )
   return PriorOutput()
 
 

@@ -283,6 +283,19 @@ def test_overwrite_refuses_a_directory_holding_the_runs_inputs_or_no_runs_output
   assert (notes / "results.txt").read_text() == "a week of work"
 
 
+def test_shards_of_a_run_that_claimed_nothing_are_refused_and_left_unclaimed(
+    dataset, checkpoint_path, job_output, tmp_path
+):
+  legacy = shutil.copytree(job_output / "out", tmp_path / "legacy")
+  (legacy / common.OWNER_FILE).unlink()  # As the first release wrote its output.
+  before = _listing(legacy)
+  flags = [*_flags(dataset, checkpoint_path, job_output / "work", legacy), *IN_PROCESS]
+  for extra in ([], ["--overwrite"]):
+    with pytest.raises(common.UsageError, match="shards, of a run that did not claim it"):
+      embed.run([*flags, *extra])
+  assert _listing(legacy) == before
+
+
 def test_two_runs_started_together_on_one_output_dir_one_is_refused(
     dataset, checkpoint_path, job_output, tmp_path
 ):
