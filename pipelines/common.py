@@ -184,14 +184,21 @@ def claim_output_dir(
   try:
     sources.create_new(path, json.dumps(record, indent=2, sort_keys=True).encode())
   except FileExistsError:
-    earlier = _read_owner(path)
-    if earlier and earlier.get("job") != owner["job"]:
-      remedy = "it is not this job's output: choose a new --output_dir"
-    raise UsageError(
-        f"{output_dir} belongs to another run ({_describe_owner(earlier, path)}); {remedy}"
-    ) from None
+    raise owned_error(output_dir, owner["job"], remedy, attempt) from None
   except (OSError, sources.SourceError) as e:
     raise UsageError(f"cannot write to --output_dir {output_dir}: {e}") from e
+
+
+def owned_error(output_dir: str, job: str, remedy: str, attempt: int = 1) -> UsageError:
+  """The refusal of `output_dir`, whose `attempt`th run's claim exists: who owns it and,
+  if that run was of `job`, `remedy`."""
+  path = owner_path(output_dir, attempt)
+  earlier = _read_owner(path)
+  if earlier and earlier.get("job") != job:
+    remedy = "it is not this job's output: choose a new --output_dir"
+  return UsageError(
+      f"{output_dir} belongs to another run ({_describe_owner(earlier, path)}); {remedy}"
+  )
 
 
 def delete_output_dir(output_dir: str, job: str, inputs: Mapping[str, str | None]) -> None:

@@ -5,7 +5,7 @@
       [--solver=newton | --solver=liblinear] [--allow_missing] [--overwrite]
 
 The dataset, its split definitions and its classes are those the embedding
-job recorded in its run.json (--dataset and its split flag override them),
+job recorded in its run.json (the dataset's split flag overrides them),
 and every split the dataset has is evaluated unless --splits says otherwise.
 The videos evaluated are those the embedding job was asked for, limited to
 the --classes and --max_videos it ran with. C defaults to the dataset's
@@ -134,8 +134,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[LinearEvalConfig, list[str]]
   parser.add_argument(
       "--dataset",
       default=None,
-      help="the embeddings' dataset, for a run.json that does not record it (runs before "
-      "datasets were recorded: UCF101); None: the one run.json records",
+      help="the embeddings' dataset, checked against the one their run.json records (UCF101 "
+      "where it records none); None: that one",
   )
   for flag in _SPLITS_FLAGS:
     parser.add_argument(
@@ -260,13 +260,14 @@ class Inputs:
 def read_inputs(config: LinearEvalConfig) -> Inputs:
   """Reads run.json and the dataset's listing; keeps the videos the embedding job was asked for.
 
-  The dataset and its locations are the flags', else those run.json records
-  (in its "dataset" entry, or for runs before it, its settings: UCF101).
+  The dataset is the one run.json records (in its "dataset" entry; runs
+  before it were of UCF101), which --dataset, if given, must name. The
+  split definitions are the split flag's, else those run.json records.
 
   Raises:
     common.UsageError: run.json or the listing cannot be read, run.json
-      names classes that the listing lacks, or --splits names a split the
-      dataset does not have.
+      names classes that the listing lacks, --splits names a split the
+      dataset does not have, or --dataset names another dataset.
   """
   try:
     run_config = schema.read_run_config(config.embeddings_dir)
@@ -276,20 +277,17 @@ def read_inputs(config: LinearEvalConfig) -> Inputs:
     ) from e
   settings = run_config.get(schema.SETTINGS, {})
   recorded = run_config.get("dataset") or {}
-  if config.dataset and recorded.get("name") not in (None, config.dataset):
+  # Runs from before run.json recorded the dataset were all of UCF101.
+  embedded_dataset = recorded.get("name", datasets.UCF101.name)
+  if config.dataset and config.dataset != embedded_dataset:
     # Its video ids are another dataset's: no split list of this one names them.
     raise common.UsageError(
         f"--dataset={config.dataset}, but the embeddings in {config.embeddings_dir} are of "
-        f"{recorded['name']} ({schema.RUN_CONFIG_FILE}); leave --dataset out"
+        f"{embedded_dataset} ({schema.RUN_CONFIG_FILE}); leave --dataset out"
     )
-  spec = _dataset(config.dataset or recorded.get("name") or datasets.UCF101.name)
-  same_dataset = spec.name == recorded.get("name", datasets.UCF101.name)
-  recorded_splits = (
-      recorded.get("splits_location") or settings.get(spec.splits_flag) if same_dataset else None
-  )
-  recorded_videos = (
-      recorded.get("videos_location") or settings.get(spec.videos_flag) if same_dataset else None
-  )
+  spec = _dataset(embedded_dataset)
+  recorded_splits = recorded.get("splits_location") or settings.get(spec.splits_flag)
+  recorded_videos = recorded.get("videos_location") or settings.get(spec.videos_flag)
   try:
     listing = spec.list_videos(config.splits_location or recorded_splits, recorded_videos)
     videos = listing.select(settings.get(schema.CLASSES), settings.get(schema.MAX_VIDEOS))
@@ -353,17 +351,20 @@ def _dataset(name: str) -> datasets.DatasetSpec:
 _OWNED_DIR_REMEDY = "choose a new --output_dir, or pass --overwrite to delete it and start again"
 
 
-def check_output_dir(output_dir: str) -> None:
-  """Refuses an output directory that holds an earlier evaluation's metrics.
+def check_output_dir(config: LinearEvalConfig) -> None:
+  """Refuses, before any input is read, an --output_dir that `claim_output_dir` would refuse.
 
-  Evaluations claim their directory (`claim_output_dir`) once their inputs
-  are checked; this catches, before that, directories the claim would
-  refuse anyway and those written before claims existed.
+  That is one another run claimed (unless --overwrite), or one holding the
+  metrics.json of an evaluation that claimed nothing (written before
+  claims existed), which --overwrite does not delete either.
   """
-  metrics = f"{output_dir.rstrip('/')}/{report.METRICS_FILE}"
-  if FileSystems.exists(metrics):
+  if FileSystems.exists(common.owner_path(config.output_dir)):
+    if not config.overwrite:
+      raise common.owned_error(config.output_dir, PROG, _OWNED_DIR_REMEDY)
+  elif FileSystems.exists(f"{config.output_dir.rstrip('/')}/{report.METRICS_FILE}"):
     raise common.UsageError(
-        f"--output_dir {output_dir} already holds {report.METRICS_FILE}; {_OWNED_DIR_REMEDY}"
+        f"--output_dir {config.output_dir} already holds {report.METRICS_FILE}, of an "
+        "evaluation that did not claim it; choose a new --output_dir"
     )
 
 
@@ -508,8 +509,7 @@ def start(config: LinearEvalConfig, options: PipelineOptions) -> beam.runners.ru
   readable.
   """
   if not options.view_as(TestOptions).dry_run:
-    if not config.overwrite:
-      check_output_dir(config.output_dir)
+    check_output_dir(config)
     inputs = read_inputs(config)
     if options.view_as(StandardOptions).runner not in _REMOTE_RUNNERS:
       check_clips(config, inputs)

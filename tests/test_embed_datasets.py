@@ -377,6 +377,22 @@ def test_linear_eval_refuses_a_dataset_other_than_the_embeddings_one(hmdb_job, t
   assert not (tmp_path / "eval").exists()
 
 
+def test_linear_eval_takes_a_run_json_without_a_dataset_for_ucf101s(tmp_path):
+  embeddings = tmp_path / "emb"
+  (embeddings / schema.SHARDS_DIR).mkdir(parents=True)
+  run_json = {schema.NUM_TRAIN_CLIPS: 1, schema.NUM_TEST_WINDOWS: 1, schema.SETTINGS: {}}
+  (embeddings / schema.RUN_CONFIG_FILE).write_text(json.dumps(run_json))
+  with pytest.raises(common.UsageError, match="are of ucf101 .run.json.; leave --dataset out"):
+    linear_eval_job.main(
+        [
+            f"--embeddings_dir={embeddings}",
+            f"--output_dir={tmp_path / 'eval'}",
+            "--dataset=hmdb51",
+            *IN_PROCESS,
+        ]
+    )
+
+
 def test_string_groups_keep_ucf101s_held_out_partition():
   numbers = np.repeat(np.arange(1, 26), 4)
   by_number = linear_eval_lib.validation_partition(numbers)
