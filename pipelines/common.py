@@ -86,13 +86,18 @@ class JobArgumentParser(argparse.ArgumentParser):
 
   def _misspelling_hint(self) -> str:
     own_flags = [flag for flag in self._option_string_actions if flag.startswith("--")]
+    # Flags of neither this parser nor Beam (which takes the ones jobs pass on).
+    strangers = [
+        arg
+        for arg in unknown_beam_args(self._given)
+        if arg.startswith("--") and arg.split("=", 1)[0] not in self._option_string_actions
+    ]
     hints = []
-    for arg in self._given:
+    for arg in strangers:
       flag = arg.split("=", 1)[0]
-      if flag.startswith("--") and flag not in self._option_string_actions:
-        near = difflib.get_close_matches(flag, own_flags, n=1)
-        if near:
-          hints.append(f"{flag} (did you mean {near[0]}?)")
+      near = difflib.get_close_matches(flag, own_flags, n=1)
+      if near:
+        hints.append(f"{flag} (did you mean {near[0]}?)")
     return f"; unrecognized: {', '.join(hints)}" if hints else ""
 
 
@@ -285,20 +290,28 @@ def _describe_owner(owner: dict | None, path: str) -> str:
     return f"see {path}"
 
 
+def unknown_beam_args(args: Sequence[str]) -> list[str]:
+  """The arguments of `args` that no Beam pipeline option takes.
+
+  They are what Beam's own parser of every option leaves over:
+  `get_all_options` hands that parser to `add_extra_args_fn` before it
+  parses (and, told to retain unknown arguments, warns of none).
+  """
+  unknown = []
+  PipelineOptions(args).get_all_options(
+      add_extra_args_fn=lambda parser: unknown.extend(parser.parse_known_args(args)[1]),
+      retain_unknown_options=True,
+  )
+  return unknown
+
+
 def check_beam_flags(beam_args: Sequence[str], prog: str) -> None:
   """Raises UsageError naming the arguments that no Beam pipeline option takes.
 
   A job passes Beam the flags it does not know itself; Beam would drop the
-  unknown ones with a warning, so a misspelt option would go unnoticed. They
-  are what Beam's own parser of every option leaves over: `get_all_options`
-  hands that parser to `add_extra_args_fn` before it parses (and, told to
-  retain unknown arguments, warns of none).
+  unknown ones with a warning, so a misspelt option would go unnoticed.
   """
-  unknown = []
-  PipelineOptions(beam_args).get_all_options(
-      add_extra_args_fn=lambda parser: unknown.extend(parser.parse_known_args(beam_args)[1]),
-      retain_unknown_options=True,
-  )
+  unknown = unknown_beam_args(beam_args)
   if unknown:
     raise UsageError(
         f"unrecognized arguments: {' '.join(unknown)} (neither a flag of {prog} "

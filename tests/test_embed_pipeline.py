@@ -568,9 +568,10 @@ def test_a_misspelt_flag_is_an_error_naming_it(capsys):
     [
         ([], "the following arguments are required: --checkpoint_path, --work_dir, --output_dir"),
         (
-            ["--chekpoint_path=c.pkl", "--work_dir=w", "--output_dir=o"],
+            # Beam's own options are passed on, not taken for misspellings.
+            ["--chekpoint_path=c.pkl", "--work_dir=w", "--output_dir=o", "--num_workers=4"],
             "required: --checkpoint_path; unrecognized: --chekpoint_path (did you mean "
-            "--checkpoint_path?)",
+            "--checkpoint_path?) (see",
         ),
         (
             ["--checkpoint_path=c.pkl", "--work_dir=w", "--output_dir=o", "--max_videos=abc"],
