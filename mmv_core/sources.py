@@ -272,13 +272,15 @@ def _gcs_client(anonymous: bool):
 def _gcs_call(location: str, action: Callable) -> _T:
   """Runs `action(blob)` with the anonymous client, then with credentials if denied."""
   from google.api_core import exceptions as gexc
+  from google.auth import exceptions as auth_exceptions
   import requests
 
   bucket_name, _, object_name = location.removeprefix("gs://").partition("/")
   for anonymous in (True, False):
-    blob = _gcs_client(anonymous).bucket(bucket_name).blob(object_name)
     try:
-      return action(blob)
+      return action(_gcs_client(anonymous).bucket(bucket_name).blob(object_name))
+    except auth_exceptions.GoogleAuthError as e:  # E.g. no credentials on this machine.
+      raise SourceError(f"{location}: access denied, and no usable credentials ({e})") from e
     except (gexc.Unauthorized, gexc.Forbidden) as e:
       if not anonymous:
         raise SourceError(f"{location}: access denied ({e})") from e
@@ -437,14 +439,15 @@ def create_new(location: str, data: bytes) -> None:
   """
   if location.startswith("gs://"):
     from google.api_core import exceptions as gexc
+    from google.auth import exceptions as auth_exceptions
 
     bucket_name, _, object_name = location.removeprefix("gs://").partition("/")
-    blob = _gcs_client(anonymous=False).bucket(bucket_name).blob(object_name)
     try:
+      blob = _gcs_client(anonymous=False).bucket(bucket_name).blob(object_name)
       blob.upload_from_string(data, if_generation_match=0)
     except gexc.PreconditionFailed:
       raise FileExistsError(location) from None
-    except gexc.GoogleAPIError as e:
+    except (gexc.GoogleAPIError, auth_exceptions.GoogleAuthError) as e:
       raise SourceError(f"{location}: {e}") from e
     return
   os.makedirs(os.path.dirname(os.path.abspath(location)), exist_ok=True)

@@ -163,7 +163,7 @@ def check_videos_readable(
     work_dir: str,
     videos: Sequence[dataset_listing.ListedVideo],
 ) -> None:
-  """Refuses, before any work, a video archive that cannot be read when no video is cached.
+  """Refuses, before any work, an unreadable video ZIP when the cache holds none of `videos`.
 
   An archive that cannot be read fails every video the cache does not hold
   (`read_zip_index_or_reason`); when the cache holds none of `videos`, the
@@ -179,13 +179,13 @@ def check_videos_readable(
     return
   location = videos_location or dataset.default_videos
   try:
-    sources.size(location)
-  except sources.SourceError as e:
+    read_zip_index(location)
+  except Exception as e:  # Whatever the job's own reading would fail every video with.
     cached = video_cache.read_index(work_dir)
     if not any(cache_key(dataset, v) in cached for v in videos):
       raise UsageError(
-          f"--{dataset.videos_flag}: {e}; the video cache in --work_dir {work_dir} holds none "
-          f"of the {len(videos)} videos either"
+          f"--{dataset.videos_flag}: {failure_reason(e)}; the video cache in --work_dir "
+          f"{work_dir} holds none of the {len(videos)} videos either"
       ) from e
 
 

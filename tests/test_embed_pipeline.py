@@ -225,6 +225,10 @@ def test_an_unreadable_video_zip_is_no_error_when_the_cache_holds_videos(
       ingest.check_videos_readable(datasets.UCF101, data.video_zip, str(tmp_path), selected)
   finally:
     os.rename(moved, data.video_zip)
+  not_a_zip = tmp_path / "videos.zip"
+  not_a_zip.write_bytes(b"a partial download" * 100)
+  with pytest.raises(common.UsageError, match=f"--video_zip: {not_a_zip}: .*holds none"):
+    ingest.check_videos_readable(datasets.UCF101, str(not_a_zip), str(tmp_path), selected)
 
 
 def test_a_new_run_refuses_an_output_dir_that_another_run_wrote(
