@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
+from apache_beam.options.pipeline_options import StandardOptions
 
 from mmv_core import sources
 
@@ -329,14 +330,21 @@ def with_local_runner(
   return [*(a for a in local_args if a.split("=", 1)[0] not in given), *beam_args]
 
 
+def runs_in_one_process(options: PipelineOptions) -> bool:
+  """Whether the whole job runs in this process: Beam's local runner, not multi-processing."""
+  runner = options.view_as(StandardOptions).runner
+  local = runner in (None, "DirectRunner", "FnApiRunner", "BundleBasedDirectRunner")
+  return local and options.view_as(DirectOptions).direct_running_mode != "multi_processing"
+
+
 class ProgressLogger(beam.DoFn):
   """Prints progress lines per worker process: at the first element, then every 10 s.
 
   Each element is one `what` done (e.g. "clips embedded") of `expected` in
-  the job; the line starts with `prefix` (e.g. "[embed]"). With one worker
-  (the local default) the line is the job's progress; with several, each
-  counts its own against that total, and the job's sum is in the runner's
-  counters. Emits nothing.
+  the job; the line starts with `prefix` (e.g. "[embed]"). Counts are per
+  process: give `expected` only when the job runs in one
+  (`runs_in_one_process`); elsewhere each process's lines give its count
+  and rate, and the job's sum is in the runner's counters. Emits nothing.
 
   Apply it directly to the step that does the work: it then runs in that
   step's fused stage as each element comes. After a Flatten or a grouping,

@@ -57,7 +57,7 @@ from pipelines import ingest
 from pipelines.common import FAILURES, WriteFailures, count_failure, counter, distribution
 from pipelines.common import failure_record
 from pipelines.common import IN_PROCESS_RUNNER_ARGS, UsageError, claim_output_dir, read_owners
-from pipelines.common import run_main
+from pipelines.common import run_main, runs_in_one_process
 from pipelines.common import add_required_flag, add_verbose_flag, check_beam_flags
 from pipelines.common import ProgressLogger, configure_logging, job_parser, with_local_runner
 from pipelines.jax_inference import JaxEmbeddingHandler
@@ -614,9 +614,7 @@ def build(
       classes=config.classes or None,
       max_videos=config.max_videos,
       dataset=config.dataset_spec,
-      progress=ProgressLogger(
-          LOG_PREFIX, "videos fetched and re-encoded or read from the cache", expected_videos
-      ),
+      progress=ProgressLogger(LOG_PREFIX, ingest.VIDEOS_SETTLED, expected_videos),
   )
   expected_clips = None
   if expected_videos is not None:
@@ -955,7 +953,9 @@ def start(
     check_writable(config.work_dir, "--work_dir")
     prior = prepare_output_dir(config, sha256)
   pipeline = beam.Pipeline(options=options)
-  build(pipeline, config, sha256, num_videos, prior, listing, handler)
+  # Progress totals mean something only where one process counts everything.
+  expected_videos = num_videos if runs_in_one_process(options) else None
+  build(pipeline, config, sha256, expected_videos, prior, listing, handler)
   return pipeline.run()
 
 

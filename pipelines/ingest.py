@@ -76,7 +76,7 @@ from pipelines.common import FAILURES, UsageError, WriteFailures, counter, count
 from pipelines.common import add_required_flag, add_verbose_flag, check_beam_flags
 from pipelines.common import ProgressLogger, configure_logging, job_parser, run_main
 from pipelines.common import summarize_failures
-from pipelines.common import with_local_runner
+from pipelines.common import runs_in_one_process, with_local_runner
 
 STAGE_FETCH = "fetch"
 STAGE_EXTRACT = "extract"
@@ -669,6 +669,10 @@ def reuse_or_fetch(
   return _REUSE
 
 
+# What `Ingest`'s progress lines count.
+VIDEOS_SETTLED = "videos fetched and re-encoded, failed, or found in the cache"
+
+
 class Ingest(beam.PTransform):
   """PBegin -> IngestResult(videos, failures); see the module docstring.
 
@@ -899,7 +903,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, int]:
   check_videos_readable(dataset, videos_location, args.work_dir, selected)
   print(f"{LOG_PREFIX} {len(selected)} videos listed", flush=True)
 
-  pipeline = beam.Pipeline(options=PipelineOptions(with_local_runner(beam_args)))
+  options = PipelineOptions(with_local_runner(beam_args))
+  pipeline = beam.Pipeline(options=options)
   result = pipeline | "Ingest" >> Ingest(
       videos_location,
       splits_location,
@@ -911,7 +916,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, int]:
       read_cached_videos=False,
       dataset=dataset,
       progress=ProgressLogger(
-          LOG_PREFIX, "videos fetched and re-encoded or found in the cache", len(selected)
+          LOG_PREFIX,
+          VIDEOS_SETTLED,
+          # Progress totals mean something only where one process counts everything.
+          len(selected) if runs_in_one_process(options) else None,
       ),
   )
   _ = result.failures | "WriteFailures" >> WriteFailures(failures_path)

@@ -94,3 +94,17 @@ def test_overwrite_refuses_what_is_not_an_earlier_runs_output(prepare, problem, 
   with pytest.raises(common.UsageError, match=problem):
     common.claim_output_dir(out, JOB, remedy="", overwrite=True)
   assert (_files(out) if (tmp_path / "out").is_dir() else [out]) == before
+
+
+@pytest.mark.parametrize(
+    "args, one_process",
+    [
+        (common.IN_PROCESS_RUNNER_ARGS, True),
+        (common.LOCAL_RUNNER_ARGS, False),  # A worker process per core.
+        (["--runner=DataflowRunner"], False),
+        ([], True),
+    ],
+)
+def test_progress_totals_are_given_only_where_one_process_counts_all(args, one_process):
+  options = beam.options.pipeline_options.PipelineOptions(list(args))
+  assert common.runs_in_one_process(options) == one_process
