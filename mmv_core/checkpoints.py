@@ -206,7 +206,7 @@ def _safe_unpickle(data: bytes, path: str) -> Any:
     ) from None
   except EOFError:
     raise CheckpointError(
-        f'{path}: truncated pickle ({len(data)} bytes end before its STOP ' 'opcode)'
+        f'{path}: truncated pickle ({len(data)} bytes end before its STOP opcode)'
     ) from None
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(
@@ -521,18 +521,21 @@ def validate_backbone(params: Tree, state: Tree, backbone: str, *, source: str) 
     WrongBackboneError: the trees are exactly another backbone's model's.
     CheckpointError: as `validate_tree`.
   """
-  try:
-    validate_tree(params, state, *model_shapes(backbone), source=source)
-  except CheckpointError:
-    problems = problems_per_backbone(params, state)
-    matching = [other for other, count in problems.items() if count == 0 and other != backbone]
-    if matching:
+  expected = model_shapes(backbone)
+  if tree_problems(params, state, *expected).count:
+    actual = exact_backbone(problems_per_backbone(params, state))
+    if actual:
       raise WrongBackboneError(
-          f'{source}: a {matching[0]} checkpoint (its parameter tree is exactly that '
+          f'{source}: a {actual} checkpoint (its parameter tree is exactly that '
           f"model's), not {backbone}",
-          actual=matching[0],
-      ) from None
-    raise
+          actual=actual,
+      )
+  validate_tree(params, state, *expected, source=source)
+
+
+def exact_backbone(problems: Mapping[str, int]) -> str | None:
+  """The backbone with no differing array in `problems_per_backbone`'s count, or None."""
+  return next((backbone for backbone, count in problems.items() if count == 0), None)
 
 
 def manifest_shapes(
@@ -695,7 +698,7 @@ def _backbone_report(checkpoint: Checkpoint) -> tuple[list[str], str | None]:
     Report lines, and the problem (None when there is none).
   """
   problems = problems_per_backbone(checkpoint.params, checkpoint.state)
-  tree_backbone = next((b for b, count in problems.items() if count == 0), None)
+  tree_backbone = exact_backbone(problems)
   try:
     named_backbone = infer_backbone(checkpoint.path)
   except CheckpointError:

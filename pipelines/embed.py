@@ -63,10 +63,11 @@ from pipelines.common import ProgressLogger, configure_logging, job_parser, with
 from pipelines.jax_inference import JaxEmbeddingHandler
 
 FAILURES_DIR = "failures"
-# Starts the log line of a finished run's `job_timings`, as JSON.
-LOG_PREFIX = "[embed]"
-TIMINGS_PREFIX = f"{LOG_PREFIX} timings "
 FAILURES_FILE = "failures.jsonl"
+# Starts the lines the job prints.
+LOG_PREFIX = "[embed]"
+# Starts the log line of a finished run's `job_timings`, as JSON.
+TIMINGS_PREFIX = f"{LOG_PREFIX} timings "
 STAGE_SAMPLE = "sample"
 STAGE_EMBED = "embed"
 WRITTEN = "written"

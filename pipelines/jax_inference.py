@@ -54,8 +54,8 @@ class JaxEmbeddingHandler(ModelHandler[np.ndarray, dict, "VideoEmbedder"]):
     self._jax_cache_dir = jax_cache_dir
 
   def load_model(self) -> "VideoEmbedder":
-    # JAX loads here, in the process that runs the model, not in the one that
-    # builds the pipeline.
+    # Imported where the model runs, so that importing this module (the job's
+    # --help, a launcher) loads no JAX.
     from mmv_core import embedder
 
     embedder.enable_compilation_cache(self._jax_cache_dir)
