@@ -147,8 +147,8 @@ def encode_jpeg_frames(
     video: the encoded video file's bytes (AVI for UCF101).
     name: file name for the temporary input (its extension helps ffmpeg
       probe) and for error messages.
-    recipe: an `encoding_recipes.EncodingRecipe` (not imported here: recipes
-      are built from `protocol_output_args`); None: the protocol's command.
+    recipe: an `encoding_recipes.EncodingRecipe`; None: the protocol's,
+      `encoding_recipes.UCF101`.
     start_s, end_s: a segment of the video in seconds, cut before
       re-encoding; only with a recipe.
 
@@ -171,22 +171,11 @@ def encode_jpeg_frames(
     with open(input_path, "wb") as f:
       f.write(video)
     if recipe is None:
-      arguments = [
-          "-nostdin",
-          "-hide_banner",
-          "-loglevel",
-          "error",
-          "-i",
-          input_path,
-          *protocol_output_args(),
-          "-f",
-          "image2pipe",
-          "-c:v",
-          "mjpeg",
-          "pipe:1",
-      ]
-    else:
-      arguments = recipe.ffmpeg_args(input_path, start_s=start_s, end_s=end_s)
+      # Imported here: the recipes are built from `protocol_output_args`.
+      from mmv_core import encoding_recipes
+
+      recipe = encoding_recipes.UCF101
+    arguments = recipe.ffmpeg_args(input_path, start_s=start_s, end_s=end_s)
     try:
       result = subprocess.run(
           [ffmpeg_executable(), *arguments],

@@ -15,17 +15,15 @@ from typing import Any
 from apache_beam.io.filesystems import FileSystems
 import numpy as np
 
+from mmv_core import linear_eval
+
 METRICS_FILE = "metrics.json"
 PER_CLASS_FILE = "per_class_accuracy.csv"
 REPORT_FILE = "report.md"
 CLASSIFIERS_DIR = "classifiers"
-# The metrics table's accuracy columns: metric name -> heading.
-ACCURACY_COLUMNS = {
-    "test_top1": "test top-1",
-    "test_top5": "test top-5",
-    "train_top1": "train top-1",
-    "train_top5": "train top-5",
-}
+# The metrics table's accuracy columns: metric name -> heading, e.g.
+# "test_top1" -> "test top-1".
+ACCURACY_COLUMNS = {name: name.replace("_top", " top-") for name in linear_eval.ACCURACIES}
 # Follows an accuracy that means little (its split's `caveats` say why).
 CAVEAT_MARK = "*"
 

@@ -269,16 +269,21 @@ def _gcs_client(anonymous: bool):
   return storage.Client.create_anonymous_client() if anonymous else storage.Client()
 
 
+def _gcs_blob(location: str, anonymous: bool):
+  """The `gs://bucket/object` at `location`, through the anonymous or the credentialed client."""
+  bucket_name, _, object_name = location.removeprefix("gs://").partition("/")
+  return _gcs_client(anonymous).bucket(bucket_name).blob(object_name)
+
+
 def _gcs_call(location: str, action: Callable) -> _T:
   """Runs `action(blob)` with the anonymous client, then with credentials if denied."""
   from google.api_core import exceptions as gexc
   from google.auth import exceptions as auth_exceptions
   import requests
 
-  bucket_name, _, object_name = location.removeprefix("gs://").partition("/")
   for anonymous in (True, False):
     try:
-      return action(_gcs_client(anonymous).bucket(bucket_name).blob(object_name))
+      return action(_gcs_blob(location, anonymous))
     except auth_exceptions.GoogleAuthError as e:  # E.g. no credentials on this machine.
       raise SourceError(f"{location}: access denied, and no usable credentials ({e})") from e
     except (gexc.Unauthorized, gexc.Forbidden) as e:
@@ -437,14 +442,12 @@ def create_new(location: str, data: bytes) -> None:
   the `if_generation_match=0` precondition on GCS). Local parent folders are
   created.
   """
-  if location.startswith("gs://"):
+  if _is_gcs(location):
     from google.api_core import exceptions as gexc
     from google.auth import exceptions as auth_exceptions
 
-    bucket_name, _, object_name = location.removeprefix("gs://").partition("/")
     try:
-      blob = _gcs_client(anonymous=False).bucket(bucket_name).blob(object_name)
-      blob.upload_from_string(data, if_generation_match=0)
+      _gcs_blob(location, anonymous=False).upload_from_string(data, if_generation_match=0)
     except gexc.PreconditionFailed:
       raise FileExistsError(location) from None
     except (gexc.GoogleAPIError, auth_exceptions.GoogleAuthError) as e:

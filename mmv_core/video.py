@@ -241,9 +241,8 @@ def resize_frames(frames: np.ndarray, min_resize: int) -> np.ndarray:
   """
   _check_frames(frames)
   height, width = frames.shape[1:3]
-  if resized_size(height, width, min_resize) == (height, width):
-    return frames
-  return _resize_to(frames, resized_size(height, width, min_resize))
+  size = resized_size(height, width, min_resize)
+  return frames if size == (height, width) else _resize_to(frames, size)
 
 
 def _bilinear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

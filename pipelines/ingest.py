@@ -423,19 +423,6 @@ def fetch_file(location: str) -> bytes:
   return data
 
 
-def encode_options(
-    recipe: encoding_recipes.EncodingRecipe, video: dataset_listing.ListedVideo
-) -> dict:
-  """`encode.encode_jpeg_frames`'s keyword arguments for `video` under `recipe`.
-
-  Empty for the whole video under the protocol's recipe, which is encode's
-  own command: UCF101's ingestion calls it as it always has.
-  """
-  if recipe == encoding_recipes.UCF101 and video.start_s is None and video.end_s is None:
-    return {}
-  return {"recipe": recipe, "start_s": video.start_s, "end_s": video.end_s}
-
-
 def fetch_and_encode(
     dataset: datasets.DatasetSpec, fetcher, context, video: dataset_listing.ListedVideo
 ) -> video_cache.CachedVideo:
@@ -456,7 +443,11 @@ def fetch_and_encode(
   content, source_crc32 = fetcher.fetch(video, context)
   with at_stage(STAGE_ENCODE):
     frames = encode.encode_jpeg_frames(
-        content, video.location, **encode_options(dataset.encoding_recipe, video)
+        content,
+        video.location,
+        recipe=dataset.encoding_recipe,
+        start_s=video.start_s,
+        end_s=video.end_s,
     )
   counter("videos_encoded").inc()
   counter("frames_encoded").inc(len(frames))

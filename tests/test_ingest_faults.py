@@ -155,10 +155,10 @@ def test_unexpected_errors_fail_only_their_video(tiny_dataset, tmp_path, monkeyp
       raise KeyError("a bug in a library")
     return extract(member, data, source)
 
-  def failing_encode(video, name="video.avi"):
+  def failing_encode(video, name="video.avi", **options):
     if name == names[1]:
       raise OSError(28, "No space left on device")
-    return encode_jpeg_frames(video, name)
+    return encode_jpeg_frames(video, name, **options)
 
   monkeypatch.setattr(zip_index, "extract", failing_extract)
   monkeypatch.setattr(encode, "encode_jpeg_frames", failing_encode)
