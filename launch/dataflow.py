@@ -30,6 +30,7 @@ from mmv_core import checkpoints
 from mmv_core import datasets
 from mmv_core.models.names import BACKBONES
 from pipelines import common
+from pipelines import ingest
 
 PROG = "python -m launch.dataflow"
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -220,13 +221,6 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   embed.add_argument(
       "--backbone", default=None, help="the checkpoint's backbone; None: read from its file name"
   )
-  location_flags = sorted(
-      {
-          f"--{flag}"
-          for spec in datasets.DATASETS.values()
-          for flag in (spec.splits_flag, spec.videos_flag)
-      }
-  )
   for job in (embed, linear_eval):
     job.add_argument(
         "--dataset",
@@ -234,7 +228,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         default=datasets.UCF101.name,
         help="the dataset; results go under BUCKET/embeddings/DATASET/ and "
         "BUCKET/linear_eval/DATASET/ (UCF101's directly under embeddings/ and "
-        "linear_eval/); the embedding job takes its locations: " + ", ".join(location_flags),
+        "linear_eval/); the embedding job takes its locations: "
+        + ", ".join(f"--{flag}" for flag in ingest.LOCATION_FLAGS),
     )
   common.add_required_flag(
       linear_eval,

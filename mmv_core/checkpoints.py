@@ -470,7 +470,11 @@ def validate_tree(
       mismatched and non-finite `<collection> module/path:name` (the first
       `MAX_LISTED_PROBLEMS` of each kind).
   """
-  problems = tree_problems(params, state, expected_params, expected_state)
+  _raise_if_any(tree_problems(params, state, expected_params, expected_state), source)
+
+
+def _raise_if_any(problems: TreeProblems, source: str) -> None:
+  """Raises `validate_tree`'s CheckpointError if `problems` holds any."""
   if problems.count or problems.non_finite:
     lines = [
         f'{source}: checkpoint does not match the model '
@@ -521,8 +525,8 @@ def validate_backbone(params: Tree, state: Tree, backbone: str, *, source: str) 
     WrongBackboneError: the trees are exactly another backbone's model's.
     CheckpointError: as `validate_tree`.
   """
-  expected = model_shapes(backbone)
-  if tree_problems(params, state, *expected).count:
+  problems = tree_problems(params, state, *model_shapes(backbone))
+  if problems.count:
     actual = exact_backbone(problems_per_backbone(params, state))
     if actual:
       raise WrongBackboneError(
@@ -530,7 +534,7 @@ def validate_backbone(params: Tree, state: Tree, backbone: str, *, source: str) 
           f"model's), not {backbone}",
           actual=actual,
       )
-  validate_tree(params, state, *expected, source=source)
+  _raise_if_any(problems, source)
 
 
 def exact_backbone(problems: Mapping[str, int]) -> str | None:

@@ -569,8 +569,8 @@ def read_cached_videos(
   try:
     cached = list(video_cache.read_shard(shard, listed))
   except video_cache.CacheError as e:
-    reasons = dict.fromkeys(listed, _drop_damaged_shard(shard, str(e)))
-    return [], {listed[key].video_id: reason for key, reason in reasons.items()}
+    reason = _drop_damaged_shard(shard, str(e))
+    return [], {video.video_id: reason for video in listed.values()}
   except Exception as e:  # pylint: disable=broad-except  # E.g. storage unreachable for a while.
     return [], {video.video_id: failure_reason(e) for video in listed.values()}
   lacking = sorted(set(listed) - {video.video_id for video in cached})
