@@ -476,15 +476,21 @@ def write_outputs(
   report.write_bytes(f"{out}/{report.REPORT_FILE}", markdown.encode())
 
 
-def build_pipeline(pipeline: beam.Pipeline, config: LinearEvalConfig) -> None:
+def build_pipeline(
+    pipeline: beam.Pipeline, config: LinearEvalConfig, local_inputs: Inputs | None = None
+) -> None:
   """Adds the evaluation to `pipeline`.
 
-  The split lists and run.json are read by a worker, so that the job can be
-  built where they cannot be read (a dry run).
+  `local_inputs`, read before the job on a local runner, go in as they are.
+  Otherwise a worker reads the split lists and run.json: the job can then be
+  built where they cannot be read (a dry run), and Dataflow's job graph
+  does not carry every split's layout.
   """
-  inputs = beam.pvalue.AsSingleton(
-      pipeline | "Config" >> beam.Create([config]) | "ReadInputs" >> beam.Map(read_inputs)
-  )
+  if local_inputs is None:
+    read = pipeline | "Config" >> beam.Create([config]) | "ReadInputs" >> beam.Map(read_inputs)
+  else:
+    read = pipeline | "Inputs" >> beam.Create([local_inputs])
+  inputs = beam.pvalue.AsSingleton(read)
   _ = (
       inputs.pvalue
       | "Splits" >> beam.FlatMap(lambda read: sorted(read.layouts))
@@ -508,15 +514,17 @@ def start(config: LinearEvalConfig, options: PipelineOptions) -> beam.runners.ru
   A dry run reads nothing: the job is built where its inputs may not be
   readable.
   """
+  local_inputs = None
   if not options.view_as(TestOptions).dry_run:
     check_output_dir(config)
     inputs = read_inputs(config)
     if options.view_as(StandardOptions).runner not in _REMOTE_RUNNERS:
       check_clips(config, inputs)
+      local_inputs = inputs
     # Claimed once the inputs are known good, so a refused run leaves nothing behind.
     claim_output_dir(config)
   pipeline = beam.Pipeline(options=options)
-  build_pipeline(pipeline, config)
+  build_pipeline(pipeline, config, local_inputs)
   return pipeline.run()
 
 
