@@ -330,11 +330,17 @@ def with_local_runner(
   return [*(a for a in local_args if a.split("=", 1)[0] not in given), *beam_args]
 
 
+def runs_locally(options: PipelineOptions) -> bool:
+  """Whether the job runs on this machine (Beam's local runners), where what the launching
+  process read can go into the pipeline as it is."""
+  runner = options.view_as(StandardOptions).runner
+  return runner in (None, "DirectRunner", "FnApiRunner", "BundleBasedDirectRunner")
+
+
 def runs_in_one_process(options: PipelineOptions) -> bool:
   """Whether the whole job runs in this process: Beam's local runner, not multi-processing."""
-  runner = options.view_as(StandardOptions).runner
-  local = runner in (None, "DirectRunner", "FnApiRunner", "BundleBasedDirectRunner")
-  return local and options.view_as(DirectOptions).direct_running_mode != "multi_processing"
+  multi_processing = options.view_as(DirectOptions).direct_running_mode == "multi_processing"
+  return runs_locally(options) and not multi_processing
 
 
 class ProgressLogger(beam.DoFn):

@@ -57,7 +57,7 @@ from pipelines import ingest
 from pipelines.common import FAILURES, WriteFailures, count_failure, counter, distribution
 from pipelines.common import failure_record
 from pipelines.common import IN_PROCESS_RUNNER_ARGS, UsageError, claim_output_dir, read_owners
-from pipelines.common import run_main, runs_in_one_process
+from pipelines.common import run_main, runs_in_one_process, runs_locally
 from pipelines.common import add_required_flag, add_verbose_flag, check_beam_flags
 from pipelines.common import ProgressLogger, configure_logging, job_parser, with_local_runner
 from pipelines.jax_inference import JaxEmbeddingHandler
@@ -605,9 +605,11 @@ def build(
 
   `expected_videos` (if known) is for progress lines; videos of `prior` are
   not embedded again, and this run's shards are named apart from theirs.
-  `listing`, read before the job, gives run.json its classes and splits.
+  `listing`, read before the job, gives run.json its classes and splits,
+  and a local job its videos (elsewhere a worker reads them at run time).
   `handler` replaces the model (see `EmbedClips`).
   """
+  local_listing = listing if runs_locally(pipeline.options) else None
   ingested = pipeline | "Ingest" >> ingest.Ingest(
       config.videos_location,
       config.splits_location,
@@ -616,6 +618,7 @@ def build(
       max_videos=config.max_videos,
       dataset=config.dataset_spec,
       progress=ProgressLogger(LOG_PREFIX, ingest.VIDEOS_SETTLED, expected_videos),
+      listing=local_listing,
   )
   expected_clips = None
   if expected_videos is not None:

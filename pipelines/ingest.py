@@ -76,7 +76,7 @@ from pipelines.common import FAILURES, UsageError, WriteFailures, counter, count
 from pipelines.common import add_required_flag, add_verbose_flag, check_beam_flags
 from pipelines.common import ProgressLogger, configure_logging, job_parser, run_main
 from pipelines.common import summarize_failures
-from pipelines.common import runs_in_one_process, with_local_runner
+from pipelines.common import runs_in_one_process, runs_locally, with_local_runner
 
 STAGE_FETCH = "fetch"
 STAGE_EXTRACT = "extract"
@@ -208,9 +208,14 @@ def list_videos(
     classes: Sequence[str] | None,
     max_videos: int | None,
     expected_split_counts: dict | None,
+    listing: dataset_listing.DatasetListing | None = None,
 ) -> Iterator[dataset_listing.ListedVideo]:
-  """The videos to ingest; logs and counts differences from the official split sizes."""
-  listing = dataset.list_videos(splits_location, videos_location)
+  """The videos to ingest; logs and counts differences from the official split sizes.
+
+  `listing`, read before the job, is used as it is; None: read it here.
+  """
+  if listing is None:
+    listing = dataset.list_videos(splits_location, videos_location)
   if expected_split_counts is not None:
     for difference in split_count_differences(listing, dataset.name, expected_split_counts):
       logging.warning("%s: %s", splits_location or dataset.default_splits, difference)
@@ -225,7 +230,7 @@ OFFICIAL_SPLIT_COUNTS = "official"
 
 
 class ListVideos(beam.PTransform):
-  """PBegin -> PCollection[ListedVideo] from the dataset's listing, read at run time.
+  """PBegin -> PCollection[ListedVideo] from the dataset's listing.
 
   Args:
     dataset: the dataset.
@@ -236,6 +241,8 @@ class ListVideos(beam.PTransform):
     expected_split_counts: per-split (train, test) counts to check against;
       OFFICIAL_SPLIT_COUNTS: the dataset's official ones; None skips the
       check (subsets, synthetic data).
+    listing: the listing, read before the job (local runs); None: it is
+      read at run time, by a worker.
   """
 
   def __init__(
@@ -246,8 +253,10 @@ class ListVideos(beam.PTransform):
       classes: Sequence[str] | None = None,
       max_videos: int | None = None,
       expected_split_counts: dict | str | None = OFFICIAL_SPLIT_COUNTS,
+      listing: dataset_listing.DatasetListing | None = None,
   ):
     super().__init__()
+    self._listing = listing
     self._dataset = dataset
     self._locations = (splits_location, videos_location)
     self._classes = tuple(classes) if classes else None
@@ -262,7 +271,12 @@ class ListVideos(beam.PTransform):
         | "Dataset" >> beam.Create([self._dataset])
         | "Parse"
         >> beam.FlatMap(
-            list_videos, *self._locations, self._classes, self._max_videos, self._expected
+            list_videos,
+            *self._locations,
+            self._classes,
+            self._max_videos,
+            self._expected,
+            self._listing,
         )
     )
 
@@ -674,7 +688,7 @@ class Ingest(beam.PTransform):
     splits_location: the split definitions (UCF101's split-list zip, HMDB51's
       split folder, a CSV folder); None: the dataset's default.
     work_dir: where the video cache lives (local or gs://).
-    classes, max_videos, expected_split_counts: as in `ListVideos`.
+    classes, max_videos, expected_split_counts, listing: as in `ListVideos`.
     videos_per_shard: most videos in one cache shard.
     read_cached_videos: also read videos that were already cached into
       `videos`; False when the run only fills the cache.
@@ -695,6 +709,7 @@ class Ingest(beam.PTransform):
       read_cached_videos: bool = True,
       dataset: datasets.DatasetSpec = datasets.UCF101,
       progress: ProgressLogger | None = None,
+      listing: dataset_listing.DatasetListing | None = None,
   ):
     super().__init__()
     if not work_dir:
@@ -703,7 +718,13 @@ class Ingest(beam.PTransform):
     self._fetcher = FETCHERS[dataset.fetch](videos_location or dataset.default_videos)
     self._work_dir = work_dir
     self._list = ListVideos(
-        dataset, splits_location, videos_location, classes, max_videos, expected_split_counts
+        dataset,
+        splits_location,
+        videos_location,
+        classes,
+        max_videos,
+        expected_split_counts,
+        listing,
     )
     self._videos_per_shard = videos_per_shard
     self._read_cached_videos = read_cached_videos
@@ -896,6 +917,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, int]:
 
   options = PipelineOptions(with_local_runner(beam_args))
   pipeline = beam.Pipeline(options=options)
+  # Read once: a local job takes the listing as it is.
+  local_listing = listing if runs_locally(options) else None
   result = pipeline | "Ingest" >> Ingest(
       videos_location,
       splits_location,
@@ -912,6 +935,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, int]:
           # Progress totals mean something only where one process counts everything.
           len(selected) if runs_in_one_process(options) else None,
       ),
+      listing=local_listing,
   )
   _ = result.failures | "WriteFailures" >> WriteFailures(failures_path)
   run = pipeline.run()

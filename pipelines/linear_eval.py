@@ -41,7 +41,7 @@ from collections.abc import Sequence
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.options.pipeline_options import SetupOptions, StandardOptions, TestOptions
+from apache_beam.options.pipeline_options import SetupOptions, TestOptions
 
 from mmv_core import datasets
 from mmv_core import embedding_schema as schema
@@ -53,9 +53,6 @@ from pipelines import common
 PROG = "python -m pipelines.linear_eval"
 # The flags that locate a dataset's split definitions, one or more datasets each.
 _SPLITS_FLAGS = tuple(sorted({spec.splits_flag for spec in datasets.DATASETS.values()}))
-# Runners whose workers are elsewhere: there each split's task checks its
-# clips, rather than every shard being read on the launching machine first.
-_REMOTE_RUNNERS = ("DataflowRunner",)
 
 
 class IncompleteInputError(common.UsageError, linear_eval.IncompleteSplitError):
@@ -518,7 +515,9 @@ def start(config: LinearEvalConfig, options: PipelineOptions) -> beam.runners.ru
   if not options.view_as(TestOptions).dry_run:
     check_output_dir(config)
     inputs = read_inputs(config)
-    if options.view_as(StandardOptions).runner not in _REMOTE_RUNNERS:
+    # Elsewhere each split's task checks its clips, rather than every shard
+    # being read on the launching machine first.
+    if common.runs_locally(options):
       check_clips(config, inputs)
       local_inputs = inputs
     # Claimed once the inputs are known good, so a refused run leaves nothing behind.
