@@ -33,7 +33,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from bench.embed_bench import synthetic_jpegs
 from mmv_core.models.names import VID_REPR
-from mmv_core.video_cache import CachedVideo
+from mmv_core.video_cache import CachedVideo, IndexEntry, VideoRef
 from pipelines import common
 from pipelines import embed
 
@@ -68,14 +68,14 @@ class SleepingSampler:
     self._seconds = seconds_per_video
     self._events_path = events_path
 
-  def __call__(self, cached: CachedVideo, config: embed.EmbedJobConfig):
+  def __call__(self, ref: VideoRef, config: embed.EmbedJobConfig):
     start = time.monotonic()
     time.sleep(self._seconds)
-    index = video_index(cached.video_id)
+    index = video_index(ref.video_id)
     record_event(self._events_path, HOST, [index], start)
     return [
         (
-            embed.ClipKey(cached.video_id, 0, "bench", "train", i),
+            embed.ClipKey(ref.video_id, 0, "bench", "train", i),
             np.full((1, 1, 1, 3), index, np.uint8),
         )
         for i in range(config.num_train_clips)
@@ -93,10 +93,10 @@ class RealSampler:
     self._jpegs_path = jpegs_path
     self._jpegs = None
 
-  def __call__(self, cached: CachedVideo, config: embed.EmbedJobConfig):
+  def __call__(self, ref: VideoRef, config: embed.EmbedJobConfig):
     if self._jpegs is None:
       self._jpegs = tuple(pickle.loads(pathlib.Path(self._jpegs_path).read_bytes()))
-    return embed.sample_clips(dataclasses.replace(cached, frames=self._jpegs), config)
+    return embed.cut_clips(CachedVideo(ref.video_id, 0, "Bench", self._jpegs, 0), config)
 
 
 class SleepingHandler(ModelHandler[np.ndarray, dict, None]):
@@ -120,16 +120,14 @@ class SleepingHandler(ModelHandler[np.ndarray, dict, None]):
     return sum(clip.nbytes for clip in batch)  # Beam's default pickles the whole batch.
 
 
-def bench_videos(num_videos: int) -> list[CachedVideo]:
-  """Videos without frames: the samplers bring their own."""
-  return [
-      CachedVideo(f"v_Bench_g01_c{i:02d}", 0, "Bench", (), source_crc32=0)
-      for i in range(num_videos)
-  ]
+def bench_videos(num_videos: int) -> list[VideoRef]:
+  """References to no cached frames: the samplers bring their own."""
+  nowhere = IndexEntry("", 0, "Bench", 0, 0, shard="")
+  return [VideoRef(f"v_Bench_g01_c{i:02d}", 0, "Bench", nowhere) for i in range(num_videos)]
 
 
 def run_job(
-    videos: Sequence[CachedVideo],
+    videos: Sequence[VideoRef],
     config: embed.EmbedJobConfig,
     handler: ModelHandler,
     sample: embed.SampleFn,

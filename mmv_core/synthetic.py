@@ -15,7 +15,10 @@ classifier on video features has something to learn.
 
 Groups: clip `c` of group `g` is `v_<Class>_gGG_cCC`; group `g` is a test
 group in split `s` when `(g - 1) % 3 == s - 1`, so every split has test
-videos once a class has three or more groups.
+videos once a class has three or more groups. `plan_ucf101_videos` plans the
+real dataset's structure instead: 25 groups per class, groups 1-7, 8-14 and
+15-21 the test groups of splits 1, 2 and 3 (22-25 always train), as in the
+official lists.
 
 CLI: `python -m mmv_core.synthetic OUT_DIR --classes 5 --videos_per_class 6`.
 """
@@ -48,22 +51,37 @@ _ZIP_DATE_TIME = (2020, 1, 1, 0, 0, 0)
 _SPLIT_LINE_ENDING = "\r\n"
 
 
+# The official lists' structure: groups per class, and test groups per split.
+UCF101_GROUPS_PER_CLASS = 25
+UCF101_TEST_GROUPS_PER_SPLIT = 7
+
+
 @dataclasses.dataclass(frozen=True)
 class SyntheticVideo:
-  """One planned video: its id in the video ZIP and its line in the split lists."""
+  """One planned video: its id in the video ZIP and its line in the split lists.
+
+  `official_splits`: the official lists' rule of test groups (groups 1-7
+  test in split 1, 8-14 in split 2, 15-21 in split 3) instead of every third
+  group.
+  """
 
   video_id: str
   label: int
   label_name: str
   list_entry: str
   group: int
+  official_splits: bool = False
 
   @property
   def member_name(self) -> str:
     return f"{ucf101.VIDEO_MEMBER_DIR}/{self.video_id}.avi"
 
   def role(self, split: int) -> str:
-    return ucf101.TEST if (self.group - 1) % 3 == split - 1 else ucf101.TRAIN
+    if self.official_splits:
+      test_split = (self.group - 1) // UCF101_TEST_GROUPS_PER_SPLIT + 1
+    else:
+      test_split = (self.group - 1) % 3 + 1
+    return ucf101.TEST if test_split == split else ucf101.TRAIN
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,6 +253,38 @@ def plan_videos(
               group=group,
           )
       )
+  return videos
+
+
+def plan_ucf101_videos(names: Sequence[str], num_videos: int) -> list[SyntheticVideo]:
+  """Names `num_videos` videos in the real dataset's structure (see the module docstring).
+
+  Classes get equal shares (the first ones one more), each spread over 25
+  groups as evenly as it goes: the full 13,320 videos make groups of 5 or 6
+  clips, where the real ones have 4 to 7.
+  """
+  videos = []
+  per_class, extra_classes = divmod(num_videos, len(names))
+  for label, name in enumerate(names):
+    list_spelling = HANDSTAND_LIST_SPELLING if name == HANDSTAND_CLASS else name
+    per_group, extra = divmod(per_class + (label < extra_classes), UCF101_GROUPS_PER_CLASS)
+    for group in range(1, UCF101_GROUPS_PER_CLASS + 1):
+      # The groups with one clip more are spread evenly, so the splits weigh alike.
+      one_more = (
+          group * extra // UCF101_GROUPS_PER_CLASS - (group - 1) * extra // UCF101_GROUPS_PER_CLASS
+      )
+      for clip in range(1, per_group + one_more + 1):
+        suffix = f"g{group:02d}_c{clip:02d}"
+        videos.append(
+            SyntheticVideo(
+                video_id=f"v_{name}_{suffix}",
+                label=label,
+                label_name=name,
+                list_entry=f"{name}/v_{list_spelling}_{suffix}.avi",
+                group=group,
+                official_splits=True,
+            )
+        )
   return videos
 
 

@@ -6,10 +6,17 @@ Stage: end of ingestion, start of feature extraction. Layout under
 - `shards/<uuid>.tfrecord`: one `SequenceExample` per video; the JPEG frames
   are the feature list `FRAMES_KEY`, the context holds id, label, class name,
   frame count and the CRC-32 of the source video.
-- `index/<uuid>.json`: the videos of the shard of the same name. An index file
-  is the shard's commit record: written last, and only after the shard is
-  complete under its final name.
+- `index/<uuid>.json`: the videos of the shard of the same name, in shard
+  order, each with the byte range of its record (index files written before
+  ranges were recorded lack them; `read_index(locate=True)` finds them from
+  the shard's record headers). An index file is the shard's commit record:
+  written last, and only after the shard is complete under its final name.
 - `tmp/`: files being written; their final names appear by rename.
+
+Jobs pass `VideoRef`s (a listed video and its `IndexEntry`) between their
+stages, never frames: the step that needs a video's frames reads its one
+record by byte range (`read_video`), so what a runner holds between stages
+is a few hundred bytes per video whatever the videos weigh.
 
 A worker that dies mid-write leaves at most an uncommitted file that no reader
 sees. A retried bundle can commit the same video twice in two shards;
@@ -25,12 +32,14 @@ videos are fetched and cached again.
 import dataclasses
 import json
 import logging
+import threading
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 
 from apache_beam.io.filesystems import FileSystems
 
 from mmv_core import example_proto
+from mmv_core import sources
 from mmv_core import tfrecord
 
 CACHE_DIR = "video_cache"
@@ -78,7 +87,16 @@ class CachedVideo:
 
 @dataclasses.dataclass(frozen=True)
 class IndexEntry:
-  """What the index records of one cached video, and its shard's path."""
+  """What the index records of one cached video, and where its record is.
+
+  Attributes:
+    video_id: the cache key the video was written under.
+    label, label_name, num_frames, source_crc32: as in `CachedVideo`.
+    shard: path of the shard holding it.
+    offset, length: the byte range of its framed record in `shard`; None
+      until located, for index files written before ranges were recorded.
+    position: its record's place in the shard (0-based).
+  """
 
   video_id: str
   label: int
@@ -86,6 +104,25 @@ class IndexEntry:
   num_frames: int
   source_crc32: int
   shard: str
+  offset: int | None = None
+  length: int | None = None
+  position: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoRef:
+  """A listed video and where its frames are cached: what crosses a job's stages.
+
+  Attributes:
+    video_id, label, label_name: as the current listing gives them (a cache
+      filled under other lists cannot leak stale labels).
+    entry: the cached record (`entry.video_id` is its cache key).
+  """
+
+  video_id: str
+  label: int
+  label_name: str
+  entry: IndexEntry
 
 
 def cache_dir(work_dir: str) -> str:
@@ -160,58 +197,124 @@ def _ensure_dir(path: str) -> None:
         raise
 
 
-def write_shard(work_dir: str, videos: Sequence[CachedVideo]) -> str:
-  """Writes `videos` as one new shard and commits it; returns the shard's path.
+class ShardWriter:
+  """Writes one shard a video at a time, so a writer holds at most one video's frames.
 
-  The shard is complete under its final name before its index file exists;
-  both appear by rename from `tmp/`.
+  `add` appends a video's record to a file under `tmp/`; `commit` renames
+  the file into `shards/` and writes its index, making every added video
+  visible at once; `discard` drops an uncommitted shard. A writer that is
+  never committed leaves at most a file in `tmp/`, which no reader sees.
   """
-  root = cache_dir(work_dir)
-  tmp_dir = FileSystems.join(root, TMP_DIR)
-  _ensure_dir(tmp_dir)
-  shard_id = uuid.uuid4().hex
-  shard_path = FileSystems.join(root, SHARDS_DIR, shard_id + SHARD_SUFFIX)
-  _write_atomically(
-      shard_path, b"".join(tfrecord.encode_record(to_sequence_example(v)) for v in videos), tmp_dir
-  )
-  index = {
-      "shard": shard_id + SHARD_SUFFIX,
-      "videos": [
-          {
-              "video_id": v.video_id,
-              "label": v.label,
-              "label_name": v.label_name,
-              "num_frames": v.num_frames,
-              "source_crc32": v.source_crc32,
-          }
-          for v in videos
-      ],
-  }
-  _write_atomically(
-      FileSystems.join(root, INDEX_DIR, shard_id + INDEX_SUFFIX),
-      json.dumps(index).encode(),
-      tmp_dir,
-  )
-  return shard_path
+
+  def __init__(self, work_dir: str):
+    self._root = cache_dir(work_dir)
+    self._tmp_dir = FileSystems.join(self._root, TMP_DIR)
+    self._tmp_path = None
+    self._file = None
+    self._entries: list[dict] = []
+    self._offset = 0
+
+  def __len__(self) -> int:
+    return len(self._entries)
+
+  def add(self, video: CachedVideo) -> None:
+    if self._file is None:
+      _ensure_dir(self._tmp_dir)
+      self._tmp_path = FileSystems.join(self._tmp_dir, uuid.uuid4().hex)
+      self._file = FileSystems.create(self._tmp_path)
+    record = tfrecord.encode_record(to_sequence_example(video))
+    self._file.write(record)
+    self._entries.append(
+        {
+            "video_id": video.video_id,
+            "label": video.label,
+            "label_name": video.label_name,
+            "num_frames": video.num_frames,
+            "source_crc32": video.source_crc32,
+            "offset": self._offset,
+            "length": len(record),
+        }
+    )
+    self._offset += len(record)
+
+  def commit(self) -> list[IndexEntry]:
+    """Commits the shard (none if nothing was added); returns its videos' index entries."""
+    if self._file is None:
+      return []
+    self._file.close()
+    shard_id = uuid.uuid4().hex
+    shard_path = FileSystems.join(self._root, SHARDS_DIR, shard_id + SHARD_SUFFIX)
+    _ensure_dir(FileSystems.split(shard_path)[0])
+    FileSystems.rename([self._tmp_path], [shard_path])
+    index = {"shard": shard_id + SHARD_SUFFIX, "videos": self._entries}
+    _write_atomically(
+        FileSystems.join(self._root, INDEX_DIR, shard_id + INDEX_SUFFIX),
+        json.dumps(index).encode(),
+        self._tmp_dir,
+    )
+    entries = [
+        IndexEntry(shard=shard_path, position=position, **video)
+        for position, video in enumerate(self._entries)
+    ]
+    self._file, self._entries, self._offset = None, [], 0
+    return entries
+
+  def discard(self) -> None:
+    """Drops what was added and not committed."""
+    if self._file is not None:
+      self._file.close()
+      FileSystems.delete([self._tmp_path])
+      self._file, self._entries, self._offset = None, [], 0
+
+
+def write_shard(work_dir: str, videos: Sequence[CachedVideo]) -> str:
+  """Writes `videos` as one new shard and commits it; returns the shard's path."""
+  writer = ShardWriter(work_dir)
+  for video in videos:
+    writer.add(video)
+  return writer.commit()[0].shard
 
 
 def _read_index_file(path: str, root: str) -> list[IndexEntry]:
-  """The entries of one index file; `CacheError` if it is not one `write_shard` wrote."""
+  """The entries of one index file; `CacheError` if it is not one `ShardWriter` wrote."""
   with FileSystems.open(path) as f:
     content = f.read()
   try:
     index = json.loads(content)
     shard = FileSystems.join(root, SHARDS_DIR, index["shard"])
-    return [IndexEntry(shard=shard, **video) for video in index["videos"]]
+    return [
+        IndexEntry(shard=shard, position=position, **video)
+        for position, video in enumerate(index["videos"])
+    ]
   except (ValueError, KeyError, TypeError) as e:  # Not JSON, or not the schema.
     raise CacheError(f"{path}: not a valid index file ({type(e).__name__}: {e})") from e
 
 
-def read_index(work_dir: str) -> dict[str, IndexEntry]:
+def _located(entries: list[IndexEntry]) -> list[IndexEntry]:
+  """`entries` (of one shard) with their byte ranges, read from the shard's record headers
+  where the index file did not record them; as they are if the shard cannot be scanned."""
+  if not entries or entries[0].offset is not None:
+    return entries
+  try:
+    spans = tfrecord.record_spans(entries[0].shard, error=CacheError)
+  except Exception as e:  # Damaged or unreadable: reading the video will say so.
+    logging.warning("%s: cannot locate its records (%s)", entries[0].shard, e)
+    return entries
+  return [
+      dataclasses.replace(entry, offset=spans[entry.position][0], length=spans[entry.position][1])
+      if entry.position < len(spans)
+      else entry
+      for entry in entries
+  ]
+
+
+def read_index(work_dir: str, locate: bool = False) -> dict[str, IndexEntry]:
   """Every committed video by id; the first shard by name wins for duplicates.
 
   An index file that cannot be parsed is skipped with a warning: its videos
-  are then not cached as far as readers know, and get fetched again.
+  are then not cached as far as readers know, and get fetched again. With
+  `locate`, entries of older index files without byte ranges get them from
+  their shard's record headers (a seek per record).
   """
   root = cache_dir(work_dir)
   pattern = FileSystems.join(root, INDEX_DIR, "*" + INDEX_SUFFIX)
@@ -223,9 +326,60 @@ def read_index(work_dir: str) -> dict[str, IndexEntry]:
     except CacheError as e:
       logging.warning("%s; skipped, its videos will be fetched again", e)
       continue
+    if locate:
+      index_entries = _located(index_entries)
     for entry in index_entries:
       entries.setdefault(entry.video_id, entry)
   return entries
+
+
+def _shard_damage(entry: IndexEntry) -> str | None:
+  """What is wrong with the shard of `entry` if it is missing or too short for its record."""
+  if not FileSystems.exists(entry.shard):
+    return f"{entry.shard}: the cache index lists this shard, it does not exist"
+  size = sources.size(entry.shard)
+  if size < entry.offset + entry.length:
+    return (
+        f"{entry.shard}: truncated ({size} bytes; {entry.video_id}'s record ends at byte "
+        f"{entry.offset + entry.length})"
+    )
+  return None
+
+
+def read_video(entry: IndexEntry) -> CachedVideo:
+  """The cached video of `entry`, read by its byte range (its whole shard if it has none).
+
+  Raises:
+    CacheError: the shard is missing, or the record at the range is
+      truncated, corrupt or another video's.
+    sources.SourceError: the shard cannot be read now (storage out of reach).
+  """
+  if entry.offset is None:
+    for video in read_shard(entry.shard, [entry.video_id]):
+      return video
+    raise CacheError(f"{entry.shard}: the cache index lists {entry.video_id}, the shard lacks it")
+  where = f"{entry.shard}@{entry.offset}"
+  try:
+    framed = sources.read_range(entry.shard, entry.offset, entry.length)
+  except sources.SourceError as e:
+    damage = _shard_damage(entry)
+    if damage:
+      raise CacheError(damage) from e
+    raise
+  video = from_sequence_example(tfrecord.decode_record(framed, where, error=CacheError))
+  if video.video_id != entry.video_id:
+    raise CacheError(f"{where}: holds {video.video_id}, the cache index says {entry.video_id}")
+  return video
+
+
+def _index_path(shard_path: str) -> str:
+  """The index file that commits `shard_path`."""
+  shards_dir, shard_name = FileSystems.split(shard_path)
+  return FileSystems.join(
+      FileSystems.split(shards_dir)[0],
+      INDEX_DIR,
+      shard_name.removesuffix(SHARD_SUFFIX) + INDEX_SUFFIX,
+  )
 
 
 def discard_shard(shard_path: str) -> None:
@@ -235,18 +389,48 @@ def discard_shard(shard_path: str) -> None:
   the next run fetches them again. A file already gone is no error: another
   worker may have discarded the same shard.
   """
-  shards_dir, shard_name = FileSystems.split(shard_path)
-  index_path = FileSystems.join(
-      FileSystems.split(shards_dir)[0],
-      INDEX_DIR,
-      shard_name.removesuffix(SHARD_SUFFIX) + INDEX_SUFFIX,
-  )
-  for path in (index_path, shard_path):
+  for path in (_index_path(shard_path), shard_path):
     try:
       FileSystems.delete([path])
     except IOError:
       if FileSystems.exists(path):
         raise
+
+
+# Index rewrites in this process one at a time, so that none undoes another's.
+_index_rewrite_lock = threading.Lock()
+
+
+def discard_video(entry: IndexEntry) -> None:
+  """Uncommits one video whose record is damaged; its shard's other videos stay cached.
+
+  Its shard's index file is rewritten without it (the shard goes with its
+  index once no video is left; a missing shard goes whole), so the next run
+  fetches it again. Two workers rewriting one index at the same moment may
+  each keep the other's video: that one fails once more and goes then.
+  """
+  if not FileSystems.exists(entry.shard):
+    discard_shard(entry.shard)
+    return
+  index_path = _index_path(entry.shard)
+  with _index_rewrite_lock:
+    try:
+      with FileSystems.open(index_path) as f:
+        index = json.loads(f.read())
+    except Exception:  # Gone or unreadable: the video is not served as cached either way.
+      return
+    videos = [v for v in index["videos"] if v["video_id"] != entry.video_id]
+    if len(videos) == len(index["videos"]):
+      return
+    if not videos:
+      discard_shard(entry.shard)
+      return
+    root = FileSystems.split(FileSystems.split(index_path)[0])[0]
+    _write_atomically(
+        index_path,
+        json.dumps({**index, "videos": videos}).encode(),
+        FileSystems.join(root, TMP_DIR),
+    )
 
 
 def read_shard(shard_path: str, video_ids: Iterable[str] | None = None) -> Iterator[CachedVideo]:

@@ -11,21 +11,25 @@ other exception is a bug or an outage and keeps its traceback.
 
 import argparse
 import collections
+import concurrent.futures
+import contextlib
 import difflib
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
 import time
+import typing
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
+from apache_beam.options.pipeline_options import DebugOptions, DirectOptions, PipelineOptions
 from apache_beam.options.pipeline_options import StandardOptions
 
 from mmv_core import sources
@@ -66,6 +70,8 @@ class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 class JobArgumentParser(argparse.ArgumentParser):
   """A job's command line: every flag's default in --help, and errors as `UsageError`.
 
+  Only whole flag names are taken (argparse's prefix matching is off).
+
   argparse would print its whole usage block before the error; through
   `run_main` the error is one line. A flag that is not this parser's but
   close to one of its flags is named with the flag it may mean, so that a
@@ -75,6 +81,8 @@ class JobArgumentParser(argparse.ArgumentParser):
 
   def __init__(self, **kwargs):
     kwargs.setdefault("formatter_class", _DefaultsHelpFormatter)
+    # A prefix of a flag (`--num_frame` for `--num_frames`) is a misspelling, not the flag.
+    kwargs.setdefault("allow_abbrev", False)
     super().__init__(**kwargs)
     self._given: list[str] = []
 
@@ -146,6 +154,41 @@ def run_main(
   except UsageError as error:
     print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
     sys.exit(USAGE_ERROR_STATUS)
+
+
+@contextlib.contextmanager
+def interrupt_exits(prog: str, message: Callable[[], str], status: int):
+  """Ctrl-C in the block ends the process with one line, `prog: message()`, and `status`.
+
+  The interrupt still unwinds the job (temporary files are cleaned up as
+  usual), but logging is silenced from that moment: Beam would log the
+  interrupted bundle's traceback, some 200 lines. `message` may clean up
+  what the job leaves behind before it says so. Only in the main thread,
+  where Python delivers signals.
+  """
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  interrupted = threading.Event()
+
+  def on_interrupt(signum, frame):
+    del signum, frame
+    interrupted.set()
+    logging.disable(logging.CRITICAL)
+    raise KeyboardInterrupt
+
+  previous = signal.signal(signal.SIGINT, on_interrupt)
+  try:
+    yield
+  except BaseException:
+    if not interrupted.is_set():
+      raise
+    print(f"{prog}: {message()}", file=sys.stderr, flush=True)
+    sys.exit(status)
+  finally:
+    signal.signal(signal.SIGINT, previous)
+    if interrupted.is_set():
+      logging.disable(logging.NOTSET)
 
 
 OWNER_FILE = "run.owner"
@@ -307,7 +350,8 @@ def unknown_beam_args(args: Sequence[str]) -> list[str]:
 
 
 def check_beam_flags(beam_args: Sequence[str], prog: str) -> None:
-  """Raises UsageError naming the arguments that no Beam pipeline option takes.
+  """Raises UsageError naming the arguments that no Beam pipeline option takes,
+  or options that make Beam lose elements (`lossy_runner_problem`).
 
   A job passes Beam the flags it does not know itself; Beam would drop the
   unknown ones with a warning, so a misspelt option would go unnoticed.
@@ -318,6 +362,36 @@ def check_beam_flags(beam_args: Sequence[str], prog: str) -> None:
         f"unrecognized arguments: {' '.join(unknown)} (neither a flag of {prog} "
         "nor a Beam pipeline option)"
     )
+  problem = lossy_runner_problem(PipelineOptions(beam_args))
+  if problem:
+    raise UsageError(problem)
+
+
+# Beam 2.77's threaded local runner flushes each worker's output buffer from a
+# timer thread without a lock against the thread that writes to it: elements
+# written during a flush are dropped, or cut in two (docs/reliability.md,
+# "Threaded runners"). Worker processes (`multi_processing`) and Dataflow's
+# SDK harness flush by size, on the writing thread, unless told otherwise by
+# this experiment.
+_TIMED_FLUSH_EXPERIMENT = "data_buffer_time_limit_ms="
+
+
+def lossy_runner_problem(options: PipelineOptions) -> str | None:
+  """Why these Beam options could lose elements without an error, or None."""
+  if options.view_as(DirectOptions).direct_running_mode == "multi_threading":
+    return (
+        "--direct_running_mode=multi_threading loses elements in Beam 2.77 (its workers' "
+        "output buffers are flushed by a timer thread without a lock; docs/reliability.md); "
+        "leave the running mode out: the jobs run their own threads where they need them"
+    )
+  for experiment in options.view_as(DebugOptions).experiments or ():
+    value = experiment.removeprefix(_TIMED_FLUSH_EXPERIMENT)
+    if value != experiment and (not value.lstrip("-").isdigit() or int(value) > 0):
+      return (
+          f"--experiments={experiment} turns on the timed output flush that loses elements "
+          "when an SDK process runs several threads (docs/reliability.md); leave it out"
+      )
+  return None
 
 
 def with_local_runner(
@@ -341,6 +415,71 @@ def runs_in_one_process(options: PipelineOptions) -> bool:
   """Whether the whole job runs in this process: Beam's local runner, not multi-processing."""
   multi_processing = options.view_as(DirectOptions).direct_running_mode == "multi_processing"
   return runs_locally(options) and not multi_processing
+
+
+def host_threads(options: PipelineOptions) -> int:
+  """Threads a step whose work leaves the GIL (ffmpeg, decoding) may keep busy in one worker.
+
+  Every core where the job runs in this one process; one elsewhere, where
+  the runner starts a worker per core (local worker processes, Dataflow).
+  """
+  return (os.cpu_count() or 1) if runs_in_one_process(options) else 1
+
+
+def absolute_location(location: str | None) -> str | None:
+  """A local path made absolute (a run record read from elsewhere still finds it); URLs as given."""
+  if location is None or "://" in location:
+    return location
+  return os.path.abspath(os.path.expanduser(location))
+
+
+class OrderedLookahead:
+  """Runs `work` on up to `depth` elements at once, one thread each; results leave in input order.
+
+  For a DoFn whose work per element mostly waits outside the GIL (an ffmpeg
+  process, JPEG decoding, compiled resizing): `process` submits its element
+  and emits what `ready(depth)` yields; `finish_bundle` emits `ready(0)`.
+  Each result keeps its element's timestamp and window, since it may leave
+  during a later element's `process` or in `finish_bundle` (where Beam wants
+  windowed values). At most `depth + 1` elements' work is held at once;
+  `depth` 0 runs each element before the next is taken.
+  """
+
+  def __init__(self, work: Callable, depth: int, thread_name: str):
+    self._work = work
+    self._depth = depth
+    self._pool = concurrent.futures.ThreadPoolExecutor(
+        max(1, depth), thread_name_prefix=thread_name
+    )
+    self._in_flight: collections.deque = collections.deque()
+
+  def submit(self, element, timestamp, window) -> None:
+    self._in_flight.append((self._pool.submit(self._run, element), timestamp, window))
+
+  def ready(self, keep: int):
+    """Yields (result, seconds waited for it, timestamp, window) until `keep` are in flight.
+
+    The counters that the work incremented (`counter`) are counted here, on
+    the calling thread, where Beam keeps them.
+    """
+    while len(self._in_flight) > keep:
+      future, timestamp, window = self._in_flight.popleft()
+      wait_start = time.perf_counter()
+      result, increments = future.result()
+      waited = time.perf_counter() - wait_start
+      for name, n in increments:
+        counter(name).inc(n)
+      yield result, waited, timestamp, window
+
+  def _run(self, element):
+    _thread_increments.pending = []
+    try:
+      return self._work(element), _thread_increments.pending
+    finally:
+      _thread_increments.pending = None
+
+  def close(self) -> None:
+    self._pool.shutdown(cancel_futures=True)
 
 
 class ProgressLogger(beam.DoFn):
@@ -370,6 +509,16 @@ class ProgressLogger(beam.DoFn):
     self._what = what
     self._expected = expected
 
+  def expect(self, expected: int | None) -> None:
+    """Sets the total the lines count against; before the pipeline is built."""
+    self._expected = expected
+
+  def done(self) -> int:
+    """How many elements this process's copies of the logger have counted."""
+    with self._tallies_lock:
+      tally = self._tallies.get(self._id)
+    return tally.done if tally else 0
+
   def setup(self):
     with self._tallies_lock:
       self._tally = self._tallies.setdefault(self._id, _Tally())
@@ -390,6 +539,10 @@ class _Tally:
     self._lock = threading.Lock()
     self._done = 0
     self._first = self._last_line = None
+
+  @property
+  def done(self) -> int:
+    return self._done
 
   def count(self, expected: int | None, what: str, interval_s: float) -> str | None:
     """Counts one element; returns the line to print now, if one is due."""
@@ -423,7 +576,23 @@ def progress_line(done: int, expected: int | None, since_first_s: float, what: s
   return line
 
 
+# Counter increments made in an `OrderedLookahead` thread, kept for the bundle's
+# thread: Beam counts metrics per processing thread and drops those of others.
+_thread_increments = threading.local()
+
+
+class _DeferredCounter(typing.NamedTuple):
+  name: str
+  increments: list
+
+  def inc(self, n: int = 1) -> None:
+    self.increments.append((self.name, n))
+
+
 def counter(name: str):
+  increments = getattr(_thread_increments, "pending", None)
+  if increments is not None:
+    return _DeferredCounter(name, increments)
   return Metrics.counter(METRICS_NAMESPACE, name)
 
 

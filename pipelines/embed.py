@@ -6,32 +6,36 @@
 
 `--dataset` (docs/datasets.md) names where the videos come from, how they
 are listed and re-encoded, and the sampling defaults of its protocol; the
-sampling flags override them. UCF101 is the default.
+sampling flags override them (pipelines/embed_config.py). UCF101 is the
+default.
 
-Stages: `Ingest` (listing, sharded fetch, ffmpeg re-encoding, video
-cache; see pipelines/ingest.py) -> Reshuffle (spreads videos over workers)
--> `EmbedClips`, the accelerator step: `SampleClipsFn` decodes each video's
-JPEG frames once and cuts `--num_train_clips` seeded training clips and
-`--num_test_windows` test windows in a background thread, `--prefetch_videos`
-videos ahead, while RunInference with `JaxEmbeddingHandler` embeds earlier
-clips on the device -> `AssembleVideoFn` groups a video's clips and writes
-them all (or fails the video) as `tf.train.Example`s (schema in
-mmv_core/embedding_schema.py) -> `OUTPUT_DIR/embeddings/*.tfrecord`.
+Stages: `Ingest` (listing, sharded fetch, ffmpeg re-encoding into the video
+cache; pipelines/ingest.py) gives a reference to each video's cached frames
+-> Reshuffle of the references (spreads videos over workers) -> `EmbedClips`,
+one fused step on the accelerator worker: `SampleClipsFn` reads a video's
+JPEG frames from the cache, decodes them once and cuts `--num_train_clips`
+seeded training clips and `--num_test_windows` test windows, in threads,
+`--prefetch_videos` videos ahead, while RunInference with
+`JaxEmbeddingHandler` embeds earlier clips on the device; `AssembleVideosFn`
+collects a video's embeddings as they come back and writes them all (or
+fails the video) when its last clip is in -> `OUTPUT_DIR/embeddings/*.tfrecord`
+(`tf.train.Example`s, mmv_core/embedding_schema.py).
 
-Also written: `OUTPUT_DIR/failures/failures.jsonl` (one JSON line per video
-that failed, with stage and reason) and `OUTPUT_DIR/run.json` (settings,
-backbone, checkpoint sha256, package versions, counts). Beam's file sinks
-commit a bundle's output only once, so a retried bundle never duplicates
-clips; a run refuses an output directory that already holds embeddings.
+Frames, clips and embeddings never go through a grouping: what a runner
+holds between stages is a few hundred bytes per video, and a worker holds
+the frames and clips of the videos in flight (docs/reliability.md,
+"Memory"). The last step reconciles the written shards and failure records
+with the selected videos (pipelines/reconcile.py) and writes
+`OUTPUT_DIR/run.json`; `main` exits with status 1 if any video is
+unaccounted for. Also written: `OUTPUT_DIR/failures/failures.jsonl`, one
+JSON line per video that failed, with stage and reason.
 """
 
 import collections
-import concurrent.futures
 import dataclasses
-import importlib.metadata
 import json
 import logging
-import platform
+import os
 import sys
 import time
 import typing
@@ -41,29 +45,30 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler
+from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
+from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.windowed_value import WindowedValue
 
 from mmv_core import checkpoints
 from mmv_core import dataset_listing
-from mmv_core import datasets
 from mmv_core import embedding_schema as schema
 from mmv_core import video
-from mmv_core.embedder_config import CACHE_DIR_ENV, EmbedderConfig
-from mmv_core.models.names import BACKBONES, VID_REPR, VIDEO_OUTPUTS
-from mmv_core.video_cache import CachedVideo
+from mmv_core.embedder_config import EmbedderConfig
+from mmv_core.models.names import VID_REPR
+from mmv_core.video_cache import CachedVideo, VideoRef
+from pipelines import embed_output
 from pipelines import ingest
+from pipelines import reconcile
 from pipelines.common import FAILURES, WriteFailures, count_failure, counter, distribution
-from pipelines.common import failure_record
-from pipelines.common import IN_PROCESS_RUNNER_ARGS, UsageError, claim_output_dir, read_owners
-from pipelines.common import run_main, runs_in_one_process, runs_locally
-from pipelines.common import add_required_flag, add_verbose_flag, check_beam_flags
-from pipelines.common import ProgressLogger, configure_logging, job_parser, with_local_runner
+from pipelines.common import failure_record, host_threads, interrupt_exits
+from pipelines.common import IN_PROCESS_RUNNER_ARGS, UsageError, OrderedLookahead
+from pipelines.common import ProgressLogger, configure_logging, run_main, runs_in_one_process
+from pipelines.common import read_owners, runs_locally, with_local_runner
+from pipelines.embed_config import PROG, EmbedJobConfig, parse_args, settings_problems
 from pipelines.jax_inference import JaxEmbeddingHandler
 
-FAILURES_DIR = "failures"
-FAILURES_FILE = "failures.jsonl"
 # Starts the lines the job prints.
 LOG_PREFIX = "[embed]"
 # Starts the log line of a finished run's `job_timings`, as JSON.
@@ -71,79 +76,9 @@ TIMINGS_PREFIX = f"{LOG_PREFIX} timings "
 STAGE_SAMPLE = "sample"
 STAGE_EMBED = "embed"
 WRITTEN = "written"
-_PACKAGES = (
-    "apache-beam",
-    "jax",
-    "jaxlib",
-    "dm-haiku",
-    "simplejpeg",
-    "numpy",
-    "scikit-learn",
-    "imageio-ffmpeg",
-    "mmv-pipeline",
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class EmbedJobConfig:
-  """Every setting of the embedding job (the flags of `parse_args`)."""
-
-  checkpoint_path: str
-  work_dir: str
-  output_dir: str
-  dataset: str = datasets.UCF101.name
-  # The location flags of every dataset (`ingest.LOCATION_FLAGS`); a
-  # dataset's own are filled with its defaults, the others stay None.
-  video_zip: str | None = None
-  splits_zip: str | None = None
-  splits_dir: str | None = None
-  csv_dir: str | None = None
-  video_root: str | None = None
-  backbone: str | None = None
-  num_frames: int = video.DEFAULT_NUM_FRAMES
-  stride: int = video.DEFAULT_STRIDE
-  min_resize: int = video.DEFAULT_MIN_RESIZE
-  crop_size: int = video.DEFAULT_CROP_SIZE
-  num_train_clips: int = video.DEFAULT_NUM_TRAIN_CLIPS
-  num_test_windows: int = video.DEFAULT_NUM_TEST_WINDOWS
-  exact_train_clips: bool = False
-  batch_size: int = EmbedderConfig.batch_size
-  compute_dtype: str = EmbedderConfig.compute_dtype
-  joint_embeddings: bool = False
-  seed: int = 0
-  classes: tuple[str, ...] = ()
-  max_videos: int | None = None
-  embed_accelerator: str | None = None
-  embed_min_ram: str | None = None
-  model_copies: int | None = None
-  prefetch_videos: int = 1
-  jax_cache_dir: str | None = None
-  overwrite: bool = False
-  resume: bool = False
-  max_failed_share: float = 0.1
-  recipe: str | None = None
-
-  @property
-  def outputs(self) -> tuple[str, ...]:
-    return VIDEO_OUTPUTS if self.joint_embeddings else (VID_REPR,)
-
-  @property
-  def resolved_backbone(self) -> str:
-    return self.backbone or checkpoints.infer_backbone(self.checkpoint_path)
-
-  @property
-  def dataset_spec(self) -> datasets.DatasetSpec:
-    """The --dataset, re-encoded with --recipe if given."""
-    spec = datasets.get(self.dataset)
-    return dataclasses.replace(spec, recipe=self.recipe) if self.recipe else spec
-
-  @property
-  def splits_location(self) -> str | None:
-    return getattr(self, self.dataset_spec.splits_flag)
-
-  @property
-  def videos_location(self) -> str | None:
-    return getattr(self, self.dataset_spec.videos_flag)
+# What the progress lines count.
+VIDEOS_EMBEDDED = "videos embedded"
+INTERRUPTED_STATUS = 130
 
 
 class ClipKey(typing.NamedTuple):
@@ -159,9 +94,7 @@ class ClipKey(typing.NamedTuple):
 # ---- Clip sampling ----
 
 
-def sample_clips(
-    cached: CachedVideo, config: EmbedJobConfig
-) -> Iterator[tuple[ClipKey, np.ndarray]]:
+def cut_clips(cached: CachedVideo, config: EmbedJobConfig) -> Iterator[tuple[ClipKey, np.ndarray]]:
   """All clips of one video: uint8 [T, crop, crop, 3] each, with its key.
 
   Training clips are seeded by video id, so a re-run cuts the same clips.
@@ -182,75 +115,77 @@ def sample_clips(
       yield ClipKey(cached.video_id, cached.label, cached.label_name, clip_type, index), clip
 
 
-SampleFn = Callable[[CachedVideo, EmbedJobConfig], Iterable[tuple[ClipKey, np.ndarray]]]
+def sample_clips(ref: VideoRef, config: EmbedJobConfig) -> Iterator[tuple[ClipKey, np.ndarray]]:
+  """`cut_clips` of the video `ref` points to, read from the cache.
+
+  Raises:
+    ingest.StageFailure: at `cache`, the frames cannot be read.
+  """
+  return cut_clips(ingest.read_cached_video(ref), config)
+
+
+SampleFn = Callable[[VideoRef, EmbedJobConfig], Iterable[tuple[ClipKey, np.ndarray]]]
 
 
 def sample_video(
-    cached: CachedVideo, config: EmbedJobConfig, sample: SampleFn = sample_clips
+    ref: VideoRef, config: EmbedJobConfig, sample: SampleFn = sample_clips
 ) -> list[tuple[ClipKey, np.ndarray]] | dict:
   """One video's (ClipKey, clip) pairs, or its failure record if it cannot be sampled."""
   try:
-    return list(sample(cached, config))
+    return list(sample(ref, config))
+  except ingest.StageFailure as e:
+    return failure_record(ref.video_id, e.stage, e.reason)
   except Exception as e:  # One bad video must not stop the job.
-    return failure_record(cached.video_id, STAGE_SAMPLE, f"{type(e).__name__}: {e}")
+    return failure_record(ref.video_id, STAGE_SAMPLE, f"{type(e).__name__}: {e}")
 
 
 class SampleClipsFn(beam.DoFn):
-  """CachedVideo -> (ClipKey, clip); undecodable videos go to FAILURES.
+  """VideoRef -> (ClipKey, clip); videos that cannot be read or cut go to FAILURES.
 
-  Samples in a background thread up to `config.prefetch_videos` videos ahead
-  of what it emits. RunInference, fused after this step in the worker's
-  thread, embeds a batch on the device meanwhile: JPEG decoding and the compiled
-  resizing release the GIL, as does JAX while it waits for the device. At
-  most `prefetch_videos + 1` videos' clips are held (each
-  `num_train_clips + num_test_windows` uint8 [T, crop, crop, 3] clips).
+  Samples up to `config.prefetch_videos` videos ahead of what it emits, each
+  in its own thread (`OrderedLookahead`). RunInference, fused after this
+  step in the worker's thread, embeds a batch on the device meanwhile: JPEG
+  decoding and the compiled resizing release the GIL, as does JAX while it
+  waits for the device. At most `prefetch_videos + 1` videos' clips are held
+  (each `num_train_clips + num_test_windows` uint8 [T, crop, crop, 3] clips).
   """
 
   def __init__(self, config: EmbedJobConfig, sample: SampleFn = sample_clips):
     self._config = config
     self._sample = sample
 
-  def setup(self):
-    self._sampler = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sample_clips")
-
   def start_bundle(self):
-    self._in_flight = collections.deque()
+    self._lookahead = OrderedLookahead(
+        self._timed_sample, self._config.prefetch_videos, thread_name="sample_clips"
+    )
 
   def process(
-      self, cached: CachedVideo, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam
+      self, ref: VideoRef, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam
   ):
-    self._in_flight.append((self._sampler.submit(self._timed_sample, cached), timestamp, window))
-    while len(self._in_flight) > self._config.prefetch_videos:
-      yield from self._emit_oldest()
+    self._lookahead.submit(ref, timestamp, window)
+    yield from self._emit(self._config.prefetch_videos)
 
   def finish_bundle(self):
-    while self._in_flight:
-      yield from self._emit_oldest()
+    yield from self._emit(0)
+    self._lookahead.close()
 
-  def teardown(self):
-    if hasattr(self, "_sampler"):  # Beam calls teardown even when setup failed.
-      self._sampler.shutdown(cancel_futures=True)
-
-  def _timed_sample(self, cached: CachedVideo) -> tuple[list | dict, float]:
+  def _timed_sample(self, ref: VideoRef) -> tuple[list | dict, float]:
     start = time.perf_counter()
-    return sample_video(cached, self._config, self._sample), time.perf_counter() - start
+    return sample_video(ref, self._config, self._sample), time.perf_counter() - start
 
-  def _emit_oldest(self):
-    future, timestamp, window = self._in_flight.popleft()
-    wait_start = time.perf_counter()
-    sampled, sample_s = future.result()
-    # Metrics are recorded on this thread: Beam keeps them per processing thread.
-    distribution("host_wait_ms").update(int(1000 * (time.perf_counter() - wait_start)))
-    distribution("sample_video_ms").update(int(1000 * sample_s))
-    # Each value keeps its own video's window and timestamp: it may leave
-    # during a later video's `process` call, or in `finish_bundle`.
-    if isinstance(sampled, dict):
-      # Counted once the video's fate is settled, in AssembleVideoFn.
-      yield beam.pvalue.TaggedOutput(FAILURES, WindowedValue(sampled, timestamp, (window,)))
-      return
-    counter("videos_sampled").inc()
-    for clip in sampled:
-      yield WindowedValue(clip, timestamp, (window,))
+  def _emit(self, keep: int):
+    for (sampled, sample_s), wait_s, timestamp, window in self._lookahead.ready(keep):
+      # Metrics are recorded on this thread: Beam keeps them per processing thread.
+      distribution("host_wait_ms").update(int(1000 * wait_s))
+      distribution("sample_video_ms").update(int(1000 * sample_s))
+      if isinstance(sampled, dict):
+        yield beam.pvalue.TaggedOutput(
+            FAILURES, WindowedValue(count_failure(sampled), timestamp, (window,))
+        )
+        continue
+      counter("videos_sampled").inc()
+      for clip in sampled:
+        yield WindowedValue(clip, timestamp, (window,))
 
 
 # ---- Embedding ----
@@ -268,80 +203,39 @@ def embedding_handler(config: EmbedJobConfig) -> JaxEmbeddingHandler:
   )
 
 
-class EmbedClips(beam.PTransform):
-  """CachedVideo -> (sampled clips' embeddings, failures), on accelerator workers.
+class InferenceFailure(typing.NamedTuple):
+  """The result of a clip whose batch could not be embedded."""
 
-  Sampling and inference form one step so that they fuse on the worker that
-  holds the accelerator: only JPEG bytes reach it, never the 20x larger clips.
-  Returns `{"embedded": (ClipKey, {output: float32 [dim]}), FAILURES: record}`.
-  `handler` and `sample` replace the model and the clip sampling (benchmarks
-  and tests give ones of known cost).
+  reason: str
+
+
+class KeyedHandlerKeepingFailures(KeyedModelHandler):
+  """(key, clip) in, (key, result) out; a batch whose inference raises gives each of its
+  clips an `InferenceFailure` as its result.
+
+  RunInference's own exception handling sends failed batches to a second
+  output; joining it with the results again takes a Flatten, which ends the
+  fused step (Beam's local runner would then hold every embedding). Here
+  results and failures leave in one stream.
   """
 
-  def __init__(
-      self,
-      config: EmbedJobConfig,
-      handler: ModelHandler | None = None,
-      sample: SampleFn = sample_clips,
-  ):
-    super().__init__()
-    self._config = config
-    self._handler = handler
-    self._sample = sample
-
-  def expand(self, videos):
-    config = self._config
-    sampled = videos | "SampleClips" >> beam.ParDo(
-        SampleClipsFn(config, self._sample)
-    ).with_outputs(FAILURES, main="clips")
-    handler = KeyedModelHandler(self._handler or embedding_handler(config))
-    embedded, errors = (
-        sampled.clips | "RunInference" >> RunInference(handler).with_exception_handling()
-    )
-    failed_batches = errors.failed_inferences | "FailedBatches" >> beam.FlatMap(inference_failures)
-    return {
-        "embedded": embedded | "Inference" >> beam.MapTuple(lambda key, r: (key, r.inference)),
-        FAILURES: (sampled[FAILURES], failed_batches) | "Failures" >> beam.Flatten(),
-    }
+  def run_inference(self, batch, model, inference_args=None):
+    try:
+      return list(super().run_inference(batch, model, inference_args))
+    except Exception as e:  # pylint: disable=broad-except  # Fails the batch's videos only.
+      failure = InferenceFailure(f"{type(e).__name__}: {e}")
+      return [(key, failure) for key, _ in batch]
 
 
-def inference_failures(failed) -> Iterator[dict]:
-  """RunInference's failed batch -> one failure per video in it.
+def assemble_video(video_id: str, clips: dict, *, outputs: Sequence[str]) -> list[bytes] | dict:
+  """A video's serialized examples, in clip order, or its failure record.
 
-  `failed` is (batch of (ClipKey, clip), (exception type, message, traceback)).
+  `clips` is {(clip type, index): (ClipKey, {output: float32 [dim]})}, every
+  clip of the video. A non-finite embedding fails the video, so the
+  evaluation never sees half of it.
   """
-  batch, (exception_type, message, _) = failed
-  for video_id in sorted({key.video_id for key, _ in batch}):
-    yield failure_record(video_id, STAGE_EMBED, f"{exception_type.__name__}: {message}")
-
-
-# ---- Embeddings out ----
-
-
-def assemble_video(
-    video_id: str,
-    clips: Iterable[tuple[ClipKey, dict]],
-    embed_failures: Iterable[dict],
-    *,
-    expected_clips: int,
-    outputs: Sequence[str],
-) -> list[bytes] | dict:
-  """A video's serialized examples, all of them, or its failure record.
-
-  A video is written whole or not at all: a failed sampling or batch, a
-  missing clip or a non-finite embedding fails the video, so the evaluation
-  never sees half of it.
-  """
-  embed_failures = list(embed_failures)
-  if embed_failures:
-    return embed_failures[0]
-  by_key = {(key.clip_type, key.clip_index): (key, embeddings) for key, embeddings in clips}
-  if len(by_key) != expected_clips:
-    return failure_record(
-        video_id, STAGE_EMBED, f"{len(by_key)} of {expected_clips} clips embedded"
-    )
   examples = []
-  for (clip_type, clip_index), (key, embeddings) in sorted(by_key.items()):
+  for (clip_type, clip_index), (key, embeddings) in sorted(clips.items()):
     if not all(np.isfinite(embeddings[name]).all() for name in outputs):
       return failure_record(
           video_id, STAGE_EMBED, f"non-finite embedding in {clip_type} clip {clip_index}"
@@ -360,232 +254,98 @@ def assemble_video(
   return examples
 
 
-class AssembleVideoFn(beam.DoFn):
-  """(video_id, {"clips", "failures"}) -> serialized examples, or one failure.
+class AssembleVideosFn(beam.DoFn):
+  """(ClipKey, result) -> a video's serialized examples once its last clip is in, or one failure.
 
-  Also emits (train clips, test clips) of each written video on WRITTEN.
+  A video is written whole or not at all. Its clips are all cut while its
+  one reference is processed, so they all come back in that bundle: a video
+  still missing clips when the bundle ends fails ("k of n clips embedded").
+  Held meanwhile: the embeddings of the videos whose clips are in flight.
+  Emits the id of each written video on WRITTEN.
   """
 
   def __init__(self, config: EmbedJobConfig):
     self._expected = config.num_train_clips + config.num_test_windows
     self._outputs = config.outputs
 
-  def process(self, grouped):
-    video_id, parts = grouped
-    result = assemble_video(
-        video_id,
-        parts["clips"],
-        parts["failures"],
-        expected_clips=self._expected,
-        outputs=self._outputs,
-    )
+  def start_bundle(self):
+    self._pending: dict[str, dict] = {}
+    self._failed: set[str] = set()
+
+  def process(self, keyed_result):
+    key, result = keyed_result
+    if key.video_id in self._failed:
+      return
+    if isinstance(result, InferenceFailure):
+      self._pending.pop(key.video_id, None)
+      yield beam.pvalue.TaggedOutput(
+          FAILURES, self._fail(failure_record(key.video_id, STAGE_EMBED, result.reason))
+      )
+      return
+    clips = self._pending.setdefault(key.video_id, {})
+    clips[(key.clip_type, key.clip_index)] = (key, result.inference)
+    if len(clips) == self._expected:
+      del self._pending[key.video_id]
+      yield from self._finish(key.video_id, clips)
+
+  def finish_bundle(self):
+    for video_id, clips in sorted(self._pending.items()):
+      record = failure_record(
+          video_id, STAGE_EMBED, f"{len(clips)} of {self._expected} clips embedded"
+      )
+      yield beam.pvalue.TaggedOutput(FAILURES, GlobalWindows.windowed_value(self._fail(record)))
+
+  def _fail(self, record: dict) -> dict:
+    self._failed.add(record["video_id"])
+    return count_failure(record)
+
+  def _finish(self, video_id: str, clips: dict):
+    result = assemble_video(video_id, clips, outputs=self._outputs)
     if isinstance(result, dict):
-      yield beam.pvalue.TaggedOutput(FAILURES, count_failure(result))
+      yield beam.pvalue.TaggedOutput(FAILURES, self._fail(result))
       return
     counter("videos_embedded").inc()
     counter("clips_embedded").inc(len(result))
-    clip_types = [
-        clip_type for clip_type, _ in {(key.clip_type, key.clip_index) for key, _ in parts["clips"]}
-    ]
-    yield beam.pvalue.TaggedOutput(
-        WRITTEN, (clip_types.count(schema.CLIP_TYPE_TRAIN), clip_types.count(schema.CLIP_TYPE_TEST))
-    )
+    yield beam.pvalue.TaggedOutput(WRITTEN, video_id)
     yield from result
 
 
-# ---- Output directory: ownership and resuming ----
+class EmbedClips(beam.PTransform):
+  """VideoRef -> {"examples": serialized examples, WRITTEN: video ids, FAILURES: records}.
 
-# The settings that decide the embeddings: a resumed run must repeat them.
-RESUME_SETTINGS = (
-    "dataset",
-    "recipe",
-    "video_zip",
-    "splits_zip",
-    "splits_dir",
-    "csv_dir",
-    "video_root",
-    "backbone",
-    "num_frames",
-    "stride",
-    "min_resize",
-    "crop_size",
-    "num_train_clips",
-    "num_test_windows",
-    "exact_train_clips",
-    "compute_dtype",
-    "joint_embeddings",
-    "seed",
-    "classes",
-    "max_videos",
-)
-
-
-# What a run refused an output directory that another run owns can do.
-_OWNED_DIR_REMEDY = (
-    "choose a new --output_dir, pass --resume to complete it, or --overwrite to delete it "
-    "and start again"
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class PriorOutput:
-  """What earlier runs into the output directory wrote (nothing, for a new directory).
-
-  Attributes:
-    video_ids: videos whose embeddings are written; a resumed run skips them.
-    train_clips, test_clips: their clips of each kind.
-    attempt: this run's number in the directory, 1 for its first run.
+  Sampling, inference and assembly form one fused step on the worker that
+  holds the accelerator: only references reach it, and only whole videos'
+  examples leave it. `handler` and `sample` replace the model and the clip
+  sampling (benchmarks and tests give ones of known cost).
   """
 
-  video_ids: frozenset[str] = frozenset()
-  train_clips: int = 0
-  test_clips: int = 0
-  attempt: int = 1
+  def __init__(
+      self,
+      config: EmbedJobConfig,
+      handler: ModelHandler | None = None,
+      sample: SampleFn = sample_clips,
+  ):
+    super().__init__()
+    self._config = config
+    self._handler = handler
+    self._sample = sample
 
-
-def owner_record(config: EmbedJobConfig, checkpoint_sha256: str) -> dict:
-  settings = {name: getattr(config, name) for name in RESUME_SETTINGS}
-  settings["backbone"] = config.resolved_backbone
-  settings["classes"] = list(config.classes)
-  return {"job": PROG, "settings": settings, "checkpoint_sha256": checkpoint_sha256}
-
-
-def prior_output(output_dir: str, attempt: int) -> PriorOutput:
-  """The videos and clips that the directory's final shards hold (none after a killed run)."""
-  video_ids, clips = set(), collections.Counter()
-  if not FileSystems.match([schema.shard_pattern(output_dir)])[0].metadata_list:
-    return PriorOutput(attempt=attempt)
-  for source, record in schema.embedding_records(output_dir):
-    clip = schema.parse_example(record, include_floats=False, source=source)
-    video_ids.add(clip[schema.VIDEO_ID])
-    clips[clip[schema.CLIP_TYPE]] += 1
-  return PriorOutput(
-      frozenset(video_ids), clips[schema.CLIP_TYPE_TRAIN], clips[schema.CLIP_TYPE_TEST], attempt
-  )
-
-
-def resume_output_dir(config: EmbedJobConfig, owner: dict) -> PriorOutput:
-  """Joins a directory that an earlier run of the same settings owns; its output is kept."""
-  owners = read_owners(config.output_dir)
-  if not owners:
-    raise UsageError(f"--resume: no earlier run owns {config.output_dir}")
-  first = owners[0]
-  differences = [
-      f"{name} {first.get('settings', {}).get(name)!r} -> {value!r}"
-      for name, value in owner["settings"].items()
-      if first.get("settings", {}).get(name) != value
-  ]
-  if first.get("checkpoint_sha256") != owner["checkpoint_sha256"]:
-    differences.append("the checkpoint (sha256)")
-  if differences:
-    raise UsageError(
-        f"--resume: these settings differ from those of the run that wrote "
-        f"{config.output_dir}: {'; '.join(differences)}"
+  def expand(self, refs):
+    config = self._config
+    sampled = refs | "SampleClips" >> beam.ParDo(SampleClipsFn(config, self._sample)).with_outputs(
+        FAILURES, main="clips"
     )
-  attempt = len(owners) + 1
-  claim_output_dir(config.output_dir, owner, remedy=_OWNED_DIR_REMEDY, attempt=attempt)
-  # Beam's sinks of a killed run leave their uncommitted files behind.
-  stale = FileSystems.match([FileSystems.join(config.output_dir, "*", "beam-temp-*", "*")])[0]
-  if stale.metadata_list:
-    FileSystems.delete([m.path for m in stale.metadata_list])
-  return prior_output(config.output_dir, attempt)
-
-
-# ---- Run record ----
-
-
-def _package_versions() -> dict[str, str]:
-  versions = {"python": platform.python_version()}
-  for name in _PACKAGES:
-    try:
-      versions[name] = importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-      pass
-  return versions
-
-
-def dataset_record(config: EmbedJobConfig, listing: dataset_listing.DatasetListing | None) -> dict:
-  """run.json's account of the dataset: name, recipe, locations, classes and splits.
-
-  The classes and splits are those of the whole listing (None in a dry run,
-  which reads no listing), so the evaluation numbers labels as this job did.
-  """
-  spec = config.dataset_spec
-  return {
-      "name": spec.name,
-      "recipe": spec.encoding_recipe.key,
-      "splits_location": config.splits_location,
-      "videos_location": config.videos_location,
-      "class_names": None if listing is None else list(listing.class_names),
-      "splits": None if listing is None else list(listing.splits),
-  }
-
-
-def write_run_record(
-    counts: dict,
-    *,
-    config: EmbedJobConfig,
-    checkpoint_sha256: str,
-    prior: PriorOutput,
-    dataset: dict,
-) -> None:
-  """Writes run.json; its counts include what earlier runs into the directory wrote."""
-  counts = {
-      **counts,
-      "videos_written": counts["videos_written"] + len(prior.video_ids),
-      "clips_written_train": counts["clips_written_train"] + prior.train_clips,
-      "clips_written_test": counts["clips_written_test"] + prior.test_clips,
-  }
-  record = {
-      schema.SETTINGS: dataclasses.asdict(config),
-      "dataset": dataset,
-      "backbone": config.resolved_backbone,
-      "checkpoint_sha256": checkpoint_sha256,
-      "versions": _package_versions(),
-      schema.NUM_TRAIN_CLIPS: config.num_train_clips,
-      schema.NUM_TEST_WINDOWS: config.num_test_windows,
-      "counts": counts,
-      "runs": prior.attempt,
-  }
-  path = FileSystems.join(config.output_dir, schema.RUN_CONFIG_FILE)
-  with FileSystems.create(path) as f:
-    f.write(json.dumps(record, indent=2, sort_keys=True).encode())
-
-
-class _CountsCombineFn(beam.CombineFn):
-  """("written", (train clips, test clips)) and ("failed", record) -> run.json counts."""
-
-  def create_accumulator(self):
-    return {"videos": 0, "train": 0, "test": 0, "failed": {}}
-
-  def add_input(self, acc, item):
-    kind, value = item
-    if kind == WRITTEN:
-      acc["videos"] += 1
-      acc["train"] += value[0]
-      acc["test"] += value[1]
-    else:
-      acc["failed"].setdefault(value["video_id"], value["stage"])
-    return acc
-
-  def merge_accumulators(self, accs):
-    merged = self.create_accumulator()
-    for acc in accs:
-      for name in ("videos", "train", "test"):
-        merged[name] += acc[name]
-      merged["failed"].update(acc["failed"])
-    return merged
-
-  def extract_output(self, acc):
-    by_stage: dict[str, int] = {}
-    for stage in acc["failed"].values():
-      by_stage[stage] = by_stage.get(stage, 0) + 1
+    handler = KeyedHandlerKeepingFailures(self._handler or embedding_handler(config))
+    assembled = (
+        sampled.clips
+        | "RunInference" >> RunInference(handler)
+        | "AssembleVideos"
+        >> beam.ParDo(AssembleVideosFn(config)).with_outputs(FAILURES, WRITTEN, main="examples")
+    )
     return {
-        "videos_written": acc["videos"],
-        "clips_written_train": acc["train"],
-        "clips_written_test": acc["test"],
-        "videos_failed": len(acc["failed"]),
-        "videos_failed_by_stage": by_stage,
+        "examples": assembled.examples,
+        WRITTEN: assembled[WRITTEN],
+        FAILURES: (sampled[FAILURES], assembled[FAILURES]) | "Failures" >> beam.Flatten(),
     }
 
 
@@ -597,18 +357,21 @@ def build(
     config: EmbedJobConfig,
     checkpoint_sha256: str,
     expected_videos: int | None = None,
-    prior: PriorOutput = PriorOutput(),
+    prior: embed_output.PriorOutput | None = None,
     listing: dataset_listing.DatasetListing | None = None,
     handler: ModelHandler | None = None,
+    progress: ProgressLogger | None = None,
 ) -> None:
   """Adds the whole job to `pipeline`.
 
-  `expected_videos` (if known) is for progress lines; videos of `prior` are
-  not embedded again, and this run's shards are named apart from theirs.
-  `listing`, read before the job, gives run.json its classes and splits,
-  and a local job its videos (elsewhere a worker reads them at run time).
-  `handler` replaces the model (see `EmbedClips`).
+  `expected_videos` (if known) is for progress lines, which `progress` (if
+  given) prints; videos of `prior` are not ingested or embedded again, and
+  this run's shards are named apart from theirs. `listing`, read before the
+  job, gives run.json its classes and splits, and a local job its videos
+  (elsewhere a worker reads them at run time). `handler` replaces the model
+  (see `EmbedClips`).
   """
+  prior = prior or embed_output.PriorOutput()
   local_listing = listing if runs_locally(pipeline.options) else None
   ingested = pipeline | "Ingest" >> ingest.Ingest(
       config.videos_location,
@@ -619,18 +382,9 @@ def build(
       dataset=config.dataset_spec,
       progress=ProgressLogger(LOG_PREFIX, ingest.VIDEOS_SETTLED, expected_videos),
       listing=local_listing,
+      parallelism=host_threads(pipeline.options),
+      skip=prior.video_ids,
   )
-  expected_clips = None
-  if expected_videos is not None:
-    expected_clips = (expected_videos - len(prior.video_ids)) * (
-        config.num_train_clips + config.num_test_windows
-    )
-  videos = ingested.videos
-  if prior.video_ids:
-    videos = videos | "SkipWritten" >> beam.Filter(
-        lambda cached, written: cached.video_id not in written, prior.video_ids
-    )
-
   embed_clips = EmbedClips(config, handler)
   if config.embed_accelerator:
     hints = {"accelerator": config.embed_accelerator}
@@ -638,24 +392,11 @@ def build(
       hints["min_ram"] = config.embed_min_ram
     embed_clips = embed_clips.with_resource_hints(**hints)
   # The reshuffle spreads videos over workers and keeps ingestion (CPU
-  # workers) from fusing with the accelerator step.
-  embedded = videos | "SpreadVideos" >> beam.Reshuffle() | "Embed" >> embed_clips
-
-  _ = embedded["embedded"] | "EmbedProgress" >> beam.ParDo(
-      ProgressLogger(LOG_PREFIX, "clips embedded", expected_clips)
-  )
-  by_video = (
-      {
-          "clips": embedded["embedded"]
-          | "ClipsByVideo" >> beam.Map(lambda kv: (kv[0].video_id, kv)),
-          "failures": embedded[FAILURES]
-          | "EmbedFailuresByVideo" >> beam.Map(lambda f: (f["video_id"], f)),
-      }
-      | "GroupByVideo" >> beam.CoGroupByKey()
-      | "AssembleVideos"
-      >> beam.ParDo(AssembleVideoFn(config)).with_outputs(FAILURES, WRITTEN, main="examples")
-  )
-  _ = by_video.examples | "WriteEmbeddings" >> beam.io.WriteToTFRecord(
+  # workers) from fusing with the accelerator step; it moves references only.
+  embedded = ingested.videos | "SpreadVideos" >> beam.Reshuffle() | "Embed" >> embed_clips
+  progress = progress or ProgressLogger(LOG_PREFIX, VIDEOS_EMBEDDED, None)
+  _ = embedded[WRITTEN] | "EmbedProgress" >> beam.ParDo(progress)
+  shards = embedded["examples"] | "WriteEmbeddings" >> beam.io.WriteToTFRecord(
       FileSystems.join(
           config.output_dir,
           schema.SHARDS_DIR,
@@ -663,200 +404,34 @@ def build(
       ),
       file_name_suffix=schema.SHARD_SUFFIX,
   )
-
-  failures = (ingested.failures, by_video[FAILURES]) | "AllFailures" >> beam.Flatten()
-  _ = failures | "WriteFailures" >> WriteFailures(
-      FileSystems.join(config.output_dir, FAILURES_DIR, FAILURES_FILE)
+  failures = (ingested.failures, embedded[FAILURES]) | "AllFailures" >> beam.Flatten()
+  failure_files = failures | "WriteFailures" >> WriteFailures(
+      reconcile.failures_path(config.output_dir)
   )
-
+  selected = ingested.listed | "SelectedIds" >> beam.Map(lambda v: v.video_id)
   _ = (
-      (
-          by_video[WRITTEN] | "WrittenItems" >> beam.Map(lambda counts: (WRITTEN, counts)),
-          failures | "FailedItems" >> beam.Map(lambda record: ("failed", record)),
-      )
-      | "CountItems" >> beam.Flatten()
-      | "Counts" >> beam.CombineGlobally(_CountsCombineFn())
-      | "WriteRunRecord"
+      pipeline
+      | "AfterWrites" >> beam.Create([None])
+      # The side inputs hold the step back until both sinks have committed.
+      | "AllSelected"
       >> beam.Map(
-          write_run_record,
+          lambda _, ids, *written: ids,
+          beam.pvalue.AsList(selected),
+          beam.pvalue.AsList(shards),
+          beam.pvalue.AsList(failure_files),
+      )
+      | "ReconcileAndRecord"
+      >> beam.Map(
+          embed_output.record_run,
           config=config,
           checkpoint_sha256=checkpoint_sha256,
-          prior=prior,
-          dataset=dataset_record(config, listing),
+          attempt=prior.attempt,
+          dataset=embed_output.dataset_record(config, listing),
       )
   )
 
 
-PROG = "python -m pipelines.embed"
-# Sampling flags whose defaults are the dataset's (`datasets.ProtocolDefaults`).
-_PROTOCOL_FLAGS = (
-    ("num_frames", "frames per clip (T)"),
-    ("stride", "step between a clip's frames"),
-    ("min_resize", "frames are resized so their smaller side is this"),
-    ("crop_size", "side of the square crop (at most --min_resize)"),
-    ("num_train_clips", "random training clips per video (0: none)"),
-    ("num_test_windows", "evenly spaced test windows per video (0: none)"),
-)
-
-
-def parse_args(argv: Sequence[str] | None) -> tuple[EmbedJobConfig, list[str]]:
-  """Flags -> (job config, remaining Beam pipeline options)."""
-  defaults = EmbedJobConfig(checkpoint_path="", work_dir="", output_dir="")
-  p = job_parser(
-      PROG,
-      __doc__.split("\n", 1)[0],
-      "Other flags are Beam pipeline options (e.g. --runner, --direct_num_workers, "
-      "Dataflow's --project, --region, --temp_location).",
-  )
-  add_required_flag(
-      p,
-      "--checkpoint_path",
-      "released MMV checkpoint (.pkl) or converted .npz; local, gs:// or https://",
-  )
-  add_required_flag(p, "--work_dir", "video cache (local or gs://), reused across runs")
-  add_required_flag(p, "--output_dir", "embeddings, failures and run.json; one run per directory")
-  ingest.add_dataset_flags(p)
-  p.add_argument(
-      "--backbone",
-      default=None,
-      choices=BACKBONES,
-      help="default: inferred from the checkpoint's file name",
-  )
-  for name, text in _PROTOCOL_FLAGS:
-    p.add_argument(
-        f"--{name}", type=int, default=None, help=f"{text}; default: the dataset's protocol"
-    )
-  for name, text in (
-      ("batch_size", "clips per forward pass (a multiple of the devices)"),
-      ("seed", "seed of the training clips' draws"),
-  ):
-    p.add_argument(f"--{name}", type=int, default=getattr(defaults, name), help=text)
-  p.add_argument(
-      "--exact_train_clips",
-      action="store_true",
-      help="flip training clips before resizing them, bit-exactly as the protocol; "
-      "by default they are flipped after it (each frame resized once), which "
-      "draws the same clips but leaves flipped ones within 1 grey level of the "
-      "protocol's (bilinear resizing is not exactly flip-equivariant)",
-  )
-  p.add_argument(
-      "--compute_dtype",
-      choices=("float32", "bfloat16"),
-      default=defaults.compute_dtype,
-      help="bfloat16 only pays on accelerators; float32 is the protocol",
-  )
-  p.add_argument(
-      "--joint_embeddings",
-      action="store_true",
-      help="also write the video-audio and video-text joint-space embeddings",
-  )
-  p.add_argument("--classes", default="", help="comma-separated class names, for trials")
-  p.add_argument("--max_videos", type=int, default=None, help="limit the run, for trials")
-  p.add_argument(
-      "--embed_accelerator",
-      default=None,
-      help="Dataflow resource hint for the embedding step only, e.g. "
-      '"type:nvidia-l4;count:1;install-nvidia-driver"',
-  )
-  p.add_argument("--embed_min_ram", default=None, help='resource hint, e.g. "16GB"')
-  p.add_argument(
-      "--model_copies",
-      type=int,
-      default=None,
-      help="models per worker VM shared across its SDK processes; each batch is "
-      "then pickled to the model's process (bench/README.md: GPU workers)",
-  )
-  p.add_argument(
-      "--prefetch_videos",
-      type=int,
-      default=defaults.prefetch_videos,
-      help="videos whose clips are cut ahead, while the device embeds (0: one after "
-      "the other); each holds (train clips + test windows) x T x crop x crop x 3 "
-      "bytes",
-  )
-  p.add_argument(
-      "--jax_cache_dir",
-      default=None,
-      help=f"compiled programs kept across runs; default ${CACHE_DIR_ENV}, "
-      "else $XDG_CACHE_HOME/mmv/jax, else ~/.cache/mmv/jax",
-  )
-  p.add_argument(
-      "--overwrite",
-      action="store_true",
-      help="delete what --output_dir holds and start again; without it or "
-      "--resume a used --output_dir is refused",
-  )
-  p.add_argument(
-      "--resume",
-      action="store_true",
-      help="complete the run that owns --output_dir (same settings): its written "
-      "videos are kept and skipped, the others (failed ones too) embedded",
-  )
-  p.add_argument(
-      "--max_failed_share",
-      type=float,
-      default=defaults.max_failed_share,
-      help="the run ends with status 1 if more than this share of its videos fail",
-  )
-  add_verbose_flag(p, "Beam's, JAX's and the workers' INFO logs")
-  args, beam_args = p.parse_known_args(argv)
-  check_beam_flags(beam_args, PROG)
-  values = vars(args)
-  values.pop("verbose")
-  values["classes"] = tuple(c for c in values["classes"].split(",") if c)
-  return resolve_dataset_defaults(EmbedJobConfig(**values)), beam_args
-
-
-def resolve_dataset_defaults(config: EmbedJobConfig) -> EmbedJobConfig:
-  """`config` with its dataset's default locations and protocol where flags gave none.
-
-  Raises:
-    UsageError: an unknown dataset, or a location flag of another dataset.
-  """
-  spec, splits_location, videos_location = ingest.resolve_dataset(
-      config.dataset, {flag: getattr(config, flag) for flag in ingest.LOCATION_FLAGS}, config.recipe
-  )
-  protocol = {
-      name: getattr(spec.protocol, name)
-      for name, _ in _PROTOCOL_FLAGS
-      if getattr(config, name) is None
-  }
-  return dataclasses.replace(
-      config,
-      **protocol,
-      recipe=spec.recipe,
-      **{spec.splits_flag: splits_location, spec.videos_flag: videos_location},
-  )
-
-
-def settings_problems(config: EmbedJobConfig) -> list[str]:
-  """What makes the settings unusable, before any work; empty when they are fine."""
-  problems = [
-      f"--{name} must be positive, got {getattr(config, name)}"
-      for name in ("num_frames", "stride", "min_resize", "crop_size", "batch_size")
-      if getattr(config, name) < 1
-  ]
-  problems += [
-      f"--{name} must be 0 or more, got {getattr(config, name)}"
-      for name in ("num_train_clips", "num_test_windows", "prefetch_videos")
-      if getattr(config, name) < 0
-  ]
-  if config.num_train_clips == 0 and config.num_test_windows == 0:
-    problems.append("--num_train_clips and --num_test_windows are both 0: nothing to embed")
-  if config.crop_size > config.min_resize > 0:
-    problems.append(
-        f"--crop_size {config.crop_size} is larger than --min_resize "
-        f"{config.min_resize}: training crops would not fit in the frames"
-    )
-  if config.max_videos is not None and config.max_videos < 1:
-    problems.append(f"--max_videos must be positive, got {config.max_videos}")
-  if config.model_copies is not None and config.model_copies < 1:
-    problems.append(f"--model_copies must be positive, got {config.model_copies}")
-  if config.resume and config.overwrite:
-    problems.append("--resume keeps what --output_dir holds and --overwrite deletes it: choose one")
-  if not 0 <= config.max_failed_share <= 1:
-    problems.append(f"--max_failed_share must be in [0, 1], got {config.max_failed_share}")
-  return problems
+# ---- Running it ----
 
 
 def checkpoint_sha256(config: EmbedJobConfig) -> str:
@@ -875,34 +450,6 @@ def checkpoint_sha256(config: EmbedJobConfig) -> str:
   except checkpoints.CheckpointError as e:
     raise UsageError(str(e)) from e
   return checkpoint.sha256
-
-
-def prepare_output_dir(config: EmbedJobConfig, checkpoint_sha256: str) -> PriorOutput:
-  """Makes this run the owner of `--output_dir`: new, emptied (`--overwrite`) or resumed."""
-  owner = owner_record(config, checkpoint_sha256)
-  if config.resume:
-    return resume_output_dir(config, owner)
-  # A directory written before runs claimed theirs holds shards but no owner.
-  existing = FileSystems.match([schema.shard_pattern(config.output_dir)])[0].metadata_list
-  if existing and not read_owners(config.output_dir):
-    raise UsageError(
-        f"{config.output_dir} already holds {len(existing)} embedding shards, of a run that "
-        "did not claim it; choose a new --output_dir"
-    )
-  spec = config.dataset_spec
-  claim_output_dir(
-      config.output_dir,
-      owner,
-      remedy=_OWNED_DIR_REMEDY,
-      overwrite=config.overwrite,
-      inputs={
-          "--checkpoint_path": config.checkpoint_path,
-          "--work_dir": config.work_dir,
-          f"--{spec.videos_flag}": config.videos_location,
-          f"--{spec.splits_flag}": config.splits_location,
-      },
-  )
-  return PriorOutput()
 
 
 def check_writable(directory: str, flag: str) -> None:
@@ -924,22 +471,30 @@ def run(
 
 
 def start(
-    config: EmbedJobConfig, beam_args: Sequence[str], handler: ModelHandler | None = None
+    config: EmbedJobConfig,
+    beam_args: Sequence[str],
+    handler: ModelHandler | None = None,
+    progress: ProgressLogger | None = None,
 ) -> beam.runners.runner.PipelineResult:
   """Builds and runs the job; returns Beam's result (finished unless the runner is async).
 
-  `handler` replaces the model (see `EmbedClips`); the checkpoint is checked all the same.
+  `handler` replaces the model (see `EmbedClips`); the checkpoint is checked
+  all the same. `progress` counts the videos embedded (one is made if not
+  given).
 
   Raises:
     UsageError: settings no run can use, unreadable inputs, an unusable
       checkpoint, or an output directory that another run owns; all before
       any work starts.
+    embed_output.NothingToDo: `--resume` of a run that is complete.
   """
   problems = settings_problems(config)
   if problems:
     raise UsageError("; ".join(problems))
   options = PipelineOptions(with_local_runner(beam_args, IN_PROCESS_RUNNER_ARGS))
-  num_videos, prior, listing = None, PriorOutput(), None
+  if config.prefetch_videos is None:
+    config = dataclasses.replace(config, prefetch_videos=host_threads(options))
+  num_videos, prior, listing = None, embed_output.PriorOutput(), None
   if options.view_as(TestOptions).dry_run:
     sha256 = "not read in a dry run"
   else:
@@ -955,21 +510,25 @@ def start(
     # a wrong checkpoint leaves no owned, empty directory behind.
     sha256 = checkpoint_sha256(config)
     check_writable(config.work_dir, "--work_dir")
-    prior = prepare_output_dir(config, sha256)
+    prior = embed_output.prepare_output_dir(config, sha256, [v.video_id for v in selected])
   pipeline = beam.Pipeline(options=options)
   # Progress totals mean something only where one process counts everything.
-  expected_videos = num_videos if runs_in_one_process(options) else None
-  build(pipeline, config, sha256, expected_videos, prior, listing, handler)
+  expected = None
+  if num_videos is not None and runs_in_one_process(options):
+    expected = num_videos - len(prior.video_ids)
+  progress = progress or ProgressLogger(LOG_PREFIX, VIDEOS_EMBEDDED, None)
+  progress.expect(expected)
+  build(pipeline, config, sha256, expected, prior, listing, handler, progress)
   return pipeline.run()
 
 
 def job_timings(result: beam.runners.runner.PipelineResult) -> dict[str, float]:
   """Worker seconds spent on each part of embedding, summed over workers and threads.
 
-  `sample_s`: cutting clips (host); `host_wait_s`: the inference thread
-  waiting for clips, i.e. host preparation not hidden behind the device;
-  `inference_s`: RunInference's batch calls (stacking, transfer, device
-  compute, results back); `load_model_s`: loading checkpoints.
+  `sample_s`: reading and cutting clips (host); `host_wait_s`: the inference
+  thread waiting for clips, i.e. host preparation not hidden behind the
+  device; `inference_s`: RunInference's batch calls (stacking, transfer,
+  device compute, results back); `load_model_s`: loading checkpoints.
   """
   sums: dict[str, float] = collections.Counter()
   batches = 0
@@ -1006,13 +565,25 @@ def summary(config: EmbedJobConfig, counts: dict, seconds: float) -> list[str]:
       f"run record: {FileSystems.join(config.output_dir, schema.RUN_CONFIG_FILE)}",
   ]
   if failed:
-    lines.append(f"failures:   {FileSystems.join(config.output_dir, FAILURES_DIR, FAILURES_FILE)}")
+    lines.append(f"failures:   {reconcile.failures_path(config.output_dir)}")
   return lines
 
 
 def outcome_problem(config: EmbedJobConfig, counts: dict) -> str | None:
-  """Why a finished run failed its purpose (nothing embedded, too many failures), or None."""
+  """Why a finished run failed its purpose, or None.
+
+  Videos unaccounted for (neither written whole once nor failed), nothing
+  embedded, or more failures than `--max_failed_share`.
+  """
   written, failed = counts["videos_written"], counts["videos_failed"]
+  unaccounted = counts["videos_unaccounted"]
+  if unaccounted:
+    problems = embed_output.read_unaccounted(config.output_dir)
+    return (
+        f"{unaccounted} of {written + failed + unaccounted} videos are neither written whole "
+        f"once nor recorded as failed: {reconcile.describe_problems(problems)}; the list is in "
+        f"{reconcile.unaccounted_path(config.output_dir)}; rerun with --resume to embed them"
+    )
   if not written:
     return f"no video was embedded ({failed} failed)"
   if failed > config.max_failed_share * (written + failed):
@@ -1024,15 +595,33 @@ def outcome_problem(config: EmbedJobConfig, counts: dict) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None, handler: ModelHandler | None = None) -> None:
-  """Runs the job, prints its summary; exits 1 if it embedded nothing or too little.
+  """Runs the job, prints its summary; exits 1 if it embedded nothing, too little, or lost any.
 
-  `handler` replaces the model (see `EmbedClips`).
+  Ctrl-C ends it with one line and exit status 130. `handler` replaces the
+  model (see `EmbedClips`).
   """
   started = time.monotonic()
   configure_logging(argv)
   config, beam_args = parse_args(argv)
-  result = start(config, beam_args, handler)
-  result.wait_until_finish()
+  progress = ProgressLogger(LOG_PREFIX, VIDEOS_EMBEDDED, None)
+
+  def interrupted() -> str:
+    owners = read_owners(config.output_dir)
+    if not owners or owners[-1].get("pid") != os.getpid():
+      return "interrupted before any work; nothing written"
+    embed_output.remove_sink_temp_dirs(config.output_dir)
+    return (
+        f"interrupted after {progress.done()} videos embedded (shards are committed only at "
+        "the end of a run); rerun with --resume"
+    )
+
+  with interrupt_exits(PROG, interrupted, INTERRUPTED_STATUS):
+    try:
+      result = start(config, beam_args, handler, progress)
+    except embed_output.NothingToDo as e:
+      print(f"{LOG_PREFIX} {e}", flush=True)
+      return
+    result.wait_until_finish()
   if result.state != beam.runners.runner.PipelineState.DONE:
     return  # A dry run, or an async runner: no results yet.
   # For benchmarks (bench/embed_pipeline_bench.py runs the job with --verbose).

@@ -4,10 +4,12 @@ Stage: the first stage of every job. Usage from another pipeline:
 
     result = p | Ingest(videos_location, splits_location, work_dir,
                         dataset=datasets.HMDB51)   # UCF101 by default
-    result.videos    # PCollection[video_cache.CachedVideo]: video_id, label,
-                     #   label_name, frames (JPEG bytes), source_crc32
+    result.videos    # PCollection[video_cache.VideoRef]: video_id, label,
+                     #   label_name, and where its frames are cached
     result.failures  # PCollection[dict]: {"video_id", "stage", "reason"}
+    result.listed    # PCollection[ListedVideo]: every video selected
     result.failures | WriteFailures(path)
+    frames = read_cached_video(ref)   # in the step that needs them
 
 `Ingest` lists the dataset (`ListVideos`, `mmv_core/datasets.py`) and
 fetches each video as its spec's `fetch` says: a member of one ZIP (UCF101:
@@ -15,25 +17,30 @@ the central directory is read once, members by byte range, inflated and
 CRC-checked) or a whole file (HMDB51, CSV: local, gs:// or https://, with
 the retries and deadlines of `mmv_core/sources.py`). Each is re-encoded with
 the dataset's encoding recipe, a CSV segment cut first, on the worker that
-processes it (`FetchAndEncode`), and committed to `<work_dir>/video_cache`
-(`WriteVideoCache`) under its cache key (`cache_key`: dataset, recipe and
+processes it (`FetchAndEncode`, as many videos at once as it is given
+threads), and written to `<work_dir>/video_cache` as it comes
+(`WriteVideoCache`), under its cache key (`cache_key`: dataset, recipe and
 location for files; UCF101's bare ids, as its caches always had). Videos
 already cached are reused: a ZIP member only while the archive still holds
 it with the CRC-32 recorded with it (a cache filled from another archive is
 not served); if the central directory cannot be read, cached videos are
 served as they are (counted as videos_reused_unverified), the cache then
 being the only copy. With `read_cached_videos=False`, `videos` holds only
-the newly encoded videos and cached ones are not read at all (for a run
-that only fills the cache). `p | ReadVideoCache(work_dir)` reads the whole
-cache back as a PCollection of `CachedVideo` (under cache keys).
+the newly encoded videos (for a run that only fills the cache).
+
+Frames never travel between stages: `videos` holds references, a few
+hundred bytes each, and the step that cuts clips reads one video's frames
+by byte range (`read_cached_video`), so that no runner ever holds the
+dataset's frames (docs/reliability.md, "Memory").
 
 Every video listed in the splits either reaches `videos` or `failures`, once;
 failure stages are `fetch` (not in the ZIP, a malformed or duplicated entry,
 a missing file, unreadable, too slow), `extract` (corrupt member, CRC-32 mismatch, inflating
-past its declared size), `encode` (not a decodable video) and `cache` (a
-damaged cache shard: it is uncommitted, so its videos are fetched again on
-the next run). Any other exception while processing one video fails that
-video at the stage it was in, with the exception's type in the reason.
+past its declared size) and `encode` (not a decodable video); reading a
+referenced video's frames fails at `cache` (a damaged cache shard: it is
+uncommitted, so its videos are fetched again on the next run). Any other
+exception while processing one video fails that video at the stage it was
+in, with the exception's type in the reason.
 
 Beam counters, namespace "mmv": videos_listed, split_count_differences,
 videos_reused (found in the cache), videos_reused_unverified, videos_stale
@@ -55,14 +62,16 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import sys
 import typing
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.utils.windowed_value import WindowedValue
 
 from mmv_core import dataset_listing
 from mmv_core import datasets
@@ -74,7 +83,8 @@ from mmv_core import video_cache
 from mmv_core import zip_index
 from pipelines.common import FAILURES, UsageError, WriteFailures, counter, counters, failure
 from pipelines.common import add_required_flag, add_verbose_flag, check_beam_flags
-from pipelines.common import ProgressLogger, configure_logging, job_parser, run_main
+from pipelines.common import OrderedLookahead, ProgressLogger, configure_logging, job_parser
+from pipelines.common import run_main
 from pipelines.common import summarize_failures
 from pipelines.common import runs_in_one_process, runs_locally, with_local_runner
 
@@ -163,23 +173,27 @@ def check_videos_readable(
     work_dir: str,
     videos: Sequence[dataset_listing.ListedVideo],
 ) -> None:
-  """Refuses, before any work, an unreadable video ZIP when the cache holds none of `videos`.
+  """Refuses, before any work, videos that cannot be read when the cache holds none of `videos`.
 
-  An archive that cannot be read fails every video the cache does not hold
-  (`read_zip_index_or_reason`); when the cache holds none of `videos`, the
-  run could only fail them all: a wrong flag, or storage out of reach. A run
-  with cached videos goes on, serving those, as an offline rerun does.
-  Datasets of whole files are not checked here: a missing file fails its
-  video alone.
+  The videos cannot be read when the video ZIP cannot (`read_zip_index`), or
+  when the folder that a dataset of files names with its videos flag does
+  not exist (local) or holds nothing (`gs://`). Every video the cache does
+  not hold would then fail; when it holds none of `videos`, the run could
+  only fail them all: a wrong flag, or storage out of reach. A run with
+  cached videos goes on, serving those, as an offline rerun does. A single
+  missing file fails its video alone.
 
   Raises:
-    UsageError: the archive cannot be read and none of `videos` is cached.
+    UsageError: the videos cannot be read and none of `videos` is cached.
   """
-  if dataset.fetch != datasets.FETCH_ZIP_MEMBER or not videos:
+  if not videos:
     return
   location = videos_location or dataset.default_videos
   try:
-    read_zip_index(location)
+    if dataset.fetch == datasets.FETCH_ZIP_MEMBER:
+      read_zip_index(location)
+    elif location and not _folder_exists(location):
+      raise sources.SourceError(f"{location}: no such folder")
   except Exception as e:  # Whatever the job's own reading would fail every video with.
     cached = video_cache.read_index(work_dir)
     if not any(cache_key(dataset, v) in cached for v in videos):
@@ -187,6 +201,16 @@ def check_videos_readable(
           f"--{dataset.videos_flag}: {failure_reason(e)}; the video cache in --work_dir "
           f"{work_dir} holds none of the {len(videos)} videos either"
       ) from e
+
+
+def _folder_exists(location: str) -> bool:
+  """Whether a local folder exists or a `gs://` prefix holds an object (http(s): cannot tell)."""
+  if "://" not in location:
+    return os.path.isdir(location)
+  if location.startswith("gs://"):
+    pattern = FileSystems.join(location.rstrip("/"), "**")
+    return bool(FileSystems.match([pattern], limits=[1])[0].metadata_list)
+  return True
 
 
 def split_count_differences(
@@ -474,21 +498,59 @@ def fetch_and_encode(
   )
 
 
-class _FetchAndEncodeFn(beam.DoFn):
-  """ListedVideo -> CachedVideo, or a failure record on the FAILURES output."""
+def fetch_and_encode_or_failure(
+    dataset: datasets.DatasetSpec, fetcher, context, video: dataset_listing.ListedVideo
+) -> video_cache.CachedVideo | dict:
+  """`fetch_and_encode`, or the video's failure record (counted)."""
+  try:
+    return fetch_and_encode(dataset, fetcher, context, video)
+  except StageFailure as e:
+    return failure(video.video_id, e.stage, e.reason)
 
-  def __init__(self, dataset: datasets.DatasetSpec, fetcher):
+
+class _FetchAndEncodeFn(beam.DoFn):
+  """ListedVideo -> CachedVideo, or a failure record on the FAILURES output.
+
+  Up to `parallelism` videos are fetched and re-encoded at once, each in its
+  own thread (ffmpeg is a process of its own), emitted in the order taken.
+  """
+
+  def __init__(self, dataset: datasets.DatasetSpec, fetcher, parallelism: int):
     super().__init__()
     self._dataset = dataset
     self._fetcher = fetcher
+    self._parallelism = parallelism
 
-  def process(self, video: dataset_listing.ListedVideo, context):
-    try:
-      encoded = fetch_and_encode(self._dataset, self._fetcher, context, video)
-    except StageFailure as e:
-      yield beam.pvalue.TaggedOutput(FAILURES, failure(video.video_id, e.stage, e.reason))
-      return
-    yield encoded
+  def start_bundle(self):
+    self._context = None
+    self._lookahead = OrderedLookahead(
+        self._encode, self._parallelism - 1, thread_name="fetch_and_encode"
+    )
+
+  def process(
+      self,
+      video: dataset_listing.ListedVideo,
+      context,
+      timestamp=beam.DoFn.TimestampParam,
+      window=beam.DoFn.WindowParam,
+  ):
+    self._context = context
+    self._lookahead.submit(video, timestamp, window)
+    yield from self._emit(self._parallelism - 1)
+
+  def finish_bundle(self):
+    yield from self._emit(0)
+    self._lookahead.close()
+
+  def _encode(self, video: dataset_listing.ListedVideo):
+    return fetch_and_encode_or_failure(self._dataset, self._fetcher, self._context, video)
+
+  def _emit(self, keep: int):
+    for result, _, timestamp, window in self._lookahead.ready(keep):
+      if isinstance(result, dict):
+        yield beam.pvalue.TaggedOutput(FAILURES, WindowedValue(result, timestamp, (window,)))
+      else:
+        yield WindowedValue(result, timestamp, (window,))
 
 
 class FetchAndEncode(beam.PTransform):
@@ -501,13 +563,21 @@ class FetchAndEncode(beam.PTransform):
     dataset: the videos' dataset.
     fetcher: a `FETCHERS` entry for `dataset.fetch`.
     context: a one-element PCollection, what `fetcher.prepare()` returned.
+    parallelism: videos a worker thread fetches and re-encodes at once.
   """
 
-  def __init__(self, dataset: datasets.DatasetSpec, fetcher, context: beam.PCollection):
+  def __init__(
+      self,
+      dataset: datasets.DatasetSpec,
+      fetcher,
+      context: beam.PCollection,
+      parallelism: int = 1,
+  ):
     super().__init__()
     self._dataset = dataset
     self._fetcher = fetcher
     self._context = context
+    self._parallelism = parallelism
 
   def expand(self, videos):
     outputs = (
@@ -515,7 +585,8 @@ class FetchAndEncode(beam.PTransform):
         | "Spread" >> beam.Reshuffle()
         | "FetchEncode"
         >> beam.ParDo(
-            _FetchAndEncodeFn(self._dataset, self._fetcher), beam.pvalue.AsSingleton(self._context)
+            _FetchAndEncodeFn(self._dataset, self._fetcher, self._parallelism),
+            beam.pvalue.AsSingleton(self._context),
         ).with_outputs(FAILURES, main="videos")
     )
     return outputs["videos"], outputs[FAILURES]
@@ -525,20 +596,50 @@ class FetchAndEncode(beam.PTransform):
 
 
 class _WriteShardFn(beam.DoFn):
-  """A batch of CachedVideo -> one committed shard; yields the videos once committed."""
+  """CachedVideo -> its IndexEntry, once the shard holding it is committed.
 
-  def __init__(self, work_dir: str):
+  Each video's record is written as it comes and its frames let go; a shard
+  is committed every `videos_per_shard` videos and at the end of a bundle.
+  """
+
+  def __init__(self, work_dir: str, videos_per_shard: int):
     super().__init__()
     self._work_dir = work_dir
+    self._videos_per_shard = videos_per_shard
 
-  def process(self, batch: Sequence[video_cache.CachedVideo]):
-    video_cache.write_shard(self._work_dir, batch)
-    counter("videos_cached").inc(len(batch))
-    yield from batch
+  def start_bundle(self):
+    self._writer = video_cache.ShardWriter(self._work_dir)
+    self._placement: list[tuple] = []
+
+  def process(
+      self,
+      video: video_cache.CachedVideo,
+      timestamp=beam.DoFn.TimestampParam,
+      window=beam.DoFn.WindowParam,
+  ):
+    self._writer.add(video)
+    self._placement.append((timestamp, window))
+    if len(self._writer) >= self._videos_per_shard:
+      yield from self._commit()
+
+  def finish_bundle(self):
+    yield from self._commit()
+
+  def teardown(self):
+    # A bundle that failed or was interrupted leaves no file in the cache's tmp/.
+    if hasattr(self, "_writer"):
+      self._writer.discard()
+
+  def _commit(self):
+    entries = self._writer.commit()
+    counter("videos_cached").inc(len(entries))
+    for entry, (timestamp, window) in zip(entries, self._placement):
+      yield WindowedValue(entry, timestamp, (window,))
+    self._placement = []
 
 
 class WriteVideoCache(beam.PTransform):
-  """PCollection[CachedVideo] -> the same videos, after each is committed to the cache."""
+  """PCollection[CachedVideo] -> their IndexEntry, each once its video is committed to the cache."""
 
   def __init__(self, work_dir: str, videos_per_shard: int = DEFAULT_VIDEOS_PER_SHARD):
     super().__init__()
@@ -546,105 +647,58 @@ class WriteVideoCache(beam.PTransform):
     self._videos_per_shard = videos_per_shard
 
   def expand(self, videos):
-    return (
-        videos
-        | "Batch"
-        >> beam.BatchElements(
-            min_batch_size=self._videos_per_shard, max_batch_size=self._videos_per_shard
-        )
-        | "WriteShard" >> beam.ParDo(_WriteShardFn(self._work_dir))
+    return videos | "WriteShard" >> beam.ParDo(
+        _WriteShardFn(self._work_dir, self._videos_per_shard)
     )
 
 
-def _drop_damaged_shard(shard: str, damage: str) -> str:
-  """Uncommits a damaged shard; returns the failure reason for its videos."""
-  try:
-    video_cache.discard_shard(shard)
-  except Exception as e:  # pylint: disable=broad-except  # Its videos fail either way.
-    logging.warning("%s: could not drop the damaged shard from the cache: %s", shard, e)
-    return f"{damage}; could not drop the shard from the cache ({e})"
-  return f"{damage}; shard dropped from the cache, its videos are fetched again next run"
+def read_cached_video(ref: video_cache.VideoRef) -> video_cache.CachedVideo:
+  """The frames of `ref`, under its listed id and labels.
 
+  A video whose record is damaged (its shard missing, truncated or corrupt,
+  or holding another video there) is uncommitted, so that the next run
+  fetches it again instead of failing it forever; the shard's other videos
+  stay cached.
 
-def read_cached_videos(
-    shard: str, listed: dict[str, dataset_listing.ListedVideo]
-) -> tuple[list[video_cache.CachedVideo], dict[str, str]]:
-  """Reads the `listed` videos (by cache key) from one cache shard.
-
-  Ids and labels come from the current listing, not from the cache, so a
-  cache filled under other lists cannot leak stale labels. A damaged shard
-  (missing, truncated, corrupt, or lacking a video its index lists) is
-  uncommitted, so that the next run fetches its videos again instead of
-  failing them forever.
-
-  Returns:
-    (the videos read, the reason by video id for each that could not be).
+  Raises:
+    StageFailure: at `cache`, the video cannot be read.
   """
   try:
-    cached = list(video_cache.read_shard(shard, listed))
+    cached = video_cache.read_video(ref.entry)
   except video_cache.CacheError as e:
-    reason = _drop_damaged_shard(shard, str(e))
-    return [], {video.video_id: reason for video in listed.values()}
+    raise StageFailure(STAGE_CACHE, _uncommit(ref.entry, str(e))) from e
   except Exception as e:  # pylint: disable=broad-except  # E.g. storage unreachable for a while.
-    return [], {video.video_id: failure_reason(e) for video in listed.values()}
-  lacking = sorted(set(listed) - {video.video_id for video in cached})
-  reasons = {}
-  if lacking:
-    reason = _drop_damaged_shard(shard, f"{shard}: the cache index lists videos the shard lacks")
-    reasons = {listed[key].video_id: reason for key in lacking}
-  videos = [
-      dataclasses.replace(
-          video,
-          video_id=listed[video.video_id].video_id,
-          label=listed[video.video_id].label,
-          label_name=listed[video.video_id].label_name,
-      )
-      for video in cached
-  ]
-  return videos, reasons
+    raise StageFailure(STAGE_CACHE, failure_reason(e)) from e
+  return dataclasses.replace(
+      cached, video_id=ref.video_id, label=ref.label, label_name=ref.label_name
+  )
 
 
-class _ReadCachedFn(beam.DoFn):
-  """(shard path, (cache key, ListedVideo) cached in it) -> CachedVideo, or failures."""
-
-  def process(
-      self, shard_and_videos: tuple[str, Iterable[tuple[str, dataset_listing.ListedVideo]]]
-  ):
-    shard, keyed_videos = shard_and_videos
-    cached, reasons = read_cached_videos(shard, dict(keyed_videos))
-    yield from cached
-    for video_id, reason in sorted(reasons.items()):
-      yield beam.pvalue.TaggedOutput(FAILURES, failure(video_id, STAGE_CACHE, reason))
-
-
-class ReadVideoCache(beam.PTransform):
-  """PBegin -> PCollection[CachedVideo]: every video committed under `work_dir`, once each."""
-
-  def __init__(self, work_dir: str):
-    super().__init__()
-    self._work_dir = work_dir
-
-  def expand(self, pbegin):
-    return (
-        pbegin
-        | "WorkDir" >> beam.Create([self._work_dir])
-        | "Index"
-        >> beam.FlatMap(
-            lambda work_dir: [
-                (e.shard, e.video_id) for e in video_cache.read_index(work_dir).values()
-            ]
-        )
-        | "ByShard" >> beam.GroupByKey()
-        | "ReadShard" >> beam.FlatMap(lambda kv: video_cache.read_shard(*kv))
-    )
+def _uncommit(entry: video_cache.IndexEntry, damage: str) -> str:
+  """Uncommits a damaged video from the cache; returns its failure reason."""
+  try:
+    video_cache.discard_video(entry)
+  except Exception as e:  # pylint: disable=broad-except  # The video fails either way.
+    logging.warning("%s: could not drop a damaged video from the cache: %s", entry.shard, e)
+    return f"{damage}; could not drop it from the cache ({e})"
+  return f"{damage}; dropped from the cache, fetched again next run"
 
 
 # ---- Everything together ----
 
 
 class IngestResult(typing.NamedTuple):
+  """What `Ingest` gives: references to frames, never frames (see video_cache.VideoRef).
+
+  Attributes:
+    videos: VideoRef of each listed video that is cached, newly or before.
+    failures: failure records of the videos that could not be.
+    listed: ListedVideo of every video the run selected.
+  """
+
   videos: beam.PCollection
   failures: beam.PCollection
+  listed: beam.PCollection
 
 
 _REUSE, _FETCH = 0, 1
@@ -674,12 +728,26 @@ def reuse_or_fetch(
   return _REUSE
 
 
+def listed_ref(entry: video_cache.IndexEntry) -> video_cache.VideoRef:
+  """The reference to a video this run cached (its entry holds the listing's labels)."""
+  return video_cache.VideoRef(video_id_of(entry.video_id), entry.label, entry.label_name, entry)
+
+
+def cached_ref(
+    keyed_video: tuple[str, dataset_listing.ListedVideo], cached: dict[str, video_cache.IndexEntry]
+) -> video_cache.VideoRef:
+  """The reference to a video found in the cache, under the current listing's labels."""
+  key, video = keyed_video
+  counter("videos_reused").inc()
+  return video_cache.VideoRef(video.video_id, video.label, video.label_name, cached[key])
+
+
 # What `Ingest`'s progress lines count.
 VIDEOS_SETTLED = "videos fetched and re-encoded, failed, or found in the cache"
 
 
 class Ingest(beam.PTransform):
-  """PBegin -> IngestResult(videos, failures); see the module docstring.
+  """PBegin -> IngestResult(videos, failures, listed); see the module docstring.
 
   Args:
     videos_location: where the videos are: UCF101's ZIP (gs://, https:// or
@@ -690,11 +758,15 @@ class Ingest(beam.PTransform):
     work_dir: where the video cache lives (local or gs://).
     classes, max_videos, expected_split_counts, listing: as in `ListVideos`.
     videos_per_shard: most videos in one cache shard.
-    read_cached_videos: also read videos that were already cached into
+    read_cached_videos: also give the videos that were already cached in
       `videos`; False when the run only fills the cache.
     dataset: the dataset, UCF101 by default.
     progress: counts each video as its fate is settled: fetched and
       re-encoded, failed, or found in the cache.
+    parallelism: videos a worker thread fetches and re-encodes at once
+      (`common.host_threads`).
+    skip: ids of listed videos not to ingest (a resumed run's written ones);
+      they are still in `listed`.
   """
 
   def __init__(
@@ -710,6 +782,8 @@ class Ingest(beam.PTransform):
       dataset: datasets.DatasetSpec = datasets.UCF101,
       progress: ProgressLogger | None = None,
       listing: dataset_listing.DatasetListing | None = None,
+      parallelism: int = 1,
+      skip: frozenset[str] = frozenset(),
   ):
     super().__init__()
     if not work_dir:
@@ -729,26 +803,32 @@ class Ingest(beam.PTransform):
     self._videos_per_shard = videos_per_shard
     self._read_cached_videos = read_cached_videos
     self._progress = progress
+    self._parallelism = parallelism
+    self._skip = skip
 
   def expand(self, pbegin):
     work_dir = self._work_dir
     dataset = self._dataset
-    listed = (
-        pbegin
-        | "List" >> self._list
-        | "KeyByCacheKey" >> beam.Map(lambda video: (cache_key(dataset, video), video))
+    listed = pbegin | "List" >> self._list
+    to_ingest = listed
+    if self._skip:
+      to_ingest = listed | "Skip" >> beam.Filter(
+          lambda video, skip: video.video_id not in skip, self._skip
+      )
+    keyed = to_ingest | "KeyByCacheKey" >> beam.Map(
+        lambda video: (cache_key(dataset, video), video)
     )
     cached_index = (
         pbegin
         | "WorkDir" >> beam.Create([work_dir])
-        | "ReadCacheIndex" >> beam.FlatMap(lambda d: video_cache.read_index(d).items())
+        | "ReadCacheIndex" >> beam.FlatMap(lambda d: video_cache.read_index(d, locate=True).items())
     )
     fetch_context = (
         pbegin
         | "Fetcher" >> beam.Create([self._fetcher])
         | "PrepareFetch" >> beam.Map(lambda fetcher: fetcher.prepare())
     )
-    cached, to_fetch = listed | "SplitCached" >> beam.Partition(
+    cached, to_fetch = keyed | "SplitCached" >> beam.Partition(
         reuse_or_fetch,
         2,
         beam.pvalue.AsDict(cached_index),
@@ -758,7 +838,8 @@ class Ingest(beam.PTransform):
     encoded, failures = (
         to_fetch
         | "Unkey" >> beam.Values()
-        | "FetchAndEncode" >> FetchAndEncode(dataset, self._fetcher, fetch_context)
+        | "FetchAndEncode"
+        >> FetchAndEncode(dataset, self._fetcher, fetch_context, self._parallelism)
     )
     if self._progress:
       # On the steps that settle each video, so that the lines come as they do.
@@ -767,26 +848,13 @@ class Ingest(beam.PTransform):
     written = (
         encoded
         | "WriteCache" >> WriteVideoCache(work_dir, self._videos_per_shard)
-        | "AsListed" >> beam.Map(lambda v: dataclasses.replace(v, video_id=video_id_of(v.video_id)))
+        | "AsListed" >> beam.Map(listed_ref)
     )
     if not self._read_cached_videos:
-      return IngestResult(videos=written, failures=failures)
-    reused = (
-        cached
-        | "CountReused" >> beam.Map(_count_reused)
-        | "ShardOf"
-        >> beam.Map(lambda kv, index: (index[kv[0]].shard, kv), beam.pvalue.AsDict(cached_index))
-        | "ByShard" >> beam.GroupByKey()
-        | "ReadCached" >> beam.ParDo(_ReadCachedFn()).with_outputs(FAILURES, main="videos")
-    )
-    videos = (reused.videos, written) | "AllVideos" >> beam.Flatten()
-    failures = (failures, reused[FAILURES]) | "AllFailures" >> beam.Flatten()
-    return IngestResult(videos=videos, failures=failures)
-
-
-def _count_reused(keyed_video):
-  counter("videos_reused").inc()
-  return keyed_video
+      return IngestResult(videos=written, failures=failures, listed=listed)
+    reused = cached | "CachedRefs" >> beam.Map(cached_ref, beam.pvalue.AsDict(cached_index))
+    videos = (reused, written) | "AllVideos" >> beam.Flatten()
+    return IngestResult(videos=videos, failures=failures, listed=listed)
 
 
 # ---- Command line ----

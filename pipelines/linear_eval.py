@@ -218,10 +218,14 @@ def parse_args(argv: Sequence[str] | None) -> tuple[LinearEvalConfig, list[str]]
       else defaults.tol
   )
   config = LinearEvalConfig(
-      embeddings_dir=args.embeddings_dir,
-      output_dir=args.output_dir,
+      embeddings_dir=common.absolute_location(args.embeddings_dir),
+      output_dir=common.absolute_location(args.output_dir),
       dataset=args.dataset,
-      splits_location=getattr(args, given_splits_flags[0]) if given_splits_flags else None,
+      splits_location=(
+          common.absolute_location(getattr(args, given_splits_flags[0]))
+          if given_splits_flags
+          else None
+      ),
       splits=tuple(sorted(set(args.splits))) if args.splits else None,
       svm_cs=tuple(sorted(set(args.svm_c))) if args.svm_c else None,
       svm_settings=linear_eval.SvmSettings(

@@ -4,11 +4,11 @@
 checkpoint loaded onto a device, no compilation, and still finite
 embeddings that differ between clips and tell dark clips from light ones.
 
-    python tests/fake_model.py [--seconds_per_batch=S] FLAGS
+    python tests/fake_model.py [--seconds_per_batch=S] [--dim=D] FLAGS
 
 is `python -m pipelines.embed FLAGS` with this handler in place of the model
 (the checkpoint is still read and checked before any work, as always), each
-batch taking at least S seconds (to be caught midway).
+batch taking at least S seconds (to be caught midway), embeddings of D floats.
 """
 
 import argparse
@@ -33,11 +33,16 @@ def pixel_stats(clip: np.ndarray) -> np.ndarray:
 
 
 class PixelStatsHandler(ModelHandler[np.ndarray, dict, None]):
-  """Clips uint8 [T, H, W, 3] in, {output name: `pixel_stats(clip)`} out, for every output."""
+  """Clips uint8 [T, H, W, 3] in, {output name: `pixel_stats(clip)`} out, for every output.
 
-  def __init__(self, batch_size: int = 4, seconds_per_batch: float = 0.0):
+  With `dim` over `DIM`, the statistics repeat to `dim` floats: embeddings
+  that weigh what a real backbone's do.
+  """
+
+  def __init__(self, batch_size: int = 4, seconds_per_batch: float = 0.0, dim: int = DIM):
     super().__init__(min_batch_size=batch_size, max_batch_size=batch_size)
     self._seconds_per_batch = seconds_per_batch
+    self._dim = dim
 
   def load_model(self) -> None:
     return None
@@ -45,7 +50,10 @@ class PixelStatsHandler(ModelHandler[np.ndarray, dict, None]):
   def run_inference(self, batch, model, inference_args=None):
     time.sleep(self._seconds_per_batch)
     return [
-        PredictionResult(None, dict.fromkeys(VIDEO_OUTPUTS, pixel_stats(clip))) for clip in batch
+        PredictionResult(
+            None, dict.fromkeys(VIDEO_OUTPUTS, np.resize(pixel_stats(clip), self._dim))
+        )
+        for clip in batch
     ]
 
   def get_num_bytes(self, batch) -> int:
@@ -60,6 +68,7 @@ if __name__ == "__main__":
 
   own_flags = argparse.ArgumentParser(add_help=False)
   own_flags.add_argument("--seconds_per_batch", type=float, default=0.0)
+  own_flags.add_argument("--dim", type=int, default=DIM)
   own, job_argv = own_flags.parse_known_args()
-  handler = fake_model.PixelStatsHandler(seconds_per_batch=own.seconds_per_batch)
+  handler = fake_model.PixelStatsHandler(seconds_per_batch=own.seconds_per_batch, dim=own.dim)
   common.run_main(lambda argv: embed.main(argv, handler), embed.PROG, job_argv)

@@ -25,6 +25,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from mmv_core import encode
 from pipelines import ingest
+from pipelines.common import FAILURES, failure
 
 # Tiny videos keep ffmpeg fast: 3 classes x 3 videos of 64x48 at 10 fps for 1 s.
 TINY = dict(
@@ -188,6 +189,14 @@ class IngestRun:
   counters: dict[str, int]
 
 
+def _read_frames(ref):
+  """A video's frames as the embedding job reads them, or its failure at `cache`."""
+  try:
+    yield ingest.read_cached_video(ref)
+  except ingest.StageFailure as e:
+    yield beam.pvalue.TaggedOutput(FAILURES, failure(ref.video_id, e.stage, e.reason))
+
+
 def run_ingest(
     video_zip: str,
     splits_zip: str,
@@ -196,7 +205,8 @@ def run_ingest(
     beam_args: tuple[str, ...] = ("--runner=FnApiRunner",),
     **ingest_kwargs,
 ) -> IngestRun:
-  """Runs `Ingest` and collects its outputs through text files in `out_dir`."""
+  """Runs `Ingest`, reads each video's frames as the embedding job does, and collects
+  the outputs through text files in `out_dir`."""
   os.makedirs(out_dir, exist_ok=True)
   videos_prefix = os.path.join(out_dir, "videos")
   failures_path = os.path.join(out_dir, "failures.jsonl")
@@ -204,8 +214,11 @@ def run_ingest(
   result = pipeline | ingest.Ingest(
       video_zip, splits_zip, work_dir, expected_split_counts=None, **ingest_kwargs
   )
-  _ = result.videos | "Rows" >> beam.Map(_video_row) | beam.io.WriteToText(videos_prefix)
-  _ = result.failures | ingest.WriteFailures(failures_path)
+  read = result.videos | "ReadFrames" >> beam.ParDo(_read_frames).with_outputs(
+      FAILURES, main="videos"
+  )
+  _ = read.videos | "Rows" >> beam.Map(_video_row) | beam.io.WriteToText(videos_prefix)
+  _ = (result.failures, read[FAILURES]) | beam.Flatten() | ingest.WriteFailures(failures_path)
   run = pipeline.run()
   run.wait_until_finish()
   rows = _read_rows(videos_prefix)

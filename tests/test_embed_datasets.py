@@ -24,6 +24,7 @@ from mmv_core import video_cache
 from launch import dataflow
 from pipelines import common
 from pipelines import embed
+from pipelines import embed_config
 from pipelines import ingest
 from pipelines import linear_eval as linear_eval_job
 
@@ -182,7 +183,7 @@ def test_recipe_flag_chooses_the_re_encoding_and_keys_the_cache_apart():
   ucf_hmdb, _ = embed.parse_args(required + ["--recipe=hmdb51"])
   assert csv_default.recipe == "ucf101"  # Recorded in run.json: a resume must repeat it.
   assert csv_hmdb.dataset_spec.encoding_recipe == encoding_recipes.HMDB51
-  assert "recipe" in embed.RESUME_SETTINGS
+  assert "recipe" in embed_config.RESUME_SETTINGS
 
   video = dataset_listing.ListedVideo(
       video_id="v_Archery_g01_c01",

@@ -16,12 +16,14 @@ import subprocess
 import sys
 import zipfile
 
+import apache_beam as beam
 import numpy as np
 import cli_checks
 import fake_model
 import pytest
 from numerics import assert_features_close
 import tensorflow as tf
+from apache_beam.ml.inference.base import PredictionResult
 
 from mmv_core import checkpoints
 from mmv_core import datasets
@@ -38,6 +40,7 @@ from pipelines import common
 from pipelines import embed
 from pipelines import ingest
 from pipelines import linear_eval
+from pipelines.common import FAILURES
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CLIPS = dict(num_frames=4, stride=2, min_resize=32, crop_size=32)
@@ -140,6 +143,7 @@ def test_run_record_counts_and_settings(dataset, checkpoint_path, job_output):
       "clips_written_test": good * NUM_TEST_WINDOWS,
       "videos_failed": 1,
       "videos_failed_by_stage": {"encode": 1},
+      "videos_unaccounted": 0,
   }
   assert record["backbone"] == "s3d"
   assert record["checkpoint_sha256"] == checkpoints.load_checkpoint(checkpoint_path).sha256
@@ -357,7 +361,7 @@ def test_a_killed_run_is_completed_by_resume_each_clip_once(
       text=True,
   )
   for line in killed.stderr:  # Killed once it is embedding.
-    if "clips embedded" in line:
+    if embed.VIDEOS_EMBEDDED in line:
       killed.kill()
       break
   assert killed.wait() != 0
@@ -507,7 +511,7 @@ def test_an_unwritable_work_dir_is_refused_before_any_work(dataset, checkpoint_p
 )
 def test_a_run_that_embeds_nothing_or_too_little_is_a_failure(written, failed, share, problem):
   config = embed.EmbedJobConfig("c.pkl", "w", "o", max_failed_share=share)
-  counts = {"videos_written": written, "videos_failed": failed}
+  counts = {"videos_written": written, "videos_failed": failed, "videos_unaccounted": 0}
   assert embed.outcome_problem(config, counts) == problem
 
 
@@ -596,57 +600,93 @@ def _clips(video_id: str, num_train: int, num_test: int, value: float = 1.0):
   return [
       (
           embed.ClipKey(video_id, 2, "Archery", clip_type, i),
-          {VID_REPR: np.full(4, value, np.float32)},
+          PredictionResult(None, {VID_REPR: np.full(4, value, np.float32)}),
       )
       for clip_type, n in (("train", num_train), ("test", num_test))
       for i in range(n)
   ]
 
 
-def test_a_complete_video_gives_all_its_examples_in_order():
-  result = embed.assemble_video(
-      "v_Archery_g01_c01",
-      reversed(_clips("v_Archery_g01_c01", 2, 3)),
-      [],
-      expected_clips=5,
-      outputs=(VID_REPR,),
+def _assembled(results, num_train=2, num_test=3) -> tuple[dict, dict]:
+  """Runs `AssembleVideosFn` over (ClipKey, result) pairs in one bundle.
+
+  Returns (video id -> its examples parsed, video id -> its failure reason).
+  """
+  config = embed.EmbedJobConfig(
+      "c.pkl", "w", "o", num_train_clips=num_train, num_test_windows=num_test
   )
-  parsed = [schema.parse_example(r) for r in result]
-  assert [(p[schema.CLIP_TYPE], p[schema.CLIP_INDEX]) for p in parsed] == [
-      ("test", 0),
-      ("test", 1),
-      ("test", 2),
-      ("train", 0),
-      ("train", 1),
+  fn = embed.AssembleVideosFn(config)
+  fn.start_bundle()
+  outputs = [*(o for result in results for o in fn.process(result) or ()), *fn.finish_bundle()]
+  examples, failures = collections.defaultdict(list), {}
+  for output in outputs:
+    if isinstance(output, beam.pvalue.TaggedOutput):
+      value = getattr(output.value, "value", output.value)  # Unwrap a WindowedValue.
+      if output.tag == FAILURES:
+        assert value["video_id"] not in failures
+        failures[value["video_id"]] = value["reason"]
+    else:
+      parsed = schema.parse_example(output)
+      examples[parsed[schema.VIDEO_ID]].append(parsed)
+  return dict(examples), failures
+
+
+def test_a_video_is_written_whole_in_clip_order_once_its_last_clip_is_in():
+  interleaved = [
+      clip for pair in zip(_clips("v_a", 2, 3), reversed(_clips("v_b", 2, 3))) for clip in pair
   ]
-  assert all(p[schema.LABEL] == 2 and p[schema.LABEL_NAME] == "Archery" for p in parsed)
+  examples, failures = _assembled(interleaved)
+  assert failures == {}
+  for video_id in ("v_a", "v_b"):
+    assert [(p[schema.CLIP_TYPE], p[schema.CLIP_INDEX]) for p in examples[video_id]] == [
+        ("test", 0),
+        ("test", 1),
+        ("test", 2),
+        ("train", 0),
+        ("train", 1),
+    ]
+    assert all(
+        p[schema.LABEL] == 2 and p[schema.LABEL_NAME] == "Archery" for p in examples[video_id]
+    )
 
 
-@pytest.mark.parametrize(
-    "clips, failures, reason",
-    [
-        (_clips("v", 2, 2), [], "4 of 5 clips embedded"),
-        (_clips("v", 2, 3) + _clips("v", 1, 0), [], None),  # A duplicate clip counts once.
-        (_clips("v", 2, 3, value=np.nan), [], "non-finite embedding"),
-        (_clips("v", 2, 3), [{"video_id": "v", "stage": "embed", "reason": "OOM"}], "OOM"),
-    ],
-)
-def test_an_incomplete_or_broken_video_is_one_failure_and_no_examples(clips, failures, reason):
-  result = embed.assemble_video("v", clips, failures, expected_clips=5, outputs=(VID_REPR,))
-  if reason is None:
-    assert isinstance(result, list) and len(result) == 5
-  else:
-    assert isinstance(result, dict) and result["video_id"] == "v" and reason in result["reason"]
-
-
-def test_a_failed_inference_batch_fails_each_of_its_videos_once():
-  batch = [
-      (key, np.zeros((4, 32, 32, 3), np.uint8))
-      for key, _ in _clips("v_a", 2, 0) + _clips("v_b", 1, 1)
+def test_an_incomplete_or_broken_video_is_one_failure_and_no_examples():
+  failed_batch = [
+      (key, embed.InferenceFailure("MemoryError: out of device memory"))
+      for key, _ in _clips("v_oom", 1, 1)
   ]
-  failures = list(embed.inference_failures((batch, (MemoryError, "out of memory", []))))
-  assert [(f["video_id"], f["stage"]) for f in failures] == [("v_a", "embed"), ("v_b", "embed")]
-  assert all(f["reason"] == "MemoryError: out of memory" for f in failures)
+  examples, failures = _assembled(
+      [
+          *_clips("v_short", 2, 2),
+          *_clips("v_nan", 2, 3, value=np.nan),
+          *_clips("v_oom", 1, 0),
+          *failed_batch,
+          *[(key, result) for key, result in _clips("v_oom", 2, 3)][2:],
+          *_clips("v_ok", 2, 3),
+      ]
+  )
+  assert set(examples) == {"v_ok"}
+  assert failures == {
+      "v_short": "4 of 5 clips embedded",
+      "v_nan": "non-finite embedding in test clip 0",
+      "v_oom": "MemoryError: out of device memory",
+  }
+
+
+def test_a_batch_whose_inference_raises_gives_each_clip_the_failure():
+  class Failing(fake_model.PixelStatsHandler):
+
+    def run_inference(self, batch, model, inference_args=None):
+      raise MemoryError("out of device memory")
+
+  keys = [key for key, _ in _clips("v_a", 2, 0) + _clips("v_b", 1, 1)]
+  batch = [(key, np.zeros((4, 32, 32, 3), np.uint8)) for key in keys]
+  results = embed.KeyedHandlerKeepingFailures(Failing()).run_inference(batch, None)
+  assert results == [
+      (key, embed.InferenceFailure("MemoryError: out of device memory")) for key in keys
+  ]
+  ok = embed.KeyedHandlerKeepingFailures(fake_model.PixelStatsHandler()).run_inference(batch, None)
+  assert [key for key, _ in ok] == keys and all(isinstance(r, PredictionResult) for _, r in ok)
 
 
 def test_linear_evaluation_of_the_jobs_output_reports_all_splits_and_the_missing_video(
@@ -670,13 +710,16 @@ def test_linear_evaluation_of_the_jobs_output_reports_all_splits_and_the_missing
   assert bad_id in report and "confusion_split3.png" in report
 
 
-def test_exact_train_clips_flag_reaches_the_clip_sampler():
+def test_exact_train_clips_flag_reaches_the_clip_sampler(tmp_path):
   rng = np.random.default_rng(0)
   jpegs = tuple(
       tf.io.encode_jpeg(frame).numpy()
       for frame in rng.integers(0, 256, (12, 36, 48, 3), dtype=np.uint8)
   )
-  cached = video_cache.CachedVideo("v_Archery_g01_c01", 2, "Archery", jpegs, 0)
+  writer = video_cache.ShardWriter(str(tmp_path))
+  writer.add(video_cache.CachedVideo("v_Archery_g01_c01", 2, "Archery", jpegs, 0))
+  [entry] = writer.commit()
+  ref = video_cache.VideoRef("v_Archery_g01_c01", 2, "Archery", entry)
   required = ["--checkpoint_path=c.pkl", "--work_dir=w", "--output_dir=o"]
   clip_flags = [f"--{name}={value}" for name, value in CLIPS.items()] + [
       "--num_train_clips=6",
@@ -689,7 +732,7 @@ def test_exact_train_clips_flag_reaches_the_clip_sampler():
     sampled[exact] = np.stack(
         [
             clip
-            for key, clip in embed.sample_clips(cached, config)
+            for key, clip in embed.sample_clips(ref, config)
             if key.clip_type == schema.CLIP_TYPE_TRAIN
         ]
     )
@@ -698,7 +741,7 @@ def test_exact_train_clips_flag_reaches_the_clip_sampler():
         num_train_clips=6,
         num_test_windows=1,
         **CLIPS,
-        seed=video.video_seed(cached.video_id, 0),
+        seed=video.video_seed(ref.video_id, 0),
         exact_train_clips=exact,
     )
     np.testing.assert_array_equal(sampled[exact], expected)

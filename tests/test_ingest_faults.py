@@ -323,10 +323,18 @@ def test_a_damaged_shard_fails_its_videos_once_then_they_are_fetched_again(
       str(tmp_path / "out1"),
       videos_per_shard=4,
   )
-  shards = _shards_by_video(work_dir)
-  damaged = sorted(set(shards.values()))[0]
-  in_damaged = {video for video, shard in shards.items() if shard == damaged}
+  index = video_cache.read_index(work_dir)
+  damaged = sorted({entry.shard for entry in index.values()})[0]
   damage(damaged)
+  # The videos whose records the damage reached: all of a deleted shard's, those
+  # past the cut of a truncated one. The others of that shard are still served.
+  left = os.path.getsize(damaged) if os.path.exists(damaged) else 0
+  in_damaged = {
+      video
+      for video, entry in index.items()
+      if entry.shard == damaged and entry.offset + entry.length > left
+  }
+  assert in_damaged
 
   second = run_ingest(
       tiny_dataset.video_zip, tiny_dataset.splits_zip, work_dir, str(tmp_path / "out2")

@@ -3,8 +3,6 @@
 import dataclasses
 import os
 
-import apache_beam as beam
-from apache_beam.testing.util import assert_that, equal_to
 
 import cli_checks
 from ingest_fixtures import expected_videos, frame_digest, run_ingest, zip_members
@@ -75,7 +73,7 @@ def test_split_sizes_that_differ_from_the_official_ones_are_named(tiny_dataset):
   ]
 
 
-def test_cli_fills_cache_and_read_video_cache_reads_it(tiny_dataset, tmp_path):
+def test_cli_fills_the_cache_that_read_video_reads(tiny_dataset, tmp_path):
   work_dir = str(tmp_path / "work")
   totals = ingest.main(
       [
@@ -92,16 +90,13 @@ def test_cli_fills_cache_and_read_video_cache_reads_it(tiny_dataset, tmp_path):
   assert os.path.getsize(os.path.join(work_dir, ingest.FAILURES_FILE)) == 0
 
   expected = expected_videos(zip_members(tiny_dataset.video_zip))
-  with beam.Pipeline(runner="FnApiRunner") as p:
-    digests = (
-        p
-        | ingest.ReadVideoCache(work_dir)
-        | beam.Map(lambda v: (v.video_id, frame_digest(v.frames)))
-    )
-    assert_that(digests, equal_to(sorted(expected.items())))
+  cached = video_cache.read_index(work_dir).items()
+  assert {key: frame_digest(video_cache.read_video(entry).frames) for key, entry in cached} == (
+      expected
+  )
 
 
-def test_reused_videos_take_labels_from_the_current_lists_and_bad_shards_fail_alone(
+def test_reused_videos_take_labels_from_the_current_lists_and_bad_records_fail_alone(
     tiny_dataset, tmp_path
 ):
   work_dir = str(tmp_path / "work")
@@ -120,19 +115,23 @@ def test_reused_videos_take_labels_from_the_current_lists_and_bad_shards_fail_al
   ]
   splits_zip = tmp_path / "other_splits.zip"
   splits_zip.write_bytes(synthetic.splits_zip_bytes(names, relabelled))
-  # And one cache shard damaged on disk.
+  # And one video's record damaged on disk: one byte in the middle of a shard.
   index = video_cache.read_index(work_dir)
   bad_shard = sorted({entry.shard for entry in index.values()})[0]
   data = bytearray(open(bad_shard, "rb").read())
   data[len(data) // 2] ^= 0xFF
   open(bad_shard, "wb").write(bytes(data))
+  in_bad_shard = {
+      video_id
+      for video_id, entry in index.items()
+      if entry.shard == bad_shard and entry.offset <= len(data) // 2 < entry.offset + entry.length
+  }
 
   second = run_ingest(
       str(tmp_path / "no_such.zip"), str(splits_zip), work_dir, str(tmp_path / "out2")
   )
 
-  in_bad_shard = {video_id for video_id, entry in index.items() if entry.shard == bad_shard}
-  assert set(second.failures) == in_bad_shard
+  assert len(in_bad_shard) == 1 and set(second.failures) == in_bad_shard
   assert all(
       f["stage"] == ingest.STAGE_CACHE and bad_shard in f["reason"]
       for f in second.failures.values()

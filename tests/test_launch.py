@@ -5,9 +5,11 @@ import socket
 
 import pytest
 from apache_beam.internal.gcp import auth
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.dataflow.internal import apiclient
 
 from launch import dataflow
+from pipelines import common
 from pipelines import embed
 
 import cli_checks
@@ -95,9 +97,12 @@ def test_gpu_job_shares_its_model_within_the_process_not_across_processes():
       "--checkpoint_path",
       "gs://my-mmv-bucket/ckpt/mmv_s3d.pkl",
   ]
-  config, _ = embed.parse_args(dataflow.embed_argv(*dataflow.parse_args(argv)))
+  config, beam_args = embed.parse_args(dataflow.embed_argv(*dataflow.parse_args(argv)))
   assert config.model_copies is None
-  assert (config.batch_size, config.prefetch_videos) == (16, 1)
+  assert config.batch_size == 16
+  # Each harness thread cuts one video ahead: Dataflow runs a thread per vCPU.
+  assert config.prefetch_videos is None
+  assert common.host_threads(PipelineOptions(beam_args)) == 1
 
 
 def test_tpu_job_runs_on_tpu_workers_with_one_process_per_vm():

@@ -603,7 +603,8 @@ def _without_run_json_settings(embeddings: pathlib.Path) -> None:
         (
             lambda emb: (emb.parent / "out").mkdir()
             or (emb.parent / "out" / "metrics.json").touch(),
-            "--output_dir {emb}/../out already holds metrics.json, of an evaluation that did not "
+            # The path as typed, `emb/../out`, is named as it resolves.
+            "--output_dir {out} already holds metrics.json, of an evaluation that did not "
             "claim it; choose a new --output_dir",
         ),
     ],
@@ -622,7 +623,8 @@ def test_unusable_inputs_are_one_line_and_exit_status_2(
   embeddings = shutil.copytree(complete_inputs, tmp_path / "emb")
   break_inputs(embeddings)
   argv = [f"--embeddings_dir={embeddings}", f"--output_dir={embeddings}/../out"]
-  assert problem.format(emb=embeddings) in usage_error(argv, capsys, monkeypatch)
+  expected = problem.format(emb=embeddings, out=tmp_path / "out")
+  assert expected in usage_error(argv, capsys, monkeypatch)
 
 
 def test_missing_clips_are_refused_before_any_split_is_loaded(
