@@ -234,26 +234,32 @@ def encode_avi(frames: np.ndarray, fps: float) -> bytes:
       return f.read()
 
 
+def _planned_video(
+    names: Sequence[str], label: int, group: int, clip: int, official_splits: bool = False
+) -> SyntheticVideo:
+  """Clip `clip` of group `group` of class `label`, named as UCF101 names it."""
+  name = names[label]
+  list_spelling = HANDSTAND_LIST_SPELLING if name == HANDSTAND_CLASS else name
+  suffix = f"g{group:02d}_c{clip:02d}"
+  return SyntheticVideo(
+      video_id=f"v_{name}_{suffix}",
+      label=label,
+      label_name=name,
+      list_entry=f"{name}/v_{list_spelling}_{suffix}.avi",
+      group=group,
+      official_splits=official_splits,
+  )
+
+
 def plan_videos(
     names: Sequence[str], videos_per_class: int, clips_per_group: int = 2
 ) -> list[SyntheticVideo]:
   """Names every video: `videos_per_class` clips per class, in groups of `clips_per_group`."""
-  videos = []
-  for label, name in enumerate(names):
-    list_spelling = HANDSTAND_LIST_SPELLING if name == HANDSTAND_CLASS else name
-    for index in range(videos_per_class):
-      group, clip = index // clips_per_group + 1, index % clips_per_group + 1
-      suffix = f"g{group:02d}_c{clip:02d}"
-      videos.append(
-          SyntheticVideo(
-              video_id=f"v_{name}_{suffix}",
-              label=label,
-              label_name=name,
-              list_entry=f"{name}/v_{list_spelling}_{suffix}.avi",
-              group=group,
-          )
-      )
-  return videos
+  return [
+      _planned_video(names, label, index // clips_per_group + 1, index % clips_per_group + 1)
+      for label in range(len(names))
+      for index in range(videos_per_class)
+  ]
 
 
 def plan_ucf101_videos(names: Sequence[str], num_videos: int) -> list[SyntheticVideo]:
@@ -265,26 +271,17 @@ def plan_ucf101_videos(names: Sequence[str], num_videos: int) -> list[SyntheticV
   """
   videos = []
   per_class, extra_classes = divmod(num_videos, len(names))
-  for label, name in enumerate(names):
-    list_spelling = HANDSTAND_LIST_SPELLING if name == HANDSTAND_CLASS else name
+  for label in range(len(names)):
     per_group, extra = divmod(per_class + (label < extra_classes), UCF101_GROUPS_PER_CLASS)
     for group in range(1, UCF101_GROUPS_PER_CLASS + 1):
       # The groups with one clip more are spread evenly, so the splits weigh alike.
       one_more = (
           group * extra // UCF101_GROUPS_PER_CLASS - (group - 1) * extra // UCF101_GROUPS_PER_CLASS
       )
-      for clip in range(1, per_group + one_more + 1):
-        suffix = f"g{group:02d}_c{clip:02d}"
-        videos.append(
-            SyntheticVideo(
-                video_id=f"v_{name}_{suffix}",
-                label=label,
-                label_name=name,
-                list_entry=f"{name}/v_{list_spelling}_{suffix}.avi",
-                group=group,
-                official_splits=True,
-            )
-        )
+      videos += [
+          _planned_video(names, label, group, clip, official_splits=True)
+          for clip in range(1, per_group + one_more + 1)
+      ]
   return videos
 
 

@@ -32,7 +32,6 @@ JSON line per video that failed, with stage and reason.
 """
 
 import collections
-import dataclasses
 import json
 import logging
 import os
@@ -492,8 +491,6 @@ def start(
   if problems:
     raise UsageError("; ".join(problems))
   options = PipelineOptions(with_local_runner(beam_args, IN_PROCESS_RUNNER_ARGS))
-  if config.prefetch_videos is None:
-    config = dataclasses.replace(config, prefetch_videos=host_threads(options))
   num_videos, prior, listing = None, embed_output.PriorOutput(), None
   if options.view_as(TestOptions).dry_run:
     sha256 = "not read in a dry run"

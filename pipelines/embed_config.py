@@ -52,8 +52,7 @@ class EmbedJobConfig:
   embed_accelerator: str | None = None
   embed_min_ram: str | None = None
   model_copies: int | None = None
-  # None: one per core where the job runs in one process, else 1 (`start`).
-  prefetch_videos: int | None = None
+  prefetch_videos: int = 1
   jax_cache_dir: str | None = None
   overwrite: bool = False
   resume: bool = False
@@ -190,11 +189,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[EmbedJobConfig, list[str]]:
   p.add_argument(
       "--prefetch_videos",
       type=int,
-      default=None,
+      default=defaults.prefetch_videos,
       help="videos whose clips are cut ahead, each in its own thread, while the device "
       "embeds (0: one after the other); each holds (train clips + test windows) x T x "
-      "crop x crop x 3 bytes; default: one per core where the job runs in one process "
-      "(the local default), else 1",
+      "crop x crop x 3 bytes. On CPUs the model already keeps every core busy; give a "
+      "GPU or TPU host one per core",
   )
   p.add_argument(
       "--jax_cache_dir",
@@ -267,7 +266,7 @@ def settings_problems(config: EmbedJobConfig) -> list[str]:
   problems += [
       f"--{name} must be 0 or more, got {getattr(config, name)}"
       for name in ("num_train_clips", "num_test_windows", "prefetch_videos")
-      if (getattr(config, name) or 0) < 0
+      if getattr(config, name) < 0
   ]
   if config.num_train_clips == 0 and config.num_test_windows == 0:
     problems.append("--num_train_clips and --num_test_windows are both 0: nothing to embed")

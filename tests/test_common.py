@@ -1,6 +1,9 @@
 """What the jobs share: output directories and their claims."""
 
+import time
+
 import apache_beam as beam
+import apache_beam.testing.util
 import pytest
 from apache_beam.io.filesystems import FileSystems
 
@@ -108,3 +111,57 @@ def test_overwrite_refuses_what_is_not_an_earlier_runs_output(prepare, problem, 
 def test_progress_totals_are_given_only_where_one_process_counts_all(args, one_process):
   options = beam.options.pipeline_options.PipelineOptions(list(args))
   assert common.runs_in_one_process(options) == one_process
+
+
+class _CountingFn(beam.DoFn):
+  """Doubles each number in an `OrderedLookahead` of depth 2, counting each in a thread."""
+
+  def start_bundle(self):
+    self._lookahead = common.OrderedLookahead(self._double, 2, thread_name="test")
+
+  def process(self, n, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
+    self._lookahead.submit(n, timestamp, window)
+    yield from (result for result, *_ in self._lookahead.ready(2))
+
+  def finish_bundle(self):
+    for result, _, timestamp, window in self._lookahead.ready(0):
+      yield beam.transforms.window.WindowedValue(result, timestamp, (window,))
+    self._lookahead.close()
+
+  @staticmethod
+  def _double(n):
+    common.counter("doubled").inc()
+    common.counter("sum").inc(n)
+    return 2 * n
+
+
+def test_a_lookahead_keeps_the_order_and_the_counters_of_its_threads():
+  pipeline = beam.Pipeline(
+      options=beam.options.pipeline_options.PipelineOptions(list(common.IN_PROCESS_RUNNER_ARGS))
+  )
+  doubled = pipeline | beam.Create(list(range(20)), reshuffle=False) | beam.ParDo(_CountingFn())
+  beam.testing.util.assert_that(doubled, beam.testing.util.equal_to([2 * n for n in range(20)]))
+  result = pipeline.run()
+  result.wait_until_finish()
+  assert common.counters(result) == {"doubled": 20, "sum": sum(range(20))}
+
+
+def test_a_lookahead_works_on_several_elements_at_once_and_hands_them_back_in_order():
+  spans = {}
+
+  def work(n):
+    start = time.monotonic()
+    time.sleep(0.2)
+    spans[n] = (start, time.monotonic())
+    return n
+
+  lookahead = common.OrderedLookahead(work, 2, thread_name="test")
+  results = []
+  for n in range(6):
+    lookahead.submit(n, None, None)
+    results += [r for r, *_ in lookahead.ready(2)]
+  results += [r for r, *_ in lookahead.ready(0)]
+  lookahead.close()
+  assert results == list(range(6))
+  # Two threads: each element's work overlaps the next one's.
+  assert all(spans[n + 1][0] < spans[n][1] for n in range(5))

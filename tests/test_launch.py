@@ -99,9 +99,9 @@ def test_gpu_job_shares_its_model_within_the_process_not_across_processes():
   ]
   config, beam_args = embed.parse_args(dataflow.embed_argv(*dataflow.parse_args(argv)))
   assert config.model_copies is None
-  assert config.batch_size == 16
-  # Each harness thread cuts one video ahead: Dataflow runs a thread per vCPU.
-  assert config.prefetch_videos is None
+  # Each harness thread cuts one video ahead and re-encodes one at a time:
+  # Dataflow runs a thread per vCPU.
+  assert (config.batch_size, config.prefetch_videos) == (16, 1)
   assert common.host_threads(PipelineOptions(beam_args)) == 1
 
 

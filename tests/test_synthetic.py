@@ -87,3 +87,18 @@ def test_command_line_writes_loose_videos_equal_to_the_zips_members(tmp_path):
   assert len(members) == 2
   for name, data in members.items():
     assert (out / name).read_bytes() == data
+
+
+def test_the_full_size_plan_has_ucf101s_structure_and_split_rule():
+  names = synthetic.class_names(101, include_handstand_pushups=True)
+  videos = synthetic.plan_ucf101_videos(names, 13_320)
+  lists = ucf101.parse_split_zip(synthetic.splits_zip_bytes(names, videos))
+  assert len(lists.videos) == 13_320 and len(lists.class_names) == 101
+  groups = {(v.label, v.group) for v in lists.videos}
+  assert len(groups) == 101 * 25
+  for split, first_test_group in ((1, 1), (2, 8), (3, 15)):
+    test_groups = {v.group for v in lists.videos if v.roles[split - 1] == ucf101.TEST}
+    assert test_groups == set(range(first_test_group, first_test_group + 7))
+    train, test = lists.split_counts()[split]
+    official_train, official_test = ucf101.EXPECTED_SPLIT_COUNTS[split]
+    assert train + test == 13_320 and abs(test - official_test) < 0.05 * official_test
