@@ -2,11 +2,11 @@
 
 Both read the same video cache (filled first by a run with tiny clips, not
 timed), use the same random checkpoint and cut the same clips:
-- `pipeline`: `python -m pipelines.embed` on the local runner (by default
-  multi-process, one worker per core), run twice with the same flags: `cold`
-  with an empty JAX compilation cache, `warm` with the cache the first run
-  filled. Each is timed end to end; `startup_s` is the time to the first
-  embedded batch (a worker's first progress line). From the job's metrics:
+- `pipeline`: `python -m pipelines.embed` on the local runner (its default:
+  one process, in memory), run twice with the same flags: `cold` with an
+  empty JAX compilation cache, `warm` with the cache the first run filled.
+  Each is timed end to end; `startup_s` is the time to the first embedded
+  video (the first "videos embedded" progress line). From the job's metrics:
   host preparation (clip cutting) and inference seconds summed over workers,
   `host_wait_share` (the share of the inference thread's time spent waiting
   for clips rather than in batch calls) and, with `--peak_tflops`, device
@@ -79,7 +79,7 @@ def run_original_loop(root: pathlib.Path, args) -> None:
 
 
 def run_job(flags: list[str], output_dir: pathlib.Path) -> dict:
-  """Runs the job once; returns its wall seconds, seconds to the first batch and timings."""
+  """Runs the job once; returns its wall seconds, seconds to the first video and timings."""
   start = time.perf_counter()
   job = subprocess.Popen(
       [sys.executable, "-m", "pipelines.embed", *flags, f"--output_dir={output_dir}", "--verbose"],
@@ -92,7 +92,7 @@ def run_job(flags: list[str], output_dir: pathlib.Path) -> dict:
   startup_s, timings, lines = None, None, []
   for line in job.stdout:
     lines.append(line)
-    if startup_s is None and "clips embedded" in line:
+    if startup_s is None and embed.VIDEOS_EMBEDDED in line:
       startup_s = time.perf_counter() - start
     if embed.TIMINGS_PREFIX in line:
       timings = json.loads(line.split(embed.TIMINGS_PREFIX, 1)[1])
@@ -135,8 +135,8 @@ def main():
   parser.add_argument(
       "--runner_args",
       default="",
-      help='local runner flags, e.g. "--direct_running_mode=multi_threading '
-      '--direct_num_workers=8" (one process, threads: a GPU host)',
+      help='more flags for the job, e.g. "--prefetch_videos=8" (a GPU host: clips cut '
+      'in 8 threads)',
   )
   parser.add_argument(
       "--peak_tflops",

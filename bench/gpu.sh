@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The embedding job, whole, on one GPU host: synthetic UCF101 (mmv_core/synthetic.py)
 # through ingestion, clip sampling and the model at 32x224x224, float32 and
-# bfloat16, in one process whose threads share the model, as a Dataflow GPU
-# worker runs it (launch/dataflow.py). Per run it prints clips/s, device
+# bfloat16, in one process that cuts clips in THREADS threads for one model, as
+# a Dataflow GPU worker's harness threads do (launch/dataflow.py). Per run it prints clips/s, device
 # utilisation from the FLOP counts, the share of the inference thread's time
 # spent waiting for host preparation, and start-up, cold and then warm
 # (compilation cache). Also the model alone (embed_bench.py, each backbone) and
@@ -53,7 +53,7 @@ for dtype in float32 bfloat16; do
   for backbone in $backbones; do
     "$python" bench/embed_pipeline_bench.py --backbone "$backbone" --compute_dtype "$dtype" \
       "${clip[@]}" "${job_size[@]}" --skip_loop --peak_tflops "${!peak_var}" \
-      --runner_args "--direct_running_mode=multi_threading --direct_num_workers=$threads" \
+      --runner_args "--prefetch_videos=$threads" \
       --json_out "$out/job_${backbone}_$dtype.json"
   done
 done

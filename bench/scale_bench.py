@@ -1,15 +1,14 @@
 """The full dataset on one machine: both jobs at growing sizes, up to UCF101's 13,320 videos.
 
-Builds, once, a synthetic UCF101 of 13,320 videos in the real archives'
-layout and structure (101 classes of 25 groups, the official lists' test
-groups; `mmv_core.synthetic.plan_ucf101_videos`): 320x240 MPEG-4 AVIs of
+For each size N, a synthetic UCF101 of N videos in the real archives' layout
+and structure (101 classes of 25 groups, the official lists' test groups;
+`mmv_core.synthetic.plan_ucf101_videos`): 320x240 MPEG-4 AVIs of
 `--duration_s`, so that re-encoded frames weigh what real ones do (about
 1.4 MB of JPEG per 4 s video). `--renders_per_class` rendered videos per class
-are reused for its other members, which keeps generation to minutes. The
-archive is stored, not deflated.
+are reused for its other members, which keeps generation to minutes; the
+archives are stored, not deflated, and kept in OUT/data_nN for later runs.
 
-Then, for each size N (`--max_videos=N`: round-robin over classes), each job
-as its own process, as a user runs it:
+Then, for each size, each job as its own process, as a user runs it:
 
 - `fake`: the embedding job with tests/fake_model.py's handler, 1,024 floats
   per clip (a backbone's `vid_repr`), on a cold video cache: ingestion
@@ -50,7 +49,7 @@ from mmv_core import synthetic
 from mmv_core.models import mmv
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-FULL_SIZE = 13_320
+NUM_CLASSES = 101
 CLIP_FLAGS = [
     "--num_frames=4",
     "--stride=2",
@@ -64,25 +63,28 @@ EVAL_JOB = [sys.executable, "-m", "pipelines.linear_eval"]
 RUNS = ("fake", "fake4096", "s3d", "eval")
 
 
-def write_full_dataset(data_dir: pathlib.Path, renders_per_class: int, duration_s: float) -> dict:
-  """The 13,320-video archive and split lists (written once; kept across runs)."""
+def render_videos(renders_per_class: int, duration_s: float) -> dict[tuple[int, int], bytes]:
+  """(class, k) -> the k-th rendered AVI of the class, for every class."""
+  rng = np.random.default_rng(0)
+  return {
+      (label, k): synthetic.video_bytes(
+          label, NUM_CLASSES, rng, width=320, height=240, fps=25.0, duration_s=duration_s
+      )
+      for label in range(NUM_CLASSES)
+      for k in range(renders_per_class)
+  }
+
+
+def write_dataset(data_dir: pathlib.Path, num_videos: int, renders: dict) -> dict:
+  """The archive and split lists of `num_videos` videos (written once; kept across runs)."""
   video_zip = data_dir / synthetic.VIDEO_ZIP_NAME
   splits_zip = data_dir / synthetic.SPLITS_ZIP_NAME
   if not (video_zip.exists() and splits_zip.exists()):
     data_dir.mkdir(parents=True, exist_ok=True)
-    names = synthetic.class_names(101, include_handstand_pushups=True)
-    videos = synthetic.plan_ucf101_videos(names, FULL_SIZE)
-    rng = np.random.default_rng(0)
-    renders = {
-        (label, k): synthetic.video_bytes(
-            label, len(names), rng, width=320, height=240, fps=25.0, duration_s=duration_s
-        )
-        for label in range(len(names))
-        for k in range(renders_per_class)
-    }
-    members = {
-        v.member_name: renders[(v.label, i % renders_per_class)] for i, v in enumerate(videos)
-    }
+    names = synthetic.class_names(NUM_CLASSES, include_handstand_pushups=True)
+    videos = synthetic.plan_ucf101_videos(names, num_videos)
+    per_class = len(renders) // NUM_CLASSES
+    members = {v.member_name: renders[(v.label, i % per_class)] for i, v in enumerate(videos)}
     synthetic.write_video_zip(str(video_zip) + ".partial", members, zipfile.ZIP_STORED)
     os.rename(str(video_zip) + ".partial", video_zip)
     splits_zip.write_bytes(synthetic.splits_zip_bytes(names, videos))
@@ -134,6 +136,7 @@ def _bytes_under(path: pathlib.Path) -> int:
 
 
 def run_size(args, data: dict, checkpoint: pathlib.Path, size: int, results: pathlib.Path) -> None:
+  """Each of `args.runs` on the dataset of `size` videos; appends a JSON line per run to `results`."""
   root = args.out / f"n{size}"
   shutil.rmtree(root, ignore_errors=True)
   root.mkdir(parents=True)
@@ -142,7 +145,6 @@ def run_size(args, data: dict, checkpoint: pathlib.Path, size: int, results: pat
       f"--work_dir={work}",
       f"--video_zip={data['video_zip']}",
       f"--splits_zip={data['splits_zip']}",
-      f"--max_videos={size}",
       f"--checkpoint_path={checkpoint}",
       f"--jax_cache_dir={args.out / 'jax_cache'}",
       *CLIP_FLAGS,
@@ -222,11 +224,12 @@ def main():
     return
   args.runs = [r for r in args.runs.split(",") if r]
   args.out.mkdir(parents=True, exist_ok=True)
-  data = write_full_dataset(args.out / "data", args.renders_per_class, args.duration_s)
+  renders = render_videos(args.renders_per_class, args.duration_s)
   checkpoint = args.out / "mmv_s3d.pkl"
   if not checkpoint.exists():
     checkpoints.write_random_checkpoint(checkpoint, *mmv.param_shapes("s3d"), seed=0)
   for size in (int(s) for s in args.sizes.split(",")):
+    data = write_dataset(args.out / f"data_n{size}", size, renders)
     run_size(args, data, checkpoint, size, results)
   print(report(results))
 

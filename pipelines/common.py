@@ -447,7 +447,6 @@ class OrderedLookahead:
 
   def __init__(self, work: Callable, depth: int, thread_name: str):
     self._work = work
-    self._depth = depth
     self._pool = concurrent.futures.ThreadPoolExecutor(
         max(1, depth), thread_name_prefix=thread_name
     )

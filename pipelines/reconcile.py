@@ -216,24 +216,18 @@ def describe_problems(problems: dict[str, str], max_ids: int = 5) -> str:
 
 
 def remove_videos(shards: Sequence[str], video_ids: set[str]) -> None:
-  """Rewrites each of `shards` without the records of `video_ids`.
+  """Rewrites each of `shards` without the records of `video_ids`, a record at a time.
 
   Each shard is rewritten beside itself under a name that no shard pattern
   matches, then put in its place; an interruption between the two loses that
   shard's other videos, which the next resume finds missing and embeds again.
   """
   for shard in shards:
-    kept = [
-        record
-        for index, record in enumerate(schema.iter_records(shard))
-        if schema.parse_example(record, include_floats=False, source=f"{shard}#{index}")[
-            schema.VIDEO_ID
-        ]
-        not in video_ids
-    ]
     rewritten = FileSystems.join(FileSystems.split(shard)[0], f".rewrite-{uuid.uuid4().hex}")
     with FileSystems.create(rewritten) as f:
-      for record in kept:
-        f.write(tfrecord.encode_record(record))
+      for index, record in enumerate(schema.iter_records(shard)):
+        clip = schema.parse_example(record, include_floats=False, source=f"{shard}#{index}")
+        if clip[schema.VIDEO_ID] not in video_ids:
+          f.write(tfrecord.encode_record(record))
     FileSystems.delete([shard])
     FileSystems.rename([rewritten], [shard])

@@ -104,7 +104,7 @@ def test_no_frames_clips_or_embeddings_cross_a_stage_boundary(
     tiny_dataset, checkpoint_path, tmp_path, bytes_between_stages
 ):
   """What crosses between stages stays under 1 KB per video, while each video's frames
-  weigh some 10 KB and its embeddings 20 KB (1,024 floats per clip): a grouping,
+  weigh some 25 KB and its embeddings 20 KB (1,024 floats per clip): a grouping,
   reshuffle or Flatten of frames, clips or embeddings would cross with them."""
   handler = fake_model.PixelStatsHandler(dim=1024)
   for run in ("cold", "warm"):  # Videos newly encoded, then read from the cache.
