@@ -136,7 +136,7 @@ def main():
       "--runner_args",
       default="",
       help='more flags for the job, e.g. "--prefetch_videos=8" (a GPU host: clips cut '
-      'in 8 threads)',
+      "in 8 threads)",
   )
   parser.add_argument(
       "--peak_tflops",

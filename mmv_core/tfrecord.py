@@ -34,11 +34,8 @@ def encode_record(record: bytes) -> bytes:
   return length + _CRC.pack(_masked_crc(length)) + record + _CRC.pack(_masked_crc(record))
 
 
-def _read_record(f, where: str, error: type[Exception]) -> bytes | None:
-  """The next record of the open file `f`, checked; None at its end.
-
-  `where` names the record in errors (`path#index`).
-  """
+def _read_length(f, where: str, error: type[Exception]) -> int | None:
+  """The length field of the next record of the open file `f`, checked; None at its end."""
   header = f.read(_HEADER_SIZE)
   if not header:
     return None
@@ -47,6 +44,17 @@ def _read_record(f, where: str, error: type[Exception]) -> bytes | None:
   (length,) = _LENGTH.unpack_from(header)
   if _masked_crc(header[: _LENGTH.size]) != _CRC.unpack_from(header, _LENGTH.size)[0]:
     raise error(f"{where}: corrupt record length")
+  return length
+
+
+def _read_record(f, where: str, error: type[Exception]) -> bytes | None:
+  """The next record of the open file `f`, checked; None at its end.
+
+  `where` names the record in errors (`path#index`).
+  """
+  length = _read_length(f, where, error)
+  if length is None:
+    return None
   data = f.read(length)
   footer = f.read(_CRC.size)
   if len(data) < length or len(footer) < _CRC.size:
@@ -91,13 +99,7 @@ def record_spans(path: str, error: type[Exception] = TFRecordError) -> list[tupl
   spans = []
   with FileSystems.open(path) as f:
     offset = 0
-    while header := f.read(_HEADER_SIZE):
-      where = f"{path}#{len(spans)}"
-      if len(header) < _HEADER_SIZE:
-        raise error(f"{where}: truncated record header")
-      (length,) = _LENGTH.unpack_from(header)
-      if _masked_crc(header[: _LENGTH.size]) != _CRC.unpack_from(header, _LENGTH.size)[0]:
-        raise error(f"{where}: corrupt record length")
+    while (length := _read_length(f, f"{path}#{len(spans)}", error)) is not None:
       framed = _HEADER_SIZE + length + _CRC.size
       spans.append((offset, framed))
       offset += framed

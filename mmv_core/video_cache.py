@@ -269,6 +269,8 @@ class ShardWriter:
 
 def write_shard(work_dir: str, videos: Sequence[CachedVideo]) -> str:
   """Writes `videos` as one new shard and commits it; returns the shard's path."""
+  if not videos:
+    raise ValueError("a shard needs at least one video")
   writer = ShardWriter(work_dir)
   for video in videos:
     writer.add(video)
@@ -404,33 +406,39 @@ _index_rewrite_lock = threading.Lock()
 def discard_video(entry: IndexEntry) -> None:
   """Uncommits one video whose record is damaged; its shard's other videos stay cached.
 
-  Its shard's index file is rewritten without it (the shard goes with its
-  index once no video is left; a missing shard goes whole), so the next run
-  fetches it again. Two workers rewriting one index at the same moment may
-  each keep the other's video: that one fails once more and goes then.
+  Its shard's index file is rewritten without it, every remaining video with
+  its byte range (the shard goes with its index once no video is left, or if
+  the others' ranges cannot be found; a missing shard goes whole), so the
+  next run fetches it again. Two workers rewriting one index at the same
+  moment may each keep the other's video: that one fails once more and goes
+  then.
   """
   if not FileSystems.exists(entry.shard):
     discard_shard(entry.shard)
     return
   index_path = _index_path(entry.shard)
+  root = FileSystems.split(FileSystems.split(index_path)[0])[0]
   with _index_rewrite_lock:
     try:
-      with FileSystems.open(index_path) as f:
-        index = json.loads(f.read())
+      entries = _located(_read_index_file(index_path, root))
     except Exception:  # Gone or unreadable: the video is not served as cached either way.
       return
-    videos = [v for v in index["videos"] if v["video_id"] != entry.video_id]
-    if len(videos) == len(index["videos"]):
+    kept = [e for e in entries if e.video_id != entry.video_id]
+    if len(kept) == len(entries):
       return
-    if not videos:
+    if not kept or any(e.offset is None for e in kept):
       discard_shard(entry.shard)
       return
-    root = FileSystems.split(FileSystems.split(index_path)[0])[0]
-    _write_atomically(
-        index_path,
-        json.dumps({**index, "videos": videos}).encode(),
-        FileSystems.join(root, TMP_DIR),
-    )
+    videos = [
+        {
+            field.name: getattr(e, field.name)
+            for field in dataclasses.fields(IndexEntry)
+            if field.name not in ("shard", "position")
+        }
+        for e in kept
+    ]
+    index = {"shard": FileSystems.split(entry.shard)[1], "videos": videos}
+    _write_atomically(index_path, json.dumps(index).encode(), FileSystems.join(root, TMP_DIR))
 
 
 def read_shard(shard_path: str, video_ids: Iterable[str] | None = None) -> Iterator[CachedVideo]:

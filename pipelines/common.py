@@ -192,6 +192,9 @@ def interrupt_exits(prog: str, message: Callable[[], str], status: int):
 
 
 OWNER_FILE = "run.owner"
+# Tells this process's claims from any other's (pids are reused, across
+# restarted containers too).
+_PROCESS_CLAIM_ID = uuid.uuid4().hex
 
 
 def owner_path(output_dir: str, attempt: int = 1) -> str:
@@ -228,6 +231,7 @@ def claim_output_dir(
       **owner,
       "host": socket.gethostname(),
       "pid": os.getpid(),
+      "claim_id": _PROCESS_CLAIM_ID,
       "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
   }
   try:
@@ -307,6 +311,12 @@ def is_within(location: str, directory: str) -> bool:
     return f"{location.rstrip('/')}/".startswith(f"{directory.rstrip('/')}/")
   location, directory = os.path.realpath(location), os.path.realpath(directory)
   return os.path.commonpath([location, directory]) == directory
+
+
+def claimed_by_this_process(output_dir: str) -> bool:
+  """Whether this process made the latest claim of `output_dir`."""
+  owners = read_owners(output_dir)
+  return bool(owners) and owners[-1].get("claim_id") == _PROCESS_CLAIM_ID
 
 
 def read_owners(output_dir: str) -> list[dict]:
@@ -438,11 +448,13 @@ class OrderedLookahead:
 
   For a DoFn whose work per element mostly waits outside the GIL (an ffmpeg
   process, JPEG decoding, compiled resizing): `process` submits its element
-  and emits what `ready(depth)` yields; `finish_bundle` emits `ready(0)`.
-  Each result keeps its element's timestamp and window, since it may leave
-  during a later element's `process` or in `finish_bundle` (where Beam wants
-  windowed values). At most `depth + 1` elements' work is held at once;
-  `depth` 0 runs each element before the next is taken.
+  and emits what `ready(depth)` yields; `finish_bundle` emits `ready(0)` and
+  `close`s; `teardown` `close(wait=False)`s (a failed or interrupted bundle
+  leaves no threads working). Each result keeps its element's timestamp and
+  window, since it may leave during a later element's `process` or in
+  `finish_bundle` (where Beam wants windowed values). At most `depth`
+  elements are worked on at once, and `depth + 1` held; `depth` 0 runs each
+  element before the next is taken.
   """
 
   def __init__(self, work: Callable, depth: int, thread_name: str):
@@ -477,8 +489,8 @@ class OrderedLookahead:
     finally:
       _thread_increments.pending = None
 
-  def close(self) -> None:
-    self._pool.shutdown(cancel_futures=True)
+  def close(self, wait: bool = True) -> None:
+    self._pool.shutdown(wait=wait, cancel_futures=True)
 
 
 class ProgressLogger(beam.DoFn):

@@ -34,7 +34,6 @@ JSON line per video that failed, with stage and reason.
 import collections
 import json
 import logging
-import os
 import sys
 import time
 import typing
@@ -64,7 +63,7 @@ from pipelines.common import FAILURES, WriteFailures, count_failure, counter, di
 from pipelines.common import failure_record, host_threads, interrupt_exits
 from pipelines.common import IN_PROCESS_RUNNER_ARGS, UsageError, OrderedLookahead
 from pipelines.common import ProgressLogger, configure_logging, run_main, runs_in_one_process
-from pipelines.common import read_owners, runs_locally, with_local_runner
+from pipelines.common import claimed_by_this_process, runs_locally, with_local_runner
 from pipelines.embed_config import PROG, EmbedJobConfig, parse_args, settings_problems
 from pipelines.jax_inference import JaxEmbeddingHandler
 
@@ -168,6 +167,10 @@ class SampleClipsFn(beam.DoFn):
     yield from self._emit(0)
     self._lookahead.close()
 
+  def teardown(self):
+    if hasattr(self, "_lookahead"):
+      self._lookahead.close(wait=False)
+
   def _timed_sample(self, ref: VideoRef) -> tuple[list | dict, float]:
     start = time.perf_counter()
     return sample_video(ref, self._config, self._sample), time.perf_counter() - start
@@ -222,6 +225,7 @@ class KeyedHandlerKeepingFailures(KeyedModelHandler):
     try:
       return list(super().run_inference(batch, model, inference_args))
     except Exception as e:  # pylint: disable=broad-except  # Fails the batch's videos only.
+      counter("failed_batches").inc()
       failure = InferenceFailure(f"{type(e).__name__}: {e}")
       return [(key, failure) for key, _ in batch]
 
@@ -384,24 +388,35 @@ def build(
       parallelism=host_threads(pipeline.options),
       skip=prior.video_ids,
   )
-  embed_clips = EmbedClips(config, handler)
+  hints = {}
   if config.embed_accelerator:
     hints = {"accelerator": config.embed_accelerator}
     if config.embed_min_ram:
       hints["min_ram"] = config.embed_min_ram
-    embed_clips = embed_clips.with_resource_hints(**hints)
+
+  def on_accelerator(transform: beam.PTransform) -> beam.PTransform:
+    # Steps of other resource hints do not fuse: the embeddings are written
+    # on the accelerator worker, in the step that made them.
+    return transform.with_resource_hints(**hints) if hints else transform
+
   # The reshuffle spreads videos over workers and keeps ingestion (CPU
   # workers) from fusing with the accelerator step; it moves references only.
-  embedded = ingested.videos | "SpreadVideos" >> beam.Reshuffle() | "Embed" >> embed_clips
+  embedded = (
+      ingested.videos
+      | "SpreadVideos" >> beam.Reshuffle()
+      | "Embed" >> on_accelerator(EmbedClips(config, handler))
+  )
   progress = progress or ProgressLogger(LOG_PREFIX, VIDEOS_EMBEDDED, None)
   _ = embedded[WRITTEN] | "EmbedProgress" >> beam.ParDo(progress)
-  shards = embedded["examples"] | "WriteEmbeddings" >> beam.io.WriteToTFRecord(
-      FileSystems.join(
-          config.output_dir,
-          schema.SHARDS_DIR,
-          "part" if prior.attempt == 1 else f"part-run{prior.attempt}",
-      ),
-      file_name_suffix=schema.SHARD_SUFFIX,
+  shards = embedded["examples"] | "WriteEmbeddings" >> on_accelerator(
+      beam.io.WriteToTFRecord(
+          FileSystems.join(
+              config.output_dir,
+              schema.SHARDS_DIR,
+              "part" if prior.attempt == 1 else f"part-run{prior.attempt}",
+          ),
+          file_name_suffix=schema.SHARD_SUFFIX,
+      )
   )
   failures = (ingested.failures, embedded[FAILURES]) | "AllFailures" >> beam.Flatten()
   failure_files = failures | "WriteFailures" >> WriteFailures(
@@ -569,17 +584,24 @@ def summary(config: EmbedJobConfig, counts: dict, seconds: float) -> list[str]:
 def outcome_problem(config: EmbedJobConfig, counts: dict) -> str | None:
   """Why a finished run failed its purpose, or None.
 
-  Videos unaccounted for (neither written whole once nor failed), nothing
-  embedded, or more failures than `--max_failed_share`.
+  Videos unaccounted for (neither written whole once nor failed) or damaged
+  shards, nothing embedded, or more failures than `--max_failed_share`.
   """
   written, failed = counts["videos_written"], counts["videos_failed"]
-  unaccounted = counts["videos_unaccounted"]
-  if unaccounted:
-    problems = embed_output.read_unaccounted(config.output_dir)
+  unaccounted, damaged = counts["videos_unaccounted"], counts["shards_damaged"]
+  if unaccounted or damaged:
+    problems = []
+    if unaccounted:
+      problems.append(
+          f"{unaccounted} of {written + failed + unaccounted} videos are neither written whole "
+          "once nor recorded as failed: "
+          + reconcile.describe_problems(embed_output.read_unaccounted(config.output_dir))
+      )
+    if damaged:
+      problems.append(f"{damaged} embedding shards cannot be read to their end")
     return (
-        f"{unaccounted} of {written + failed + unaccounted} videos are neither written whole "
-        f"once nor recorded as failed: {reconcile.describe_problems(problems)}; the list is in "
-        f"{reconcile.unaccounted_path(config.output_dir)}; rerun with --resume to embed them"
+        f"{'; '.join(problems)}; the list is in {reconcile.unaccounted_path(config.output_dir)}; "
+        "rerun with --resume to complete the output"
     )
   if not written:
     return f"no video was embedded ({failed} failed)"
@@ -603,8 +625,7 @@ def main(argv: Sequence[str] | None = None, handler: ModelHandler | None = None)
   progress = ProgressLogger(LOG_PREFIX, VIDEOS_EMBEDDED, None)
 
   def interrupted() -> str:
-    owners = read_owners(config.output_dir)
-    if not owners or owners[-1].get("pid") != os.getpid():
+    if not claimed_by_this_process(config.output_dir):
       return "interrupted before any work; nothing written"
     embed_output.remove_sink_temp_dirs(config.output_dir)
     return (

@@ -112,8 +112,10 @@ def resume_output_dir(config: EmbedJobConfig, owner: dict, selected: Sequence[st
 
   Videos written whole, once, are kept and skipped. The records of any other
   written video (part of its clips, a clip twice) are removed from the
-  shards, so that it is embedded again, once. What a killed run's file sinks
-  left behind is removed.
+  shards, and a damaged shard is cut at its damage, so that those videos are
+  embedded again, once. What a killed run's file sinks left behind is
+  removed. As for `--overwrite`, nothing tells whether the earlier run still
+  runs: `--resume` is for runs that ended.
   """
   owners = read_owners(config.output_dir)
   if not owners:
@@ -137,16 +139,29 @@ def resume_output_dir(config: EmbedJobConfig, owner: dict, selected: Sequence[st
     )
   written = reconcile.read_written(config.output_dir, clip_counts(config))
   found = reconcile.reconcile(selected, written, {}, clip_counts(config))
-  if len(found.complete) == len(selected) and not found.problems:
+  if (
+      len(found.complete) == len(selected)
+      and not (found.problems or found.damaged_shards)
+      and _recorded(config, found)
+  ):
     raise NothingToDo(
         f"nothing to do: all {len(selected)} videos of {config.output_dir} are embedded"
     )
   attempt = len(owners) + 1
   claim_output_dir(config.output_dir, owner, remedy=_OWNED_DIR_REMEDY, attempt=attempt)
   remove_sink_temp_dirs(config.output_dir)
-  damaged = {video_id for video_id in found.problems if video_id in written}
-  reconcile.remove_videos(sorted({s for v in damaged for s in written[v].shards}), damaged)
+  reconcile.rewrite_shards(written, set(found.problems))
   return PriorOutput(found.complete, attempt)
+
+
+def _recorded(config: EmbedJobConfig, found: reconcile.Reconciliation) -> bool:
+  """Whether run.json exists and counts what `found` found (a run stopped while it
+  reconciled has its shards but no, or an earlier, run.json)."""
+  try:
+    record = schema.read_run_config(config.output_dir)
+  except schema.EmbeddingFormatError:
+    return False
+  return record.get("counts") == found.counts()
 
 
 def remove_sink_temp_dirs(output_dir: str) -> None:
@@ -206,7 +221,7 @@ def record_run(
   """
   found = reconcile.reconcile_output(config.output_dir, selected, clip_counts(config))
   unaccounted = reconcile.unaccounted_path(config.output_dir)
-  if found.problems:
+  if found.problems or found.damaged_shards:
     with FileSystems.create(unaccounted) as f:
       f.write("".join(f"{line}\n" for line in found.problem_lines()).encode())
   elif FileSystems.exists(unaccounted):
@@ -228,7 +243,8 @@ def record_run(
 
 
 def read_unaccounted(output_dir: str) -> dict[str, str]:
-  """The problems `record_run` listed: video id -> problem."""
+  """The videos `record_run` listed: video id -> problem (damaged shards are counted in run.json)."""
   with FileSystems.open(reconcile.unaccounted_path(output_dir)) as f:
     lines = f.read().decode().splitlines()
-  return {record["video_id"]: record["problem"] for record in map(json.loads, filter(None, lines))}
+  records = map(json.loads, filter(None, lines))
+  return {record["video_id"]: record["problem"] for record in records if "video_id" in record}

@@ -524,7 +524,7 @@ class _FetchAndEncodeFn(beam.DoFn):
   def start_bundle(self):
     self._context = None
     self._lookahead = OrderedLookahead(
-        self._encode, self._parallelism - 1, thread_name="fetch_and_encode"
+        self._encode, self._parallelism, thread_name="fetch_and_encode"
     )
 
   def process(
@@ -536,11 +536,15 @@ class _FetchAndEncodeFn(beam.DoFn):
   ):
     self._context = context
     self._lookahead.submit(video, timestamp, window)
-    yield from self._emit(self._parallelism - 1)
+    yield from self._emit(self._parallelism)
 
   def finish_bundle(self):
     yield from self._emit(0)
     self._lookahead.close()
+
+  def teardown(self):
+    if hasattr(self, "_lookahead"):
+      self._lookahead.close(wait=False)
 
   def _encode(self, video: dataset_listing.ListedVideo):
     return fetch_and_encode_or_failure(self._dataset, self._fetcher, self._context, video)

@@ -21,7 +21,7 @@ import collections
 import dataclasses
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -86,17 +86,41 @@ class ClipCounts:
     return first + clip_index
 
 
-def read_written(output_dir: str, clips: ClipCounts) -> dict[str, WrittenVideo]:
-  """Every video with clips in the output's shards (none: empty), read from the records.
+@dataclasses.dataclass
+class WrittenOutput:
+  """What the output's shards hold.
+
+  Attributes:
+    videos: every video with clips in them.
+    damaged_shards: shard -> why it cannot be read to its end (truncated,
+      corrupt); its records before the damage are counted in `videos`.
+  """
+
+  videos: dict[str, WrittenVideo] = dataclasses.field(default_factory=dict)
+  damaged_shards: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def _records(shard: str, damaged: dict[str, str]) -> Iterator[tuple[int, bytes, dict]]:
+  """(index, record, its scalar features) of each readable record of `shard`, in order;
+  at the first that cannot be read, records why in `damaged` and stops."""
+  try:
+    for index, record in enumerate(schema.iter_records(shard)):
+      source = f"{shard}#{index}"
+      yield index, record, schema.parse_example(record, include_floats=False, source=source)
+  except schema.EmbeddingFormatError as e:
+    damaged[shard] = str(e)
+
+
+def read_written(output_dir: str, clips: ClipCounts) -> WrittenOutput:
+  """Every video with clips in the output's shards, read from the records.
 
   Memory: a few hundred bytes per video; the records are streamed.
   """
   pattern = schema.shard_pattern(output_dir)
-  written: dict[str, WrittenVideo] = {}
+  written = WrittenOutput()
   for path in sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list):
-    for index, record in enumerate(schema.iter_records(path)):
-      clip = schema.parse_example(record, include_floats=False, source=f"{path}#{index}")
-      video = written.setdefault(clip[schema.VIDEO_ID], WrittenVideo(bytearray(clips.total)))
+    for _, _, clip in _records(path, written.damaged_shards):
+      video = written.videos.setdefault(clip[schema.VIDEO_ID], WrittenVideo(bytearray(clips.total)))
       video.shards.add(path)
       slot = clips.slot(clip[schema.CLIP_TYPE], clip[schema.CLIP_INDEX])
       if slot is None:
@@ -140,12 +164,14 @@ class Reconciliation:
     complete: videos whose every clip is written exactly once.
     failed: video -> the stage it failed at, for videos with no clip written.
     problems: video -> its problem (`PROBLEMS`).
+    damaged_shards: shard -> why it cannot be read to its end.
     clips: the run's clips per video.
   """
 
   complete: frozenset[str]
   failed: dict[str, str]
   problems: dict[str, str]
+  damaged_shards: dict[str, str]
   clips: ClipCounts
 
   def counts(self) -> dict:
@@ -157,19 +183,23 @@ class Reconciliation:
         "videos_failed": len(self.failed),
         "videos_failed_by_stage": dict(sorted(collections.Counter(self.failed.values()).items())),
         "videos_unaccounted": len(self.problems),
+        "shards_damaged": len(self.damaged_shards),
     }
 
   def problem_lines(self) -> list[str]:
-    """The problems as JSON lines, sorted by video id."""
+    """The problems as JSON lines: videos (sorted by id), then damaged shards."""
     return [
         json.dumps({"video_id": video_id, "problem": problem}, sort_keys=True)
         for video_id, problem in sorted(self.problems.items())
+    ] + [
+        json.dumps({"shard": shard, "problem": f"damaged: {reason}"}, sort_keys=True)
+        for shard, reason in sorted(self.damaged_shards.items())
     ]
 
 
 def reconcile(
     selected: Iterable[str],
-    written: dict[str, WrittenVideo],
+    written: WrittenOutput,
     failed: dict[str, str],
     clips: ClipCounts,
 ) -> Reconciliation:
@@ -177,7 +207,7 @@ def reconcile(
   selected = set(selected)
   complete, failures, problems = set(), {}, {}
   for video_id in selected:
-    video = written.get(video_id)
+    video = written.videos.get(video_id)
     if video is None:
       if video_id in failed:
         failures[video_id] = failed[video_id]
@@ -191,9 +221,9 @@ def reconcile(
       complete.add(video_id)
     else:
       problems[video_id] = problem
-  for video_id in written.keys() - selected:
+  for video_id in written.videos.keys() - selected:
     problems[video_id] = NOT_SELECTED
-  return Reconciliation(frozenset(complete), failures, problems, clips)
+  return Reconciliation(frozenset(complete), failures, problems, written.damaged_shards, clips)
 
 
 def reconcile_output(output_dir: str, selected: Iterable[str], clips: ClipCounts) -> Reconciliation:
@@ -215,19 +245,18 @@ def describe_problems(problems: dict[str, str], max_ids: int = 5) -> str:
   return ", ".join(parts)
 
 
-def remove_videos(shards: Sequence[str], video_ids: set[str]) -> None:
-  """Rewrites each of `shards` without the records of `video_ids`, a record at a time.
+def rewrite_shards(written: WrittenOutput, video_ids: set[str]) -> None:
+  """Rewrites the shards holding `video_ids` without their records, and the damaged
+  shards without what cannot be read, a record at a time.
 
   Each shard is rewritten beside itself under a name that no shard pattern
-  matches, then put in its place; an interruption between the two loses that
-  shard's other videos, which the next resume finds missing and embeds again.
+  matches, then renamed over it.
   """
-  for shard in shards:
+  shards = {s for v in video_ids & written.videos.keys() for s in written.videos[v].shards}
+  for shard in sorted(shards | set(written.damaged_shards)):
     rewritten = FileSystems.join(FileSystems.split(shard)[0], f".rewrite-{uuid.uuid4().hex}")
     with FileSystems.create(rewritten) as f:
-      for index, record in enumerate(schema.iter_records(shard)):
-        clip = schema.parse_example(record, include_floats=False, source=f"{shard}#{index}")
+      for _, record, clip in _records(shard, {}):
         if clip[schema.VIDEO_ID] not in video_ids:
           f.write(tfrecord.encode_record(record))
-    FileSystems.delete([shard])
     FileSystems.rename([rewritten], [shard])

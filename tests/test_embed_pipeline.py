@@ -144,6 +144,7 @@ def test_run_record_counts_and_settings(dataset, checkpoint_path, job_output):
       "videos_failed": 1,
       "videos_failed_by_stage": {"encode": 1},
       "videos_unaccounted": 0,
+      "shards_damaged": 0,
   }
   assert record["backbone"] == "s3d"
   assert record["checkpoint_sha256"] == checkpoints.load_checkpoint(checkpoint_path).sha256
@@ -511,7 +512,12 @@ def test_an_unwritable_work_dir_is_refused_before_any_work(dataset, checkpoint_p
 )
 def test_a_run_that_embeds_nothing_or_too_little_is_a_failure(written, failed, share, problem):
   config = embed.EmbedJobConfig("c.pkl", "w", "o", max_failed_share=share)
-  counts = {"videos_written": written, "videos_failed": failed, "videos_unaccounted": 0}
+  counts = {
+      "videos_written": written,
+      "videos_failed": failed,
+      "videos_unaccounted": 0,
+      "shards_damaged": 0,
+  }
   assert embed.outcome_problem(config, counts) == problem
 
 

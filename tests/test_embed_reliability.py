@@ -167,6 +167,10 @@ def test_a_run_that_loses_videos_fails_loudly_and_resume_completes_it(
   ]
   counts = json.loads((out / schema.RUN_CONFIG_FILE).read_text())["counts"]
   assert (counts["videos_written"], counts["videos_unaccounted"]) == (7, 2)
+  # A shard cut short, as a full disk leaves it: its last video is then partial too.
+  [shard] = (out / schema.SHARDS_DIR).glob("*.tfrecord")
+  with open(shard, "r+b") as f:
+    f.truncate(shard.stat().st_size - 100)
 
   monkeypatch.undo()
   embed.main([*flags, "--resume"], fake_model.PixelStatsHandler())
@@ -176,12 +180,12 @@ def test_a_run_that_loses_videos_fails_loudly_and_resume_completes_it(
   assert not (out / reconcile.UNACCOUNTED_FILE).exists()
 
 
-def _written(clips: dict[str, list[tuple[str, int, int]]]) -> dict[str, reconcile.WrittenVideo]:
+def _written(clips: dict[str, list[tuple[str, int, int]]]) -> reconcile.WrittenOutput:
   """Written videos from (clip type, index, copies) triples."""
   counts = reconcile.ClipCounts(train=2, test=1)
-  written = {}
+  written = reconcile.WrittenOutput()
   for video_id, triples in clips.items():
-    video = written[video_id] = reconcile.WrittenVideo(bytearray(counts.total))
+    video = written.videos[video_id] = reconcile.WrittenVideo(bytearray(counts.total))
     for clip_type, index, copies in triples:
       slot = counts.slot(clip_type, index)
       if slot is None:
@@ -226,6 +230,7 @@ def test_reconciliation_names_every_way_a_video_can_go_wrong():
       "videos_failed": 1,
       "videos_failed_by_stage": {"encode": 1},
       "videos_unaccounted": 6,
+      "shards_damaged": 0,
   }
   assert reconcile.describe_problems(found.problems, max_ids=1) == (
       "1 missing (lost), 1 partial (part), 1 duplicated (twice), 1 unexpected clip (extra), "

@@ -1,5 +1,6 @@
 """The video cache: SequenceExample schema, TFRecord framing, atomic shards, de-dup."""
 
+import json
 import os
 
 import pytest
@@ -60,3 +61,39 @@ def test_retried_writes_and_crashed_writes_are_invisible_twice(tmp_path):
   assert sorted(video_cache.read_index(work_dir)) == [v.video_id for v in VIDEOS]
   for video in VIDEOS:
     assert video_cache.read_video(video_cache.read_index(work_dir)[video.video_id]) == video
+
+
+def _drop_byte_ranges(work_dir: str) -> None:
+  """Rewrites every index file as releases before byte ranges wrote them."""
+  index_dir = os.path.join(video_cache.cache_dir(work_dir), video_cache.INDEX_DIR)
+  for name in os.listdir(index_dir):
+    path = os.path.join(index_dir, name)
+    index = json.loads(open(path).read())
+    for video in index["videos"]:
+      del video["offset"], video["length"]
+    open(path, "w").write(json.dumps(index))
+
+
+def test_each_video_is_read_by_its_byte_range_also_from_an_older_index(tmp_path):
+  work_dir = str(tmp_path)
+  video_cache.write_shard(work_dir, VIDEOS)
+  _drop_byte_ranges(work_dir)
+  assert {e.offset for e in video_cache.read_index(work_dir).values()} == {None}
+  located = video_cache.read_index(work_dir, locate=True)
+  for video in VIDEOS:
+    entry = located[video.video_id]
+    assert entry.offset is not None
+    assert video_cache.read_video(entry) == video
+
+
+def test_a_damaged_video_is_uncommitted_alone_also_from_an_older_index(tmp_path):
+  work_dir = str(tmp_path)
+  video_cache.write_shard(work_dir, VIDEOS)
+  _drop_byte_ranges(work_dir)
+  entries = video_cache.read_index(work_dir, locate=True)
+  video_cache.discard_video(entries[VIDEOS[0].video_id])
+  # The others keep their records: their byte ranges are recorded now.
+  left = video_cache.read_index(work_dir)
+  assert sorted(left) == [v.video_id for v in VIDEOS[1:]]
+  for video in VIDEOS[1:]:
+    assert video_cache.read_video(left[video.video_id]) == video

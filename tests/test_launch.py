@@ -51,7 +51,7 @@ def _hinted_transforms(job) -> dict[str, dict]:
   return hinted
 
 
-def test_gpu_job_puts_only_the_embedding_step_on_gpu_workers():
+def test_gpu_job_puts_only_the_embedding_step_and_its_writes_on_gpu_workers():
   job = dataflow.main(
       [
           "embed",
@@ -72,7 +72,14 @@ def test_gpu_job_puts_only_the_embedding_step_on_gpu_workers():
   assert pool.machine_type == "n2-standard-8"
   assert {c.container_image for c in pool.sdk_harness_container_images} == {"img:gpu"}
   hinted = _hinted_transforms(job)
-  assert hinted and all(name.startswith("Embed/") for name in hinted)
+  # Embedding, and writing the embeddings where they are made (steps of other
+  # hints do not fuse): one environment, so that they fuse.
+  assert {name.split("/")[0] for name in hinted} == {"Embed", "WriteEmbeddings"}
+  components = job.proto_pipeline.components
+  environments = {
+      t.environment_id for t in components.transforms.values() if t.unique_name in hinted
+  }
+  assert len(environments) == 1
   assert {h["beam:resources:accelerator:v1"] for h in hinted.values()} == {
       dataflow.GPU_ACCELERATOR.encode()
   }

@@ -1,0 +1,118 @@
+"""Nearest-neighbour evaluation of video embeddings: kNN classification and video retrieval.
+
+Stage: evaluation, beside the linear probe (mmv_core/linear_eval.py), from the
+same clip embeddings. docs/protocol.md defines both protocols, with the papers.
+
+- A video's feature is the mean of its clips' embeddings (a training video's
+  training clips, a test video's test windows), L2-normalised
+  (`video_features`); the similarity of two videos is the cosine of theirs.
+- `nearest`: each test video's most similar training videos, in blocks of
+  `BLOCK_ROWS` test videos, so that the similarities held at once are
+  BLOCK_ROWS x training videos float32, whatever the split's size.
+- kNN (`knn_predict`): a majority vote of the k nearest training videos;
+  ties between classes go to the class whose votes have the larger summed
+  similarity, then to the class of the nearest of them.
+- Retrieval (`recall_at_k`): R@k is the share of test videos that have a
+  training video of their class among their k nearest.
+"""
+
+import numpy as np
+
+KNN_KS = (1, 5, 20)
+RETRIEVAL_KS = (1, 5, 10, 20, 50)
+# Test videos whose similarities to every training video are held at once.
+BLOCK_ROWS = 1024
+
+
+def video_features(features: np.ndarray, video: np.ndarray, num_videos: int) -> np.ndarray:
+  """float32 [V, D]: each video's clips averaged, then L2-normalised.
+
+  Args:
+    features: float [N, D], one row per clip.
+    video: int [N], each clip's video in [0, num_videos).
+    num_videos: V; a video without clips gets a zero row.
+  """
+  sums = np.zeros((num_videos, features.shape[1]), np.float64)
+  np.add.at(sums, video, features)
+  norms = np.linalg.norm(sums, axis=1, keepdims=True)
+  return np.divide(sums, norms, out=np.zeros_like(sums), where=norms > 0).astype(np.float32)
+
+
+def nearest(queries: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+  """The `k` keys most similar to each query, most similar first.
+
+  Args:
+    queries: float32 [Q, D], L2-normalised rows.
+    keys: float32 [K, D], L2-normalised rows.
+    k: how many; at most K.
+
+  Returns:
+    (int64 [Q, k] key indices, float32 [Q, k] cosine similarities). Equal
+    similarities are ordered by key index.
+  """
+  k = min(k, len(keys))
+  indices = np.empty((len(queries), k), np.int64)
+  similarities = np.empty((len(queries), k), np.float32)
+  for start in range(0, len(queries), BLOCK_ROWS):
+    block = queries[start : start + BLOCK_ROWS] @ keys.T
+    # A stable sort of the negated similarities keeps equal ones in key order.
+    order = np.argsort(-block, axis=1, kind="stable")[:, :k]
+    indices[start : start + len(block)] = order
+    similarities[start : start + len(block)] = np.take_along_axis(block, order, axis=1)
+  return indices, similarities
+
+
+def knn_predict(
+    neighbour_labels: np.ndarray, neighbour_similarities: np.ndarray, num_classes: int
+) -> np.ndarray:
+  """int64 [Q]: each query's class by a vote of its neighbours (see the module docstring).
+
+  Args:
+    neighbour_labels: int [Q, k], the labels of each query's k nearest, nearest first.
+    neighbour_similarities: float [Q, k], their similarities.
+    num_classes: C.
+  """
+  queries, k = neighbour_labels.shape
+  rows = np.repeat(np.arange(queries), k)
+  votes = np.zeros((queries, num_classes), np.int64)
+  np.add.at(votes, (rows, neighbour_labels.ravel()), 1)
+  summed = np.zeros((queries, num_classes), np.float64)
+  np.add.at(summed, (rows, neighbour_labels.ravel()), neighbour_similarities.ravel())
+  # The rank of each class's nearest vote (k where it has none): lower is nearer.
+  first_rank = np.full((queries, num_classes), k, np.int64)
+  np.minimum.at(first_rank, (rows, neighbour_labels.ravel()), np.tile(np.arange(k), queries))
+  # Most votes, then the largest summed similarity, then the nearest vote.
+  order = np.lexsort((first_rank, -summed, -votes), axis=-1)
+  return order[:, 0]
+
+
+def knn_top1(
+    train: np.ndarray,
+    train_labels: np.ndarray,
+    test: np.ndarray,
+    test_labels: np.ndarray,
+    num_classes: int,
+    ks=KNN_KS,
+) -> dict[int, float]:
+  """{k: kNN top-1 accuracy in [0, 1]} of the test videos (features from `video_features`)."""
+  indices, similarities = nearest(test, train, max(ks))
+  labels = train_labels[indices]
+  return {
+      k: float(np.mean(knn_predict(labels[:, :k], similarities[:, :k], num_classes) == test_labels))
+      for k in ks
+  }
+
+
+def recall_at_k(
+    train: np.ndarray,
+    train_labels: np.ndarray,
+    test: np.ndarray,
+    test_labels: np.ndarray,
+    ks=RETRIEVAL_KS,
+) -> dict[int, float]:
+  """{k: R@k in [0, 1]}: the share of test videos with a training video of their class
+  among their k nearest (features from `video_features`)."""
+  indices, _ = nearest(test, train, max(ks))
+  hits = train_labels[indices] == test_labels[:, None]
+  first_hit = np.where(hits.any(axis=1), hits.argmax(axis=1), np.iinfo(np.int64).max)
+  return {k: float(np.mean(first_hit < k)) for k in ks}
