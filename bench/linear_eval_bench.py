@@ -17,6 +17,8 @@ the same features:
   .venv/bin/python bench/linear_eval_bench.py                  # 20k x 1,024, split 1, both
   .venv/bin/python bench/linear_eval_bench.py --videos_per_class 142 --dim 2048 \
       --splits 1,2,3 --svm_c 0.0001,0.0003,0.001 --runs job  # full size, 3 splits, sweep
+  .venv/bin/python bench/linear_eval_bench.py --videos_per_class 142 --dim 2048 \
+      --splits 1,2,3 --runs neighbours_job  # kNN and retrieval at full size
 
 Videos are named as the synthetic UCF101 names them, one clip per group, so
 in split N the groups g with (g - 1) % 3 == N - 1 are test videos: 30 videos
@@ -105,6 +107,7 @@ def run_job(
     splits: str,
     svm_c: str,
     solver: str,
+    protocols: str = linear_eval.LINEAR,
 ) -> dict:
   """The job as a user runs it; wall time from the command to the metrics."""
   shutil.rmtree(out, ignore_errors=True)  # The job refuses a directory that holds metrics.
@@ -120,6 +123,7 @@ def run_job(
           f"--splits={splits}",
           f"--svm_c={svm_c}",
           f"--solver={solver}",
+          f"--protocols={protocols}",
       ],
       cwd=REPO,
       check=True,
@@ -129,19 +133,21 @@ def run_job(
   metrics = json.loads((out / "metrics.json").read_text())
   per_split = {
       s: {
-          "test_top1": m["test_top1"],
-          "svm_c": m["svm_c"],
+          "test_top1": m.get("test_top1"),
+          linear_eval.KNN_TOP1: m.get(linear_eval.KNN_TOP1),
+          linear_eval.RETRIEVAL_RECALL: m.get(linear_eval.RETRIEVAL_RECALL),
+          "svm_c": m.get("svm_c"),
           "num_train_clips": m["num_train_clips"],
           "seconds": m["seconds"],
           "max_newton_iterations": max(
-              (n for n in (m["convergence"] or {}).get("iterations", []) if n), default=None
+              (n for n in (m.get("convergence") or {}).get("iterations", []) if n), default=None
           ),
       }
       for s, m in metrics["splits"].items()
   }
   return {
       "wall_seconds": round(wall, 1),
-      "mean_test_top1": metrics["mean"]["test_top1"],
+      "mean_test_top1": metrics["mean"].get("test_top1"),
       "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 2),
       "splits": per_split,
   }
@@ -196,7 +202,10 @@ def main() -> None:
   parser.add_argument("--splits", default="1")
   parser.add_argument("--svm_c", default="0.001", help="The job's --svm_c (a list: a sweep).")
   parser.add_argument(
-      "--runs", default="job,original", help="Comma-separated, from job, liblinear_job, original."
+      "--runs",
+      default="job,original",
+      help="Comma-separated, from job, liblinear_job, neighbours_job (kNN and retrieval "
+      "only), original.",
   )
   parser.add_argument("--data_dir", default="bench/results/linear_eval_data")
   parser.add_argument("--output", default="bench/results/linear_eval.json")
@@ -229,7 +238,14 @@ def main() -> None:
       solver = (
           linear_eval.SOLVER_LIBLINEAR if name == "liblinear_job" else linear_eval.SOLVER_NEWTON
       )
-      run = run_job(embeddings, splits_zip, data / f"out_{name}", args.splits, args.svm_c, solver)
+      protocols = (
+          f"{linear_eval.KNN},{linear_eval.RETRIEVAL}"
+          if name == "neighbours_job"
+          else linear_eval.LINEAR
+      )
+      run = run_job(
+          embeddings, splits_zip, data / f"out_{name}", args.splits, args.svm_c, solver, protocols
+      )
     results["runs"][name] = run
     print(name, json.dumps(run), flush=True)
   output = pathlib.Path(args.output)

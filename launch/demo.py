@@ -11,7 +11,8 @@
 3. runs `pipelines.embed` (ingestion, re-encoding, clip sampling, JAX
    embeddings) on the local runner, both cores, with small clips;
 4. runs `pipelines.linear_eval` on every split of the dataset (the three of
-   each), which prints the metrics;
+   each) with every protocol (linear probe, kNN, retrieval, few-shot), which
+   prints the metrics;
 5. prints where everything went.
 """
 
@@ -115,6 +116,7 @@ def main(argv=None) -> None:
     _stage(f"writing a random S3D-G checkpoint in the released format to {checkpoint}")
     checkpoints.write_random_checkpoint(checkpoint, *checkpoints.model_shapes(S3D), seed=0)
 
+  from mmv_core import linear_eval as linear_eval_lib  # pylint: disable=import-outside-toplevel
   from pipelines import embed, linear_eval  # pylint: disable=import-outside-toplevel
 
   _stage("running pipelines.embed on the local runner (fetch, re-encode, sample, embed)")
@@ -129,10 +131,16 @@ def main(argv=None) -> None:
       ]
   )
 
-  _stage("running pipelines.linear_eval on splits 1, 2, 3")
+  _stage("running pipelines.linear_eval on splits 1, 2, 3 (linear, kNN, retrieval, few-shot)")
   # No dataset flags: the job evaluates every split of the dataset that the
-  # embeddings' run.json records. It ends by printing the metrics table.
-  linear_eval.main([f"--embeddings_dir={embeddings_dir}", f"--output_dir={eval_dir}"])
+  # embeddings' run.json records. It ends by printing the metrics tables.
+  linear_eval.main(
+      [
+          f"--embeddings_dir={embeddings_dir}",
+          f"--output_dir={eval_dir}",
+          f"--protocols={','.join(linear_eval_lib.PROTOCOLS)}",
+      ]
+  )
 
   print()
   print(_WHY_MODEST.format(chance=1 / DATASET["num_classes"]))

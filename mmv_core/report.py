@@ -1,4 +1,5 @@
-"""Linear-evaluation outputs a person reads: metrics table, per-class table,
+"""Evaluation outputs a person reads: metrics tables (the linear probe's, and
+kNN, retrieval and few-shot ones where they ran), per-class table,
 confusion-matrix pictures, the Markdown report that links them, and the
 summary the job prints.
 
@@ -24,6 +25,18 @@ CLASSIFIERS_DIR = "classifiers"
 # The metrics table's accuracy columns: metric name -> heading, e.g.
 # "test_top1" -> "test top-1".
 ACCURACY_COLUMNS = {name: name.replace("_top", " top-") for name in linear_eval.ACCURACIES}
+# The other protocols' metrics: name -> (table title, column heading of a key).
+PROTOCOL_TABLES = {
+    linear_eval.KNN_TOP1: ("kNN top-1 (cosine, majority of k)", "k={}"),
+    linear_eval.RETRIEVAL_RECALL: ("Retrieval recall (test videos query training videos)", "R@{}"),
+    linear_eval.FEWSHOT_TOP1: ("Few-shot linear probe top-1 (mean ± std over draws)", "{}-shot"),
+}
+# Every metric's name in caveat lines.
+METRIC_NAMES = ACCURACY_COLUMNS | {
+    linear_eval.KNN_TOP1: "kNN top-1",
+    linear_eval.RETRIEVAL_RECALL: "retrieval recall",
+    linear_eval.FEWSHOT_TOP1: "few-shot top-1",
+}
 # Follows an accuracy that means little (its split's `caveats` say why).
 CAVEAT_MARK = "*"
 
@@ -56,19 +69,19 @@ def strict_json(value: Any) -> Any:
   return value
 
 
-def _percent(value: float) -> str:
+def percent(value: float) -> str:
   return "n/a" if value is None or math.isnan(value) else f"{100 * value:.2f}"
 
 
 def metrics_table(summary: dict[str, Any]) -> str:
-  """Markdown table of each split's accuracies, sizes, C and time, and the mean.
+  """Markdown table of each split's linear-probe accuracies, sizes, C and time, and the mean.
 
   An accuracy that means little carries `CAVEAT_MARK` (`caveat_lines` says why).
   """
 
   def accuracies(m):
     return " | ".join(
-        _percent(m[name]) + (CAVEAT_MARK if name in m["caveats"] else "")
+        percent(m[name]) + (CAVEAT_MARK if name in m["caveats"] else "")
         for name in ACCURACY_COLUMNS
     )
 
@@ -87,10 +100,40 @@ def metrics_table(summary: dict[str, Any]) -> str:
   return "\n".join(rows)
 
 
+def protocol_tables(summary: dict[str, Any]) -> list[str]:
+  """A titled Markdown table for each of kNN, retrieval and few-shot that ran: splits, mean.
+
+  Values in %; each split's row marked `CAVEAT_MARK` where it means little.
+  """
+  tables = []
+  for name, (title, heading) in PROTOCOL_TABLES.items():
+    if name not in summary["mean"]:
+      continue
+    keys = sorted(summary["mean"][name], key=int)  # k or n; JSON keys come back sorted as text.
+    rows = [
+        f"{title}:",
+        "",
+        "| split | " + " | ".join(heading.format(k) for k in keys) + " |",
+        "|---|" + "---|" * len(keys),
+    ]
+    for split, m in [*summary["splits"].items(), ("mean", summary["mean"])]:
+      mark = CAVEAT_MARK if name in m["caveats"] else ""
+      rows.append(f"| {split} | " + " | ".join(_value(m[name][k]) + mark for k in keys) + " |")
+    tables.append("\n".join(rows))
+  return tables
+
+
+def _value(value: Any) -> str:
+  """An accuracy in %, or a few-shot's mean ± std."""
+  if isinstance(value, Mapping):
+    return f"{percent(value['mean'])} ± {percent(value['std'])}"
+  return percent(value)
+
+
 def caveat_lines(summary: dict[str, Any]) -> list[str]:
-  """Why the accuracies marked in `metrics_table` mean little, one line per metric."""
+  """Why the accuracies marked in the tables mean little, one line per metric."""
   return [
-      f"{ACCURACY_COLUMNS[name]}, {reasons}" for name, reasons in summary["mean"]["caveats"].items()
+      f"{METRIC_NAMES[name]}, {reasons}" for name, reasons in summary["mean"]["caveats"].items()
   ]
 
 
@@ -162,25 +205,37 @@ def markdown_report(
     settings: the run's settings, shown as given.
   """
   lines = [
-      f"# {_dataset_title(summary)} linear evaluation",
+      f"# {_dataset_title(summary)} {_evaluation_name(summary)}",
       "",
+      "Accuracies in %; docs/protocol.md defines each protocol. Linear probe: "
       "StandardScaler + LinearSVC on every training clip; a test video's score is "
-      "the decision values averaged over its windows. Accuracies in %.",
+      "the decision values averaged over its windows.",
       "",
   ]
+  lines += (
+      ["## What was evaluated", ""]
+      + [f"- {k}: `{v}`" for k, v in summary.get("evaluated", {}).items()]
+      + [""]
+  )
   lines += ["## Settings", ""] + [f"- `{k}`: `{v}`" for k, v in settings.items()] + [""]
-  lines += ["## Metrics", "", metrics_table(summary), ""]
+  lines += ["## Metrics", ""]
+  if "test_top1" in summary["mean"]:
+    lines += [metrics_table(summary), ""]
+  for table in protocol_tables(summary):
+    lines += [table, ""]
   caveats = caveat_lines(summary)
   if caveats:
     lines += [f"`{CAVEAT_MARK}` means little:", ""] + [f"- {line}" for line in caveats] + [""]
   for split, m in summary["splits"].items():
-    if m["validation_top1"]:
-      sweep = ", ".join(f"C={float(c):g}: {_percent(s)}" for c, s in m["validation_top1"].items())
+    if m.get("validation_top1"):
+      sweep = ", ".join(f"C={float(c):g}: {percent(s)}" for c, s in m["validation_top1"].items())
       lines.append(f"- split {split}: C chosen {m['svm_c']:g} by held-out top-1 ({sweep})")
   lines += ["", "## Inputs", ""]
   lines += [f"- {input_summaries[int(s)]}".replace("\n", "\n- ") for s in summary["splits"]]
   lines += [""]
   splits = sorted(per_split)
+  if not splits:  # No linear probe: no confusion or per-class accuracy.
+    return "\n".join(lines)
   for split in splits:
     lines += [
         f"## Confusion matrix, split {split}",
@@ -195,9 +250,17 @@ def markdown_report(
       "|---|---|" + "---|" * len(splits),
   ]
   for label, name in classes.items():
-    cells = [f"{_percent(per_split[s][0][label])} ({per_split[s][1][label]})" for s in splits]
+    cells = [f"{percent(per_split[s][0][label])} ({per_split[s][1][label]})" for s in splits]
     lines.append(f"| {label} | {name} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
+
+
+def _evaluation_name(summary: dict[str, Any]) -> str:
+  """`linear evaluation`, or `evaluation (linear, knn, ...)` where more protocols ran."""
+  protocols = summary["mean"].get("protocols", [linear_eval.LINEAR])
+  if protocols == [linear_eval.LINEAR]:
+    return "linear evaluation"
+  return f"evaluation ({', '.join(protocols)})"
 
 
 def _dataset_title(summary: dict[str, Any]) -> str:
@@ -206,21 +269,23 @@ def _dataset_title(summary: dict[str, Any]) -> str:
 
 
 def console_summary(summary: dict[str, Any], output_dir: str, seconds: float) -> str:
-  """What the job prints at its end: the metrics table, its caveats, outputs, wall time."""
+  """What the job prints at its end: the metrics tables, their caveats, outputs, wall time."""
   out = output_dir.rstrip("/")
   splits = ", ".join(summary["splits"])
   lines = [
-      f"{_dataset_title(summary)} linear evaluation, split{'s' if len(summary['splits']) > 1 else ''} "
-      f"{splits} (accuracies in %):",
-      metrics_table(summary),
+      f"{_dataset_title(summary)} {_evaluation_name(summary)}, "
+      f"split{'s' if len(summary['splits']) > 1 else ''} {splits} (accuracies in %):"
   ]
+  if "test_top1" in summary["mean"]:
+    lines.append(metrics_table(summary))
+  lines += [f"\n{table}" for table in protocol_tables(summary)]
   caveats = caveat_lines(summary)
   if caveats:
     lines += [f"{CAVEAT_MARK} means little:"] + [f"  {line}" for line in caveats]
+  outputs = f"per class: {PER_CLASS_FILE}, classifiers: {CLASSIFIERS_DIR}/"
   lines += [
       f"metrics: {out}/{METRICS_FILE}",
-      f"report:  {out}/{REPORT_FILE} (per class: {PER_CLASS_FILE}, "
-      f"classifiers: {CLASSIFIERS_DIR}/)",
+      f"report:  {out}/{REPORT_FILE}" + (f" ({outputs})" if "test_top1" in summary["mean"] else ""),
       f"wall time: {seconds:.1f} s",
   ]
   return "\n".join(lines)

@@ -77,6 +77,7 @@ class LinearEvalConfig:
   svm_settings: linear_eval.SvmSettings
   allow_missing: bool
   overwrite: bool = False
+  protocols: tuple[str, ...] = (linear_eval.LINEAR,)
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
@@ -93,6 +94,12 @@ def _comma_list(kind):
     return values
 
   return parse
+
+
+def _protocol(text: str) -> str:
+  if text not in linear_eval.PROTOCOLS:
+    raise ValueError(f"no protocol {text!r}; there are {', '.join(linear_eval.PROTOCOLS)}")
+  return text
 
 
 def _dual(text: str) -> bool | str:
@@ -147,6 +154,15 @@ def parse_args(argv: Sequence[str] | None) -> tuple[LinearEvalConfig, list[str]]
       type=_comma_list(int),
       default=None,
       help="comma-separated splits to evaluate; None: every split of the dataset",
+  )
+  parser.add_argument(
+      "--protocols",
+      type=_comma_list(_protocol),
+      default=(linear_eval.LINEAR,),
+      help="comma-separated, among "
+      + ", ".join(linear_eval.PROTOCOLS)
+      + " (docs/protocol.md): the linear probe; kNN classification; video retrieval "
+      "(recall at k); few-shot linear probes",
   )
   parser.add_argument(
       "--svm_c",
@@ -236,6 +252,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[LinearEvalConfig, list[str]]
       ),
       allow_missing=args.allow_missing,
       overwrite=args.overwrite,
+      protocols=tuple(p for p in linear_eval.PROTOCOLS if p in args.protocols),
   )
   return config, beam_args
 
@@ -250,12 +267,15 @@ class Inputs:
       for, and their clip counts; one entry per split to evaluate.
     classes: the classes of those videos, label -> name, in label order.
     svm_cs: the C values to evaluate (the flag's, else the protocol's).
+    evaluated: what the embeddings are of, from their run.json
+      (`evaluated_record`), so that a results file read alone says it.
   """
 
   dataset: str
   layouts: dict[int, linear_eval.SplitLayout]
   classes: dict[int, str]
   svm_cs: tuple[float, ...]
+  evaluated: dict
 
 
 def read_inputs(config: LinearEvalConfig) -> Inputs:
@@ -322,7 +342,37 @@ def read_inputs(config: LinearEvalConfig) -> Inputs:
       layouts=layouts,
       classes={label: listing.class_names[label] for label in labels},
       svm_cs=svm_cs,
+      evaluated=evaluated_record(config.embeddings_dir, run_config, spec.name),
   )
+
+
+# The embedding job's settings that say what its embeddings are.
+_EMBEDDING_SETTINGS = (
+    "checkpoint_path",
+    "recipe",
+    "num_frames",
+    "stride",
+    "min_resize",
+    "crop_size",
+    "num_train_clips",
+    "num_test_windows",
+    "exact_train_clips",
+    "compute_dtype",
+    "classes",
+    "max_videos",
+)
+
+
+def evaluated_record(embeddings_dir: str, run_config: dict, dataset: str) -> dict:
+  """metrics.json's `evaluated`: the embeddings, their backbone, checkpoint and settings."""
+  settings = run_config.get(schema.SETTINGS, {})
+  return {
+      "embeddings_dir": embeddings_dir,
+      "dataset": dataset,
+      "backbone": run_config.get("backbone"),
+      "checkpoint_sha256": run_config.get("checkpoint_sha256"),
+      **{name: settings.get(name) for name in _EMBEDDING_SETTINGS},
+  }
 
 
 def protocol_svm_c(spec: datasets.DatasetSpec, backbone: str | None) -> float:
@@ -433,16 +483,23 @@ class EvaluateSplit(beam.DoFn):
   def process(self, split: int, inputs: Inputs):
     features, check, load_seconds = _load_split(self._config, inputs.layouts[split])
     result = linear_eval.evaluate_split(
-        features, check, inputs.svm_cs, self._config.svm_settings, load_seconds=load_seconds
+        features,
+        check,
+        inputs.svm_cs,
+        self._config.svm_settings,
+        load_seconds=load_seconds,
+        protocols=self._config.protocols,
     )
-    result.classifier.save(f"{self._config.output_dir.rstrip('/')}/{report.classifier_name(split)}")
-    logging.info(
-        "split %d: C=%g test top-1 %.4f",
-        split,
-        result.metrics["svm_c"],
-        result.metrics["test_top1"],
-    )
+    if result.classifier is not None:
+      result.classifier.save(
+          f"{self._config.output_dir.rstrip('/')}/{report.classifier_name(split)}"
+      )
+    logging.info("split %d: %s", split, {k: result.metrics.get(k) for k in _LOGGED_METRICS})
     yield result
+
+
+# What a split's log line (with --verbose) shows of its metrics.
+_LOGGED_METRICS = ("svm_c", "test_top1", linear_eval.KNN_TOP1, linear_eval.RETRIEVAL_RECALL)
 
 
 def write_outputs(
@@ -455,16 +512,23 @@ def write_outputs(
       "splits": sorted(inputs.layouts),
       "svm_cs": list(inputs.svm_cs),
   }
-  summary = linear_eval.summarise(results) | {"settings": settings}
-  per_split = {r.split: (r.per_class_accuracy, r.per_class_videos) for r in results}
+  summary = linear_eval.summarise(results) | {"settings": settings, "evaluated": inputs.evaluated}
+  per_split = {
+      r.split: (r.per_class_accuracy, r.per_class_videos)
+      for r in results
+      if r.per_class_accuracy is not None
+  }
   report.write_bytes(
       f"{out}/{report.METRICS_FILE}",
       json.dumps(report.strict_json(summary), indent=2, sort_keys=True, allow_nan=False).encode(),
   )
-  report.write_bytes(
-      f"{out}/{report.PER_CLASS_FILE}", report.per_class_csv(inputs.classes, per_split).encode()
-  )
+  if per_split:
+    report.write_bytes(
+        f"{out}/{report.PER_CLASS_FILE}", report.per_class_csv(inputs.classes, per_split).encode()
+    )
   for r in results:
+    if r.confusion is None:
+      continue
     report.write_bytes(
         f"{out}/{report.confusion_png_name(r.split)}",
         report.confusion_png(

@@ -89,6 +89,7 @@ def test_readme_runs_every_job():
       "pipelines.embed",
       "pipelines.ingest",
       "pipelines.linear_eval",
+      "pipelines.compare",
       "launch.dataflow",
       "mmv_core.checkpoints",
   } <= modules
