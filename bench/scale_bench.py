@@ -20,8 +20,8 @@ Then, for each size, each job as its own process, as a user runs it:
 - `eval`: `pipelines.linear_eval` on the `s3d` embeddings (splits 1-3).
 
 Each run records wall seconds, CPU seconds of its whole process tree
-(ffmpeg included), the peak resident memory of the tree (sampled every
-0.2 s), output bytes, and per-video and per-clip costs, one JSON line each
+(ffmpeg included), the peak memory of the tree (the sum of its processes'
+proportional set sizes, sampled every 0.2 s), output bytes, and per-video and per-clip costs, one JSON line each
 in OUT/runs.jsonl, as it finishes; `--report` prints the Markdown table of
 that file. Every run's job must exit 0 and account for every video.
 
@@ -91,18 +91,21 @@ def write_dataset(data_dir: pathlib.Path, num_videos: int, renders: dict) -> dic
   return {"video_zip": str(video_zip), "splits_zip": str(splits_zip)}
 
 
-def _tree_rss(process: psutil.Process) -> int:
+def tree_memory(process: psutil.Process) -> int:
+  """Bytes of memory the process and its children hold: the sum of their proportional set
+  sizes (PSS), which counts a page shared by several of them once. Their resident sizes
+  would count the job's whole memory twice for a child caught between fork and exec."""
   total = 0
   for p in [process, *process.children(recursive=True)]:
     try:
-      total += p.memory_info().rss
+      total += p.memory_full_info().pss
     except psutil.Error:  # Ended while we looked.
       pass
   return total
 
 
 def measure(command: list[str], log_path: pathlib.Path) -> dict:
-  """Runs `command`, its output to `log_path`; wall s, CPU s and peak RSS of its process tree."""
+  """Runs `command`, its output to `log_path`; wall s, CPU s and peak memory of its process tree."""
   before = resource.getrusage(resource.RUSAGE_CHILDREN)
   started = time.monotonic()
   with open(log_path, "w") as log:
@@ -114,7 +117,7 @@ def measure(command: list[str], log_path: pathlib.Path) -> dict:
     def sample():
       nonlocal peak
       while not stop.wait(0.2):
-        peak = max(peak, _tree_rss(process))
+        peak = max(peak, tree_memory(process))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -127,7 +130,7 @@ def measure(command: list[str], log_path: pathlib.Path) -> dict:
       "status": status,
       "wall_s": round(time.monotonic() - started, 1),
       "cpu_s": round(cpu_s, 1),
-      "peak_rss_mb": round(peak / 2**20),
+      "peak_memory_mb": round(peak / 2**20),
   }
 
 
@@ -204,7 +207,7 @@ def report(results: pathlib.Path) -> str:
     lines.append(
         f"| {r['run']} | {r['videos']:,} | {r.get('clips', ''):,} | {r['wall_s']:,.0f} | "
         f"{r['cpu_s']:,.0f} | {r.get('cpu_ms_per_video', round(1000 * r['cpu_s'] / r['videos'], 1))}"
-        f" | {r['peak_rss_mb']:,} | {r['output_bytes'] / 2**20:,.0f} |"
+        f" | {r['peak_memory_mb']:,} | {r['output_bytes'] / 2**20:,.0f} |"
     )
   return "\n".join(lines)
 

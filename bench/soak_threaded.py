@@ -164,7 +164,7 @@ def summary(results: pathlib.Path) -> str:
       "|---|---|---|---|",
   ]
   for config, records in by_config.items():
-    peaks = [r["peak_rss_mb"] for r in records]
+    peaks = [r["peak_memory_mb"] for r in records]
     good = sum(r["status"] == 0 and r["written_once"] == r["videos"] for r in records)
     lines.append(
         f"| {config} | {len(records)} | {good} | {min(peaks)} / "

@@ -1,6 +1,7 @@
-"""Beam job: linear evaluation of an embedding job's clip embeddings.
+"""Beam job: evaluation of an embedding job's clip embeddings: linear probe, kNN, retrieval, few-shot.
 
   python -m pipelines.linear_eval --embeddings_dir=EMB --output_dir=OUT \
+      [--protocols=linear,knn,retrieval,fewshot] \
       [--splits=1,2,3] [--svm_c=0.001 | --svm_c=0.0001,0.0003,0.001] \
       [--solver=newton | --solver=liblinear] [--allow_missing] [--overwrite]
 
@@ -20,7 +21,8 @@ status 2. Then it claims --output_dir as the embedding job does (its
 Each split is one task: it streams every shard keeping only its split's
 clips, scores each C of a sweep on held-out training groups (all C values
 fitted on one standardised copy, sharing its Gram matrix), and retrains with
-the best C on all training clips. Locally the splits run one after another in
+the best C on all training clips; then, as --protocols asks, kNN and
+retrieval over video features and few-shot probes (docs/protocol.md). Locally the splits run one after another in
 this process (the solver uses every core); on Dataflow they run in parallel
 on the workers. Writes `metrics.json`,
 `per_class_accuracy.csv`, `report.md` with confusion-matrix PNGs, and
