@@ -1,9 +1,11 @@
 """Soak: the embedding job's threaded configurations, many runs at once on a loaded machine.
 
 Each run embeds the quick-start demo's dataset (48 videos, 320x240, launch/demo.py)
-with the real S3D-G (a random checkpoint) at the demo's clip size, on a cold
-video cache of its own, and must write every video exactly once (checked
-from its shards, and by the job's own reconciliation in run.json).
+at the demo's clip size on a cold video cache of its own, with
+tests/fake_model.py's handler in place of the model (1,024 floats per clip,
+as S3D-G's: the runner's paths are what is soaked, and the model's CPU time
+would only stretch each run), and must write every video exactly once
+(checked from its shards, and by the job's own reconciliation in run.json).
 Configurations:
 
 - `default`: the job's local default (one process, in memory), as the
@@ -17,6 +19,9 @@ Configurations:
   Dataflow's harness flushes by default (this script sets
   `worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0`; the jobs refuse that runner
   otherwise, docs/reliability.md).
+- `beam_threads` (not run unless asked, `--configs=beam_threads`): the same
+  threads as Beam 2.77 runs them, with its timed flush: the lossy
+  configuration the jobs now refuse, for comparison.
 
 `--runs` runs of each, `--parallel` at once, beside `--burners` busy loops.
 One JSON line per run (status, videos written once, peak memory of its
@@ -42,11 +47,15 @@ from mmv_core import synthetic
 from mmv_core.models.names import S3D
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+FAKE_MODEL = REPO_ROOT / "tests" / "fake_model.py"
+EMBEDDING_DIM = 1024
 CONFIGS = {
     "default": [],
-    "local_gpu": ["--prefetch_videos=8", "--batch_size=16"],
+    "local_gpu": ["--prefetch_videos=8", "--batch_size=16"],  # The README's GPU command.
     "dataflow_threads": ["--batch_size=16"],
+    "beam_threads": ["--batch_size=16"],
 }
+DEFAULT_CONFIGS = ("default", "local_gpu", "dataflow_threads")
 DATAFLOW_THREADS = ["--direct_running_mode=multi_threading", "--direct_num_workers=8"]
 
 
@@ -61,20 +70,26 @@ def job_command(config: str, data: synthetic.SyntheticDataset, checkpoint, run_d
       *demo.CLIP_FLAGS,
       *CONFIGS[config],
   ]
-  if config == "dataflow_threads":
-    return [sys.executable, "-m", "bench.soak_threaded", "--dataflow_threads_job", *flags]
-  return [sys.executable, "-m", "pipelines.embed", *flags]
+  if config in ("dataflow_threads", "beam_threads"):
+    flush = "size" if config == "dataflow_threads" else "timed"
+    return [sys.executable, "-m", "bench.soak_threaded", f"--threads_job={flush}", *flags]
+  return [sys.executable, str(FAKE_MODEL), f"--dim={EMBEDDING_DIM}", *flags]
 
 
-def run_dataflow_threads_job(argv: list[str]) -> None:
-  """The embedding job on 8 threads of Beam's local runner, flushing by size (see above)."""
+def run_threads_job(flush: str, argv: list[str]) -> None:
+  """The embedding job on 8 threads of Beam's local runner, flushing by `size` or `timed`."""
   from apache_beam.runners.portability.fn_api_runner import worker_handlers  # pylint: disable=import-outside-toplevel
 
   from pipelines import embed  # pylint: disable=import-outside-toplevel
 
-  worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0
+  sys.path.insert(0, str(FAKE_MODEL.parent))
+  import fake_model  # pylint: disable=import-outside-toplevel
+
+  if flush == "size":
+    worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0
   config, beam_args = embed.parse_args(argv)
-  embed.start(config, [*beam_args, *DATAFLOW_THREADS]).wait_until_finish()
+  handler = fake_model.PixelStatsHandler(dim=EMBEDDING_DIM)
+  embed.start(config, [*beam_args, *DATAFLOW_THREADS], handler).wait_until_finish()
 
 
 def written_once(output_dir: pathlib.Path, data: synthetic.SyntheticDataset) -> int:
@@ -94,14 +109,14 @@ def written_once(output_dir: pathlib.Path, data: synthetic.SyntheticDataset) -> 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
   parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("/tmp/mmv_soak"))
-  parser.add_argument("--configs", default=",".join(CONFIGS))
+  parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help=", ".join(CONFIGS))
   parser.add_argument("--runs", type=int, default=20)
   parser.add_argument("--parallel", type=int, default=3)
   parser.add_argument("--burners", type=int, default=3)
-  parser.add_argument("--dataflow_threads_job", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--threads_job", choices=("size", "timed"), help=argparse.SUPPRESS)
   args, job_argv = parser.parse_known_args()
-  if args.dataflow_threads_job:
-    run_dataflow_threads_job(job_argv)
+  if args.threads_job:
+    run_threads_job(args.threads_job, job_argv)
     return
   args.out.mkdir(parents=True, exist_ok=True)
   data = synthetic.write_dataset(str(args.out / "data"), **demo.DATASET)
