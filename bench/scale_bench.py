@@ -104,8 +104,12 @@ def tree_memory(process: psutil.Process) -> int:
   return total
 
 
-def measure(command: list[str], log_path: pathlib.Path) -> dict:
-  """Runs `command`, its output to `log_path`; wall s, CPU s and peak memory of its process tree."""
+def measure(command: list[str], log_path: pathlib.Path, limit_mb: int | None = None) -> dict:
+  """Runs `command`, its output to `log_path`; wall s, CPU s and peak memory of its process tree.
+
+  A tree over `limit_mb` is killed (status -9), so that a runaway run cannot
+  take the machine.
+  """
   before = resource.getrusage(resource.RUSAGE_CHILDREN)
   started = time.monotonic()
   with open(log_path, "w") as log:
@@ -118,6 +122,10 @@ def measure(command: list[str], log_path: pathlib.Path) -> dict:
       nonlocal peak
       while not stop.wait(0.2):
         peak = max(peak, tree_memory(process))
+        if limit_mb and peak > limit_mb * 2**20:
+          for p in [*process.children(recursive=True), process]:
+            p.kill()
+          return
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()

@@ -113,6 +113,9 @@ def main():
   parser.add_argument("--runs", type=int, default=20)
   parser.add_argument("--parallel", type=int, default=3)
   parser.add_argument("--burners", type=int, default=3)
+  parser.add_argument(
+      "--limit_mb", type=int, default=4000, help="a run whose tree holds more is killed"
+  )
   parser.add_argument("--threads_job", choices=("size", "timed"), help=argparse.SUPPRESS)
   args, job_argv = parser.parse_known_args()
   if args.threads_job:
@@ -138,16 +141,18 @@ def main():
         measured = _measure_all(
             [job_command(config, data, checkpoint, d) for d in run_dirs],
             [d / "job.log" for d in run_dirs],
+            args.limit_mb,
         )
         for run_dir, m in zip(run_dirs, measured):
           out = run_dir / "out"
-          counts = json.loads((out / "run.json").read_text())["counts"] if m["status"] == 0 else {}
+          finished = m["status"] == 0 and (out / "run.json").exists()
+          counts = json.loads((out / "run.json").read_text())["counts"] if finished else {}
           record = {
               "config": config,
               "run": run_dir.name,
               **m,
               "videos": len(data.videos),
-              "written_once": written_once(out, data) if m["status"] == 0 else 0,
+              "written_once": written_once(out, data) if finished else 0,
               "job_counts": counts,
           }
           with open(results, "a") as f:
@@ -160,12 +165,12 @@ def main():
   print(summary(results))
 
 
-def _measure_all(commands: list[list[str]], logs: list[pathlib.Path]) -> list[dict]:
+def _measure_all(commands: list[list[str]], logs: list[pathlib.Path], limit_mb: int) -> list[dict]:
   """`measure` of each command, all at once."""
   import concurrent.futures  # pylint: disable=import-outside-toplevel
 
   with concurrent.futures.ThreadPoolExecutor(len(commands)) as pool:
-    return list(pool.map(measure, commands, logs))
+    return list(pool.map(measure, commands, logs, [limit_mb] * len(commands)))
 
 
 def summary(results: pathlib.Path) -> str:
