@@ -21,7 +21,7 @@ Then, for each size, each job as its own process, as a user runs it:
 
 Each run records wall seconds, CPU seconds of its whole process tree
 (ffmpeg included), the peak memory of the tree (the sum of its processes'
-proportional set sizes, sampled every 0.2 s), output bytes, and per-video and per-clip costs, one JSON line each
+proportional set sizes, sampled every 0.2 s; `tree_memory`), output bytes, and per-video and per-clip costs, one JSON line each
 in OUT/runs.jsonl, as it finishes; `--report` prints the Markdown table of
 that file. Every run's job must exit 0 and account for every video.
 
@@ -93,11 +93,17 @@ def write_dataset(data_dir: pathlib.Path, num_videos: int, renders: dict) -> dic
 
 def tree_memory(process: psutil.Process) -> int:
   """Bytes of memory the process and its children hold: the sum of their proportional set
-  sizes (PSS), which counts a page shared by several of them once. Their resident sizes
-  would count the job's whole memory twice for a child caught between fork and exec."""
+  sizes (PSS), which counts a page shared by several of them once.
+
+  A child caught between (v)fork and exec (its command line still its
+  parent's) is left out: it runs in its parent's memory, which its sizes
+  would count a second time.
+  """
   total = 0
   for p in [process, *process.children(recursive=True)]:
     try:
+      if p is not process and p.cmdline() == p.parent().cmdline():
+        continue
       total += p.memory_full_info().pss
     except psutil.Error:  # Ended while we looked.
       pass
