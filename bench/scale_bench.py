@@ -130,7 +130,10 @@ def measure(command: list[str], log_path: pathlib.Path, limit_mb: int | None = N
         peak = max(peak, tree_memory(process))
         if limit_mb and peak > limit_mb * 2**20:
           for p in [*process.children(recursive=True), process]:
-            p.kill()
+            try:
+              p.kill()
+            except psutil.NoSuchProcess:
+              pass
           return
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -184,7 +187,12 @@ def run_size(args, data: dict, checkpoint: pathlib.Path, size: int, results: pat
   }
   for name in args.runs:
     output = root / name
-    measured = measure(commands[name], root / f"{name}.log")
+    measured = measure(commands[name], root / f"{name}.log", args.limit_mb)
+    if measured["status"] != 0:
+      raise SystemExit(
+          f"{name} at {size} videos exited {measured['status']} ({measured}): see "
+          f"{root / name}.log"
+      )
     record = {"run": name, "videos": size, **measured, "output_bytes": _bytes_under(output)}
     if name != "eval":
       counts = json.loads((output / "run.json").read_text())["counts"]
@@ -203,8 +211,6 @@ def run_size(args, data: dict, checkpoint: pathlib.Path, size: int, results: pat
     with open(results, "a") as f:
       f.write(json.dumps(record, sort_keys=True) + "\n")
     print(json.dumps(record, sort_keys=True), flush=True)
-    if measured["status"] != 0:
-      raise SystemExit(f"{name} at {size} videos exited {measured['status']}: see {root}")
     if name.startswith("fake"):  # Their embeddings are measured; the disk is better spent.
       shutil.rmtree(output / "embeddings")
   shutil.rmtree(work)
@@ -218,8 +224,9 @@ def report(results: pathlib.Path) -> str:
       "|---|---|---|---|---|---|---|---|",
   ]
   for r in rows:
+    clips = f"{r['clips']:,}" if "clips" in r else ""
     lines.append(
-        f"| {r['run']} | {r['videos']:,} | {r.get('clips', ''):,} | {r['wall_s']:,.0f} | "
+        f"| {r['run']} | {r['videos']:,} | {clips} | {r['wall_s']:,.0f} | "
         f"{r['cpu_s']:,.0f} | {r.get('cpu_ms_per_video', round(1000 * r['cpu_s'] / r['videos'], 1))}"
         f" | {r['peak_memory_mb']:,} | {r['output_bytes'] / 2**20:,.0f} |"
     )
@@ -233,6 +240,9 @@ def main():
   parser.add_argument("--runs", default=",".join(RUNS), help=f"among {', '.join(RUNS)}")
   parser.add_argument("--renders_per_class", type=int, default=2)
   parser.add_argument("--duration_s", type=float, default=4.0)
+  parser.add_argument(
+      "--limit_mb", type=int, default=16_000, help="kill a run whose process tree passes this"
+  )
   parser.add_argument("--report", action="store_true", help="print the table of earlier runs")
   args = parser.parse_args()
   results = args.out / "runs.jsonl"

@@ -24,8 +24,10 @@ Configurations:
   configuration the jobs now refuse, for comparison.
 
 `--runs` runs of each, `--parallel` at once, beside `--burners` busy loops.
-One JSON line per run (status, videos written once, peak memory of its
-process tree), then a summary per configuration.
+One JSON line per run (status, videos written once, peak memory and wall
+time of its process tree; CPU time is not told apart between runs at once),
+appended to OUT/soak.jsonl, then a summary per configuration of this
+invocation's runs.
 
     .venv/bin/python -m bench.soak_threaded --out /tmp/soak --runs 20
 """
@@ -127,6 +129,7 @@ def main():
   if not checkpoint.exists():
     checkpoints.write_random_checkpoint(checkpoint, *checkpoints.model_shapes(S3D), seed=0)
   results = args.out / "soak.jsonl"
+  records = []
   burners = [
       subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.burners)
   ]
@@ -147,6 +150,7 @@ def main():
           out = run_dir / "out"
           finished = m["status"] == 0 and (out / "run.json").exists()
           counts = json.loads((out / "run.json").read_text())["counts"] if finished else {}
+          del m["cpu_s"]  # The children's CPU time, of all the runs at once.
           record = {
               "config": config,
               "run": run_dir.name,
@@ -158,11 +162,12 @@ def main():
           with open(results, "a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
           print(json.dumps(record, sort_keys=True), flush=True)
+          records.append(record)
           shutil.rmtree(run_dir / "work")
   finally:
     for burner in burners:
       burner.kill()
-  print(summary(results))
+  print(summary(records))
 
 
 def _measure_all(commands: list[list[str]], logs: list[pathlib.Path], limit_mb: int) -> list[dict]:
@@ -173,11 +178,10 @@ def _measure_all(commands: list[list[str]], logs: list[pathlib.Path], limit_mb: 
     return list(pool.map(measure, commands, logs, [limit_mb] * len(commands)))
 
 
-def summary(results: pathlib.Path) -> str:
+def summary(records: list[dict]) -> str:
   """Per configuration: runs, runs that wrote every video once, peak memory min/median/max."""
   by_config = collections.defaultdict(list)
-  for line in results.read_text().splitlines():
-    record = json.loads(line)
+  for record in records:
     by_config[record["config"]].append(record)
   lines = [
       "| configuration | runs | every video written once | peak memory MB (min / median / max) |",

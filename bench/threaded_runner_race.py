@@ -14,7 +14,8 @@ loaded machine), in two modes:
   harness runs by default): buffers are flushed by size, on the writing
   thread.
 
-One JSON line per run: elements sent, counted at the end, lost.
+One JSON line per run: elements sent, counted at the end, lost (or the
+exit status of a run that ended without a count).
 
     .venv/bin/python bench/threaded_runner_race.py [--elements 3000 --payload_kb 300]
 """
@@ -101,10 +102,13 @@ def main():
         )
         for _ in range(args.runs)
     ]
-    for run in runs:
-      print(run.communicate()[0].strip(), flush=True)
-    for burner in burners:
-      burner.kill()
+    try:
+      for run in runs:
+        printed = run.communicate()[0].strip()
+        print(printed or json.dumps({"mode": mode, "exit_status": run.returncode}), flush=True)
+    finally:
+      for burner in burners:
+        burner.kill()
 
 
 if __name__ == "__main__":

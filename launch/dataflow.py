@@ -11,7 +11,10 @@
         --bucket gs://B --image ...:cpu --backbone s3d
 
 Add `--dry_run` to build the job offline and print the options it would run
-with, submitting nothing and contacting no Google Cloud service. Any further
+with, submitting nothing and contacting no Google Cloud service. Add
+`--wait` to wait for the job's end and check it as a local run does: the
+embedding job's summary, and exit status 1 if the job failed or its
+reconciliation found videos unaccounted for (pipelines/reconcile.py). Any further
 flag goes to the job itself (e.g. `--classes=Archery`) or to Beam (e.g.
 `--max_num_workers=50`); a flag that neither takes is an error. Work,
 output, staging and temp paths are folders of `--bucket`.
@@ -22,9 +25,11 @@ import dataclasses
 import pathlib
 import re
 import sys
+import time
 from collections.abc import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.runner import PipelineState
 
 from mmv_core import checkpoints
 from mmv_core import datasets
@@ -207,6 +212,12 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         help="build the job and print the options it would run with; submit "
         "nothing, contact no Google Cloud service",
     )
+    job.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for the job to end, then check it as a local run does (exit "
+        "status 1 if it failed or, for embed, lost or failed too many videos)",
+    )
   embed, linear_eval = jobs.choices["embed"], jobs.choices["linear_eval"]
   embed.add_argument(
       "--accelerator",
@@ -330,7 +341,15 @@ def main(argv: Sequence[str] | None = None):
 
     job_argv = linear_eval_argv(args, extra)
   config, _ = job.parse_args(job_argv)  # Refuses flags that neither the job nor Beam takes.
+  started = time.monotonic()
   result = job.run(job_argv)
+  if args.wait and not args.dry_run:
+    state = result.wait_until_finish()
+    if state != PipelineState.DONE:
+      print(f"{PROG}: error: the {args.job} job ended {state}", file=sys.stderr, flush=True)
+      sys.exit(1)
+    if args.job == "embed":
+      job.report_outcome(config, time.monotonic() - started)
   if args.dry_run:
     print(
         f"dry run: built job {result.job.proto.name!r}; nothing submitted, no Google "

@@ -83,7 +83,7 @@ def write_dataset(name: str, data_dir: pathlib.Path) -> list[str]:
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(
-      prog="bash launch/demo_local.sh", description=__doc__.split("\n", 1)[0]
+      allow_abbrev=False, prog="bash launch/demo_local.sh", description=__doc__.split("\n", 1)[0]
   )
   parser.add_argument("--out", default=str(DEFAULT_OUT), help="where everything goes")
   parser.add_argument(

@@ -754,14 +754,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   """The command line; returns its exit status: 0, or 2 for a checkpoint that is unreadable
   or does not match (the reason is one line on stderr, as the jobs give it)."""
   parser = argparse.ArgumentParser(
+      allow_abbrev=False,
       prog='python -m mmv_core.checkpoints',
       description='MMV checkpoints: convert, inspect and validate, or write random ones.',
   )
   commands = parser.add_subparsers(dest='command', required=True)
-  convert = commands.add_parser('convert', help='pickle -> npz')
+  convert = commands.add_parser('convert', allow_abbrev=False, help='pickle -> npz')
   convert.add_argument('source')
   convert.add_argument('destination')
-  random_ = commands.add_parser('random', help='write a random checkpoint')
+  random_ = commands.add_parser('random', allow_abbrev=False, help='write a random checkpoint')
   random_.add_argument('--backbone', choices=BACKBONES, required=True)
   random_.add_argument(
       '--manifest', help='param_manifest_<config>.json to use instead of building the model'
@@ -771,7 +772,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       '--legacy-containers', action='store_true', help="use haiku's old FlatMapping containers"
   )
   random_.add_argument('destination')
-  inspect_ = commands.add_parser('inspect', help='describe a checkpoint')
+  inspect_ = commands.add_parser('inspect', allow_abbrev=False, help='describe a checkpoint')
   inspect_.add_argument('source')
   inspect_.add_argument(
       '--manifest', help="validate against this manifest instead of the backbones' models"

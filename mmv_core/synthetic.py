@@ -364,7 +364,7 @@ def write_dataset(
 
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(
-      prog="python -m mmv_core.synthetic", description=__doc__.split("\n", 1)[0]
+      allow_abbrev=False, prog="python -m mmv_core.synthetic", description=__doc__.split("\n", 1)[0]
   )
   parser.add_argument("out_dir")
   parser.add_argument("--classes", type=int, default=5)

@@ -524,6 +524,11 @@ class ProgressLogger(beam.DoFn):
     """Sets the total the lines count against; before the pipeline is built."""
     self._expected = expected
 
+  @property
+  def expected(self) -> int | None:
+    """The total the lines count against, if known."""
+    return self._expected
+
   def done(self) -> int:
     """How many elements this process's copies of the logger have counted."""
     with self._tallies_lock:

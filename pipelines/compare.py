@@ -51,7 +51,10 @@ def run_label(metrics: dict[str, Any], eval_dir: str) -> str:
       f"{evaluated.get('num_frames')}x{evaluated.get('crop_size')}/{evaluated.get('min_resize')} "
       f"s{evaluated.get('stride')}"
   )
-  return " ".join(str(v) for v in (evaluated["dataset"], evaluated["backbone"], sha, clips) if v)
+  joint = "joint" if evaluated.get("joint_embeddings") else ""
+  return " ".join(
+      str(v) for v in (evaluated["dataset"], evaluated["backbone"], sha, clips, joint) if v
+  )
 
 
 def metric_columns(runs: Sequence[dict[str, Any]]) -> list[tuple[str, str, str | None]]:
@@ -139,10 +142,14 @@ def main(argv: Sequence[str] | None = None) -> str:
   eval_dirs = [common.absolute_location(d) for d in args.eval_dirs]
   runs = [read_metrics(d) for d in eval_dirs]
   labels = [run_label(run, d) for run, d in zip(runs, eval_dirs)]
-  # Runs of the same embeddings (other protocols, C) are told apart by their folder.
+  # Runs of the same embeddings (other protocols, C) are told apart by their
+  # folder's name, then by their place on the command line.
   labels = [
       f"{label} ({d.rstrip('/').rsplit('/', 1)[-1]})" if labels.count(label) > 1 else label
       for label, d in zip(labels, eval_dirs)
+  ]
+  labels = [
+      f"{label} #{i + 1}" if labels.count(label) > 1 else label for i, label in enumerate(labels)
   ]
   output = common.absolute_location(args.output)
   chart = output.removesuffix(".md") + ".png"

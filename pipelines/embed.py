@@ -628,9 +628,10 @@ def main(argv: Sequence[str] | None = None, handler: ModelHandler | None = None)
     if not claimed_by_this_process(config.output_dir):
       return "interrupted before any work; nothing written"
     embed_output.remove_sink_temp_dirs(config.output_dir)
+    of_total = f" of {progress.expected}" if progress.expected is not None else ""
     return (
-        f"interrupted after {progress.done()} videos embedded (shards are committed only at "
-        "the end of a run); rerun with --resume"
+        f"interrupted after {progress.done()}{of_total} videos embedded (shards are committed "
+        "only at the end of a run); rerun with --resume"
     )
 
   with interrupt_exits(PROG, interrupted, INTERRUPTED_STATUS):
@@ -644,9 +645,19 @@ def main(argv: Sequence[str] | None = None, handler: ModelHandler | None = None)
     return  # A dry run, or an async runner: no results yet.
   # For benchmarks (bench/embed_pipeline_bench.py runs the job with --verbose).
   logging.info("%s%s", TIMINGS_PREFIX, json.dumps(job_timings(result), sort_keys=True))
-  with FileSystems.open(FileSystems.join(config.output_dir, schema.RUN_CONFIG_FILE)) as f:
-    counts = json.loads(f.read())["counts"]
-  for line in summary(config, counts, time.monotonic() - started):
+  report_outcome(config, time.monotonic() - started)
+
+
+def read_counts(output_dir: str) -> dict:
+  """The counts a finished run recorded in its run.json (`embed_output.record_run`)."""
+  with FileSystems.open(FileSystems.join(output_dir, schema.RUN_CONFIG_FILE)) as f:
+    return json.loads(f.read())["counts"]
+
+
+def report_outcome(config: EmbedJobConfig, seconds: float) -> None:
+  """Prints a finished run's summary; exits 1 if it failed its purpose (`outcome_problem`)."""
+  counts = read_counts(config.output_dir)
+  for line in summary(config, counts, seconds):
     print(f"{LOG_PREFIX} {line}", flush=True)
   problem = outcome_problem(config, counts)
   if problem:

@@ -135,7 +135,8 @@ def resume_output_dir(config: EmbedJobConfig, owner: dict, selected: Sequence[st
   if differences:
     raise UsageError(
         f"--resume: these settings differ from those of the run that wrote "
-        f"{config.output_dir}: {'; '.join(differences)}"
+        f"{config.output_dir}: {'; '.join(differences)}; resume with that run's settings, "
+        "or pass --overwrite, or choose another --output_dir"
     )
   written = reconcile.read_written(config.output_dir, clip_counts(config))
   found = reconcile.reconcile(selected, written, {}, clip_counts(config))

@@ -268,7 +268,8 @@ class Inputs:
     layouts: split -> its videos among those the embedding job was asked
       for, and their clip counts; one entry per split to evaluate.
     classes: the classes of those videos, label -> name, in label order.
-    svm_cs: the C values to evaluate (the flag's, else the protocol's).
+    svm_cs: the C values to evaluate (the flag's, else the protocol's; none when no
+      protocol asked for fits a linear probe).
     evaluated: what the embeddings are of, from their run.json
       (`evaluated_record`), so that a results file read alone says it.
   """
@@ -338,7 +339,9 @@ def read_inputs(config: LinearEvalConfig) -> Inputs:
       for s in config.splits or listing.splits
   }
   labels = sorted({v.label for v in videos})
-  svm_cs = config.svm_cs or (protocol_svm_c(spec, run_config.get("backbone")),)
+  svm_cs = config.svm_cs or ()
+  if not svm_cs and {linear_eval.LINEAR, linear_eval.FEWSHOT} & set(config.protocols):
+    svm_cs = (protocol_svm_c(spec, run_config.get("backbone")),)
   return Inputs(
       dataset=spec.name,
       layouts=layouts,
@@ -359,6 +362,8 @@ _EMBEDDING_SETTINGS = (
     "num_train_clips",
     "num_test_windows",
     "exact_train_clips",
+    "seed",
+    "joint_embeddings",
     "compute_dtype",
     "classes",
     "max_videos",

@@ -7,6 +7,9 @@ import apache_beam.testing.util
 import pytest
 from apache_beam.io.filesystems import FileSystems
 
+from launch import demo
+from mmv_core import checkpoints
+from mmv_core import synthetic
 from pipelines import common
 
 
@@ -165,3 +168,18 @@ def test_a_lookahead_works_on_several_elements_at_once_and_hands_them_back_in_or
   assert results == list(range(6))
   # Two threads: each element's work overlaps the next one's.
   assert all(spans[n + 1][0] < spans[n][1] for n in range(5))
+
+
+@pytest.mark.parametrize(
+    "main, argv, abbreviated",
+    [
+        (demo.main, ["--ou=/tmp/x"], "--ou=/tmp/x"),
+        (synthetic.main, ["/tmp/x", "--class=2"], "--class=2"),
+        (checkpoints.main, ["random", "--backbone=s3d", "--legacy", "/tmp/x.pkl"], "--legacy"),
+    ],
+)
+def test_the_other_commands_refuse_an_abbreviated_flag(main, argv, abbreviated, capsys):
+  with pytest.raises(SystemExit) as stopped:
+    main(argv)
+  assert stopped.value.code == 2
+  assert f"unrecognized arguments: {abbreviated}" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import collections
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pytest
 from apache_beam.runners.worker import data_plane
 
 from mmv_core import embedding_schema as schema
+from mmv_core import video_cache
 from pipelines import common
 from pipelines import embed
 from pipelines import reconcile
@@ -277,11 +279,15 @@ def test_ctrl_c_is_one_line_status_130_no_temporary_files_and_resume_completes(
   stderr += job.stderr.readlines()
   assert job.wait(timeout=120) == embed.INTERRUPTED_STATUS
   last = stderr[-1].strip()
-  assert last.startswith(f"{embed.PROG}: interrupted after ") and last.endswith(
-      "rerun with --resume"
-  )
+  assert re.fullmatch(
+      rf"{embed.PROG}: interrupted after \d+ of {len(tiny_dataset.videos)} videos embedded .*"
+      "rerun with --resume",
+      last,
+  ), last
   assert not any("Traceback" in line for line in stderr), "".join(stderr)
   assert not [p for p in out.rglob("*") if "beam-temp" in p.name]
+  cache_tmp_dirs = list((tmp_path / "work").rglob(video_cache.TMP_DIR))
+  assert cache_tmp_dirs and not [p for d in cache_tmp_dirs for p in d.iterdir()]
 
   embed.main([*flags, "--resume"], fake_model.PixelStatsHandler())
   assert _each_clip_once(tiny_dataset, out)

@@ -351,3 +351,53 @@ def test_help_is_quick_and_shows_every_flags_default(command):
   assert text.startswith(f"usage: {' '.join([dataflow.PROG, *command])} ")
   assert cli_checks.undocumented_options(text) == []
   assert not imported & set(cli_checks.HEAVY_MODULES)
+
+
+class _FinishedJob:
+  """Beam's result of a submitted job, as `wait_until_finish` leaves it."""
+
+  def __init__(self, state):
+    self.state = state
+    self.waited = False
+
+  def wait_until_finish(self):
+    self.waited = True
+    return self.state
+
+
+@pytest.mark.parametrize(
+    "state, counts, message",
+    [
+        ("FAILED", None, "the embed job ended FAILED"),
+        (
+            "DONE",
+            {"videos_written": 0, "videos_failed": 3, "videos_failed_by_stage": {"fetch": 3}},
+            "no video was embedded (3 failed)",
+        ),
+    ],
+)
+def test_wait_checks_the_ended_job_as_a_local_run_does(monkeypatch, capsys, state, counts, message):
+  job = _FinishedJob(state)
+  monkeypatch.setattr(embed, "run", lambda argv: job)
+  monkeypatch.setattr(
+      embed,
+      "read_counts",
+      lambda output_dir: {
+          "clips_written_train": 0,
+          "clips_written_test": 0,
+          "videos_unaccounted": 0,
+          "shards_damaged": 0,
+          **counts,
+      },
+  )
+  argv = [
+      "embed",
+      *[flag for flag in COMMON if flag != "--dry_run"],
+      "--image=img:gpu",
+      "--checkpoint_path=gs://my-mmv-bucket/ckpt/mmv_s3d.pkl",
+      "--wait",
+  ]
+  with pytest.raises(SystemExit) as exited:
+    dataflow.main(argv)
+  assert exited.value.code == 1 and job.waited
+  assert message in capsys.readouterr().err
