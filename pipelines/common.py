@@ -55,6 +55,8 @@ IN_PROCESS_RUNNER_ARGS = (
 
 
 USAGE_ERROR_STATUS = 2
+# A shell's status for a process ended by SIGINT (128 + 2).
+INTERRUPTED_STATUS = 130
 VERBOSE_FLAG = "--verbose"
 
 
@@ -157,7 +159,7 @@ def run_main(
 
 
 @contextlib.contextmanager
-def interrupt_exits(prog: str, message: Callable[[], str], status: int):
+def interrupt_exits(prog: str, message: Callable[[], str], status: int = INTERRUPTED_STATUS):
   """Ctrl-C in the block ends the process with one line, `prog: message()`, and `status`.
 
   The interrupt still unwinds the job (temporary files are cleaned up as

@@ -76,7 +76,6 @@ STAGE_EMBED = "embed"
 WRITTEN = "written"
 # What the progress lines count.
 VIDEOS_EMBEDDED = "videos embedded"
-INTERRUPTED_STATUS = 130
 
 
 class ClipKey(typing.NamedTuple):
@@ -634,7 +633,7 @@ def main(argv: Sequence[str] | None = None, handler: ModelHandler | None = None)
         "only at the end of a run); rerun with --resume"
     )
 
-  with interrupt_exits(PROG, interrupted, INTERRUPTED_STATUS):
+  with interrupt_exits(PROG, interrupted):
     try:
       result = start(config, beam_args, handler, progress)
     except embed_output.NothingToDo as e:

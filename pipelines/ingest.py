@@ -84,7 +84,7 @@ from mmv_core import zip_index
 from pipelines.common import FAILURES, UsageError, WriteFailures, counter, counters, failure
 from pipelines.common import add_required_flag, add_verbose_flag, check_beam_flags
 from pipelines.common import OrderedLookahead, ProgressLogger, configure_logging, job_parser
-from pipelines.common import run_main
+from pipelines.common import interrupt_exits, run_main
 from pipelines.common import summarize_failures
 from pipelines.common import runs_in_one_process, runs_locally, with_local_runner
 
@@ -1010,8 +1010,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, int]:
       listing=local_listing,
   )
   _ = result.failures | "WriteFailures" >> WriteFailures(failures_path)
-  run = pipeline.run()
-  run.wait_until_finish()
+  with interrupt_exits(
+      PROG, lambda: "interrupted; the videos re-encoded so far are in the cache: rerun to go on"
+  ):
+    run = pipeline.run()
+    run.wait_until_finish()
 
   totals = counters(run)
   with FileSystems.open(failures_path) as f:

@@ -614,7 +614,10 @@ def main(argv: Sequence[str] | None = None) -> None:
   common.configure_logging(argv)
   config, beam_args = parse_args(argv)
   options = pipeline_options(beam_args)
-  start(config, options).wait_until_finish()
+  with common.interrupt_exits(
+      PROG, lambda: "interrupted; its output is incomplete: rerun with --overwrite"
+  ):
+    start(config, options).wait_until_finish()
   if options.view_as(TestOptions).dry_run:
     return
   with FileSystems.open(f"{config.output_dir.rstrip('/')}/{report.METRICS_FILE}") as f:

@@ -1,9 +1,12 @@
-"""What the tests of the jobs' command lines check: user errors and `--help`."""
+"""What the tests of the jobs' command lines check: user errors, `--help` and Ctrl-C."""
 
+import os
 import pathlib
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -61,3 +64,25 @@ def usage_error(main, prog: str, argv: list[str], capsys) -> str:
   assert len(stderr.splitlines()) == 1, stderr
   assert stderr.startswith(f"{prog}: error: ")
   return stderr
+
+
+def interrupt_at(monkeypatch, owner, name: str) -> None:
+  """Makes a call of `owner.name` do what Ctrl-C does: SIGINT to this process."""
+
+  def interrupted(*args, **kwargs):
+    del args, kwargs
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(10)
+    raise AssertionError("SIGINT did not stop the job")
+
+  monkeypatch.setattr(owner, name, interrupted)
+
+
+def interrupted_line(main, argv, capsys) -> str:
+  """Runs `main`; checks it ends with status 130 and one line on stderr; returns that line."""
+  with pytest.raises(SystemExit) as stopped:
+    main(argv)
+  assert stopped.value.code == common.INTERRUPTED_STATUS
+  stderr = capsys.readouterr().err
+  assert len(stderr.splitlines()) == 1, stderr
+  return stderr.strip()

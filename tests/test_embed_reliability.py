@@ -277,7 +277,7 @@ def test_ctrl_c_is_one_line_status_130_no_temporary_files_and_resume_completes(
       job.send_signal(signal.SIGINT)
       break
   stderr += job.stderr.readlines()
-  assert job.wait(timeout=120) == embed.INTERRUPTED_STATUS
+  assert job.wait(timeout=120) == common.INTERRUPTED_STATUS
   last = stderr[-1].strip()
   assert re.fullmatch(
       rf"{embed.PROG}: interrupted after \d+ of {len(tiny_dataset.videos)} videos embedded .*"

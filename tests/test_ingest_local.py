@@ -96,6 +96,21 @@ def test_cli_fills_the_cache_that_read_video_reads(tiny_dataset, tmp_path):
   )
 
 
+def test_ctrl_c_ends_ingestion_with_one_line_and_status_130(
+    tiny_dataset, tmp_path, capsys, monkeypatch
+):
+  cli_checks.interrupt_at(monkeypatch, ingest.beam.Pipeline, "run")
+  argv = [
+      f"--video_zip={tiny_dataset.video_zip}",
+      f"--splits_zip={tiny_dataset.splits_zip}",
+      f"--work_dir={tmp_path / 'work'}",
+      "--no_count_check",
+  ]
+  assert cli_checks.interrupted_line(ingest.main, argv, capsys) == (
+      f"{ingest.PROG}: interrupted; the videos re-encoded so far are in the cache: rerun to go on"
+  )
+
+
 def test_reused_videos_take_labels_from_the_current_lists_and_bad_records_fail_alone(
     tiny_dataset, tmp_path
 ):

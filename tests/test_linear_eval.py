@@ -878,3 +878,13 @@ def test_help_is_quick_and_shows_every_flags_default():
   assert text.startswith(f"usage: {linear_eval_job.PROG} ")
   assert cli_checks.undocumented_options(text) == []
   assert not imported & set(cli_checks.HEAVY_MODULES)
+
+
+def test_ctrl_c_ends_the_evaluation_with_one_line_and_status_130(
+    complete_inputs, tmp_path, capsys, monkeypatch
+):
+  cli_checks.interrupt_at(monkeypatch, linear_eval_job, "start")
+  argv = [f"--embeddings_dir={complete_inputs}", f"--output_dir={tmp_path / 'out'}"]
+  assert cli_checks.interrupted_line(linear_eval_job.main, argv, capsys) == (
+      f"{linear_eval_job.PROG}: interrupted; its output is incomplete: rerun with --overwrite"
+  )
