@@ -887,11 +887,15 @@ def evaluate_split(
     scored = np.bincount(features.test_video, minlength=len(layout.test_videos)) > 0
     train_labels = np.array([v.label for v in layout.train_videos], np.int64)[with_clips]
     train, test, test_labels = train[with_clips], test[scored], features.test_labels[scored]
+    ks = (neighbours.KNN_KS if KNN in protocols else ()) + (
+        neighbours.RETRIEVAL_KS if RETRIEVAL in protocols else ()
+    )
+    indices, similarities = neighbours.nearest(test, train, max(ks))
     if KNN in protocols:
-      top1 = neighbours.knn_top1(train, train_labels, test, test_labels, num_classes)
+      top1 = neighbours.knn_top1(train_labels[indices], similarities, test_labels, num_classes)
       metrics[KNN_TOP1] = {str(k): v for k, v in top1.items()}
     if RETRIEVAL in protocols:
-      recall = neighbours.recall_at_k(train, train_labels, test, test_labels)
+      recall = neighbours.recall_at_k(train_labels[indices], test_labels)
       metrics[RETRIEVAL_RECALL] = {str(k): v for k, v in recall.items()}
     metrics["num_test_videos"] = int(scored.sum())
     seconds["neighbours"] = round(time.perf_counter() - protocol_start, 3)

@@ -37,6 +37,19 @@ def test_nearest_neighbours_equal_scikit_learns_in_blocks(monkeypatch):
   np.testing.assert_allclose(similarities, 1 - distances, atol=1e-6)
 
 
+def test_nearest_orders_equal_similarities_by_key_as_a_stable_sort_does(monkeypatch):
+  monkeypatch.setattr(neighbours, "BLOCK_ROWS", 5)
+  rng = np.random.default_rng(2)
+  distinct = _normalised(rng, 12)
+  keys = distinct[rng.integers(0, 12, 40)]  # Each key several times: ties everywhere.
+  queries = np.concatenate([_normalised(rng, 9), distinct[:3], np.zeros((2, 8), np.float32)])
+  for k in (1, 4, 7, 40):
+    indices, similarities = neighbours.nearest(queries, keys, k)
+    expected = np.argsort(-(queries @ keys.T), axis=1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(indices, expected)
+    np.testing.assert_array_equal(similarities, np.take_along_axis(queries @ keys.T, expected, 1))
+
+
 def _vote_by_hand(labels: np.ndarray, similarities: np.ndarray) -> int:
   """docs/protocol.md's kNN vote, one query at a time."""
   classes = sorted(set(labels.tolist()))
@@ -76,7 +89,8 @@ def test_knn_and_retrieval_equal_independent_computations():
 
   reference = neighbors.NearestNeighbors(n_neighbors=50, metric="cosine", algorithm="brute")
   distances, order = reference.fit(train).kneighbors(test)
-  knn = neighbours.knn_top1(train, train_labels, test, test_labels, num_classes)
+  indices, similarities = neighbours.nearest(test, train, 50)
+  knn = neighbours.knn_top1(train_labels[indices], similarities, test_labels, num_classes)
   for k in neighbours.KNN_KS:
     predicted = [
         _vote_by_hand(train_labels[row[:k]], 1 - d[:k]) for row, d in zip(order, distances)
@@ -84,7 +98,7 @@ def test_knn_and_retrieval_equal_independent_computations():
     assert knn[k] == np.mean(np.array(predicted) == test_labels)
   # Retrieval by brute force: every similarity, sorted.
   similarity = test @ train.T
-  recall = neighbours.recall_at_k(train, train_labels, test, test_labels)
+  recall = neighbours.recall_at_k(train_labels[indices], test_labels)
   for k in neighbours.RETRIEVAL_KS:
     top = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
     assert recall[k] == np.mean(
@@ -97,6 +111,8 @@ def test_video_features_are_the_mean_of_its_clips_normalised():
   clips = np.array([[3.0, 0.0], [0.0, 2.0], [1.0, 3.0]], np.float32)
   got = neighbours.video_features(clips, np.array([0, 1, 0]), num_videos=3)
   np.testing.assert_allclose(got, [[0.8, 0.6], [0.0, 1.0], [0.0, 0.0]], atol=1e-6)
+  in_order = neighbours.video_features(clips[[0, 2, 1]], np.array([0, 0, 2]), num_videos=3)
+  np.testing.assert_allclose(in_order, [[0.8, 0.6], [0.0, 0.0], [0.0, 1.0]], atol=1e-6)
 
 
 def test_few_shot_draws_n_videos_per_class_the_same_for_the_same_seed():
