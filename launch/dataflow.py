@@ -12,10 +12,10 @@
 
 Add `--dry_run` to build the job offline and print the options it would run
 with, submitting nothing and contacting no Google Cloud service. Add
-`--wait` to wait for the job's end and check it as a local run does: the
-embedding job's summary, and exit status 1 if the job failed or its
-reconciliation found videos unaccounted for (pipelines/reconcile.py). Any further
-flag goes to the job itself (e.g. `--classes=Archery`) or to Beam (e.g.
+`--wait` to wait for the job's end and report it as a local run does: its
+summary, and exit status 1 if the job failed or, for the embedding job, its
+reconciliation found videos unaccounted for (pipelines/reconcile.py) or too
+many failed. Any further flag goes to the job itself (e.g. `--classes=Archery`) or to Beam (e.g.
 `--max_num_workers=50`); a flag that neither takes is an error. Work,
 output, staging and temp paths are folders of `--bucket`.
 """
@@ -215,7 +215,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     job.add_argument(
         "--wait",
         action="store_true",
-        help="wait for the job to end, then check it as a local run does (exit "
+        help="wait for the job to end, then report it as a local run does (exit "
         "status 1 if it failed or, for embed, lost or failed too many videos)",
     )
   embed, linear_eval = jobs.choices["embed"], jobs.choices["linear_eval"]
@@ -348,8 +348,7 @@ def main(argv: Sequence[str] | None = None):
     if state != PipelineState.DONE:
       print(f"{PROG}: error: the {args.job} job ended {state}", file=sys.stderr, flush=True)
       sys.exit(1)
-    if args.job == "embed":
-      job.report_outcome(config, time.monotonic() - started)
+    job.report_outcome(config, time.monotonic() - started)
   if args.dry_run:
     print(
         f"dry run: built job {result.job.proto.name!r}; nothing submitted, no Google "

@@ -620,9 +620,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     start(config, options).wait_until_finish()
   if options.view_as(TestOptions).dry_run:
     return
+  report_outcome(config, time.monotonic() - started)
+
+
+def report_outcome(config: LinearEvalConfig, seconds: float) -> None:
+  """Prints a finished evaluation's summary (`report.console_summary`)."""
   with FileSystems.open(f"{config.output_dir.rstrip('/')}/{report.METRICS_FILE}") as f:
     summary = json.loads(f.read())
-  print(report.console_summary(summary, config.output_dir, time.monotonic() - started), flush=True)
+  print(report.console_summary(summary, config.output_dir, seconds), flush=True)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from apache_beam.runners.dataflow.internal import apiclient
 from launch import dataflow
 from pipelines import common
 from pipelines import embed
+from pipelines import linear_eval
 
 import cli_checks
 
@@ -401,3 +402,14 @@ def test_wait_checks_the_ended_job_as_a_local_run_does(monkeypatch, capsys, stat
     dataflow.main(argv)
   assert exited.value.code == 1 and job.waited
   assert message in capsys.readouterr().err
+
+
+def test_wait_reports_an_ended_evaluation_as_a_local_run_does(monkeypatch):
+  job, reported = _FinishedJob("DONE"), []
+  monkeypatch.setattr(linear_eval, "run", lambda argv: job)
+  monkeypatch.setattr(
+      linear_eval, "report_outcome", lambda config, seconds: reported.append(config.output_dir)
+  )
+  argv = ["linear_eval", *[f for f in COMMON if f != "--dry_run"], "--image=i", "--backbone=s3d"]
+  dataflow.main([*argv, "--wait"])
+  assert job.waited and reported == ["gs://my-mmv-bucket/linear_eval/s3d"]
