@@ -186,3 +186,8 @@ def test_compare_tabulates_and_charts_runs_side_by_side(tmp_path):
   assert float(strong_cells["kNN k=1"].rstrip(report.CAVEAT_MARK)) > float(
       weak_cells["kNN k=1"].rstrip(report.CAVEAT_MARK)
   )
+  # The same evaluation twice, both in folders named `out`: told apart by place.
+  twice = compare.main([str(runs[0]), str(runs[0]), f"--output={tmp_path / 'cmp2.md'}"])
+  first, second = [line for line in twice.splitlines() if line.startswith("| ")][1:]
+  assert first.split("|")[1].strip().endswith("(out) #1")
+  assert second.split("|")[1].strip().endswith("(out) #2")
