@@ -334,10 +334,12 @@ def main(argv: Sequence[str] | None = None):
   # Imported once the flags are parsed: the embedding job imports JAX.
   if args.job == "embed":
     from pipelines import embed as job
+    from pipelines.embed_summary import report_outcome
 
     job_argv = embed_argv(args, extra)
   else:
     from pipelines import linear_eval as job
+    from pipelines.linear_eval import report_outcome
 
     job_argv = linear_eval_argv(args, extra)
   config, _ = job.parse_args(job_argv)  # Refuses flags that neither the job nor Beam takes.
@@ -348,7 +350,7 @@ def main(argv: Sequence[str] | None = None):
     if state != PipelineState.DONE:
       print(f"{PROG}: error: the {args.job} job ended {state}", file=sys.stderr, flush=True)
       sys.exit(1)
-    job.report_outcome(config, time.monotonic() - started)
+    report_outcome(config, time.monotonic() - started)
   if args.dry_run:
     print(
         f"dry run: built job {result.job.proto.name!r}; nothing submitted, no Google "

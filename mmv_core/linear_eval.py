@@ -57,6 +57,8 @@ KNN = "knn"
 RETRIEVAL = "retrieval"
 FEWSHOT = "fewshot"
 PROTOCOLS = (LINEAR, KNN, RETRIEVAL, FEWSHOT)
+# The protocols that fit linear probes, with the split's C.
+PROBE_PROTOCOLS = (LINEAR, FEWSHOT)
 # Each protocol's metrics in a split's metrics: {name: {str(k or n): value}}.
 KNN_TOP1 = "knn_top1"
 RETRIEVAL_RECALL = "retrieval_recall"
@@ -866,7 +868,7 @@ def evaluate_split(
   }
   seconds = {"load": round(load_seconds, 3)}
   linear = SplitResult(layout.split, metrics, None, None, None, check, None)
-  if LINEAR in protocols or FEWSHOT in protocols:
+  if set(PROBE_PROTOCOLS) & set(protocols):
     svm_c, validation_scores, seconds["c_sweep"] = split_svm_c(features, svm_cs, settings)
     metrics |= {
         "svm_c": svm_c,

@@ -57,6 +57,7 @@ from mmv_core.embedder_config import EmbedderConfig
 from mmv_core.models.names import VID_REPR
 from mmv_core.video_cache import CachedVideo, VideoRef
 from pipelines import embed_output
+from pipelines import embed_summary
 from pipelines import ingest
 from pipelines import reconcile
 from pipelines.common import FAILURES, WriteFailures, count_failure, counter, distribution
@@ -64,11 +65,9 @@ from pipelines.common import failure_record, host_threads, interrupt_exits
 from pipelines.common import IN_PROCESS_RUNNER_ARGS, UsageError, OrderedLookahead
 from pipelines.common import ProgressLogger, configure_logging, run_main, runs_in_one_process
 from pipelines.common import claimed_by_this_process, runs_locally, with_local_runner
-from pipelines.embed_config import PROG, EmbedJobConfig, parse_args, settings_problems
+from pipelines.embed_config import LOG_PREFIX, PROG, EmbedJobConfig, parse_args, settings_problems
 from pipelines.jax_inference import JaxEmbeddingHandler
 
-# Starts the lines the job prints.
-LOG_PREFIX = "[embed]"
 # Starts the log line of a finished run's `job_timings`, as JSON.
 TIMINGS_PREFIX = f"{LOG_PREFIX} timings "
 STAGE_SAMPLE = "sample"
@@ -556,62 +555,6 @@ def job_timings(result: beam.runners.runner.PipelineResult) -> dict[str, float]:
   }
 
 
-def summary(config: EmbedJobConfig, counts: dict, seconds: float) -> list[str]:
-  """The lines a finished run ends with: what was done, what failed, where it all is."""
-  failed = counts["videos_failed"]
-  failed_text = f"{failed} failed"
-  if failed:
-    failed_text += (
-        " ("
-        + ", ".join(
-            f"{stage}: {n}" for stage, n in sorted(counts["videos_failed_by_stage"].items())
-        )
-        + ")"
-    )
-  lines = [
-      f"finished in {seconds:.0f} s: {counts['videos_written']} videos embedded "
-      f"({counts['clips_written_train']} training clips, "
-      f"{counts['clips_written_test']} test windows), {failed_text}",
-      f"embeddings: {schema.shard_pattern(config.output_dir)}",
-      f"run record: {FileSystems.join(config.output_dir, schema.RUN_CONFIG_FILE)}",
-  ]
-  if failed:
-    lines.append(f"failures:   {reconcile.failures_path(config.output_dir)}")
-  return lines
-
-
-def outcome_problem(config: EmbedJobConfig, counts: dict) -> str | None:
-  """Why a finished run failed its purpose, or None.
-
-  Videos unaccounted for (neither written whole once nor failed) or damaged
-  shards, nothing embedded, or more failures than `--max_failed_share`.
-  """
-  written, failed = counts["videos_written"], counts["videos_failed"]
-  unaccounted, damaged = counts["videos_unaccounted"], counts["shards_damaged"]
-  if unaccounted or damaged:
-    problems = []
-    if unaccounted:
-      problems.append(
-          f"{unaccounted} of {written + failed + unaccounted} videos are neither written whole "
-          "once nor recorded as failed: "
-          + reconcile.describe_problems(embed_output.read_unaccounted(config.output_dir))
-      )
-    if damaged:
-      problems.append(f"{damaged} embedding shards cannot be read to their end")
-    return (
-        f"{'; '.join(problems)}; the list is in {reconcile.unaccounted_path(config.output_dir)}; "
-        "rerun with --resume to complete the output"
-    )
-  if not written:
-    return f"no video was embedded ({failed} failed)"
-  if failed > config.max_failed_share * (written + failed):
-    return (
-        f"{failed} of {written + failed} videos failed, more than --max_failed_share "
-        f"{config.max_failed_share:g}"
-    )
-  return None
-
-
 def main(argv: Sequence[str] | None = None, handler: ModelHandler | None = None) -> None:
   """Runs the job, prints its summary; exits 1 if it embedded nothing, too little, or lost any.
 
@@ -644,24 +587,7 @@ def main(argv: Sequence[str] | None = None, handler: ModelHandler | None = None)
     return  # A dry run, or an async runner: no results yet.
   # For benchmarks (bench/embed_pipeline_bench.py runs the job with --verbose).
   logging.info("%s%s", TIMINGS_PREFIX, json.dumps(job_timings(result), sort_keys=True))
-  report_outcome(config, time.monotonic() - started)
-
-
-def read_counts(output_dir: str) -> dict:
-  """The counts a finished run recorded in its run.json (`embed_output.record_run`)."""
-  with FileSystems.open(FileSystems.join(output_dir, schema.RUN_CONFIG_FILE)) as f:
-    return json.loads(f.read())["counts"]
-
-
-def report_outcome(config: EmbedJobConfig, seconds: float) -> None:
-  """Prints a finished run's summary; exits 1 if it failed its purpose (`outcome_problem`)."""
-  counts = read_counts(config.output_dir)
-  for line in summary(config, counts, seconds):
-    print(f"{LOG_PREFIX} {line}", flush=True)
-  problem = outcome_problem(config, counts)
-  if problem:
-    print(f"{PROG}: error: {problem}", file=sys.stderr, flush=True)
-    sys.exit(1)
+  embed_summary.report_outcome(config, time.monotonic() - started)
 
 
 if __name__ == "__main__":

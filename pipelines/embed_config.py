@@ -108,6 +108,7 @@ RESUME_SETTINGS = (
 
 
 PROG = "python -m pipelines.embed"
+LOG_PREFIX = "[embed]"  # Starts the lines the job prints.
 # Sampling flags whose defaults are the dataset's (`datasets.ProtocolDefaults`).
 _PROTOCOL_FLAGS = (
     ("num_frames", "frames per clip (T)"),

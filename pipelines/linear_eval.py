@@ -340,7 +340,7 @@ def read_inputs(config: LinearEvalConfig) -> Inputs:
   }
   labels = sorted({v.label for v in videos})
   svm_cs = config.svm_cs or ()
-  if not svm_cs and {linear_eval.LINEAR, linear_eval.FEWSHOT} & set(config.protocols):
+  if not svm_cs and set(linear_eval.PROBE_PROTOCOLS) & set(config.protocols):
     svm_cs = (protocol_svm_c(spec, run_config.get("backbone")),)
   return Inputs(
       dataset=spec.name,

@@ -38,6 +38,7 @@ from mmv_core.models.names import VID_REPR
 from mmv_core.models import mmv
 from pipelines import common
 from pipelines import embed
+from pipelines import embed_summary
 from pipelines import ingest
 from pipelines import linear_eval
 from pipelines.common import FAILURES
@@ -518,7 +519,7 @@ def test_a_run_that_embeds_nothing_or_too_little_is_a_failure(written, failed, s
       "videos_unaccounted": 0,
       "shards_damaged": 0,
   }
-  assert embed.outcome_problem(config, counts) == problem
+  assert embed_summary.outcome_problem(config, counts) == problem
 
 
 def test_the_command_ends_with_its_summary_and_status_1_when_too_many_fail(

@@ -9,6 +9,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.dataflow.internal import apiclient
 
 from launch import dataflow
+from mmv_core import embedding_schema as schema
 from pipelines import common
 from pipelines import embed
 from pipelines import linear_eval
@@ -381,14 +382,16 @@ def test_wait_checks_the_ended_job_as_a_local_run_does(monkeypatch, capsys, stat
   job = _FinishedJob(state)
   monkeypatch.setattr(embed, "run", lambda argv: job)
   monkeypatch.setattr(
-      embed,
-      "read_counts",
+      schema,
+      "read_run_config",
       lambda output_dir: {
-          "clips_written_train": 0,
-          "clips_written_test": 0,
-          "videos_unaccounted": 0,
-          "shards_damaged": 0,
-          **counts,
+          "counts": {
+              "clips_written_train": 0,
+              "clips_written_test": 0,
+              "videos_unaccounted": 0,
+              "shards_damaged": 0,
+              **(counts or {}),
+          }
       },
   )
   argv = [
