@@ -64,9 +64,10 @@ from pipelines.common import FAILURES, WriteFailures, count_failure, counter, di
 from pipelines.common import failure_record, host_threads, interrupt_exits
 from pipelines.common import IN_PROCESS_RUNNER_ARGS, UsageError, OrderedLookahead
 from pipelines.common import ProgressLogger, configure_logging, run_main, runs_in_one_process
-from pipelines.common import claimed_by_this_process, runs_locally, with_local_runner
+from pipelines.common import runs_locally, with_local_runner
 from pipelines.embed_config import LOG_PREFIX, PROG, EmbedJobConfig, parse_args, settings_problems
 from pipelines.jax_inference import JaxEmbeddingHandler
+from pipelines.ownership import claimed_by_this_process
 
 # Starts the log line of a finished run's `job_timings`, as JSON.
 TIMINGS_PREFIX = f"{LOG_PREFIX} timings "

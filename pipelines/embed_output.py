@@ -21,7 +21,8 @@ from apache_beam.io.filesystems import FileSystems
 from mmv_core import dataset_listing
 from mmv_core import embedding_schema as schema
 from pipelines import reconcile
-from pipelines.common import UsageError, absolute_location, claim_output_dir, read_owners
+from pipelines.common import UsageError, absolute_location
+from pipelines.ownership import claim_output_dir, read_owners
 from pipelines.embed_config import PATH_FLAGS, PROG, RESUME_SETTINGS, EmbedJobConfig
 
 _PACKAGES = (

@@ -51,6 +51,7 @@ from mmv_core import linear_eval
 from mmv_core import report
 from mmv_core import sources
 from pipelines import common
+from pipelines import ownership
 
 PROG = "python -m pipelines.linear_eval"
 # The flags that locate a dataset's split definitions, one or more datasets each.
@@ -416,9 +417,9 @@ def check_output_dir(config: LinearEvalConfig) -> None:
   metrics.json of an evaluation that claimed nothing (written before
   claims existed), which --overwrite does not delete either.
   """
-  if FileSystems.exists(common.owner_path(config.output_dir)):
+  if FileSystems.exists(ownership.owner_path(config.output_dir)):
     if not config.overwrite:
-      raise common.owned_error(config.output_dir, PROG, _OWNED_DIR_REMEDY)
+      raise ownership.owned_error(config.output_dir, PROG, _OWNED_DIR_REMEDY)
   elif FileSystems.exists(f"{config.output_dir.rstrip('/')}/{report.METRICS_FILE}"):
     raise common.UsageError(
         f"--output_dir {config.output_dir} already holds {report.METRICS_FILE}, of an "
@@ -427,8 +428,8 @@ def check_output_dir(config: LinearEvalConfig) -> None:
 
 
 def claim_output_dir(config: LinearEvalConfig) -> None:
-  """Makes this evaluation the one owner of --output_dir (`common.claim_output_dir`)."""
-  common.claim_output_dir(
+  """Makes this evaluation the one owner of --output_dir (`ownership.claim_output_dir`)."""
+  ownership.claim_output_dir(
       config.output_dir,
       {"job": PROG, "settings": config.to_json()},
       remedy=_OWNED_DIR_REMEDY,

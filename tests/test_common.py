@@ -11,6 +11,7 @@ from launch import demo
 from mmv_core import checkpoints
 from mmv_core import synthetic
 from pipelines import common
+from pipelines import ownership
 
 
 @pytest.mark.parametrize(
@@ -26,7 +27,7 @@ from pipelines import common
     ],
 )
 def test_is_within_tells_what_deleting_a_directory_would_delete(location, directory, within):
-  assert common.is_within(location, directory) == within
+  assert ownership.is_within(location, directory) == within
 
 
 def test_progress_lines_give_the_total_and_time_left():
@@ -69,12 +70,12 @@ def _files(directory: str) -> list[str]:
 def test_overwrite_deletes_an_earlier_runs_output_locally_and_on_gcs(where, tmp_path, request):
   root = f"gs://{request.getfixturevalue('gcs_emulator')}" if where == "gcs" else str(tmp_path)
   out = f"{root}/out"
-  common.claim_output_dir(out, JOB, remedy="")
+  ownership.claim_output_dir(out, JOB, remedy="")
   _write(f"{out}/embeddings/part-0.tfrecord")
   with pytest.raises(common.UsageError, match="belongs to another run .*; try again"):
-    common.claim_output_dir(out, JOB, remedy="try again")
+    ownership.claim_output_dir(out, JOB, remedy="try again")
 
-  common.claim_output_dir(out, JOB, remedy="", overwrite=True)
+  ownership.claim_output_dir(out, JOB, remedy="", overwrite=True)
   assert _files(out) == [f"{out}/run.owner"]
 
 
@@ -87,7 +88,7 @@ def test_overwrite_deletes_an_earlier_runs_output_locally_and_on_gcs(where, tmp_
             "deletes only a directory that an earlier run claimed; .* holds 1 file",
         ),
         (
-            lambda out: common.claim_output_dir(out, {"job": "another job"}, remedy=""),
+            lambda out: ownership.claim_output_dir(out, {"job": "another job"}, remedy=""),
             "holds the output of another job, not of python -m pipelines.embed",
         ),
     ],
@@ -98,7 +99,7 @@ def test_overwrite_refuses_what_is_not_an_earlier_runs_output(prepare, problem, 
   prepare(out)
   before = _files(out) if (tmp_path / "out").is_dir() else [out]
   with pytest.raises(common.UsageError, match=problem):
-    common.claim_output_dir(out, JOB, remedy="", overwrite=True)
+    ownership.claim_output_dir(out, JOB, remedy="", overwrite=True)
   assert (_files(out) if (tmp_path / "out").is_dir() else [out]) == before
 
 

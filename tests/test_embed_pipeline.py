@@ -37,6 +37,7 @@ from mmv_core.embedder_config import EmbedderConfig
 from mmv_core.models.names import VID_REPR
 from mmv_core.models import mmv
 from pipelines import common
+from pipelines import ownership
 from pipelines import embed
 from pipelines import embed_summary
 from pipelines import ingest
@@ -297,7 +298,7 @@ def test_shards_of_a_run_that_claimed_nothing_are_refused_and_left_unclaimed(
     dataset, checkpoint_path, job_output, tmp_path
 ):
   legacy = shutil.copytree(job_output / "out", tmp_path / "legacy")
-  (legacy / common.OWNER_FILE).unlink()  # As the first release wrote its output.
+  (legacy / ownership.OWNER_FILE).unlink()  # As the first release wrote its output.
   before = _listing(legacy)
   flags = [*_flags(dataset, checkpoint_path, job_output / "work", legacy), *IN_PROCESS]
   for extra in ([], ["--overwrite"]):

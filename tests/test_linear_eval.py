@@ -26,6 +26,7 @@ from mmv_core import linear_eval
 from mmv_core import report
 from mmv_core import ucf101
 from pipelines import common
+from pipelines import ownership
 from pipelines import linear_eval as linear_eval_job
 
 import cli_checks
@@ -750,7 +751,7 @@ def test_the_embeddings_dir_is_neither_an_output_dir_nor_overwritten(
     complete_inputs, tmp_path, capsys, monkeypatch
 ):
   embeddings = shutil.copytree(complete_inputs, tmp_path / "emb")
-  common.claim_output_dir(str(embeddings), {"job": "python -m pipelines.embed"}, remedy="")
+  ownership.claim_output_dir(str(embeddings), {"job": "python -m pipelines.embed"}, remedy="")
   before = sorted(p.name for p in embeddings.rglob("*"))
   argv = [f"--embeddings_dir={embeddings}", f"--output_dir={embeddings}"]
 
