@@ -260,13 +260,18 @@ def _np_max_pool_same(x, window):
   return out
 
 
-def test_s3d_inception_block_matches_numpy():
-  """Branch structure, separable order, gating, pooling and concatenation order."""
+@pytest.mark.parametrize("decomposed", [False, True])
+def test_s3d_inception_block_matches_numpy(decomposed):
+  """Branch structure, separable order, gating, pooling and concatenation order, in both forms."""
   channels = (3, 4, 5, 2, 3, 4)
   x = np.random.default_rng(13).standard_normal((1, 4, 5, 5, 6)).astype(np.float32)
-  norm = normalization.make_normalize_fn()
+  make_unit = functools.partial(
+      s3d.Unit3D, normalize_fn=normalization.make_normalize_fn(), decomposed=decomposed
+  )
   got, params, state = _run_block(
-      lambda v: s3d._InceptionBlock(channels, norm, name="mix")(v, False), x, seed=14
+      lambda v: s3d._InceptionBlock(channels, make_unit, decomposed, name="mix")(v, False),
+      x,
+      seed=14,
   )
 
   def unit(v, module, gated, separable=False):
@@ -309,7 +314,9 @@ def test_tsm_first_block_matches_numpy():
   x = np.random.default_rng(11).standard_normal((2 * num_frames, 6, 6, 16)).astype(np.float32)
   norm = normalization.make_normalize_fn()
   got, params, state = _run_block(
-      lambda v: tsm_resnet.TSMBlock(channels, stride, True, num_frames, norm, name="b")(v, False),
+      lambda v: tsm_resnet.TSMBlock(channels, stride, True, num_frames, norm, norm, name="b")(
+          v, False
+      ),
       x,
       seed=12,
   )
@@ -395,6 +402,14 @@ def test_init_gives_checkpoint_tree_with_neutral_batch_norm_state():
       assert float(jnp.std(leaves["w"])) > 0, module
 
 
+@functools.cache
+def _jitted_video_embeddings(backbone: str, formulation: mmv.Formulation = mmv.REFERENCE):
+  """One compiled program per backbone and formulation, shared by the tests."""
+  return jax.jit(
+      functools.partial(mmv.video_embeddings, backbone=backbone, formulation=formulation)
+  )
+
+
 @functools.lru_cache(maxsize=1)
 def _random_model(backbone: str):
   params, state = mmv.param_shapes(backbone)
@@ -424,7 +439,7 @@ def _np_video_heads(params, state, vid_repr):
 def test_video_embeddings_shapes_heads_under_jit(backbone):
   params, state = _random_model(backbone)
   clips = jax.random.uniform(jax.random.PRNGKey(1), _SMALL_CLIPS)
-  embed = jax.jit(functools.partial(mmv.video_embeddings, backbone=backbone))
+  embed = _jitted_video_embeddings(backbone)
   out = embed(params, state, clips)
   expected = {mmv.VID_REPR: mmv.REPR_DIMS[backbone], mmv.VIDEO_AUDIO: 512, mmv.VIDEO_TEXT: 256}
   assert {k: v.shape for k, v in out.items()} == {k: (2, d) for k, d in expected.items()}
@@ -439,6 +454,72 @@ def test_video_embeddings_shapes_heads_under_jit(backbone):
     # Frames of one clip must never mix with another clip's (temporal shift).
     alone = embed(params, state, clips[1:])
     np.testing.assert_allclose(alone[mmv.VID_REPR][0], out[mmv.VID_REPR][1], rtol=1e-5, atol=1e-6)
+
+
+# TSM-ResNet-50x2 is the x1 model at twice the width: the tree test covers its fold.
+@pytest.mark.parametrize("backbone", ["s3d", "tsm_resnet_x1"])
+def test_fast_formulations_give_the_reference_features(backbone):
+  params, state = _random_model(backbone)
+  clips = jax.random.uniform(jax.random.PRNGKey(1), _SMALL_CLIPS)
+  formulations = {mmv.fastest_formulation(platform) for platform in ("cpu", "gpu")}
+  if backbone != "s3d":  # Only S3D-G has separable kernels.
+    formulations = {mmv.Formulation(batch_norm_folded=True)}
+  want = _jitted_video_embeddings(backbone)(params, state, clips)
+  folded_params, folded_state = mmv.fold_batch_norm(params, state, backbone=backbone)
+  for formulation in formulations:
+    got = _jitted_video_embeddings(backbone, formulation)(folded_params, folded_state, clips)
+    for name, value in want.items():
+      error = np.abs(np.asarray(got[name]) - value).max() / np.abs(value).max()
+      assert error <= 1e-5, (formulation, name, error)
+
+
+@pytest.mark.parametrize("backbone", mmv.BACKBONES)
+def test_fold_batch_norm_gives_the_folded_formulations_tree(backbone):
+  """Every BatchNorm after a kernel is folded (its moving averages gone), no other."""
+  folded = mmv.fold_batch_norm(*_random_model(backbone), backbone=backbone)
+  formulation = mmv.Formulation(batch_norm_folded=True)
+  init = mmv.transformed(backbone, formulation=formulation).init
+  inputs = (jnp.zeros((1, 2, 32, 32, 3)), jnp.zeros((1, 8, 8, 1)), jnp.zeros((1, 2), jnp.int32))
+  as_struct = lambda t: jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), t)
+  assert as_struct(folded) == as_struct(jax.eval_shape(init, jax.random.PRNGKey(0), *inputs))
+  assert len(folded[1]) < len(_random_model(backbone)[1])
+
+
+@pytest.mark.parametrize(
+    "kernel, stride",
+    [
+        ((2, 4, 4), (1, 1, 1)),
+        ((1, 3, 3), (1, 2, 2)),
+        ((3, 1, 1), (1, 1, 1)),
+        ((3, 1, 1), (2, 1, 1)),
+        ((1, 1, 1), (1, 1, 1)),
+    ],
+)
+def test_s3d_conv_decomposed_equals_3d_and_initialises_as_haiku(kernel, stride):
+  x = np.random.default_rng(15).standard_normal((2, 5, 7, 6, 8)).astype(np.float32)
+  forms = {
+      decomposed: hk.transform(lambda v, d=decomposed: s3d.Conv3D(16, kernel, stride, d)(v))
+      for decomposed in (False, True)
+  }
+  reference = hk.transform(
+      lambda v: hk.Conv3D(16, kernel, stride=stride, padding="SAME", with_bias=False)(v)
+  )
+  key = jax.random.PRNGKey(3)
+  params = reference.init(key, x)
+  for form in forms.values():
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, form.init(key, x), params))
+  want = reference.apply(params, None, x)
+  np.testing.assert_allclose(forms[True].apply(params, None, x), want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(forms[False].apply(params, None, x), want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "window, stride", [((3, 3, 3), (1, 1, 1)), ((1, 3, 3), (1, 2, 2)), ((3, 3, 3), (2, 2, 2))]
+)
+def test_s3d_max_pool_decomposed_gives_the_same_maxima(window, stride):
+  x = jnp.asarray(np.random.default_rng(16).standard_normal((2, 5, 7, 6, 3)), jnp.float32)
+  whole, per_axis = (s3d.max_pool(x, window, stride, decomposed) for decomposed in (False, True))
+  np.testing.assert_array_equal(per_axis, whole)
 
 
 def test_audio_and_text_embeddings_shapes():

@@ -10,8 +10,12 @@ Callers use plain functions of `(params, state)` nested dicts: `init`,
 embeddings), `audio_embeddings`, `text_embeddings` and `vid_repr_flops`.
 These run the model in evaluation mode; `transformed(backbone, is_training=True)`
 is the haiku transform for fine-tuning.
+
+`video_embeddings` can compute the same features in a faster `Formulation`
+(`fastest_formulation`), on parameters prepared once by `fold_batch_norm`.
 """
 
+import dataclasses
 import functools
 from typing import Any, Mapping
 
@@ -49,6 +53,65 @@ State = Mapping[str, Mapping[str, jax.Array]]
 _INIT_CLIP_SHAPE = (1, 2, 32, 32, 3)
 _INIT_SPECTROGRAM_SHAPE = (1, 8, 8, 1)
 _INIT_WORDS = 2
+
+# Module path of each backbone, whose BatchNorms `fold_batch_norm` folds.
+_BACKBONE_PATHS = {
+    S3D: "text_audio_video/visual_module/~/S3D/",
+    TSM_RESNET_X1: "text_audio_video/visual_module/~/TSMResNetV2/",
+    TSM_RESNET_X2: "text_audio_video/visual_module/~/TSMResNetV2/",
+}
+_KERNEL_TO_NORM = {
+    S3D: s3d.KERNEL_TO_NORM,
+    TSM_RESNET_X1: tsm_resnet.KERNEL_TO_NORM,
+    TSM_RESNET_X2: tsm_resnet.KERNEL_TO_NORM,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Formulation:
+  """How the visual backbone computes; the parameters and the features stay.
+
+  Every formulation gives the reference's features up to float32 rounding
+  (relative error under 1e-5, tests/test_models.py).
+
+  Attributes:
+    decompose_3d: run S3D-G's 3D convolutions and max pools in forms XLA's
+      CPU backend runs faster (`s3d.Conv3D`, `s3d.max_pool`).
+    batch_norm_folded: the parameters went through `fold_batch_norm`, so the
+      BatchNorms that follow a kernel only add an offset.
+  """
+
+  decompose_3d: bool = False
+  batch_norm_folded: bool = False
+
+
+# The layers as the checkpoints were trained: the baseline of the benchmarks.
+REFERENCE = Formulation()
+
+
+def fastest_formulation(platform: str) -> Formulation:
+  """The fastest formulation measured for a JAX platform ("cpu", "gpu", "tpu").
+
+  Folding BatchNorm removes a pass over every activation everywhere.
+  S3D-G's 3D operations run several times faster decomposed on XLA's CPU
+  backend (bench/model_bench.py); on GPUs and TPUs, where the 3D kernels are
+  native, they stay whole until a benchmark there shows otherwise
+  (bench/gpu.sh times both formulations).
+  """
+  return Formulation(decompose_3d=platform == "cpu", batch_norm_folded=True)
+
+
+def fold_batch_norm(params: Params, state: State, *, backbone: str) -> tuple[dict, dict]:
+  """(params, state) for `Formulation(batch_norm_folded=True)`, computed once.
+
+  Each evaluation-mode BatchNorm that follows a kernel of the visual backbone
+  is folded into that kernel (`normalization.fold_into_kernels`); the rest of
+  the trees is unchanged. Such trees only evaluate: train on the originals.
+  """
+  _check_backbone(backbone)
+  return normalization.fold_into_kernels(
+      params, state, _BACKBONE_PATHS[backbone], _KERNEL_TO_NORM[backbone]
+  )
 
 
 def _check_backbone(backbone: str) -> None:
@@ -91,13 +154,19 @@ class _EmbeddingHead(hk.Module):
 class _VisualModule(hk.Module):
   """Holds the chosen visual backbone (created in the constructor, as stored)."""
 
-  def __init__(self, backbone: str, normalize_fn: normalization.NormalizeFn):
+  def __init__(
+      self, backbone: str, normalize_fn: normalization.NormalizeFn, formulation: Formulation
+  ):
     super().__init__(name="visual_module")
+    if formulation.batch_norm_folded:
+      conv_normalize_fn = normalization.folded_normalize
+    else:
+      conv_normalize_fn = normalize_fn
     if backbone == S3D:
-      self._cnn = s3d.S3D(normalize_fn)
+      self._cnn = s3d.S3D(conv_normalize_fn, decomposed=formulation.decompose_3d)
     else:
       width = 2 if backbone == TSM_RESNET_X2 else 1
-      self._cnn = tsm_resnet.TSMResNetV2(normalize_fn, width_mult=width)
+      self._cnn = tsm_resnet.TSMResNetV2(normalize_fn, conv_normalize_fn, width_mult=width)
 
   def __call__(self, clips: jax.Array, is_training: bool) -> jax.Array:
     return self._cnn(clips, is_training)
@@ -123,18 +192,26 @@ class MMVModel(hk.Module):
   training, as in the original model.
   """
 
-  def __init__(self, backbone: str, bn_axis_name: str | None = None):
+  def __init__(
+      self,
+      backbone: str,
+      bn_axis_name: str | None = None,
+      formulation: Formulation = REFERENCE,
+  ):
     """Creates the model.
 
     Args:
       backbone: one of BACKBONES.
       bn_axis_name: device axis for cross-replica BatchNorm statistics in
         training; unused in evaluation.
+      formulation: how the visual backbone computes (evaluation only, unless
+        REFERENCE).
     """
     super().__init__(name=MODEL_NAME)
     _check_backbone(backbone)
     self._backbone = backbone
     self._normalize_fn = normalization.make_normalize_fn(bn_axis_name)
+    self._formulation = formulation
 
   def _get_pair_embedding_heads(self) -> dict[str, _EmbeddingHead]:
     # Created inside this method so the heads live under
@@ -176,7 +253,9 @@ class MMVModel(hk.Module):
     heads = self._get_pair_embedding_heads()
     outputs = {}
     if clips is not None:
-      vid_repr = _VisualModule(self._backbone, self._normalize_fn)(clips, is_training)
+      vid_repr = _VisualModule(self._backbone, self._normalize_fn, self._formulation)(
+          clips, is_training
+      )
       video_audio = heads["vid2audio"](vid_repr, is_training)
       outputs[VID_REPR] = vid_repr
       outputs[VIDEO_AUDIO] = video_audio
@@ -210,13 +289,18 @@ def _forward(
     backbone: str,
     is_training: bool,
     bn_axis_name: str | None = None,
+    formulation: Formulation = REFERENCE,
 ):
-  return MMVModel(backbone, bn_axis_name)(clips, spectrograms, word_ids, is_training=is_training)
+  model = MMVModel(backbone, bn_axis_name, formulation)
+  return model(clips, spectrograms, word_ids, is_training=is_training)
 
 
 @functools.lru_cache(maxsize=None)
 def transformed(
-    backbone: str, is_training: bool = False, bn_axis_name: str | None = None
+    backbone: str,
+    is_training: bool = False,
+    bn_axis_name: str | None = None,
+    formulation: Formulation = REFERENCE,
 ) -> hk.TransformedWithState:
   """The haiku transform of `MMVModel(backbone)(clips, spectrograms, word_ids)`.
 
@@ -226,7 +310,11 @@ def transformed(
   _check_backbone(backbone)
   return hk.transform_with_state(
       functools.partial(
-          _forward, backbone=backbone, is_training=is_training, bn_axis_name=bn_axis_name
+          _forward,
+          backbone=backbone,
+          is_training=is_training,
+          bn_axis_name=bn_axis_name,
+          formulation=formulation,
       )
   )
 
@@ -261,27 +349,40 @@ def param_shapes(backbone: str) -> tuple[Params, State]:
   return jax.eval_shape(functools.partial(init, backbone), jax.random.PRNGKey(0))
 
 
-def _apply(backbone: str, params: Params, state: State, **inputs) -> dict[str, jax.Array]:
-  outputs, _ = transformed(backbone).apply(params, state, None, **inputs)
+def _apply(
+    backbone: str,
+    params: Params,
+    state: State,
+    formulation: Formulation = REFERENCE,
+    **inputs,
+) -> dict[str, jax.Array]:
+  outputs, _ = transformed(backbone, formulation=formulation).apply(params, state, None, **inputs)
   return outputs
 
 
 def video_embeddings(
-    params: Params, state: State, clips: jax.Array, *, backbone: str
+    params: Params,
+    state: State,
+    clips: jax.Array,
+    *,
+    backbone: str,
+    formulation: Formulation = REFERENCE,
 ) -> dict[str, jax.Array]:
-  """Evaluation-mode video features; pure, jit-able (backbone static).
+  """Evaluation-mode video features; pure, jit-able (backbone, formulation static).
 
   Args:
-    params: full model params (as `init` or a checkpoint gives them).
-    state: full model state.
+    params: full model params (as `init` or a checkpoint gives them; through
+      `fold_batch_norm` for a formulation with `batch_norm_folded`).
+    state: full model state (idem).
     clips: float32 [B, T, H, W, 3] in [0, 1]; T, H, W even for S3D.
     backbone: one of BACKBONES.
+    formulation: how the backbone computes; the features are the same.
 
   Returns:
     {VID_REPR: [B, REPR_DIMS[backbone]], VIDEO_AUDIO: [B, 512],
      VIDEO_TEXT: [B, 256]}, float32.
   """
-  return _apply(backbone, params, state, clips=clips)
+  return _apply(backbone, params, state, formulation, clips=clips)
 
 
 def audio_embeddings(

@@ -11,11 +11,12 @@ evaluation mode too, so an evaluation-mode `init` yields the full state tree a
 checkpoint fills.
 """
 
-from typing import Callable
+from typing import Callable, Mapping
 
 import haiku as hk
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 MODULE_NAME = "__cross_replica_batch_norm"
 DECAY_RATE = 0.9
@@ -85,6 +86,67 @@ class CrossReplicaBatchNorm(hk.Module):
     return (x - mean) * (scale * jax.lax.rsqrt(var + EPS)) + offset
 
 
+class FoldedBatchNorm(hk.Module):
+  """An evaluation-mode BatchNorm whose scaling lives in the preceding kernel.
+
+  Adds `offset` ([1, ..., 1, C]) only: `fold_into_kernels` multiplied the
+  convolution's kernel by `scale * rsqrt(var + eps)` and set `offset` to
+  `offset - mean * scale * rsqrt(var + eps)`, so `conv(x) + offset` equals the
+  BatchNorm of `conv(x)` up to float32 rounding. Same module name as the
+  BatchNorm it replaces, so the surrounding layers keep their names.
+  """
+
+  def __init__(self, name: str = MODULE_NAME):
+    super().__init__(name=name)
+
+  def __call__(self, x: jax.Array, is_training: bool) -> jax.Array:
+    if is_training:
+      raise ValueError("a folded BatchNorm only evaluates; train with the checkpoint's own tree")
+    stats_shape = (1,) * (x.ndim - 1) + (x.shape[-1],)
+    return x + hk.get_parameter("offset", stats_shape, x.dtype, init=jnp.zeros)
+
+
+def fold_into_kernels(
+    params: Mapping[str, Mapping],
+    state: Mapping[str, Mapping],
+    prefix: str,
+    kernel_to_norm: Mapping[str, str],
+) -> tuple[dict, dict]:
+  """Folds evaluation-mode BatchNorms into the kernels they follow.
+
+  Args:
+    params: a params tree (module path -> {name: array}) as a checkpoint holds it.
+    state: its state tree.
+    prefix: only modules under this path are folded (one backbone).
+    kernel_to_norm: the kernel module's path relative to its parent -> the
+      BatchNorm's (relative to the same parent) that normalises its output,
+      e.g. {"~/conv3_d": "__cross_replica_batch_norm"}.
+
+  Returns:
+    (params, state): each folded kernel `w` ([..., C_out]) scaled per output
+    channel, its BatchNorm's params reduced to the folded `offset` that
+    `FoldedBatchNorm` adds, and that BatchNorm's moving averages dropped.
+    Computed in float64, stored in each leaf's own dtype.
+  """
+  params = {path: dict(leaves) for path, leaves in params.items()}
+  state = dict(state)
+  for kernel_path in [path for path in params if path.startswith(prefix)]:
+    for kernel_name, norm_name in kernel_to_norm.items():
+      if not kernel_path.endswith("/" + kernel_name):
+        continue
+      norm_path = kernel_path[: -len(kernel_name)] + norm_name
+      mean = np.asarray(state.pop(norm_path + "/~/mean_ema")["average"], np.float64)
+      var = np.asarray(state.pop(norm_path + "/~/var_ema")["average"], np.float64)
+      norm = params[norm_path]
+      multiplier = np.asarray(norm["scale"], np.float64) / np.sqrt(var + EPS)
+      kernel = params[kernel_path]["w"]
+      folded_kernel = np.asarray(kernel, np.float64) * multiplier.reshape(-1)
+      folded_offset = np.asarray(norm["offset"], np.float64) - mean * multiplier
+      params[kernel_path]["w"] = folded_kernel.astype(kernel.dtype)
+      params[norm_path] = {"offset": folded_offset.astype(norm["offset"].dtype)}
+  return params, state
+
+
 def make_normalize_fn(axis_name: str | None = None) -> NormalizeFn:
   """Returns `normalize(x, is_training)` adding a new BatchNorm layer per call."""
 
@@ -92,3 +154,8 @@ def make_normalize_fn(axis_name: str | None = None) -> NormalizeFn:
     return CrossReplicaBatchNorm(axis_name=axis_name)(x, is_training)
 
   return normalize
+
+
+def folded_normalize(x: jax.Array, is_training: bool) -> jax.Array:
+  """The NormalizeFn of a BatchNorm folded into the preceding kernel (`FoldedBatchNorm`)."""
+  return FoldedBatchNorm()(x, is_training)

@@ -5,9 +5,13 @@ the space-to-depth layout the released weights expect, and returns the mean
 over time and space of the last Inception block, float32 `[B, 1024]`.
 """
 
+import functools
+from typing import Callable
+
 import haiku as hk
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mmv_core.models import normalization
 
@@ -30,6 +34,15 @@ _INCEPTION_CHANNELS = {
 }
 
 Triple = tuple[int, int, int]
+
+# Each Unit3D's kernels and the BatchNorms after them (paths within the unit),
+# for `normalization.fold_into_kernels`.
+KERNEL_TO_NORM = {
+    "~/conv3_d": normalization.MODULE_NAME,
+    "~/conv3_d_1": normalization.MODULE_NAME + "_1",
+}
+_CONV_DIMENSIONS_3D = ("NDHWC", "DHWIO", "NDHWC")
+_CONV_DIMENSIONS_2D = ("NHWC", "HWIO", "NHWC")
 
 
 def space_to_depth(video: jax.Array) -> jax.Array:
@@ -65,8 +78,71 @@ def self_gating(x: jax.Array) -> jax.Array:
   return x * gates[:, None, None, None, :]
 
 
-def _max_pool(x: jax.Array, window: Triple, stride: Triple) -> jax.Array:
-  return hk.max_pool(x, window_shape=(1, *window, 1), strides=(1, *stride, 1), padding="SAME")
+def max_pool(x: jax.Array, window: Triple, stride: Triple, decomposed: bool) -> jax.Array:
+  """SAME max pooling of [B, T, H, W, C] over (T, H, W).
+
+  With `decomposed`, one axis at a time: the same maxima (SAME padding is
+  per axis), an order of magnitude faster on XLA's CPU backend.
+  """
+  if not decomposed:
+    return hk.max_pool(x, window_shape=(1, *window, 1), strides=(1, *stride, 1), padding="SAME")
+  for axis in range(3):
+    if window[axis] > 1 or stride[axis] > 1:
+      axis_window = [1] * 5
+      axis_stride = [1] * 5
+      axis_window[axis + 1] = window[axis]
+      axis_stride[axis + 1] = stride[axis]
+      x = hk.max_pool(x, window_shape=axis_window, strides=axis_stride, padding="SAME")
+  return x
+
+
+class Conv3D(hk.Module):
+  """A bias-free 3D convolution with SAME padding, as `hk.Conv3D` stores it.
+
+  Its parameter is `w`, float32 [kt, kh, kw, C_in, C_out], initialised as
+  `hk.Conv3D` does. With `decomposed` and stride 1 in time, it runs on XLA's
+  2D convolutions, which are several times faster than its 3D ones on CPUs
+  (docs/models.md): a kernel that spans only time ([kt, 1, 1]) as a [kt, 1]
+  convolution over (T, H*W); any other as a 2D convolution over the B*T
+  frames whose input channels are the kt frames the kernel reaches, side by
+  side. Maps [B, T, H, W, C_in] to [B, T', H', W', C_out].
+  """
+
+  def __init__(
+      self, channels: int, kernel: Triple, stride: Triple, decomposed: bool, name: str = "conv3_d"
+  ):
+    super().__init__(name=name)
+    self._channels = channels
+    self._kernel = kernel
+    self._stride = stride
+    self._decomposed = decomposed
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    w_shape = (*self._kernel, x.shape[-1], self._channels)
+    stddev = 1.0 / np.sqrt(np.prod(w_shape[:-1]))
+    w = hk.get_parameter("w", w_shape, x.dtype, init=hk.initializers.TruncatedNormal(stddev))
+    (kt, kh, kw), (st, sh, sw) = self._kernel, self._stride
+    if not self._decomposed or st != 1:
+      return _conv(x, w, self._stride, _CONV_DIMENSIONS_3D)
+    b, t, h, width, c = x.shape
+    if kt > 1 and kh == kw == 1 and sh == sw == 1:
+      pixels = jnp.reshape(x, (b, t, h * width, c))
+      y = _conv(pixels, w[:, 0], (1, 1), _CONV_DIMENSIONS_2D)
+      return jnp.reshape(y, (b, t, h, width, self._channels))
+    if kt > 1:
+      before = (kt - 1) // 2  # XLA's SAME padding.
+      padded = jnp.pad(x, [(0, 0), (before, kt - 1 - before), (0, 0), (0, 0), (0, 0)])
+      x = jnp.concatenate([padded[:, dt : dt + t] for dt in range(kt)], axis=-1)
+      w = jnp.reshape(jnp.transpose(w, (1, 2, 0, 3, 4)), (kh, kw, kt * c, self._channels))
+    else:
+      w = w[0]
+    frames = jnp.reshape(x, (b * t, h, width, kt * c))
+    y = _conv(frames, w, (sh, sw), _CONV_DIMENSIONS_2D)
+    return jnp.reshape(y, (b, t, *y.shape[1:]))
+
+
+def _conv(x: jax.Array, w: jax.Array, stride: tuple[int, ...], dimensions: tuple[str, str, str]):
+  return jax.lax.conv_general_dilated(x, w, stride, "SAME", dimension_numbers=dimensions)
 
 
 class Unit3D(hk.Module):
@@ -84,6 +160,7 @@ class Unit3D(hk.Module):
     stride: (T, H, W) stride.
     separable: split into spatial and temporal convolutions as above.
     gated: apply `self_gating` after the last ReLU.
+    decomposed: see `Conv3D`.
     name: haiku module name.
   """
 
@@ -96,6 +173,7 @@ class Unit3D(hk.Module):
       stride: Triple = (1, 1, 1),
       separable: bool = False,
       gated: bool = False,
+      decomposed: bool = False,
       name: str,
   ):
     super().__init__(name=name)
@@ -106,10 +184,7 @@ class Unit3D(hk.Module):
       ]
     else:
       shapes = [(kernel, stride)]
-    self._convs = [
-        hk.Conv3D(channels, kernel_shape=k, stride=s, padding="SAME", with_bias=False)
-        for k, s in shapes
-    ]
+    self._convs = [Conv3D(channels, k, s, decomposed) for k, s in shapes]
     self._normalize_fn = normalize_fn
     self._gated = gated
 
@@ -119,60 +194,75 @@ class Unit3D(hk.Module):
     return self_gating(x) if self._gated else x
 
 
+# `unit(channels, kernel, **options)`: a Unit3D with the backbone's normalisation and form.
+UnitFactory = Callable[..., Unit3D]
+
+
 class _InceptionBlock(hk.Module):
   """S3D-G Inception block; the four branches concatenated on channels."""
 
-  def __init__(self, channels: tuple[int, ...], normalize_fn: normalization.NormalizeFn, name: str):
+  def __init__(self, channels: tuple[int, ...], unit: UnitFactory, decomposed: bool, name: str):
     super().__init__(name=name)
     self._channels = channels
-    self._normalize_fn = normalize_fn
+    self._unit = unit
+    self._decomposed = decomposed
 
   def __call__(self, x: jax.Array, is_training: bool) -> jax.Array:
     c0, c1, c2, c3, c4, c5 = self._channels
-    norm = self._normalize_fn
+    unit = self._unit
     spatiotemporal = (TEMPORAL_KERNEL, 3, 3)
-    branch_0 = Unit3D(c0, (1, 1, 1), norm, gated=True, name="Branch_0_Conv2d_0a_1x1")(
-        x, is_training
+    branch_0 = unit(c0, (1, 1, 1), gated=True, name="Branch_0_Conv2d_0a_1x1")(x, is_training)
+    branch_1 = unit(c1, (1, 1, 1), name="Branch_1_Conv2d_0a_1x1")(x, is_training)
+    branch_1 = unit(c2, spatiotemporal, separable=True, gated=True, name="Branch_1_Conv2d_0b_3x3")(
+        branch_1, is_training
     )
-    branch_1 = Unit3D(c1, (1, 1, 1), norm, name="Branch_1_Conv2d_0a_1x1")(x, is_training)
-    branch_1 = Unit3D(
-        c2, spatiotemporal, norm, separable=True, gated=True, name="Branch_1_Conv2d_0b_3x3"
-    )(branch_1, is_training)
-    branch_2 = Unit3D(c3, (1, 1, 1), norm, name="Branch_2_Conv2d_0a_1x1")(x, is_training)
-    branch_2 = Unit3D(
-        c4, spatiotemporal, norm, separable=True, gated=True, name="Branch_2_Conv2d_0b_3x3"
-    )(branch_2, is_training)
-    branch_3 = _max_pool(x, (3, 3, 3), (1, 1, 1))
-    branch_3 = Unit3D(c5, (1, 1, 1), norm, gated=True, name="Branch_3_Conv2d_0b_1x1")(
-        branch_3, is_training
+    branch_2 = unit(c3, (1, 1, 1), name="Branch_2_Conv2d_0a_1x1")(x, is_training)
+    branch_2 = unit(c4, spatiotemporal, separable=True, gated=True, name="Branch_2_Conv2d_0b_3x3")(
+        branch_2, is_training
     )
+    branch_3 = max_pool(x, (3, 3, 3), (1, 1, 1), self._decomposed)
+    branch_3 = unit(c5, (1, 1, 1), gated=True, name="Branch_3_Conv2d_0b_1x1")(branch_3, is_training)
     return jnp.concatenate([branch_0, branch_1, branch_2, branch_3], axis=-1)
 
 
 class S3D(hk.Module):
   """S3D-G on space-to-depth input, as in the released MMV checkpoints."""
 
-  def __init__(self, normalize_fn: normalization.NormalizeFn, name: str = "S3D"):
+  def __init__(
+      self, normalize_fn: normalization.NormalizeFn, decomposed: bool = False, name: str = "S3D"
+  ):
+    """Creates the module.
+
+    Args:
+      normalize_fn: the BatchNorm after every convolution (a folded one for
+        parameters that went through `normalization.fold_into_kernels`).
+      decomposed: run 3D convolutions and max pools in their faster
+        equivalent forms on XLA's CPU backend (`Conv3D`, `max_pool`).
+      name: haiku module name.
+    """
     super().__init__(name=name)
-    self._normalize_fn = normalize_fn
+    self._unit = functools.partial(Unit3D, normalize_fn=normalize_fn, decomposed=decomposed)
+    self._decomposed = decomposed
 
   def __call__(self, clips: jax.Array, is_training: bool) -> jax.Array:
     """float32 [B, T, H, W, 3] in [0, 1] (T, H, W even) -> float32 [B, 1024]."""
-    norm = self._normalize_fn
+    unit = self._unit
+    pool = functools.partial(max_pool, decomposed=self._decomposed)
+    block = functools.partial(_InceptionBlock, unit=unit, decomposed=self._decomposed)
     x = space_to_depth(clips)
-    x = Unit3D(64, (2, 4, 4), norm, name="Conv2d_1a_7x7")(x, is_training)
-    x = _max_pool(x, (1, 3, 3), (1, 2, 2))
-    x = Unit3D(64, (1, 1, 1), norm, name="Conv2d_2b_1x1")(x, is_training)
-    x = Unit3D(
-        192, (TEMPORAL_KERNEL, 3, 3), norm, separable=True, gated=True, name="Conv2d_2c_3x3"
-    )(x, is_training)
-    x = _max_pool(x, (1, 3, 3), (1, 2, 2))
+    x = unit(64, (2, 4, 4), name="Conv2d_1a_7x7")(x, is_training)
+    x = pool(x, (1, 3, 3), (1, 2, 2))
+    x = unit(64, (1, 1, 1), name="Conv2d_2b_1x1")(x, is_training)
+    x = unit(192, (TEMPORAL_KERNEL, 3, 3), separable=True, gated=True, name="Conv2d_2c_3x3")(
+        x, is_training
+    )
+    x = pool(x, (1, 3, 3), (1, 2, 2))
     for name in ("Mixed_3b", "Mixed_3c"):
-      x = _InceptionBlock(_INCEPTION_CHANNELS[name], norm, name=name)(x, is_training)
-    x = _max_pool(x, (3, 3, 3), (2, 2, 2))
+      x = block(_INCEPTION_CHANNELS[name], name=name)(x, is_training)
+    x = pool(x, (3, 3, 3), (2, 2, 2))
     for name in ("Mixed_4b", "Mixed_4c", "Mixed_4d", "Mixed_4e", "Mixed_4f"):
-      x = _InceptionBlock(_INCEPTION_CHANNELS[name], norm, name=name)(x, is_training)
-    x = _max_pool(x, (2, 2, 2), (2, 2, 2))
+      x = block(_INCEPTION_CHANNELS[name], name=name)(x, is_training)
+    x = pool(x, (2, 2, 2), (2, 2, 2))
     for name in ("Mixed_5b", "Mixed_5c"):
-      x = _InceptionBlock(_INCEPTION_CHANNELS[name], norm, name=name)(x, is_training)
+      x = block(_INCEPTION_CHANNELS[name], name=name)(x, is_training)
     return jnp.mean(x, axis=(1, 2, 3))

@@ -17,6 +17,14 @@ UNIT_CHANNELS = (256, 512, 1024, 2048)
 UNIT_BLOCKS = (3, 4, 6, 3)
 UNIT_STRIDES = (1, 2, 2, 2)
 SHIFT_FRACTION = 1 / 8
+# The kernels of each block whose output a BatchNorm normalises (paths within
+# the block), for `normalization.fold_into_kernels`. The block's first
+# BatchNorm acts on the block's input, which the shortcut also carries, so it
+# stays.
+KERNEL_TO_NORM = {
+    "conv_0": normalization.MODULE_NAME + "_1",
+    "conv_1": normalization.MODULE_NAME + "_2",
+}
 
 
 def output_dim(width_mult: int) -> int:
@@ -62,7 +70,8 @@ class TSMBlock(hk.Module):
 
   preact = relu(BN(x)); shortcut = 1x1 conv of preact (projection) or x;
   residual = conv_2(relu(BN(conv_1(relu(BN(conv_0(shift(preact)))))))).
-  The stride sits on `conv_1` (3x3) and on the projection.
+  The stride sits on `conv_1` (3x3) and on the projection. The two inner
+  BatchNorms come from `conv_normalize_fn` (see `TSMResNetV2`).
   """
 
   def __init__(
@@ -72,6 +81,7 @@ class TSMBlock(hk.Module):
       use_projection: bool,
       num_frames: int,
       normalize_fn: normalization.NormalizeFn,
+      conv_normalize_fn: normalization.NormalizeFn,
       name: str,
   ):
     super().__init__(name=name)
@@ -80,6 +90,7 @@ class TSMBlock(hk.Module):
     self._use_projection = use_projection
     self._num_frames = num_frames
     self._normalize_fn = normalize_fn
+    self._conv_normalize_fn = conv_normalize_fn
 
   def __call__(self, x: jax.Array, is_training: bool) -> jax.Array:
     """float32 [B*T, H, W, C_in] -> [B*T, H/stride, W/stride, channels]."""
@@ -98,11 +109,11 @@ class TSMBlock(hk.Module):
       shortcut = x
     residual = temporal_shift(preact, self._num_frames)
     residual = hk.Conv2D(bottleneck, 1, with_bias=False, padding="SAME", name="conv_0")(residual)
-    residual = jax.nn.relu(self._normalize_fn(residual, is_training))
+    residual = jax.nn.relu(self._conv_normalize_fn(residual, is_training))
     residual = hk.Conv2D(
         bottleneck, 3, stride=self._stride, with_bias=False, padding="SAME", name="conv_1"
     )(residual)
-    residual = jax.nn.relu(self._normalize_fn(residual, is_training))
+    residual = jax.nn.relu(self._conv_normalize_fn(residual, is_training))
     residual = hk.Conv2D(self._channels, 1, with_bias=False, padding="SAME", name="conv_2")(
         residual
     )
@@ -119,6 +130,7 @@ class _Unit(hk.Module):
       stride: int,
       num_frames: int,
       normalize_fn: normalization.NormalizeFn,
+      conv_normalize_fn: normalization.NormalizeFn,
       name: str,
   ):
     super().__init__(name=name)
@@ -127,6 +139,7 @@ class _Unit(hk.Module):
     self._stride = stride
     self._num_frames = num_frames
     self._normalize_fn = normalize_fn
+    self._conv_normalize_fn = conv_normalize_fn
 
   def __call__(self, x: jax.Array, is_training: bool) -> jax.Array:
     for i in range(self._num_blocks):
@@ -136,6 +149,7 @@ class _Unit(hk.Module):
           i == 0,
           self._num_frames,
           self._normalize_fn,
+          self._conv_normalize_fn,
           name=f"block_{i}",
       )(x, is_training)
     return x
@@ -145,10 +159,25 @@ class TSMResNetV2(hk.Module):
   """TSM-ResNet-50 (V2), width 1 or 2, as in the released MMV checkpoints."""
 
   def __init__(
-      self, normalize_fn: normalization.NormalizeFn, width_mult: int = 1, name: str = "TSMResNetV2"
+      self,
+      normalize_fn: normalization.NormalizeFn,
+      conv_normalize_fn: normalization.NormalizeFn | None = None,
+      width_mult: int = 1,
+      name: str = "TSMResNetV2",
   ):
+    """Creates the module.
+
+    Args:
+      normalize_fn: the BatchNorms on each block's input and on the output.
+      conv_normalize_fn: the BatchNorms after `conv_0` and `conv_1`
+        (`KERNEL_TO_NORM`); a folded one for parameters that went through
+        `normalization.fold_into_kernels`. Default: `normalize_fn`.
+      width_mult: 1 or 2.
+      name: haiku module name.
+    """
     super().__init__(name=name)
     self._normalize_fn = normalize_fn
+    self._conv_normalize_fn = conv_normalize_fn or normalize_fn
     self._width_mult = width_mult
 
   def __call__(self, clips: jax.Array, is_training: bool) -> jax.Array:
@@ -173,6 +202,7 @@ class TSMResNetV2(hk.Module):
           stride,
           num_frames,
           self._normalize_fn,
+          self._conv_normalize_fn,
           name=f"tsm_resnet_unit_{i}",
       )(x, is_training)
     x = jax.nn.relu(self._normalize_fn(x, is_training))
