@@ -32,6 +32,12 @@ from mmv_core.models.names import VID_REPR, VIDEO_AUDIO, VIDEO_OUTPUTS, VIDEO_TE
 # towers (about 44 M parameters) stay on the host.
 _VIDEO_MODULES = ("text_audio_video/visual_module", "text_audio_video/~_get_pair_embedding_heads")
 _BATCH_AXIS = "batch"
+# EmbedderConfig.precision -> (dtype of weights and activations, matmul precision).
+_PRECISION_SETTINGS = {
+    "float32": (jnp.float32, "highest"),
+    "tensorfloat32": (jnp.float32, "tensorfloat32"),
+    "bfloat16": (jnp.bfloat16, "default"),
+}
 
 
 def enable_compilation_cache(cache_dir: str | None = None) -> str:
@@ -67,21 +73,32 @@ class VideoEmbedder:
   ):
     if backbone not in mmv.BACKBONES:
       raise ValueError(f"unknown backbone {backbone!r}; expected one of {mmv.BACKBONES}")
-    if config.compute_dtype not in ("float32", "bfloat16"):
-      raise ValueError(f"compute_dtype must be float32 or bfloat16, not {config.compute_dtype!r}")
     self.backbone = backbone
     self.config = config
     self.devices = list(devices or jax.local_devices())
     self._mesh = Mesh(np.array(self.devices), (_BATCH_AXIS,))
     self._batch_size = -(-config.batch_size // len(self.devices)) * len(self.devices)
+    if config.formulation == "reference":
+      self.formulation = mmv.REFERENCE
+    else:
+      self.formulation = mmv.fastest_formulation(self.devices[0].platform)
+    params, state = video_subtree(params), video_subtree(state)
+    if self.formulation.batch_norm_folded:
+      params, state = mmv.fold_batch_norm(params, state, backbone=backbone)
     replicated = NamedSharding(self._mesh, PartitionSpec())
-    dtype = jnp.dtype(config.compute_dtype)
+    dtype, matmul_precision = _PRECISION_SETTINGS[config.precision]
     cast = lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
-    self._params = jax.device_put(jax.tree.map(cast, video_subtree(params)), replicated)
-    self._state = jax.device_put(jax.tree.map(cast, video_subtree(state)), replicated)
+    self._params = jax.device_put(jax.tree.map(cast, params), replicated)
+    self._state = jax.device_put(jax.tree.map(cast, state), replicated)
     self._clip_sharding = NamedSharding(self._mesh, PartitionSpec(_BATCH_AXIS))
     self._forward = jax.jit(
-        functools.partial(_forward, backbone=backbone, dtype=dtype),
+        functools.partial(
+            _forward,
+            backbone=backbone,
+            formulation=self.formulation,
+            dtype=dtype,
+            matmul_precision=matmul_precision,
+        ),
         out_shardings=self._clip_sharding,
     )
     # Threads sharing this embedder (a worker's harness threads) run one forward
@@ -191,12 +208,13 @@ def _pad_to(batch: np.ndarray, size: int) -> np.ndarray:
   return np.concatenate([batch, np.repeat(batch[-1:], missing, axis=0)])
 
 
-def _forward(params, state, clips, *, backbone: str, dtype) -> dict:
+def _forward(
+    params, state, clips, *, backbone: str, formulation: mmv.Formulation, dtype, matmul_precision
+) -> dict:
   if clips.dtype == jnp.uint8:
     clips = clips.astype(jnp.float32) / 255.0
-  # Accelerators would otherwise run float32 convolutions as TF32 (GPU) or
-  # bfloat16 passes (TPU); the protocol's features are float32.
-  precision = "highest" if dtype == jnp.float32 else "default"
-  with jax.default_matmul_precision(precision):
-    out = mmv.video_embeddings(params, state, clips.astype(dtype), backbone=backbone)
+  with jax.default_matmul_precision(matmul_precision):
+    out = mmv.video_embeddings(
+        params, state, clips.astype(dtype), backbone=backbone, formulation=formulation
+    )
   return {name: out[name].astype(jnp.float32) for name in VIDEO_OUTPUTS}

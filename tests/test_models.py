@@ -5,6 +5,7 @@ calling the code under test. Sizes are small; nothing runs at 224x224.
 """
 
 import functools
+import dataclasses
 import itertools
 import json
 import math
@@ -309,14 +310,14 @@ def test_s3d_inception_block_matches_numpy(decomposed):
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
-def test_tsm_first_block_matches_numpy():
+@pytest.mark.parametrize("pointwise_as_dot", [False, True])
+def test_tsm_first_block_matches_numpy(pointwise_as_dot):
   num_frames, channels, stride = 3, 32, 2
   x = np.random.default_rng(11).standard_normal((2 * num_frames, 6, 6, 16)).astype(np.float32)
   norm = normalization.make_normalize_fn()
+  layers = tsm_resnet.Layers(norm, norm, pointwise_as_dot)
   got, params, state = _run_block(
-      lambda v: tsm_resnet.TSMBlock(channels, stride, True, num_frames, norm, norm, name="b")(
-          v, False
-      ),
+      lambda v: tsm_resnet.TSMBlock(channels, stride, True, num_frames, layers, name="b")(v, False),
       x,
       seed=12,
   )
@@ -462,8 +463,8 @@ def test_fast_formulations_give_the_reference_features(backbone):
   params, state = _random_model(backbone)
   clips = jax.random.uniform(jax.random.PRNGKey(1), _SMALL_CLIPS)
   formulations = {mmv.fastest_formulation(platform) for platform in ("cpu", "gpu")}
-  if backbone != "s3d":  # Only S3D-G has separable kernels.
-    formulations = {mmv.Formulation(batch_norm_folded=True)}
+  if backbone != "s3d":  # TSM-ResNet has no 3D operations to decompose.
+    formulations = {dataclasses.replace(f, decompose_3d=False) for f in formulations}
   want = _jitted_video_embeddings(backbone)(params, state, clips)
   folded_params, folded_state = mmv.fold_batch_norm(params, state, backbone=backbone)
   for formulation in formulations:

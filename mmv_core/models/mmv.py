@@ -76,12 +76,16 @@ class Formulation:
 
   Attributes:
     decompose_3d: run S3D-G's 3D convolutions and max pools in forms XLA's
-      CPU backend runs faster (`s3d.Conv3D`, `s3d.max_pool`).
+      CPU backend runs faster (`s3d.Conv3D`, `s3d.max_pool`); this includes
+      its 1x1x1 convolutions as matrix products.
+    pointwise_as_dot: run TSM-ResNet's 1x1 convolutions as matrix products
+      (`convolution.Conv2D`).
     batch_norm_folded: the parameters went through `fold_batch_norm`, so the
       BatchNorms that follow a kernel only add an offset.
   """
 
   decompose_3d: bool = False
+  pointwise_as_dot: bool = False
   batch_norm_folded: bool = False
 
 
@@ -92,13 +96,15 @@ REFERENCE = Formulation()
 def fastest_formulation(platform: str) -> Formulation:
   """The fastest formulation measured for a JAX platform ("cpu", "gpu", "tpu").
 
-  Folding BatchNorm removes a pass over every activation everywhere.
-  S3D-G's 3D operations run several times faster decomposed on XLA's CPU
-  backend (bench/model_bench.py); on GPUs and TPUs, where the 3D kernels are
-  native, they stay whole until a benchmark there shows otherwise
-  (bench/gpu.sh times both formulations).
+  Folding BatchNorm removes a pass over every activation everywhere. S3D-G's
+  3D operations run several times faster decomposed on XLA's CPU backend, and
+  1x1 convolutions up to 2.7 times faster as matrix products
+  (bench/model_bench.py, docs/models.md). On GPUs and TPUs, where the
+  convolution kernels are native, those layers stay as trained until a
+  benchmark there shows otherwise (bench/gpu.sh times both formulations).
   """
-  return Formulation(decompose_3d=platform == "cpu", batch_norm_folded=True)
+  on_cpu = platform == "cpu"
+  return Formulation(decompose_3d=on_cpu, pointwise_as_dot=on_cpu, batch_norm_folded=True)
 
 
 def fold_batch_norm(params: Params, state: State, *, backbone: str) -> tuple[dict, dict]:
@@ -166,7 +172,8 @@ class _VisualModule(hk.Module):
       self._cnn = s3d.S3D(conv_normalize_fn, decomposed=formulation.decompose_3d)
     else:
       width = 2 if backbone == TSM_RESNET_X2 else 1
-      self._cnn = tsm_resnet.TSMResNetV2(normalize_fn, conv_normalize_fn, width_mult=width)
+      layers = tsm_resnet.Layers(normalize_fn, conv_normalize_fn, formulation.pointwise_as_dot)
+      self._cnn = tsm_resnet.TSMResNetV2(layers, width_mult=width)
 
   def __call__(self, clips: jax.Array, is_training: bool) -> jax.Array:
     return self._cnn(clips, is_training)

@@ -11,8 +11,7 @@ from typing import Callable
 import haiku as hk
 import jax
 import jax.numpy as jnp
-import numpy as np
-
+from mmv_core.models import convolution
 from mmv_core.models import normalization
 
 OUTPUT_DIM = 1024
@@ -41,8 +40,6 @@ KERNEL_TO_NORM = {
     "~/conv3_d": normalization.MODULE_NAME,
     "~/conv3_d_1": normalization.MODULE_NAME + "_1",
 }
-_CONV_DIMENSIONS_3D = ("NDHWC", "DHWIO", "NDHWC")
-_CONV_DIMENSIONS_2D = ("NHWC", "HWIO", "NHWC")
 
 
 def space_to_depth(video: jax.Array) -> jax.Array:
@@ -97,15 +94,15 @@ def max_pool(x: jax.Array, window: Triple, stride: Triple, decomposed: bool) -> 
 
 
 class Conv3D(hk.Module):
-  """A bias-free 3D convolution with SAME padding, as `hk.Conv3D` stores it.
+  """`hk.Conv3D(channels, kernel, stride, with_bias=False, padding="SAME")`.
 
-  Its parameter is `w`, float32 [kt, kh, kw, C_in, C_out], initialised as
-  `hk.Conv3D` does. With `decomposed` and stride 1 in time, it runs on XLA's
-  2D convolutions, which are several times faster than its 3D ones on CPUs
-  (docs/models.md): a kernel that spans only time ([kt, 1, 1]) as a [kt, 1]
-  convolution over (T, H*W); any other as a 2D convolution over the B*T
-  frames whose input channels are the kt frames the kernel reaches, side by
-  side. Maps [B, T, H, W, C_in] to [B, T', H', W', C_out].
+  With `decomposed` and stride 1 in time, it runs on XLA's 2D convolutions,
+  several times faster than its 3D ones on CPUs (docs/models.md): a kernel
+  that spans only time ([kt, 1, 1]) as a [kt, 1] convolution over (T, H*W);
+  a [1, 1, 1] kernel as `convolution.pointwise`; any other as a 2D
+  convolution over the B*T frames whose input channels are the kt frames the
+  kernel reaches, side by side. Maps float32 [B, T, H, W, C_in] to
+  [B, T', H', W', channels].
   """
 
   def __init__(
@@ -118,31 +115,24 @@ class Conv3D(hk.Module):
     self._decomposed = decomposed
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    w_shape = (*self._kernel, x.shape[-1], self._channels)
-    stddev = 1.0 / np.sqrt(np.prod(w_shape[:-1]))
-    w = hk.get_parameter("w", w_shape, x.dtype, init=hk.initializers.TruncatedNormal(stddev))
+    w = convolution.kernel(self._kernel, x.shape[-1], self._channels, x.dtype)
     (kt, kh, kw), (st, sh, sw) = self._kernel, self._stride
     if not self._decomposed or st != 1:
-      return _conv(x, w, self._stride, _CONV_DIMENSIONS_3D)
+      return convolution.conv(x, w, self._stride)
+    if self._kernel == (1, 1, 1):
+      return convolution.pointwise(x, w, self._stride)
     b, t, h, width, c = x.shape
-    if kt > 1 and kh == kw == 1 and sh == sw == 1:
+    if kh == kw == 1 and sh == sw == 1:
       pixels = jnp.reshape(x, (b, t, h * width, c))
-      y = _conv(pixels, w[:, 0], (1, 1), _CONV_DIMENSIONS_2D)
+      y = convolution.conv(pixels, w[:, 0], (1, 1))
       return jnp.reshape(y, (b, t, h, width, self._channels))
     if kt > 1:
       before = (kt - 1) // 2  # XLA's SAME padding.
       padded = jnp.pad(x, [(0, 0), (before, kt - 1 - before), (0, 0), (0, 0), (0, 0)])
       x = jnp.concatenate([padded[:, dt : dt + t] for dt in range(kt)], axis=-1)
-      w = jnp.reshape(jnp.transpose(w, (1, 2, 0, 3, 4)), (kh, kw, kt * c, self._channels))
-    else:
-      w = w[0]
-    frames = jnp.reshape(x, (b * t, h, width, kt * c))
-    y = _conv(frames, w, (sh, sw), _CONV_DIMENSIONS_2D)
+    w = jnp.reshape(jnp.transpose(w, (1, 2, 0, 3, 4)), (kh, kw, kt * c, self._channels))
+    y = convolution.conv(jnp.reshape(x, (b * t, h, width, kt * c)), w, (sh, sw))
     return jnp.reshape(y, (b, t, *y.shape[1:]))
-
-
-def _conv(x: jax.Array, w: jax.Array, stride: tuple[int, ...], dimensions: tuple[str, str, str]):
-  return jax.lax.conv_general_dilated(x, w, stride, "SAME", dimension_numbers=dimensions)
 
 
 class Unit3D(hk.Module):

@@ -6,10 +6,13 @@ of the channels inside each residual branch. Takes float32 clips
 float32 `[B, 2048 * width_mult]`.
 """
 
+import dataclasses
+
 import haiku as hk
 import jax
 import jax.numpy as jnp
 
+from mmv_core.models import convolution
 from mmv_core.models import normalization
 
 STEM_CHANNELS = 64
@@ -65,13 +68,33 @@ def temporal_shift(x: jax.Array, num_frames: int, fraction: float = SHIFT_FRACTI
   return jnp.reshape(shifted, x.shape)
 
 
+@dataclasses.dataclass(frozen=True)
+class Layers:
+  """How a TSM-ResNet's layers compute (one formulation of the same weights).
+
+  Attributes:
+    normalize_fn: the BatchNorms on each block's input and on the output.
+    conv_normalize_fn: the BatchNorms after `conv_0` and `conv_1`
+      (`KERNEL_TO_NORM`): folded ones for parameters that went through
+      `normalization.fold_into_kernels`, else `normalize_fn`.
+    pointwise_as_dot: run 1x1 convolutions as matrix products
+      (`convolution.Conv2D`).
+  """
+
+  normalize_fn: normalization.NormalizeFn
+  conv_normalize_fn: normalization.NormalizeFn
+  pointwise_as_dot: bool = False
+
+  def conv(self, channels: int, kernel_size: int, stride: int = 1, *, name: str):
+    return convolution.Conv2D(channels, kernel_size, stride, self.pointwise_as_dot, name=name)
+
+
 class TSMBlock(hk.Module):
   """Pre-activation bottleneck block with a temporal shift in the residual.
 
   preact = relu(BN(x)); shortcut = 1x1 conv of preact (projection) or x;
   residual = conv_2(relu(BN(conv_1(relu(BN(conv_0(shift(preact)))))))).
-  The stride sits on `conv_1` (3x3) and on the projection. The two inner
-  BatchNorms come from `conv_normalize_fn` (see `TSMResNetV2`).
+  The stride sits on `conv_1` (3x3) and on the projection.
   """
 
   def __init__(
@@ -80,8 +103,7 @@ class TSMBlock(hk.Module):
       stride: int,
       use_projection: bool,
       num_frames: int,
-      normalize_fn: normalization.NormalizeFn,
-      conv_normalize_fn: normalization.NormalizeFn,
+      layers: Layers,
       name: str,
   ):
     super().__init__(name=name)
@@ -89,34 +111,23 @@ class TSMBlock(hk.Module):
     self._stride = stride
     self._use_projection = use_projection
     self._num_frames = num_frames
-    self._normalize_fn = normalize_fn
-    self._conv_normalize_fn = conv_normalize_fn
+    self._layers = layers
 
   def __call__(self, x: jax.Array, is_training: bool) -> jax.Array:
     """float32 [B*T, H, W, C_in] -> [B*T, H/stride, W/stride, channels]."""
+    layers = self._layers
     bottleneck = self._channels // 4
-    preact = jax.nn.relu(self._normalize_fn(x, is_training))
+    preact = jax.nn.relu(layers.normalize_fn(x, is_training))
     if self._use_projection:
-      shortcut = hk.Conv2D(
-          self._channels,
-          1,
-          stride=self._stride,
-          with_bias=False,
-          padding="SAME",
-          name="shortcut_conv",
-      )(preact)
+      shortcut = layers.conv(self._channels, 1, self._stride, name="shortcut_conv")(preact)
     else:
       shortcut = x
     residual = temporal_shift(preact, self._num_frames)
-    residual = hk.Conv2D(bottleneck, 1, with_bias=False, padding="SAME", name="conv_0")(residual)
-    residual = jax.nn.relu(self._conv_normalize_fn(residual, is_training))
-    residual = hk.Conv2D(
-        bottleneck, 3, stride=self._stride, with_bias=False, padding="SAME", name="conv_1"
-    )(residual)
-    residual = jax.nn.relu(self._conv_normalize_fn(residual, is_training))
-    residual = hk.Conv2D(self._channels, 1, with_bias=False, padding="SAME", name="conv_2")(
-        residual
-    )
+    residual = layers.conv(bottleneck, 1, name="conv_0")(residual)
+    residual = jax.nn.relu(layers.conv_normalize_fn(residual, is_training))
+    residual = layers.conv(bottleneck, 3, self._stride, name="conv_1")(residual)
+    residual = jax.nn.relu(layers.conv_normalize_fn(residual, is_training))
+    residual = layers.conv(self._channels, 1, name="conv_2")(residual)
     return shortcut + residual
 
 
@@ -129,8 +140,7 @@ class _Unit(hk.Module):
       num_blocks: int,
       stride: int,
       num_frames: int,
-      normalize_fn: normalization.NormalizeFn,
-      conv_normalize_fn: normalization.NormalizeFn,
+      layers: Layers,
       name: str,
   ):
     super().__init__(name=name)
@@ -138,8 +148,7 @@ class _Unit(hk.Module):
     self._num_blocks = num_blocks
     self._stride = stride
     self._num_frames = num_frames
-    self._normalize_fn = normalize_fn
-    self._conv_normalize_fn = conv_normalize_fn
+    self._layers = layers
 
   def __call__(self, x: jax.Array, is_training: bool) -> jax.Array:
     for i in range(self._num_blocks):
@@ -148,8 +157,7 @@ class _Unit(hk.Module):
           self._stride if i == 0 else 1,
           i == 0,
           self._num_frames,
-          self._normalize_fn,
-          self._conv_normalize_fn,
+          self._layers,
           name=f"block_{i}",
       )(x, is_training)
     return x
@@ -158,40 +166,16 @@ class _Unit(hk.Module):
 class TSMResNetV2(hk.Module):
   """TSM-ResNet-50 (V2), width 1 or 2, as in the released MMV checkpoints."""
 
-  def __init__(
-      self,
-      normalize_fn: normalization.NormalizeFn,
-      conv_normalize_fn: normalization.NormalizeFn | None = None,
-      width_mult: int = 1,
-      name: str = "TSMResNetV2",
-  ):
-    """Creates the module.
-
-    Args:
-      normalize_fn: the BatchNorms on each block's input and on the output.
-      conv_normalize_fn: the BatchNorms after `conv_0` and `conv_1`
-        (`KERNEL_TO_NORM`); a folded one for parameters that went through
-        `normalization.fold_into_kernels`. Default: `normalize_fn`.
-      width_mult: 1 or 2.
-      name: haiku module name.
-    """
+  def __init__(self, layers: Layers, width_mult: int = 1, name: str = "TSMResNetV2"):
     super().__init__(name=name)
-    self._normalize_fn = normalize_fn
-    self._conv_normalize_fn = conv_normalize_fn or normalize_fn
+    self._layers = layers
     self._width_mult = width_mult
 
   def __call__(self, clips: jax.Array, is_training: bool) -> jax.Array:
     """float32 [B, T, H, W, 3] in [0, 1] -> float32 [B, 2048 * width_mult]."""
     batch, num_frames = clips.shape[:2]
     x = jnp.reshape(clips, (batch * num_frames,) + clips.shape[2:])
-    x = hk.Conv2D(
-        STEM_CHANNELS * self._width_mult,
-        7,
-        stride=2,
-        with_bias=False,
-        padding="SAME",
-        name="tsm_resnet_stem",
-    )(x)
+    x = self._layers.conv(STEM_CHANNELS * self._width_mult, 7, 2, name="tsm_resnet_stem")(x)
     x = hk.max_pool(x, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding="SAME")
     for i, (channels, num_blocks, stride) in enumerate(
         zip(UNIT_CHANNELS, UNIT_BLOCKS, UNIT_STRIDES)
@@ -201,10 +185,9 @@ class TSMResNetV2(hk.Module):
           num_blocks,
           stride,
           num_frames,
-          self._normalize_fn,
-          self._conv_normalize_fn,
+          self._layers,
           name=f"tsm_resnet_unit_{i}",
       )(x, is_training)
-    x = jax.nn.relu(self._normalize_fn(x, is_training))
+    x = jax.nn.relu(self._layers.normalize_fn(x, is_training))
     per_frame = jnp.mean(x, axis=(1, 2))
     return jnp.mean(jnp.reshape(per_frame, (batch, num_frames, -1)), axis=1)
