@@ -3,8 +3,10 @@
 For each backbone, on random weights in the checkpoint's shapes and on one
 synthetic video of 320x240 JPEG frames (the cache's format), it times:
 - `original`: the original evaluation's way: for every clip, decode the
-  video's frames again, build the clip, run the model on that one clip;
-- `one_clip`: `VideoEmbedder` with batch size 1 on ready clips (model only);
+  video's frames again, build the clip, run the model (reference
+  formulation) on that one clip;
+- `one_clip`: `VideoEmbedder` with batch size 1 on ready clips (model only),
+  in the reference formulation, the layers as the original ran them;
 - `batched`: `VideoEmbedder.embed_clips` with `--batch_size` on ready clips;
 - `pipeline_path`: what a worker of `pipelines.embed` does per video: decode
   each frame once (`clips_from_jpegs`), then batched embedding.
@@ -30,7 +32,7 @@ from mmv_core import encode
 from mmv_core import synthetic
 from mmv_core import video
 from mmv_core.embedder import VideoEmbedder
-from mmv_core.embedder_config import EmbedderConfig
+from mmv_core.embedder_config import PRECISIONS, EmbedderConfig
 from mmv_core.models import mmv
 
 
@@ -56,10 +58,10 @@ def bench_backbone(backbone: str, args, jpegs: list[bytes]) -> dict:
       num_frames=args.num_frames, stride=2, min_resize=args.size, crop_size=args.size
   )
   n = args.num_clips
-  batched = VideoEmbedder(
-      params, state, backbone, EmbedderConfig(args.batch_size, args.compute_dtype)
+  batched = VideoEmbedder(params, state, backbone, EmbedderConfig(args.batch_size, args.precision))
+  single = VideoEmbedder(
+      params, state, backbone, EmbedderConfig(1, args.precision, formulation="reference")
   )
-  single = VideoEmbedder(params, state, backbone, EmbedderConfig(1, args.compute_dtype))
   train, test = video.clips_from_jpegs(
       jpegs, num_train_clips=n // 2, num_test_windows=n - n // 2, seed=0, **clip_kwargs
   )
@@ -88,7 +90,7 @@ def bench_backbone(backbone: str, args, jpegs: list[bytes]) -> dict:
       "backbone": backbone,
       "clips": n,
       "batch_size": args.batch_size,
-      "compute_dtype": args.compute_dtype,
+      "precision": args.precision,
       "clip_shape": [args.num_frames, args.size, args.size, 3],
       "gflops_per_clip_xla": flops / 1e9,
       "clips_per_s": {k: n / v for k, v in seconds.items()},
@@ -109,12 +111,12 @@ def main():
   parser.add_argument("--batch_size", type=int, default=4)
   parser.add_argument("--num_frames", type=int, default=32)
   parser.add_argument("--size", type=int, default=224)
-  parser.add_argument("--compute_dtype", choices=("float32", "bfloat16"), default="float32")
+  parser.add_argument("--precision", choices=PRECISIONS, default="float32")
   parser.add_argument(
       "--peak_tflops",
       type=float,
       default=None,
-      help="the device's peak TFLOP/s in --compute_dtype, for FLOP utilisation",
+      help="the device's peak TFLOP/s in --precision, for FLOP utilisation",
   )
   parser.add_argument("--json_out", default=None)
   args = parser.parse_args()

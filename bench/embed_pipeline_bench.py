@@ -13,7 +13,8 @@ timed), use the same random checkpoint and cut the same clips:
   utilisation after start-up (clips x FLOPs per clip / s / peak);
 - `original_loop` (skipped with `--skip_loop`): one process, one clip at a
   time, the clip's frames decoded again from JPEG for every clip, the model
-  run on that one clip. Timed as a user runs it, like the job: its own
+  run on that one clip in the reference formulation (the layers as trained,
+  as the original ran them). Timed as a user runs it, like the job: its own
   process from start to end (imports, loading the checkpoint file,
   compiling, reading the cache, the loop); `loop_s` is the loop alone.
 
@@ -39,7 +40,7 @@ from mmv_core import synthetic
 from mmv_core import video
 from mmv_core import video_cache
 from mmv_core.embedder import VideoEmbedder
-from mmv_core.embedder_config import EmbedderConfig
+from mmv_core.embedder_config import PRECISIONS, EmbedderConfig
 from mmv_core.models import mmv
 from pipelines import embed
 
@@ -66,7 +67,7 @@ def run_original_loop(root: pathlib.Path, args) -> None:
   """The loop over the job's video cache, in this (fresh) process; prints JSON."""
   embedder = VideoEmbedder.from_checkpoint(
       str(root / f"mmv_{args.backbone}.pkl"),
-      config=EmbedderConfig(batch_size=1, compute_dtype=args.compute_dtype),
+      config=EmbedderConfig(batch_size=1, precision=args.precision, formulation="reference"),
   )
   cached = [
       v
@@ -131,7 +132,7 @@ def main():
   parser.add_argument("--num_train_clips", type=int, default=4)
   parser.add_argument("--num_test_windows", type=int, default=4)
   parser.add_argument("--batch_size", type=int, default=4)
-  parser.add_argument("--compute_dtype", choices=("float32", "bfloat16"), default="float32")
+  parser.add_argument("--precision", choices=PRECISIONS, default="float32")
   parser.add_argument(
       "--runner_args",
       default="",
@@ -142,7 +143,7 @@ def main():
       "--peak_tflops",
       type=float,
       default=None,
-      help="the device's peak TFLOP/s in --compute_dtype, for utilisation",
+      help="the device's peak TFLOP/s in --precision, for utilisation",
   )
   parser.add_argument("--skip_loop", action="store_true", help="time only the job")
   parser.add_argument("--json_out", default=None)
@@ -192,7 +193,7 @@ def main():
       f"--num_train_clips={args.num_train_clips}",
       f"--num_test_windows={args.num_test_windows}",
       f"--batch_size={args.batch_size}",
-      f"--compute_dtype={args.compute_dtype}",
+      f"--precision={args.precision}",
   ]
   flops_per_clip = (
       mmv.SPEC_GFLOPS[args.backbone] * 1e9
@@ -201,7 +202,7 @@ def main():
   )
   result = {
       "backbone": args.backbone,
-      "compute_dtype": args.compute_dtype,
+      "precision": args.precision,
       "videos": args.classes * args.videos_per_class,
       "clip_shape": [args.num_frames, args.size, args.size, 3],
       "batch_size": args.batch_size,

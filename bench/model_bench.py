@@ -2,8 +2,8 @@
 
 For every backbone, in one process: clips/s, GFLOP/s (XLA's FLOP count of the
 reference, the same work in both formulations) and their share of this
-machine's float32 matrix-product peak, measured in the same run on one large
-product. The two formulations alternate, each timed `--repeats` times, and
+machine's matrix-product peak in `--precision` (float32 by default), measured
+in the same run on one large product. The two formulations alternate, each timed `--repeats` times, and
 the best time of each counts, so that drift on a shared machine hits both.
 Each formulation's features are checked against the reference formulation's
 on this machine's CPU in float32 (the protocol), the largest relative error
@@ -24,19 +24,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmv_core import checkpoints
-from mmv_core.embedder import VideoEmbedder
+from mmv_core.embedder import PRECISION_SETTINGS, VideoEmbedder
 from mmv_core.embedder_config import FORMULATIONS, PRECISIONS, EmbedderConfig
 from mmv_core.models import mmv
 
-# The matrix product that measures the peak: large enough to be compute bound.
-_PEAK_SIZE = 2048
+# Side of the square matrix product that measures the peak: compute bound there.
+_PEAK_SIZE = {"cpu": 2048}
+_PEAK_SIZE_ACCELERATOR = 8192
 _CHECKED_CLIPS = 2
 
 
-def matmul_peak_gflops(size: int = _PEAK_SIZE, repeats: int = 5) -> float:
-  """Best GFLOP/s of a float32 [size, size] x [size, size] product at full precision."""
-  a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
-  product = jax.jit(lambda x: jnp.dot(x, x, precision="highest"))
+def matmul_peak_gflops(precision: str, repeats: int = 5) -> float:
+  """Best GFLOP/s of a square matrix product in `precision` (an EmbedderConfig precision)."""
+  dtype, matmul_precision = PRECISION_SETTINGS[precision]
+  size = _PEAK_SIZE.get(jax.devices()[0].platform, _PEAK_SIZE_ACCELERATOR)
+  a = jax.random.normal(jax.random.PRNGKey(0), (size, size), dtype)
+  product = jax.jit(lambda x: jnp.dot(x, x, precision=matmul_precision))
   product(a).block_until_ready()
   best = min(_timed(lambda: product(a).block_until_ready()) for _ in range(repeats))
   return 2 * size**3 / best / 1e9
@@ -113,8 +116,9 @@ def main():
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--json_out", default=None)
   args = parser.parse_args()
-  peak = matmul_peak_gflops()
-  print(f"{jax.devices()[0].device_kind}: float32 matmul peak {peak:.0f} GFLOP/s", flush=True)
+  peak = matmul_peak_gflops(args.precision)
+  device = jax.devices()[0].device_kind
+  print(f"{device}: {args.precision} matmul peak {peak:.0f} GFLOP/s", flush=True)
   print("backbone formulation: clips/s, GFLOP/s, share of peak, max rel. error vs CPU float32")
   results = []
   for backbone in args.backbones.split(","):
@@ -128,7 +132,7 @@ def main():
     print(f"{backbone} fastest / reference: {result['fastest_vs_reference']:.2f}x", flush=True)
   if args.json_out:
     record = {
-        "device": jax.devices()[0].device_kind,
+        "device": device,
         "matmul_peak_gflops": peak,
         "args": vars(args),
     }

@@ -33,7 +33,7 @@ from mmv_core.models.names import VID_REPR, VIDEO_AUDIO, VIDEO_OUTPUTS, VIDEO_TE
 _VIDEO_MODULES = ("text_audio_video/visual_module", "text_audio_video/~_get_pair_embedding_heads")
 _BATCH_AXIS = "batch"
 # EmbedderConfig.precision -> (dtype of weights and activations, matmul precision).
-_PRECISION_SETTINGS = {
+PRECISION_SETTINGS = {
     "float32": (jnp.float32, "highest"),
     "tensorfloat32": (jnp.float32, "tensorfloat32"),
     "bfloat16": (jnp.bfloat16, "default"),
@@ -86,7 +86,7 @@ class VideoEmbedder:
     if self.formulation.batch_norm_folded:
       params, state = mmv.fold_batch_norm(params, state, backbone=backbone)
     replicated = NamedSharding(self._mesh, PartitionSpec())
-    dtype, matmul_precision = _PRECISION_SETTINGS[config.precision]
+    dtype, matmul_precision = PRECISION_SETTINGS[config.precision]
     cast = lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
     self._params = jax.device_put(jax.tree.map(cast, params), replicated)
     self._state = jax.device_put(jax.tree.map(cast, state), replicated)

@@ -197,7 +197,7 @@ def embedding_handler(config: EmbedJobConfig) -> JaxEmbeddingHandler:
   return JaxEmbeddingHandler(
       config.checkpoint_path,
       config.resolved_backbone,
-      EmbedderConfig(batch_size=config.batch_size, compute_dtype=config.compute_dtype),
+      EmbedderConfig(batch_size=config.batch_size, precision=config.precision),
       config.outputs,
       model_copies=config.model_copies,
       jax_cache_dir=config.jax_cache_dir,

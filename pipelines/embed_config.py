@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from mmv_core import checkpoints
 from mmv_core import datasets
 from mmv_core import video
-from mmv_core.embedder_config import CACHE_DIR_ENV, EmbedderConfig
+from mmv_core.embedder_config import CACHE_DIR_ENV, PRECISIONS, EmbedderConfig
 from mmv_core.models.names import BACKBONES, VID_REPR, VIDEO_OUTPUTS
 from pipelines import ingest
 from pipelines.common import absolute_location, add_required_flag, add_verbose_flag
@@ -44,7 +44,7 @@ class EmbedJobConfig:
   num_test_windows: int = video.DEFAULT_NUM_TEST_WINDOWS
   exact_train_clips: bool = False
   batch_size: int = EmbedderConfig.batch_size
-  compute_dtype: str = EmbedderConfig.compute_dtype
+  precision: str = EmbedderConfig.precision
   joint_embeddings: bool = False
   seed: int = 0
   classes: tuple[str, ...] = ()
@@ -99,7 +99,7 @@ RESUME_SETTINGS = (
     "num_train_clips",
     "num_test_windows",
     "exact_train_clips",
-    "compute_dtype",
+    "precision",
     "joint_embeddings",
     "seed",
     "classes",
@@ -161,10 +161,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[EmbedJobConfig, list[str]]:
       "protocol's (bilinear resizing is not exactly flip-equivariant)",
   )
   p.add_argument(
-      "--compute_dtype",
-      choices=("float32", "bfloat16"),
-      default=defaults.compute_dtype,
-      help="bfloat16 only pays on accelerators; float32 is the protocol",
+      "--precision",
+      choices=PRECISIONS,
+      default=defaults.precision,
+      help="float32 is the protocol's arithmetic on every device; tensorfloat32 (NVIDIA "
+      "GPUs) and bfloat16 (accelerators) trade exactness for speed (docs/models.md)",
   )
   p.add_argument(
       "--joint_embeddings",

@@ -365,7 +365,7 @@ _EMBEDDING_SETTINGS = (
     "exact_train_clips",
     "seed",
     "joint_embeddings",
-    "compute_dtype",
+    "precision",
     "classes",
     "max_videos",
 )

@@ -128,7 +128,7 @@ def test_bfloat16_mode_is_close_to_float32(s3d_checkpoint):
   clips = video.test_clips(_random_video(5), **SMALL)
   f32 = VideoEmbedder.from_checkpoint(str(s3d_checkpoint)).embed_clips(clips)[VID_REPR]
   bf16 = VideoEmbedder.from_checkpoint(
-      str(s3d_checkpoint), config=EmbedderConfig(compute_dtype="bfloat16")
+      str(s3d_checkpoint), config=EmbedderConfig(precision="bfloat16")
   ).embed_clips(clips)[VID_REPR]
   assert bf16.dtype == np.float32
   cosine = np.sum(f32 * bf16, -1) / np.linalg.norm(f32, axis=-1) / np.linalg.norm(bf16, axis=-1)
@@ -200,3 +200,22 @@ def test_compilation_cache_dir_defaults_to_the_user_cache(monkeypatch):
   monkeypatch.setenv(embedder_config.CACHE_DIR_ENV, "/env/jax")
   assert embedder_config.compilation_cache_dir() == "/env/jax"
   assert embedder_config.compilation_cache_dir("/flag/jax") == "/flag/jax"
+
+
+def test_fastest_formulation_on_this_platform_unless_reference_is_asked(s3d_checkpoint):
+  """The embedder folds BatchNorm and decomposes on CPUs; `reference` keeps the trained layers."""
+  clips = video.test_clips(_random_video(7), **SMALL)
+  config = EmbedderConfig(batch_size=2, formulation="reference")
+  reference = VideoEmbedder.from_checkpoint(str(s3d_checkpoint), config=config)
+  fastest = VideoEmbedder.from_checkpoint(str(s3d_checkpoint), config=EmbedderConfig(batch_size=2))
+  assert reference.formulation == mmv.REFERENCE
+  assert fastest.formulation == mmv.fastest_formulation("cpu") != mmv.REFERENCE
+  assert_features_close(
+      fastest.embed_clips(clips)[VID_REPR], reference.embed_clips(clips)[VID_REPR]
+  )
+
+
+@pytest.mark.parametrize("setting", ["precision", "formulation"])
+def test_config_names_the_allowed_values(setting):
+  with pytest.raises(ValueError, match=f"{setting} must be one of .*not 'float16'"):
+    EmbedderConfig(**{setting: "float16"})
