@@ -58,7 +58,7 @@ for precision in float32 tensorfloat32 bfloat16; do
   for backbone in $backbones; do
     "$python" bench/embed_pipeline_bench.py --backbone "$backbone" --precision "$precision" \
       "${clip[@]}" "${job_size[@]}" --skip_loop --peak_tflops "${!peak_var}" \
-      --runner_args "--prefetch_videos=$threads" \
+      --runner_args="--prefetch_videos=$threads" \
       --json_out "$out/job_${backbone}_$precision.json"
   done
 done

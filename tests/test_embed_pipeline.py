@@ -422,6 +422,16 @@ def test_resume_with_other_settings_is_refused_naming_them(
             "--num_test_windows=2",
         ]
     )
+  # The precision is recorded in run.json: other arithmetic would give other embeddings.
+  with pytest.raises(common.UsageError, match="precision 'float32' -> 'bfloat16'"):
+    embed.run(
+        [
+            *_flags(dataset, checkpoint_path, job_output / "work", out),
+            *IN_PROCESS,
+            "--resume",
+            "--precision=bfloat16",
+        ]
+    )
   with pytest.raises(common.UsageError, match="no earlier run owns"):
     embed.run(
         [
