@@ -80,12 +80,15 @@ class Formulation:
       its 1x1x1 convolutions as matrix products.
     pointwise_as_dot: run TSM-ResNet's 1x1 convolutions as matrix products
       (`convolution.Conv2D`).
+    shift_in_place: TSM-ResNet's temporal shift keeps channels in place and
+      the next kernel's rows follow them (`tsm_resnet.ShiftedPointwise`).
     batch_norm_folded: the parameters went through `fold_batch_norm`, so the
       BatchNorms that follow a kernel only add an offset.
   """
 
   decompose_3d: bool = False
   pointwise_as_dot: bool = False
+  shift_in_place: bool = False
   batch_norm_folded: bool = False
 
 
@@ -97,14 +100,16 @@ def fastest_formulation(platform: str) -> Formulation:
   """The fastest formulation measured for a JAX platform ("cpu", "gpu", "tpu").
 
   Folding BatchNorm removes a pass over every activation everywhere. S3D-G's
-  3D operations run several times faster decomposed on XLA's CPU backend, and
-  1x1 convolutions up to 2.7 times faster as matrix products
-  (bench/model_bench.py, docs/models.md). On GPUs and TPUs, where the
+  3D operations run several times faster decomposed on XLA's CPU backend,
+  1x1 convolutions up to 2.7 times faster as matrix products, TSM-ResNet's
+  shift three times faster in place (bench/model_bench.py, docs/models.md). On GPUs and TPUs, where the
   convolution kernels are native, those layers stay as trained until a
   benchmark there shows otherwise (bench/gpu.sh times both formulations).
   """
   on_cpu = platform == "cpu"
-  return Formulation(decompose_3d=on_cpu, pointwise_as_dot=on_cpu, batch_norm_folded=True)
+  return Formulation(
+      decompose_3d=on_cpu, pointwise_as_dot=on_cpu, shift_in_place=on_cpu, batch_norm_folded=True
+  )
 
 
 def fold_batch_norm(params: Params, state: State, *, backbone: str) -> tuple[dict, dict]:
@@ -172,7 +177,12 @@ class _VisualModule(hk.Module):
       self._cnn = s3d.S3D(conv_normalize_fn, decomposed=formulation.decompose_3d)
     else:
       width = 2 if backbone == TSM_RESNET_X2 else 1
-      layers = tsm_resnet.Layers(normalize_fn, conv_normalize_fn, formulation.pointwise_as_dot)
+      layers = tsm_resnet.Layers(
+          normalize_fn,
+          conv_normalize_fn,
+          pointwise_as_dot=formulation.pointwise_as_dot,
+          shift_in_place=formulation.shift_in_place,
+      )
       self._cnn = tsm_resnet.TSMResNetV2(layers, width_mult=width)
 
   def __call__(self, clips: jax.Array, is_training: bool) -> jax.Array:
