@@ -7,8 +7,8 @@ import pytest
 
 from ingest_fixtures import TINY, RangeServer
 from mmv_core import checkpoints
-from mmv_core import sources
-from mmv_core import synthetic
+from mmv_core.video import sources
+from mmv_core.datasets import synthetic
 from mmv_core.models import mmv
 
 

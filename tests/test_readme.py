@@ -14,9 +14,9 @@ import pytest
 from apache_beam.options import pipeline_options
 
 from mmv_core import checkpoints
-from mmv_core import embedding_schema
-from mmv_core import synthetic
-from mmv_core import tfrecord
+from mmv_core.embeddings import schema as embedding_schema
+from mmv_core.datasets import synthetic
+from mmv_core.embeddings import tfrecord
 from mmv_core import video
 from mmv_core.models import mmv
 

@@ -27,9 +27,9 @@ import math
 import re
 from collections.abc import Sequence
 
-from mmv_core import dataset_listing
-from mmv_core import sources
-from mmv_core.dataset_listing import ListingError, TEST, TRAIN
+from mmv_core.datasets import dataset_listing
+from mmv_core.video import sources
+from mmv_core.datasets.dataset_listing import ListingError, TEST, TRAIN
 
 REQUIRED_COLUMNS = ("video_path", "start", "end", "label")
 CLASSES_FILE = "classes.txt"

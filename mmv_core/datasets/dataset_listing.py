@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 
-from mmv_core import ucf101
+from mmv_core.datasets import ucf101
 
 TRAIN = ucf101.TRAIN
 TEST = ucf101.TEST

@@ -16,9 +16,9 @@ HMDB51 names each video file once across all classes.
 
 import re
 
-from mmv_core import dataset_listing
-from mmv_core import sources
-from mmv_core.dataset_listing import ListingError, TEST, TRAIN
+from mmv_core.datasets import dataset_listing
+from mmv_core.video import sources
+from mmv_core.datasets.dataset_listing import ListingError, TEST, TRAIN
 
 SPLITS_DIR_NAME = "testTrainMulti_7030_splits"
 SPLITS = (1, 2, 3)

@@ -12,11 +12,11 @@ import dataclasses
 import posixpath
 from collections.abc import Callable
 
-from mmv_core import csv_dataset
-from mmv_core import dataset_listing
-from mmv_core import encoding_recipes
-from mmv_core import hmdb51
-from mmv_core import ucf101
+from mmv_core.datasets import csv_dataset
+from mmv_core.datasets import dataset_listing
+from mmv_core.video import encoding_recipes
+from mmv_core.datasets import hmdb51
+from mmv_core.datasets import ucf101
 from mmv_core.models.names import S3D, TSM_RESNET_X1, TSM_RESNET_X2
 
 # How a dataset's `ListedVideo.location` is fetched.
@@ -24,7 +24,7 @@ FETCH_ZIP_MEMBER = "zip_member"  # a member of the ZIP the videos flag names
 FETCH_FILE = "file"  # a whole file: local path, gs:// or http(s):// URL
 
 # C of the UCF101 protocol (`LinearSVC(C=0.001)`, docs/protocol.md), equal to
-# `mmv_core.linear_eval.DEFAULT_SVM_C`; not imported from there so that the
+# `mmv_core.evaluation.linear_eval.DEFAULT_SVM_C`; not imported from there so that the
 # linear evaluation can import this module.
 UCF101_SVM_C = 0.001
 

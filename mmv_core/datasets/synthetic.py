@@ -20,7 +20,7 @@ real dataset's structure instead: 25 groups per class, groups 1-7, 8-14 and
 15-21 the test groups of splits 1, 2 and 3 (22-25 always train), as in the
 official lists.
 
-CLI: `python -m mmv_core.synthetic OUT_DIR --classes 5 --videos_per_class 6`.
+CLI: `python -m mmv_core.datasets.synthetic OUT_DIR --classes 5 --videos_per_class 6`.
 """
 
 import argparse
@@ -37,8 +37,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from mmv_core import encode
-from mmv_core import ucf101
+from mmv_core.video import encode
+from mmv_core.datasets import ucf101
 
 VIDEO_ZIP_NAME = "UCF101_videos.zip"
 SPLITS_ZIP_NAME = "UCF101TrainTestSplits-RecognitionTask.zip"
@@ -364,7 +364,9 @@ def write_dataset(
 
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(
-      allow_abbrev=False, prog="python -m mmv_core.synthetic", description=__doc__.split("\n", 1)[0]
+      allow_abbrev=False,
+      prog="python -m mmv_core.datasets.synthetic",
+      description=__doc__.split("\n", 1)[0],
   )
   parser.add_argument("out_dir")
   parser.add_argument("--classes", type=int, default=5)

@@ -5,7 +5,7 @@ Writes `<out>/videos/<class>/<video>.avi` (the tree users get by extracting
 the official RARs) and `<out>/testTrainMulti_7030_splits/` with
 `<class>_test_split<N>.txt` for splits 1-3, lines `<file name> <id> ` with
 the trailing space of the official files. Videos are drawn and encoded as
-synthetic UCF101's are (`mmv_core.synthetic`): each class is a shape moving
+synthetic UCF101's are (`mmv_core.datasets.synthetic`): each class is a shape moving
 its own way, so a linear classifier has something to learn.
 
 Class names have underscores, as HMDB51's (`synth_class_a`). Video file names
@@ -15,7 +15,7 @@ non-ASCII letters. Video i of a class is a test video in split
 of each class is unused (id 0) in split 1, as the official files mark
 videos a split leaves out.
 
-CLI: `python -m mmv_core.synthetic_hmdb51 OUT_DIR --classes 3 --videos_per_class 4`.
+CLI: `python -m mmv_core.datasets.synthetic_hmdb51 OUT_DIR --classes 3 --videos_per_class 4`.
 """
 
 import argparse
@@ -27,8 +27,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mmv_core import hmdb51
-from mmv_core import synthetic
+from mmv_core.datasets import hmdb51
+from mmv_core.datasets import synthetic
 
 VIDEO_DIR = "videos"
 TRAIN_ID, TEST_ID, UNUSED_ID = 1, 2, 0

@@ -12,7 +12,7 @@ import io
 import re
 import zipfile
 
-from mmv_core import sources
+from mmv_core.video import sources
 
 # Pinned by the widely used TensorFlow Datasets builder (UCF101.md). The video
 # ZIP is checked by size and by every member's CRC-32, not by a whole-file hash.

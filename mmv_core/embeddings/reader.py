@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from mmv_core import embedding_schema as schema
+from mmv_core.embeddings import schema
 
 
 @dataclasses.dataclass(frozen=True)

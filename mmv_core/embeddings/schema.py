@@ -19,8 +19,8 @@ from typing import Any
 from apache_beam.io.filesystems import FileSystems
 import numpy as np
 
-from mmv_core import example_proto
-from mmv_core import tfrecord
+from mmv_core.embeddings import example_proto
+from mmv_core.embeddings import tfrecord
 
 VIDEO_ID = "video_id"
 LABEL = "label"

@@ -4,7 +4,7 @@ Stage: evaluation, beside the linear probe, from the same clip embeddings
 (docs/protocol.md). For each n in `SHOTS`, `DRAWS` draws (seeded 0 to
 DRAWS - 1) each pick n training videos of every class, uniformly without
 replacement (all of a class's videos where it has n or fewer); the linear
-probe of the protocol (`linear_eval.fit_classifier`: standardisation, then
+probe of the protocol (`classifier.fit_classifier`: standardisation, then
 the one-vs-rest linear SVM, with the split's C) is trained on every clip of
 the picked videos and scored on all test videos, window scores averaged per
 video. Reported: each draw's test top-1, their mean and standard deviation.
@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from mmv_core import linear_eval
+from mmv_core.evaluation import classifier
+from mmv_core.evaluation.split_features import SplitFeatures
 
 SHOTS = (1, 5, 10)
 DRAWS = 10
@@ -37,9 +38,9 @@ def draw_videos(video_labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
 
 
 def fewshot_top1(
-    features: linear_eval.SplitFeatures,
+    features: SplitFeatures,
     svm_c: float,
-    settings: linear_eval.SvmSettings = linear_eval.DEFAULT_SVM_SETTINGS,
+    settings: classifier.SvmSettings = classifier.DEFAULT_SVM_SETTINGS,
     shots=SHOTS,
     draws: int = DRAWS,
 ) -> dict[str, dict[str, Any]]:
@@ -54,7 +55,7 @@ def fewshot_top1(
     for seed in range(draws):
       videos = with_clips[draw_videos(video_labels[with_clips], n, seed)]
       rows = np.flatnonzero(np.isin(features.train_video, videos))
-      classifier = linear_eval.fit_classifier(
+      probe = classifier.fit_classifier(
           features.train_features,
           features.train_labels[rows],
           num_classes,
@@ -62,13 +63,13 @@ def fewshot_top1(
           settings,
           rows=rows,
       )
-      video_scores, windows = linear_eval.average_by_video(
-          classifier.decision_function(features.test_features),
+      video_scores, windows = classifier.average_by_video(
+          probe.decision_function(features.test_features),
           features.test_video,
           len(layout.test_videos),
       )
       scored = windows > 0
-      scores.append(linear_eval.accuracy(video_scores[scored], features.test_labels[scored], 1))
+      scores.append(classifier.accuracy(video_scores[scored], features.test_labels[scored], 1))
     results[str(n)] = {
         "mean": float(np.mean(scores)),
         "std": float(np.std(scores)),

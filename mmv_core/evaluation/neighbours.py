@@ -1,6 +1,6 @@
 """Nearest-neighbour evaluation of video embeddings: kNN classification and video retrieval.
 
-Stage: evaluation, beside the linear probe (mmv_core/linear_eval.py), from the
+Stage: evaluation, beside the linear probe (mmv_core/evaluation/linear_eval.py), from the
 same clip embeddings. docs/protocol.md defines both protocols, with the papers.
 
 - A video's feature is the mean of its clips' embeddings (a training video's

@@ -16,7 +16,7 @@ from typing import Any
 from apache_beam.io.filesystems import FileSystems
 import numpy as np
 
-from mmv_core import linear_eval
+from mmv_core.evaluation import linear_eval
 
 METRICS_FILE = "metrics.json"
 PER_CLASS_FILE = "per_class_accuracy.csv"

@@ -22,10 +22,9 @@ import struct
 import subprocess
 import tempfile
 
+from mmv_core.video import encoding_recipes
+
 FFMPEG_ENV_VAR = "MMV_FFMPEG"
-JPEG_QSCALE = 2
-FRAME_RATE = 25
-MAX_DURATION = "00:00:20"
 ENCODE_TIMEOUT_S = 600
 _STDERR_TAIL_CHARS = 600
 
@@ -55,11 +54,6 @@ def ffmpeg_executable() -> str:
           f"no ffmpeg: set ${FFMPEG_ENV_VAR}, install imageio-ffmpeg or put ffmpeg on PATH"
       ) from None
     return system_ffmpeg
-
-
-def protocol_output_args() -> list[str]:
-  """ffmpeg output options of the protocol: JPEG quality 2, 25 fps, first 20 s."""
-  return ["-qscale:v", str(JPEG_QSCALE), "-r", str(FRAME_RATE), "-t", MAX_DURATION]
 
 
 def _find_ff(stream: bytes, position: int) -> int:
@@ -171,9 +165,6 @@ def encode_jpeg_frames(
     with open(input_path, "wb") as f:
       f.write(video)
     if recipe is None:
-      # Imported here: the recipes are built from `protocol_output_args`.
-      from mmv_core import encoding_recipes
-
       recipe = encoding_recipes.UCF101
     arguments = recipe.ffmpeg_args(input_path, start_s=start_s, end_s=end_s)
     try:

@@ -7,7 +7,7 @@ one input, optionally cut to a segment, and writes the JPEG frames to a pipe.
 
 - `ucf101`: the MMV protocol's frames (docs/protocol.md, "Frames"): JPEG
   quality 2, 25 fps, first 20 s, native size. Its arguments are
-  `mmv_core.encode.protocol_output_args()`, which ingestion runs today.
+  `protocol_output_args()`, which ingestion runs today.
 - `hmdb51`: the frames of dmvr's example that reproduces the paper's HMDB51
   numbers: first 20 s, 10 fps, scaled so the smaller side is 256, the JPEG
   encoder's default quality.
@@ -21,19 +21,27 @@ import dataclasses
 import hashlib
 import json
 
-from mmv_core import encode
-
 # Frames go to stdout as concatenated JPEG images: `mjpeg` is the encoder the
 # image2 muxer picks for `.jpeg` files, so the bytes are those ffmpeg would
-# write as files (`encode.split_jpeg_stream` cuts them apart).
+# write as files (`mmv_core.video.encode.split_jpeg_stream` cuts them apart).
 JPEG_PIPE_ARGS = ("-f", "image2pipe", "-c:v", "mjpeg")
 # Settings that change what ffmpeg prints, never the frames.
 _QUIET_ARGS = ("-nostdin", "-hide_banner", "-loglevel", "error")
 _KEY_HASH_CHARS = 12
 
+# The protocol's frames (docs/protocol.md, "Frames").
+JPEG_QSCALE = 2
+FRAME_RATE = 25
+MAX_DURATION = "00:00:20"
+
 HMDB51_FRAME_RATE = 10
 HMDB51_MIN_SIDE = 256
 HMDB51_MAX_DURATION_S = 20
+
+
+def protocol_output_args() -> list[str]:
+  """ffmpeg output options of the protocol: JPEG quality 2, 25 fps, first 20 s."""
+  return ["-qscale:v", str(JPEG_QSCALE), "-r", str(FRAME_RATE), "-t", MAX_DURATION]
 
 
 class UnknownRecipeError(ValueError):
@@ -95,7 +103,7 @@ def _ffmpeg_seconds(seconds: float) -> str:
 
 UCF101 = EncodingRecipe(
     name="ucf101",
-    output_args=tuple(encode.protocol_output_args()),
+    output_args=tuple(protocol_output_args()),
     description="MMV protocol: JPEG quality 2, 25 fps, first 20 s, native size",
 )
 

@@ -38,9 +38,9 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from apache_beam.io.filesystems import FileSystems
 
-from mmv_core import example_proto
-from mmv_core import sources
-from mmv_core import tfrecord
+from mmv_core.embeddings import example_proto
+from mmv_core.video import sources
+from mmv_core.embeddings import tfrecord
 
 CACHE_DIR = "video_cache"
 SHARDS_DIR = "shards"

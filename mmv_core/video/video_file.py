@@ -13,8 +13,8 @@ import urllib.parse
 
 import numpy as np
 
-from mmv_core import encode
-from mmv_core import sources
+from mmv_core.video import encode
+from mmv_core.video import sources
 from mmv_core import video
 
 

@@ -19,8 +19,8 @@ from mmv_core import checkpoints
 from mmv_core.checkpoints import ArraySpec, CheckpointError
 from mmv_core.models import mmv
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-S3D_MANIFEST = pathlib.Path(__file__).resolve().parent / 'data' / 'param_manifest_s3d.json'
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+S3D_MANIFEST = REPO_ROOT / 'tests' / 'data' / 'param_manifest_s3d.json'
 
 F32, I32 = np.dtype('float32'), np.dtype('int32')
 CONV = 'text_audio_video/visual_module/~/S3D/Conv2d_1a_7x7/~/conv3_d'

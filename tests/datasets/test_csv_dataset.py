@@ -6,8 +6,8 @@ import urllib.parse
 
 import pytest
 
-from mmv_core import csv_dataset
-from mmv_core.dataset_listing import ListingError, TEST, TRAIN
+from mmv_core.datasets import csv_dataset
+from mmv_core.datasets.dataset_listing import ListingError, TEST, TRAIN
 
 HEADER = "video_path,start,end,label\n"
 ROOT = "gs://bucket/videos"
@@ -195,7 +195,7 @@ def test_relative_path_without_video_root(tmp_path):
 
 
 def test_the_example_in_the_docs_lists(tmp_path):
-  docs = os.path.join(os.path.dirname(__file__), "..", "docs", "datasets.md")
+  docs = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "datasets.md")
   with open(docs, encoding="utf-8") as f:
     example = re.search(r"```csv\n(.*?)```", f.read(), re.DOTALL)[1]
 

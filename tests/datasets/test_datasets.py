@@ -8,17 +8,17 @@ import urllib.parse
 
 import pytest
 
-from mmv_core import dataset_listing
+from mmv_core.datasets import dataset_listing
 from mmv_core import datasets
-from mmv_core import encoding_recipes
-from mmv_core import linear_eval
-from mmv_core import synthetic
-from mmv_core import synthetic_hmdb51
-from mmv_core import ucf101
+from mmv_core.video import encoding_recipes
+from mmv_core.evaluation import linear_eval
+from mmv_core.datasets import synthetic
+from mmv_core.datasets import synthetic_hmdb51
+from mmv_core.datasets import ucf101
 from mmv_core import video
 from mmv_core.models.names import BACKBONES
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_registry_names_every_dataset_and_rejects_unknown_names():

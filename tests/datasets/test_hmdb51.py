@@ -7,12 +7,12 @@ import urllib.parse
 import pytest
 
 from ingest_fixtures import upload_to_gcs
-from mmv_core import encode
-from mmv_core import encoding_recipes
-from mmv_core import hmdb51
-from mmv_core import sources
-from mmv_core import synthetic_hmdb51
-from mmv_core.dataset_listing import ListingError, TEST, TRAIN
+from mmv_core.video import encode
+from mmv_core.video import encoding_recipes
+from mmv_core.datasets import hmdb51
+from mmv_core.video import sources
+from mmv_core.datasets import synthetic_hmdb51
+from mmv_core.datasets.dataset_listing import ListingError, TEST, TRAIN
 
 ROOT = "gs://bucket/hmdb51"
 NAMES = synthetic_hmdb51.class_names(3)

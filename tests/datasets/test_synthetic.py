@@ -5,9 +5,9 @@ import zipfile
 
 import numpy as np
 
-from mmv_core import encode
-from mmv_core import synthetic
-from mmv_core import ucf101
+from mmv_core.video import encode
+from mmv_core.datasets import synthetic
+from mmv_core.datasets import ucf101
 
 
 def test_layout_matches_the_real_archives(tiny_dataset):

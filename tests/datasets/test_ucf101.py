@@ -6,8 +6,8 @@ import zipfile
 
 import pytest
 
-from mmv_core import synthetic
-from mmv_core import ucf101
+from mmv_core.datasets import synthetic
+from mmv_core.datasets import ucf101
 
 NAMES = synthetic.class_names(3, include_handstand_pushups=True)
 VIDEOS = synthetic.plan_videos(NAMES, videos_per_class=4, clips_per_group=1)

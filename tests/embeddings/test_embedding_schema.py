@@ -1,4 +1,4 @@
-"""Tests of the embedding file contract (mmv_core.embedding_schema)."""
+"""Tests of the embedding file contract (mmv_core.embeddings.schema)."""
 
 import json
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mmv_core import embedding_schema as schema
-from mmv_core import example_proto
+from mmv_core.embeddings import schema
+from mmv_core.embeddings import example_proto
 
 
 def example(**overrides):

@@ -6,9 +6,9 @@ import sys
 import numpy as np
 import pytest
 
-from mmv_core import embedding_schema as schema
+from mmv_core.embeddings import schema
 from mmv_core import load_embeddings
-from mmv_core import tfrecord
+from mmv_core.embeddings import tfrecord
 
 DIM = 3
 RUN_CONFIG = {"backbone": "s3d", "num_train_clips": 2, "num_test_windows": 1}

@@ -1,4 +1,4 @@
-"""Tests of the UCF101 linear evaluation (mmv_core.linear_eval, pipelines.linear_eval).
+"""Tests of the UCF101 linear evaluation (mmv_core.evaluation.linear_eval, pipelines.linear_eval).
 
 Every test writes its own split-list zip and embedding shards: 5 classes x 8
 groups, one video per (class, group), 16-dim features. In split N the test
@@ -21,13 +21,14 @@ from sklearn import svm
 import tensorflow as tf
 
 from mmv_core import datasets
-from mmv_core import embedding_schema as schema
-from mmv_core import linear_eval
-from mmv_core import report
-from mmv_core import ucf101
+from mmv_core.embeddings import schema
+from mmv_core.evaluation import linear_eval
+from mmv_core.evaluation import report
+from mmv_core.datasets import ucf101
 from pipelines import common
 from pipelines import ownership
 from pipelines import linear_eval as linear_eval_job
+from pipelines import linear_eval_config
 
 import cli_checks
 
@@ -247,7 +248,7 @@ def test_separable_classes_score_perfectly_and_saved_classifier_reproduces(tmp_p
           f"--splits_zip={split_zip}",
           "--splits=2",
       ],
-      cwd=pathlib.Path(__file__).resolve().parents[1],
+      cwd=pathlib.Path(__file__).resolve().parents[2],
       check=True,
       capture_output=True,
   )
@@ -533,7 +534,7 @@ def usage_error(argv, capsys, monkeypatch) -> str:
   """The job's one line on stderr (exit status 2), given before any split was loaded."""
   monkeypatch.setattr(linear_eval, "collect_split_features", _refuse_to_load)
   return cli_checks.usage_error(
-      linear_eval_job.main, linear_eval_job.PROG, [*argv, *RUNNER], capsys
+      linear_eval_job.main, linear_eval_config.PROG, [*argv, *RUNNER], capsys
   )
 
 
@@ -722,7 +723,7 @@ def test_two_evaluations_started_together_into_one_output_dir_one_is_refused(
   (ok_status, _), (refused_status, refused_stderr) = outcomes
   assert (ok_status, refused_status) == (0, common.USAGE_ERROR_STATUS)
   assert re.fullmatch(
-      rf"{re.escape(linear_eval_job.PROG)}: error: {re.escape(str(out))} belongs to another "
+      rf"{re.escape(linear_eval_config.PROG)}: error: {re.escape(str(out))} belongs to another "
       r"run .*--overwrite.*\n",
       refused_stderr,
   )
@@ -876,7 +877,7 @@ def test_a_run_limited_by_max_videos_is_evaluated_on_the_videos_it_listed(tmp_pa
 
 def test_help_is_quick_and_shows_every_flags_default():
   text, imported = cli_checks.run_help("pipelines.linear_eval")
-  assert text.startswith(f"usage: {linear_eval_job.PROG} ")
+  assert text.startswith(f"usage: {linear_eval_config.PROG} ")
   assert cli_checks.undocumented_options(text) == []
   assert not imported & set(cli_checks.HEAVY_MODULES)
 
@@ -887,5 +888,5 @@ def test_ctrl_c_ends_the_evaluation_with_one_line_and_status_130(
   cli_checks.interrupt_at(monkeypatch, linear_eval_job, "start")
   argv = [f"--embeddings_dir={complete_inputs}", f"--output_dir={tmp_path / 'out'}"]
   assert cli_checks.interrupted_line(linear_eval_job.main, argv, capsys) == (
-      f"{linear_eval_job.PROG}: interrupted; its output is incomplete: rerun with --overwrite"
+      f"{linear_eval_config.PROG}: interrupted; its output is incomplete: rerun with --overwrite"
   )

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from sklearn import neighbors
 
-from mmv_core import fewshot
-from mmv_core import linear_eval
-from mmv_core import neighbours
-from mmv_core import report
+from mmv_core.evaluation import fewshot
+from mmv_core.evaluation import linear_eval
+from mmv_core.evaluation import neighbours
+from mmv_core.evaluation import report
 from pipelines import compare
 from test_linear_eval import make_clips, run_job, write_embeddings, write_split_zip
 

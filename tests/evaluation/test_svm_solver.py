@@ -1,4 +1,4 @@
-"""The batched Newton solver (mmv_core.svm_solver) against liblinear's optimum.
+"""The batched Newton solver (mmv_core.evaluation.svm_solver) against liblinear's optimum.
 
 Each problem is solved by liblinear (scikit-learn's LinearSVC, primal, to a
 tolerance of 1e-8) one class at a time, and by the batched solver at its
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sklearn import svm
 
-from mmv_core import linear_eval
-from mmv_core import svm_solver
+from mmv_core.evaluation import linear_eval
+from mmv_core.evaluation import svm_solver
 
 
 def objective(coef, intercept, features, labels, classes, svm_c):

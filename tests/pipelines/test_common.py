@@ -9,7 +9,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from launch import demo
 from mmv_core import checkpoints
-from mmv_core import synthetic
+from mmv_core.datasets import synthetic
 from pipelines import common
 from pipelines import ownership
 

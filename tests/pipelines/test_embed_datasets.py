@@ -13,19 +13,20 @@ import pytest
 import simplejpeg
 import tensorflow as tf
 
-from mmv_core import dataset_listing
+from mmv_core.datasets import dataset_listing
 from mmv_core import datasets
-from mmv_core import embedding_schema as schema
-from mmv_core import encoding_recipes
-from mmv_core import linear_eval as linear_eval_lib
-from mmv_core import synthetic
-from mmv_core import synthetic_hmdb51
-from mmv_core import video_cache
+from mmv_core.embeddings import schema
+from mmv_core.video import encoding_recipes
+from mmv_core.evaluation import linear_eval as linear_eval_lib
+from mmv_core.datasets import synthetic
+from mmv_core.datasets import synthetic_hmdb51
+from mmv_core.video import video_cache
 from launch import dataflow
 from pipelines import common
 from pipelines import embed
 from pipelines import embed_config
 from pipelines import ingest
+from pipelines import ingest_fetch
 from pipelines import linear_eval as linear_eval_job
 
 CLIPS = dict(num_frames=4, stride=1, min_resize=32, crop_size=32)
@@ -52,8 +53,8 @@ def hmdb(tmp_path_factory):
   gone = data.videos[6]
   os.remove(os.path.join(data.video_root, gone.label_name, gone.file_name))
   return data, {
-      _video_id(bad.file_name): ingest.STAGE_ENCODE,
-      _video_id(gone.file_name): ingest.STAGE_FETCH,
+      _video_id(bad.file_name): ingest_fetch.STAGE_ENCODE,
+      _video_id(gone.file_name): ingest_fetch.STAGE_FETCH,
   }
 
 
@@ -195,10 +196,10 @@ def test_recipe_flag_chooses_the_re_encoding_and_keys_the_cache_apart():
       group="01",
   )
   ucf_default = embed.parse_args(required)[0].dataset_spec
-  assert ingest.cache_key(ucf_default, video) == "v_Archery_g01_c01"  # Today's keys.
-  other = ingest.cache_key(ucf_hmdb.dataset_spec, video)
+  assert ingest_fetch.cache_key(ucf_default, video) == "v_Archery_g01_c01"  # Today's keys.
+  other = ingest_fetch.cache_key(ucf_hmdb.dataset_spec, video)
   assert other != "v_Archery_g01_c01" and encoding_recipes.HMDB51.key in other
-  assert ingest.cache_key(csv_hmdb.dataset_spec, video) != ingest.cache_key(
+  assert ingest_fetch.cache_key(csv_hmdb.dataset_spec, video) != ingest_fetch.cache_key(
       csv_default.dataset_spec, video
   )
 
@@ -265,7 +266,7 @@ def test_csv_segments_give_frames_of_their_segment_only(tmp_path):
   for key, entry in video_cache.read_index(work_dir).items():
     assert key.startswith(f"csv/{datasets.CSV.encoding_recipe.key}/")
     cached = next(video_cache.read_shard(entry.shard, [key]))
-    by_name[urllib.parse.unquote(ingest.video_id_of(key))] = cached
+    by_name[urllib.parse.unquote(ingest_fetch.video_id_of(key))] = cached
   dark = by_name["Amélie's walk, take #2.avi#t=0.0,0.9"]
   light = by_name["Amélie's walk, take #2.avi#t=1.1"]
   assert (dark.label_name, light.label_name) == ("dark", "light")
@@ -327,7 +328,7 @@ def test_csv_dataset_through_both_jobs_every_segment_embedded_and_scored(checkpo
       for line in (out / "failures" / "failures.jsonl").read_text("utf-8").splitlines()
   ]
   assert [(urllib.parse.unquote(f["video_id"]), f["stage"]) for f in failures] == [
-      ("no such file.avi", ingest.STAGE_FETCH)
+      ("no such file.avi", ingest_fetch.STAGE_FETCH)
   ]
   metrics = json.loads((evaluation / "metrics.json").read_text())
   assert sorted(metrics["splits"]) == ["1"] and metrics["settings"]["dataset"] == "csv"

@@ -27,11 +27,11 @@ from apache_beam.ml.inference.base import PredictionResult
 
 from mmv_core import checkpoints
 from mmv_core import datasets
-from mmv_core import embedding_schema as schema
-from mmv_core import linear_eval as linear_eval_lib
-from mmv_core import synthetic
+from mmv_core.embeddings import schema
+from mmv_core.evaluation import linear_eval as linear_eval_lib
+from mmv_core.datasets import synthetic
 from mmv_core import video
-from mmv_core import video_cache
+from mmv_core.video import video_cache
 from mmv_core.embedder import VideoEmbedder
 from mmv_core.embedder_config import EmbedderConfig
 from mmv_core.models.names import VID_REPR
@@ -40,11 +40,11 @@ from pipelines import common
 from pipelines import ownership
 from pipelines import embed
 from pipelines import embed_summary
-from pipelines import ingest
+from pipelines import ingest_listing
 from pipelines import linear_eval
 from pipelines.common import FAILURES
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 CLIPS = dict(num_frames=4, stride=2, min_resize=32, crop_size=32)
 NUM_TRAIN_CLIPS, NUM_TEST_WINDOWS = 2, 3
 IN_PROCESS = list(common.IN_PROCESS_RUNNER_ARGS)
@@ -222,20 +222,20 @@ def test_an_unreadable_video_zip_is_no_error_when_the_cache_holds_videos(
 ):
   data, _ = dataset
   moved = pathlib.Path(data.video_zip + ".moved")
-  selected = ingest.select_videos(datasets.UCF101.list_videos(data.splits_zip), None, None)
+  selected = ingest_listing.select_videos(datasets.UCF101.list_videos(data.splits_zip), None, None)
   os.rename(data.video_zip, moved)
   try:
-    ingest.check_videos_readable(
+    ingest_listing.check_videos_readable(
         datasets.UCF101, data.video_zip, str(job_output / "work"), selected
     )
     with pytest.raises(common.UsageError, match="holds none of the 9 videos"):
-      ingest.check_videos_readable(datasets.UCF101, data.video_zip, str(tmp_path), selected)
+      ingest_listing.check_videos_readable(datasets.UCF101, data.video_zip, str(tmp_path), selected)
   finally:
     os.rename(moved, data.video_zip)
   not_a_zip = tmp_path / "videos.zip"
   not_a_zip.write_bytes(b"a partial download" * 100)
   with pytest.raises(common.UsageError, match=f"--video_zip: {not_a_zip}: .*holds none"):
-    ingest.check_videos_readable(datasets.UCF101, str(not_a_zip), str(tmp_path), selected)
+    ingest_listing.check_videos_readable(datasets.UCF101, str(not_a_zip), str(tmp_path), selected)
 
 
 def test_a_new_run_refuses_an_output_dir_that_another_run_wrote(

@@ -19,13 +19,13 @@ import fake_model
 import pytest
 from apache_beam.runners.worker import data_plane
 
-from mmv_core import embedding_schema as schema
-from mmv_core import video_cache
+from mmv_core.embeddings import schema
+from mmv_core.video import video_cache
 from pipelines import common
 from pipelines import embed
 from pipelines import reconcile
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 NUM_TRAIN_CLIPS, NUM_TEST_WINDOWS = 2, 3
 CLIP_FLAGS = [
     "--num_frames=4",

@@ -28,14 +28,15 @@ from ingest_fixtures import (
     zip_bytes,
     zip_members,
 )
-from mmv_core import encode
-from mmv_core import sources
-from mmv_core import video_cache
-from mmv_core import zip_index
+from mmv_core.video import encode
+from mmv_core.video import sources
+from mmv_core.video import video_cache
+from mmv_core.video import zip_index
 from pipelines import common
 from pipelines import ingest
+from pipelines import ingest_fetch
 
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _MIB = 1 << 20
 
 
@@ -98,7 +99,7 @@ def test_zip_bomb_fails_its_video_in_bounded_memory(tiny_dataset, tmp_path):
   assert outcome["peak_growth_mib"] < 200, outcome
   (failure,) = outcome["failures"].values()
   assert failure["video_id"] == video_id(victim)
-  assert failure["stage"] == ingest.STAGE_EXTRACT
+  assert failure["stage"] == ingest_fetch.STAGE_EXTRACT
   assert victim in failure["reason"] and "more than" in failure["reason"]
   assert outcome["videos"] == sorted(video_id(n) for n in members if n != victim)
 
@@ -169,9 +170,9 @@ def test_unexpected_errors_fail_only_their_video(tiny_dataset, tmp_path, monkeyp
 
   _assert_each_listed_video_once(run, {video_id(n) for n in names})
   assert set(run.failures) == {video_id(names[0]), video_id(names[1])}
-  assert run.failures[video_id(names[0])]["stage"] == ingest.STAGE_EXTRACT
+  assert run.failures[video_id(names[0])]["stage"] == ingest_fetch.STAGE_EXTRACT
   assert "KeyError" in run.failures[video_id(names[0])]["reason"]
-  assert run.failures[video_id(names[1])]["stage"] == ingest.STAGE_ENCODE
+  assert run.failures[video_id(names[1])]["stage"] == ingest_fetch.STAGE_ENCODE
   assert "No space left on device" in run.failures[video_id(names[1])]["reason"]
 
 
@@ -295,7 +296,7 @@ def test_a_trickled_member_fails_its_video_and_the_job_goes_on(
 
   _assert_each_listed_video_once(run, set(expected_videos(zip_members(tiny_dataset.video_zip))))
   assert set(run.failures) == {video_id(victim.name)}
-  assert run.failures[video_id(victim.name)]["stage"] == ingest.STAGE_FETCH
+  assert run.failures[video_id(victim.name)]["stage"] == ingest_fetch.STAGE_FETCH
   assert "deadline" in run.failures[video_id(victim.name)]["reason"]
 
 
@@ -345,7 +346,8 @@ def test_a_damaged_shard_fails_its_videos_once_then_they_are_fetched_again(
 
   assert set(second.failures) == in_damaged
   assert all(
-      f["stage"] == ingest.STAGE_CACHE and damaged in f["reason"] for f in second.failures.values()
+      f["stage"] == ingest_fetch.STAGE_CACHE and damaged in f["reason"]
+      for f in second.failures.values()
   )
   assert second.videos == {v: r for v, r in first.videos.items() if v not in in_damaged}
   assert third.failures == {}

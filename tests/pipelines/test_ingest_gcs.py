@@ -1,8 +1,8 @@
 """Ingestion from, and into, an in-process GCS emulator."""
 
 from ingest_fixtures import expected_videos, read_file, run_ingest, upload_to_gcs, zip_members
-from mmv_core import sources
-from mmv_core import video_cache
+from mmv_core.video import sources
+from mmv_core.video import video_cache
 
 
 def test_ingest_from_gcs_with_gcs_work_dir(tiny_dataset, gcs_emulator, tmp_path):

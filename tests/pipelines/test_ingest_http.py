@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from ingest_fixtures import TINY, expected_videos, run_ingest
-from mmv_core import sources
-from mmv_core import synthetic
-from mmv_core import zip_index
+from mmv_core.video import sources
+from mmv_core.datasets import synthetic
+from mmv_core.video import zip_index
 
 # Bad members: video id suffix -> (content maker, expected stage, reason fragment).
 _BAD = {

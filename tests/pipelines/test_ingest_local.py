@@ -7,9 +7,11 @@ import os
 import cli_checks
 from ingest_fixtures import expected_videos, frame_digest, run_ingest, zip_members
 from mmv_core import datasets
-from mmv_core import synthetic
-from mmv_core import video_cache
+from mmv_core.datasets import synthetic
+from mmv_core.video import video_cache
 from pipelines import ingest
+from pipelines import ingest_fetch
+from pipelines import ingest_listing
 
 
 def test_ingest_then_rerun_without_network(tiny_dataset, tmp_path):
@@ -64,10 +66,10 @@ def test_limits_select_classes_and_count(tiny_dataset, tmp_path):
 def test_split_sizes_that_differ_from_the_official_ones_are_named(tiny_dataset):
   listing = datasets.UCF101.list_videos(tiny_dataset.splits_zip)
   counts = listing.split_counts()
-  assert ingest.split_count_differences(listing, "UCF101", counts) == []
+  assert ingest_listing.split_count_differences(listing, "UCF101", counts) == []
 
   official = {**counts, 2: (counts[2][0] + 1, counts[2][1])}
-  assert ingest.split_count_differences(listing, "UCF101", official) == [
+  assert ingest_listing.split_count_differences(listing, "UCF101", official) == [
       f"split 2: {counts[2][0]} train / {counts[2][1]} test videos, official UCF101 has "
       f"{counts[2][0] + 1} / {counts[2][1]}"
   ]
@@ -148,7 +150,7 @@ def test_reused_videos_take_labels_from_the_current_lists_and_bad_records_fail_a
 
   assert len(in_bad_shard) == 1 and set(second.failures) == in_bad_shard
   assert all(
-      f["stage"] == ingest.STAGE_CACHE and bad_shard in f["reason"]
+      f["stage"] == ingest_fetch.STAGE_CACHE and bad_shard in f["reason"]
       for f in second.failures.values()
   )
   assert set(second.videos) == set(first.videos) - in_bad_shard

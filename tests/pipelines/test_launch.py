@@ -9,7 +9,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.dataflow.internal import apiclient
 
 from launch import dataflow
-from mmv_core import embedding_schema as schema
+from mmv_core.embeddings import schema
 from pipelines import common
 from pipelines import embed
 from pipelines import linear_eval

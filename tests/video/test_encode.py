@@ -7,8 +7,9 @@ import tempfile
 import numpy as np
 import pytest
 
-from mmv_core import encode
-from mmv_core import synthetic
+from mmv_core.video import encode
+from mmv_core.video import encoding_recipes
+from mmv_core.datasets import synthetic
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def test_frames_equal_protocol_file_output(avi, tmp_path):
           "error",
           "-i",
           str(video_path),
-          *encode.protocol_output_args(),
+          *encoding_recipes.protocol_output_args(),
           str(out / "%010d.jpeg"),
       ],
       check=True,

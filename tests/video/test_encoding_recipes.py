@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import simplejpeg
 
-from mmv_core import encode
-from mmv_core import encoding_recipes
-from mmv_core import synthetic
+from mmv_core.video import encode
+from mmv_core.video import encoding_recipes
+from mmv_core.datasets import synthetic
 
 AWKWARD_FILE_NAME = "Amélie's (take 2) [HD] #1+2; Rock & Roll!.avi"
 
@@ -59,7 +59,7 @@ def test_ucf101_recipe_is_the_command_ingestion_runs_today(monkeypatch):
   (command,) = commands
   input_path = command[command.index("-i") + 1]
   assert command == [encode.ffmpeg_executable(), *encoding_recipes.UCF101.ffmpeg_args(input_path)]
-  assert encoding_recipes.UCF101.output_args == tuple(encode.protocol_output_args())
+  assert encoding_recipes.UCF101.output_args == ("-qscale:v", "2", "-r", "25", "-t", "00:00:20")
 
 
 def test_keys_are_pinned_and_follow_the_arguments():

@@ -11,9 +11,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from mmv_core import encode
-from mmv_core import synthetic
+from mmv_core.video import encode
+from mmv_core.datasets import synthetic
 from mmv_core import video
+from mmv_core.video.frames import resize_to
 
 
 def _random_frames(num: int, height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -180,7 +181,7 @@ def test_video_seed_is_the_same_in_another_python_process():
       capture_output=True,
       text=True,
       check=True,
-      cwd=pathlib.Path(__file__).parents[1],
+      cwd=pathlib.Path(__file__).parents[2],
       env=dict(os.environ, PYTHONHASHSEED='12345'),
   )
   assert int(result.stdout.split()[-1]) == video.video_seed('v_Biking_g01_c03', 7)
@@ -234,7 +235,7 @@ def test_decode_equals_tf_decoder_across_encodings(height, width, quality, subsa
 
 def test_frames_too_large_to_decode_are_refused_before_decoding(monkeypatch):
   jpegs = _encode_jpegs(_random_frames(4, 30, 40))
-  monkeypatch.setattr(video, 'MAX_DECODED_BYTES', 3 * 30 * 40 * 3)
+  monkeypatch.setattr('mmv_core.video.frames.MAX_DECODED_BYTES', 3 * 30 * 40 * 3)
 
   assert video.decode_jpeg_frames(jpegs, [0, 1, 2]).shape == (3, 30, 40, 3)
   with pytest.raises(ValueError, match=r'4 frames of 40x30 would take .* GiB decoded, more than'):
@@ -321,7 +322,7 @@ def test_resize_equals_tf_for_every_width_and_target():
     for out_w in (1, 7, 112, 149, 224, 298, 299, 341):
       expected = tf.cast(tf.image.resize(frames, (2, out_w)), tf.uint8).numpy()
       np.testing.assert_array_equal(
-          video._resize_to(frames, (2, out_w)), expected, err_msg=f'{width} -> {out_w}'
+          resize_to(frames, (2, out_w)), expected, err_msg=f'{width} -> {out_w}'
       )
 
 

@@ -6,7 +6,7 @@ import os
 import pytest
 import tensorflow as tf
 
-from mmv_core import video_cache
+from mmv_core.video import video_cache
 
 VIDEOS = [
     video_cache.CachedVideo(

@@ -14,11 +14,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ingest_fixtures import zip_members
-from mmv_core import encode
+from mmv_core.video import encode
 from mmv_core import load_video
-from mmv_core import sources
+from mmv_core.video import sources
 from mmv_core import video
-from mmv_core import video_cache
+from mmv_core.video import video_cache
 from pipelines import ingest
 
 LOCALHOST = "127.0.0.1"

@@ -9,7 +9,7 @@ import zlib
 import pytest
 
 from ingest_fixtures import deflate_zeros, patch_central_entry, zip_bytes
-from mmv_core import zip_index
+from mmv_core.video import zip_index
 
 MEMBERS = {
     "UCF101/v_A_g01_c01.avi": b"RIFF" + bytes(range(256)) * 40,
