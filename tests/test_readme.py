@@ -170,12 +170,15 @@ def test_python_examples_run(tmp_path, monkeypatch):
   blocks = _python_blocks(README)
   assert blocks
   # The files the examples name, in the directory they run in.
+  # The examples run in try_mmv/ (README: `cd try_mmv`), beside the demo's output.
+  run_dir = tmp_path / "try_mmv"
+  run_dir.mkdir()
   rng = np.random.default_rng(0)
   frames = synthetic.render_frames(0, 2, rng, width=64, height=48, num_frames=10, fps=10.0)
-  (tmp_path / "v_SynthDiskA_g01_c01.avi").write_bytes(synthetic.encode_avi(frames, 10.0))
-  checkpoints.write_random_checkpoint(tmp_path / "mmv_s3d.pkl", *mmv.param_shapes("s3d"))
-  _write_embedding_job_output(tmp_path / "embeddings" / "s3d")
-  monkeypatch.chdir(tmp_path)
+  (run_dir / "v_SynthDiskA_g01_c01.avi").write_bytes(synthetic.encode_avi(frames, 10.0))
+  checkpoints.write_random_checkpoint(run_dir / "mmv_s3d.pkl", *mmv.param_shapes("s3d"))
+  _write_embedding_job_output(tmp_path / "demo_output" / "ucf101" / "embed")
+  monkeypatch.chdir(run_dir)
 
   namespace = {}
   for block in blocks:

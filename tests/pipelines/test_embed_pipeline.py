@@ -452,26 +452,14 @@ def test_resume_with_other_settings_is_refused_naming_them(
     ],
 )
 def test_unusable_settings_are_one_line_and_status_2_before_any_work(
-    dataset, checkpoint_path, tmp_path, flag, message
+    dataset, checkpoint_path, tmp_path, flag, message, capsys
 ):
+  # In this process, through `common.run_main` as `python -m pipelines.embed`
+  # runs it: the command itself is run by the tests of its summary and --help.
   work, out = tmp_path / "work", tmp_path / "out"
-  result = subprocess.run(
-      [
-          sys.executable,
-          "-m",
-          "pipelines.embed",
-          *_flags(dataset, checkpoint_path, work, out),
-          *IN_PROCESS,
-          flag,
-      ],
-      cwd=REPO_ROOT,
-      capture_output=True,
-      text=True,
-      check=False,
-  )
-  assert result.returncode == 2
-  assert result.stderr.startswith(f"{embed.PROG}: error: ")
-  assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+  argv = [*_flags(dataset, checkpoint_path, work, out), *IN_PROCESS, flag]
+  error = cli_checks.usage_error(embed.main, embed.PROG, argv, capsys)
+  assert message in error
   assert not out.exists() and not (work / "videos").exists()
 
 
