@@ -1,13 +1,17 @@
 """The README's commands stay true: the quick start, every flag it names, and
 its Python examples, which run here as written but for smaller clips."""
 
+import contextlib
 import functools
+import io
 import json
 import pathlib
 import re
+import runpy
 import shlex
-import subprocess
 import sys
+import warnings
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -45,14 +49,21 @@ def _python_commands() -> list[list[str]]:
 
 @functools.cache
 def _help_text(module_and_command: tuple[str, ...]) -> str:
-  result = subprocess.run(
-      [sys.executable, "-m", *module_and_command, "--help"],
-      cwd=REPO_ROOT,
-      capture_output=True,
-      text=True,
-      check=True,
-  )
-  return result.stdout
+  """`python -m MODULE [COMMAND] --help`'s text, run as `python -m` runs it (runpy),
+  in this process, whose imports are done (each job's own tests run the command)."""
+  module, *command = module_and_command
+  text = io.StringIO()
+  with (
+      mock.patch.object(sys, "argv", [module, *command, "--help"]),
+      contextlib.redirect_stdout(text),
+      warnings.catch_warnings(),
+      pytest.raises(SystemExit) as exited,
+  ):
+    # runpy warns that the module is imported already, as it is in a test run.
+    warnings.simplefilter("ignore", RuntimeWarning)
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+  assert exited.value.code == 0, f"python -m {' '.join(module_and_command)} --help failed"
+  return text.getvalue()
 
 
 @functools.cache

@@ -369,12 +369,7 @@ def test_a_killed_run_is_completed_by_resume_each_clip_once(
       break
   assert killed.wait() != 0
 
-  subprocess.run(
-      [*fake_model.COMMAND, *flags, "--resume"],
-      cwd=REPO_ROOT,
-      check=True,
-      capture_output=True,
-  )
+  embed.main([*flags, "--resume"], fake_model.PixelStatsHandler())
 
   keys = _clip_keys(out)
   assert len(keys) == len(set(keys))

@@ -75,19 +75,8 @@ def test_split_sizes_that_differ_from_the_official_ones_are_named(tiny_dataset):
   ]
 
 
-def test_cli_fills_the_cache_that_read_video_reads(tiny_dataset, tmp_path):
-  work_dir = str(tmp_path / "work")
-  totals = ingest.main(
-      [
-          "--video_zip",
-          tiny_dataset.video_zip,
-          "--splits_zip",
-          tiny_dataset.splits_zip,
-          "--work_dir",
-          work_dir,
-          "--no_count_check",
-      ]
-  )
+def test_cli_fills_the_cache_that_read_video_reads(tiny_dataset, tiny_cache):
+  work_dir, totals = tiny_cache
   assert totals["videos_cached"] == len(tiny_dataset.videos)
   assert os.path.getsize(os.path.join(work_dir, ingest.FAILURES_FILE)) == 0
 
