@@ -28,8 +28,8 @@ import numpy as np
 
 from bench import original
 from mmv_core import checkpoints
-from mmv_core import encode
-from mmv_core import synthetic
+from mmv_core.video import encode
+from mmv_core.datasets import synthetic
 from mmv_core import video
 from mmv_core.embedder import VideoEmbedder
 from mmv_core.embedder_config import PRECISIONS, EmbedderConfig

@@ -25,11 +25,11 @@ import zipfile
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from mmv_core import encode
-from mmv_core import sources
-from mmv_core import synthetic
-from mmv_core import ucf101
-from mmv_core import video_cache
+from mmv_core.video import encode
+from mmv_core.video import sources
+from mmv_core.datasets import synthetic
+from mmv_core.datasets import ucf101
+from mmv_core.video import video_cache
 from pipelines import ingest
 
 _RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "ingest_bench.json")

@@ -39,11 +39,11 @@ import time
 
 import numpy as np
 
-from mmv_core import embedding_schema as schema
-from mmv_core import linear_eval
-from mmv_core import synthetic
-from mmv_core import tfrecord
-from mmv_core import ucf101
+from mmv_core.embeddings import schema
+from mmv_core.evaluation import linear_eval
+from mmv_core.datasets import synthetic
+from mmv_core.embeddings import tfrecord
+from mmv_core.datasets import ucf101
 
 NUM_CLASSES = 101
 CLIPS_PER_VIDEO = 10

@@ -33,7 +33,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from bench.embed_bench import synthetic_jpegs
 from mmv_core.models.names import VID_REPR
-from mmv_core.video_cache import CachedVideo, IndexEntry, VideoRef
+from mmv_core.video.video_cache import CachedVideo, IndexEntry, VideoRef
 from pipelines import common
 from pipelines import embed
 

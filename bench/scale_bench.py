@@ -45,7 +45,7 @@ import numpy as np
 import psutil
 
 from mmv_core import checkpoints
-from mmv_core import synthetic
+from mmv_core.datasets import synthetic
 from mmv_core.models import mmv
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]

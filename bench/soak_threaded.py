@@ -44,8 +44,8 @@ import sys
 from bench.scale_bench import measure
 from launch import demo
 from mmv_core import checkpoints
-from mmv_core import embedding_schema as schema
-from mmv_core import synthetic
+from mmv_core.embeddings import schema
+from mmv_core.datasets import synthetic
 from mmv_core.models.names import S3D
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]

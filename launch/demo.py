@@ -23,8 +23,8 @@ import shutil
 import time
 
 from mmv_core import checkpoints
-from mmv_core import synthetic
-from mmv_core import synthetic_hmdb51
+from mmv_core.datasets import synthetic
+from mmv_core.datasets import synthetic_hmdb51
 from mmv_core.models.names import S3D
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -116,7 +116,7 @@ def main(argv=None) -> None:
     _stage(f"writing a random S3D-G checkpoint in the released format to {checkpoint}")
     checkpoints.write_random_checkpoint(checkpoint, *checkpoints.model_shapes(S3D), seed=0)
 
-  from mmv_core import linear_eval as linear_eval_lib  # pylint: disable=import-outside-toplevel
+  from mmv_core.evaluation import linear_eval as linear_eval_lib  # pylint: disable=import-outside-toplevel
   from pipelines import embed, linear_eval  # pylint: disable=import-outside-toplevel
 
   _stage("running pipelines.embed on the local runner (fetch, re-encode, sample, embed)")

@@ -5,9 +5,9 @@ The public API, for notebooks and scripts:
   `VideoEmbedder`, `EmbedderConfig`  a checkpoint in, video embeddings out
                                      (`mmv_core.embedder`, `.embedder_config`);
   `load_video`                       a video file or URL -> the protocol's
-                                     frames (`mmv_core.video_file`);
+                                     frames (`mmv_core.video.video_file`);
   `load_embeddings`                  an embedding job's output -> numpy arrays
-                                     (`mmv_core.embeddings`).
+                                     (`mmv_core.embeddings.reader`).
 
 They are imported on first use (PEP 562), so `import mmv_core` and the
 ingestion modules stay free of JAX on workers that never embed.
@@ -19,8 +19,8 @@ import importlib
 _PUBLIC_API = {
     "VideoEmbedder": "mmv_core.embedder",
     "EmbedderConfig": "mmv_core.embedder_config",
-    "load_video": "mmv_core.video_file",
-    "load_embeddings": "mmv_core.embeddings",
+    "load_video": "mmv_core.video.video_file",
+    "load_embeddings": "mmv_core.embeddings.reader",
 }
 
 __all__ = sorted(_PUBLIC_API)  # noqa: PLE0605  (the names are _PUBLIC_API's keys)

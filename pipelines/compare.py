@@ -20,8 +20,8 @@ from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
-from mmv_core import linear_eval
-from mmv_core import report
+from mmv_core.evaluation import linear_eval
+from mmv_core.evaluation import report
 from pipelines import common
 
 PROG = "python -m pipelines.compare"

@@ -19,7 +19,7 @@ seeded training clips and `--num_test_windows` test windows, in threads,
 `JaxEmbeddingHandler` embeds earlier clips on the device; `AssembleVideosFn`
 collects a video's embeddings as they come back and writes them all (or
 fails the video) when its last clip is in -> `OUTPUT_DIR/embeddings/*.tfrecord`
-(`tf.train.Example`s, mmv_core/embedding_schema.py).
+(`tf.train.Example`s, mmv_core/embeddings/schema.py).
 
 Frames, clips and embeddings never go through a grouping: what a runner
 holds between stages is a few hundred bytes per video, and a worker holds
@@ -50,21 +50,23 @@ from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.windowed_value import WindowedValue
 
 from mmv_core import checkpoints
-from mmv_core import dataset_listing
-from mmv_core import embedding_schema as schema
+from mmv_core.datasets import dataset_listing
+from mmv_core.embeddings import schema
 from mmv_core import video
 from mmv_core.embedder_config import EmbedderConfig
 from mmv_core.models.names import VID_REPR
-from mmv_core.video_cache import CachedVideo, VideoRef
+from mmv_core.video.video_cache import CachedVideo, VideoRef
 from pipelines import embed_output
 from pipelines import embed_summary
 from pipelines import ingest
+from pipelines.ingest_listing import check_videos_readable, load_listing, select_videos
+from pipelines import ingest_cache
+from pipelines import ingest_fetch
 from pipelines import reconcile
-from pipelines.common import FAILURES, WriteFailures, count_failure, counter, distribution
-from pipelines.common import failure_record, host_threads, interrupt_exits
-from pipelines.common import IN_PROCESS_RUNNER_ARGS, UsageError, OrderedLookahead
-from pipelines.common import ProgressLogger, configure_logging, run_main, runs_in_one_process
-from pipelines.common import runs_locally, with_local_runner
+from pipelines.common import FAILURES, IN_PROCESS_RUNNER_ARGS, OrderedLookahead, ProgressLogger
+from pipelines.common import UsageError, WriteFailures, configure_logging, count_failure, counter
+from pipelines.common import distribution, failure_record, host_threads, interrupt_exits, run_main
+from pipelines.common import runs_in_one_process, runs_locally, with_local_runner
 from pipelines.embed_config import LOG_PREFIX, PROG, EmbedJobConfig, parse_args, settings_problems
 from pipelines.jax_inference import JaxEmbeddingHandler
 from pipelines.ownership import claimed_by_this_process
@@ -116,9 +118,9 @@ def sample_clips(ref: VideoRef, config: EmbedJobConfig) -> Iterator[tuple[ClipKe
   """`cut_clips` of the video `ref` points to, read from the cache.
 
   Raises:
-    ingest.StageFailure: at `cache`, the frames cannot be read.
+    ingest_fetch.StageFailure: at `cache`, the frames cannot be read.
   """
-  return cut_clips(ingest.read_cached_video(ref), config)
+  return cut_clips(ingest_cache.read_cached_video(ref), config)
 
 
 SampleFn = Callable[[VideoRef, EmbedJobConfig], Iterable[tuple[ClipKey, np.ndarray]]]
@@ -130,7 +132,7 @@ def sample_video(
   """One video's (ClipKey, clip) pairs, or its failure record if it cannot be sampled."""
   try:
     return list(sample(ref, config))
-  except ingest.StageFailure as e:
+  except ingest_fetch.StageFailure as e:
     return failure_record(ref.video_id, e.stage, e.reason)
   except Exception as e:  # One bad video must not stop the job.
     return failure_record(ref.video_id, STAGE_SAMPLE, f"{type(e).__name__}: {e}")
@@ -509,14 +511,10 @@ def start(
   if options.view_as(TestOptions).dry_run:
     sha256 = "not read in a dry run"
   else:
-    listing = ingest.load_listing(
-        config.dataset_spec, config.splits_location, config.videos_location
-    )
-    selected = ingest.select_videos(listing, config.classes or None, config.max_videos)
+    listing = load_listing(config.dataset_spec, config.splits_location, config.videos_location)
+    selected = select_videos(listing, config.classes or None, config.max_videos)
     num_videos = len(selected)
-    ingest.check_videos_readable(
-        config.dataset_spec, config.videos_location, config.work_dir, selected
-    )
+    check_videos_readable(config.dataset_spec, config.videos_location, config.work_dir, selected)
     # The checkpoint is read before the output directory is claimed, so that
     # a wrong checkpoint leaves no owned, empty directory behind.
     sha256 = checkpoint_sha256(config)

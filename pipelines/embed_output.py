@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 from apache_beam.io.filesystems import FileSystems
 
-from mmv_core import dataset_listing
-from mmv_core import embedding_schema as schema
+from mmv_core.datasets import dataset_listing
+from mmv_core.embeddings import schema
 from pipelines import reconcile
 from pipelines.common import UsageError, absolute_location
 from pipelines.ownership import claim_output_dir, read_owners

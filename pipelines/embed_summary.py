@@ -10,7 +10,7 @@ import sys
 
 from apache_beam.io.filesystems import FileSystems
 
-from mmv_core import embedding_schema as schema
+from mmv_core.embeddings import schema
 from pipelines import embed_output
 from pipelines import reconcile
 from pipelines.embed_config import LOG_PREFIX, PROG, EmbedJobConfig

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 from apache_beam.io.filesystems import FileSystems
 
-from mmv_core import sources
+from mmv_core.video import sources
 from pipelines.common import UsageError
 
 OWNER_FILE = "run.owner"

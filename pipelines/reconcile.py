@@ -25,8 +25,8 @@ from collections.abc import Iterable, Iterator
 
 from apache_beam.io.filesystems import FileSystems
 
-from mmv_core import embedding_schema as schema
-from mmv_core import tfrecord
+from mmv_core.embeddings import schema
+from mmv_core.embeddings import tfrecord
 
 FAILURES_DIR = "failures"
 FAILURES_FILE = "failures.jsonl"

@@ -23,8 +23,10 @@ import zlib
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from mmv_core import encode
+from mmv_core.video import encode
 from pipelines import ingest
+from pipelines import ingest_cache
+from pipelines import ingest_fetch
 from pipelines.common import FAILURES, failure
 
 # Tiny videos keep ffmpeg fast: 3 classes x 3 videos of 64x48 at 10 fps for 1 s.
@@ -192,8 +194,8 @@ class IngestRun:
 def _read_frames(ref):
   """A video's frames as the embedding job reads them, or its failure at `cache`."""
   try:
-    yield ingest.read_cached_video(ref)
-  except ingest.StageFailure as e:
+    yield ingest_cache.read_cached_video(ref)
+  except ingest_fetch.StageFailure as e:
     yield beam.pvalue.TaggedOutput(FAILURES, failure(ref.video_id, e.stage, e.reason))
 
 

@@ -16,7 +16,7 @@ PUBLIC_NAMES = ["EmbedderConfig", "VideoEmbedder", "load_embeddings", "load_vide
 def test_ingestion_imports_load_neither_jax_nor_tensorflow():
   script = textwrap.dedent("""
       import sys
-      import mmv_core, mmv_core.sources
+      import mmv_core, mmv_core.video.sources
       heavy = sorted({name.split(".")[0] for name in sys.modules} & {"jax", "tensorflow"})
       assert not heavy, f"importing mmv_core loaded {heavy}"
       from mmv_core import embedder
@@ -39,8 +39,8 @@ def test_all_and_dir_list_the_public_names():
     [
         ("VideoEmbedder", "mmv_core.embedder"),
         ("EmbedderConfig", "mmv_core.embedder_config"),
-        ("load_video", "mmv_core.video_file"),
-        ("load_embeddings", "mmv_core.embeddings"),
+        ("load_video", "mmv_core.video.video_file"),
+        ("load_embeddings", "mmv_core.embeddings.reader"),
     ],
 )
 def test_public_names_are_the_modules_objects(name, module):

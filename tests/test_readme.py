@@ -1,22 +1,26 @@
 """The README's commands stay true: the quick start, every flag it names, and
 its Python examples, which run here as written but for smaller clips."""
 
+import contextlib
 import functools
+import io
 import json
 import pathlib
 import re
+import runpy
 import shlex
-import subprocess
 import sys
+import warnings
+from unittest import mock
 
 import numpy as np
 import pytest
 from apache_beam.options import pipeline_options
 
 from mmv_core import checkpoints
-from mmv_core import embedding_schema
-from mmv_core import synthetic
-from mmv_core import tfrecord
+from mmv_core.embeddings import schema as embedding_schema
+from mmv_core.datasets import synthetic
+from mmv_core.embeddings import tfrecord
 from mmv_core import video
 from mmv_core.models import mmv
 
@@ -45,14 +49,21 @@ def _python_commands() -> list[list[str]]:
 
 @functools.cache
 def _help_text(module_and_command: tuple[str, ...]) -> str:
-  result = subprocess.run(
-      [sys.executable, "-m", *module_and_command, "--help"],
-      cwd=REPO_ROOT,
-      capture_output=True,
-      text=True,
-      check=True,
-  )
-  return result.stdout
+  """`python -m MODULE [COMMAND] --help`'s text, run as `python -m` runs it (runpy),
+  in this process, whose imports are done (each job's own tests run the command)."""
+  module, *command = module_and_command
+  text = io.StringIO()
+  with (
+      mock.patch.object(sys, "argv", [module, *command, "--help"]),
+      contextlib.redirect_stdout(text),
+      warnings.catch_warnings(),
+      pytest.raises(SystemExit) as exited,
+  ):
+    # runpy warns that the module is imported already, as it is in a test run.
+    warnings.simplefilter("ignore", RuntimeWarning)
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+  assert exited.value.code == 0, f"python -m {' '.join(module_and_command)} --help failed"
+  return text.getvalue()
 
 
 @functools.cache
@@ -170,12 +181,15 @@ def test_python_examples_run(tmp_path, monkeypatch):
   blocks = _python_blocks(README)
   assert blocks
   # The files the examples name, in the directory they run in.
+  # The examples run in try_mmv/ (README: `cd try_mmv`), beside the demo's output.
+  run_dir = tmp_path / "try_mmv"
+  run_dir.mkdir()
   rng = np.random.default_rng(0)
   frames = synthetic.render_frames(0, 2, rng, width=64, height=48, num_frames=10, fps=10.0)
-  (tmp_path / "v_SynthDiskA_g01_c01.avi").write_bytes(synthetic.encode_avi(frames, 10.0))
-  checkpoints.write_random_checkpoint(tmp_path / "mmv_s3d.pkl", *mmv.param_shapes("s3d"))
-  _write_embedding_job_output(tmp_path / "embeddings" / "s3d")
-  monkeypatch.chdir(tmp_path)
+  (run_dir / "v_SynthDiskA_g01_c01.avi").write_bytes(synthetic.encode_avi(frames, 10.0))
+  checkpoints.write_random_checkpoint(run_dir / "mmv_s3d.pkl", *mmv.param_shapes("s3d"))
+  _write_embedding_job_output(tmp_path / "demo_output" / "ucf101" / "embed")
+  monkeypatch.chdir(run_dir)
 
   namespace = {}
   for block in blocks:
