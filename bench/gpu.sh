@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The embedding job, whole, on one GPU host: synthetic UCF101 (mmv_core/synthetic.py)
+# The embedding job, whole, on one GPU host: synthetic UCF101 (mmv_core/datasets/synthetic.py)
 # through ingestion, clip sampling and the model at 32x224x224, in each
 # precision (float32, the protocol; tensorfloat32; bfloat16), in one process
 # that cuts clips in THREADS threads for one model, as a Dataflow GPU worker's

@@ -2,7 +2,7 @@
 
 For each size N, a synthetic UCF101 of N videos in the real archives' layout
 and structure (101 classes of 25 groups, the official lists' test groups;
-`mmv_core.synthetic.plan_ucf101_videos`): 320x240 MPEG-4 AVIs of
+`mmv_core.datasets.synthetic.plan_ucf101_videos`): 320x240 MPEG-4 AVIs of
 `--duration_s`, so that re-encoded frames weigh what real ones do (about
 1.4 MB of JPEG per 4 s video). `--renders_per_class` rendered videos per class
 are reused for its other members, which keeps generation to minutes; the

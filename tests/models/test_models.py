@@ -23,7 +23,7 @@ from mmv_core.models import normalization
 from mmv_core.models import s3d
 from mmv_core.models import tsm_resnet
 
-_REFERENCE = pathlib.Path(__file__).resolve().parent / "data"
+_REFERENCE = pathlib.Path(__file__).resolve().parents[1] / "data"
 # XLA cost analysis of vid_repr for one 32x224x224 clip (docs/models.md).
 _SMALL_CLIPS = (2, 8, 32, 32, 3)
 
