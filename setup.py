@@ -29,6 +29,7 @@ setuptools.setup(
     extras_require={
         "test": [
             "pytest==9.2.0",
+            "pytest-xdist==3.8.0",
             "gcp-storage-emulator==2026.7.19",
             "cryptography==50.0.2",
             "tensorflow-cpu==2.21.0",
