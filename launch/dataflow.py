@@ -35,7 +35,7 @@ from mmv_core import checkpoints
 from mmv_core import datasets
 from mmv_core.models.names import BACKBONES
 from pipelines import common
-from pipelines import ingest
+from pipelines import dataset_flags
 
 PROG = "python -m launch.dataflow"
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -240,7 +240,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         help="the dataset; results go under BUCKET/embeddings/DATASET/ and "
         "BUCKET/linear_eval/DATASET/ (UCF101's directly under embeddings/ and "
         "linear_eval/); the embedding job takes its locations: "
-        + ", ".join(f"--{flag}" for flag in ingest.LOCATION_FLAGS),
+        + ", ".join(f"--{flag}" for flag in dataset_flags.LOCATION_FLAGS),
     )
   common.add_required_flag(
       linear_eval,

@@ -13,32 +13,17 @@ the chart (PNG, beside the Markdown: `comparison.png` for
 metric, one bar per run.
 """
 
-import json
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from apache_beam.io.filesystems import FileSystems
 
 from mmv_core.evaluation import linear_eval
 from mmv_core.evaluation import report
 from pipelines import common
+from pipelines import run_records
 
 PROG = "python -m pipelines.compare"
-
-
-def read_metrics(eval_dir: str) -> dict[str, Any]:
-  """An evaluation's metrics.json.
-
-  Raises:
-    common.UsageError: it cannot be read, naming the directory.
-  """
-  path = f"{eval_dir.rstrip('/')}/{report.METRICS_FILE}"
-  try:
-    with FileSystems.open(path) as f:
-      return json.loads(f.read())
-  except Exception as e:  # Missing, unreadable or not JSON: the message says which.
-    raise common.UsageError(f"{path}: cannot read an evaluation's metrics ({e})") from e
 
 
 def run_label(metrics: dict[str, Any], eval_dir: str) -> str:
@@ -140,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> str:
   )
   args = parser.parse_args(argv)
   eval_dirs = [common.absolute_location(d) for d in args.eval_dirs]
-  runs = [read_metrics(d) for d in eval_dirs]
+  runs = [run_records.read_evaluation(d) for d in eval_dirs]
   labels = [run_label(run, d) for run, d in zip(runs, eval_dirs)]
   # Runs of the same embeddings (other protocols, C) are told apart by their
   # folder's name, then by their place on the command line.

@@ -63,6 +63,7 @@ from pipelines.ingest_listing import check_videos_readable, load_listing, select
 from pipelines import ingest_cache
 from pipelines import ingest_fetch
 from pipelines import reconcile
+from pipelines import run_records
 from pipelines.common import FAILURES, IN_PROCESS_RUNNER_ARGS, OrderedLookahead, ProgressLogger
 from pipelines.common import UsageError, WriteFailures, configure_logging, count_failure, counter
 from pipelines.common import distribution, failure_record, host_threads, interrupt_exits, run_main
@@ -203,6 +204,7 @@ def embedding_handler(config: EmbedJobConfig) -> JaxEmbeddingHandler:
       config.outputs,
       model_copies=config.model_copies,
       jax_cache_dir=config.jax_cache_dir,
+      log_prefix=LOG_PREFIX,
   )
 
 
@@ -441,7 +443,7 @@ def build(
           config=config,
           checkpoint_sha256=checkpoint_sha256,
           attempt=prior.attempt,
-          dataset=embed_output.dataset_record(config, listing),
+          dataset=run_records.dataset_record(config, listing),
       )
   )
 

@@ -15,7 +15,7 @@ from mmv_core import datasets
 from mmv_core import video
 from mmv_core.embedder_config import CACHE_DIR_ENV, PRECISIONS, EmbedderConfig
 from mmv_core.models.names import BACKBONES, VID_REPR, VIDEO_OUTPUTS
-from pipelines import ingest
+from pipelines import dataset_flags
 from pipelines.common import absolute_location, add_required_flag, add_verbose_flag
 from pipelines.common import check_beam_flags, job_parser
 
@@ -28,7 +28,7 @@ class EmbedJobConfig:
   work_dir: str
   output_dir: str
   dataset: str = datasets.UCF101.name
-  # The location flags of every dataset (`ingest.LOCATION_FLAGS`); a
+  # The location flags of every dataset (`dataset_flags.LOCATION_FLAGS`); a
   # dataset's own are filled with its defaults, the others stay None.
   video_zip: str | None = None
   splits_zip: str | None = None
@@ -136,7 +136,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[EmbedJobConfig, list[str]]:
   )
   add_required_flag(p, "--work_dir", "video cache (local or gs://), reused across runs")
   add_required_flag(p, "--output_dir", "embeddings, failures and run.json; one run per directory")
-  ingest.add_dataset_flags(p)
+  dataset_flags.add_dataset_flags(p)
   p.add_argument(
       "--backbone",
       default=None,
@@ -233,7 +233,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[EmbedJobConfig, list[str]]:
 
 
 # Flags naming files or folders, made absolute when local (`absolute_location`).
-PATH_FLAGS = ("checkpoint_path", "work_dir", "output_dir", "jax_cache_dir", *ingest.LOCATION_FLAGS)
+PATH_FLAGS = (
+    "checkpoint_path",
+    "work_dir",
+    "output_dir",
+    "jax_cache_dir",
+    *dataset_flags.LOCATION_FLAGS,
+)
 
 
 def resolve_dataset_defaults(config: EmbedJobConfig) -> EmbedJobConfig:
@@ -242,8 +248,10 @@ def resolve_dataset_defaults(config: EmbedJobConfig) -> EmbedJobConfig:
   Raises:
     UsageError: an unknown dataset, or a location flag of another dataset.
   """
-  spec, splits_location, videos_location = ingest.resolve_dataset(
-      config.dataset, {flag: getattr(config, flag) for flag in ingest.LOCATION_FLAGS}, config.recipe
+  spec, splits_location, videos_location = dataset_flags.resolve_dataset(
+      config.dataset,
+      {flag: getattr(config, flag) for flag in dataset_flags.LOCATION_FLAGS},
+      config.recipe,
   )
   protocol = {
       name: getattr(spec.protocol, name)

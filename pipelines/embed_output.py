@@ -10,32 +10,19 @@ resumed runs) and, when the reconciliation finds problems,
 
 import dataclasses
 import glob
-import importlib.metadata
 import json
 import os
-import platform
 from collections.abc import Sequence
 
 from apache_beam.io.filesystems import FileSystems
 
-from mmv_core.datasets import dataset_listing
 from mmv_core.embeddings import schema
 from pipelines import reconcile
+from pipelines import run_records
 from pipelines.common import UsageError, absolute_location
 from pipelines.ownership import claim_output_dir, read_owners
 from pipelines.embed_config import PATH_FLAGS, PROG, RESUME_SETTINGS, EmbedJobConfig
 
-_PACKAGES = (
-    "apache-beam",
-    "jax",
-    "jaxlib",
-    "dm-haiku",
-    "simplejpeg",
-    "numpy",
-    "scikit-learn",
-    "imageio-ffmpeg",
-    "mmv-pipeline",
-)
 # What a run refused an output directory that another run owns can do.
 _OWNED_DIR_REMEDY = (
     "choose a new --output_dir, pass --resume to complete it, or --overwrite to delete it "
@@ -180,33 +167,6 @@ def remove_sink_temp_dirs(output_dir: str) -> None:
 # ---- Run record ----
 
 
-def _package_versions() -> dict[str, str]:
-  versions = {"python": platform.python_version()}
-  for name in _PACKAGES:
-    try:
-      versions[name] = importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-      pass
-  return versions
-
-
-def dataset_record(config: EmbedJobConfig, listing: dataset_listing.DatasetListing | None) -> dict:
-  """run.json's account of the dataset: name, recipe, locations, classes and splits.
-
-  The classes and splits are those of the whole listing (None in a dry run,
-  which reads no listing), so the evaluation numbers labels as this job did.
-  """
-  spec = config.dataset_spec
-  return {
-      "name": spec.name,
-      "recipe": spec.encoding_recipe.key,
-      "splits_location": config.splits_location,
-      "videos_location": config.videos_location,
-      "class_names": None if listing is None else list(listing.class_names),
-      "splits": None if listing is None else list(listing.splits),
-  }
-
-
 def record_run(
     selected: Sequence[str],
     *,
@@ -228,20 +188,14 @@ def record_run(
       f.write("".join(f"{line}\n" for line in found.problem_lines()).encode())
   elif FileSystems.exists(unaccounted):
     FileSystems.delete([unaccounted])
-  record = {
-      schema.SETTINGS: dataclasses.asdict(config),
-      "dataset": dataset,
-      "backbone": config.resolved_backbone,
-      "checkpoint_sha256": checkpoint_sha256,
-      "versions": _package_versions(),
-      schema.NUM_TRAIN_CLIPS: config.num_train_clips,
-      schema.NUM_TEST_WINDOWS: config.num_test_windows,
-      "counts": found.counts(),
-      "runs": attempt,
-  }
-  path = FileSystems.join(config.output_dir, schema.RUN_CONFIG_FILE)
-  with FileSystems.create(path) as f:
-    f.write(json.dumps(record, indent=2, sort_keys=True).encode())
+  record = run_records.embedding_record(
+      config,
+      dataset=dataset,
+      checkpoint_sha256=checkpoint_sha256,
+      counts=found.counts(),
+      attempt=attempt,
+  )
+  run_records.write_record(FileSystems.join(config.output_dir, schema.RUN_CONFIG_FILE), record)
 
 
 def read_unaccounted(output_dir: str) -> dict[str, str]:

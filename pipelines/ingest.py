@@ -56,8 +56,6 @@ CLI (ingestion alone; runs on the FnApiRunner unless --runner is given):
         --work_dir /tmp/mmv
 """
 
-import argparse
-import dataclasses
 import json
 import sys
 import typing
@@ -69,9 +67,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from mmv_core.datasets import dataset_listing
 from mmv_core import datasets
-from mmv_core.video import encoding_recipes
 from mmv_core.video import video_cache
-from pipelines.common import UsageError, WriteFailures, counter, counters
+from pipelines import dataset_flags
+from pipelines.common import WriteFailures, counter, counters
 from pipelines.common import add_required_flag, add_verbose_flag, check_beam_flags
 from pipelines.common import ProgressLogger, configure_logging, job_parser
 from pipelines.common import interrupt_exits, run_main
@@ -260,89 +258,8 @@ class Ingest(beam.PTransform):
 
 # ---- Command line ----
 
-LOG_PREFIX = "[ingest]"
-
-# Every dataset's location flags (`DatasetSpec.splits_flag`, `.videos_flag`).
-LOCATION_FLAGS = tuple(
-    sorted(
-        {
-            flag
-            for spec in datasets.DATASETS.values()
-            for flag in (spec.splits_flag, spec.videos_flag)
-        }
-    )
-)
-
-
-def add_dataset_flags(parser: argparse.ArgumentParser) -> None:
-  """Adds --dataset, --recipe and every dataset's location flags (None: the dataset's)."""
-  names = ", ".join(f"{spec.name}: {spec.description}" for spec in datasets.DATASETS.values())
-  parser.add_argument("--dataset", default=datasets.UCF101.name, help=names)
-  parser.add_argument(
-      "--recipe",
-      default=None,
-      choices=sorted(encoding_recipes.RECIPES),
-      help="how videos are re-encoded into frames (docs/datasets.md); default: "
-      "the dataset's (csv: ucf101's)",
-  )
-  flag_users = {
-      flag: [
-          spec
-          for spec in datasets.DATASETS.values()
-          if flag in (spec.splits_flag, spec.videos_flag)
-      ]
-      for flag in LOCATION_FLAGS
-  }
-  for flag, specs in flag_users.items():
-    defaults = {
-        spec.default_splits if flag == spec.splits_flag else spec.default_videos for spec in specs
-    } - {None}
-    default_text = f"; default {defaults.pop()}" if defaults else ""
-    parser.add_argument(
-        f"--{flag}",
-        default=None,
-        help=f"for --dataset={'/'.join(s.name for s in specs)}: local, gs:// "
-        f"or https://{default_text}",
-    )
-
-
-def resolve_dataset(
-    name: str, locations: dict[str, str | None], recipe: str | None = None
-) -> tuple[datasets.DatasetSpec, str | None, str | None]:
-  """(dataset, splits location, videos location) from --dataset, the location flags, --recipe.
-
-  Args:
-    name: the --dataset value.
-    locations: the value of each of `LOCATION_FLAGS` (None: not given).
-    recipe: the --recipe value; None keeps the dataset's.
-
-  Raises:
-    UsageError: an unknown dataset, or a location flag that another dataset takes.
-  """
-  try:
-    spec = datasets.get(name)
-  except datasets.UnknownDatasetError as e:
-    raise UsageError(str(e)) from e
-  if recipe is not None:
-    spec = dataclasses.replace(spec, recipe=recipe)
-  foreign = [
-      flag
-      for flag, value in sorted(locations.items())
-      if value is not None and flag not in (spec.splits_flag, spec.videos_flag)
-  ]
-  if foreign:
-    raise UsageError(
-        f"--{foreign[0]} is not a flag of --dataset={spec.name}, which takes "
-        f"--{spec.splits_flag} and --{spec.videos_flag}"
-    )
-  return (
-      spec,
-      locations[spec.splits_flag] or spec.default_splits,
-      locations[spec.videos_flag] or spec.default_videos,
-  )
-
-
 PROG = "python -m pipelines.ingest"
+LOG_PREFIX = "[ingest]"
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, int]:
@@ -352,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, int]:
       __doc__.split("\n", 1)[0],
       "Other flags are Beam pipeline options (e.g. --direct_num_workers).",
   )
-  add_dataset_flags(parser)
+  dataset_flags.add_dataset_flags(parser)
   add_required_flag(parser, "--work_dir", "the video cache (local or gs://)")
   parser.add_argument("--classes", default="", help="comma-separated class names (empty: all)")
   parser.add_argument("--max_videos", type=int, default=None, help="limit the run, for trials")
@@ -374,8 +291,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, int]:
   args, beam_args = parser.parse_known_args(argv)
   check_beam_flags(beam_args, PROG)
   configure_logging(argv)
-  dataset, splits_location, videos_location = resolve_dataset(
-      args.dataset, {flag: getattr(args, flag) for flag in LOCATION_FLAGS}, args.recipe
+  dataset, splits_location, videos_location = dataset_flags.resolve_dataset(
+      args.dataset,
+      {flag: getattr(args, flag) for flag in dataset_flags.LOCATION_FLAGS},
+      args.recipe,
   )
   failures_path = args.failures or FileSystems.join(args.work_dir, FAILURES_FILE)
   classes = [c for c in args.classes.split(",") if c]

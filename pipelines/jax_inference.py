@@ -15,6 +15,7 @@ Each process keeps its compiled programs in a persistent compilation cache
 them instead of compiling.
 """
 
+import sys
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -40,6 +41,7 @@ class JaxEmbeddingHandler(ModelHandler[np.ndarray, dict, "VideoEmbedder"]):
       outputs: Sequence[str],
       model_copies: int | None = None,
       jax_cache_dir: str | None = None,
+      log_prefix: str = "",
   ):
     super().__init__(
         min_batch_size=config.batch_size,
@@ -52,6 +54,7 @@ class JaxEmbeddingHandler(ModelHandler[np.ndarray, dict, "VideoEmbedder"]):
     self._config = config
     self._outputs = tuple(outputs)
     self._jax_cache_dir = jax_cache_dir
+    self._log_prefix = log_prefix
 
   def load_model(self) -> "VideoEmbedder":
     # Imported where the model runs, so that importing this module (the job's
@@ -59,9 +62,18 @@ class JaxEmbeddingHandler(ModelHandler[np.ndarray, dict, "VideoEmbedder"]):
     from mmv_core import embedder
 
     embedder.enable_compilation_cache(self._jax_cache_dir)
-    return embedder.VideoEmbedder.from_checkpoint(
+    model = embedder.VideoEmbedder.from_checkpoint(
         self._checkpoint_path, self._backbone, self._config
     )
+    # Printed, as the job's progress is: on a GPU machine, the devices the
+    # model landed on are the first thing to check.
+    print(
+        f"{self._log_prefix} model: {model.backbone} on {model.num_devices} "
+        f"{model.devices[0].platform} device(s), batches of {self._config.batch_size} clips",
+        file=sys.stderr,
+        flush=True,
+    )
+    return model
 
   def run_inference(
       self,

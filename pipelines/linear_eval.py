@@ -32,7 +32,6 @@ and the reason, the output paths and the wall time.
 """
 
 import dataclasses
-import json
 import logging
 import sys
 import time
@@ -50,6 +49,7 @@ from mmv_core.evaluation import report
 from mmv_core.video import sources
 from pipelines import common
 from pipelines import ownership
+from pipelines import run_records
 from pipelines.linear_eval_config import PROG, LinearEvalConfig, parse_args
 
 
@@ -73,7 +73,7 @@ class Inputs:
     svm_cs: the C values to evaluate (the flag's, else the protocol's; none when no
       protocol asked for fits a linear probe).
     evaluated: what the embeddings are of, from their run.json
-      (`evaluated_record`), so that a results file read alone says it.
+      (`run_records.evaluated_record`), so that a results file read alone says it.
   """
 
   dataset: str
@@ -149,39 +149,8 @@ def read_inputs(config: LinearEvalConfig) -> Inputs:
       layouts=layouts,
       classes={label: listing.class_names[label] for label in labels},
       svm_cs=svm_cs,
-      evaluated=evaluated_record(config.embeddings_dir, run_config, spec.name),
+      evaluated=run_records.evaluated_record(config.embeddings_dir, run_config, spec.name),
   )
-
-
-# The embedding job's settings that say what its embeddings are.
-_EMBEDDING_SETTINGS = (
-    "checkpoint_path",
-    "recipe",
-    "num_frames",
-    "stride",
-    "min_resize",
-    "crop_size",
-    "num_train_clips",
-    "num_test_windows",
-    "exact_train_clips",
-    "seed",
-    "joint_embeddings",
-    "precision",
-    "classes",
-    "max_videos",
-)
-
-
-def evaluated_record(embeddings_dir: str, run_config: dict, dataset: str) -> dict:
-  """metrics.json's `evaluated`: the embeddings, their backbone, checkpoint and settings."""
-  settings = run_config.get(schema.SETTINGS, {})
-  return {
-      "embeddings_dir": embeddings_dir,
-      "dataset": dataset,
-      "backbone": run_config.get("backbone"),
-      "checkpoint_sha256": run_config.get("checkpoint_sha256"),
-      **{name: settings.get(name) for name in _EMBEDDING_SETTINGS},
-  }
 
 
 def protocol_svm_c(spec: datasets.DatasetSpec, backbone: str | None) -> float:
@@ -321,16 +290,13 @@ def write_outputs(
       "splits": sorted(inputs.layouts),
       "svm_cs": list(inputs.svm_cs),
   }
-  summary = linear_eval.summarise(results) | {"settings": settings, "evaluated": inputs.evaluated}
+  summary = run_records.evaluation_record(results, settings, inputs.evaluated)
   per_split = {
       r.split: (r.per_class_accuracy, r.per_class_videos)
       for r in results
       if r.per_class_accuracy is not None
   }
-  report.write_bytes(
-      f"{out}/{report.METRICS_FILE}",
-      json.dumps(report.strict_json(summary), indent=2, sort_keys=True, allow_nan=False).encode(),
-  )
+  run_records.write_record(f"{out}/{report.METRICS_FILE}", summary)
   if per_split:
     report.write_bytes(
         f"{out}/{report.PER_CLASS_FILE}", report.per_class_csv(inputs.classes, per_split).encode()
@@ -427,8 +393,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def report_outcome(config: LinearEvalConfig, seconds: float) -> None:
   """Prints a finished evaluation's summary (`report.console_summary`)."""
-  with FileSystems.open(f"{config.output_dir.rstrip('/')}/{report.METRICS_FILE}") as f:
-    summary = json.loads(f.read())
+  summary = run_records.read_evaluation(config.output_dir)
   print(report.console_summary(summary, config.output_dir, seconds), flush=True)
 
 

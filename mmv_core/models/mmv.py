@@ -5,7 +5,7 @@ ResNet-V2-50 (`audio_module`), the text module (`text_module`) and the
 projection heads (`~_get_pair_embedding_heads/...`) of the 'fac_relu' graph,
 with exactly the module paths, names and shapes of the released checkpoints.
 
-Callers use plain functions of `(params, state)` nested dicts: `init`,
+Callers use plain functions of `(params, state)` nested dicts:
 `param_shapes`, `video_embeddings` (the UCF101 feature `vid_repr` and the joint
 embeddings), `audio_embeddings`, `text_embeddings` and `vid_repr_flops`.
 These run the model in evaluation mode; `transformed(backbone, is_training=True)`
@@ -49,7 +49,7 @@ _HEAD_HIDDEN_DIM = 512  # Inner width of the video->audio 'mlp@512' head.
 Params = Mapping[str, Mapping[str, jax.Array]]
 State = Mapping[str, Mapping[str, jax.Array]]
 
-# Inputs for a cheap `init`: shapes do not depend on them.
+# Inputs for tracing the model's init: the parameters' shapes do not depend on them.
 _INIT_CLIP_SHAPE = (1, 2, 32, 32, 3)
 _INIT_SPECTROGRAM_SHAPE = (1, 8, 8, 1)
 _INIT_WORDS = 2
@@ -336,34 +336,30 @@ def transformed(
   )
 
 
-def _init_inputs() -> tuple[jax.Array, jax.Array, jax.Array]:
+def _init_inputs() -> tuple[jax.ShapeDtypeStruct, ...]:
   return (
-      jnp.zeros(_INIT_CLIP_SHAPE, jnp.float32),
-      jnp.zeros(_INIT_SPECTROGRAM_SHAPE, jnp.float32),
-      jnp.zeros((1, _INIT_WORDS), jnp.int32),
+      jax.ShapeDtypeStruct(_INIT_CLIP_SHAPE, jnp.float32),
+      jax.ShapeDtypeStruct(_INIT_SPECTROGRAM_SHAPE, jnp.float32),
+      jax.ShapeDtypeStruct((1, _INIT_WORDS), jnp.int32),
   )
 
 
-def init(backbone: str, rng: jax.Array) -> tuple[Params, State]:
-  """Randomly initialised (params, state) of the full model, as nested dicts.
-
-  The tree (visual, audio, text, all heads) equals a released checkpoint's.
-  BatchNorm moving averages start at mean 0, variance 1. Deterministic in
-  `rng` (a jax.random.PRNGKey), but the values differ from what haiku would
-  draw from `rng` directly: see below.
-  """
-  # XLA compiles each of the ~500 threefry-based initialisers separately and
-  # slowly (minutes on CPU); the "unsafe_rbg" generator, seeded from `rng`,
-  # compiles several times faster. Its weaker key splitting is harmless for
-  # weight initialisation.
-  seed = jax.random.bits(rng, (4,), jnp.uint32)
-  init_key = jax.random.wrap_key_data(seed, impl="unsafe_rbg")
-  return jax.jit(transformed(backbone).init)(init_key, *_init_inputs())
+@functools.cache
+def _traced_param_shapes(backbone: str) -> tuple[Params, State]:
+  return jax.eval_shape(transformed(backbone).init, jax.random.PRNGKey(0), *_init_inputs())
 
 
 def param_shapes(backbone: str) -> tuple[Params, State]:
-  """(params, state) of the full model as jax.ShapeDtypeStruct trees (no compute)."""
-  return jax.eval_shape(functools.partial(init, backbone), jax.random.PRNGKey(0))
+  """(params, state) of the full model as jax.ShapeDtypeStruct trees (no compute).
+
+  The trees (visual, audio, text, all heads) equal a released checkpoint's.
+  Tracing the model takes seconds, so it is done once per backbone; each call
+  gets its own dicts.
+  """
+  return tuple(
+      {module: dict(leaves) for module, leaves in tree.items()}
+      for tree in _traced_param_shapes(backbone)
+  )
 
 
 def _apply(
@@ -388,8 +384,9 @@ def video_embeddings(
   """Evaluation-mode video features; pure, jit-able (backbone, formulation static).
 
   Args:
-    params: full model params (as `init` or a checkpoint gives them; through
-      `fold_batch_norm` for a formulation with `batch_norm_folded`).
+    params: full model params (as a checkpoint or `checkpoints.random_trees`
+      gives them; through `fold_batch_norm` for a formulation with
+      `batch_norm_folded`).
     state: full model state (idem).
     clips: float32 [B, T, H, W, 3] in [0, 1]; T, H, W even for S3D.
     backbone: one of BACKBONES.

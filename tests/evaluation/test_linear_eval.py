@@ -5,6 +5,7 @@ groups, one video per (class, group), 16-dim features. In split N the test
 videos are groups 2N-1 and 2N, as the official splits hold out whole groups.
 """
 
+import importlib.metadata
 import json
 import pathlib
 import re
@@ -221,6 +222,8 @@ def test_job_metrics_equal_the_protocol_computed_by_hand(tmp_path, split_zip):
     assert got["input_check"]["complete"]
   # The data is hard enough for the comparison to mean something.
   assert 0.3 < metrics["splits"]["1"]["test_top1"] < 1.0
+  # The solver's library is recorded beside the numbers it gave.
+  assert metrics["versions"]["scikit-learn"] == importlib.metadata.version("scikit-learn")
   for key in ("test_top1", "test_top5", "train_top1", "train_top5"):
     assert metrics["mean"][key] == pytest.approx(
         np.mean([metrics["splits"][s][key] for s in "123"])

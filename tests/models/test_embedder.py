@@ -1,5 +1,6 @@
-"""VideoEmbedder: the public one-video API and its batched, multi-device form."""
+"""VideoEmbedder: the public one-video API and its batched form (four devices: the job's tests)."""
 
+import functools
 import json
 import os
 import pathlib
@@ -42,13 +43,19 @@ def s3d_embedder(s3d_checkpoint) -> VideoEmbedder:
   return VideoEmbedder.from_checkpoint(str(s3d_checkpoint), config=EmbedderConfig(batch_size=2))
 
 
+@functools.cache
+def _reference_forward(backbone: str):
+  """The model function as trained (reference formulation), compiled once per backbone."""
+  return jax.jit(functools.partial(mmv.video_embeddings, backbone=backbone))
+
+
 def _one_clip_at_a_time(
     ckpt: checkpoints.Checkpoint, clips: np.ndarray, backbone: str, output: str = VID_REPR
 ) -> np.ndarray:
   """The original evaluation's way: the model function on one clip at a time."""
-  forward = jax.jit(lambda p, s, c: mmv.video_embeddings(p, s, c, backbone=backbone)[output])
+  forward = _reference_forward(backbone)
   return np.concatenate(
-      [np.asarray(forward(ckpt.params, ckpt.state, clip[None])) for clip in clips]
+      [np.asarray(forward(ckpt.params, ckpt.state, clip[None])[output]) for clip in clips]
   )
 
 
@@ -96,14 +103,14 @@ def test_joint_space_embeddings(s3d_embedder, s3d_checkpoint):
   assert_features_close(out[VIDEO_TEXT], _one_clip_at_a_time(ckpt, clips, "s3d", VIDEO_TEXT))
 
 
-@pytest.mark.parametrize("backbone", ["tsm_resnet_x1", "tsm_resnet_x2"])
-def test_tsm_backbones_embed(tmp_path, backbone):
-  path = tmp_path / f"mmv_{backbone}.pkl"
-  checkpoints.write_random_checkpoint(path, *mmv.param_shapes(backbone), seed=2)
+# TSM-ResNet-50x2 is this model at twice the width (tests/models/test_models.py runs it).
+def test_tsm_resnet_embeds(tmp_path):
+  path = tmp_path / "mmv_tsm_resnet_x1.pkl"
+  checkpoints.write_random_checkpoint(path, *mmv.param_shapes("tsm_resnet_x1"), seed=2)
   embedder = VideoEmbedder.from_checkpoint(str(path))
   feats = embedder.embed(_random_video(4), **SMALL)
-  assert embedder.backbone == backbone
-  assert feats.shape == (3, mmv.REPR_DIMS[backbone]) and np.isfinite(feats).all()
+  assert embedder.backbone == "tsm_resnet_x1"
+  assert feats.shape == (3, mmv.REPR_DIMS["tsm_resnet_x1"]) and np.isfinite(feats).all()
 
 
 def test_wrong_backbone_names_the_checkpoint_and_the_problem(s3d_checkpoint):
@@ -124,40 +131,16 @@ def test_embed_rejects_bad_frames(s3d_embedder, frames, problem):
     s3d_embedder.embed(frames, **SMALL)
 
 
-def test_bfloat16_mode_is_close_to_float32(s3d_checkpoint):
+def test_bfloat16_mode_is_close_to_float32(s3d_checkpoint, s3d_embedder):
   clips = video.test_clips(_random_video(5), **SMALL)
-  f32 = VideoEmbedder.from_checkpoint(str(s3d_checkpoint)).embed_clips(clips)[VID_REPR]
+  f32 = s3d_embedder.embed_clips(clips)[VID_REPR]
   bf16 = VideoEmbedder.from_checkpoint(
-      str(s3d_checkpoint), config=EmbedderConfig(precision="bfloat16")
+      str(s3d_checkpoint), config=EmbedderConfig(batch_size=2, precision="bfloat16")
   ).embed_clips(clips)[VID_REPR]
   assert bf16.dtype == np.float32
   cosine = np.sum(f32 * bf16, -1) / np.linalg.norm(f32, axis=-1) / np.linalg.norm(bf16, axis=-1)
   assert (cosine > 0.99).all()
   assert not np.array_equal(f32, bf16)
-
-
-def test_four_devices_give_the_same_embeddings_as_one(s3d_checkpoint, s3d_embedder, tmp_path):
-  clips = video.test_clips(_random_video(6), **{**SMALL, "num_windows": 7})
-  np.save(tmp_path / "clips.npy", clips)
-  script = textwrap.dedent(f"""
-      import jax, numpy as np
-      from mmv_core.embedder import EmbedderConfig, VideoEmbedder
-      assert jax.local_device_count() == 4, jax.local_devices()
-      emb = VideoEmbedder.from_checkpoint({str(s3d_checkpoint)!r}, config=EmbedderConfig(batch_size=4))
-      assert emb.num_devices == 4
-      out = emb.embed_clips(np.load({str(tmp_path / 'clips.npy')!r}))["vid_repr"]
-      np.save({str(tmp_path / 'four.npy')!r}, out)
-  """)
-  env = {
-      **os.environ,
-      "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-      "JAX_PLATFORMS": "cpu",
-  }
-  subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=REPO_ROOT)
-  four = np.load(tmp_path / "four.npy")
-  one = s3d_embedder.embed_clips(clips)[VID_REPR]
-  assert s3d_embedder.num_devices == 1
-  assert_features_close(four, one)
 
 
 def test_a_second_process_loads_the_compiled_program_from_the_cache(s3d_checkpoint, tmp_path):
@@ -205,15 +188,14 @@ def test_compilation_cache_dir_defaults_to_the_user_cache(monkeypatch):
 def test_fastest_formulation_on_this_platform_unless_reference_is_asked(
     s3d_checkpoint, s3d_embedder
 ):
-  """The embedder folds BatchNorm and decomposes on CPUs; `reference` keeps the trained layers."""
-  clips = video.test_clips(_random_video(7), **SMALL)
+  """The embedder folds BatchNorm and decomposes on CPUs; `reference` keeps the trained layers.
+
+  `test_embed_is_vid_repr_of_each_test_window` shows the fast form gives the reference's features.
+  """
   config = EmbedderConfig(batch_size=2, formulation="reference")
   reference = VideoEmbedder.from_checkpoint(str(s3d_checkpoint), config=config)
   assert reference.formulation == mmv.REFERENCE
   assert s3d_embedder.formulation == mmv.fastest_formulation("cpu") != mmv.REFERENCE
-  assert_features_close(
-      s3d_embedder.embed_clips(clips)[VID_REPR], reference.embed_clips(clips)[VID_REPR]
-  )
 
 
 @pytest.mark.parametrize("setting", ["precision", "formulation"])

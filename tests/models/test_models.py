@@ -390,19 +390,6 @@ def test_vid_repr_flops_match_spec(backbone):
   assert gflops == pytest.approx(mmv.SPEC_GFLOPS[backbone], rel=0.03)
 
 
-def test_init_gives_checkpoint_tree_with_neutral_batch_norm_state():
-  params, state = mmv.init("tsm_resnet_x1", jax.random.PRNGKey(0))
-  shapes = mmv.param_shapes("tsm_resnet_x1")
-  as_struct = lambda t: jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), t)
-  assert as_struct((params, state)) == as_struct(shapes)
-  for module, leaves in state.items():
-    assert int(leaves["counter"]) == 0, module
-    np.testing.assert_array_equal(leaves["average"], 1.0 if module.endswith("var_ema") else 0.0)
-  for module, leaves in params.items():
-    if "w" in leaves:
-      assert float(jnp.std(leaves["w"])) > 0, module
-
-
 @functools.cache
 def _jitted_video_embeddings(backbone: str, formulation: mmv.Formulation = mmv.REFERENCE):
   """One compiled program per backbone and formulation, shared by the tests."""
@@ -436,7 +423,9 @@ def _np_video_heads(params, state, vid_repr):
   return video_audio, video_text
 
 
-@pytest.mark.parametrize("backbone", mmv.BACKBONES)
+# TSM-ResNet-50x2 is the x1 model at twice the width: its tree is checked
+# against the release's manifest and its cost compiled (tests above).
+@pytest.mark.parametrize("backbone", ["s3d", "tsm_resnet_x1"])
 def test_video_embeddings_shapes_heads_under_jit(backbone):
   params, state = _random_model(backbone)
   clips = jax.random.uniform(jax.random.PRNGKey(1), _SMALL_CLIPS)
@@ -530,14 +519,19 @@ def test_s3d_max_pool_decomposed_gives_the_same_maxima(window, stride):
 def test_audio_and_text_embeddings_shapes():
   params, state = _random_model("tsm_resnet_x1")
   spectrograms = jax.random.normal(jax.random.PRNGKey(2), (2, 96, 40, 1))
-  audio_out = mmv.audio_embeddings(params, state, spectrograms, backbone="tsm_resnet_x1")
+  # Under jit: op by op, the audio ResNet-50 takes several times as long.
+  audio_out = jax.jit(functools.partial(mmv.audio_embeddings, backbone="tsm_resnet_x1"))(
+      params, state, spectrograms
+  )
   assert {k: v.shape for k, v in audio_out.items()} == {
       mmv.AUDIO_REPR: (2, 2048),
       mmv.AUDIO_VIDEO: (2, 512),
       mmv.AUDIO_TEXT: (2, 256),
   }
   word_ids = jnp.array([[1, 5, 9], [65535, 0, 2]], jnp.int32)
-  text_out = mmv.text_embeddings(params, state, word_ids, backbone="tsm_resnet_x1")
+  text_out = jax.jit(functools.partial(mmv.text_embeddings, backbone="tsm_resnet_x1"))(
+      params, state, word_ids
+  )
   assert {k: v.shape for k, v in text_out.items()} == {
       mmv.TEXT_REPR: (2, 2048),
       mmv.TEXT_VIDEO: (2, 256),

@@ -190,7 +190,7 @@ def test_rerun_on_four_devices_reuses_the_cache_and_gives_the_same_embeddings(
     out = job_output / "out_4dev"
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     # One video of nine fails: more than the default --max_failed_share.
-    subprocess.run(
+    completed = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -203,9 +203,11 @@ def test_rerun_on_four_devices_reuses_the_cache_and_gives_the_same_embeddings(
         env=env,
         cwd=REPO_ROOT,
         capture_output=True,
+        text=True,
     )
   finally:
     os.rename(data.video_zip + ".moved", data.video_zip)
+  assert f"{embed.LOG_PREFIX} model: s3d on 4 cpu device(s), batches of 4 clips" in completed.stderr
   rerun = json.loads((out / "run.json").read_text())["counts"]
   # Only the video that failed before is tried again, and fails to fetch now.
   assert rerun["videos_failed_by_stage"] == {"fetch": 1}
