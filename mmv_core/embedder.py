@@ -91,15 +91,8 @@ class VideoEmbedder:
     self._params = jax.device_put(jax.tree.map(cast, params), replicated)
     self._state = jax.device_put(jax.tree.map(cast, state), replicated)
     self._clip_sharding = NamedSharding(self._mesh, PartitionSpec(_BATCH_AXIS))
-    self._forward = jax.jit(
-        functools.partial(
-            _forward,
-            backbone=backbone,
-            formulation=self.formulation,
-            dtype=dtype,
-            matmul_precision=matmul_precision,
-        ),
-        out_shardings=self._clip_sharding,
+    self._forward = _jitted_forward(
+        backbone, self.formulation, dtype, matmul_precision, self._clip_sharding
     )
     # Threads sharing this embedder (a worker's harness threads) run one forward
     # pass at a time: each pass in flight would hold its activations in device
@@ -206,6 +199,27 @@ def _pad_to(batch: np.ndarray, size: int) -> np.ndarray:
   if missing == 0:
     return batch
   return np.concatenate([batch, np.repeat(batch[-1:], missing, axis=0)])
+
+
+@functools.cache
+def _jitted_forward(
+    backbone: str, formulation: mmv.Formulation, dtype, matmul_precision: str, clip_sharding
+):
+  """`_forward` under jit, one per configuration: embedders alike share compiled programs.
+
+  A second embedder of the same backbone, formulation, precision and devices
+  (a reloaded model, a notebook's second one) compiles nothing.
+  """
+  return jax.jit(
+      functools.partial(
+          _forward,
+          backbone=backbone,
+          formulation=formulation,
+          dtype=dtype,
+          matmul_precision=matmul_precision,
+      ),
+      out_shardings=clip_sharding,
+  )
 
 
 def _forward(

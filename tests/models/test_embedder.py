@@ -84,6 +84,16 @@ def test_embed_clips_pads_partial_batches_without_changing_results(s3d_embedder)
   assert_features_close(all_at_once, singles)
 
 
+def test_a_second_embedder_alike_compiles_nothing(s3d_embedder, s3d_checkpoint):
+  clips = video.test_clips(_random_video(8), **SMALL)
+  first = s3d_embedder.embed_clips(clips)[VID_REPR]
+  events = []
+  jax.monitoring.register_event_duration_secs_listener(lambda event, _, **__: events.append(event))
+  again = VideoEmbedder.from_checkpoint(str(s3d_checkpoint), config=s3d_embedder.config)
+  np.testing.assert_array_equal(again.embed_clips(clips)[VID_REPR], first)
+  assert "/jax/core/compile/backend_compile_duration" not in events
+
+
 def test_uint8_clips_are_scaled_like_the_protocol(s3d_embedder):
   frames = _random_video(2)
   float_clips = video.test_clips(frames, **SMALL)
