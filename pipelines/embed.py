@@ -51,6 +51,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from mmv_core import checkpoints
 from mmv_core.datasets import dataset_listing
+from mmv_core.embeddings import example_proto
 from mmv_core.embeddings import schema
 from mmv_core import video
 from mmv_core.embedder_config import EmbedderConfig
@@ -246,17 +247,16 @@ def assemble_video(video_id: str, clips: dict, *, outputs: Sequence[str]) -> lis
       return failure_record(
           video_id, STAGE_EMBED, f"non-finite embedding in {clip_type} clip {clip_index}"
       )
-    examples.append(
-        schema.make_example(
-            video_id=key.video_id,
-            label=key.label,
-            label_name=key.label_name,
-            clip_type=clip_type,
-            clip_index=clip_index,
-            embedding=embeddings[VID_REPR],
-            extra_features={name: embeddings[name] for name in outputs if name != VID_REPR},
-        ).SerializeToString()
+    example = schema.make_example(
+        video_id=key.video_id,
+        label=key.label,
+        label_name=key.label_name,
+        clip_type=clip_type,
+        clip_index=clip_index,
+        embedding=embeddings[VID_REPR],
+        extra_features={name: embeddings[name] for name in outputs if name != VID_REPR},
     )
+    examples.append(example_proto.serialize(example))
   return examples
 
 

@@ -127,6 +127,16 @@ Int64List = _message_class("Int64List")
 SequenceExample = _message_class("SequenceExample")
 
 
+def serialize(message) -> bytes:
+  """The message's wire bytes, with map entries in key order.
+
+  Protobuf otherwise writes a map's entries (an Example's features) in an
+  order that changes from process to process: in key order, the same content
+  gives the same bytes in every process and run, so outputs compare by checksum.
+  """
+  return message.SerializeToString(deterministic=True)
+
+
 _PACKED_VALUE_TAG = 0x0A  # Field 1, length-delimited.
 
 

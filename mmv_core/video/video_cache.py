@@ -144,7 +144,7 @@ def to_sequence_example(video: CachedVideo) -> bytes:
   frames = example.feature_lists.feature_list[FRAMES_KEY]
   for frame in video.frames:
     frames.feature.add().bytes_list.value.append(frame)
-  return example.SerializeToString()
+  return example_proto.serialize(example)
 
 
 def from_sequence_example(record: bytes) -> CachedVideo:

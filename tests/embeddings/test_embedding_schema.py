@@ -1,6 +1,9 @@
 """Tests of the embedding file contract (mmv_core.embeddings.schema)."""
 
 import json
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -8,6 +11,8 @@ import tensorflow as tf
 
 from mmv_core.embeddings import schema
 from mmv_core.embeddings import example_proto
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def example(**overrides):
@@ -35,6 +40,27 @@ def test_example_round_trip():
 
   header = schema.parse_example(example().SerializeToString(), include_floats=False)
   assert set(header) == set(schema.SCALAR_FEATURES)
+
+
+def test_an_example_serializes_to_the_same_bytes_in_every_process():
+  """Protobuf orders a map's entries differently from process to process; `serialize` does not."""
+  fields = dict(
+      video_id="v_Archery_g03_c02",
+      label=1,
+      label_name="Archery",
+      clip_type=schema.CLIP_TYPE_TEST,
+      clip_index=7,
+      embedding=[-1.0, 0.5, 1.0],
+      extra_features={"audio_repr": [1.5, 2.5], "video_text": [0.25]},
+  )
+  script = (
+      "from mmv_core.embeddings import example_proto, schema;"
+      f"print(example_proto.serialize(schema.make_example(**{fields!r})).hex())"
+  )
+  other_process = subprocess.run(
+      [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+  ).stdout.strip()
+  assert other_process == example_proto.serialize(schema.make_example(**fields)).hex()
 
 
 def test_examples_are_tensorflows_wire_format_both_ways():
