@@ -15,17 +15,20 @@ from mmv_core.embeddings import example_proto
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
+# Plain Python values, so that another process can be given them as their repr.
+FIELDS = dict(
+    video_id="v_Archery_g03_c02",
+    label=1,
+    label_name="Archery",
+    clip_type=schema.CLIP_TYPE_TEST,
+    clip_index=7,
+    embedding=np.linspace(-1, 1, 8).tolist(),
+    extra_features={"audio_repr": [[1.5, 2.5]]},
+)
+
+
 def example(**overrides):
-  fields = dict(
-      video_id="v_Archery_g03_c02",
-      label=1,
-      label_name="Archery",
-      clip_type=schema.CLIP_TYPE_TEST,
-      clip_index=7,
-      embedding=np.linspace(-1, 1, 8),
-      extra_features={"audio_repr": [[1.5, 2.5]]},
-  )
-  return schema.make_example(**(fields | overrides))
+  return schema.make_example(**(FIELDS | overrides))
 
 
 def test_example_round_trip():
@@ -44,23 +47,14 @@ def test_example_round_trip():
 
 def test_an_example_serializes_to_the_same_bytes_in_every_process():
   """Protobuf orders a map's entries differently from process to process; `serialize` does not."""
-  fields = dict(
-      video_id="v_Archery_g03_c02",
-      label=1,
-      label_name="Archery",
-      clip_type=schema.CLIP_TYPE_TEST,
-      clip_index=7,
-      embedding=[-1.0, 0.5, 1.0],
-      extra_features={"audio_repr": [1.5, 2.5], "video_text": [0.25]},
-  )
   script = (
       "from mmv_core.embeddings import example_proto, schema;"
-      f"print(example_proto.serialize(schema.make_example(**{fields!r})).hex())"
+      f"print(example_proto.serialize(schema.make_example(**{FIELDS!r})).hex())"
   )
   other_process = subprocess.run(
       [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, check=True
   ).stdout.strip()
-  assert other_process == example_proto.serialize(schema.make_example(**fields)).hex()
+  assert other_process == example_proto.serialize(example()).hex()
 
 
 def test_examples_are_tensorflows_wire_format_both_ways():
