@@ -5,6 +5,7 @@
 set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$repo_root/launch/env.sh"
+unset PYTHONDONTWRITEBYTECODE  # Why: launch/env.sh, on bytecode.
 cd "$repo_root"
 "$repo_root/.venv/bin/ruff" check .
 "$repo_root/.venv/bin/pyink" --check --quiet .

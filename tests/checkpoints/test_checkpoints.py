@@ -471,15 +471,9 @@ def test_command_line_random_convert_inspect(tmp_path, capsys):
       == 0
   )
   npz = tmp_path / 'mmv_tsm_resnet_x1.npz'
-  completed = subprocess.run(
-      [sys.executable, '-m', 'mmv_core.checkpoints', 'convert', str(pkl), str(npz)],
-      cwd=REPO_ROOT,
-      capture_output=True,
-      text=True,
-      check=False,
-  )
-  assert completed.returncode == 0, completed.stderr
-  assert hashlib.sha256(pkl.read_bytes()).hexdigest() in completed.stdout
+  capsys.readouterr()
+  assert checkpoints.main(['convert', str(pkl), str(npz)]) == 0
+  assert hashlib.sha256(pkl.read_bytes()).hexdigest() in capsys.readouterr().out
   _assert_same_trees(
       checkpoints.load_checkpoint(npz).params, checkpoints.load_checkpoint(pkl).params
   )

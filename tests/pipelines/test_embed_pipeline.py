@@ -33,7 +33,6 @@ from mmv_core.datasets import synthetic
 from mmv_core import video
 from mmv_core.video import video_cache
 from mmv_core.embedder import VideoEmbedder
-from mmv_core.embedder_config import EmbedderConfig
 from mmv_core.models.names import VID_REPR
 from mmv_core.models import mmv
 from pipelines import common
@@ -81,8 +80,6 @@ def _flags(dataset, checkpoint_path, work_dir, output_dir) -> list[str]:
       f"--splits_zip={data.splits_zip}",
       f"--num_train_clips={NUM_TRAIN_CLIPS}",
       f"--num_test_windows={NUM_TEST_WINDOWS}",
-      "--batch_size=4",
-      f"--jax_cache_dir={pathlib.Path(work_dir) / 'jax_cache'}",  # Not the user's cache.
       *(f"--{k}={v}" for k, v in CLIPS.items()),
   ]
 
@@ -161,7 +158,7 @@ def test_embeddings_equal_video_embedder_on_the_same_frames(checkpoint_path, job
   for shard in glob.glob(str(job_output / "work" / "**" / "*.tfrecord"), recursive=True):
     for v in video_cache.read_shard(shard):
       cached[v.video_id] = v
-  embedder = VideoEmbedder.from_checkpoint(checkpoint_path, config=EmbedderConfig(batch_size=4))
+  embedder = VideoEmbedder.from_checkpoint(checkpoint_path)
   video_id = sorted(cached)[0]
   frames = video.decode_jpeg_frames(cached[video_id].frames)
   test = embedder.embed(frames, num_windows=NUM_TEST_WINDOWS, **CLIPS)
@@ -207,7 +204,7 @@ def test_rerun_on_four_devices_reuses_the_cache_and_gives_the_same_embeddings(
     )
   finally:
     os.rename(data.video_zip + ".moved", data.video_zip)
-  assert f"{embed.LOG_PREFIX} model: s3d on 4 cpu device(s), batches of 4 clips" in completed.stderr
+  assert f"{embed.LOG_PREFIX} model: s3d on 4 cpu device(s), batches of 8 clips" in completed.stderr
   # Quiet by default: no INFO lines from Beam or JAX.
   assert "INFO" not in completed.stderr and "Unable to initialize backend" not in completed.stderr
   rerun = json.loads((out / "run.json").read_text())["counts"]
