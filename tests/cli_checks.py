@@ -55,12 +55,13 @@ def undocumented_options(help_text: str) -> list[str]:
 
 
 def usage_error(main, prog: str, argv: list[str], capsys) -> str:
-  """Runs `main` as its command line does (`common.run_main`); checks exit status 2
-  and one line on stderr, and returns that line."""
+  """Runs `main` as its command line does (`common.run_main`); checks exit status 2,
+  one line on stderr and nothing on stdout, and returns that line."""
   with pytest.raises(SystemExit) as stopped:
     common.run_main(main, prog, argv)
   assert stopped.value.code == common.USAGE_ERROR_STATUS
-  stderr = capsys.readouterr().err
+  stdout, stderr = capsys.readouterr()
+  assert stdout == ""
   assert len(stderr.splitlines()) == 1, stderr
   assert stderr.startswith(f"{prog}: error: ")
   return stderr

@@ -672,30 +672,23 @@ def test_a_label_disagreeing_with_the_lists_is_one_line_and_exit_status_2(
   )
 
 
-def test_the_command_line_says_a_user_error_in_one_line_and_nothing_else(tmp_path, split_zip):
+def test_the_command_line_says_a_user_error_in_one_line_and_nothing_else(
+    tmp_path, split_zip, capsys, monkeypatch
+):
   clips = {
       key: value
       for key, value in make_clips(14, signal=1.0).items()
       if key[0] != video_id("Bowling", 2)
   }
   embeddings = write_embeddings(tmp_path / "emb", clips)
-  result = subprocess.run(
-      [
-          sys.executable,
-          "-m",
-          "pipelines.linear_eval",
-          f"--embeddings_dir={embeddings}",
-          f"--output_dir={tmp_path / 'out'}",
-          f"--splits_zip={split_zip}",
-      ],
-      cwd=cli_checks.REPO_ROOT,
-      capture_output=True,
-      text=True,
-  )
-  assert result.returncode == common.USAGE_ERROR_STATUS
-  assert result.stdout == ""
-  assert result.stderr.startswith("python -m pipelines.linear_eval: error: --embeddings_dir ")
-  assert len(result.stderr.splitlines()) == 1 and "v_Bowling_g02_c01" in result.stderr
+  argv = [
+      f"--embeddings_dir={embeddings}",
+      f"--output_dir={tmp_path / 'out'}",
+      f"--splits_zip={split_zip}",
+  ]
+  error = usage_error(argv, capsys, monkeypatch)
+  assert error.startswith("python -m pipelines.linear_eval: error: --embeddings_dir ")
+  assert "v_Bowling_g02_c01" in error
   assert not (tmp_path / "out").exists()
 
 
@@ -741,6 +734,7 @@ def test_an_interrupted_evaluation_is_restarted_with_overwrite(
   linear_eval_job.main([*argv, *RUNNER])
   (out / report.METRICS_FILE).unlink()  # As if it had been killed before writing them.
   (out / "stale.txt").write_text("from the first evaluation")
+  capsys.readouterr()  # The first evaluation's summary.
 
   refused = usage_error(argv, capsys, monkeypatch)
   assert f"{out} belongs to another run" in refused and "--overwrite" in refused

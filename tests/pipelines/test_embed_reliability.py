@@ -12,9 +12,9 @@ import pathlib
 import re
 import signal
 import subprocess
-import sys
 
 import apache_beam as beam
+import cli_checks
 import fake_model
 import pytest
 from apache_beam.runners.worker import data_plane
@@ -330,31 +330,23 @@ def test_an_abbreviated_flag_or_a_runner_that_loses_elements_is_refused(flag, me
     embed.parse_args(["--checkpoint_path=c.pkl", "--work_dir=w", "--output_dir=o", flag])
 
 
-def test_a_video_folder_that_does_not_exist_is_refused_before_any_work(checkpoint_path, tmp_path):
+def test_a_video_folder_that_does_not_exist_is_refused_before_any_work(
+    checkpoint_path, tmp_path, capsys
+):
   csv_dir = tmp_path / "lists"
   csv_dir.mkdir()
   (csv_dir / "train_1.csv").write_text("video_path,start,end,label\na.avi,,,walk\n")
   (csv_dir / "test_1.csv").write_text("video_path,start,end,label\nb.avi,,,walk\n")
-  result = subprocess.run(
-      [
-          sys.executable,
-          "-m",
-          "pipelines.embed",
-          f"--checkpoint_path={checkpoint_path}",
-          f"--work_dir={tmp_path / 'work'}",
-          f"--output_dir={tmp_path / 'out'}",
-          "--dataset=csv",
-          f"--csv_dir={csv_dir}",
-          f"--video_root={tmp_path / 'no_such_folder'}",
-          *common.IN_PROCESS_RUNNER_ARGS,
-      ],
-      cwd=REPO_ROOT,
-      capture_output=True,
-      text=True,
-      check=False,
-  )
-  assert result.returncode == 2
-  assert result.stderr.strip() == (
+  argv = [
+      f"--checkpoint_path={checkpoint_path}",
+      f"--work_dir={tmp_path / 'work'}",
+      f"--output_dir={tmp_path / 'out'}",
+      "--dataset=csv",
+      f"--csv_dir={csv_dir}",
+      f"--video_root={tmp_path / 'no_such_folder'}",
+      *common.IN_PROCESS_RUNNER_ARGS,
+  ]
+  assert cli_checks.usage_error(embed.main, embed.PROG, argv, capsys).strip() == (
       f"{embed.PROG}: error: --video_root: {tmp_path / 'no_such_folder'}: no such folder; the "
       f"video cache in --work_dir {tmp_path / 'work'} holds none of the 2 videos either"
   )
