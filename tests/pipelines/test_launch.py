@@ -1,7 +1,11 @@
 """Dataflow launch scripts, checked offline with Dataflow's dry-run mode."""
 
+import contextlib
+import functools
+import io
 import re
 import socket
+from unittest import mock
 
 import pytest
 from apache_beam.internal.gcp import auth
@@ -53,20 +57,54 @@ def _hinted_transforms(job) -> dict[str, dict]:
   return hinted
 
 
+GPU_EMBED = (
+    "embed",
+    "--accelerator",
+    "gpu",
+    "--image",
+    "img:gpu",
+    "--checkpoint_path",
+    "gs://my-mmv-bucket/ckpt/mmv_tsm_resnet_x1.pkl",
+    "--max_num_workers=7",
+)
+TPU_EMBED = (
+    "embed",
+    "--accelerator",
+    "tpu",
+    "--image",
+    "img:tpu",
+    "--checkpoint_path",
+    "gs://my-mmv-bucket/ckpt/mmv_s3d.pkl",
+    "--num_workers=2",
+)
+LINEAR_EVAL = ("linear_eval", "--image", "img:cpu", "--backbone", "s3d")
+
+
+@functools.cache
+def _dry_run(argv: tuple[str, ...]) -> tuple[object, str, list]:
+  """`python -m launch.dataflow ARGV --dry_run ...` (COMMON): the job it built, what it
+  printed, and the connections and name look-ups it tried (each refused).
+
+  Built once per command line for the tests that read it (a second each).
+  """
+  attempts = []
+
+  def refuse(*args, **kwargs):
+    attempts.append(args)
+    raise OSError("this test allows no network")
+
+  printed = io.StringIO()
+  with (
+      mock.patch.object(socket.socket, "connect", refuse),
+      mock.patch.object(socket, "getaddrinfo", refuse),
+      contextlib.redirect_stdout(printed),
+  ):
+    job = dataflow.main([*argv, *COMMON]).job
+  return job, printed.getvalue(), attempts
+
+
 def test_gpu_job_puts_only_the_embedding_step_and_its_writes_on_gpu_workers():
-  job = dataflow.main(
-      [
-          "embed",
-          "--accelerator",
-          "gpu",
-          *COMMON,
-          "--image",
-          "img:gpu",
-          "--checkpoint_path",
-          "gs://my-mmv-bucket/ckpt/mmv_tsm_resnet_x1.pkl",
-          "--max_num_workers=7",
-      ]
-  ).job
+  job, _, _ = _dry_run(GPU_EMBED)
   env = _environment(job)
   assert job.proto.name == "mmv-embed-ucf101-tsm-resnet-x1-gpu"
   assert "use_runner_v2" in env.proto.experiments
@@ -115,18 +153,7 @@ def test_gpu_job_shares_its_model_within_the_process_not_across_processes():
 
 
 def test_tpu_job_runs_on_tpu_workers_with_one_process_per_vm():
-  job = dataflow.main(
-      [
-          "embed",
-          "--accelerator",
-          "tpu",
-          *COMMON,
-          "--image",
-          "img:tpu",
-          "--checkpoint_path",
-          "gs://my-mmv-bucket/ckpt/mmv_s3d.pkl",
-      ]
-  ).job
+  job, _, _ = _dry_run(TPU_EMBED)
   env = _environment(job)
   assert f"worker_accelerator={dataflow.TPU_ACCELERATOR}" in env.proto.service_options
   assert "no_use_multiple_sdk_containers" in env.proto.experiments
@@ -135,11 +162,10 @@ def test_tpu_job_runs_on_tpu_workers_with_one_process_per_vm():
 
 
 def test_linear_eval_job_reads_the_embedding_jobs_output():
-  argv = ["linear_eval", *COMMON, "--image", "img:cpu", "--backbone", "s3d"]
-  job_flags = dataflow.linear_eval_argv(*dataflow.parse_args(argv))
+  job_flags = dataflow.linear_eval_argv(*dataflow.parse_args([*LINEAR_EVAL, *COMMON]))
   assert "--embeddings_dir=gs://my-mmv-bucket/embeddings/s3d" in job_flags
   assert "--output_dir=gs://my-mmv-bucket/linear_eval/s3d" in job_flags
-  job = dataflow.main(argv).job  # Built offline: the split lists and run.json are not read.
+  job, _, _ = _dry_run(LINEAR_EVAL)  # Built offline: the split lists and run.json are not read.
   assert job.proto.name == "mmv-linear-eval-ucf101-s3d"
   env = _environment(job)
   assert env.proto.worker_pools[0].machine_type == "n2-standard-8"
@@ -240,20 +266,6 @@ def test_a_flag_argparse_refuses_is_one_line(argv, problem, capsys):
   assert problem in usage_error(argv, capsys)
 
 
-@pytest.fixture
-def network_attempts(monkeypatch) -> list:
-  """Connections and name look-ups tried, each refused."""
-  attempts = []
-
-  def refuse(*args, **kwargs):
-    attempts.append(args)
-    raise OSError("this test allows no network")
-
-  monkeypatch.setattr(socket.socket, "connect", refuse)
-  monkeypatch.setattr(socket, "getaddrinfo", refuse)
-  return attempts
-
-
 def _printed_options(printed: str) -> dict[str, str]:
   return dict(
       re.split(r"\s{2,}", line.strip(), maxsplit=1)
@@ -269,16 +281,7 @@ UNSET = "Dataflow's default"
     "argv, expected",
     [
         (
-            [
-                "embed",
-                "--accelerator",
-                "gpu",
-                "--image",
-                "img:gpu",
-                "--checkpoint_path",
-                "gs://my-mmv-bucket/ckpt/mmv_tsm_resnet_x1.pkl",
-                "--max_num_workers=7",
-            ],
+            GPU_EMBED,
             {
                 "workers at start": UNSET,
                 "workers at most": "7",
@@ -291,16 +294,7 @@ UNSET = "Dataflow's default"
             },
         ),
         (
-            [
-                "embed",
-                "--accelerator",
-                "tpu",
-                "--image",
-                "img:tpu",
-                "--checkpoint_path",
-                "gs://my-mmv-bucket/ckpt/mmv_s3d.pkl",
-                "--num_workers=2",
-            ],
+            TPU_EMBED,
             {
                 "workers at start": "2",
                 "workers at most": UNSET,
@@ -311,7 +305,7 @@ UNSET = "Dataflow's default"
             },
         ),
         (
-            ["linear_eval", "--image", "img:cpu", "--backbone", "s3d"],
+            LINEAR_EVAL,
             {
                 "workers at start": UNSET,
                 "workers at most": UNSET,
@@ -326,11 +320,8 @@ UNSET = "Dataflow's default"
     ],
     ids=["embed gpu", "embed tpu", "linear_eval"],
 )
-def test_a_dry_run_prints_the_options_of_the_job_it_built_and_contacts_nothing(
-    argv, expected, capsys, network_attempts
-):
-  job = dataflow.main([*argv, *COMMON]).job
-  printed = capsys.readouterr().out
+def test_a_dry_run_prints_the_options_of_the_job_it_built_and_contacts_nothing(argv, expected):
+  job, printed, network_attempts = _dry_run(argv)
   assert printed.startswith(f"dry run: built job {job.proto.name!r}; nothing submitted")
   assert not network_attempts
   options = _printed_options(printed)
