@@ -23,6 +23,8 @@ setuptools.setup(
     packages=setuptools.find_packages(
         include=["mmv_core", "mmv_core.*", "pipelines", "pipelines.*"]
     ),
+    # The released checkpoints' trees, which checkpoints are validated against.
+    package_data={"mmv_core.checkpoints": ["manifests/*.json", "manifests/README.md"]},
     install_requires=_requirements(),
     # TensorFlow is the reference the tests check the decoder and the resize
     # against, and the original's baseline in bench/; the jobs never import it.

@@ -53,7 +53,7 @@ def synthetic_jpegs(num_frames: int) -> list[bytes]:
 
 
 def bench_backbone(backbone: str, args, jpegs: list[bytes]) -> dict:
-  params, state = checkpoints.random_trees(*mmv.param_shapes(backbone), seed=0)
+  params, state = checkpoints.random_trees(*checkpoints.checkpoint_shapes(backbone), seed=0)
   clip_kwargs = dict(
       num_frames=args.num_frames, stride=2, min_resize=args.size, crop_size=args.size
   )

@@ -162,7 +162,7 @@ def main():
       duration_s=3.0,
   )
   checkpoint = root / f"mmv_{args.backbone}.pkl"
-  checkpoints.write_random_checkpoint(checkpoint, *mmv.param_shapes(args.backbone))
+  checkpoints.write_random_checkpoint(checkpoint, *checkpoints.checkpoint_shapes(args.backbone))
   common = [
       f"--checkpoint_path={checkpoint}",
       f"--work_dir={root / 'work'}",

@@ -56,7 +56,7 @@ def _relative_error(got: np.ndarray, want: np.ndarray) -> float:
 
 
 def bench_backbone(backbone: str, args, peak_gflops: float) -> dict:
-  params, state = checkpoints.random_trees(*mmv.param_shapes(backbone), seed=0)
+  params, state = checkpoints.random_trees(*checkpoints.checkpoint_shapes(backbone), seed=0)
   clips = np.random.default_rng(0).integers(
       0, 256, (args.num_clips, args.num_frames, args.size, args.size, 3), np.uint8
   )

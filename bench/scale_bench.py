@@ -46,7 +46,6 @@ import psutil
 
 from mmv_core import checkpoints
 from mmv_core.datasets import synthetic
-from mmv_core.models import mmv
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_CLASSES = 101
@@ -254,7 +253,7 @@ def main():
   renders = render_videos(args.renders_per_class, args.duration_s)
   checkpoint = args.out / "mmv_s3d.pkl"
   if not checkpoint.exists():
-    checkpoints.write_random_checkpoint(checkpoint, *mmv.param_shapes("s3d"), seed=0)
+    checkpoints.write_random_checkpoint(checkpoint, *checkpoints.checkpoint_shapes("s3d"), seed=0)
   for size in (int(s) for s in args.sizes.split(",")):
     data = write_dataset(args.out / f"data_n{size}", size, renders)
     run_size(args, data, checkpoint, size, results)

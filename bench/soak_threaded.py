@@ -127,7 +127,7 @@ def main():
   data = synthetic.write_dataset(str(args.out / "data"), **demo.DATASET)
   checkpoint = args.out / "mmv_s3d.pkl"
   if not checkpoint.exists():
-    checkpoints.write_random_checkpoint(checkpoint, *checkpoints.model_shapes(S3D), seed=0)
+    checkpoints.write_random_checkpoint(checkpoint, *checkpoints.checkpoint_shapes(S3D), seed=0)
   results = args.out / "soak.jsonl"
   records = []
   burners = [

@@ -23,7 +23,6 @@ from mmv_core import checkpoints
 from mmv_core.embedder import VideoEmbedder
 from mmv_core.embedder_config import EmbedderConfig
 from mmv_core.models import convolution
-from mmv_core.models import mmv
 from mmv_core.models import tsm_resnet
 
 _FRAMES, _SIZE = 32, 224
@@ -95,7 +94,7 @@ def main():
       by_kind[kind] += _best_seconds(fn, *operands, repeats=args.repeats)
       if reference_fn is not None:
         by_kind_reference[kind] += _best_seconds(reference_fn, *operands, repeats=args.repeats)
-  params, state = checkpoints.random_trees(*mmv.param_shapes(args.backbone), seed=0)
+  params, state = checkpoints.random_trees(*checkpoints.checkpoint_shapes(args.backbone), seed=0)
   clip = rng.integers(0, 256, (1, _FRAMES, _SIZE, _SIZE, 3), np.uint8)
   whole = {}
   for formulation in ("fastest", "reference"):

@@ -114,7 +114,7 @@ def main(argv=None) -> None:
   dataset_flags = write_dataset(args.dataset, data_dir)
   if not checkpoint.exists():
     _stage(f"writing a random S3D-G checkpoint in the released format to {checkpoint}")
-    checkpoints.write_random_checkpoint(checkpoint, *checkpoints.model_shapes(S3D), seed=0)
+    checkpoints.write_random_checkpoint(checkpoint, *checkpoints.checkpoint_shapes(S3D), seed=0)
 
   from mmv_core.evaluation import linear_eval as linear_eval_lib  # pylint: disable=import-outside-toplevel
   from pipelines import embed, linear_eval  # pylint: disable=import-outside-toplevel

@@ -14,7 +14,6 @@ from mmv_core import checkpoints
 from mmv_core import embedder_config
 from mmv_core.video import sources
 from mmv_core.datasets import synthetic
-from mmv_core.models import mmv
 from pipelines import ingest
 
 
@@ -76,7 +75,7 @@ def tiny_cache(tiny_dataset, tmp_path_factory) -> tuple[str, dict[str, int]]:
 def checkpoint_path(tmp_path_factory) -> str:
   """A random S3D-G checkpoint in the released pickle format (mmv_s3d.pkl)."""
   path = tmp_path_factory.mktemp("ckpt") / "mmv_s3d.pkl"
-  checkpoints.write_random_checkpoint(path, *mmv.param_shapes("s3d"), seed=3)
+  checkpoints.write_random_checkpoint(path, *checkpoints.checkpoint_shapes("s3d"), seed=3)
   return str(path)
 
 

@@ -22,7 +22,6 @@ from mmv_core.embeddings import schema as embedding_schema
 from mmv_core.datasets import synthetic
 from mmv_core.embeddings import tfrecord
 from mmv_core import video
-from mmv_core.models import mmv
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = (REPO_ROOT / "README.md").read_text()
@@ -187,7 +186,9 @@ def test_python_examples_run(tmp_path, monkeypatch):
   rng = np.random.default_rng(0)
   frames = synthetic.render_frames(0, 2, rng, width=64, height=48, num_frames=10, fps=10.0)
   (run_dir / "v_SynthDiskA_g01_c01.avi").write_bytes(synthetic.encode_avi(frames, 10.0))
-  checkpoints.write_random_checkpoint(run_dir / "mmv_s3d.pkl", *mmv.param_shapes("s3d"))
+  checkpoints.write_random_checkpoint(
+      run_dir / "mmv_s3d.pkl", *checkpoints.checkpoint_shapes("s3d")
+  )
   _write_embedding_job_output(tmp_path / "demo_output" / "ucf101" / "embed")
   monkeypatch.chdir(run_dir)
 

@@ -17,7 +17,7 @@ from mmv_core.checkpoints.formats import WrongBackboneError, infer_backbone, loa
 from mmv_core.checkpoints.formats import save_npz
 from mmv_core.checkpoints.random_checkpoint import random_trees, write_random_checkpoint
 from mmv_core.checkpoints.validation import MAX_LISTED_PROBLEMS, count_values, manifest_shapes
-from mmv_core.checkpoints.validation import model_shapes, problems_per_backbone
+from mmv_core.checkpoints.validation import checkpoint_shapes, problems_per_backbone
 from mmv_core.checkpoints.validation import validate_backbone, validate_tree
 
 __all__ = [
@@ -31,7 +31,7 @@ __all__ = [
     "load_checkpoint",
     "main",
     "manifest_shapes",
-    "model_shapes",
+    "checkpoint_shapes",
     "problems_per_backbone",
     "random_trees",
     "save_npz",

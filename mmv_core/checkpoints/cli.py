@@ -17,7 +17,7 @@ from mmv_core.checkpoints.formats import COLLECTIONS, Checkpoint, CheckpointErro
 from mmv_core.checkpoints.formats import infer_backbone, load_checkpoint, save_npz
 from mmv_core.checkpoints.random_checkpoint import write_random_checkpoint
 from mmv_core.checkpoints.validation import count_values, exact_backbone, manifest_shapes
-from mmv_core.checkpoints.validation import model_shapes, problems_per_backbone, validate_tree
+from mmv_core.checkpoints.validation import checkpoint_shapes, problems_per_backbone, validate_tree
 
 # ---------------------------------------------------------------------------
 # Command line.
@@ -26,7 +26,7 @@ from mmv_core.checkpoints.validation import model_shapes, problems_per_backbone,
 def _expected_trees(backbone: str, manifest: str | None):
   if manifest:
     return manifest_shapes(manifest)
-  return model_shapes(backbone)
+  return checkpoint_shapes(backbone)
 
 
 def _backbone_report(checkpoint: Checkpoint) -> tuple[list[str], str | None]:
@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   random_ = commands.add_parser('random', allow_abbrev=False, help='write a random checkpoint')
   random_.add_argument('--backbone', choices=BACKBONES, required=True)
   random_.add_argument(
-      '--manifest', help='param_manifest_<config>.json to use instead of building the model'
+      '--manifest', help="param_manifest_<config>.json to use instead of the backbone's"
   )
   random_.add_argument('--seed', type=int, default=0)
   random_.add_argument(

@@ -1,10 +1,11 @@
-"""Checkpoint trees checked against a backbone's model or a parameter manifest.
+"""Checkpoint trees checked against a released checkpoint's tree or a parameter manifest.
 
 Problems are listed (missing, unexpected and mis-shaped leaves, at most
 `MAX_LISTED_PROBLEMS` of each) so that one error says all that is wrong.
 """
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Any, Mapping, Sequence
@@ -18,6 +19,8 @@ from mmv_core.checkpoints.formats import CheckpointError, WrongBackboneError, fl
 
 # At most this many entries of each kind are listed in a validation error.
 MAX_LISTED_PROBLEMS = 20
+# The released checkpoints' trees, `param_manifest_<backbone>.json` (its README says more).
+MANIFESTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'manifests')
 
 # ---------------------------------------------------------------------------
 # Validation.
@@ -138,27 +141,36 @@ def _raise_if_any(problems: TreeProblems, source: str) -> None:
     raise CheckpointError('\n'.join(lines))
 
 
-def model_shapes(backbone: str) -> tuple[SpecTree, SpecTree]:
-  """The (params, state) specs of `backbone`'s model: `mmv.param_shapes`.
+def checkpoint_shapes(backbone: str) -> tuple[SpecTree, SpecTree]:
+  """The (params, state) specs of `backbone`'s released checkpoint.
 
-  The model is imported here, on first need: it loads JAX and haiku, which
-  loading, converting and faking checkpoints do without.
+  Read from its manifest in `MANIFESTS_DIR`, which the tests check our model
+  builds exactly (`mmv.param_shapes`, which traces the model: seconds, and
+  JAX loaded). Each call gets its own dicts.
   """
-  from mmv_core.models import mmv
+  if backbone not in BACKBONES:
+    raise ValueError(f'unknown backbone {backbone!r}; expected one of {BACKBONES}')
+  return tuple(
+      {module: dict(leaves) for module, leaves in tree.items()}
+      for tree in _shipped_manifest_shapes(backbone)
+  )
 
-  return mmv.param_shapes(backbone)
+
+@functools.cache
+def _shipped_manifest_shapes(backbone: str) -> tuple[SpecTree, SpecTree]:
+  return manifest_shapes(os.path.join(MANIFESTS_DIR, f'param_manifest_{backbone}.json'))
 
 
 def problems_per_backbone(params: Tree, state: Tree) -> dict[str, int]:
   """Backbone -> number of arrays in which the trees differ from its model.
 
-  The expected trees are the models' own (`model_shapes`), which the
-  tests check against the released checkpoints' manifests. A backbone with
+  The expected trees are the released checkpoints' (`checkpoint_shapes`),
+  which the tests check our models build. A backbone with
   0 is the one the trees are; at most one can be, since the three models'
   trees differ.
   """
   return {
-      backbone: tree_problems(params, state, *model_shapes(backbone)).count
+      backbone: tree_problems(params, state, *checkpoint_shapes(backbone)).count
       for backbone in BACKBONES
   }
 
@@ -174,7 +186,7 @@ def validate_backbone(params: Tree, state: Tree, backbone: str, *, source: str) 
     WrongBackboneError: the trees are exactly another backbone's model's.
     CheckpointError: as `validate_tree`.
   """
-  problems = tree_problems(params, state, *model_shapes(backbone))
+  problems = tree_problems(params, state, *checkpoint_shapes(backbone))
   if problems.count:
     actual = exact_backbone(problems_per_backbone(params, state))
     if actual:

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from mmv_core import checkpoints
+from mmv_core.checkpoints import validation
 from mmv_core.checkpoints import ArraySpec, CheckpointError
-from mmv_core.models import mmv
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-S3D_MANIFEST = REPO_ROOT / 'tests' / 'data' / 'param_manifest_s3d.json'
+S3D_MANIFEST = pathlib.Path(validation.MANIFESTS_DIR) / 'param_manifest_s3d.json'
 
 F32, I32 = np.dtype('float32'), np.dtype('int32')
 CONV = 'text_audio_video/visual_module/~/S3D/Conv2d_1a_7x7/~/conv3_d'
@@ -500,7 +500,7 @@ def test_command_line_random_convert_inspect(tmp_path, capsys):
 @pytest.mark.parametrize('backbone', ['s3d', 'tsm_resnet_x1', 'tsm_resnet_x2'])
 def test_each_backbones_tree_matches_that_backbone_only(backbone):
   # Shape-and-dtype trees stand in for arrays: only those are compared.
-  problems = checkpoints.problems_per_backbone(*mmv.param_shapes(backbone))
+  problems = checkpoints.problems_per_backbone(*checkpoints.checkpoint_shapes(backbone))
   assert problems[backbone] == 0
   assert all(count > 0 for other, count in problems.items() if other != backbone)
 
@@ -509,7 +509,7 @@ def test_each_backbones_tree_matches_that_backbone_only(backbone):
 def s3d_checkpoint_named_tsm_resnet_x2(tmp_path_factory):
   """A full-size S3D checkpoint renamed as the TSM-ResNet-50x2 release."""
   path = tmp_path_factory.mktemp('renamed') / 'mmv_tsm_resnet_x2.pkl'
-  checkpoints.write_random_checkpoint(path, *mmv.param_shapes('s3d'))
+  checkpoints.write_random_checkpoint(path, *checkpoints.checkpoint_shapes('s3d'))
   return path
 
 

@@ -34,7 +34,7 @@ def _random_video(seed: int = 0, length: int = 20, height: int = 36, width: int 
 @pytest.fixture(scope="module")
 def s3d_checkpoint(tmp_path_factory) -> pathlib.Path:
   path = tmp_path_factory.mktemp("ckpt") / "mmv_s3d.pkl"
-  checkpoints.write_random_checkpoint(path, *mmv.param_shapes("s3d"), seed=1)
+  checkpoints.write_random_checkpoint(path, *checkpoints.checkpoint_shapes("s3d"), seed=1)
   return path
 
 
@@ -119,7 +119,7 @@ def test_joint_space_embeddings(s3d_embedder, s3d_checkpoint):
 # TSM-ResNet-50x2 is this model at twice the width (tests/models/test_models.py runs it).
 def test_tsm_resnet_embeds(tmp_path):
   path = tmp_path / "mmv_tsm_resnet_x1.pkl"
-  checkpoints.write_random_checkpoint(path, *mmv.param_shapes("tsm_resnet_x1"), seed=2)
+  checkpoints.write_random_checkpoint(path, *checkpoints.checkpoint_shapes("tsm_resnet_x1"), seed=2)
   embedder = VideoEmbedder.from_checkpoint(str(path))
   feats = embedder.embed(_random_video(4), **SMALL)
   assert embedder.backbone == "tsm_resnet_x1"

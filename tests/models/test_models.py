@@ -18,20 +18,19 @@ import numpy as np
 import pytest
 from jax._src.interpreters import partial_eval
 
+from mmv_core.checkpoints import validation
 from mmv_core.models import mmv
 from mmv_core.models import normalization
 from mmv_core.models import s3d
 from mmv_core.models import tsm_resnet
 
-_REFERENCE = pathlib.Path(__file__).resolve().parents[1] / "data"
 # XLA cost analysis of vid_repr for one 32x224x224 clip (docs/models.md).
 _SMALL_CLIPS = (2, 8, 32, 32, 3)
 
 
 def _manifest(backbone: str) -> dict:
-  path = _REFERENCE / f"param_manifest_{backbone}.json"
-  if not path.exists():
-    pytest.skip(f"{path} not available")
+  """The released checkpoint's manifest, which checkpoints are validated against."""
+  path = pathlib.Path(validation.MANIFESTS_DIR) / f"param_manifest_{backbone}.json"
   return json.loads(path.read_text())
 
 

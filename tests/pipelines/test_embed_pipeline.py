@@ -34,7 +34,6 @@ from mmv_core import video
 from mmv_core.video import video_cache
 from mmv_core.embedder import VideoEmbedder
 from mmv_core.models.names import VID_REPR
-from mmv_core.models import mmv
 from pipelines import common
 from pipelines import ownership
 from pipelines import embed
@@ -477,7 +476,7 @@ def test_both_clip_counts_zero_is_refused_as_nothing_to_embed():
 
 
 def test_a_checkpoint_with_nan_weights_is_refused_before_any_work(dataset, tmp_path):
-  params, state = checkpoints.random_trees(*mmv.param_shapes("s3d"), seed=0)
+  params, state = checkpoints.random_trees(*checkpoints.checkpoint_shapes("s3d"), seed=0)
   module = sorted(params)[0]
   name = sorted(params[module])[0]
   params[module][name] = np.full_like(params[module][name], np.nan)
