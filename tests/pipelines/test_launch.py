@@ -134,16 +134,7 @@ def test_gpu_job_puts_only_the_embedding_step_and_its_writes_on_gpu_workers():
 
 
 def test_gpu_job_shares_its_model_within_the_process_not_across_processes():
-  argv = [
-      "embed",
-      "--accelerator",
-      "gpu",
-      *COMMON,
-      "--image",
-      "img:gpu",
-      "--checkpoint_path",
-      "gs://my-mmv-bucket/ckpt/mmv_s3d.pkl",
-  ]
+  argv = [*GPU_EMBED, *COMMON]
   config, beam_args = embed.parse_args(dataflow.embed_argv(*dataflow.parse_args(argv)))
   assert config.model_copies is None
   # Each harness thread cuts one video ahead and re-encodes one at a time:
