@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from jax._src.interpreters import partial_eval
 
+from mmv_core import embedder
 from mmv_core.checkpoints import validation
 from mmv_core.models import mmv
 from mmv_core.models import normalization
@@ -397,9 +398,14 @@ def _jitted_video_embeddings(backbone: str, formulation: mmv.Formulation = mmv.R
   )
 
 
-@functools.lru_cache(maxsize=1)
-def _random_model(backbone: str):
-  params, state = mmv.param_shapes(backbone)
+@functools.cache
+def _random_video_model(backbone: str):
+  """Random (params, state) of the subtrees video embeddings read.
+
+  The audio and text towers are three quarters of the model's weights, and
+  drawing them took most of each video test's time.
+  """
+  params, state = (embedder.video_subtree(tree) for tree in validation.checkpoint_shapes(backbone))
   return _randomize(params, 20), _randomize(state, 21)
 
 
@@ -426,7 +432,7 @@ def _np_video_heads(params, state, vid_repr):
 # against the release's manifest and its cost compiled (tests above).
 @pytest.mark.parametrize("backbone", ["s3d", "tsm_resnet_x1"])
 def test_video_embeddings_shapes_heads_under_jit(backbone):
-  params, state = _random_model(backbone)
+  params, state = _random_video_model(backbone)
   clips = jax.random.uniform(jax.random.PRNGKey(1), _SMALL_CLIPS)
   embed = _jitted_video_embeddings(backbone)
   out = embed(params, state, clips)
@@ -448,7 +454,7 @@ def test_video_embeddings_shapes_heads_under_jit(backbone):
 # TSM-ResNet-50x2 is the x1 model at twice the width: the tree test covers its fold.
 @pytest.mark.parametrize("backbone", ["s3d", "tsm_resnet_x1"])
 def test_fast_formulations_give_the_reference_features(backbone):
-  params, state = _random_model(backbone)
+  params, state = _random_video_model(backbone)
   clips = jax.random.uniform(jax.random.PRNGKey(1), _SMALL_CLIPS)
   formulations = {mmv.fastest_formulation(platform) for platform in ("cpu", "gpu")}
   if backbone != "s3d":  # TSM-ResNet has no 3D operations to decompose.
@@ -469,13 +475,16 @@ def test_fast_formulations_give_the_reference_features(backbone):
 @pytest.mark.parametrize("backbone", mmv.BACKBONES)
 def test_fold_batch_norm_gives_the_folded_formulations_tree(backbone):
   """Every BatchNorm after a kernel is folded (its moving averages gone), no other."""
-  folded = mmv.fold_batch_norm(*_random_model(backbone), backbone=backbone)
+  folded = mmv.fold_batch_norm(*_random_video_model(backbone), backbone=backbone)
   formulation = mmv.Formulation(batch_norm_folded=True)
   init = mmv.transformed(backbone, formulation=formulation).init
   inputs = (jnp.zeros((1, 2, 32, 32, 3)), jnp.zeros((1, 8, 8, 1)), jnp.zeros((1, 2), jnp.int32))
+  want = tuple(
+      embedder.video_subtree(t) for t in jax.eval_shape(init, jax.random.PRNGKey(0), *inputs)
+  )
   as_struct = lambda t: jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), t)
-  assert as_struct(folded) == as_struct(jax.eval_shape(init, jax.random.PRNGKey(0), *inputs))
-  assert len(folded[1]) < len(_random_model(backbone)[1])
+  assert as_struct(folded) == as_struct(want)
+  assert len(folded[1]) < len(_random_video_model(backbone)[1])
 
 
 @pytest.mark.parametrize(
@@ -516,7 +525,10 @@ def test_s3d_max_pool_decomposed_gives_the_same_maxima(window, stride):
 
 
 def test_audio_and_text_embeddings_shapes():
-  params, state = _random_model("tsm_resnet_x1")
+  params, state = (
+      _randomize(tree, seed)
+      for tree, seed in zip(validation.checkpoint_shapes("tsm_resnet_x1"), (20, 21))
+  )
   spectrograms = jax.random.normal(jax.random.PRNGKey(2), (2, 96, 40, 1))
   # Under jit: op by op, the audio ResNet-50 takes several times as long.
   audio_out = jax.jit(functools.partial(mmv.audio_embeddings, backbone="tsm_resnet_x1"))(
