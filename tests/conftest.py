@@ -6,11 +6,11 @@ import shutil
 import socket
 import tempfile
 
-import jax
 import pytest
 
 from ingest_fixtures import TINY, RangeServer
 from mmv_core import checkpoints
+from mmv_core import embedder
 from mmv_core import embedder_config
 from mmv_core.video import sources
 from mmv_core.datasets import synthetic
@@ -34,14 +34,14 @@ def pytest_configure(config) -> None:
   the xdist workers and the jobs the tests start inherit (the jobs read it as
   their default `--jax_cache_dir`, so no test writes to the user's cache). A
   program compiled by one worker (a backbone at the tests' clip shape) is then
-  loaded, not compiled again, by the others. Programs that compile in under
-  JAX's default threshold (1 s) are not kept.
+  loaded, not compiled again, by the others. Every program is kept, as the
+  jobs keep them (`embedder.enable_compilation_cache`).
   """
   if not hasattr(config, "workerinput"):  # The controller, or a run without workers.
     cache_dir = tempfile.mkdtemp(prefix="mmv-tests-jax-cache-")
     os.environ[embedder_config.CACHE_DIR_ENV] = cache_dir
     config.add_cleanup(lambda: shutil.rmtree(cache_dir, ignore_errors=True))
-  jax.config.update("jax_compilation_cache_dir", os.environ[embedder_config.CACHE_DIR_ENV])
+  embedder.enable_compilation_cache(os.environ[embedder_config.CACHE_DIR_ENV])
 
 
 @pytest.fixture(scope="session")
