@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from sklearn import preprocessing
 from sklearn import svm
-import tensorflow as tf
 
 from mmv_core import datasets
 from mmv_core.embeddings import schema
+from mmv_core.embeddings import tfrecord
 from mmv_core.evaluation import linear_eval
 from mmv_core.evaluation import report
 from mmv_core.datasets import ucf101
@@ -108,12 +108,6 @@ def write_embeddings(
   `settings` go into run.json as the embedding job's settings.
   """
   (directory / schema.SHARDS_DIR).mkdir(parents=True)
-  writers = [
-      tf.io.TFRecordWriter(
-          str(directory / schema.SHARDS_DIR / f"part-{i:05d}-of-{num_shards:05d}.tfrecord")
-      )
-      for i in range(num_shards)
-  ]
   records = [
       schema.make_example(
           video_id=vid,
@@ -125,11 +119,10 @@ def write_embeddings(
           extra_features={"audio_repr": embedding[:4]},
       ).SerializeToString()
       for (vid, clip_type, index), (label, embedding) in clips.items()
-  ]
-  for i, record in enumerate(records + list(extra_records)):
-    writers[i % num_shards].write(record)
-  for writer in writers:
-    writer.close()
+  ] + list(extra_records)
+  for i in range(num_shards):
+    shard = directory / schema.SHARDS_DIR / f"part-{i:05d}-of-{num_shards:05d}.tfrecord"
+    shard.write_bytes(b"".join(map(tfrecord.encode_record, records[i::num_shards])))
   run_config = {
       schema.NUM_TRAIN_CLIPS: NUM_TRAIN_CLIPS,
       schema.NUM_TEST_WINDOWS: NUM_TEST_WINDOWS,

@@ -2,7 +2,6 @@
 files, recipes, segments, cache keys and run.json, end to end."""
 
 import collections
-import glob
 import json
 import os
 import urllib.parse
@@ -11,7 +10,6 @@ import fake_model
 import numpy as np
 import pytest
 import simplejpeg
-import tensorflow as tf
 
 from mmv_core.datasets import dataset_listing
 from mmv_core import datasets
@@ -76,8 +74,7 @@ def _flags(checkpoint_path, work_dir, output_dir) -> list[str]:
 
 
 def _read_embeddings(output_dir) -> list[dict]:
-  paths = sorted(glob.glob(os.path.join(output_dir, "embeddings", "*.tfrecord")))
-  return [schema.parse_example(record.numpy()) for record in tf.data.TFRecordDataset(paths)]
+  return [schema.parse_example(record) for _, record in schema.embedding_records(str(output_dir))]
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ model with `fake_model.PixelStatsHandler`.
 
 import collections
 import glob
+import io
 import json
 import os
 import pathlib
@@ -18,11 +19,11 @@ import zipfile
 
 import apache_beam as beam
 import numpy as np
+from PIL import Image
 import cli_checks
 import fake_model
 import pytest
 from numerics import assert_features_close
-import tensorflow as tf
 from apache_beam.ml.inference.base import PredictionResult
 
 from mmv_core import checkpoints
@@ -84,10 +85,7 @@ def _flags(dataset, checkpoint_path, work_dir, output_dir) -> list[str]:
 
 
 def _read_embeddings(output_dir) -> list[dict]:
-  """Reads the output back with tf.data, as a user of the embeddings would."""
-  paths = sorted(glob.glob(os.path.join(output_dir, "embeddings", "*.tfrecord")))
-  assert paths, f"no embeddings under {output_dir}"
-  return [schema.parse_example(record.numpy()) for record in tf.data.TFRecordDataset(paths)]
+  return [schema.parse_example(record) for _, record in schema.embedding_records(str(output_dir))]
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +114,15 @@ def test_every_good_video_has_its_clips_and_labels(dataset, job_output):
   for r in records:
     indices[(r[schema.VIDEO_ID], r[schema.CLIP_TYPE])].add(r[schema.CLIP_INDEX])
   assert all(idx == set(range(expected[key])) for key, idx in indices.items())
+
+
+def test_tf_data_reads_the_records_as_the_readme_says(job_output):
+  import tensorflow as tf  # Here only: it takes seconds to import.
+
+  pattern = str(job_output / "out" / "embeddings" / "*.tfrecord")
+  theirs = [record.numpy() for record in tf.data.TFRecordDataset(tf.io.gfile.glob(pattern))]
+  ours = [record for _, record in schema.embedding_records(str(job_output / "out"))]
+  assert ours and sorted(theirs) == sorted(ours)
 
 
 def test_bad_video_is_in_failures_and_nowhere_else(dataset, job_output):
@@ -704,12 +711,15 @@ def test_linear_evaluation_of_the_jobs_output_reports_all_splits_and_the_missing
   assert bad_id in report and "confusion_split3.png" in report
 
 
+def _jpeg(frame: np.ndarray) -> bytes:
+  encoded = io.BytesIO()
+  Image.fromarray(frame).save(encoded, format="JPEG")
+  return encoded.getvalue()
+
+
 def test_exact_train_clips_flag_reaches_the_clip_sampler(tmp_path):
   rng = np.random.default_rng(0)
-  jpegs = tuple(
-      tf.io.encode_jpeg(frame).numpy()
-      for frame in rng.integers(0, 256, (12, 36, 48, 3), dtype=np.uint8)
-  )
+  jpegs = tuple(map(_jpeg, rng.integers(0, 256, (12, 36, 48, 3), dtype=np.uint8)))
   writer = video_cache.ShardWriter(str(tmp_path))
   writer.add(video_cache.CachedVideo("v_Archery_g01_c01", 2, "Archery", jpegs, 0))
   [entry] = writer.commit()
