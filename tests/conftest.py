@@ -14,7 +14,6 @@ from mmv_core import embedder
 from mmv_core import embedder_config
 from mmv_core.video import sources
 from mmv_core.datasets import synthetic
-from pipelines import ingest
 
 
 def pytest_xdist_auto_num_workers(config) -> int:
@@ -48,27 +47,6 @@ def pytest_configure(config) -> None:
 def tiny_dataset(tmp_path_factory) -> synthetic.SyntheticDataset:
   """3 classes x 3 videos of 64x48 at 10 fps for 1 s, in UCF101's layout."""
   return synthetic.write_dataset(str(tmp_path_factory.mktemp("tiny_ucf101")), **TINY)
-
-
-@pytest.fixture(scope="session")
-def tiny_cache(tiny_dataset, tmp_path_factory) -> tuple[str, dict[str, int]]:
-  """(work_dir, counters) of `python -m pipelines.ingest` run once over `tiny_dataset`.
-
-  Read-only: tests that change a cache make their own.
-  """
-  work_dir = str(tmp_path_factory.mktemp("tiny_cache"))
-  totals = ingest.main(
-      [
-          "--video_zip",
-          tiny_dataset.video_zip,
-          "--splits_zip",
-          tiny_dataset.splits_zip,
-          "--work_dir",
-          work_dir,
-          "--no_count_check",
-      ]
-  )
-  return work_dir, totals
 
 
 @pytest.fixture(scope="session")

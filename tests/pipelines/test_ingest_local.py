@@ -75,8 +75,17 @@ def test_split_sizes_that_differ_from_the_official_ones_are_named(tiny_dataset):
   ]
 
 
-def test_cli_fills_the_cache_that_read_video_reads(tiny_dataset, tiny_cache):
-  work_dir, totals = tiny_cache
+def test_cli_fills_the_cache_that_read_video_reads(tiny_dataset, tmp_path):
+  """The command as a user runs it: its default runner, a worker process per core."""
+  work_dir = str(tmp_path / "work")
+  totals = ingest.main(
+      [
+          f"--video_zip={tiny_dataset.video_zip}",
+          f"--splits_zip={tiny_dataset.splits_zip}",
+          f"--work_dir={work_dir}",
+          "--no_count_check",
+      ]
+  )
   assert totals["videos_cached"] == len(tiny_dataset.videos)
   assert os.path.getsize(os.path.join(work_dir, ingest.FAILURES_FILE)) == 0
 

@@ -19,14 +19,25 @@ from mmv_core import load_video
 from mmv_core.video import sources
 from mmv_core import video
 from mmv_core.video import video_cache
+from pipelines import common
+from pipelines import ingest
 
 LOCALHOST = "127.0.0.1"
 
 
 @pytest.fixture(scope="module")
-def ingested(tiny_dataset, tiny_cache, tmp_path_factory):
+def ingested(tiny_dataset, tmp_path_factory):
   """(source AVI path, frames the ingestion and embedding path decode) of one video."""
-  work_dir, _ = tiny_cache
+  work_dir = str(tmp_path_factory.mktemp("work"))
+  ingest.main(
+      [
+          f"--video_zip={tiny_dataset.video_zip}",
+          f"--splits_zip={tiny_dataset.splits_zip}",
+          f"--work_dir={work_dir}",
+          "--no_count_check",
+          *common.IN_PROCESS_RUNNER_ARGS,
+      ]
+  )
   video_id, entry = sorted(video_cache.read_index(work_dir).items())[0]
   [cached] = video_cache.read_shard(entry.shard, [video_id])
   [(member, avi)] = [
