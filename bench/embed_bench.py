@@ -18,7 +18,6 @@ against docs/models.md) and, with `--peak_tflops`, model FLOP utilisation.
 """
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -27,9 +26,8 @@ import jax
 import numpy as np
 
 from bench import original
+from bench.shared import print_results, synthetic_jpegs
 from mmv_core import checkpoints
-from mmv_core.video import encode
-from mmv_core.datasets import synthetic
 from mmv_core import video
 from mmv_core.embedder import VideoEmbedder
 from mmv_core.embedder_config import PRECISIONS, EmbedderConfig
@@ -42,14 +40,6 @@ def _timed(fn, repeats: int = 1) -> float:
   for _ in range(repeats):
     fn()
   return (time.perf_counter() - start) / repeats
-
-
-def synthetic_jpegs(num_frames: int) -> list[bytes]:
-  """A 320x240 synthetic video through the protocol's own ffmpeg re-encoding."""
-  frames = synthetic.render_frames(
-      0, 5, np.random.default_rng(0), width=320, height=240, num_frames=num_frames, fps=25.0
-  )
-  return encode.encode_jpeg_frames(synthetic.encode_avi(frames, 25.0), name="bench.avi")
 
 
 def bench_backbone(backbone: str, args, jpegs: list[bytes]) -> dict:
@@ -128,14 +118,6 @@ def main():
       "backbones": [bench_backbone(b, args, jpegs) for b in args.backbones.split(",")],
   }
   print_results(results, args.json_out)
-
-
-def print_results(results: dict, json_out: str | None) -> None:
-  """Prints a benchmark's results as JSON and writes them to `json_out` if given."""
-  print(json.dumps(results, indent=2))
-  if json_out:
-    with open(json_out, "w") as f:
-      json.dump(results, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from multiprocessing import shared_memory
 import numpy as np
 from apache_beam.utils import multi_process_shared
 
-from bench.embed_bench import synthetic_jpegs
+from bench.shared import synthetic_jpegs
 from mmv_core import video
 from mmv_core.models import mmv
 

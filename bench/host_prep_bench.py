@@ -38,7 +38,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from bench import original
-from bench.embed_bench import print_results, synthetic_jpegs
+from bench.shared import print_results, synthetic_jpegs
 from mmv_core import video
 
 

@@ -31,7 +31,7 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from bench.embed_bench import synthetic_jpegs
+from bench.shared import synthetic_jpegs
 from mmv_core.models.names import VID_REPR
 from mmv_core.video.video_cache import CachedVideo, IndexEntry, VideoRef
 from pipelines import common

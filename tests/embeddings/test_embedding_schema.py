@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-import tensorflow as tf
+from lazy_tensorflow import tf
 
 from mmv_core.embeddings import schema
 from mmv_core.embeddings import example_proto

@@ -23,6 +23,7 @@ from PIL import Image
 import cli_checks
 import fake_model
 import pytest
+from lazy_tensorflow import tf
 from numerics import assert_features_close
 from apache_beam.ml.inference.base import PredictionResult
 
@@ -117,8 +118,6 @@ def test_every_good_video_has_its_clips_and_labels(dataset, job_output):
 
 
 def test_tf_data_reads_the_records_as_the_readme_says(job_output):
-  import tensorflow as tf  # Here only: it takes seconds to import.
-
   pattern = str(job_output / "out" / "embeddings" / "*.tfrecord")
   theirs = [record.numpy() for record in tf.data.TFRecordDataset(tf.io.gfile.glob(pattern))]
   ours = [record for _, record in schema.embedding_records(str(job_output / "out"))]

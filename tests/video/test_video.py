@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-import tensorflow as tf
+from lazy_tensorflow import tf
 from PIL import Image
 
 from mmv_core.video import encode

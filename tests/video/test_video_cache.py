@@ -4,7 +4,7 @@ import json
 import os
 
 import pytest
-import tensorflow as tf
+from lazy_tensorflow import tf
 
 from mmv_core.video import video_cache
 
