@@ -22,19 +22,28 @@ if [[ ! -f "$stamp" ]]; then
     echo "[env] creating $venv with $("$python_bin" --version)"
     "$python_bin" -m venv "$venv"
   fi
-  echo "[env] installing pinned dependencies into $venv (first run: about half a minute)"
+  echo "[env] installing pinned dependencies into $venv (first run: about a minute)"
   # uv installs the same pins as pip, in parallel (10 s here, against pip's 2.5
   # minutes). pip stays in the environment for the user's own installs.
-  # On bytecode: uv leaves it to Python, which writes it as each module is
-  # first imported (a third of the environment's 17,000 files; compiling all
-  # at install took 45 s). Where PYTHONDONTWRITEBYTECODE is set, nothing would
-  # write it and every process would parse Beam, JAX and TensorFlow anew (the
-  # tests take half as long again), so the scripts that run the project
-  # (tests/run_tests.sh, launch/demo_local.sh) unset it.
   uv_pin="$(grep -i '^uv==' "$repo_root/constraints.txt")"
   "$venv/bin/python" -m pip install --quiet "$uv_pin"
   "$venv/bin/uv" pip install --quiet --python "$venv/bin/python" \
     -c "$repo_root/constraints.txt" -e "$repo_root[test]"
+  # On bytecode: uv leaves it to Python, which writes it as each module is
+  # first imported. Importing the heavy packages here, two processes at once,
+  # writes it for the third of the environment's 17,000 files that the jobs
+  # and the tests import (compiling all 17,000 took 45 s); otherwise the
+  # first processes to start, such as the test workers, would each compile
+  # them at the same time (a minute of CPU). Where PYTHONDONTWRITEBYTECODE is
+  # set, nothing would write it and every process would parse Beam, JAX and
+  # TensorFlow anew (the tests take half as long again), so this and the
+  # scripts that run the project (tests/run_tests.sh, launch/demo_local.sh)
+  # unset it.
+  echo "[env] compiling the bytecode of Beam, JAX, scikit-learn and TensorFlow"
+  env -u PYTHONDONTWRITEBYTECODE "$venv/bin/python" -c "import tensorflow" 2>/dev/null &
+  tensorflow_import=$!
+  env -u PYTHONDONTWRITEBYTECODE "$venv/bin/python" -c "import apache_beam, haiku, jax, sklearn"
+  wait "$tensorflow_import"
   rm -f "$venv"/.installed-*
   touch "$stamp"
 fi
