@@ -39,10 +39,11 @@ if [[ ! -f "$stamp" ]]; then
   # TensorFlow anew (the tests take half as long again), so this and the
   # scripts that run the project (tests/run_tests.sh, launch/demo_local.sh)
   # unset it.
-  echo "[env] compiling the bytecode of Beam, JAX, scikit-learn and TensorFlow"
+  echo "[env] compiling the bytecode of Beam, JAX, numba, scikit-learn, TensorFlow and pytest"
   env -u PYTHONDONTWRITEBYTECODE "$venv/bin/python" -c "import tensorflow" 2>/dev/null &
   tensorflow_import=$!
-  env -u PYTHONDONTWRITEBYTECODE "$venv/bin/python" -c "import apache_beam, haiku, jax, sklearn"
+  env -u PYTHONDONTWRITEBYTECODE "$venv/bin/python" \
+    -c "import apache_beam, haiku, jax, numba, pytest, sklearn.model_selection, sklearn.svm, xdist"
   wait "$tensorflow_import"
   rm -f "$venv"/.installed-*
   touch "$stamp"
