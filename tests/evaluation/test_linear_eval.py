@@ -15,6 +15,7 @@ import sys
 import time
 import zipfile
 
+import apache_beam as beam
 import numpy as np
 import pytest
 from sklearn import preprocessing
@@ -26,7 +27,6 @@ from mmv_core.embeddings import tfrecord
 from mmv_core.evaluation import linear_eval
 from mmv_core.evaluation import report
 from mmv_core.datasets import ucf101
-from pipelines import common
 from pipelines import ownership
 from pipelines import linear_eval as linear_eval_job
 from pipelines import linear_eval_config
@@ -685,36 +685,33 @@ def test_the_command_line_says_a_user_error_in_one_line_and_nothing_else(
   assert not (tmp_path / "out").exists()
 
 
-def test_two_evaluations_started_together_into_one_output_dir_one_is_refused(
-    complete_inputs, tmp_path
+def test_an_evaluation_started_while_another_runs_into_its_output_dir_is_refused(
+    complete_inputs, tmp_path, capsys, monkeypatch
 ):
-  out = tmp_path / "out"
-  command = [
-      sys.executable,
-      "-m",
-      "pipelines.linear_eval",
-      f"--embeddings_dir={complete_inputs}",
-      f"--output_dir={out}",
-      "--splits=1",
-  ]
-  runs = [
-      subprocess.Popen(
-          command,
-          cwd=cli_checks.REPO_ROOT,
-          stdout=subprocess.PIPE,
-          stderr=subprocess.PIPE,
-          text=True,
-      )
-      for _ in range(2)
-  ]
-  outcomes = sorted((run.wait(timeout=300), run.stderr.read()) for run in runs)
+  """The second is refused before any work; the first finishes untouched.
 
-  (ok_status, _), (refused_status, refused_stderr) = outcomes
-  assert (ok_status, refused_status) == (0, common.USAGE_ERROR_STATUS)
+  (Runs racing for the claim: tests/pipelines/test_common.py.)
+  """
+  out = tmp_path / "out"
+  argv = [f"--embeddings_dir={complete_inputs}", f"--output_dir={out}", "--splits=1", *RUNNER]
+  refusals = []
+  run_pipeline = beam.Pipeline.run
+
+  def second_evaluation_starts_first(pipeline, *args, **kwargs):
+    """The first has claimed the directory; a second starts before the first's work."""
+    monkeypatch.setattr(beam.Pipeline, "run", run_pipeline)
+    refusals.append(
+        cli_checks.usage_error(linear_eval_job.main, linear_eval_config.PROG, argv, capsys)
+    )
+    return run_pipeline(pipeline, *args, **kwargs)
+
+  monkeypatch.setattr(beam.Pipeline, "run", second_evaluation_starts_first)
+  linear_eval_job.main(argv)
+
   assert re.fullmatch(
       rf"{re.escape(linear_eval_config.PROG)}: error: {re.escape(str(out))} belongs to another "
       r"run .*--overwrite.*\n",
-      refused_stderr,
+      refusals[0],
   )
   assert set(json.loads((out / report.METRICS_FILE).read_text())["splits"]) == {"1"}
 

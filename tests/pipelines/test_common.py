@@ -66,6 +66,29 @@ def _files(directory: str) -> list[str]:
   return sorted(m.path for m in FileSystems.match([f"{directory}/**"])[0].metadata_list)
 
 
+def test_of_runs_claiming_one_directory_at_once_exactly_one_gets_it(tmp_path):
+  out = str(tmp_path / "out")
+  num_runs = 8
+  all_ready = threading.Barrier(num_runs)
+  outcomes = []
+
+  def claim():
+    all_ready.wait()
+    try:
+      ownership.claim_output_dir(out, JOB, remedy="")
+      outcomes.append("claimed")
+    except common.UsageError as e:
+      outcomes.append(str(e))
+
+  runs = [threading.Thread(target=claim) for _ in range(num_runs)]
+  for run in runs:
+    run.start()
+  for run in runs:
+    run.join()
+  assert sorted(outcomes)[-1] == "claimed" and outcomes.count("claimed") == 1
+  assert all(f"{out} belongs to another run" in o for o in outcomes if o != "claimed")
+
+
 @pytest.mark.parametrize("where", ["local", "gcs"])
 def test_overwrite_deletes_an_earlier_runs_output_locally_and_on_gcs(where, tmp_path, request):
   root = f"gs://{request.getfixturevalue('gcs_emulator')}" if where == "gcs" else str(tmp_path)

@@ -313,31 +313,32 @@ def test_shards_of_a_run_that_claimed_nothing_are_refused_and_left_unclaimed(
   assert _listing(legacy) == before
 
 
-def test_two_runs_started_together_on_one_output_dir_one_is_refused(
-    dataset, checkpoint_path, job_output, tmp_path
+def test_a_run_started_while_another_runs_into_its_output_dir_is_refused(
+    dataset, checkpoint_path, job_output, tmp_path, capsys, monkeypatch
 ):
+  """The second run is refused before any work; the first finishes untouched.
+
+  (Runs racing for the claim: tests/pipelines/test_common.py.)
+  """
   out = tmp_path / "out"
-  command = [
-      *fake_model.COMMAND,
+  argv = [
       *_flags(dataset, checkpoint_path, job_output / "work", out),
       *IN_PROCESS,
       "--max_videos=2",
   ]
-  runs = [
-      subprocess.Popen(
-          command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-      )
-      for _ in range(2)
-  ]
-  outcomes = sorted((run.wait(timeout=600), run.stderr.read()) for run in runs)
+  refusals = []
+  run_pipeline = beam.Pipeline.run
 
-  (ok_status, _), (refused_status, refused_stderr) = outcomes
-  assert (ok_status, refused_status) == (0, 2)
-  assert (
-      refused_stderr.strip()
-      .splitlines()[-1]
-      .startswith(f"{embed.PROG}: error: {out} belongs to another run")
-  )
+  def second_run_starts_first(pipeline, *args, **kwargs):
+    """The first run has claimed the directory; a second starts before the first's work."""
+    monkeypatch.setattr(beam.Pipeline, "run", run_pipeline)
+    refusals.append(cli_checks.usage_error(embed.main, embed.PROG, argv, capsys))
+    return run_pipeline(pipeline, *args, **kwargs)
+
+  monkeypatch.setattr(beam.Pipeline, "run", second_run_starts_first)
+  embed.main(argv, fake_model.PixelStatsHandler())
+
+  assert refusals[0].startswith(f"{embed.PROG}: error: {out} belongs to another run")
   keys = [
       (r[schema.VIDEO_ID], r[schema.CLIP_TYPE], r[schema.CLIP_INDEX]) for r in _read_embeddings(out)
   ]
