@@ -1,12 +1,21 @@
 """What the tests of the jobs' command lines check: user errors, `--help` and Ctrl-C."""
 
+import contextlib
+import functools
+import io
+import json
 import os
 import pathlib
 import re
+import runpy
 import signal
 import subprocess
 import sys
+import textwrap
 import time
+import warnings
+from collections.abc import Sequence
+from unittest import mock
 
 import pytest
 
@@ -19,21 +28,50 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 HEAVY_MODULES = ("sklearn", "matplotlib", "jax", "tensorflow")
 
 
-def run_help(*command: str) -> tuple[str, set[str]]:
-  """`python -m COMMAND --help`: its text, and the top-level packages it imported."""
+# The commands users type, as `python -m` takes them.
+COMMANDS = (
+    ("pipelines.ingest",),
+    ("pipelines.embed",),
+    ("pipelines.linear_eval",),
+    ("launch.dataflow",),
+    ("launch.dataflow", "embed"),
+    ("launch.dataflow", "linear_eval"),
+)
+
+
+@functools.cache
+def help_text(module: str, *command: str) -> str:
+  """`python -m MODULE [COMMAND] --help`'s text, run as `python -m` runs it (runpy),
+  in this process (`packages_imported_by_help` checks a fresh process's imports)."""
+  text = io.StringIO()
+  with (
+      mock.patch.object(sys, "argv", [module, *command, "--help"]),
+      contextlib.redirect_stdout(text),
+      warnings.catch_warnings(),
+      pytest.raises(SystemExit) as exited,
+  ):
+    # runpy warns that the module is imported already, as it is in a test run.
+    warnings.simplefilter("ignore", RuntimeWarning)
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+  assert exited.value.code == 0, f"python -m {' '.join([module, *command])} --help failed"
+  return text.getvalue()
+
+
+def packages_imported_by_help(commands: Sequence[tuple[str, ...]]) -> set[str]:
+  """The top-level packages imported by `python -m COMMAND --help` of each of `commands`,
+  run one after another in one fresh process."""
+  script = textwrap.dedent(f"""
+      import contextlib, io, json, runpy, sys
+      for module, *command in {list(commands)!r}:
+        sys.argv = [module, *command, "--help"]
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+          runpy.run_module(module, run_name="__main__", alter_sys=True)
+      print(json.dumps(sorted({{name.split(".")[0] for name in sys.modules}})))
+  """)
   result = subprocess.run(
-      [sys.executable, "-X", "importtime", "-m", *command, "--help"],
-      cwd=REPO_ROOT,
-      capture_output=True,
-      text=True,
-      check=True,
+      [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, check=True
   )
-  imported = {
-      line.rsplit("|", 1)[1].strip().split(".")[0]
-      for line in result.stderr.splitlines()
-      if line.startswith("import time:")
-  }
-  return result.stdout, imported
+  return set(json.loads(result.stdout.splitlines()[-1]))
 
 
 def undocumented_options(help_text: str) -> list[str]:

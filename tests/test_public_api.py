@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 
+import cli_checks
 import pytest
 
 import mmv_core
@@ -67,3 +68,8 @@ def test_the_jobs_and_the_readme_imports_load_no_tensorflow_and_write_nothing_to
   )
   assert result.returncode == 0, result.stderr
   assert result.stderr == ""
+
+
+def test_no_commands_help_waits_for_jax_tensorflow_or_scikit_learn():
+  imported = cli_checks.packages_imported_by_help(cli_checks.COMMANDS)
+  assert sorted(imported & set(cli_checks.HEAVY_MODULES)) == []

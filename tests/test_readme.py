@@ -1,18 +1,13 @@
 """The README's commands stay true: the quick start, every flag it names, and
 its Python examples, which run here as written but for smaller clips."""
 
-import contextlib
 import functools
-import io
 import json
 import pathlib
 import re
-import runpy
 import shlex
-import sys
-import warnings
-from unittest import mock
 
+import cli_checks
 import numpy as np
 import pytest
 from apache_beam.options import pipeline_options
@@ -44,25 +39,6 @@ def _python_commands() -> list[list[str]]:
       if "-m" in words and words[0].endswith("python"):
         commands.append(words[words.index("-m") + 1 :])
   return commands
-
-
-@functools.cache
-def _help_text(module_and_command: tuple[str, ...]) -> str:
-  """`python -m MODULE [COMMAND] --help`'s text, run as `python -m` runs it (runpy),
-  in this process, whose imports are done (each job's own tests run the command)."""
-  module, *command = module_and_command
-  text = io.StringIO()
-  with (
-      mock.patch.object(sys, "argv", [module, *command, "--help"]),
-      contextlib.redirect_stdout(text),
-      warnings.catch_warnings(),
-      pytest.raises(SystemExit) as exited,
-  ):
-    # runpy warns that the module is imported already, as it is in a test run.
-    warnings.simplefilter("ignore", RuntimeWarning)
-    runpy.run_module(module, run_name="__main__", alter_sys=True)
-  assert exited.value.code == 0, f"python -m {' '.join(module_and_command)} --help failed"
-  return text.getvalue()
 
 
 @functools.cache
@@ -109,7 +85,7 @@ def test_readme_runs_every_job():
 def test_every_flag_in_the_readme_exists(words):
   module, args = words[0], words[1:]
   subcommand = (args[0],) if args and not args[0].startswith("-") else ()
-  help_text = _help_text((module, *subcommand))
+  help_text = cli_checks.help_text(module, *subcommand)
   for flag in (a.split("=", 1)[0] for a in args if a.startswith("--")):
     known = re.search(rf"(^|[\s\[,]){re.escape(flag)}\b", help_text) or flag in _beam_flags()
     assert known, f"README: `python -m {module}` has no flag {flag}"
@@ -117,7 +93,9 @@ def test_every_flag_in_the_readme_exists(words):
 
 def test_every_flag_named_in_the_prose_exists_somewhere():
   helps = "\n".join(
-      _help_text(tuple(words[:2] if len(words) > 1 and not words[1].startswith("-") else words[:1]))
+      cli_checks.help_text(
+          *(words[:2] if len(words) > 1 and not words[1].startswith("-") else words[:1])
+      )
       for words in _python_commands()
   )
   for flag in sorted(set(re.findall(r"`(--[a-z_]+)", README))):

@@ -862,11 +862,10 @@ def test_a_run_limited_by_max_videos_is_evaluated_on_the_videos_it_listed(tmp_pa
   assert all(m["input_check"]["complete"] for m in metrics["splits"].values())
 
 
-def test_help_is_quick_and_shows_every_flags_default():
-  text, imported = cli_checks.run_help("pipelines.linear_eval")
+def test_help_shows_every_flags_default():
+  text = cli_checks.help_text("pipelines.linear_eval")
   assert text.startswith(f"usage: {linear_eval_config.PROG} ")
   assert cli_checks.undocumented_options(text) == []
-  assert not imported & set(cli_checks.HEAVY_MODULES)
 
 
 def test_ctrl_c_ends_the_evaluation_with_one_line_and_status_130(

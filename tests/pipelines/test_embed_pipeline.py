@@ -555,11 +555,10 @@ def test_the_command_ends_with_its_summary_and_status_1_when_too_many_fail(
   )
 
 
-def test_help_is_quick_and_python_dash_m_with_every_flag_documented():
-  text, imported = cli_checks.run_help("pipelines.embed")
+def test_help_is_python_dash_m_with_every_flag_documented():
+  text = cli_checks.help_text("pipelines.embed")
   assert text.startswith(f"usage: {embed.PROG} ")
   assert cli_checks.undocumented_options(text) == []
-  assert not imported & set(cli_checks.HEAVY_MODULES)
 
 
 def test_a_misspelt_flag_is_an_error_naming_it(capsys):

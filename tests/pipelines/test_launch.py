@@ -330,11 +330,10 @@ def test_a_dry_run_prints_the_options_of_the_job_it_built_and_contacts_nothing(a
 
 
 @pytest.mark.parametrize("command", [(), ("embed",), ("linear_eval",)])
-def test_help_is_quick_and_shows_every_flags_default(command):
-  text, imported = cli_checks.run_help("launch.dataflow", *command)
+def test_help_shows_every_flags_default(command):
+  text = cli_checks.help_text("launch.dataflow", *command)
   assert text.startswith(f"usage: {' '.join([dataflow.PROG, *command])} ")
   assert cli_checks.undocumented_options(text) == []
-  assert not imported & set(cli_checks.HEAVY_MODULES)
 
 
 class _FinishedJob:
