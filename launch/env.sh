@@ -22,7 +22,7 @@ if [[ ! -f "$stamp" ]]; then
     echo "[env] creating $venv with $("$python_bin" --version)"
     "$python_bin" -m venv "$venv"
   fi
-  echo "[env] installing pinned dependencies into $venv (first run: about a minute)"
+  echo "[env] installing pinned dependencies into $venv (first run: under a minute)"
   # uv installs the same pins as pip, in parallel (10 s here, against pip's 2.5
   # minutes). pip stays in the environment for the user's own installs.
   uv_pin="$(grep -i '^uv==' "$repo_root/constraints.txt")"
