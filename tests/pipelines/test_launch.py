@@ -329,7 +329,9 @@ def test_a_dry_run_prints_the_options_of_the_job_it_built_and_contacts_nothing(a
   assert expected.items() <= options.items()
 
 
-@pytest.mark.parametrize("command", [(), ("embed",), ("linear_eval",)])
+@pytest.mark.parametrize(
+    "command", [command for module, *command in cli_checks.COMMANDS if module == "launch.dataflow"]
+)
 def test_help_shows_every_flags_default(command):
   text = cli_checks.help_text("launch.dataflow", *command)
   assert text.startswith(f"usage: {' '.join([dataflow.PROG, *command])} ")
