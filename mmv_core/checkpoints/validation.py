@@ -156,9 +156,14 @@ def checkpoint_shapes(backbone: str) -> tuple[SpecTree, SpecTree]:
   )
 
 
+def manifest_path(backbone: str) -> str:
+  """The shipped `param_manifest_<backbone>.json` of `backbone`'s released checkpoint."""
+  return os.path.join(MANIFESTS_DIR, f'param_manifest_{backbone}.json')
+
+
 @functools.cache
 def _shipped_manifest_shapes(backbone: str) -> tuple[SpecTree, SpecTree]:
-  return manifest_shapes(os.path.join(MANIFESTS_DIR, f'param_manifest_{backbone}.json'))
+  return manifest_shapes(manifest_path(backbone))
 
 
 def problems_per_backbone(params: Tree, state: Tree) -> dict[str, int]:

@@ -20,7 +20,7 @@ from mmv_core.checkpoints import validation
 from mmv_core.checkpoints import ArraySpec, CheckpointError
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-S3D_MANIFEST = pathlib.Path(validation.MANIFESTS_DIR) / 'param_manifest_s3d.json'
+S3D_MANIFEST = pathlib.Path(validation.manifest_path('s3d'))
 
 F32, I32 = np.dtype('float32'), np.dtype('int32')
 CONV = 'text_audio_video/visual_module/~/S3D/Conv2d_1a_7x7/~/conv3_d'

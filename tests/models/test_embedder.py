@@ -32,13 +32,6 @@ def _random_video(seed: int = 0, length: int = 20, height: int = 36, width: int 
 
 
 @pytest.fixture(scope="module")
-def s3d_checkpoint(tmp_path_factory) -> pathlib.Path:
-  path = tmp_path_factory.mktemp("ckpt") / "mmv_s3d.pkl"
-  checkpoints.write_random_checkpoint(path, *checkpoints.checkpoint_shapes("s3d"), seed=1)
-  return path
-
-
-@pytest.fixture(scope="module")
 def tsm_checkpoint(tmp_path_factory) -> pathlib.Path:
   path = tmp_path_factory.mktemp("ckpt") / "mmv_tsm_resnet_x1.pkl"
   checkpoints.write_random_checkpoint(path, *checkpoints.checkpoint_shapes("tsm_resnet_x1"), seed=2)
@@ -46,10 +39,10 @@ def tsm_checkpoint(tmp_path_factory) -> pathlib.Path:
 
 
 @pytest.fixture(scope="module")
-def s3d_embedder(s3d_checkpoint) -> VideoEmbedder:
+def s3d_embedder(checkpoint_path) -> VideoEmbedder:
   # The default batch of 8, as the README's examples and the job's tests use:
   # the run's compilation cache (tests/conftest.py) then compiles S3D-G once.
-  return VideoEmbedder.from_checkpoint(str(s3d_checkpoint))
+  return VideoEmbedder.from_checkpoint(str(checkpoint_path))
 
 
 @functools.cache
@@ -72,14 +65,14 @@ def test_from_checkpoint_infers_backbone_from_file_name(s3d_embedder):
   assert s3d_embedder.backbone == "s3d"
 
 
-def test_embed_is_vid_repr_of_each_test_window(s3d_embedder, s3d_checkpoint):
+def test_embed_is_vid_repr_of_each_test_window(s3d_embedder, checkpoint_path):
   frames = _random_video()
   feats = s3d_embedder.embed(frames, **SMALL)
 
   assert feats.dtype == np.float32
   assert feats.shape == (SMALL["num_windows"], mmv.REPR_DIMS["s3d"])
   clips = video.test_clips(frames, **SMALL)
-  expected = _one_clip_at_a_time(checkpoints.load_checkpoint(str(s3d_checkpoint)), clips, "s3d")
+  expected = _one_clip_at_a_time(checkpoints.load_checkpoint(str(checkpoint_path)), clips, "s3d")
   assert_features_close(feats, expected)
   # Different windows of a random video see different frames.
   assert not np.allclose(feats[0], feats[1])
@@ -93,12 +86,12 @@ def test_embed_clips_pads_partial_batches_without_changing_results(s3d_embedder)
   assert_features_close(all_at_once, singles)
 
 
-def test_a_second_embedder_alike_compiles_nothing(s3d_embedder, s3d_checkpoint):
+def test_a_second_embedder_alike_compiles_nothing(s3d_embedder, checkpoint_path):
   clips = video.test_clips(_random_video(8), **SMALL)
   first = s3d_embedder.embed_clips(clips)[VID_REPR]
   events = []
   jax.monitoring.register_event_duration_secs_listener(lambda event, _, **__: events.append(event))
-  again = VideoEmbedder.from_checkpoint(str(s3d_checkpoint), config=s3d_embedder.config)
+  again = VideoEmbedder.from_checkpoint(str(checkpoint_path), config=s3d_embedder.config)
   np.testing.assert_array_equal(again.embed_clips(clips)[VID_REPR], first)
   # Neither traced nor lowered nor compiled again (nor loaded from the run's compilation cache).
   assert not [event for event in events if event.startswith("/jax/core/compile/")]
@@ -115,11 +108,11 @@ def test_uint8_clips_are_scaled_like_the_protocol(s3d_embedder):
   )
 
 
-def test_joint_space_embeddings(s3d_embedder, s3d_checkpoint):
+def test_joint_space_embeddings(s3d_embedder, checkpoint_path):
   clips = video.test_clips(_random_video(3), **SMALL)
   out = s3d_embedder.embed_clips(clips, outputs=(VID_REPR, VIDEO_AUDIO, VIDEO_TEXT))
   assert out[VIDEO_AUDIO].shape == (3, 512) and out[VIDEO_TEXT].shape == (3, 256)
-  ckpt = checkpoints.load_checkpoint(str(s3d_checkpoint))
+  ckpt = checkpoints.load_checkpoint(str(checkpoint_path))
   assert_features_close(out[VIDEO_TEXT], _one_clip_at_a_time(ckpt, clips, "s3d", VIDEO_TEXT))
 
 
@@ -131,9 +124,9 @@ def test_tsm_resnet_embeds(tsm_checkpoint):
   assert feats.shape == (3, mmv.REPR_DIMS["tsm_resnet_x1"]) and np.isfinite(feats).all()
 
 
-def test_wrong_backbone_names_the_checkpoint_and_the_problem(s3d_checkpoint):
+def test_wrong_backbone_names_the_checkpoint_and_the_problem(checkpoint_path):
   with pytest.raises(checkpoints.WrongBackboneError, match="mmv_s3d.pkl") as error:
-    VideoEmbedder.from_checkpoint(str(s3d_checkpoint), backbone="tsm_resnet_x1")
+    VideoEmbedder.from_checkpoint(str(checkpoint_path), backbone="tsm_resnet_x1")
   assert "a s3d checkpoint" in str(error.value) and "not tsm_resnet_x1" in str(error.value)
 
 
@@ -162,7 +155,7 @@ def test_bfloat16_mode_is_close_to_float32(tsm_checkpoint):
   assert not np.array_equal(f32, bf16)
 
 
-def test_a_second_process_loads_the_compiled_program_from_the_cache(s3d_checkpoint, s3d_embedder):
+def test_a_second_process_loads_the_compiled_program_from_the_cache(checkpoint_path, s3d_embedder):
   """A program this process ran is in the run's cache (tests/conftest.py): the next process
   loads it and compiles nothing."""
   clips = np.zeros((2, 4, 32, 32, 3), np.uint8)
@@ -175,7 +168,7 @@ def test_a_second_process_loads_the_compiled_program_from_the_cache(s3d_checkpoi
       events = []
       monitoring.register_event_listener(lambda event, **_: events.append(event))
       enable_compilation_cache({cache_dir!r})
-      emb = VideoEmbedder.from_checkpoint({str(s3d_checkpoint)!r})
+      emb = VideoEmbedder.from_checkpoint({str(checkpoint_path)!r})
       emb.embed_clips(np.zeros({clips.shape}, np.uint8))
       print(json.dumps({{"hits": events.count("/jax/compilation_cache/cache_hits"),
                         "misses": events.count("/jax/compilation_cache/cache_misses")}}))
@@ -203,14 +196,14 @@ def test_compilation_cache_dir_defaults_to_the_user_cache(monkeypatch):
 
 
 def test_fastest_formulation_on_this_platform_unless_reference_is_asked(
-    s3d_checkpoint, s3d_embedder
+    checkpoint_path, s3d_embedder
 ):
   """The embedder folds BatchNorm and decomposes on CPUs; `reference` keeps the trained layers.
 
   `test_embed_is_vid_repr_of_each_test_window` shows the fast form gives the reference's features.
   """
   config = EmbedderConfig(formulation="reference")
-  reference = VideoEmbedder.from_checkpoint(str(s3d_checkpoint), config=config)
+  reference = VideoEmbedder.from_checkpoint(str(checkpoint_path), config=config)
   assert reference.formulation == mmv.REFERENCE
   assert s3d_embedder.formulation == mmv.fastest_formulation("cpu") != mmv.REFERENCE
 

@@ -31,8 +31,7 @@ _SMALL_CLIPS = (2, 8, 32, 32, 3)
 
 def _manifest(backbone: str) -> dict:
   """The released checkpoint's manifest, which checkpoints are validated against."""
-  path = pathlib.Path(validation.MANIFESTS_DIR) / f"param_manifest_{backbone}.json"
-  return json.loads(path.read_text())
+  return json.loads(pathlib.Path(validation.manifest_path(backbone)).read_text())
 
 
 def _leaf_names(tree) -> set[str]:
